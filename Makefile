@@ -1,0 +1,17 @@
+# bg_fdw/Makefile
+
+MODULE_big = bg_fdw
+OBJS = bg_fdw.o job.o launcher.o
+
+EXTENSION = bg_fdw
+DATA = bg_fdw--1.0.sql
+PGFILEDESC = "bg_fdw - run SQL in background workers, read results as foreign tables"
+
+REGRESS = bg_fdw
+REGRESS_OPTS = --temp-config=$(srcdir)/regress.conf
+
+TAP_TESTS = 1
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,687 @@
+/*-------------------------------------------------------------------------
+ *
+ * bg_fdw.c
+ *		  Foreign-data wrapper over the results of background jobs, and the
+ *		  SQL functions that act on jobs.
+ *
+ * A result table is a foreign table on server bg_server whose options name
+ * a job: its worker's pid, and the job identifier that is never reused.  A
+ * scan reads the job's spool and, once it has caught up, the job's tuple
+ * queue (see job.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/htup_details.h"
+#include "access/reloptions.h"
+#include "access/table.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_foreign_server.h"
+#include "catalog/pg_foreign_table.h"
+#include "commands/defrem.h"
+#include "commands/explain.h"
+#include "executor/spi.h"
+#include "foreign/fdwapi.h"
+#include "foreign/foreign.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "optimizer/optimizer.h"
+#include "optimizer/pathnode.h"
+#include "optimizer/planmain.h"
+#include "optimizer/restrictinfo.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "bg_fdw.h"
+#include "compat.h"
+
+PG_MODULE_MAGIC;
+
+/* Default queue_size of bg_launch, in bytes (bg_fdw.queue_size) */
+int			bg_default_queue_size = BG_DEFAULT_QUEUE_SIZE;
+
+/*
+ * Valid options for a bg_fdw foreign table.
+ */
+struct BgFdwOption
+{
+	const char *optname;
+	Oid			optcontext;		/* Oid of catalog in which option may appear */
+};
+
+static const struct BgFdwOption valid_options[] = {
+	{"pid", ForeignTableRelationId},
+	{"job", ForeignTableRelationId},
+	/* Sentinel */
+	{NULL, InvalidOid}
+};
+
+/*
+ * The job a foreign table names.
+ */
+typedef struct BgTableOptions
+{
+	int			pid;			/* worker's pid */
+	int64		job_id;			/* job identifier, or 0 if not given */
+} BgTableOptions;
+
+/*
+ * FDW-specific information for ForeignScanState.fdw_state.
+ */
+typedef struct BgScanState
+{
+	BgJob	   *job;			/* the job whose result we read */
+	int			reader;			/* our reader of the job's spool */
+} BgScanState;
+
+void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(bg_fdw_handler);
+PG_FUNCTION_INFO_V1(bg_fdw_validator);
+PG_FUNCTION_INFO_V1(bg_result);
+PG_FUNCTION_INFO_V1(bg_wait);
+PG_FUNCTION_INFO_V1(bg_await);
+PG_FUNCTION_INFO_V1(bg_cancel);
+PG_FUNCTION_INFO_V1(bg_detach);
+
+/*
+ * FDW callback routines
+ */
+static void bgGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel,
+								Oid foreigntableid);
+static void bgGetForeignPaths(PlannerInfo *root, RelOptInfo *baserel,
+							  Oid foreigntableid);
+static ForeignScan *bgGetForeignPlan(PlannerInfo *root, RelOptInfo *baserel,
+									 Oid foreigntableid, ForeignPath *best_path,
+									 List *tlist, List *scan_clauses,
+									 Plan *outer_plan);
+static void bgExplainForeignScan(ForeignScanState *node, ExplainState *es);
+static void bgBeginForeignScan(ForeignScanState *node, int eflags);
+static TupleTableSlot *bgIterateForeignScan(ForeignScanState *node);
+static void bgReScanForeignScan(ForeignScanState *node);
+static void bgEndForeignScan(ForeignScanState *node);
+
+/*
+ * Helper functions
+ */
+static bool is_valid_option(const char *option, Oid context);
+static int	bg_parse_pid(const char *value);
+static int64 bg_parse_job_id(const char *value);
+static void bg_table_options(Oid relid, BgTableOptions *opts);
+static void bg_check_table_matches(Relation rel, BgJob *job);
+static void bg_drop_job_tables(BgJob *job);
+static long bg_interval_ms(Interval *interval);
+static char *bg_describe_types(TupleDesc desc);
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("bg_fdw.queue_size",
+							"Size of a background job's tuple queue when bg_launch is given none.",
+							NULL,
+							&bg_default_queue_size,
+							BG_DEFAULT_QUEUE_SIZE,
+							BG_MIN_QUEUE_SIZE,
+							BG_MAX_QUEUE_SIZE,
+							PGC_USERSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("bg_fdw");
+}
+
+/*
+ * Foreign-data wrapper handler function: return a struct with pointers
+ * to my callback routines.
+ */
+Datum
+bg_fdw_handler(PG_FUNCTION_ARGS)
+{
+	FdwRoutine *fdwroutine = makeNode(FdwRoutine);
+
+	fdwroutine->GetForeignRelSize = bgGetForeignRelSize;
+	fdwroutine->GetForeignPaths = bgGetForeignPaths;
+	fdwroutine->GetForeignPlan = bgGetForeignPlan;
+	fdwroutine->ExplainForeignScan = bgExplainForeignScan;
+	fdwroutine->BeginForeignScan = bgBeginForeignScan;
+	fdwroutine->IterateForeignScan = bgIterateForeignScan;
+	fdwroutine->ReScanForeignScan = bgReScanForeignScan;
+	fdwroutine->EndForeignScan = bgEndForeignScan;
+
+	PG_RETURN_POINTER(fdwroutine);
+}
+
+/*
+ * Validate the generic options given to a FOREIGN DATA WRAPPER, SERVER,
+ * USER MAPPING or FOREIGN TABLE that uses bg_fdw.
+ */
+Datum
+bg_fdw_validator(PG_FUNCTION_ARGS)
+{
+	List	   *options_list = untransformRelOptions(PG_GETARG_DATUM(0));
+	Oid			catalog = PG_GETARG_OID(1);
+	bool		have_pid = false;
+	ListCell   *cell;
+
+	foreach(cell, options_list)
+	{
+		DefElem    *def = (DefElem *) lfirst(cell);
+
+		if (!is_valid_option(def->defname, catalog))
+		{
+			const struct BgFdwOption *opt;
+			StringInfoData buf;
+
+			initStringInfo(&buf);
+			for (opt = valid_options; opt->optname; opt++)
+			{
+				if (catalog == opt->optcontext)
+					appendStringInfo(&buf, "%s%s", (buf.len > 0) ? ", " : "",
+									 opt->optname);
+			}
+			ereport(ERROR,
+					(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
+					 errmsg("invalid option \"%s\"", def->defname),
+					 buf.len > 0
+					 ? errhint("Valid options in this context are: %s", buf.data)
+					 : errhint("There are no valid options in this context.")));
+		}
+
+		if (strcmp(def->defname, "pid") == 0)
+		{
+			(void) bg_parse_pid(defGetString(def));
+			have_pid = true;
+		}
+		else if (strcmp(def->defname, "job") == 0)
+			(void) bg_parse_job_id(defGetString(def));
+	}
+
+	if (catalog == ForeignTableRelationId && !have_pid)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_OPTION_NAME_NOT_FOUND),
+				 errmsg("option \"pid\" is required for a bg_fdw foreign table"),
+				 errhint("Give the PID bg_launch returned, as in OPTIONS (pid '12345').")));
+
+	PG_RETURN_VOID();
+}
+
+/*
+ * Check if the provided option is one of the valid options.
+ * context is the Oid of the catalog holding the object the option is for.
+ */
+static bool
+is_valid_option(const char *option, Oid context)
+{
+	const struct BgFdwOption *opt;
+
+	for (opt = valid_options; opt->optname; opt++)
+	{
+		if (context == opt->optcontext && strcmp(opt->optname, option) == 0)
+			return true;
+	}
+	return false;
+}
+
+static int
+bg_parse_pid(const char *value)
+{
+	char	   *end;
+	long		pid;
+
+	errno = 0;
+	pid = strtol(value, &end, 10);
+	if (errno != 0 || end == value || *end != '\0' || pid <= 0 || pid > PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+				 errmsg("invalid value for option \"pid\": \"%s\"", value),
+				 errdetail("The value must be the PID of a background job, a positive integer.")));
+	return (int) pid;
+}
+
+static int64
+bg_parse_job_id(const char *value)
+{
+	char	   *end;
+	long long	id;
+
+	errno = 0;
+	id = strtoll(value, &end, 10);
+	if (errno != 0 || end == value || *end != '\0' || id <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+				 errmsg("invalid value for option \"job\": \"%s\"", value),
+				 errdetail("The value must be a job identifier, a positive integer.")));
+	return (int64) id;
+}
+
+/* Read the job a foreign table names from its options. */
+static void
+bg_table_options(Oid relid, BgTableOptions *opts)
+{
+	ForeignTable *table = GetForeignTable(relid);
+	ListCell   *lc;
+
+	opts->pid = 0;
+	opts->job_id = 0;
+	foreach(lc, table->options)
+	{
+		DefElem    *def = (DefElem *) lfirst(lc);
+
+		if (strcmp(def->defname, "pid") == 0)
+			opts->pid = bg_parse_pid(defGetString(def));
+		else if (strcmp(def->defname, "job") == 0)
+			opts->job_id = bg_parse_job_id(defGetString(def));
+	}
+	if (opts->pid == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_OPTION_NAME_NOT_FOUND),
+				 errmsg("foreign table \"%s\" has no \"pid\" option",
+						get_rel_name(relid))));
+}
+
+/*
+ * OID of the server CREATE EXTENSION made, which our tables use.
+ */
+Oid
+bg_server_oid(bool missing_ok)
+{
+	ForeignServer *server = GetForeignServerByName(BG_SERVER_NAME, missing_ok);
+
+	return server ? server->serverid : InvalidOid;
+}
+
+/*
+ * bgGetForeignRelSize
+ *		The job knows how many rows it has produced so far.
+ */
+static void
+bgGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
+{
+	BgTableOptions opts;
+	BgJob	   *job;
+
+	bg_table_options(foreigntableid, &opts);
+	job = bg_job_lookup(opts.pid, opts.job_id, true);
+	baserel->rows = 1000;
+	if (job && job->state != BG_JOB_DETACHED)
+		baserel->rows = Max(job->nspooled,
+							(double) pg_atomic_read_u64(&job->shared->rows));
+	baserel->rows = clamp_row_est(baserel->rows);
+}
+
+/*
+ * bgGetForeignPaths
+ *		One path: read the result in order; nothing can be pushed down.
+ */
+static void
+bgGetForeignPaths(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
+{
+	Cost		startup_cost = 10;
+	Cost		total_cost = startup_cost + cpu_tuple_cost * baserel->rows;
+
+	add_path(baserel, (Path *) bg_create_foreignscan_path(root, baserel,
+														  baserel->rows,
+														  startup_cost,
+														  total_cost));
+}
+
+static ForeignScan *
+bgGetForeignPlan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
+				 ForeignPath *best_path, List *tlist, List *scan_clauses,
+				 Plan *outer_plan)
+{
+	scan_clauses = extract_actual_clauses(scan_clauses, false);
+	return make_foreignscan(tlist, scan_clauses, baserel->relid,
+							NIL, NIL, NIL, NIL, outer_plan);
+}
+
+/*
+ * bgExplainForeignScan
+ *		Show which job the table reads and how it is doing.  Only looks at
+ *		this session's record of the job: plain EXPLAIN reads no queue.
+ */
+static void
+bgExplainForeignScan(ForeignScanState *node, ExplainState *es)
+{
+	BgTableOptions opts;
+	BgJob	   *job;
+
+	bg_table_options(RelationGetRelid(node->ss.ss_currentRelation), &opts);
+	job = bg_job_lookup(opts.pid, opts.job_id, true);
+
+	ExplainPropertyInteger("Background Job", NULL, opts.pid, es);
+	ExplainPropertyText("Job State",
+						job ? bg_job_state_name(job) : "not attached", es);
+	if (es->verbose && job)
+	{
+		char		id[32];
+
+		snprintf(id, sizeof(id), INT64_FORMAT, job->job_id);
+		ExplainPropertyText("Job Identifier", id, es);
+		if (job->state != BG_JOB_DETACHED)
+		{
+			ExplainPropertyInteger("Rows Spooled", NULL, job->nspooled, es);
+			ExplainPropertyText("Job Query", job->sql, es);
+		}
+	}
+}
+
+/*
+ * Refuse to read a job's rows through a table whose columns lay tuples out
+ * differently: that would be garbage, or worse.
+ */
+static void
+bg_check_table_matches(Relation rel, BgJob *job)
+{
+	TupleDesc	tdesc = RelationGetDescr(rel);
+	TupleDesc	jdesc = job->desc;
+	int			i;
+
+	if (bg_desc_equal(tdesc, jdesc))
+		return;
+
+	if (tdesc->natts != jdesc->natts)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("foreign table \"%s\" does not match the result of background job %d",
+						RelationGetRelationName(rel), job->pid),
+				 errdetail("The table has %d columns, the job's result has %d.",
+						   tdesc->natts, jdesc->natts)));
+	for (i = 0; i < tdesc->natts; i++)
+	{
+		Form_pg_attribute ta = TupleDescAttr(tdesc, i);
+		Form_pg_attribute ja = TupleDescAttr(jdesc, i);
+
+		if (ta->attisdropped)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("foreign table \"%s\" does not match the result of background job %d",
+							RelationGetRelationName(rel), job->pid),
+					 errdetail("The table has a dropped column.")));
+		if (ta->atttypid != ja->atttypid || ta->atttypmod != ja->atttypmod)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("foreign table \"%s\" does not match the result of background job %d",
+							RelationGetRelationName(rel), job->pid),
+					 errdetail("Column %d \"%s\" has type %s, the job's result has type %s.",
+							   i + 1, NameStr(ta->attname),
+							   format_type_with_typemod(ta->atttypid, ta->atttypmod),
+							   format_type_with_typemod(ja->atttypid, ja->atttypmod))));
+	}
+}
+
+static void
+bgBeginForeignScan(ForeignScanState *node, int eflags)
+{
+	Relation	rel = node->ss.ss_currentRelation;
+	BgTableOptions opts;
+	BgScanState *state;
+
+	/* Plain EXPLAIN: touch no queue. */
+	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
+		return;
+
+	bg_table_options(RelationGetRelid(rel), &opts);
+	state = palloc(sizeof(BgScanState));
+	state->job = bg_job_lookup_attached(opts.pid, opts.job_id);
+	bg_check_table_matches(rel, state->job);
+	state->reader = bg_reader_open(state->job, node->ss.ss_ScanTupleSlot);
+	node->fdw_state = state;
+}
+
+static TupleTableSlot *
+bgIterateForeignScan(ForeignScanState *node)
+{
+	BgScanState *state = (BgScanState *) node->fdw_state;
+
+	(void) bg_reader_next(state->job, state->reader);
+	return node->ss.ss_ScanTupleSlot;
+}
+
+static void
+bgReScanForeignScan(ForeignScanState *node)
+{
+	BgScanState *state = (BgScanState *) node->fdw_state;
+
+	bg_reader_rescan(state->job, state->reader);
+}
+
+static void
+bgEndForeignScan(ForeignScanState *node)
+{
+	BgScanState *state = (BgScanState *) node->fdw_state;
+
+	if (state)
+		bg_reader_close(state->job, state->reader);
+}
+
+/* ----------------------------------------------------------------
+ *		SQL functions on jobs
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * bg_result(pid integer) RETURNS SETOF record
+ *
+ * The job's rows through a column definition list, for code that does not
+ * want a table.  Waits for the job to end.
+ */
+Datum
+bg_result(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	BgJob	   *job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+	TupleTableSlot *slot;
+	int			reader;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (!bg_desc_equal(rsinfo->setDesc, job->desc))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column definition list does not match the result of background job %d",
+						job->pid),
+				 errdetail("The result has %d columns of types %s.",
+						   job->desc->natts, bg_describe_types(job->desc))));
+
+	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsMinimalTuple);
+	reader = bg_reader_open(job, slot);
+	while (bg_reader_next(job, reader))
+		tuplestore_puttupleslot(rsinfo->setResult, slot);
+	bg_reader_close(job, reader);
+	ExecDropSingleTupleTableSlot(slot);
+
+	return (Datum) 0;
+}
+
+/* List a descriptor's types, for messages. */
+static char *
+bg_describe_types(TupleDesc desc)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "",
+						 format_type_with_typemod(att->atttypid, att->atttypmod));
+	}
+	return buf.data;
+}
+
+static long
+bg_interval_ms(Interval *interval)
+{
+	int64		usecs;
+
+	usecs = interval->time +
+		((int64) interval->month * DAYS_PER_MONTH + interval->day) * USECS_PER_DAY;
+	if (usecs < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	return (long) Min(usecs / 1000, (int64) LONG_MAX);
+}
+
+/* Finish bg_wait and bg_await: the tag, or the job's error. */
+static text *
+bg_outcome(BgJob *job)
+{
+	if (job->state == BG_JOB_FAILED)
+		bg_job_raise_error(job);
+	return cstring_to_text(job->command_tag);
+}
+
+/*
+ * bg_wait(pid integer, timeout interval DEFAULT NULL) RETURNS text
+ *
+ * Wait for the job to end and return its completion tag; NULL if the
+ * timeout passes first.  A job that failed raises its error.
+ */
+Datum
+bg_wait(PG_FUNCTION_ARGS)
+{
+	BgJob	   *job;
+	long		timeout_ms = -1;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	if (!PG_ARGISNULL(1))
+		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
+	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+
+	if (!bg_job_wait(job, timeout_ms))
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(bg_outcome(job));
+}
+
+/*
+ * bg_await(pid integer): a procedure
+ *
+ * Commit the caller's transaction, then wait for the job holding no snapshot
+ * and no lock.  This is how to wait for a job that itself waits for older
+ * snapshots, such as CREATE INDEX CONCURRENTLY.
+ */
+Datum
+bg_await(PG_FUNCTION_ARGS)
+{
+	BgJob	   *job;
+
+	if (!fcinfo->context || !IsA(fcinfo->context, CallContext) ||
+		((CallContext *) fcinfo->context)->atomic)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
+				 errmsg("bg_await must be called with CALL outside a transaction block"),
+				 errhint("Use bg_wait() inside a transaction.")));
+	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+
+	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect_ext failed");
+	SPI_commit();
+	(void) bg_job_wait(job, -1);
+	SPI_finish();
+
+	(void) bg_outcome(job);
+	PG_RETURN_VOID();
+}
+
+/*
+ * bg_cancel(pid integer) RETURNS boolean
+ *
+ * Cancel the job's running statement, as pg_cancel_backend would.  False if
+ * the job had already ended.
+ */
+Datum
+bg_cancel(PG_FUNCTION_ARGS)
+{
+	BgJob	   *job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+	pid_t		pid;
+
+	bg_job_poll(job);
+	if (job->state != BG_JOB_RUNNING ||
+		GetBackgroundWorkerPid(job->handle, &pid) != BGWH_STARTED)
+		PG_RETURN_BOOL(false);
+
+	SpinLockAcquire(&job->shared->mutex);
+	job->shared->cancel_requested = true;
+	SpinLockRelease(&job->shared->mutex);
+	if (kill(pid, SIGINT) != 0)
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * bg_detach(pid integer) RETURNS void
+ *
+ * Stop listening to the job: drop this session's tables of it and free its
+ * spool.  The job runs on to its end.
+ */
+Datum
+bg_detach(PG_FUNCTION_ARGS)
+{
+	BgJob	   *job = bg_job_lookup(PG_GETARG_INT32(0), 0, false);
+
+	if (job->state == BG_JOB_DETACHED)
+	{
+		ereport(NOTICE,
+				(errmsg("background job %d is already detached, skipping",
+						job->pid)));
+		PG_RETURN_VOID();
+	}
+	if (bg_job_in_use(job))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot detach background job %d because its result is being read",
+						job->pid),
+				 errhint("Close the cursors and end the queries that read it first.")));
+
+	bg_drop_job_tables(job);
+	bg_job_release(job);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Drop the tables in this session's temporary schema that read the job.
+ */
+static void
+bg_drop_job_tables(BgJob *job)
+{
+	Oid			serverid = bg_server_oid(true);
+	ObjectAddresses *objects = new_object_addresses();
+	Relation	ftrel;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	ftrel = table_open(ForeignTableRelationId, AccessShareLock);
+	scan = systable_beginscan(ftrel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_foreign_table ft = (Form_pg_foreign_table) GETSTRUCT(tuple);
+		BgTableOptions opts;
+		ObjectAddress object;
+
+		if (ft->ftserver != serverid ||
+			!isTempNamespace(get_rel_namespace(ft->ftrelid)))
+			continue;
+		bg_table_options(ft->ftrelid, &opts);
+		if (opts.pid != job->pid ||
+			(opts.job_id != 0 && opts.job_id != job->job_id))
+			continue;
+		ObjectAddressSet(object, RelationRelationId, ft->ftrelid);
+		add_exact_object_address(&object, objects);
+	}
+	systable_endscan(scan);
+	table_close(ftrel, AccessShareLock);
+
+	performMultipleDeletions(objects, DROP_RESTRICT, 0);
+	free_object_addresses(objects);
+}

@@ -1,0 +1,163 @@
+/*-------------------------------------------------------------------------
+ *
+ * bg_fdw.h
+ *		  Shared definitions for bg_fdw: the job segment layout that the
+ *		  launching session and the background worker agree on, and the
+ *		  session-side job registry used by the FDW and the SQL functions.
+ *
+ * src/bg_fdw.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BG_FDW_H
+#define BG_FDW_H
+
+#include "access/tupdesc.h"
+#include "executor/tuptable.h"
+#include "lib/stringinfo.h"
+#include "port/atomics.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/proc.h"
+#include "storage/shm_mq.h"
+#include "storage/spin.h"
+#include "utils/tuplestore.h"
+
+/* Magic number that identifies a bg_fdw job segment */
+#define BG_FDW_MAGIC			0x62676664
+
+/* shm_toc keys of a job segment */
+#define BG_KEY_SHARED			1
+#define BG_KEY_SQL				2
+#define BG_KEY_GUC				3
+#define BG_KEY_DESC				4
+#define BG_KEY_TUPLE_QUEUE		5
+#define BG_KEY_MESSAGE_QUEUE	6
+
+/* Queue sizes, in bytes */
+#define BG_DEFAULT_QUEUE_SIZE	65536
+#define BG_MIN_QUEUE_SIZE		4096
+#define BG_MAX_QUEUE_SIZE		(1024 * 1024 * 1024)
+#define BG_MESSAGE_QUEUE_SIZE	16384
+
+/* Protocol message types a worker sends on its message queue, besides 'N'/'E' */
+#define BG_MSG_DESCRIPTOR		'T' /* the result's columns */
+#define BG_MSG_COMPLETE			'C' /* committed; carries the completion tag */
+
+/* bgw_type of our workers: pg_stat_activity.backend_type */
+#define BG_WORKER_TYPE			"bg_fdw worker"
+
+/*
+ * Fixed part of a job segment, written by the launcher before the worker
+ * starts.  The fields under "mutex" are how the two sides hand over control:
+ * the worker publishes its PGPROC and waits for "go"; the launcher says "go"
+ * once the result table exists, or "launcher_gone" when it gave up on the job.
+ */
+typedef struct BgJobShared
+{
+	int64		job_id;			/* identifier never reused, see bg_new_job_id */
+	Oid			database_id;	/* database to connect to */
+	Oid			authenticated_user_id;	/* role to connect as */
+	Oid			outer_user_id;	/* SET ROLE in effect, or InvalidOid */
+	Oid			current_user_id;	/* current user at launch */
+	int			sec_context;	/* security context at launch */
+	bool		role_is_superuser;	/* is outer_user_id a superuser */
+	pid_t		launcher_pid;	/* pid of the launching backend */
+	pg_atomic_uint64 rows;		/* rows sent so far */
+
+	slock_t		mutex;			/* protects the fields below */
+	PGPROC	   *worker_proc;	/* worker's PGPROC, once it has one */
+	bool		go;				/* launcher says: run the statements */
+	bool		launcher_gone;	/* launcher detached before "go" */
+	bool		cancel_requested;	/* bg_cancel was called */
+} BgJobShared;
+
+/* Name of the server CREATE EXTENSION makes */
+#define BG_SERVER_NAME			"bg_server"
+
+/* Life of a job as the session that launched it sees it */
+typedef enum BgJobState
+{
+	BG_JOB_RUNNING,				/* no outcome received yet */
+	BG_JOB_FINISHED,			/* committed; command_tag is set */
+	BG_JOB_FAILED,				/* error is set */
+	BG_JOB_DETACHED				/* bg_detach released it; only a tombstone */
+} BgJobState;
+
+/*
+ * One scan (or other consumer) of a job's result in this session.  These
+ * live in the job's memory, not the executor's, so that transaction and
+ * subtransaction abort can release them after the executor state is gone.
+ */
+typedef struct BgReader
+{
+	bool		in_use;			/* slot taken by an open scan */
+	int			readptr;		/* tuplestore read pointer, kept for reuse */
+	SubTransactionId subid;		/* subtransaction that opened it */
+	TupleTableSlot *slot;		/* caller's slot; may point into job memory */
+	TupleTableSlot *mslot;		/* minimal-tuple slot for reading the spool */
+	bool		borrowed;		/* slot holds queue or spool memory */
+} BgReader;
+
+/*
+ * A job launched by this session.  Lives for the session (or until
+ * bg_detach) in its own memory context under TopMemoryContext, because its
+ * rows are read across transactions.
+ */
+typedef struct BgJob
+{
+	int			pid;			/* worker's pid */
+	int64		job_id;			/* never-reused identifier */
+	BgJobState	state;			/* what we know of its outcome */
+	MemoryContext cxt;			/* holds everything below */
+	char	   *sql;			/* the job's statements */
+	dsm_segment *seg;			/* job segment, mapping pinned for session */
+	BgJobShared *shared;		/* fixed part of the segment */
+	BackgroundWorkerHandle *handle; /* to ask the postmaster about it */
+	shm_mq_handle *tuple_mqh;	/* rows from the worker */
+	shm_mq_handle *message_mqh; /* notices, errors, descriptor, outcome */
+	bool		tuples_done;	/* tuple queue detached: all rows received */
+	bool		messages_done;	/* message queue detached */
+	TupleDesc	desc;			/* the result's columns, once known */
+	Tuplestorestate *spool;		/* every row received so far */
+	int64		nspooled;		/* rows in spool */
+	TupleTableSlot *spool_slot; /* slot used to append to the spool */
+	char	   *command_tag;	/* completion tag, once finished */
+	ErrorData  *error;			/* the job's error, once failed */
+	BgReader   *readers;		/* array of nreaders */
+	int			nreaders;		/* allocated length of readers */
+} BgJob;
+
+/* in bg_fdw.c */
+extern int	bg_default_queue_size;
+extern Oid	bg_server_oid(bool missing_ok);
+
+/* in launcher.c */
+extern PGDLLEXPORT void bg_worker_main(Datum main_arg);
+extern int64 bg_new_job_id(void);
+
+/* in job.c */
+extern TupleDesc bg_result_desc(TupleDesc src);
+extern void bg_desc_serialize(StringInfo buf, TupleDesc desc);
+extern TupleDesc bg_desc_deserialize(StringInfo msg);
+extern bool bg_desc_equal(TupleDesc a, TupleDesc b);
+extern BgJob *bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle,
+							int pid, const char *sql, TupleDesc desc,
+							MemoryContext cxt);
+extern void bg_job_set_desc(BgJob *job, TupleDesc desc);
+extern void bg_job_attach(BgJob *job);
+extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
+extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
+extern const char *bg_job_state_name(BgJob *job);
+extern bool bg_job_in_use(BgJob *job);
+extern void bg_job_release(BgJob *job);
+extern void bg_job_poll(BgJob *job);
+extern bool bg_job_wait(BgJob *job, long timeout_ms);
+extern void bg_job_wait_descriptor(BgJob *job);
+extern void bg_job_raise_error(BgJob *job) pg_attribute_noreturn();
+extern int	bg_reader_open(BgJob *job, TupleTableSlot *slot);
+extern void bg_reader_close(BgJob *job, int reader);
+extern void bg_reader_rescan(BgJob *job, int reader);
+extern bool bg_reader_next(BgJob *job, int reader);
+
+#endif							/* BG_FDW_H */

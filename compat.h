@@ -1,0 +1,60 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *		  Small wrappers over the server APIs that differ between the
+ *		  PostgreSQL versions bg_fdw supports (15 and later).  Version tests
+ *		  belong here, not in the code that uses them.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BG_FDW_COMPAT_H
+#define BG_FDW_COMPAT_H
+
+#include "lib/stringinfo.h"
+#include "optimizer/pathnode.h"
+#include "utils/guc.h"
+
+#if PG_VERSION_NUM < 150000
+#error "bg_fdw requires PostgreSQL 15 or later"
+#endif
+
+/* Is the current role (after SET ROLE) a superuser? */
+static inline bool
+bg_current_role_is_superuser(void)
+{
+#if PG_VERSION_NUM >= 160000
+	return current_role_is_superuser;
+#else
+	return session_auth_is_superuser;
+#endif
+}
+
+/* Wrap a received message, which we only read, in a StringInfo. */
+static inline void
+bg_init_read_only_stringinfo(StringInfo str, char *data, int len)
+{
+#if PG_VERSION_NUM >= 160000
+	initReadOnlyStringInfo(str, data, len);
+#else
+	str->data = data;
+	str->len = len;
+	str->maxlen = len;
+	str->cursor = 0;
+#endif
+}
+
+/* A plain foreign scan path: no pushdown, no parameters. */
+static inline ForeignPath *
+bg_create_foreignscan_path(PlannerInfo *root, RelOptInfo *rel, double rows,
+						   Cost startup_cost, Cost total_cost)
+{
+#if PG_VERSION_NUM >= 170000
+	return create_foreignscan_path(root, rel, NULL, rows, startup_cost,
+								   total_cost, NIL, NULL, NULL, NIL, NIL);
+#else
+	return create_foreignscan_path(root, rel, NULL, rows, startup_cost,
+								   total_cost, NIL, NULL, NULL, NIL);
+#endif
+}
+
+#endif							/* BG_FDW_COMPAT_H */

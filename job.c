@@ -1,0 +1,912 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *		  The launching session's side of a background job: the session's
+ *		  list of jobs, the spool that makes a result re-readable, reading
+ *		  the tuple and message queues, waiting, and relaying the worker's
+ *		  notices and errors.
+ *
+ * A job's rows arrive once, on a shm_mq.  Every row taken off the queue is
+ * appended to the job's spool, a tuplestore that outlives transactions and
+ * spills to a temporary file past work_mem, so that every scan of the
+ * result, however many and whenever they run, sees the same rows.  Each scan
+ * has its own read pointer into the spool; a scan that has read all of the
+ * spool takes the next row off the queue, as CteScan does with its
+ * tuplestore.
+ *
+ * Rows are handed to scans without a copy where possible: a scan's slot may
+ * point into the queue's ring buffer or into the spool's memory.  Before
+ * anything that can overwrite such memory (the next receive, an append that
+ * may dump the spool to disk), the slots of the other open scans of the job
+ * are materialized.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/heap.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "libpq/pqformat.h"
+#include "libpq/pqmq.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shm_toc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "bg_fdw.h"
+#include "compat.h"
+
+/* Jobs launched by this session, oldest first; cells in TopMemoryContext */
+static List *bg_jobs = NIL;
+
+static void bg_job_read_messages(BgJob *job);
+static void bg_job_handle_message(BgJob *job, StringInfo msg);
+static void bg_job_relay(BgJob *job, StringInfo msg, bool is_error);
+static void bg_job_lost(BgJob *job);
+static MinimalTuple bg_job_receive(BgJob *job, BgReader *me);
+static void bg_job_sleep(BgJob *job, long timeout_ms);
+static void bg_job_check_deadlock(BgJob *job);
+static void bg_job_protect(BgJob *job, BgReader *me);
+static void bg_xact_callback(XactEvent event, void *arg);
+static void bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								SubTransactionId parentSubid, void *arg);
+static void bg_release_readers(SubTransactionId from_subid);
+
+/* ----------------------------------------------------------------
+ *		Result descriptors
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Pick a column name no earlier column and no system column uses.  An
+ * unnamed column ("?column?") becomes column<N>, N its position; a taken name
+ * gets the first free suffix _2, _3, ...
+ */
+static void
+bg_unique_name(TupleDesc desc, int attno, NameData *name)
+{
+	char		base[NAMEDATALEN];
+	char		candidate[NAMEDATALEN];
+	int			suffix = 1;
+
+	if (NameStr(*name)[0] == '\0' || strcmp(NameStr(*name), "?column?") == 0)
+		snprintf(base, sizeof(base), "column%d", attno + 1);
+	else
+		strlcpy(base, NameStr(*name), sizeof(base));
+	strlcpy(candidate, base, sizeof(candidate));
+
+	for (;;)
+	{
+		bool		taken = (SystemAttributeByName(candidate) != NULL);
+		int			i;
+
+		for (i = 0; i < attno && !taken; i++)
+			taken = (strcmp(NameStr(TupleDescAttr(desc, i)->attname),
+							candidate) == 0);
+		if (!taken)
+			break;
+
+		{
+			char		sfx[16];
+			int			len;
+
+			snprintf(sfx, sizeof(sfx), "_%d", ++suffix);
+			len = pg_mbcliplen(base, strlen(base),
+							   NAMEDATALEN - 1 - strlen(sfx));
+			snprintf(candidate, sizeof(candidate), "%.*s%s", len, base, sfx);
+		}
+	}
+	namestrcpy(name, candidate);
+}
+
+/*
+ * The columns of a job's result table for a statement that produces "src"
+ * (NULL: no rows).  Types that cannot be table columns become text, and
+ * names are made unique.
+ */
+TupleDesc
+bg_result_desc(TupleDesc src)
+{
+	TupleDesc	desc;
+	int			i;
+
+	if (src == NULL)
+	{
+		desc = CreateTemplateTupleDesc(1);
+		TupleDescInitEntry(desc, 1, "command", TEXTOID, -1, 0);
+		TupleDescInitEntryCollation(desc, 1, DEFAULT_COLLATION_OID);
+		return desc;
+	}
+
+	desc = CreateTemplateTupleDesc(src->natts);
+	for (i = 0; i < src->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(src, i);
+		Form_pg_attribute dst = TupleDescAttr(desc, i);
+
+		if (get_typtype(att->atttypid) == TYPTYPE_PSEUDO)
+		{
+			TupleDescInitEntry(desc, i + 1, NameStr(att->attname), TEXTOID, -1, 0);
+			TupleDescInitEntryCollation(desc, i + 1, DEFAULT_COLLATION_OID);
+		}
+		else
+		{
+			TupleDescInitEntry(desc, i + 1, NameStr(att->attname),
+							   att->atttypid, att->atttypmod, 0);
+			TupleDescInitEntryCollation(desc, i + 1, att->attcollation);
+		}
+		bg_unique_name(desc, i, &dst->attname);
+	}
+	return desc;
+}
+
+void
+bg_desc_serialize(StringInfo buf, TupleDesc desc)
+{
+	int			i;
+
+	pq_sendint16(buf, desc->natts);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		pq_sendstring(buf, NameStr(att->attname));
+		pq_sendint32(buf, att->atttypid);
+		pq_sendint32(buf, att->atttypmod);
+		pq_sendint32(buf, att->attcollation);
+	}
+}
+
+TupleDesc
+bg_desc_deserialize(StringInfo msg)
+{
+	int			natts = pq_getmsgint(msg, 2);
+	TupleDesc	desc = CreateTemplateTupleDesc(natts);
+	int			i;
+
+	for (i = 1; i <= natts; i++)
+	{
+		const char *name = pq_getmsgrawstring(msg);
+		Oid			typid = pq_getmsgint(msg, 4);
+		int32		typmod = pq_getmsgint(msg, 4);
+		Oid			collation = pq_getmsgint(msg, 4);
+
+		TupleDescInitEntry(desc, i, name, typid, typmod, 0);
+		TupleDescInitEntryCollation(desc, i, collation);
+	}
+	return desc;
+}
+
+/*
+ * Do two descriptors lay out tuples alike?  Names and collations do not
+ * matter; dropped columns would.
+ */
+bool
+bg_desc_equal(TupleDesc a, TupleDesc b)
+{
+	int			i;
+
+	if (a->natts != b->natts)
+		return false;
+	for (i = 0; i < a->natts; i++)
+	{
+		Form_pg_attribute aa = TupleDescAttr(a, i);
+		Form_pg_attribute ba = TupleDescAttr(b, i);
+
+		if (aa->attisdropped || ba->attisdropped ||
+			aa->atttypid != ba->atttypid || aa->atttypmod != ba->atttypmod)
+			return false;
+	}
+	return true;
+}
+
+/* ----------------------------------------------------------------
+ *		The session's jobs
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Make the launcher's side of a job just started.  Everything lives in
+ * "cxt", which still hangs off the launching transaction.
+ */
+BgJob *
+bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
+			  const char *sql, TupleDesc desc, MemoryContext cxt)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	ResourceOwner oldowner = CurrentResourceOwner;
+	shm_toc    *toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
+	BgJob	   *job = palloc0(sizeof(BgJob));
+
+	job->pid = pid;
+	job->state = BG_JOB_RUNNING;
+	job->cxt = cxt;
+	job->sql = pstrdup(sql);
+	job->seg = seg;
+	job->shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
+	job->job_id = job->shared->job_id;
+	job->handle = handle;
+	job->tuple_mqh = shm_mq_attach(shm_toc_lookup(toc, BG_KEY_TUPLE_QUEUE, false),
+								   seg, handle);
+	job->message_mqh = shm_mq_attach(shm_toc_lookup(toc, BG_KEY_MESSAGE_QUEUE, false),
+									 seg, handle);
+	if (desc)
+		bg_job_set_desc(job, desc);
+
+	/*
+	 * The spool is read across transactions, so it must not belong to the
+	 * launching transaction's resource owner; interXact temp files need
+	 * none.
+	 */
+	CurrentResourceOwner = NULL;
+	job->spool = tuplestore_begin_heap(false, true, work_mem);
+	CurrentResourceOwner = oldowner;
+
+	MemoryContextSwitchTo(oldcxt);
+	return job;
+}
+
+/* Record the result's columns, from bg_launch's describe or the worker. */
+void
+bg_job_set_desc(BgJob *job, TupleDesc desc)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+	job->desc = CreateTupleDescCopy(desc);
+	job->spool_slot = MakeSingleTupleTableSlot(job->desc, &TTSOpsMinimalTuple);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * The launch succeeded: the job now belongs to the session, whatever
+ * becomes of the launching transaction.
+ */
+void
+bg_job_attach(BgJob *job)
+{
+	static bool callbacks_registered = false;
+	MemoryContext oldcxt;
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(bg_xact_callback, NULL);
+		RegisterSubXactCallback(bg_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+
+	MemoryContextSetParent(job->cxt, TopMemoryContext);
+	dsm_pin_mapping(job->seg);
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	bg_jobs = lappend(bg_jobs, job);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Find this session's job with the given PID (and identifier, if not 0).
+ * Where the PID names several jobs over time, the newest wins.
+ */
+BgJob *
+bg_job_lookup(int pid, int64 job_id, bool missing_ok)
+{
+	int			i;
+	const char *type;
+
+	for (i = list_length(bg_jobs) - 1; i >= 0; i--)
+	{
+		BgJob	   *job = list_nth(bg_jobs, i);
+
+		if (job->pid == pid && (job_id == 0 || job->job_id == job_id))
+			return job;
+	}
+	if (missing_ok)
+		return NULL;
+
+	type = GetBackgroundWorkerTypeByPid(pid);
+	if (job_id == 0 && type != NULL && strcmp(type, BG_WORKER_TYPE) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("background job %d was not launched by this session", pid),
+				 errhint("A job's result can be read only in the session that launched it.")));
+	if (job_id != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("background job " INT64_FORMAT " with PID %d is not known to this session",
+						job_id, pid),
+				 errdetail("The job was launched by another session, or by this one before it was detached or the server restarted.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("background job %d does not exist", pid),
+			 errhint("bg_launch returns the PID of the job it starts.")));
+	return NULL;				/* keep compiler quiet */
+}
+
+/* Like bg_job_lookup, but the job's result must still be readable. */
+BgJob *
+bg_job_lookup_attached(int pid, int64 job_id)
+{
+	BgJob	   *job = bg_job_lookup(pid, job_id, false);
+
+	if (job->state == BG_JOB_DETACHED)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("background job %d was detached from this session", pid),
+				 errdetail("Its result can no longer be read.")));
+	return job;
+}
+
+const char *
+bg_job_state_name(BgJob *job)
+{
+	switch (job->state)
+	{
+		case BG_JOB_RUNNING:
+			return "running";
+		case BG_JOB_FINISHED:
+			return "finished";
+		case BG_JOB_FAILED:
+			return "failed";
+		case BG_JOB_DETACHED:
+			return "detached";
+	}
+	return "unknown";
+}
+
+/* Is a scan of the job open in this session? */
+bool
+bg_job_in_use(BgJob *job)
+{
+	int			i;
+
+	for (i = 0; i < job->nreaders; i++)
+		if (job->readers[i].in_use)
+			return true;
+	return false;
+}
+
+/*
+ * Stop listening to the job and free its spool.  The job runs on: its
+ * worker finds the queues detached and drops what it would have sent.  A
+ * small tombstone stays so that later calls can say what became of it.
+ */
+void
+bg_job_release(BgJob *job)
+{
+	Assert(job->state != BG_JOB_DETACHED);
+	Assert(!bg_job_in_use(job));
+
+	tuplestore_end(job->spool);
+	dsm_detach(job->seg);
+
+	/* keep the tombstone (pid, id, state) outside the freed context */
+	{
+		BgJob	   *tomb = MemoryContextAllocZero(TopMemoryContext, sizeof(BgJob));
+		ListCell   *lc;
+
+		tomb->pid = job->pid;
+		tomb->job_id = job->job_id;
+		tomb->state = BG_JOB_DETACHED;
+		foreach(lc, bg_jobs)
+		{
+			if (lfirst(lc) == job)
+				lfirst(lc) = tomb;
+		}
+	}
+	MemoryContextDelete(job->cxt);
+}
+
+/* ----------------------------------------------------------------
+ *		Messages from the worker
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Take every message that has arrived, without waiting.  The queue's
+ * detaching without an outcome means the worker died.
+ */
+static void
+bg_job_read_messages(BgJob *job)
+{
+	while (!job->messages_done)
+	{
+		Size		nbytes;
+		void	   *data;
+		StringInfoData msg;
+		shm_mq_result res;
+
+		res = shm_mq_receive(job->message_mqh, &nbytes, &data, true);
+		if (res == SHM_MQ_WOULD_BLOCK)
+			return;
+		if (res == SHM_MQ_DETACHED)
+		{
+			job->messages_done = true;
+			if (job->state == BG_JOB_RUNNING)
+				bg_job_lost(job);
+			return;
+		}
+		bg_init_read_only_stringinfo(&msg, data, nbytes);
+		bg_job_handle_message(job, &msg);
+	}
+}
+
+static void
+bg_job_handle_message(BgJob *job, StringInfo msg)
+{
+	char		msgtype = pq_getmsgbyte(msg);
+
+	switch (msgtype)
+	{
+		case 'N':
+		case 'E':
+			bg_job_relay(job, msg, msgtype == 'E');
+			break;
+		case BG_MSG_DESCRIPTOR:
+			if (job->desc == NULL)
+			{
+				MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+				bg_job_set_desc(job, bg_desc_deserialize(msg));
+				MemoryContextSwitchTo(oldcxt);
+			}
+			break;
+		case BG_MSG_COMPLETE:
+			if (job->state == BG_JOB_RUNNING)
+			{
+				job->command_tag = MemoryContextStrdup(job->cxt,
+													   pq_getmsgrawstring(msg));
+				job->state = BG_JOB_FINISHED;
+			}
+			break;
+		default:
+			elog(DEBUG1, "background job %d sent unexpected message type \"%c\"",
+				 job->pid, msgtype);
+			break;
+	}
+}
+
+/*
+ * A notice is passed on to our client now, once.  An error is kept: every
+ * read of the result raises it.  Either way it says which job it came from,
+ * and a position in the job's SQL is shown against the job's SQL.
+ */
+static void
+bg_job_relay(BgJob *job, StringInfo msg, bool is_error)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(is_error ? job->cxt :
+												 CurrentMemoryContext);
+	ErrorData  *edata = palloc0(sizeof(ErrorData));
+	char	   *context;
+
+	pq_parse_errornotice(msg, edata);
+	context = psprintf("background job %d", job->pid);
+	edata->context = edata->context ?
+		psprintf("%s\n%s", edata->context, context) : context;
+	if (edata->cursorpos > 0)
+	{
+		edata->internalpos = edata->cursorpos;
+		edata->internalquery = job->sql;
+		edata->cursorpos = 0;
+	}
+	MemoryContextSwitchTo(oldcxt);
+
+	if (is_error || edata->elevel >= ERROR)
+	{
+		if (job->state == BG_JOB_RUNNING)
+		{
+			edata->elevel = ERROR;
+			job->error = edata;
+			job->state = BG_JOB_FAILED;
+		}
+		return;
+	}
+	ThrowErrorData(edata);
+}
+
+/* The worker went away without saying how its job ended. */
+static void
+bg_job_lost(BgJob *job)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+	ErrorData  *edata = palloc0(sizeof(ErrorData));
+
+	edata->elevel = ERROR;
+	edata->sqlerrcode = ERRCODE_CONNECTION_FAILURE;
+	edata->message = psprintf("background job %d terminated without reporting its outcome",
+							  job->pid);
+	edata->detail = pstrdup("Its worker process was terminated or crashed; whether its work was committed is unknown.");
+	edata->context = psprintf("background job %d", job->pid);
+	edata->domain = TEXTDOMAIN;
+	job->error = edata;
+	job->state = BG_JOB_FAILED;
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* Raise the job's error in this session, as an ERROR. */
+void
+bg_job_raise_error(BgJob *job)
+{
+	Assert(job->state == BG_JOB_FAILED && job->error != NULL);
+	ThrowErrorData(job->error);
+	/* ThrowErrorData returns only for levels below ERROR */
+	elog(ERROR, "background job %d failed", job->pid);
+}
+
+/* ----------------------------------------------------------------
+ *		Waiting
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Sleep until the worker sends something, we are interrupted, or the timeout
+ * passes.  A full deadlock_timeout without news from the worker is when we
+ * look for a deadlock between the two of us.
+ */
+static void
+bg_job_sleep(BgJob *job, long timeout_ms)
+{
+	long		wait_ms = DeadlockTimeout;
+	int			rc;
+
+	if (timeout_ms >= 0 && timeout_ms < wait_ms)
+		wait_ms = timeout_ms;
+	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+				   wait_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	if ((rc & WL_TIMEOUT) && wait_ms == DeadlockTimeout)
+		bg_job_check_deadlock(job);
+}
+
+/*
+ * The worker may wait for us: for a lock our transaction holds, or (CREATE
+ * INDEX CONCURRENTLY) for our snapshot to go away.  The lock manager cannot
+ * see that we wait for the worker, so look for it ourselves.
+ */
+static void
+bg_job_check_deadlock(BgJob *job)
+{
+	ArrayType  *blockers;
+	int32	   *pids;
+	int			n;
+	int			i;
+
+	blockers = DatumGetArrayTypeP(DirectFunctionCall1(pg_blocking_pids,
+													  Int32GetDatum(job->pid)));
+	pids = (int32 *) ARR_DATA_PTR(blockers);
+	n = ArrayGetNItems(ARR_NDIM(blockers), ARR_DIMS(blockers));
+	for (i = 0; i < n; i++)
+	{
+		if (pids[i] == MyProcPid)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+					 errmsg("deadlock detected"),
+					 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
+							   job->pid),
+					 errhint("Wait for the job with CALL bg_await(%d), which holds no snapshot or lock while it waits, or from another session.",
+							 job->pid)));
+	}
+	pfree(blockers);
+}
+
+/*
+ * Take whatever rows have arrived into the spool, and the messages.
+ */
+void
+bg_job_poll(BgJob *job)
+{
+	bool		protected = false;
+
+	while (!job->tuples_done && job->desc != NULL)
+	{
+		Size		nbytes;
+		void	   *data;
+		shm_mq_result res;
+
+		if (!protected)
+		{
+			bg_job_protect(job, NULL);
+			protected = true;
+		}
+		res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
+		if (res == SHM_MQ_WOULD_BLOCK)
+			break;
+		if (res == SHM_MQ_DETACHED)
+		{
+			job->tuples_done = true;
+			break;
+		}
+		ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
+		tuplestore_select_read_pointer(job->spool, 0);
+		tuplestore_puttupleslot(job->spool, job->spool_slot);
+		job->nspooled++;
+	}
+	bg_job_read_messages(job);
+}
+
+/* Has the job ended, with all its rows in the spool? */
+static bool
+bg_job_ended(BgJob *job)
+{
+	return job->state == BG_JOB_FAILED ||
+		(job->state == BG_JOB_FINISHED && job->tuples_done);
+}
+
+/*
+ * Wait until the job ends, keeping its rows in the spool meanwhile so that it
+ * never waits for us.  timeout_ms < 0 waits for good.  Returns false if the
+ * timeout passed first.  Does not raise the job's error.
+ */
+bool
+bg_job_wait(BgJob *job, long timeout_ms)
+{
+	TimestampTz deadline = 0;
+
+	if (timeout_ms >= 0)
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	for (;;)
+	{
+		long		remaining = -1;
+
+		bg_job_poll(job);
+		if (bg_job_ended(job))
+			return true;
+		if (timeout_ms >= 0)
+		{
+			remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+														deadline);
+			if (remaining <= 0)
+				return false;
+		}
+		bg_job_sleep(job, remaining);
+	}
+}
+
+/*
+ * bg_launch of several statements: wait until the worker reaches the last
+ * one and reports its columns.  A job that fails before that has its error
+ * raised here.
+ */
+void
+bg_job_wait_descriptor(BgJob *job)
+{
+	for (;;)
+	{
+		bg_job_read_messages(job);
+		if (job->desc != NULL)
+			return;
+		if (job->state == BG_JOB_FAILED)
+			bg_job_raise_error(job);
+		if (job->state == BG_JOB_FINISHED)
+			elog(ERROR, "background job %d finished without describing its result",
+				 job->pid);
+		bg_job_sleep(job, -1);
+	}
+}
+
+/* ----------------------------------------------------------------
+ *		Readers
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Open a reader of the job's result, positioned at its first row.  Read
+ * pointers cannot be freed, so closed readers are reused.
+ */
+int
+bg_reader_open(BgJob *job, TupleTableSlot *slot)
+{
+	int			i;
+	BgReader   *rd;
+
+	for (i = 0; i < job->nreaders; i++)
+		if (!job->readers[i].in_use)
+			break;
+	if (i == job->nreaders)
+	{
+		int			n = Max(4, job->nreaders * 2);
+
+		if (job->readers == NULL)
+			job->readers = MemoryContextAllocZero(job->cxt, n * sizeof(BgReader));
+		else
+		{
+			job->readers = repalloc(job->readers, n * sizeof(BgReader));
+			memset(job->readers + job->nreaders, 0,
+				   (n - job->nreaders) * sizeof(BgReader));
+		}
+		for (; job->nreaders < n; job->nreaders++)
+			job->readers[job->nreaders].readptr = -1;
+	}
+
+	rd = &job->readers[i];
+	if (rd->readptr < 0)
+		rd->readptr = tuplestore_alloc_read_pointer(job->spool, EXEC_FLAG_REWIND);
+	rd->in_use = true;
+	rd->subid = GetCurrentSubTransactionId();
+	rd->slot = slot;
+	rd->borrowed = false;
+	if (rd->mslot == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+		rd->mslot = MakeSingleTupleTableSlot(job->desc, &TTSOpsMinimalTuple);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	bg_reader_rescan(job, i);
+	return i;
+}
+
+void
+bg_reader_close(BgJob *job, int reader)
+{
+	BgReader   *rd = &job->readers[reader];
+
+	rd->in_use = false;
+	rd->slot = NULL;
+	rd->borrowed = false;
+	ExecClearTuple(rd->mslot);
+}
+
+void
+bg_reader_rescan(BgJob *job, int reader)
+{
+	tuplestore_select_read_pointer(job->spool, job->readers[reader].readptr);
+	tuplestore_rescan(job->spool);
+}
+
+/*
+ * Materialize the slots of other readers that point into memory the next
+ * receive or append may overwrite.
+ */
+static void
+bg_job_protect(BgJob *job, BgReader *me)
+{
+	int			i;
+
+	for (i = 0; i < job->nreaders; i++)
+	{
+		BgReader   *rd = &job->readers[i];
+
+		if (rd != me && rd->in_use && rd->borrowed)
+		{
+			ExecMaterializeSlot(rd->slot);
+			rd->borrowed = false;
+		}
+	}
+}
+
+/*
+ * Take the next row off the tuple queue for reader "me", waiting for it if
+ * need be.  Returns NULL once the job has ended well and every row has been
+ * taken; raises the job's error if it failed.  The tuple points into the
+ * queue and is valid until the next receive.
+ */
+static MinimalTuple
+bg_job_receive(BgJob *job, BgReader *me)
+{
+	bg_job_protect(job, me);
+	for (;;)
+	{
+		shm_mq_result res = SHM_MQ_DETACHED;
+
+		if (!job->tuples_done)
+		{
+			Size		nbytes;
+			void	   *data;
+
+			res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
+			if (res == SHM_MQ_SUCCESS)
+				return (MinimalTuple) data;
+			if (res == SHM_MQ_DETACHED)
+				job->tuples_done = true;
+		}
+		bg_job_read_messages(job);
+		if (job->state == BG_JOB_FAILED)
+			bg_job_raise_error(job);
+		if (bg_job_ended(job))
+			return NULL;
+		bg_job_sleep(job, -1);
+	}
+}
+
+/*
+ * Store the reader's next row in its slot; false at the end of the result.
+ */
+bool
+bg_reader_next(BgJob *job, int reader)
+{
+	BgReader   *rd = &job->readers[reader];
+	MinimalTuple tuple;
+
+	MemoryContext oldcxt;
+	bool		found;
+
+	/*
+	 * A row read back from a spilled spool is palloc'd; it belongs to mslot,
+	 * so it must not go in the caller's short-lived context.
+	 */
+	tuplestore_select_read_pointer(job->spool, rd->readptr);
+	oldcxt = MemoryContextSwitchTo(job->cxt);
+	found = (!tuplestore_ateof(job->spool) &&
+			 tuplestore_gettupleslot(job->spool, true, false, rd->mslot));
+	MemoryContextSwitchTo(oldcxt);
+	if (found)
+	{
+		tuple = ((MinimalTupleTableSlot *) rd->mslot)->mintuple;
+		ExecForceStoreMinimalTuple(tuple, rd->slot, false);
+		rd->borrowed = true;
+		return true;
+	}
+
+	/* This reader has read the whole spool: the next row is on the queue. */
+	tuple = bg_job_receive(job, rd);
+	if (tuple == NULL)
+	{
+		ExecClearTuple(rd->slot);
+		return false;
+	}
+	ExecStoreMinimalTuple(tuple, rd->mslot, false);
+	tuplestore_select_read_pointer(job->spool, rd->readptr);
+	tuplestore_puttupleslot(job->spool, rd->mslot);
+	job->nspooled++;
+	ExecForceStoreMinimalTuple(tuple, rd->slot, false);
+	rd->borrowed = true;
+	return true;
+}
+
+/* ----------------------------------------------------------------
+ *		Transaction end
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Scans that an abort cut short never reach EndForeignScan; their executor
+ * memory is gone, so forget their slots and free their read pointers.
+ */
+static void
+bg_release_readers(SubTransactionId from_subid)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+		int			i;
+
+		for (i = 0; i < job->nreaders; i++)
+		{
+			BgReader   *rd = &job->readers[i];
+
+			if (rd->in_use && rd->subid >= from_subid)
+				bg_reader_close(job, i);
+		}
+	}
+}
+
+static void
+bg_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
+		event == XACT_EVENT_PREPARE)
+		bg_release_readers(InvalidSubTransactionId);
+}
+
+static void
+bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		bg_release_readers(mySubid);
+}
