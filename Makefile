@@ -7,7 +7,7 @@ EXTENSION = bg_fdw
 DATA = bg_fdw--1.0.sql
 PGFILEDESC = "bg_fdw - run SQL in background workers, read results as foreign tables"
 
-REGRESS = bg_fdw
+REGRESS = basic shapes errors xact
 REGRESS_OPTS = --temp-config=$(srcdir)/regress.conf
 
 TAP_TESTS = 1

@@ -48,6 +48,9 @@ PG_MODULE_MAGIC;
 /* Default queue_size of bg_launch, in bytes (bg_fdw.queue_size) */
 int			bg_default_queue_size = BG_DEFAULT_QUEUE_SIZE;
 
+/* Rows assumed for a result whose size is not known yet */
+#define BG_DEFAULT_ROWS		1000.0
+
 /*
  * Valid options for a bg_fdw foreign table.
  */
@@ -299,21 +302,26 @@ bg_server_oid(bool missing_ok)
 
 /*
  * bgGetForeignRelSize
- *		The job knows how many rows it has produced so far.
+ *		A finished job's row count is exact.  A running job's count so far is
+ *		only a floor: one that has just started has produced next to nothing,
+ *		and planning for that would put it on the inner side of nested loops.
  */
 static void
 bgGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
 {
 	BgTableOptions opts;
 	BgJob	   *job;
+	double		rows = BG_DEFAULT_ROWS;
 
 	bg_table_options(foreigntableid, &opts);
 	job = bg_job_lookup(opts.pid, opts.job_id, true);
-	baserel->rows = 1000;
 	if (job && job->state != BG_JOB_DETACHED)
-		baserel->rows = Max(job->nspooled,
-							(double) pg_atomic_read_u64(&job->shared->rows));
-	baserel->rows = clamp_row_est(baserel->rows);
+	{
+		rows = (double) pg_atomic_read_u64(&job->shared->rows);
+		if (job->state == BG_JOB_RUNNING)
+			rows = Max(rows, BG_DEFAULT_ROWS);
+	}
+	baserel->rows = clamp_row_est(rows);
 }
 
 /*

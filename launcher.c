@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "access/printtup.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
@@ -85,6 +86,7 @@ typedef struct BgDestReceiver
 /* Launcher side */
 static void bg_check_statements(List *raw_list);
 static TupleDesc bg_describe(RawStmt *raw, const char *sql);
+static void bg_launch_error_callback(void *arg);
 static int	bg_check_queue_size(FunctionCallInfo fcinfo);
 static BgJob *bg_start_job(const char *sql, int queue_size, TupleDesc desc);
 static dsm_segment *bg_create_segment(const char *sql, int queue_size,
@@ -122,6 +124,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	List	   *raw_list;
 	TupleDesc	desc = NULL;
 	BgJob	   *job;
+	ErrorContextCallback errcallback;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -131,6 +134,10 @@ bg_launch(PG_FUNCTION_ARGS)
 	queue_size = bg_check_queue_size(fcinfo);
 
 	/* Syntax errors are raised here, by the launcher, not by the job. */
+	errcallback.callback = bg_launch_error_callback;
+	errcallback.arg = sql;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	raw_list = pg_parse_query(sql);
 	if (raw_list == NIL)
 		ereport(ERROR,
@@ -146,6 +153,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	 */
 	if (list_length(raw_list) == 1)
 		desc = bg_result_desc(bg_describe(linitial_node(RawStmt, raw_list), sql));
+	error_context_stack = errcallback.previous;
 
 	job = bg_start_job(sql, queue_size, desc);
 	if (desc == NULL)
@@ -199,20 +207,56 @@ bg_describe(RawStmt *raw, const char *sql)
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		psrc = CreateCachedPlan(raw, sql, CreateCommandTag(raw->stmt));
+		querytrees = pg_analyze_and_rewrite_fixedparams(raw, sql, NULL, 0, NULL);
+		CompleteCachedPlan(psrc, querytrees, NULL, NULL, 0, NULL, NULL,
+						   CURSOR_OPT_PARALLEL_OK, true);
+		if (psrc->resultDesc)
+		{
+			MemoryContextSwitchTo(oldcxt);
+			desc = CreateTupleDescCopy(psrc->resultDesc);
+		}
+		DropCachedPlan(psrc);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
 
-	psrc = CreateCachedPlan(raw, sql, CreateCommandTag(raw->stmt));
-	querytrees = pg_analyze_and_rewrite_fixedparams(raw, sql, NULL, 0, NULL);
-	CompleteCachedPlan(psrc, querytrees, NULL, NULL, 0, NULL, NULL,
-					   CURSOR_OPT_PARALLEL_OK, true);
-	if (psrc->resultDesc)
-		desc = CreateTupleDescCopy(psrc->resultDesc);
-	DropCachedPlan(psrc);
+		/* An internal subtransaction must be ended here, or ours is left aborted. */
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
 
 	RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(oldcxt);
 	CurrentResourceOwner = oldowner;
 
 	return desc;
+}
+
+/*
+ * Error context callback while bg_launch parses and describes the job: a
+ * position refers to the job's SQL, not to the query that called bg_launch.
+ */
+static void
+bg_launch_error_callback(void *arg)
+{
+	int			pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(pos);
+		internalerrquery((const char *) arg);
+	}
 }
 
 static int
@@ -439,9 +483,8 @@ bg_create_result_table(BgJob *job)
 	if (XactReadOnly)
 	{
 		ereport(NOTICE,
-				(errmsg("no result table was created for background job %d because the transaction is read-only",
-						job->pid),
-				 errhint("Read the result with bg_result(%d).", job->pid)));
+				(errmsg("no result table was created for the background job because the transaction is read-only"),
+				 errhint("Read its result with bg_result(), giving the PID bg_launch returns.")));
 		return;
 	}
 
@@ -558,8 +601,15 @@ bg_worker_main(Datum main_arg)
 											  shared->authenticated_user_id,
 											  0);
 	SetClientEncoding(GetDatabaseEncoding());
+	/*
+	 * Some check hooks refuse values a leader may legitimately have, such as
+	 * transaction_read_only = off on a hot standby; like a parallel worker,
+	 * we only replay settings the launcher already has.
+	 */
 	StartTransactionCommand();
+	InitializingParallelWorker = true;
 	RestoreGUCState(shm_toc_lookup(toc, BG_KEY_GUC, false));
+	InitializingParallelWorker = false;
 	desc_space = shm_toc_lookup(toc, BG_KEY_DESC, true);
 	if (desc_space)
 	{

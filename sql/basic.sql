@@ -1,0 +1,156 @@
+--
+-- bg_fdw: launch a job, read its result as a table
+--
+CREATE EXTENSION bg_fdw;
+
+-- The objects the extension makes
+SELECT fdwname FROM pg_foreign_data_wrapper WHERE fdwname = 'bg_fdw';
+SELECT srvname FROM pg_foreign_server WHERE srvname = 'bg_server';
+SELECT has_function_privilege('public', 'bg_launch(text, integer)', 'EXECUTE') AS public_may_launch;
+
+-- Helpers shared by all test files.  Outcomes that carry a PID or a job
+-- identifier are masked so the expected output does not depend on them.
+CREATE FUNCTION regress_mask(msg text, pid int) RETURNS text
+LANGUAGE sql AS $$
+  SELECT regexp_replace(regexp_replace(regexp_replace(msg,
+           '(?<!\d)' || pid || '(?!\d)', '<pid>', 'g'),
+           '([Bb]ackground job |bg_await\(|bg_result_|bg_result\()\d+', '\1<pid>', 'g'),
+           '\m\d{16,}\M', '<job>', 'g')
+$$;
+
+CREATE FUNCTION regress_try(sql text, pid int DEFAULT 0) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+  st text; msg text; det text; hnt text; ctx text;
+BEGIN
+  EXECUTE sql;
+  RETURN 'ok';
+EXCEPTION WHEN OTHERS OR query_canceled THEN
+  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+    det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT, ctx = PG_EXCEPTION_CONTEXT;
+  RETURN regress_mask(st || ': ' || msg
+    || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
+    || coalesce(E'\nHINT: ' || nullif(hnt, ''), '')
+    || coalesce(E'\nCONTEXT: ' || (SELECT string_agg(l, ' / ')
+                                   FROM regexp_split_to_table(ctx, E'\n') l
+                                   WHERE l LIKE 'background job%'), ''),
+    pid);
+END
+$$;
+
+-- EXPLAIN with the PID masked
+CREATE FUNCTION regress_explain(query text, pid int) RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+  line text;
+BEGIN
+  FOR line IN EXECUTE 'EXPLAIN (COSTS OFF' ||
+      CASE WHEN query LIKE '(VERBOSE)%' THEN ', VERBOSE) ' || substr(query, 10)
+           ELSE ') ' || query END LOOP
+    RETURN NEXT regress_mask(line, pid);
+  END LOOP;
+END
+$$;
+
+-- Poll until no job of ours runs any more (never a fixed sleep).
+CREATE FUNCTION regress_no_workers() RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    IF NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker') THEN
+      RETURN true;
+    END IF;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  RETURN false;
+END
+$$;
+
+-- The example from the documentation
+SELECT bg_launch('SELECT g AS id, md5(g::text) AS hash FROM generate_series(1, 1000000) g') AS pid \gset
+SELECT relname = 'bg_result_' || :pid AS named_after_pid,
+       relpersistence, relkind
+  FROM pg_class WHERE relname = 'bg_result_' || :pid;
+SELECT attname, format_type(atttypid, atttypmod)
+  FROM pg_attribute WHERE attrelid = ('bg_result_' || :pid)::regclass AND attnum > 0
+  ORDER BY attnum;
+SELECT ftoptions[1] = 'pid=' || :pid AS pid_option, ftoptions[2] ~ '^job=\d+$' AS job_option
+  FROM pg_foreign_table WHERE ftrelid = ('bg_result_' || :pid)::regclass;
+
+\set t bg_result_:pid
+SELECT count(*), sum(id), count(DISTINCT hash) FROM :t;
+-- reading again gives the same rows
+SELECT * FROM :t ORDER BY id LIMIT 3;
+SELECT count(*), sum(id) FROM :t;
+-- self-join
+SELECT a.id FROM :t a JOIN :t b USING (id) WHERE a.id < 5 ORDER BY 1;
+-- rescans under a nested loop
+SET enable_hashjoin = off;
+SET enable_mergejoin = off;
+SET enable_material = off;
+SELECT regress_explain('SELECT count(*) FROM (VALUES (1), (2), (3)) v(x) JOIN '
+                       || :'t' || ' r ON r.id = v.x', :pid);
+SELECT v.x, r.hash FROM (VALUES (1), (2), (3)) v(x) JOIN :t r ON r.id = v.x ORDER BY 1;
+RESET enable_hashjoin;
+RESET enable_mergejoin;
+RESET enable_material;
+-- CREATE TABLE AS and INSERT ... SELECT
+CREATE TABLE regress_copy AS SELECT * FROM :t;
+INSERT INTO regress_copy SELECT * FROM :t WHERE id <= 10;
+SELECT count(*) FROM regress_copy;
+-- cursors, within and across transactions
+BEGIN;
+DECLARE c CURSOR FOR SELECT * FROM :t ORDER BY id;
+FETCH 2 FROM c;
+FETCH 2 FROM c;
+COMMIT;
+BEGIN;
+DECLARE h CURSOR WITH HOLD FOR SELECT id FROM :t WHERE id % 250000 = 0;
+COMMIT;
+FETCH ALL FROM h;
+CLOSE h;
+-- EXPLAIN shows the job; plain EXPLAIN reads nothing
+SELECT regress_explain('SELECT * FROM ' || :'t', :pid);
+-- VERBOSE adds the job's identifier, spooled rows and query
+SELECT regress_explain('(VERBOSE) SELECT * FROM ' || :'t', :pid);
+SELECT bg_wait(:pid);
+
+-- A LIMIT leaves the rest of a result still running to read later.
+SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g') AS pid \gset
+\set t bg_result_:pid
+SELECT * FROM :t LIMIT 2;
+SELECT * FROM :t LIMIT 3;
+BEGIN;
+DECLARE c2 SCROLL CURSOR FOR SELECT g FROM :t;
+FETCH 2 FROM c2;
+-- another scan overtakes the open cursor, which still sees every row
+SELECT count(*), max(g) FROM :t;
+FETCH 2 FROM c2;
+MOVE FORWARD ALL IN c2;
+FETCH BACKWARD 1 FROM c2;
+COMMIT;
+SELECT bg_wait(:pid);
+
+-- bg_result: the same rows through a column definition list
+SELECT * FROM bg_result(:pid) AS r(g integer) ORDER BY g LIMIT 3;
+SELECT count(*) FROM bg_result(:pid) AS r(g integer);
+
+-- Two jobs still running, joined
+SELECT bg_launch('SELECT g AS id, g * 2 AS twice FROM generate_series(1, 50000) g') AS a \gset
+SELECT bg_launch('SELECT g AS id, g * 3 AS thrice FROM generate_series(1, 50000) g') AS b \gset
+SELECT count(*), sum(twice + thrice)
+  FROM bg_result_:a JOIN bg_result_:b USING (id);
+
+-- A table made by hand over a job's result: names may differ
+CREATE FOREIGN TABLE regress_by_hand (x int, y int) SERVER bg_server OPTIONS (pid :'a');
+SELECT sum(x), sum(y) FROM regress_by_hand;
+DROP FOREIGN TABLE regress_by_hand;
+
+-- bg_detach drops the job's tables and releases its spool
+SELECT bg_detach(:a);
+SELECT count(*) FROM pg_class WHERE relname = 'bg_result_' || :a;
+-- DROP FOREIGN TABLE drops only the table; bg_result still reads the job
+DROP FOREIGN TABLE bg_result_:b;
+SELECT count(*) FROM bg_result(:b) AS r(id int, thrice int);
+SELECT bg_detach(:b);
+SELECT regress_no_workers();

@@ -1,0 +1,145 @@
+--
+-- bg_fdw: bad input gets a clear error, and nothing leaks
+--
+CREATE FUNCTION regress_dsm_segments() RETURNS bigint
+LANGUAGE sql AS $$
+  SELECT count(*) FROM pg_ls_dir('/dev/shm') f WHERE f LIKE 'PostgreSQL.%'
+$$;
+CREATE FUNCTION regress_temp_files() RETURNS bigint
+LANGUAGE sql AS $$
+  SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp', true, false)
+$$;
+-- Poll until the DSM segments are back to what they were
+CREATE FUNCTION regress_dsm_back_to(n bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    IF regress_dsm_segments() = n THEN
+      RETURN true;
+    END IF;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  RETURN false;
+END
+$$;
+
+SELECT regress_no_workers();
+SELECT regress_dsm_segments() AS dsm_before \gset
+
+-- NULL or empty SQL
+SELECT bg_launch(NULL);
+SELECT bg_launch('');
+SELECT bg_launch(' ; ');
+-- syntax errors are raised by bg_launch itself
+SELECT bg_launch('SELEC 1');
+-- so are errors of parse analysis of a single statement
+SELECT bg_launch('SELECT * FROM regress_no_such_table');
+-- queue_size out of range
+SELECT bg_launch('SELECT 1', 100);
+SELECT bg_launch('SELECT 1', -1);
+SET bg_fdw.queue_size = 100;
+SET bg_fdw.queue_size = '1MB';
+SELECT bg_launch('SELECT 1', 1048576) AS pid \gset
+SELECT bg_wait(:pid);
+SELECT bg_detach(:pid);
+RESET bg_fdw.queue_size;
+SET bg_fdw.no_such_setting = 1;
+-- COPY to or from the client
+SELECT bg_launch('COPY regress_v TO STDOUT');
+SELECT bg_launch('SELECT 1; COPY regress_v FROM STDIN');
+-- an unknown pid
+SELECT bg_wait(1);
+SELECT bg_cancel(1);
+SELECT bg_detach(1);
+SELECT * FROM bg_result(1) AS r(x int);
+-- bg_result's column list must match
+SELECT bg_launch('SELECT 1 AS a, ''b''::text AS b') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(a int)', :pid);
+SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(a int, b varchar)', :pid);
+SELECT * FROM bg_result(:pid) AS r(x int, y text);
+-- bg_wait with a timeout: NULL when it passes first
+SELECT bg_launch('SELECT pg_sleep(60)') AS sleeper \gset
+SELECT bg_wait(:sleeper, '10 ms') IS NULL AS timed_out;
+SELECT bg_wait(:sleeper, '-1 s');
+-- bg_cancel: true while running, false afterwards; the job ends as cancelled
+SELECT bg_cancel(:sleeper);
+SELECT regress_try('SELECT bg_wait(' || :sleeper || ')', :sleeper);
+SELECT bg_cancel(:sleeper);
+SELECT regress_try('SELECT * FROM bg_result_' || :sleeper, :sleeper);
+-- reading after bg_detach
+SELECT bg_detach(:pid);
+-- detaching again is a no-op with a NOTICE (its text is checked in t/)
+SET client_min_messages = warning;
+SELECT bg_detach(:pid);
+RESET client_min_messages;
+SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(a int, b text)', :pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+-- detaching a job whose result is being read
+SELECT bg_launch('SELECT 1 AS x') AS pid \gset
+SELECT regress_try('SELECT bg_detach(' || :pid || ') FROM bg_result_' || :pid, :pid);
+-- bg_await is a procedure for top level
+SELECT regress_try('CALL bg_await(' || :pid || ')', :pid);
+BEGIN;
+CALL bg_await(:pid);
+ROLLBACK;
+
+-- Hand-made foreign tables: options are checked
+CREATE FOREIGN TABLE regress_ft1 (x int) SERVER bg_server;
+CREATE FOREIGN TABLE regress_ft1 (x int) SERVER bg_server OPTIONS (pid 'abc');
+CREATE FOREIGN TABLE regress_ft1 (x int) SERVER bg_server OPTIONS (pid '-5');
+CREATE FOREIGN TABLE regress_ft1 (x int) SERVER bg_server OPTIONS (pid '5', job 'x');
+CREATE FOREIGN TABLE regress_ft1 (x int) SERVER bg_server OPTIONS (pid '5', pdi '5');
+CREATE SERVER regress_srv FOREIGN DATA WRAPPER bg_fdw OPTIONS (pid '5');
+-- a table for a job that does not exist
+CREATE FOREIGN TABLE regress_ft1 (x int) SERVER bg_server OPTIONS (pid '1');
+SELECT * FROM regress_ft1;
+-- plain EXPLAIN reads no queue, and works even then
+EXPLAIN (COSTS OFF) SELECT * FROM regress_ft1;
+-- wrong column types, wrong number of columns
+CREATE FOREIGN TABLE regress_ft2 (x text) SERVER bg_server OPTIONS (pid :'pid');
+SELECT regress_try('SELECT * FROM regress_ft2', :pid);
+CREATE FOREIGN TABLE regress_ft3 (x int, y int) SERVER bg_server OPTIONS (pid :'pid');
+SELECT regress_try('SELECT * FROM regress_ft3', :pid);
+CREATE FOREIGN TABLE regress_ft4 (x numeric(5,1)) SERVER bg_server OPTIONS (pid :'pid');
+SELECT regress_try('SELECT * FROM regress_ft4', :pid);
+-- a stale table: the right pid with another job's identifier
+CREATE FOREIGN TABLE regress_ft5 (x int) SERVER bg_server
+  OPTIONS (pid :'pid', job '1234567890123456789');
+SELECT regress_try('SELECT * FROM regress_ft5', :pid);
+ALTER FOREIGN TABLE regress_ft5 OPTIONS (DROP pid);
+DROP FOREIGN TABLE regress_ft1, regress_ft2, regress_ft3, regress_ft4, regress_ft5;
+SELECT bg_detach(:pid);
+
+-- No free background worker slot: say which setting to raise.  The failed
+-- launch leaves nothing behind; those that succeeded are jobs like any other
+-- (launching is not undone by a rollback), so cancel and detach them.
+DO $$
+DECLARE
+  pids int[] := '{}';
+  msg text; hint text;
+BEGIN
+  BEGIN
+    FOR i IN 1..50 LOOP
+      pids := pids || bg_launch('SELECT pg_sleep(60)');
+    END LOOP;
+    RAISE EXCEPTION 'launched 50 jobs';
+  EXCEPTION WHEN insufficient_resources THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+    RAISE NOTICE '%', msg;
+    RAISE NOTICE '%', hint;
+  END;
+  RAISE NOTICE 'every job launched was cancelled: %',
+    (SELECT bool_and(bg_cancel(p)) FROM unnest(pids) p);
+  PERFORM bg_detach(p) FROM unnest(pids) p;
+END
+$$;
+SELECT regress_no_workers();
+SELECT bg_launch('SELECT 42 AS still_works') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT bg_detach(:pid);
+
+-- the session still works, and nothing is left behind
+SELECT bg_detach(:sleeper);
+SELECT regress_no_workers();
+SELECT regress_dsm_back_to(:dsm_before);
+SELECT regress_temp_files();

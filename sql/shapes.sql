@@ -1,0 +1,134 @@
+--
+-- bg_fdw: result shapes, several statements, utility statements
+--
+CREATE TABLE regress_m (a int);
+CREATE TABLE regress_v (id int, payload text);
+INSERT INTO regress_v SELECT g, repeat('x', g % 10) FROM generate_series(1, 1000) g;
+
+-- Columns keep their exact types and typmods
+SELECT bg_launch($$SELECT 1::int2 AS i2, 2::int8 AS i8, 3.5::numeric(5,2) AS n,
+                          'ab'::varchar(7) AS v, 'c'::char(3) AS c,
+                          '2020-01-02 03:04:05+00'::timestamptz(2) AS ts,
+                          '{"a": 1}'::jsonb AS j, ARRAY[1,2] AS arr,
+                          (SELECT regress_v FROM regress_v WHERE id = 3) AS rowtype,
+                          'x' COLLATE "C" AS coll$$) AS pid \gset
+SELECT attname, format_type(atttypid, atttypmod), attcollation::regcollation
+  FROM pg_attribute WHERE attrelid = ('bg_result_' || :pid)::regclass AND attnum > 0
+  ORDER BY attnum;
+SELECT * FROM bg_result_:pid;
+
+-- Unnamed and duplicate columns get unique names; system column names too
+SELECT bg_launch('SELECT 1, 2 AS a, 3 AS a, 4 AS a_2, 5, 6 AS ctid, 7 AS a') AS pid \gset
+SELECT attname FROM pg_attribute
+  WHERE attrelid = ('bg_result_' || :pid)::regclass AND attnum > 0 ORDER BY attnum;
+SELECT * FROM bg_result_:pid;
+
+-- Types that cannot be table columns arrive as text
+CREATE FUNCTION regress_maintenance() RETURNS void LANGUAGE sql AS $$ SELECT $$;
+SELECT bg_launch('SELECT regress_maintenance() AS v, pg_sleep(0) AS s, row(1, ''x'', NULL) AS r, NULL::record AS n') AS pid \gset
+SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+  WHERE attrelid = ('bg_result_' || :pid)::regclass AND attnum > 0 ORDER BY attnum;
+SELECT v IS NULL AS null_void, s = '' AS void_is_empty, r, n IS NULL AS null_record FROM bg_result_:pid;
+
+-- Statements without rows: one column "command", the completion tag
+SELECT bg_launch('INSERT INTO regress_m SELECT generate_series(1, 5)') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT bg_launch('UPDATE regress_m SET a = a + 1 WHERE a > 3') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT bg_launch('CREATE TABLE regress_made_by_job (x int)') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT to_regclass('regress_made_by_job') IS NOT NULL AS created;
+SELECT bg_launch('VACUUM (ANALYZE) regress_v') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT bg_wait(:pid);
+-- INSERT ... RETURNING has rows
+SELECT bg_launch('INSERT INTO regress_m VALUES (100), (101) RETURNING a, a * 2 AS b') AS pid \gset
+SELECT * FROM bg_result_:pid ORDER BY a;
+
+-- Utility statements that return rows
+SET TimeZone = 'America/New_York';
+SELECT bg_launch('SHOW TimeZone') AS pid \gset
+SELECT * FROM bg_result_:pid;
+RESET TimeZone;
+SELECT bg_launch('EXPLAIN (COSTS OFF) SELECT * FROM regress_v WHERE id = 1') AS pid \gset
+SELECT * FROM bg_result_:pid;
+CREATE PROCEDURE regress_out(IN x int, OUT doubled int, OUT label text)
+LANGUAGE plpgsql AS $$ BEGIN doubled := x * 2; label := 'x' || x; END $$;
+SELECT bg_launch('CALL regress_out(21, NULL, NULL)') AS pid \gset
+SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+  WHERE attrelid = ('bg_result_' || :pid)::regclass AND attnum > 0 ORDER BY attnum;
+SELECT * FROM bg_result_:pid;
+
+-- Several statements run as psql -c runs them: one transaction, each
+-- seeing the ones before; the table shows the last one's result.
+TRUNCATE regress_m;
+SELECT bg_launch('INSERT INTO regress_m VALUES (7); SELECT count(*) FROM regress_m') AS pid \gset
+SELECT * FROM bg_result_:pid;
+-- the last statement may read a table an earlier one creates
+SELECT bg_launch('CREATE TABLE regress_later (k int, v text);
+                  INSERT INTO regress_later VALUES (1, ''one''), (2, ''two'');
+                  SELECT * FROM regress_later ORDER BY k') AS pid \gset
+SELECT * FROM bg_result_:pid;
+-- one transaction: a failure undoes the earlier statements
+SELECT bg_launch('INSERT INTO regress_m VALUES (8); SELECT 1; SELECT 1 / (a - a) FROM regress_m') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+SELECT count(*) FROM regress_m WHERE a = 8;
+-- explicit transaction control inside a job
+SELECT bg_launch('BEGIN; INSERT INTO regress_m VALUES (9); COMMIT; INSERT INTO regress_m VALUES (10)') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT count(*) FROM regress_m WHERE a IN (9, 10);
+
+-- VACUUM, CREATE INDEX CONCURRENTLY and CALL of a procedure that commits
+-- run as the only statement of a job, and fail like psql with others.
+SELECT bg_launch('VACUUM regress_v') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT bg_launch('CREATE INDEX CONCURRENTLY regress_v_id ON regress_v (id)') AS pid \gset
+CALL bg_await(:pid);
+SELECT * FROM bg_result_:pid;
+SELECT indisvalid FROM pg_index WHERE indexrelid = 'regress_v_id'::regclass;
+CREATE PROCEDURE regress_commits() LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO regress_m VALUES (20);
+  COMMIT;
+  INSERT INTO regress_m VALUES (21);
+END $$;
+SELECT bg_launch('CALL regress_commits()') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT count(*) FROM regress_m WHERE a IN (20, 21);
+SELECT regress_try($$SELECT bg_launch('VACUUM regress_v; SELECT 1')$$);
+SELECT bg_launch('SELECT 1; VACUUM regress_v') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+SELECT bg_launch('SELECT 1; CREATE INDEX CONCURRENTLY regress_v_id2 ON regress_v (id)') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+SELECT bg_launch('SELECT 1; CALL regress_commits()') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+
+-- Notices reach the reading session's client, once
+\set VERBOSITY terse
+SELECT bg_launch($q$DO $$ BEGIN RAISE NOTICE 'hello from the job'; RAISE WARNING 'careful'; END $$$q$) AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT * FROM bg_result_:pid;
+\set VERBOSITY default
+
+-- Errors keep the job's SQLSTATE, message, detail and hint, and name the job
+SELECT bg_launch($q$DO $$ BEGIN RAISE EXCEPTION 'custom failure'
+  USING ERRCODE = 'P0042', DETAIL = 'some detail', HINT = 'some hint'; END $$$q$) AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+-- every read raises it again
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+-- a failure part way through the rows
+SELECT bg_launch('SELECT 10 / (3 - g) FROM generate_series(1, 5) g') AS pid \gset
+\set VERBOSITY terse
+BEGIN;
+DECLARE c CURSOR FOR SELECT * FROM bg_result_:pid;
+FETCH ALL FROM c;
+ROLLBACK;
+\set VERBOSITY default
+-- an error at COMMIT is an error of the job
+CREATE TABLE regress_deferred (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED);
+SELECT bg_launch('INSERT INTO regress_deferred VALUES (1), (1) RETURNING id') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+SELECT count(*) FROM regress_deferred;
+
+SELECT regress_no_workers();

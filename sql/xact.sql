@@ -1,0 +1,104 @@
+--
+-- bg_fdw: transactions, waiting, settings, roles
+--
+SET deadlock_timeout = '100ms';
+CREATE TABLE regress_auto (a int);
+
+-- A job is an autonomous transaction: it commits though the caller rolls back
+BEGIN;
+SELECT bg_launch('INSERT INTO regress_auto VALUES (1)') AS pid \gset
+SELECT bg_wait(:pid);
+ROLLBACK;
+SELECT count(*) FROM regress_auto;
+-- the result table went with the transaction; the job's result did not
+SELECT to_regclass('bg_result_' || :pid) IS NULL AS table_gone;
+SELECT * FROM bg_result(:pid) AS r(command text);
+
+-- A job needs a lock the reader holds: a deadlock, found and reported
+BEGIN;
+LOCK TABLE regress_auto;
+SELECT bg_launch('SELECT count(*) FROM regress_auto') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+ROLLBACK;
+SELECT bg_wait(:pid);
+
+-- CREATE INDEX CONCURRENTLY waits for the reader's snapshot: bg_wait
+-- reports the deadlock; CALL bg_await waits holding no snapshot.
+SELECT bg_launch('CREATE INDEX CONCURRENTLY regress_auto_a ON regress_auto (a)') AS pid \gset
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+CALL bg_await(:pid);
+SELECT bg_wait(:pid);
+SELECT indisvalid FROM pg_index WHERE indexrelid = 'regress_auto_a'::regclass;
+
+-- A read-only transaction: no table, but the job runs and bg_result reads it
+BEGIN READ ONLY;
+SELECT bg_launch('SELECT 42 AS answer') AS pid \gset
+SELECT * FROM bg_result(:pid) AS r(answer int);
+COMMIT;
+
+-- The job runs with the session's settings
+CREATE SCHEMA regress_s;
+CREATE FUNCTION regress_s.where_am_i() RETURNS text LANGUAGE sql AS $$ SELECT 'regress_s' $$;
+SET search_path = regress_s, public;
+SET TimeZone = 'Asia/Tokyo';
+SET DateStyle = 'SQL, DMY';
+SET IntervalStyle = 'iso_8601';
+SET lock_timeout = '1234ms';
+SET statement_timeout = '1h';
+SELECT bg_launch($$SELECT where_am_i(), current_setting('TimeZone') AS tz,
+    '2020-03-04'::date::text AS d, '1 day 2 hours'::interval::text AS i,
+    current_setting('lock_timeout') AS lt, current_setting('statement_timeout') AS st$$) AS pid \gset
+SELECT * FROM bg_result_:pid;
+RESET search_path;
+RESET TimeZone;
+RESET DateStyle;
+RESET IntervalStyle;
+RESET lock_timeout;
+-- statement_timeout applies to the job, which fails with 57014
+SET statement_timeout = '50ms';
+SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+RESET statement_timeout;
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+
+-- The job runs as the current role, with its rights and no more
+CREATE ROLE regress_nologin NOLOGIN;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer) TO regress_nologin;
+GRANT USAGE ON FOREIGN SERVER bg_server TO regress_nologin;
+GRANT CREATE ON SCHEMA public TO regress_nologin;
+CREATE TABLE regress_secret (s text);
+SET ROLE regress_nologin;
+SELECT bg_launch('SELECT current_user, session_user = current_user AS same') AS pid \gset
+SELECT * FROM bg_result_:pid;
+-- privileges are checked when the job runs its statement
+SELECT bg_launch('SELECT * FROM regress_secret') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+-- several statements: the job fails before it reports its columns
+SELECT regress_try($$SELECT bg_launch('SELECT 1; SELECT * FROM regress_secret')$$);
+RESET ROLE;
+-- only a role that was granted bg_launch may launch
+CREATE ROLE regress_plain NOLOGIN;
+SET ROLE regress_plain;
+SELECT bg_launch('SELECT 1');
+RESET ROLE;
+
+-- Jobs are easy to spot in pg_stat_activity
+CREATE FUNCTION regress_wait_active(p int) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    IF EXISTS (SELECT FROM pg_stat_activity WHERE pid = p AND state = 'active') THEN
+      RETURN true;
+    END IF;
+    PERFORM pg_sleep(0.05);
+    PERFORM pg_stat_clear_snapshot();
+  END LOOP;
+  RETURN false;
+END
+$$;
+SELECT bg_launch('SELECT pg_sleep(60)') AS pid \gset
+SELECT regress_wait_active(:pid);
+SELECT backend_type, application_name ~ '^bg_fdw job \d+ \(launcher \d+\)$' AS appname,
+       query, state
+  FROM pg_stat_activity WHERE pid = :pid;
+SELECT bg_cancel(:pid);
+SELECT regress_no_workers();

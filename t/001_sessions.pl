@@ -1,0 +1,77 @@
+# Copyright: see README.md
+#
+# bg_fdw across sessions: another session's job, notices relayed to the
+# reader, and a hot standby.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('primary');
+$node->init(allows_streaming => 1);
+$node->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
+
+# A job launched by one session cannot be read by another.
+my $a = $node->background_psql('postgres');
+my $pid = $a->query_safe("SELECT bg_launch('SELECT pg_sleep(60)')");
+chomp $pid;
+like($pid, qr/^\d+$/, 'session A launched a job');
+
+my ($ret, $stdout, $stderr) = $node->psql('postgres', "SELECT bg_wait($pid)");
+isnt($ret, 0, 'another session cannot wait for the job');
+like($stderr, qr/background job $pid was not launched by this session/,
+	'and is told whose job it is');
+
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	"CREATE FOREIGN TABLE r (x void) SERVER bg_server OPTIONS (pid '$pid'); SELECT * FROM r");
+like($stderr, qr/column "x" has pseudo-type void/,
+	'void cannot be a column of a hand-made table either');
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	"CREATE FOREIGN TABLE r (x text) SERVER bg_server OPTIONS (pid '$pid'); SELECT * FROM r");
+like($stderr, qr/background job $pid was not launched by this session/,
+	'a hand-made table in another session cannot read the job');
+
+is($a->query_safe("SELECT bg_cancel($pid)"), 't', 'session A cancels its job');
+$a->quit;
+
+# Detaching twice: the second time is a no-op with a NOTICE.
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	q{SELECT bg_launch('SELECT 1') AS pid \gset
+	  SELECT bg_detach(:pid);
+	  SELECT bg_detach(:pid);});
+is($ret, 0, 'detaching twice is no error');
+like($stderr, qr/NOTICE:  background job \d+ is already detached, skipping/,
+	'the second detach says so');
+
+# VACUUM (VERBOSE) in the background relays its INFO lines to the reader.
+$node->safe_psql('postgres', 'CREATE TABLE foo AS SELECT g FROM generate_series(1, 1000) g');
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	q{SELECT bg_launch('VACUUM (VERBOSE) foo') AS pid \gset
+	  SELECT * FROM bg_result_:pid});
+is($ret, 0, 'VACUUM (VERBOSE) in the background');
+is($stdout, 'VACUUM', 'its table says VACUUM');
+my @vacuuming = ($stderr =~ /INFO:  vacuuming "postgres\.public\.foo"/g);
+is(scalar @vacuuming, 1, 'its INFO lines reach the reader, once');
+
+# On a hot standby no table can be created: the job runs and bg_result
+# reads it.
+$node->backup('b');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'b', has_streaming => 1);
+$standby->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$standby->start;
+$node->wait_for_catchup($standby);
+($ret, $stdout, $stderr) = $standby->psql('postgres',
+	q{SELECT bg_launch('SELECT count(*) FROM foo') AS pid \gset
+	  SELECT * FROM bg_result(:pid) AS r(n bigint)});
+is($ret, 0, 'a job runs on a hot standby');
+is($stdout, '1000', 'and bg_result reads it');
+like($stderr, qr/no result table was created for the background job because the transaction is read-only/,
+	'the reader is told there is no table');
+
+$standby->stop;
+$node->stop;
+done_testing();
