@@ -80,6 +80,18 @@ CREATE ROLE regress_plain NOLOGIN;
 SET ROLE regress_plain;
 SELECT bg_launch('SELECT 1');
 RESET ROLE;
+-- but a SECURITY DEFINER function can launch for it, and the job runs as
+-- the definer
+CREATE FUNCTION regress_definer_launch() RETURNS int
+LANGUAGE sql SECURITY DEFINER SET search_path = public
+AS $$ SELECT bg_launch('SELECT current_user::text AS who, count(*) AS secrets FROM regress_secret') $$;
+ALTER FUNCTION regress_definer_launch() OWNER TO regress_nologin;
+GRANT SELECT ON regress_secret TO regress_nologin;
+GRANT TEMP ON DATABASE regression TO regress_nologin;
+SET ROLE regress_plain;
+SELECT regress_definer_launch() AS pid \gset
+SELECT * FROM bg_result(:pid) AS r(who text, secrets bigint);
+RESET ROLE;
 
 -- Jobs are easy to spot in pg_stat_activity
 CREATE FUNCTION regress_wait_active(p int) RETURNS boolean
