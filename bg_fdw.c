@@ -498,7 +498,7 @@ bg_result(PG_FUNCTION_ARGS)
 				 errdetail("The result has %d columns of types %s.",
 						   job->desc->natts, bg_describe_types(job->desc))));
 
-	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsMinimalTuple);
+	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsHeapTuple);
 	reader = bg_reader_open(job, slot);
 	while (bg_reader_next(job, reader))
 		tuplestore_puttupleslot(rsinfo->setResult, slot);

@@ -94,9 +94,11 @@ typedef struct BgReader
 	bool		in_use;			/* slot taken by an open scan */
 	int			readptr;		/* tuplestore read pointer, kept for reuse */
 	SubTransactionId subid;		/* subtransaction that opened it */
-	TupleTableSlot *slot;		/* caller's slot; may point into job memory */
+	TupleTableSlot *slot;		/* caller's heap-tuple slot: the current row */
 	TupleTableSlot *mslot;		/* minimal-tuple slot for reading the spool */
-	bool		borrowed;		/* slot holds queue or spool memory */
+	HeapTupleData tuple;		/* the current row, in buf */
+	char	   *buf;			/* reader's own copy of the current row */
+	uint32		bufsize;		/* allocated size of buf */
 } BgReader;
 
 /*
@@ -124,7 +126,7 @@ typedef struct BgJob
 	TupleTableSlot *spool_slot; /* slot used to append to the spool */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
-	BgReader   *readers;		/* array of nreaders */
+	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 } BgJob;
 

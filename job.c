@@ -14,11 +14,13 @@
  * spool takes the next row off the queue, as CteScan does with its
  * tuplestore.
  *
- * Rows are handed to scans without a copy where possible: a scan's slot may
- * point into the queue's ring buffer or into the spool's memory.  Before
- * anything that can overwrite such memory (the next receive, an append that
- * may dump the spool to disk), the slots of the other open scans of the job
- * are materialized.
+ * A reader's current row is a copy in a buffer the reader owns, presented
+ * to the executor as a heap tuple that is deformed lazily.  It stays valid
+ * until that reader's next row, whatever other readers of the job do
+ * meanwhile: the queue's memory is reused by the next receive, and the
+ * spool's by the next append that spills it to disk, and a node above a
+ * scan (a nested loop's outer side, a projection) may still point into the
+ * scan's row.
  *
  *-------------------------------------------------------------------------
  */
@@ -56,10 +58,10 @@ static void bg_job_read_messages(BgJob *job);
 static void bg_job_handle_message(BgJob *job, StringInfo msg);
 static void bg_job_relay(BgJob *job, StringInfo msg, bool is_error);
 static void bg_job_lost(BgJob *job);
-static MinimalTuple bg_job_receive(BgJob *job, BgReader *me);
+static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
 static void bg_job_check_deadlock(BgJob *job);
-static void bg_job_protect(BgJob *job, BgReader *me);
+static void bg_reader_store(BgJob *job, BgReader *rd, MinimalTuple mtup);
 static void bg_xact_callback(XactEvent event, void *arg);
 static void bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
@@ -371,7 +373,7 @@ bg_job_in_use(BgJob *job)
 	int			i;
 
 	for (i = 0; i < job->nreaders; i++)
-		if (job->readers[i].in_use)
+		if (job->readers[i]->in_use)
 			return true;
 	return false;
 }
@@ -606,19 +608,12 @@ bg_job_check_deadlock(BgJob *job)
 void
 bg_job_poll(BgJob *job)
 {
-	bool		protected = false;
-
 	while (!job->tuples_done && job->desc != NULL)
 	{
 		Size		nbytes;
 		void	   *data;
 		shm_mq_result res;
 
-		if (!protected)
-		{
-			bg_job_protect(job, NULL);
-			protected = true;
-		}
 		res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
 		if (res == SHM_MQ_WOULD_BLOCK)
 			break;
@@ -712,31 +707,28 @@ bg_reader_open(BgJob *job, TupleTableSlot *slot)
 	BgReader   *rd;
 
 	for (i = 0; i < job->nreaders; i++)
-		if (!job->readers[i].in_use)
+		if (!job->readers[i]->in_use)
 			break;
 	if (i == job->nreaders)
 	{
-		int			n = Max(4, job->nreaders * 2);
-
-		if (job->readers == NULL)
-			job->readers = MemoryContextAllocZero(job->cxt, n * sizeof(BgReader));
-		else
+		/* Readers are allocated one by one: slots point into them. */
+		if (job->nreaders % 8 == 0)
 		{
-			job->readers = repalloc(job->readers, n * sizeof(BgReader));
-			memset(job->readers + job->nreaders, 0,
-				   (n - job->nreaders) * sizeof(BgReader));
-		}
-		for (; job->nreaders < n; job->nreaders++)
-			job->readers[job->nreaders].readptr = -1;
-	}
+			Size		size = (job->nreaders + 8) * sizeof(BgReader *);
 
-	rd = &job->readers[i];
+			job->readers = job->readers ? repalloc(job->readers, size) :
+				MemoryContextAlloc(job->cxt, size);
+		}
+		rd = MemoryContextAllocZero(job->cxt, sizeof(BgReader));
+		rd->readptr = -1;
+		job->readers[job->nreaders++] = rd;
+	}
+	rd = job->readers[i];
 	if (rd->readptr < 0)
 		rd->readptr = tuplestore_alloc_read_pointer(job->spool, EXEC_FLAG_REWIND);
 	rd->in_use = true;
 	rd->subid = GetCurrentSubTransactionId();
 	rd->slot = slot;
-	rd->borrowed = false;
 	if (rd->mslot == NULL)
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
@@ -751,52 +743,55 @@ bg_reader_open(BgJob *job, TupleTableSlot *slot)
 void
 bg_reader_close(BgJob *job, int reader)
 {
-	BgReader   *rd = &job->readers[reader];
+	BgReader   *rd = job->readers[reader];
 
 	rd->in_use = false;
 	rd->slot = NULL;
-	rd->borrowed = false;
 	ExecClearTuple(rd->mslot);
 }
 
 void
 bg_reader_rescan(BgJob *job, int reader)
 {
-	tuplestore_select_read_pointer(job->spool, job->readers[reader].readptr);
+	tuplestore_select_read_pointer(job->spool, job->readers[reader]->readptr);
 	tuplestore_rescan(job->spool);
 }
 
 /*
- * Materialize the slots of other readers that point into memory the next
- * receive or append may overwrite.
+ * Make "mtup" the reader's current row: copy it into the reader's buffer,
+ * behind a heap tuple header of its own, as heap_tuple_from_minimal_tuple
+ * lays it out, and store that in the reader's slot.
  */
 static void
-bg_job_protect(BgJob *job, BgReader *me)
+bg_reader_store(BgJob *job, BgReader *rd, MinimalTuple mtup)
 {
-	int			i;
+	uint32		len = mtup->t_len + MINIMAL_TUPLE_OFFSET;
 
-	for (i = 0; i < job->nreaders; i++)
+	if (len > rd->bufsize)
 	{
-		BgReader   *rd = &job->readers[i];
-
-		if (rd != me && rd->in_use && rd->borrowed)
-		{
-			ExecMaterializeSlot(rd->slot);
-			rd->borrowed = false;
-		}
+		rd->bufsize = Max(len, 2 * rd->bufsize);
+		if (rd->buf)
+			pfree(rd->buf);
+		rd->buf = MemoryContextAlloc(job->cxt, rd->bufsize);
 	}
+	rd->tuple.t_len = len;
+	ItemPointerSetInvalid(&rd->tuple.t_self);
+	rd->tuple.t_tableOid = InvalidOid;
+	rd->tuple.t_data = (HeapTupleHeader) rd->buf;
+	memset(rd->buf, 0, offsetof(HeapTupleHeaderData, t_infomask2));
+	memcpy(rd->buf + MINIMAL_TUPLE_OFFSET, mtup, mtup->t_len);
+	ExecStoreHeapTuple(&rd->tuple, rd->slot, false);
 }
 
 /*
- * Take the next row off the tuple queue for reader "me", waiting for it if
- * need be.  Returns NULL once the job has ended well and every row has been
- * taken; raises the job's error if it failed.  The tuple points into the
- * queue and is valid until the next receive.
+ * Take the next row off the tuple queue, waiting for it if need be.  Returns
+ * NULL once the job has ended well and every row has been taken; raises the
+ * job's error if it failed.  The tuple points into the queue and is valid
+ * until the next receive.
  */
 static MinimalTuple
-bg_job_receive(BgJob *job, BgReader *me)
+bg_job_receive(BgJob *job)
 {
-	bg_job_protect(job, me);
 	for (;;)
 	{
 		shm_mq_result res = SHM_MQ_DETACHED;
@@ -827,14 +822,13 @@ bg_job_receive(BgJob *job, BgReader *me)
 bool
 bg_reader_next(BgJob *job, int reader)
 {
-	BgReader   *rd = &job->readers[reader];
+	BgReader   *rd = job->readers[reader];
 	MinimalTuple tuple;
-
 	MemoryContext oldcxt;
 	bool		found;
 
 	/*
-	 * A row read back from a spilled spool is palloc'd; it belongs to mslot,
+	 * A row read back from a spilled spool is palloc'd and belongs to mslot,
 	 * so it must not go in the caller's short-lived context.
 	 */
 	tuplestore_select_read_pointer(job->spool, rd->readptr);
@@ -844,14 +838,12 @@ bg_reader_next(BgJob *job, int reader)
 	MemoryContextSwitchTo(oldcxt);
 	if (found)
 	{
-		tuple = ((MinimalTupleTableSlot *) rd->mslot)->mintuple;
-		ExecForceStoreMinimalTuple(tuple, rd->slot, false);
-		rd->borrowed = true;
+		bg_reader_store(job, rd, ((MinimalTupleTableSlot *) rd->mslot)->mintuple);
 		return true;
 	}
 
 	/* This reader has read the whole spool: the next row is on the queue. */
-	tuple = bg_job_receive(job, rd);
+	tuple = bg_job_receive(job);
 	if (tuple == NULL)
 	{
 		ExecClearTuple(rd->slot);
@@ -861,8 +853,7 @@ bg_reader_next(BgJob *job, int reader)
 	tuplestore_select_read_pointer(job->spool, rd->readptr);
 	tuplestore_puttupleslot(job->spool, rd->mslot);
 	job->nspooled++;
-	ExecForceStoreMinimalTuple(tuple, rd->slot, false);
-	rd->borrowed = true;
+	bg_reader_store(job, rd, tuple);
 	return true;
 }
 
@@ -887,7 +878,7 @@ bg_release_readers(SubTransactionId from_subid)
 
 		for (i = 0; i < job->nreaders; i++)
 		{
-			BgReader   *rd = &job->readers[i];
+			BgReader   *rd = job->readers[i];
 
 			if (rd->in_use && rd->subid >= from_subid)
 				bg_reader_close(job, i);

@@ -131,6 +131,26 @@ FETCH BACKWARD 1 FROM c2;
 COMMIT;
 SELECT bg_wait(:pid);
 
+-- A cursor's nested loop keeps its outer row across FETCHes, while other
+-- scans of the same job take the following rows off the queue.
+SELECT bg_launch('SELECT g, md5(g::text) AS h FROM generate_series(1, 100000) g') AS pid2 \gset
+SET enable_hashjoin = off;
+SET enable_mergejoin = off;
+SET enable_material = off;
+BEGIN;
+DECLARE n CURSOR FOR
+  SELECT r.g, left(r.h, 8) || '/' || x AS v
+    FROM bg_result_:pid2 r, generate_series(1, 3) x WHERE r.g IN (1, 99999);
+FETCH 1 FROM n;
+SELECT count(*) FROM bg_result_:pid2;
+SELECT bg_wait(:pid2);
+FETCH ALL FROM n;
+COMMIT;
+RESET enable_hashjoin;
+RESET enable_mergejoin;
+RESET enable_material;
+SELECT bg_detach(:pid2);
+
 -- bg_result: the same rows through a column definition list
 SELECT * FROM bg_result(:pid) AS r(g integer) ORDER BY g LIMIT 3;
 SELECT count(*) FROM bg_result(:pid) AS r(g integer);
