@@ -66,6 +66,21 @@ BEGIN
 END
 $$;
 
+-- Poll until a job's statement is running.
+CREATE FUNCTION regress_wait_active(p int) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    IF EXISTS (SELECT FROM pg_stat_activity WHERE pid = p AND state = 'active') THEN
+      RETURN true;
+    END IF;
+    PERFORM pg_sleep(0.05);
+    PERFORM pg_stat_clear_snapshot();
+  END LOOP;
+  RETURN false;
+END
+$$;
+
 -- The example from the documentation
 SELECT bg_launch('SELECT g AS id, md5(g::text) AS hash FROM generate_series(1, 1000000) g') AS pid \gset
 SELECT relname = 'bg_result_' || :pid AS named_after_pid,

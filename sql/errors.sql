@@ -66,6 +66,14 @@ SELECT bg_cancel(:sleeper);
 SELECT regress_try('SELECT bg_wait(' || :sleeper || ')', :sleeper);
 SELECT bg_cancel(:sleeper);
 SELECT regress_try('SELECT * FROM bg_result_' || :sleeper, :sleeper);
+-- a worker terminated by pg_terminate_backend: a clear error, not a hang
+SELECT bg_launch('SELECT pg_sleep(60)') AS victim \gset
+SELECT regress_wait_active(:victim);
+SELECT pg_terminate_backend(:victim);
+SELECT regress_try('SELECT * FROM bg_result_' || :victim, :victim);
+SELECT regress_try('SELECT bg_wait(' || :victim || ')', :victim);
+SELECT bg_cancel(:victim);
+SELECT bg_detach(:victim);
 -- reading after bg_detach
 SELECT bg_detach(:pid);
 -- detaching again is a no-op with a NOTICE (its text is checked in t/)

@@ -94,19 +94,6 @@ SELECT * FROM bg_result(:pid) AS r(who text, secrets bigint);
 RESET ROLE;
 
 -- Jobs are easy to spot in pg_stat_activity
-CREATE FUNCTION regress_wait_active(p int) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    IF EXISTS (SELECT FROM pg_stat_activity WHERE pid = p AND state = 'active') THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-    PERFORM pg_stat_clear_snapshot();
-  END LOOP;
-  RETURN false;
-END
-$$;
 SELECT bg_launch('SELECT pg_sleep(60)') AS pid \gset
 SELECT regress_wait_active(:pid);
 SELECT backend_type, application_name ~ '^bg_fdw job \d+ \(launcher \d+\)$' AS appname,
