@@ -130,6 +130,14 @@ SELECT regress_explain('SELECT * FROM ' || :'t', :pid);
 SELECT regress_explain('(VERBOSE) SELECT * FROM ' || :'t', :pid);
 SELECT bg_wait(:pid);
 
+-- Rows reach the reader while the job still runs: the first row of a job
+-- that then sleeps for a minute is there at once.
+SELECT bg_launch('SELECT 1 AS g UNION ALL SELECT 2 FROM pg_sleep(60)') AS pid \gset
+SELECT g FROM bg_result_:pid LIMIT 1;
+SELECT regress_explain('SELECT * FROM bg_result_' || :pid, :pid);
+SELECT bg_cancel(:pid);
+SELECT bg_detach(:pid);
+
 -- A LIMIT leaves the rest of a result still running to read later.
 SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g') AS pid \gset
 \set t bg_result_:pid
