@@ -317,7 +317,7 @@ bgGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
 	job = bg_job_lookup(opts.pid, opts.job_id, true);
 	if (job && job->state != BG_JOB_DETACHED)
 	{
-		rows = (double) pg_atomic_read_u64(&job->shared->rows);
+		rows = (double) bg_job_rows(job);
 		if (job->state == BG_JOB_RUNNING)
 			rows = Max(rows, BG_DEFAULT_ROWS);
 	}
@@ -529,15 +529,17 @@ bg_describe_types(TupleDesc desc)
 static long
 bg_interval_ms(Interval *interval)
 {
-	int64		usecs;
+	double		ms;
 
-	usecs = interval->time +
-		((int64) interval->month * DAYS_PER_MONTH + interval->day) * USECS_PER_DAY;
-	if (usecs < 0)
+	ms = interval->time / 1000.0 +
+		((double) interval->month * DAYS_PER_MONTH + interval->day) *
+		SECS_PER_DAY * 1000.0;
+	if (ms < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
-	return (long) Min(usecs / 1000, (int64) LONG_MAX);
+	/* WaitLatch takes a long; a longer timeout is as good as none */
+	return ms >= (double) LONG_MAX ? -1 : (long) ms;
 }
 
 /* Finish bg_wait and bg_await: the tag, or the job's error. */
@@ -590,6 +592,10 @@ bg_await(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
 				 errmsg("bg_await must be called with CALL outside a transaction block"),
 				 errhint("Use bg_wait() inside a transaction.")));
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("PID of the background job must not be null")));
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
@@ -615,7 +621,7 @@ bg_cancel(PG_FUNCTION_ARGS)
 	pid_t		pid;
 
 	bg_job_poll(job);
-	if (job->state != BG_JOB_RUNNING ||
+	if (job->state != BG_JOB_RUNNING || job->shared == NULL ||
 		GetBackgroundWorkerPid(job->handle, &pid) != BGWH_STARTED)
 		PG_RETURN_BOOL(false);
 
@@ -631,14 +637,15 @@ bg_cancel(PG_FUNCTION_ARGS)
  * bg_detach(pid integer) RETURNS void
  *
  * Stop listening to the job: drop this session's tables of it and free its
- * spool.  The job runs on to its end.
+ * spool, both when the transaction commits.  The job runs on to its end.
  */
 Datum
 bg_detach(PG_FUNCTION_ARGS)
 {
 	BgJob	   *job = bg_job_lookup(PG_GETARG_INT32(0), 0, false);
 
-	if (job->state == BG_JOB_DETACHED)
+	if (job->state == BG_JOB_DETACHED ||
+		job->detach_subid != InvalidSubTransactionId)
 	{
 		ereport(NOTICE,
 				(errmsg("background job %d is already detached, skipping",
@@ -653,7 +660,7 @@ bg_detach(PG_FUNCTION_ARGS)
 				 errhint("Close the cursors and end the queries that read it first.")));
 
 	bg_drop_job_tables(job);
-	bg_job_release(job);
+	bg_job_detach(job);
 	PG_RETURN_VOID();
 }
 

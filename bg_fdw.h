@@ -70,6 +70,7 @@ typedef struct BgJobShared
 	bool		go;				/* launcher says: run the statements */
 	bool		launcher_gone;	/* launcher detached before "go" */
 	bool		cancel_requested;	/* bg_cancel was called */
+	bool		launched;		/* bg_launch succeeded: the job may commit */
 } BgJobShared;
 
 /* Name of the server CREATE EXTENSION makes */
@@ -113,8 +114,9 @@ typedef struct BgJob
 	BgJobState	state;			/* what we know of its outcome */
 	MemoryContext cxt;			/* holds everything below */
 	char	   *sql;			/* the job's statements */
-	dsm_segment *seg;			/* job segment, mapping pinned for session */
-	BgJobShared *shared;		/* fixed part of the segment */
+	dsm_segment *seg;			/* job segment while the job runs, or NULL */
+	BgJobShared *shared;		/* fixed part of the segment, or NULL */
+	uint64		rows;			/* rows the job sent, once seg is gone */
 	BackgroundWorkerHandle *handle; /* to ask the postmaster about it */
 	shm_mq_handle *tuple_mqh;	/* rows from the worker */
 	shm_mq_handle *message_mqh; /* notices, errors, descriptor, outcome */
@@ -123,6 +125,8 @@ typedef struct BgJob
 	TupleDesc	desc;			/* the result's columns, once known */
 	Tuplestorestate *spool;		/* every row received so far */
 	int64		nspooled;		/* rows in spool */
+	bool		spool_broken;	/* an append to the spool failed */
+	SubTransactionId detach_subid;	/* bg_detach pending commit, or 0 */
 	TupleTableSlot *spool_slot; /* slot used to append to the spool */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
@@ -152,7 +156,9 @@ extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
 extern const char *bg_job_state_name(BgJob *job);
 extern bool bg_job_in_use(BgJob *job);
-extern void bg_job_release(BgJob *job);
+extern uint64 bg_job_rows(BgJob *job);
+extern void bg_job_launched(BgJob *job);
+extern void bg_job_detach(BgJob *job);
 extern void bg_job_poll(BgJob *job);
 extern bool bg_job_wait(BgJob *job, long timeout_ms);
 extern void bg_job_wait_descriptor(BgJob *job);

@@ -11,7 +11,11 @@
 #define BG_FDW_COMPAT_H
 
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "optimizer/pathnode.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_foreign_server.h"
+#include "utils/acl.h"
 #include "utils/guc.h"
 
 #if PG_VERSION_NUM < 150000
@@ -54,6 +58,27 @@ bg_create_foreignscan_path(PlannerInfo *root, RelOptInfo *rel, double rows,
 #else
 	return create_foreignscan_path(root, rel, NULL, rows, startup_cost,
 								   total_cost, NIL, NULL, NULL, NIL);
+#endif
+}
+
+/* May the current user use the foreign server, create temporary tables? */
+static inline AclResult
+bg_foreign_server_aclcheck(Oid serverid)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_aclcheck(ForeignServerRelationId, serverid, GetUserId(), ACL_USAGE);
+#else
+	return pg_foreign_server_aclcheck(serverid, GetUserId(), ACL_USAGE);
+#endif
+}
+
+static inline AclResult
+bg_database_temp_aclcheck(void)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_aclcheck(DatabaseRelationId, MyDatabaseId, GetUserId(), ACL_CREATE_TEMP);
+#else
+	return pg_database_aclcheck(MyDatabaseId, GetUserId(), ACL_CREATE_TEMP);
 #endif
 }
 

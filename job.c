@@ -62,6 +62,10 @@ static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
 static void bg_job_check_deadlock(BgJob *job);
 static void bg_reader_store(BgJob *job, BgReader *rd, MinimalTuple mtup);
+static bool bg_job_ended(BgJob *job);
+static void bg_job_close_segment(BgJob *job);
+static void bg_check_spool(BgJob *job);
+static void bg_spool_append(BgJob *job, TupleTableSlot *slot);
 static void bg_xact_callback(XactEvent event, void *arg);
 static void bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
@@ -291,6 +295,7 @@ bg_job_attach(BgJob *job)
 
 	MemoryContextSetParent(job->cxt, TopMemoryContext);
 	dsm_pin_mapping(job->seg);
+	bg_job_launched(job);
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	bg_jobs = lappend(bg_jobs, job);
 	MemoryContextSwitchTo(oldcxt);
@@ -378,33 +383,86 @@ bg_job_in_use(BgJob *job)
 	return false;
 }
 
+/* Rows the job has sent so far. */
+uint64
+bg_job_rows(BgJob *job)
+{
+	return job->shared ? pg_atomic_read_u64(&job->shared->rows) : job->rows;
+}
+
 /*
- * Stop listening to the job and free its spool.  The job runs on: its
- * worker finds the queues detached and drops what it would have sent.  A
- * small tombstone stays so that later calls can say what became of it.
+ * Tell the worker its launch succeeded.  Until then it may run its
+ * statements but not commit them: a launch that fails must leave no trace.
  */
 void
-bg_job_release(BgJob *job)
+bg_job_launched(BgJob *job)
+{
+	PGPROC	   *proc;
+
+	SpinLockAcquire(&job->shared->mutex);
+	job->shared->go = true;
+	job->shared->launched = true;
+	proc = job->shared->worker_proc;
+	SpinLockRelease(&job->shared->mutex);
+	if (proc)
+		SetLatch(&proc->procLatch);
+}
+
+/*
+ * Once the job has ended and its rows are all in the spool, its segment is
+ * of no more use: give it back, for DSM segments are a server-wide pool
+ * (shared with parallel query) and a queue may be large.
+ */
+static void
+bg_job_close_segment(BgJob *job)
+{
+	if (job->seg == NULL)
+		return;
+	job->rows = pg_atomic_read_u64(&job->shared->rows);
+	if (job->spool_slot)
+		ExecClearTuple(job->spool_slot);
+	dsm_detach(job->seg);
+	job->seg = NULL;
+	job->shared = NULL;
+	job->tuple_mqh = NULL;
+	job->message_mqh = NULL;
+	job->tuples_done = true;
+	job->messages_done = true;
+}
+
+/*
+ * bg_detach: stop listening to the job and free its spool, when the
+ * transaction commits, with the drop of its tables.  The job runs on: its
+ * worker finds the queues detached and drops what it would have sent.
+ */
+void
+bg_job_detach(BgJob *job)
 {
 	Assert(job->state != BG_JOB_DETACHED);
 	Assert(!bg_job_in_use(job));
+	job->detach_subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * Carry out a committed bg_detach.  A small tombstone stays so that later
+ * calls can say what became of the job.
+ */
+static void
+bg_job_release(BgJob *job)
+{
+	BgJob	   *tomb = MemoryContextAllocZero(TopMemoryContext, sizeof(BgJob));
+	ListCell   *lc;
 
 	tuplestore_end(job->spool);
-	dsm_detach(job->seg);
+	bg_job_close_segment(job);
 
-	/* keep the tombstone (pid, id, state) outside the freed context */
+	tomb->pid = job->pid;
+	tomb->job_id = job->job_id;
+	tomb->state = BG_JOB_DETACHED;
+	foreach(lc, bg_jobs)
 	{
-		BgJob	   *tomb = MemoryContextAllocZero(TopMemoryContext, sizeof(BgJob));
-		ListCell   *lc;
-
-		tomb->pid = job->pid;
-		tomb->job_id = job->job_id;
-		tomb->state = BG_JOB_DETACHED;
-		foreach(lc, bg_jobs)
-		{
-			if (lfirst(lc) == job)
-				lfirst(lc) = tomb;
-		}
+		if (lfirst(lc) == job)
+			lfirst(lc) = tomb;
 	}
 	MemoryContextDelete(job->cxt);
 }
@@ -608,6 +666,7 @@ bg_job_check_deadlock(BgJob *job)
 void
 bg_job_poll(BgJob *job)
 {
+	bg_check_spool(job);
 	while (!job->tuples_done && job->desc != NULL)
 	{
 		Size		nbytes;
@@ -624,10 +683,12 @@ bg_job_poll(BgJob *job)
 		}
 		ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
 		tuplestore_select_read_pointer(job->spool, 0);
-		tuplestore_puttupleslot(job->spool, job->spool_slot);
-		job->nspooled++;
+		bg_spool_append(job, job->spool_slot);
+		CHECK_FOR_INTERRUPTS();
 	}
 	bg_job_read_messages(job);
+	if (bg_job_ended(job))
+		bg_job_close_segment(job);
 }
 
 /* Has the job ended, with all its rows in the spool? */
@@ -689,6 +750,37 @@ bg_job_wait_descriptor(BgJob *job)
 				 job->pid);
 		bg_job_sleep(job, -1);
 	}
+}
+
+/* ----------------------------------------------------------------
+ *		The spool
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Append a row taken off the queue.  The row is gone from the queue, so an
+ * append that fails (temp_file_limit, a full disk) leaves the result
+ * incomplete for good; remember that rather than serve a partial result.
+ */
+static void
+bg_spool_append(BgJob *job, TupleTableSlot *slot)
+{
+	job->spool_broken = true;
+	tuplestore_puttupleslot(job->spool, slot);
+	job->spool_broken = false;
+	job->nspooled++;
+}
+
+static void
+bg_check_spool(BgJob *job)
+{
+	if (job->spool_broken)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("result of background job %d is incomplete", job->pid),
+				 errdetail("Keeping its rows in this session failed earlier."),
+				 errhint("Detach the job with bg_detach(%d) and launch it again.",
+						 job->pid)));
 }
 
 /* ----------------------------------------------------------------
@@ -808,10 +900,13 @@ bg_job_receive(BgJob *job)
 				job->tuples_done = true;
 		}
 		bg_job_read_messages(job);
-		if (job->state == BG_JOB_FAILED)
-			bg_job_raise_error(job);
 		if (bg_job_ended(job))
+		{
+			bg_job_close_segment(job);
+			if (job->state == BG_JOB_FAILED)
+				bg_job_raise_error(job);
 			return NULL;
+		}
 		bg_job_sleep(job, -1);
 	}
 }
@@ -826,6 +921,8 @@ bg_reader_next(BgJob *job, int reader)
 	MinimalTuple tuple;
 	MemoryContext oldcxt;
 	bool		found;
+
+	bg_check_spool(job);
 
 	/*
 	 * A row read back from a spilled spool is palloc'd and belongs to mslot,
@@ -851,8 +948,7 @@ bg_reader_next(BgJob *job, int reader)
 	}
 	ExecStoreMinimalTuple(tuple, rd->mslot, false);
 	tuplestore_select_read_pointer(job->spool, rd->readptr);
-	tuplestore_puttupleslot(job->spool, rd->mslot);
-	job->nspooled++;
+	bg_spool_append(job, rd->mslot);
 	bg_reader_store(job, rd, tuple);
 	return true;
 }
@@ -886,12 +982,38 @@ bg_release_readers(SubTransactionId from_subid)
 	}
 }
 
+/*
+ * At commit, carry out the bg_detach calls of the transaction; at abort,
+ * forget those of the aborted (sub)transactions.
+ */
+static void
+bg_end_detaches(bool commit, SubTransactionId from_subid)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->detach_subid == InvalidSubTransactionId ||
+			job->detach_subid < from_subid)
+			continue;
+		if (commit)
+			bg_job_release(job);
+		else
+			job->detach_subid = InvalidSubTransactionId;
+	}
+}
+
 static void
 bg_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE)
+	{
 		bg_release_readers(InvalidSubTransactionId);
+		bg_end_detaches(event != XACT_EVENT_ABORT, InvalidSubTransactionId);
+	}
 }
 
 static void
@@ -899,5 +1021,21 @@ bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
 		bg_release_readers(mySubid);
+		bg_end_detaches(false, mySubid);
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		ListCell   *lc;
+
+		/* a committed subtransaction's detach now belongs to its parent */
+		foreach(lc, bg_jobs)
+		{
+			BgJob	   *job = lfirst(lc);
+
+			if (job->detach_subid == mySubid)
+				job->detach_subid = parentSubid;
+		}
+	}
 }

@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/parallel.h"
 #include "access/printtup.h"
 #include "access/xact.h"
@@ -28,6 +29,7 @@
 #include "catalog/objectaddress.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_foreign_table.h"
+#include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "commands/tablecmds.h"
 #include "executor/executor.h"
@@ -92,6 +94,10 @@ typedef struct BgDestReceiver
 	FmgrInfo   *out_funcs;		/* output functions of the source columns */
 	TupleTableSlot *text_slot;	/* row with converted columns, or the tag */
 	MemoryContext row_cxt;		/* per-row context for the conversion */
+	int		   *varlena_atts;	/* columns that may hold TOAST pointers */
+	int			nvarlena;		/* length of varlena_atts */
+	TupleTableSlot *detoast_slot;	/* row with TOAST pointers replaced */
+	MemoryContext detoast_cxt;	/* per-row context for detoasting */
 	uint64		rows;			/* rows sent so far */
 	bool		detached;		/* the launcher stopped listening */
 } BgDestReceiver;
@@ -106,16 +112,21 @@ static dsm_segment *bg_create_segment(const char *sql, int queue_size,
 									  TupleDesc desc);
 static void bg_launcher_detach(dsm_segment *seg, Datum arg);
 static void bg_job_go(BgJobShared *shared);
+static void bg_check_table_privileges(void);
 static void bg_create_result_table(BgJob *job);
 static void bg_drop_stale_table(Oid nspid, const char *relname);
 
 /* Worker side */
 static void bg_wait_for_go(BgJobShared *shared);
+static void bg_wait_for_launch(BgJobShared *shared);
 static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
 						 BgJobShared *shared, TupleDesc expected);
 static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
 									 BgJobShared *shared, TupleDesc expected);
 static void bg_completion_tag(char *buf, const QueryCompletion *qc);
+static void bg_find_varlena_columns(BgDestReceiver *self, TupleDesc actual);
+static TupleTableSlot *bg_detoast_slot(BgDestReceiver *self,
+									   TupleTableSlot *slot);
 static void bg_send_command_row(DestReceiver *dest, const char *tag);
 static void bg_send_message(char msgtype, const char *str, TupleDesc desc);
 static bool bg_receive_slot(TupleTableSlot *slot, DestReceiver *self);
@@ -168,6 +179,7 @@ bg_launch(PG_FUNCTION_ARGS)
 		desc = bg_result_desc(bg_describe(linitial_node(RawStmt, raw_list), sql));
 	error_context_stack = errcallback.previous;
 
+	bg_check_table_privileges();
 	job = bg_start_job(sql, queue_size, desc);
 	if (desc == NULL)
 	{
@@ -175,7 +187,6 @@ bg_launch(PG_FUNCTION_ARGS)
 		bg_job_wait_descriptor(job);
 	}
 	bg_create_result_table(job);
-	bg_job_go(job->shared);
 	bg_job_attach(job);
 
 	PG_RETURN_INT32(job->pid);
@@ -480,6 +491,27 @@ bg_job_go(BgJobShared *shared)
 }
 
 /*
+ * Check now what creating the result table will need, so that a launch
+ * does not fail for want of it after the job has started.
+ */
+static void
+bg_check_table_privileges(void)
+{
+	Oid			serverid = bg_server_oid(false);
+
+	if (XactReadOnly)
+		return;
+	if (bg_foreign_server_aclcheck(serverid) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FOREIGN_SERVER, BG_SERVER_NAME);
+	if (bg_database_temp_aclcheck() != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create temporary tables in database \"%s\"",
+						get_database_name(MyDatabaseId)),
+				 errhint("A background job's result table is a temporary table: grant TEMP on the database.")));
+}
+
+/*
  * Create pg_temp.bg_result_<pid> for the job.  Where no table can be
  * created (a read-only transaction, a hot standby) the job still runs and
  * bg_result(pid) reads it.
@@ -681,6 +713,38 @@ bg_wait_for_go(BgJobShared *shared)
 }
 
 /*
+ * Before the job commits, make sure its launch succeeded: a job whose
+ * bg_launch failed after it started (several statements run before the
+ * launcher knows the result's columns) must not commit.
+ */
+static void
+bg_wait_for_launch(BgJobShared *shared)
+{
+	for (;;)
+	{
+		bool		launched;
+		bool		gone;
+
+		SpinLockAcquire(&shared->mutex);
+		launched = shared->launched;
+		gone = shared->launcher_gone;
+		SpinLockRelease(&shared->mutex);
+
+		if (launched)
+			return;
+		if (gone)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("canceling background job because its launch failed")));
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * Arm statement_timeout for one statement: the worker inherits the setting
  * but, unlike a client backend, nothing else arms it.
  */
@@ -791,8 +855,17 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			if (use_implicit_block)
 				EndImplicitTransactionBlock();
 			bg_disable_statement_timeout();
+			bg_wait_for_launch(shared);
 			CommitTransactionCommand();
 			xact_started = false;
+			/* committed: a late cancel must not make it look failed */
+			HOLD_CANCEL_INTERRUPTS();
+			if (IsTransactionBlock())
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+						 errmsg("background job ended inside a transaction block"),
+						 errdetail("Its work since BEGIN was rolled back."),
+						 errhint("End the job's SQL with COMMIT.")));
 		}
 		else
 		{
@@ -876,6 +949,7 @@ bg_start_result(Portal portal, shm_mq_handle *mqh, BgJobShared *shared,
 	self->convert = (actual != NULL && !bg_desc_equal(actual, self->desc));
 	if (self->command_shape || self->convert)
 		self->text_slot = MakeSingleTupleTableSlot(self->desc, &TTSOpsVirtual);
+	bg_find_varlena_columns(self, actual);
 	if (self->convert)
 	{
 		self->out_funcs = palloc0(sizeof(FmgrInfo) * actual->natts);
@@ -905,6 +979,70 @@ bg_send_command_row(DestReceiver *dest, const char *tag)
 	slot->tts_isnull[0] = false;
 	ExecStoreVirtualTuple(slot);
 	bg_receive_slot(slot, dest);
+}
+
+/*
+ * A row may point into TOAST tables by reference, which parallel query can
+ * afford because the leader reads them in the same transaction.  A spooled
+ * row is read after the job has committed, when VACUUM may have removed
+ * those values or the table may be gone: send them inline.
+ */
+static void
+bg_find_varlena_columns(BgDestReceiver *self, TupleDesc actual)
+{
+	int			i;
+
+	if (actual == NULL)
+		return;
+	self->varlena_atts = palloc(sizeof(int) * actual->natts);
+	for (i = 0; i < actual->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(actual, i);
+
+		/* columns sent as text are made afresh, inline */
+		if (att->attlen == -1 &&
+			att->atttypid == TupleDescAttr(self->desc, i)->atttypid)
+			self->varlena_atts[self->nvarlena++] = i;
+	}
+	if (self->nvarlena == 0)
+		return;
+	self->detoast_slot = MakeSingleTupleTableSlot(self->desc, &TTSOpsVirtual);
+	self->detoast_cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "bg_fdw detoast",
+											  ALLOCSET_DEFAULT_SIZES);
+}
+
+static TupleTableSlot *
+bg_detoast_slot(BgDestReceiver *self, TupleTableSlot *slot)
+{
+	TupleTableSlot *out = NULL;
+	int			natts = self->desc->natts;
+	int			i;
+
+	slot_getsomeattrs(slot, self->varlena_atts[self->nvarlena - 1] + 1);
+	for (i = 0; i < self->nvarlena; i++)
+	{
+		int			att = self->varlena_atts[i];
+		MemoryContext oldcxt;
+
+		if (slot->tts_isnull[att] ||
+			!VARATT_IS_EXTERNAL(DatumGetPointer(slot->tts_values[att])))
+			continue;
+		if (out == NULL)
+		{
+			slot_getallattrs(slot);
+			out = self->detoast_slot;
+			ExecClearTuple(out);
+			MemoryContextReset(self->detoast_cxt);
+			memcpy(out->tts_values, slot->tts_values, natts * sizeof(Datum));
+			memcpy(out->tts_isnull, slot->tts_isnull, natts * sizeof(bool));
+		}
+		oldcxt = MemoryContextSwitchTo(self->detoast_cxt);
+		out->tts_values[att] = PointerGetDatum(detoast_external_attr((struct varlena *)
+																	 DatumGetPointer(slot->tts_values[att])));
+		MemoryContextSwitchTo(oldcxt);
+	}
+	return out ? ExecStoreVirtualTuple(out) : slot;
 }
 
 /*
@@ -954,6 +1092,8 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 
 	if (self->convert)
 		slot = bg_convert_slot(self, slot);
+	if (self->nvarlena > 0)
+		slot = bg_detoast_slot(self, slot);
 
 	if (!self->detached)
 	{
@@ -1002,6 +1142,11 @@ bg_dest_destroy(DestReceiver *dest)
 
 	if (self->text_slot)
 		ExecDropSingleTupleTableSlot(self->text_slot);
+	if (self->detoast_slot)
+	{
+		ExecDropSingleTupleTableSlot(self->detoast_slot);
+		MemoryContextDelete(self->detoast_cxt);
+	}
 	MemoryContextDelete(self->row_cxt);
 	pfree(self);
 }

@@ -146,6 +146,27 @@ SELECT bg_launch('SELECT 42 AS still_works') AS pid \gset
 SELECT * FROM bg_result_:pid;
 SELECT bg_detach(:pid);
 
+-- A job that has ended gives its shared memory back at once; its rows stay.
+SELECT bg_launch('SELECT g FROM generate_series(1, 1000) g', 8388608) AS pid \gset
+SELECT bg_wait(:pid);
+SELECT regress_dsm_back_to(:dsm_before);
+SELECT count(*) FROM bg_result_:pid;
+SELECT regress_explain('SELECT * FROM bg_result_' || :pid, :pid);
+
+-- Keeping the rows fails (temp_file_limit): the result is then known to be
+-- incomplete, and says so, instead of serving part of it.
+SET work_mem = '64kB';
+SELECT bg_launch('SELECT g, md5(g::text) FROM generate_series(1, 50000) g') AS pid \gset
+SET temp_file_limit = '256kB';
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid);
+RESET temp_file_limit;
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid);
+SELECT bg_detach(:pid);
+RESET work_mem;
+
+-- bg_await wants a PID
+CALL bg_await(NULL);
+
 -- the session still works, and nothing is left behind
 SELECT bg_detach(:sleeper);
 SELECT regress_no_workers();

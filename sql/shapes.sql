@@ -131,4 +131,20 @@ SELECT bg_launch('INSERT INTO regress_deferred VALUES (1), (1) RETURNING id') AS
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 SELECT count(*) FROM regress_deferred;
 
+-- Large values are sent inline, not as pointers into TOAST tables: the
+-- result outlives the job's transaction, and here the table itself.
+CREATE TABLE regress_docs (id int, body text);
+INSERT INTO regress_docs
+  SELECT g, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 200) i)
+  FROM generate_series(1, 20) g;
+SELECT count(*) > 0 AS toasted FROM regress_docs
+  WHERE pg_column_size(body) < length(body) OR pg_column_size(body) > 2000;
+SELECT bg_launch('SELECT id, body FROM regress_docs') AS pid \gset
+SELECT bg_wait(:pid);
+CREATE TEMP TABLE regress_docs_sums AS SELECT id, md5(body) AS m FROM regress_docs;
+DROP TABLE regress_docs;
+SELECT count(*) AS rows, bool_and(md5(r.body) = s.m) AS bodies_intact,
+       min(length(r.body)) AS len
+  FROM bg_result_:pid r JOIN regress_docs_sums s USING (id);
+
 SELECT regress_no_workers();

@@ -14,6 +14,28 @@ SELECT count(*) FROM regress_auto;
 SELECT to_regclass('bg_result_' || :pid) IS NULL AS table_gone;
 SELECT * FROM bg_result(:pid) AS r(command text);
 
+-- A job that leaves a transaction block open has its work rolled back, and
+-- fails
+SELECT bg_launch('BEGIN; INSERT INTO regress_auto VALUES (2); SELECT 42') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+SELECT count(*) FROM regress_auto WHERE a = 2;
+
+-- bg_detach is transactional: rolled back, the job and its table are back
+SELECT bg_launch('SELECT 7 AS seven') AS pid \gset
+BEGIN;
+SELECT bg_detach(:pid);
+SELECT to_regclass('bg_result_' || :pid) IS NULL AS table_dropped;
+ROLLBACK;
+SELECT * FROM bg_result_:pid;
+BEGIN;
+SAVEPOINT s;
+SELECT bg_detach(:pid);
+ROLLBACK TO s;
+SELECT * FROM bg_result_:pid;
+SELECT bg_detach(:pid);
+COMMIT;
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+
 -- A job needs a lock the reader holds: a deadlock, found and reported
 BEGIN;
 LOCK TABLE regress_auto;
@@ -75,6 +97,16 @@ SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 -- several statements: the job fails before it reports its columns
 SELECT regress_try($$SELECT bg_launch('SELECT 1; SELECT * FROM regress_secret')$$);
 RESET ROLE;
+-- what the result table needs is checked before the job starts, so a failed
+-- launch runs nothing, even with several statements
+CREATE ROLE regress_no_usage NOLOGIN;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer) TO regress_no_usage;
+GRANT INSERT ON regress_auto TO regress_no_usage;
+SET ROLE regress_no_usage;
+SELECT bg_launch('INSERT INTO regress_auto VALUES (3); SELECT 1');
+RESET ROLE;
+SELECT regress_no_workers();
+SELECT count(*) FROM regress_auto WHERE a = 3;
 -- only a role that was granted bg_launch may launch
 CREATE ROLE regress_plain NOLOGIN;
 SET ROLE regress_plain;

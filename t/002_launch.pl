@@ -1,0 +1,66 @@
+# Copyright: see README.md
+#
+# A launch that fails after its job has started (several statements run
+# before the launcher learns the result's columns) must leave no trace: the
+# job may not commit.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('main');
+$node->init;
+$node->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bg_fdw;
+	CREATE TABLE t (a int);
+	CREATE TABLE l (a int);
+});
+
+# Session B holds a lock the job's second statement needs.
+my $b = $node->background_psql('postgres');
+$b->query_safe('BEGIN; LOCK TABLE l');
+
+# Session A launches; bg_launch waits for the job to reach its last statement.
+my $a = $node->background_psql('postgres', on_error_stop => 0);
+my $a_pid = $a->query_safe('SELECT pg_backend_pid()');
+chomp $a_pid;
+$a->query_until(qr/launching/, q{
+	\echo launching
+	SELECT bg_launch('INSERT INTO t VALUES (1); LOCK TABLE l; SELECT 1');
+});
+
+# Wait until the job waits for the lock, then cancel the launch.
+$node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_locks k JOIN pg_stat_activity s USING (pid)
+	 WHERE NOT k.granted AND s.backend_type = 'bg_fdw worker'
+}) or die 'the job never waited for the lock';
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($a_pid)");
+$node->poll_query_until('postgres',
+	"SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $a_pid")
+  or die 'the launch was not cancelled';
+
+# Let the job go on: it reaches its end, finds its launch failed, rolls back.
+$b->query_safe('COMMIT');
+$node->poll_query_until('postgres', q{
+	SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker'
+}) or die 'the job never ended';
+is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '0',
+	'a job whose launch failed does not commit');
+like(slurp_file($node->logfile), qr/canceling background job because its launch failed/,
+	'the job says why it stopped');
+
+# A launch that succeeds commits, even if the session then goes away.
+my $c = $node->background_psql('postgres');
+$c->query_safe(q{SELECT bg_launch('INSERT INTO t VALUES (2); SELECT pg_sleep(0.5); SELECT 1')});
+$c->quit;
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM t WHERE a = 2})
+  or die 'the job of a session that went away did not commit';
+pass('a launched job commits after its session went away');
+
+$a->quit;
+$b->quit;
+$node->stop;
+done_testing();
