@@ -19,7 +19,8 @@ CREATE FOREIGN DATA WRAPPER bg_fdw
 
 CREATE SERVER bg_server FOREIGN DATA WRAPPER bg_fdw;
 
-CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL)
+CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL,
+                                      stream boolean DEFAULT false)
 RETURNS integer
 AS 'MODULE_PATHNAME'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
@@ -49,4 +50,4 @@ AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 
 -- Launching runs SQL as the caller in a new process: a role must be granted it.
-REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean) FROM PUBLIC;

@@ -375,6 +375,7 @@ bgExplainForeignScan(ForeignScanState *node, ExplainState *es)
 		ExplainPropertyText("Job Identifier", id, es);
 		if (job->state != BG_JOB_DETACHED)
 		{
+			ExplainPropertyText("Job Mode", job->stream ? "stream" : "spool", es);
 			ExplainPropertyInteger("Rows Spooled", NULL, job->nspooled, es);
 			ExplainPropertyText("Job Query", job->sql, es);
 		}

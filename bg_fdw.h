@@ -100,6 +100,7 @@ typedef struct BgReader
 	HeapTupleData tuple;		/* the current row, in buf */
 	char	   *buf;			/* reader's own copy of the current row */
 	uint32		bufsize;		/* allocated size of buf */
+	int64		nread;			/* rows read since the last (re)start */
 } BgReader;
 
 /*
@@ -126,6 +127,8 @@ typedef struct BgJob
 	Tuplestorestate *spool;		/* every row received so far */
 	int64		nspooled;		/* rows in spool */
 	bool		spool_broken;	/* an append to the spool failed */
+	bool		stream;			/* one-pass: rows are not kept */
+	bool		stream_taken;	/* a stream job's rows are being consumed */
 	SubTransactionId detach_subid;	/* bg_detach pending commit, or 0 */
 	TupleTableSlot *spool_slot; /* slot used to append to the spool */
 	char	   *command_tag;	/* completion tag, once finished */

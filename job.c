@@ -65,6 +65,7 @@ static void bg_reader_store(BgJob *job, BgReader *rd, MinimalTuple mtup);
 static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
 static void bg_check_spool(BgJob *job);
+static void bg_stream_reread_error(BgJob *job) pg_attribute_noreturn();
 static void bg_spool_append(BgJob *job, TupleTableSlot *slot);
 static void bg_xact_callback(XactEvent event, void *arg);
 static void bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -681,9 +682,14 @@ bg_job_poll(BgJob *job)
 			job->tuples_done = true;
 			break;
 		}
-		ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
-		tuplestore_select_read_pointer(job->spool, 0);
-		bg_spool_append(job, job->spool_slot);
+		/* a stream job's rows cannot be kept: waiting consumes them */
+		job->stream_taken = job->stream;
+		if (!job->stream)
+		{
+			ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
+			tuplestore_select_read_pointer(job->spool, 0);
+			bg_spool_append(job, job->spool_slot);
+		}
 		CHECK_FOR_INTERRUPTS();
 	}
 	bg_job_read_messages(job);
@@ -771,6 +777,19 @@ bg_spool_append(BgJob *job, TupleTableSlot *slot)
 	job->nspooled++;
 }
 
+/*
+ * A stream job's rows go to the first reader and are not kept.
+ */
+static void
+bg_stream_reread_error(BgJob *job)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("result of background job %d cannot be read again", job->pid),
+			 errdetail("The job was launched with stream => true, which keeps no rows for another read."),
+			 errhint("Launch it with stream => false for a result that reads like a table, or keep it with CREATE TABLE ... AS SELECT.")));
+}
+
 static void
 bg_check_spool(BgJob *job)
 {
@@ -816,9 +835,16 @@ bg_reader_open(BgJob *job, TupleTableSlot *slot)
 		job->readers[job->nreaders++] = rd;
 	}
 	rd = job->readers[i];
+	if (job->stream)
+	{
+		if (job->stream_taken)
+			bg_stream_reread_error(job);
+		job->stream_taken = true;
+	}
 	if (rd->readptr < 0)
 		rd->readptr = tuplestore_alloc_read_pointer(job->spool, EXEC_FLAG_REWIND);
 	rd->in_use = true;
+	rd->nread = 0;
 	rd->subid = GetCurrentSubTransactionId();
 	rd->slot = slot;
 	if (rd->mslot == NULL)
@@ -845,6 +871,9 @@ bg_reader_close(BgJob *job, int reader)
 void
 bg_reader_rescan(BgJob *job, int reader)
 {
+	if (job->stream && job->readers[reader]->nread > 0)
+		bg_stream_reread_error(job);
+	job->readers[reader]->nread = 0;
 	tuplestore_select_read_pointer(job->spool, job->readers[reader]->readptr);
 	tuplestore_rescan(job->spool);
 }
@@ -930,11 +959,12 @@ bg_reader_next(BgJob *job, int reader)
 	 */
 	tuplestore_select_read_pointer(job->spool, rd->readptr);
 	oldcxt = MemoryContextSwitchTo(job->cxt);
-	found = (!tuplestore_ateof(job->spool) &&
+	found = (!job->stream && !tuplestore_ateof(job->spool) &&
 			 tuplestore_gettupleslot(job->spool, true, false, rd->mslot));
 	MemoryContextSwitchTo(oldcxt);
 	if (found)
 	{
+		rd->nread++;
 		bg_reader_store(job, rd, ((MinimalTupleTableSlot *) rd->mslot)->mintuple);
 		return true;
 	}
@@ -946,9 +976,13 @@ bg_reader_next(BgJob *job, int reader)
 		ExecClearTuple(rd->slot);
 		return false;
 	}
-	ExecStoreMinimalTuple(tuple, rd->mslot, false);
-	tuplestore_select_read_pointer(job->spool, rd->readptr);
-	bg_spool_append(job, rd->mslot);
+	rd->nread++;
+	if (!job->stream)
+	{
+		ExecStoreMinimalTuple(tuple, rd->mslot, false);
+		tuplestore_select_read_pointer(job->spool, rd->readptr);
+		bg_spool_append(job, rd->mslot);
+	}
 	bg_reader_store(job, rd, tuple);
 	return true;
 }

@@ -135,7 +135,8 @@ static void bg_dest_shutdown(DestReceiver *self);
 static void bg_dest_destroy(DestReceiver *self);
 
 /*
- * bg_launch(sql text, queue_size integer DEFAULT NULL) RETURNS integer
+ * bg_launch(sql text, queue_size integer DEFAULT NULL,
+ *			 stream boolean DEFAULT false) RETURNS integer
  *
  * Start a background job and return its worker's PID.  The result table
  * pg_temp.bg_result_<pid> exists when this returns.
@@ -186,6 +187,7 @@ bg_launch(PG_FUNCTION_ARGS)
 		bg_job_go(job->shared);
 		bg_job_wait_descriptor(job);
 	}
+	job->stream = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
 	bg_create_result_table(job);
 	bg_job_attach(job);
 

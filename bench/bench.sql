@@ -22,14 +22,14 @@ $$;
 
 -- One case: a query to time; "%s" in it stands for a job launched from
 -- "job" just before the clock starts (launch time is then part of it).
-CREATE OR REPLACE FUNCTION bench_case(job text, q text) RETURNS float8
+CREATE OR REPLACE FUNCTION bench_case(name text, job text, q text) RETURNS float8
 LANGUAGE plpgsql AS $$
 DECLARE
   t0 timestamptz := clock_timestamp();
   pid int;
 BEGIN
   IF job IS NOT NULL THEN
-    pid := bg_launch(job);
+    pid := bg_launch(job, stream => name LIKE '%stream%');
     EXECUTE format(q, pid);
     PERFORM bg_detach(pid);
   ELSE
@@ -44,13 +44,15 @@ INSERT INTO cases VALUES
  ('direct query', NULL, 'SELECT count(*), sum(length(b)) FROM t', 1),
  ('bg_result_<pid> table', 'SELECT a, b FROM t',
   'SELECT count(*), sum(length(b)) FROM bg_result_%s', 2),
+ ('bg_result_<pid>, stream mode', 'SELECT a, b FROM t',
+  'SELECT count(*), sum(length(b)) FROM bg_result_%s', 3),
  ('bg_result(pid)', 'SELECT a, b FROM t',
-  'SELECT count(*), sum(length(b)) FROM bg_result(%s) AS r(a int, b text)', 3),
+  'SELECT count(*), sum(length(b)) FROM bg_result(%s) AS r(a int, b text)', 4),
  ('dblink', NULL,
   format($q$SELECT count(*), sum(length(b)) FROM dblink('host=%s port=%s dbname=%s',
          'SELECT a, b FROM t') AS r(a int, b text)$q$,
          split_part(current_setting('unix_socket_directories'), ',', 1),
-         current_setting('port'), current_database()), 4);
+         current_setting('port'), current_database()), 5);
 
 CREATE TEMP TABLE timings (name text, ms float8);
 DO $$
@@ -59,7 +61,7 @@ DECLARE
 BEGIN
   FOR r IN 1..5 LOOP
     FOR c IN SELECT * FROM cases ORDER BY ord LOOP
-      INSERT INTO timings VALUES (c.name, bench_case(c.job, c.q));
+      INSERT INTO timings VALUES (c.name, bench_case(c.name, c.job, c.q));
     END LOOP;
   END LOOP;
 END

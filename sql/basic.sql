@@ -6,7 +6,7 @@ CREATE EXTENSION bg_fdw;
 -- The objects the extension makes
 SELECT fdwname FROM pg_foreign_data_wrapper WHERE fdwname = 'bg_fdw';
 SELECT srvname FROM pg_foreign_server WHERE srvname = 'bg_server';
-SELECT has_function_privilege('public', 'bg_launch(text, integer)', 'EXECUTE') AS public_may_launch;
+SELECT has_function_privilege('public', 'bg_launch(text, integer, boolean)', 'EXECUTE') AS public_may_launch;
 
 -- Helpers shared by all test files.  Outcomes that carry a PID or a job
 -- identifier are masked so the expected output does not depend on them.
@@ -196,4 +196,30 @@ SELECT count(*) FROM pg_class WHERE relname = 'bg_result_' || :a;
 DROP FOREIGN TABLE bg_result_:b;
 SELECT count(*) FROM bg_result(:b) AS r(id int, thrice int);
 SELECT bg_detach(:b);
+SELECT regress_no_workers();
+
+-- Stream mode: rows go to one reader and are not kept
+SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g', stream => true) AS pid \gset
+SELECT regress_explain('(VERBOSE) SELECT * FROM bg_result_' || :pid, :pid);
+SELECT count(*), sum(g) FROM bg_result_:pid;
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid);
+SELECT bg_wait(:pid);
+-- a self-join needs two reads
+SELECT bg_launch('SELECT g FROM generate_series(1, 10) g', stream => true) AS pid \gset
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid || ' a JOIN bg_result_'
+                   || :pid || ' b USING (g)', :pid);
+-- and so does a rescan
+SELECT bg_launch('SELECT g FROM generate_series(1, 10) g', stream => true) AS pid \gset
+SET enable_hashjoin = off;
+SET enable_mergejoin = off;
+SET enable_material = off;
+SELECT regress_try('SELECT count(*) FROM (VALUES (1), (2)) v(x) JOIN bg_result_'
+                   || :pid || ' r ON r.g = v.x', :pid);
+RESET enable_hashjoin;
+RESET enable_mergejoin;
+RESET enable_material;
+-- bg_wait consumes a stream job's rows
+SELECT bg_launch('SELECT g FROM generate_series(1, 10) g', stream => true) AS pid \gset
+SELECT bg_wait(:pid);
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid);
 SELECT regress_no_workers();
