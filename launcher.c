@@ -130,6 +130,8 @@ static TupleTableSlot *bg_detoast_slot(BgDestReceiver *self,
 static void bg_send_command_row(DestReceiver *dest, const char *tag);
 static void bg_send_message(char msgtype, const char *str, TupleDesc desc);
 static bool bg_receive_slot(TupleTableSlot *slot, DestReceiver *self);
+static bool bg_send_stored_tuple(BgDestReceiver *self, TupleTableSlot *slot,
+								 bool flush, shm_mq_result *res);
 static void bg_dest_startup(DestReceiver *self, int operation, TupleDesc typeinfo);
 static void bg_dest_shutdown(DestReceiver *self);
 static void bg_dest_destroy(DestReceiver *self);
@@ -1082,6 +1084,36 @@ bg_convert_slot(BgDestReceiver *self, TupleTableSlot *slot)
 }
 
 /*
+ * A row that lies in a table page, or is a heap tuple already, with no
+ * TOAST pointers, goes to the queue as it is: the heap tuple header is
+ * replaced by a minimal one on the fly, which saves forming a MinimalTuple
+ * copy of every row.  Returns false if the row is not such a one.
+ */
+static bool
+bg_send_stored_tuple(BgDestReceiver *self, TupleTableSlot *slot, bool flush,
+					 shm_mq_result *res)
+{
+	HeapTuple	tuple;
+	MinimalTupleData hdr;
+	shm_mq_iovec iov[2];
+
+	if (self->convert || !(TTS_IS_BUFFERTUPLE(slot) || TTS_IS_HEAPTUPLE(slot)))
+		return false;
+	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+	if (HeapTupleHasExternal(tuple))
+		return false;
+
+	memset(&hdr, 0, offsetof(MinimalTupleData, t_infomask2));
+	hdr.t_len = tuple->t_len - MINIMAL_TUPLE_OFFSET;
+	iov[0].data = (char *) &hdr;
+	iov[0].len = offsetof(MinimalTupleData, t_infomask2);
+	iov[1].data = (char *) tuple->t_data + offsetof(HeapTupleHeaderData, t_infomask2);
+	iov[1].len = tuple->t_len - offsetof(HeapTupleHeaderData, t_infomask2);
+	*res = shm_mq_sendv(self->mqh, iov, 2, false, flush);
+	return true;
+}
+
+/*
  * Send one row.  A reader that went away is not an error: the job runs on
  * to its end and commits, and its rows are dropped.
  */
@@ -1094,21 +1126,25 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 
 	if (self->convert)
 		slot = bg_convert_slot(self, slot);
-	if (self->nvarlena > 0)
-		slot = bg_detoast_slot(self, slot);
 
 	if (!self->detached)
 	{
 		bool		flush = (self->rows < BG_FLUSH_EAGER_ROWS || bg_flush_due);
+		shm_mq_result res;
 
 		if (flush)
 			bg_flush_due = false;
-		tuple = ExecFetchSlotMinimalTuple(slot, &should_free);
-		if (shm_mq_send(self->mqh, tuple->t_len, tuple, false, flush) ==
-			SHM_MQ_DETACHED)
+		if (!bg_send_stored_tuple(self, slot, flush, &res))
+		{
+			if (self->nvarlena > 0)
+				slot = bg_detoast_slot(self, slot);
+			tuple = ExecFetchSlotMinimalTuple(slot, &should_free);
+			res = shm_mq_send(self->mqh, tuple->t_len, tuple, false, flush);
+			if (should_free)
+				pfree(tuple);
+		}
+		if (res == SHM_MQ_DETACHED)
 			self->detached = true;
-		if (should_free)
-			pfree(tuple);
 	}
 	pg_atomic_write_u64(&self->shared->rows, ++self->rows);
 	return true;
