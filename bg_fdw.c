@@ -626,9 +626,6 @@ bg_cancel(PG_FUNCTION_ARGS)
 		GetBackgroundWorkerPid(job->handle, &pid) != BGWH_STARTED)
 		PG_RETURN_BOOL(false);
 
-	SpinLockAcquire(&job->shared->mutex);
-	job->shared->cancel_requested = true;
-	SpinLockRelease(&job->shared->mutex);
 	if (kill(pid, SIGINT) != 0)
 		PG_RETURN_BOOL(false);
 	PG_RETURN_BOOL(true);

@@ -69,7 +69,6 @@ typedef struct BgJobShared
 	PGPROC	   *worker_proc;	/* worker's PGPROC, once it has one */
 	bool		go;				/* launcher says: run the statements */
 	bool		launcher_gone;	/* launcher detached before "go" */
-	bool		cancel_requested;	/* bg_cancel was called */
 	bool		launched;		/* bg_launch succeeded: the job may commit */
 } BgJobShared;
 
