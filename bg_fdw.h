@@ -164,7 +164,7 @@ extern void bg_job_detach(BgJob *job);
 extern void bg_job_poll(BgJob *job);
 extern bool bg_job_wait(BgJob *job, long timeout_ms);
 extern void bg_job_wait_descriptor(BgJob *job);
-extern void bg_job_raise_error(BgJob *job) pg_attribute_noreturn();
+extern void bg_job_raise_error(BgJob *job);
 extern int	bg_reader_open(BgJob *job, TupleTableSlot *slot);
 extern void bg_reader_close(BgJob *job, int reader);
 extern void bg_reader_rescan(BgJob *job, int reader);

@@ -10,9 +10,16 @@
 #ifndef BG_FDW_COMPAT_H
 #define BG_FDW_COMPAT_H
 
+#include "commands/explain.h"
+#if PG_VERSION_NUM >= 180000
+#include "commands/explain_format.h"
+#include "commands/explain_state.h"
+#endif
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "optimizer/pathnode.h"
+#include "tcop/pquery.h"
+#include "utils/wait_event.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_foreign_server.h"
 #include "utils/acl.h"
@@ -52,12 +59,41 @@ static inline ForeignPath *
 bg_create_foreignscan_path(PlannerInfo *root, RelOptInfo *rel, double rows,
 						   Cost startup_cost, Cost total_cost)
 {
-#if PG_VERSION_NUM >= 170000
+#if PG_VERSION_NUM >= 180000
+	return create_foreignscan_path(root, rel, NULL, rows, 0, startup_cost,
+								   total_cost, NIL, NULL, NULL, NIL, NIL);
+#elif PG_VERSION_NUM >= 170000
 	return create_foreignscan_path(root, rel, NULL, rows, startup_cost,
 								   total_cost, NIL, NULL, NULL, NIL, NIL);
 #else
 	return create_foreignscan_path(root, rel, NULL, rows, startup_cost,
 								   total_cost, NIL, NULL, NULL, NIL);
+#endif
+}
+
+/* Run a portal to completion at top level. */
+static inline void
+bg_portal_run(Portal portal, DestReceiver *dest, QueryCompletion *qc)
+{
+#if PG_VERSION_NUM >= 180000
+	(void) PortalRun(portal, FETCH_ALL, true, dest, dest, qc);
+#else
+	(void) PortalRun(portal, FETCH_ALL, true, true, dest, dest, qc);
+#endif
+}
+
+/*
+ * What a reader or a worker waits for, as pg_stat_activity shows it: named
+ * wait events on 17 and later, the generic "Extension" before.
+ */
+static inline uint32
+bg_wait_event(const char *name)
+{
+#if PG_VERSION_NUM >= 170000
+	return WaitEventExtensionNew(name);
+#else
+	(void) name;
+	return PG_WAIT_EXTENSION;
 #endif
 }
 

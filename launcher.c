@@ -688,6 +688,17 @@ bg_worker_main(Datum main_arg)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* Wait event of a worker waiting for its launcher ("BgFdwLaunch" on 17+) */
+static uint32
+bg_wait_event_launch(void)
+{
+	static uint32 event = 0;
+
+	if (event == 0)
+		event = bg_wait_event("BgFdwLaunch");
+	return event;
+}
+
 /*
  * Wait until the launcher has created the result table, or has given up.
  */
@@ -710,7 +721,7 @@ bg_wait_for_go(BgJobShared *shared)
 			proc_exit(0);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 PG_WAIT_EXTENSION);
+						 bg_wait_event_launch());
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -742,7 +753,7 @@ bg_wait_for_launch(BgJobShared *shared)
 					 errmsg("canceling background job because its launch failed")));
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 PG_WAIT_EXTENSION);
+						 bg_wait_event_launch());
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -846,7 +857,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			receiver = CreateDestReceiver(DestNone);
 		MemoryContextSwitchTo(oldcxt);
 
-		(void) PortalRun(portal, FETCH_ALL, true, true, receiver, receiver, &qc);
+		bg_portal_run(portal, receiver, &qc);
 		PortalDrop(portal, false);
 
 		if (last)

@@ -12,7 +12,7 @@ PG_CONFIG=$PG_BINDIR/pg_config
 
 # Debian packages the build and the tests need.
 bg_packages() {
-	echo postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib \
+	echo postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR \
 		libkrb5-dev libipc-run-perl make gcc
 }
 
@@ -59,6 +59,7 @@ bg_scratch() {
 	chmod 755 "$SCRATCH"
 	[ "$(id -u)" -eq 0 ] && chown postgres: "$SCRATCH"
 	trap 'bg_cleanup' EXIT
+	trap 'exit 130' INT TERM
 }
 
 bg_cleanup() {
