@@ -33,7 +33,7 @@
 static inline bool
 bg_current_role_is_superuser(void)
 {
-#if PG_VERSION_NUM >= 160000
+#if PG_VERSION_NUM >= 170000
 	return current_role_is_superuser;
 #else
 	return session_auth_is_superuser;
@@ -44,7 +44,7 @@ bg_current_role_is_superuser(void)
 static inline void
 bg_init_read_only_stringinfo(StringInfo str, char *data, int len)
 {
-#if PG_VERSION_NUM >= 160000
+#if PG_VERSION_NUM >= 170000
 	initReadOnlyStringInfo(str, data, len);
 #else
 	str->data = data;

@@ -37,6 +37,25 @@ like($stderr, qr/background job $pid was not launched by this session/,
 is($a->query_safe("SELECT bg_cancel($pid)"), 't', 'session A cancels its job');
 $a->quit;
 
+# A session waiting for its job says so in pg_stat_activity: a named wait
+# event on PostgreSQL 17 and later.
+my $w = $node->background_psql('postgres', on_error_stop => 0);
+my $w_pid = $w->query_safe('SELECT pg_backend_pid()');
+chomp $w_pid;
+$w->query_until(qr/waiting/, q{
+	\echo waiting
+	SELECT bg_launch('SELECT pg_sleep(60)') AS p \gset
+	SELECT bg_wait(:p);
+});
+my $event = $node->pg_version >= 17 ? 'Extension:BgFdwJob' : 'Extension:Extension';
+ok( $node->poll_query_until('postgres',
+		"SELECT wait_event_type || ':' || wait_event FROM pg_stat_activity WHERE pid = $w_pid",
+		$event),
+	"a session waiting for its job shows wait event $event");
+$node->safe_psql('postgres',
+	"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker'");
+$w->quit;
+
 # Detaching twice: the second time is a no-op with a NOTICE.
 ($ret, $stdout, $stderr) = $node->psql('postgres',
 	q{SELECT bg_launch('SELECT 1') AS pid \gset
