@@ -609,17 +609,6 @@ bg_job_raise_error(BgJob *job)
  * ----------------------------------------------------------------
  */
 
-/* Wait event of a session waiting for its job ("BgFdwJob" on 17 and later) */
-static uint32
-bg_wait_event_job(void)
-{
-	static uint32 event = 0;
-
-	if (event == 0)
-		event = bg_wait_event("BgFdwJob");
-	return event;
-}
-
 /*
  * Sleep until the worker sends something, we are interrupted, or the timeout
  * passes.  A full deadlock_timeout without news from the worker is when we
@@ -634,7 +623,7 @@ bg_job_sleep(BgJob *job, long timeout_ms)
 	if (timeout_ms >= 0 && timeout_ms < wait_ms)
 		wait_ms = timeout_ms;
 	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-				   wait_ms, bg_wait_event_job());
+				   wait_ms, bg_wait_event("BgFdwJob"));
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	if ((rc & WL_TIMEOUT) && wait_ms == DeadlockTimeout)

@@ -117,8 +117,7 @@ static void bg_create_result_table(BgJob *job);
 static void bg_drop_stale_table(Oid nspid, const char *relname);
 
 /* Worker side */
-static void bg_wait_for_go(BgJobShared *shared);
-static void bg_wait_for_launch(BgJobShared *shared);
+static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
 						 BgJobShared *shared, TupleDesc expected);
 static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
@@ -680,7 +679,7 @@ bg_worker_main(Datum main_arg)
 
 	sql = pstrdup(shm_toc_lookup(toc, BG_KEY_SQL, false));
 
-	bg_wait_for_go(shared);
+	bg_wait_for_launcher(shared, false);
 
 	pgstat_report_activity(STATE_RUNNING, sql);
 	tag = bg_exec_sql(sql, tuple_mqh, shared, expected);
@@ -688,72 +687,36 @@ bg_worker_main(Datum main_arg)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-/* Wait event of a worker waiting for its launcher ("BgFdwLaunch" on 17+) */
-static uint32
-bg_wait_event_launch(void)
-{
-	static uint32 event = 0;
-
-	if (event == 0)
-		event = bg_wait_event("BgFdwLaunch");
-	return event;
-}
-
 /*
- * Wait until the launcher has created the result table, or has given up.
+ * Wait for the launcher: until it says "go", or with "launched", until its
+ * bg_launch has succeeded.  A launcher that gave up first ends the job:
+ * quietly before it ran anything, with an error (which rolls the job back)
+ * after.
  */
 static void
-bg_wait_for_go(BgJobShared *shared)
+bg_wait_for_launcher(BgJobShared *shared, bool launched)
 {
 	for (;;)
 	{
-		bool		go;
+		bool		ready;
 		bool		gone;
 
 		SpinLockAcquire(&shared->mutex);
-		go = shared->go;
+		ready = launched ? shared->launched : shared->go;
 		gone = shared->launcher_gone;
 		SpinLockRelease(&shared->mutex);
 
-		if (go)
+		if (ready)
 			return;
-		if (gone)
+		if (gone && !launched)
 			proc_exit(0);
-
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 bg_wait_event_launch());
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-}
-
-/*
- * Before the job commits, make sure its launch succeeded: a job whose
- * bg_launch failed after it started (several statements run before the
- * launcher knows the result's columns) must not commit.
- */
-static void
-bg_wait_for_launch(BgJobShared *shared)
-{
-	for (;;)
-	{
-		bool		launched;
-		bool		gone;
-
-		SpinLockAcquire(&shared->mutex);
-		launched = shared->launched;
-		gone = shared->launcher_gone;
-		SpinLockRelease(&shared->mutex);
-
-		if (launched)
-			return;
 		if (gone)
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("canceling background job because its launch failed")));
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 bg_wait_event_launch());
+						 bg_wait_event("BgFdwLaunch"));
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -870,7 +833,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			if (use_implicit_block)
 				EndImplicitTransactionBlock();
 			bg_disable_statement_timeout();
-			bg_wait_for_launch(shared);
+			bg_wait_for_launcher(shared, true);
 			CommitTransactionCommand();
 			xact_started = false;
 			/* committed: a late cancel must not make it look failed */
