@@ -142,7 +142,22 @@ BEGIN
 END
 $$;
 SELECT regress_no_workers();
-SELECT bg_launch('SELECT 42 AS still_works') AS pid \gset
+-- a slot is free again only once the postmaster has reaped the process:
+-- poll for it
+CREATE FUNCTION regress_launch_when_free(sql text) RETURNS int
+LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    BEGIN
+      RETURN bg_launch(sql);
+    EXCEPTION WHEN insufficient_resources THEN
+      PERFORM pg_sleep(0.05);
+    END;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+SELECT regress_launch_when_free('SELECT 42 AS still_works') AS pid \gset
 SELECT * FROM bg_result_:pid;
 SELECT bg_detach(:pid);
 
