@@ -20,6 +20,7 @@
 #include "access/table.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_foreign_server.h"
 #include "catalog/pg_foreign_table.h"
 #include "commands/defrem.h"
@@ -38,6 +39,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "bg_fdw.h"
@@ -111,6 +113,8 @@ static void bgBeginForeignScan(ForeignScanState *node, int eflags);
 static TupleTableSlot *bgIterateForeignScan(ForeignScanState *node);
 static void bgReScanForeignScan(ForeignScanState *node);
 static void bgEndForeignScan(ForeignScanState *node);
+static List *bgImportForeignSchema(ImportForeignSchemaStmt *stmt,
+								   Oid serverOid);
 
 /*
  * Helper functions
@@ -123,6 +127,8 @@ static void bg_check_table_matches(Relation rel, BgJob *job);
 static void bg_drop_job_tables(BgJob *job);
 static long bg_interval_ms(Interval *interval);
 static char *bg_describe_types(TupleDesc desc);
+static char *bg_table_definition(BgJob *job, ForeignServer *server);
+static char *bg_collation_name(Oid collid);
 
 void
 _PG_init(void)
@@ -157,6 +163,7 @@ bg_fdw_handler(PG_FUNCTION_ARGS)
 	fdwroutine->IterateForeignScan = bgIterateForeignScan;
 	fdwroutine->ReScanForeignScan = bgReScanForeignScan;
 	fdwroutine->EndForeignScan = bgEndForeignScan;
+	fdwroutine->ImportForeignSchema = bgImportForeignSchema;
 
 	PG_RETURN_POINTER(fdwroutine);
 }
@@ -469,6 +476,88 @@ bgEndForeignScan(ForeignScanState *node)
 
 	if (state)
 		bg_reader_close(state->job, state->reader);
+}
+
+/*
+ * bgImportForeignSchema
+ *		The server has one schema, "jobs": a table for each job of this
+ *		session whose result can still be read.  This is how a result table
+ *		comes back after the transaction that created it rolled back, or
+ *		appears in another schema.  LIMIT TO and EXCEPT are applied by the
+ *		core code to the names returned.
+ */
+static List *
+bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
+{
+	ForeignServer *server = GetForeignServer(serverOid);
+	List	   *commands = NIL;
+	ListCell   *lc;
+
+	if (strcmp(stmt->remote_schema, "jobs") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_SCHEMA_NOT_FOUND),
+				 errmsg("schema \"%s\" does not exist on server \"%s\"",
+						stmt->remote_schema, server->servername),
+				 errhint("The only schema is \"jobs\": the results of this session's background jobs.")));
+
+	foreach(lc, bg_session_jobs())
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->state == BG_JOB_DETACHED || job->state == BG_JOB_FAILED ||
+			job->detach_subid != InvalidSubTransactionId ||
+			job->stream_taken || job->desc == NULL)
+			continue;
+		commands = lappend(commands, bg_table_definition(job, server));
+	}
+	return commands;
+}
+
+/* A collation's schema-qualified, quoted name */
+static char *
+bg_collation_name(Oid collid)
+{
+	HeapTuple	tuple = SearchSysCache1(COLLOID, ObjectIdGetDatum(collid));
+	Form_pg_collation coll;
+	char	   *name;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for collation %u", collid);
+	coll = (Form_pg_collation) GETSTRUCT(tuple);
+	name = quote_qualified_identifier(get_namespace_name(coll->collnamespace),
+									  NameStr(coll->collname));
+	ReleaseSysCache(tuple);
+	return name;
+}
+
+/*
+ * CREATE FOREIGN TABLE for a job's result, safe under any search_path.
+ */
+static char *
+bg_table_definition(BgJob *job, ForeignServer *server)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "CREATE FOREIGN TABLE bg_result_%d (", job->pid);
+	for (i = 0; i < job->desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(job->desc, i);
+
+		appendStringInfo(&buf, "%s%s %s", i > 0 ? ", " : "",
+						 quote_identifier(NameStr(att->attname)),
+						 format_type_extended(att->atttypid, att->atttypmod,
+											  FORMAT_TYPE_TYPEMOD_GIVEN |
+											  FORMAT_TYPE_FORCE_QUALIFY));
+		if (OidIsValid(att->attcollation) &&
+			att->attcollation != get_typcollation(att->atttypid))
+			appendStringInfo(&buf, " COLLATE %s",
+							 bg_collation_name(att->attcollation));
+	}
+	appendStringInfo(&buf, ") SERVER %s OPTIONS (pid '%d', job '" INT64_FORMAT "')",
+					 quote_identifier(server->servername), job->pid, job->job_id);
+	return buf.data;
 }
 
 /* ----------------------------------------------------------------

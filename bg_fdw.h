@@ -154,6 +154,7 @@ extern BgJob *bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle,
 							MemoryContext cxt);
 extern void bg_job_set_desc(BgJob *job, TupleDesc desc);
 extern void bg_job_attach(BgJob *job);
+extern List *bg_session_jobs(void);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
 extern const char *bg_job_state_name(BgJob *job);

@@ -302,6 +302,13 @@ bg_job_attach(BgJob *job)
 	MemoryContextSwitchTo(oldcxt);
 }
 
+/* This session's jobs, oldest first (tombstones of detached ones too) */
+List *
+bg_session_jobs(void)
+{
+	return bg_jobs;
+}
+
 /*
  * Find this session's job with the given PID (and identifier, if not 0).
  * Where the PID names several jobs over time, the newest wins.

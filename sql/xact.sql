@@ -133,3 +133,35 @@ SELECT backend_type, application_name ~ '^bg_fdw job \d+ \(launcher \d+\)$' AS a
   FROM pg_stat_activity WHERE pid = :pid;
 SELECT bg_cancel(:pid);
 SELECT regress_no_workers();
+
+-- IMPORT FOREIGN SCHEMA brings back a table whose transaction rolled back,
+-- in any schema, with the job's exact columns
+BEGIN;
+SELECT bg_launch($$SELECT 5 AS five, 'x'::varchar(3) COLLATE "C" AS "Mixed Case"$$) AS pid \gset
+ROLLBACK;
+SELECT to_regclass('bg_result_' || :pid) IS NULL AS table_gone;
+CREATE SCHEMA regress_imp;
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO regress_imp;
+SELECT attname, format_type(atttypid, atttypmod), attcollation::regcollation
+  FROM pg_attribute
+ WHERE attrelid = ('regress_imp.bg_result_' || :pid)::regclass AND attnum > 0 ORDER BY attnum;
+SELECT * FROM regress_imp.bg_result_:pid;
+-- EXCEPT leaves it out; a detached job is not imported
+SELECT bg_launch('SELECT 1 AS one') AS other \gset
+SELECT bg_launch('SELECT 2 AS two') AS gone \gset
+SELECT bg_detach(:gone);
+CREATE SCHEMA regress_imp2;
+IMPORT FOREIGN SCHEMA jobs EXCEPT (bg_result_:pid) FROM SERVER bg_server INTO regress_imp2;
+SELECT relname = 'bg_result_' || :pid AS excepted, relname = 'bg_result_' || :gone AS detached,
+       count(*)
+  FROM pg_class WHERE relnamespace = 'regress_imp2'::regnamespace
+   AND relname IN ('bg_result_' || :pid, 'bg_result_' || :gone, 'bg_result_' || :other)
+ GROUP BY 1, 2;
+SELECT * FROM regress_imp2.bg_result_:other;
+-- a table that outlives its job is an error, not another job's rows
+SELECT bg_detach(:pid);
+SELECT regress_try('SELECT * FROM regress_imp.bg_result_' || :pid, :pid);
+IMPORT FOREIGN SCHEMA public FROM SERVER bg_server INTO regress_imp;
+SET client_min_messages = warning;
+DROP SCHEMA regress_imp, regress_imp2 CASCADE;
+RESET client_min_messages;
