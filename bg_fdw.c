@@ -731,6 +731,7 @@ bg_detach(PG_FUNCTION_ARGS)
 {
 	BgJob	   *job = bg_job_lookup(PG_GETARG_INT32(0), 0, false);
 
+	bg_job_check_privileges(job);
 	if (job->state == BG_JOB_DETACHED ||
 		job->detach_subid != InvalidSubTransactionId)
 	{

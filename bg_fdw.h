@@ -111,6 +111,7 @@ typedef struct BgJob
 {
 	int			pid;			/* worker's pid */
 	int64		job_id;			/* never-reused identifier */
+	Oid			role;			/* role the job runs as */
 	BgJobState	state;			/* what we know of its outcome */
 	MemoryContext cxt;			/* holds everything below */
 	char	   *sql;			/* the job's statements */
@@ -157,6 +158,7 @@ extern void bg_job_attach(BgJob *job);
 extern List *bg_session_jobs(void);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
+extern void bg_job_check_privileges(BgJob *job);
 extern const char *bg_job_state_name(BgJob *job);
 extern bool bg_job_in_use(BgJob *job);
 extern uint64 bg_job_rows(BgJob *job);

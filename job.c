@@ -40,6 +40,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shm_toc.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -245,6 +246,7 @@ bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
 	job->seg = seg;
 	job->shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
 	job->job_id = job->shared->job_id;
+	job->role = job->shared->current_user_id;
 	job->handle = handle;
 	job->tuple_mqh = shm_mq_attach(shm_toc_lookup(toc, BG_KEY_TUPLE_QUEUE, false),
 								   seg, handle);
@@ -354,12 +356,30 @@ bg_job_lookup_attached(int pid, int64 job_id)
 {
 	BgJob	   *job = bg_job_lookup(pid, job_id, false);
 
+	bg_job_check_privileges(job);
 	if (job->state == BG_JOB_DETACHED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("background job %d was detached from this session", pid),
 				 errdetail("Its result can no longer be read.")));
 	return job;
+}
+
+/*
+ * A job's rows, outcome and control belong to roles with the privileges of
+ * the role it runs as: after SET ROLE, or in a SECURITY DEFINER function,
+ * the launching session may be someone else by the time it reads.
+ */
+void
+bg_job_check_privileges(BgJob *job)
+{
+	if (job->state == BG_JOB_DETACHED || has_privs_of_role(GetUserId(), job->role))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for background job %d", job->pid),
+			 errdetail("Only roles with the privileges of role \"%s\" may act on it.",
+					   GetUserNameFromId(job->role, false))));
 }
 
 const char *

@@ -122,8 +122,17 @@ GRANT SELECT ON regress_secret TO regress_nologin;
 GRANT TEMP ON DATABASE regression TO regress_nologin;
 SET ROLE regress_plain;
 SELECT regress_definer_launch() AS pid \gset
+-- ... and only a role with the definer's privileges may read it
+SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(who text, secrets bigint)', :pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT regress_try('SELECT bg_cancel(' || :pid || ')', :pid);
+SELECT regress_try('SELECT bg_detach(' || :pid || ')', :pid);
+RESET ROLE;
+SET ROLE regress_nologin;
 SELECT * FROM bg_result(:pid) AS r(who text, secrets bigint);
 RESET ROLE;
+-- a superuser has every role's privileges
+SELECT bg_wait(:pid);
 
 -- Jobs are easy to spot in pg_stat_activity
 SELECT bg_launch('SELECT pg_sleep(60)') AS pid \gset
