@@ -51,3 +51,15 @@ LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 
 -- Launching runs SQL as the caller in a new process: a role must be granted it.
 REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean) FROM PUBLIC;
+
+-- A role to grant to those who may launch jobs.  Roles are cluster-wide and
+-- the extension may be installed in several databases: create it only once.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bg_fdw_user') THEN
+    CREATE ROLE bg_fdw_user NOLOGIN;
+  END IF;
+END
+$$;
+GRANT EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean) TO bg_fdw_user;
+GRANT USAGE ON FOREIGN SERVER bg_server TO bg_fdw_user;

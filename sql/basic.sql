@@ -7,6 +7,10 @@ CREATE EXTENSION bg_fdw;
 SELECT fdwname FROM pg_foreign_data_wrapper WHERE fdwname = 'bg_fdw';
 SELECT srvname FROM pg_foreign_server WHERE srvname = 'bg_server';
 SELECT has_function_privilege('public', 'bg_launch(text, integer, boolean)', 'EXECUTE') AS public_may_launch;
+SELECT rolcanlogin,
+       has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean)', 'EXECUTE') AS may_launch,
+       has_server_privilege('bg_fdw_user', 'bg_server', 'USAGE') AS may_use_server
+  FROM pg_roles WHERE rolname = 'bg_fdw_user';
 
 -- Helpers shared by all test files.  Outcomes that carry a PID or a job
 -- identifier are masked so the expected output does not depend on them.

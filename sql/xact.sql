@@ -107,6 +107,12 @@ SELECT bg_launch('INSERT INTO regress_auto VALUES (3); SELECT 1');
 RESET ROLE;
 SELECT regress_no_workers();
 SELECT count(*) FROM regress_auto WHERE a = 3;
+-- a member of bg_fdw_user may launch (TEMP on the database it has here)
+CREATE ROLE regress_member NOLOGIN IN ROLE bg_fdw_user;
+SET ROLE regress_member;
+SELECT bg_launch('SELECT current_user AS who') AS pid \gset
+SELECT * FROM bg_result_:pid;
+RESET ROLE;
 -- only a role that was granted bg_launch may launch
 CREATE ROLE regress_plain NOLOGIN;
 SET ROLE regress_plain;
