@@ -76,3 +76,128 @@ SELECT c.name AS "case",
                  FROM timings WHERE name = 'direct query'))::numeric, 2) AS ratio_to_direct
   FROM timings JOIN cases c USING (name)
  GROUP BY c.name, c.ord ORDER BY c.ord;
+
+-- A parallel Gather with exactly one worker and the leader not taking part:
+-- the same transport as a job, for comparison.  The planner prefers the
+-- serial plan when the leader does not take part, so the statement is
+-- planned with it on and run with it off; the FILTER keeps the aggregate
+-- out of the worker (random() is parallel restricted).
+SET max_parallel_workers_per_gather = 1;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET parallel_leader_participation = on;
+PREPARE gather_q AS SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM t;
+\echo
+\echo The Gather plan compared with (planned once, run with parallel_leader_participation off):
+EXPLAIN (COSTS OFF) EXECUTE gather_q;
+SET parallel_leader_participation = off;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+CREATE OR REPLACE FUNCTION bench_q_ms(q text) RETURNS float8
+LANGUAGE plpgsql AS $$
+DECLARE
+  t0 timestamptz := clock_timestamp();
+BEGIN
+  EXECUTE q;
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
+END
+$$;
+CREATE TEMP TABLE gather_timings (name text, ms float8);
+DO $$
+BEGIN
+  FOR r IN 1..5 LOOP
+    SET LOCAL max_parallel_workers_per_gather = 0;
+    INSERT INTO gather_timings VALUES ('direct query (same aggregate)',
+      bench_q_ms('SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM t'));
+    SET LOCAL max_parallel_workers_per_gather = 1;
+    INSERT INTO gather_timings VALUES ('parallel Gather, one worker', bench_q_ms('EXECUTE gather_q'));
+  END LOOP;
+END
+$$;
+RESET max_parallel_workers_per_gather;
+SELECT name AS "case",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) AS median_ms,
+       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) /
+              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FROM gather_timings
+                WHERE name LIKE 'direct%'))::numeric, 2) AS ratio_to_direct
+  FROM gather_timings GROUP BY name ORDER BY 2;
+
+-- Compute-bound: the job computes its rows while the reader consumes them.
+TRUNCATE timings;
+CREATE TEMP TABLE cases2 (name text, job text, q text, ord int);
+INSERT INTO cases2 VALUES
+ ('direct query', NULL,
+  format('SELECT count(*), sum(length(h)) FROM (SELECT g, md5(g::text) AS h FROM generate_series(1, %s) g) s', :rows), 1),
+ ('bg_result_<pid> table', format('SELECT g, md5(g::text) AS h FROM generate_series(1, %s) g', :rows),
+  'SELECT count(*), sum(length(h)) FROM bg_result_%s', 2),
+ ('bg_result_<pid>, stream mode', format('SELECT g, md5(g::text) AS h FROM generate_series(1, %s) g', :rows),
+  'SELECT count(*), sum(length(h)) FROM bg_result_%s', 3),
+ ('dblink', NULL,
+  format($q$SELECT count(*), sum(length(h)) FROM dblink('host=%s port=%s dbname=%s',
+         'SELECT g, md5(g::text) AS h FROM generate_series(1, %s) g') AS r(g int, h text)$q$,
+         split_part(current_setting('unix_socket_directories'), ',', 1),
+         current_setting('port'), current_database(), :rows), 4);
+DO $$
+DECLARE
+  c record;
+BEGIN
+  FOR r IN 1..5 LOOP
+    FOR c IN SELECT * FROM cases2 ORDER BY ord LOOP
+      INSERT INTO timings VALUES (c.name, bench_case(c.name, c.job, c.q));
+    END LOOP;
+  END LOOP;
+END
+$$;
+\echo
+\echo Compute-bound: SELECT g, md5(g::text) FROM generate_series(1, :rows), aggregated over the result
+SELECT c.name AS "case",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) AS median_ms,
+       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) /
+              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)
+                 FROM timings WHERE name = 'direct query'))::numeric, 2) AS ratio_to_direct
+  FROM timings JOIN cases2 c USING (name)
+ GROUP BY c.name, c.ord ORDER BY c.ord;
+
+-- Launch latency: bg_launch of a one-row query plus reading it, against
+-- dblink's connect + query + disconnect, 200 of each, interleaved.
+CREATE OR REPLACE FUNCTION bench_launch() RETURNS float8
+LANGUAGE plpgsql AS $$
+DECLARE
+  t0 timestamptz := clock_timestamp();
+  pid int;
+BEGIN
+  pid := bg_launch('SELECT 1 AS x');
+  EXECUTE format('SELECT x FROM bg_result_%s', pid);
+  PERFORM bg_detach(pid);
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
+END
+$$;
+CREATE OR REPLACE FUNCTION bench_dblink_1() RETURNS float8
+LANGUAGE plpgsql AS $$
+DECLARE
+  t0 timestamptz := clock_timestamp();
+BEGIN
+  PERFORM * FROM dblink(format('host=%s port=%s dbname=%s',
+                               split_part(current_setting('unix_socket_directories'), ',', 1),
+                               current_setting('port'), current_database()),
+                        'SELECT 1') AS r(x int);
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
+END
+$$;
+CREATE TEMP TABLE launch_timings (name text, ms float8);
+DO $$
+BEGIN
+  FOR r IN 1..200 LOOP
+    INSERT INTO launch_timings VALUES ('dblink connect + query + disconnect', bench_dblink_1());
+    INSERT INTO launch_timings VALUES ('bg_launch + read one row', bench_launch());
+  END LOOP;
+END
+$$;
+\echo
+\echo Launch latency, median of 200
+SELECT name AS "case",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2) AS median_ms,
+       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) /
+              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FROM launch_timings
+                WHERE name LIKE 'dblink%'))::numeric, 2) AS ratio_to_dblink
+  FROM launch_timings GROUP BY name ORDER BY 2;
