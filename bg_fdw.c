@@ -322,7 +322,7 @@ bgGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
 
 	bg_table_options(foreigntableid, &opts);
 	job = bg_job_lookup(opts.pid, opts.job_id, true);
-	if (job && job->state != BG_JOB_DETACHED)
+	if (job && job->state != BG_JOB_DETACHED && bg_job_visible(job))
 	{
 		rows = (double) bg_job_rows(job);
 		if (job->state == BG_JOB_RUNNING)
@@ -374,7 +374,7 @@ bgExplainForeignScan(ForeignScanState *node, ExplainState *es)
 	ExplainPropertyInteger("Background Job", NULL, opts.pid, es);
 	ExplainPropertyText("Job State",
 						job ? bg_job_state_name(job) : "not attached", es);
-	if (es->verbose && job)
+	if (es->verbose && job && bg_job_visible(job))
 	{
 		char		id[32];
 
@@ -506,7 +506,7 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 
 		if (job->state == BG_JOB_DETACHED || job->state == BG_JOB_FAILED ||
 			job->detach_subid != InvalidSubTransactionId ||
-			job->stream_taken || job->desc == NULL)
+			job->stream_taken || job->desc == NULL || !bg_job_visible(job))
 			continue;
 		commands = lappend(commands, bg_table_definition(job, server));
 	}
@@ -675,6 +675,8 @@ Datum
 bg_await(PG_FUNCTION_ARGS)
 {
 	BgJob	   *job;
+	int			pid;
+	int64		job_id;
 
 	if (!fcinfo->context || !IsA(fcinfo->context, CallContext) ||
 		((CallContext *) fcinfo->context)->atomic)
@@ -687,10 +689,14 @@ bg_await(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("PID of the background job must not be null")));
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+	pid = job->pid;
+	job_id = job->job_id;
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect_ext failed");
 	SPI_commit();
+	/* the commit may have carried out a bg_detach: look the job up again */
+	job = bg_job_lookup_attached(pid, job_id);
 	(void) bg_job_wait(job, -1);
 	SPI_finish();
 
@@ -710,7 +716,7 @@ bg_cancel(PG_FUNCTION_ARGS)
 	BgJob	   *job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	pid_t		pid;
 
-	bg_job_poll(job);
+	bg_job_poll_messages(job);
 	if (job->state != BG_JOB_RUNNING || job->shared == NULL ||
 		GetBackgroundWorkerPid(job->handle, &pid) != BGWH_STARTED)
 		PG_RETURN_BOOL(false);

@@ -159,6 +159,8 @@ extern List *bg_session_jobs(void);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
 extern void bg_job_check_privileges(BgJob *job);
+extern bool bg_job_visible(BgJob *job);
+extern void bg_job_poll_messages(BgJob *job);
 extern const char *bg_job_state_name(BgJob *job);
 extern bool bg_job_in_use(BgJob *job);
 extern uint64 bg_job_rows(BgJob *job);

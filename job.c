@@ -357,7 +357,8 @@ bg_job_lookup_attached(int pid, int64 job_id)
 	BgJob	   *job = bg_job_lookup(pid, job_id, false);
 
 	bg_job_check_privileges(job);
-	if (job->state == BG_JOB_DETACHED)
+	if (job->state == BG_JOB_DETACHED ||
+		job->detach_subid != InvalidSubTransactionId)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("background job %d was detached from this session", pid),
@@ -370,10 +371,17 @@ bg_job_lookup_attached(int pid, int64 job_id)
  * the role it runs as: after SET ROLE, or in a SECURITY DEFINER function,
  * the launching session may be someone else by the time it reads.
  */
+bool
+bg_job_visible(BgJob *job)
+{
+	return job->state == BG_JOB_DETACHED ||
+		has_privs_of_role(GetUserId(), job->role);
+}
+
 void
 bg_job_check_privileges(BgJob *job)
 {
-	if (job->state == BG_JOB_DETACHED || has_privs_of_role(GetUserId(), job->role))
+	if (bg_job_visible(job))
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -449,6 +457,8 @@ bg_job_close_segment(BgJob *job)
 	job->rows = pg_atomic_read_u64(&job->shared->rows);
 	if (job->spool_slot)
 		ExecClearTuple(job->spool_slot);
+	shm_mq_detach(job->tuple_mqh);
+	shm_mq_detach(job->message_mqh);
 	dsm_detach(job->seg);
 	job->seg = NULL;
 	job->shared = NULL;
@@ -724,6 +734,15 @@ bg_job_poll(BgJob *job)
 		bg_job_close_segment(job);
 }
 
+/* Take the messages that have arrived, without touching the rows. */
+void
+bg_job_poll_messages(BgJob *job)
+{
+	bg_job_read_messages(job);
+	if (bg_job_ended(job))
+		bg_job_close_segment(job);
+}
+
 /* Has the job ended, with all its rows in the spool? */
 static bool
 bg_job_ended(BgJob *job)
@@ -741,6 +760,15 @@ bool
 bg_job_wait(BgJob *job, long timeout_ms)
 {
 	TimestampTz deadline = 0;
+
+	/* waiting takes a stream job's rows, which an open scan is reading */
+	if (job->stream && bg_job_in_use(job))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot wait for background job %d while its result is being read",
+						job->pid),
+				 errdetail("The job was launched with stream => true: waiting would take the rows the open scan has not read yet."),
+				 errhint("Read the result to its end, or close the scan, first.")));
 
 	if (timeout_ms >= 0)
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
@@ -862,12 +890,9 @@ bg_reader_open(BgJob *job, TupleTableSlot *slot)
 		job->readers[job->nreaders++] = rd;
 	}
 	rd = job->readers[i];
-	if (job->stream)
-	{
-		if (job->stream_taken)
-			bg_stream_reread_error(job);
-		job->stream_taken = true;
-	}
+	/* a stream job has one reader at a time, and only until it took rows */
+	if (job->stream && (job->stream_taken || bg_job_in_use(job)))
+		bg_stream_reread_error(job);
 	if (rd->readptr < 0)
 		rd->readptr = tuplestore_alloc_read_pointer(job->spool, EXEC_FLAG_REWIND);
 	rd->in_use = true;
@@ -1004,6 +1029,7 @@ bg_reader_next(BgJob *job, int reader)
 		return false;
 	}
 	rd->nread++;
+	job->stream_taken = job->stream;
 	if (!job->stream)
 	{
 		ExecStoreMinimalTuple(tuple, rd->mslot, false);
@@ -1069,11 +1095,23 @@ bg_end_detaches(bool commit, SubTransactionId from_subid)
 static void
 bg_xact_callback(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_PRE_PREPARE)
+	{
+		ListCell   *lc;
+
+		foreach(lc, bg_jobs)
+		{
+			if (((BgJob *) lfirst(lc))->detach_subid != InvalidSubTransactionId)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has detached a background job")));
+		}
+	}
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE)
 	{
 		bg_release_readers(InvalidSubTransactionId);
-		bg_end_detaches(event != XACT_EVENT_ABORT, InvalidSubTransactionId);
+		bg_end_detaches(event == XACT_EVENT_COMMIT, InvalidSubTransactionId);
 	}
 }
 

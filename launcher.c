@@ -49,7 +49,9 @@
 #include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -118,6 +120,7 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
 
 /* Worker side */
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
+static void bg_check_launcher_deadlock(BgJobShared *shared);
 static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
 						 BgJobShared *shared, TupleDesc expected);
 static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
@@ -700,6 +703,7 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 	{
 		bool		ready;
 		bool		gone;
+		int			rc;
 
 		SpinLockAcquire(&shared->mutex);
 		ready = launched ? shared->launched : shared->go;
@@ -715,10 +719,39 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("canceling background job because its launch failed")));
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 bg_wait_event("BgFdwLaunch"));
+		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   DeadlockTimeout, bg_wait_event("BgFdwLaunch"));
+		if ((rc & WL_TIMEOUT) && launched)
+			bg_check_launcher_deadlock(shared);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * The launcher, creating the result table, may wait for a lock this job
+ * holds (the job's statements changed a type the table uses) while the job
+ * waits for the launch to finish: a deadlock the lock manager cannot see.
+ */
+static void
+bg_check_launcher_deadlock(BgJobShared *shared)
+{
+	ArrayType  *blockers;
+	int32	   *pids;
+	int			n;
+	int			i;
+
+	blockers = DatumGetArrayTypeP(DirectFunctionCall1(pg_blocking_pids,
+													  Int32GetDatum(shared->launcher_pid)));
+	pids = (int32 *) ARR_DATA_PTR(blockers);
+	n = ArrayGetNItems(ARR_NDIM(blockers), ARR_DIMS(blockers));
+	for (i = 0; i < n; i++)
+	{
+		if (pids[i] == MyProcPid)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+					 errmsg("deadlock detected"),
+					 errdetail("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish.")));
 	}
 }
 

@@ -227,3 +227,20 @@ SELECT bg_launch('SELECT g FROM generate_series(1, 10) g', stream => true) AS pi
 SELECT bg_wait(:pid);
 SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid);
 SELECT regress_no_workers();
+-- a scan that takes no rows does not use a stream job's result up
+SELECT bg_launch('SELECT g FROM generate_series(1, 100) g', stream => true) AS pid \gset
+SELECT * FROM bg_result_:pid LIMIT 0;
+SELECT count(*) FROM bg_result_:pid;
+-- waiting would take the rows an open scan of a stream job has not read
+SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g', stream => true) AS pid \gset
+BEGIN;
+DECLARE s CURSOR FOR SELECT * FROM bg_result_:pid;
+FETCH 2 FROM s;
+SAVEPOINT w;
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+-- (cancelling takes no rows either)
+SELECT regress_try('SELECT bg_cancel(' || :pid || ')', :pid);
+FETCH 2 FROM s;
+COMMIT;
+SELECT bg_detach(:pid);
+SELECT regress_no_workers();

@@ -60,6 +60,22 @@ $node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM t WHERE a = 2})
   or die 'the job of a session that went away did not commit';
 pass('a launched job commits after its session went away');
 
+# A bg_detach pending in the transaction counts: CALL bg_await after it,
+# whose commit carries the detach out, is refused rather than waiting on a
+# job that is gone.
+my ($ret, $stdout, $stderr) = $node->psql('postgres', q{
+	SELECT set_config('regress.pid', bg_launch('SELECT 8')::text, false) IS NOT NULL;
+	DO $$
+	BEGIN
+	  PERFORM bg_detach(current_setting('regress.pid')::int);
+	  CALL bg_await(current_setting('regress.pid')::int);
+	END
+	$$;
+	SELECT 'still here'});
+like($stderr, qr/background job \d+ was detached from this session/,
+	'bg_await after a pending bg_detach is refused');
+is($node->safe_psql('postgres', 'SELECT 1'), '1', 'and the server is fine');
+
 $a->quit;
 $b->quit;
 $node->stop;
