@@ -161,6 +161,7 @@ extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
 extern void bg_job_check_privileges(BgJob *job);
 extern bool bg_job_visible(BgJob *job);
 extern void bg_job_poll_messages(BgJob *job);
+extern bool bg_blocked_by_me(int pid);
 extern const char *bg_job_state_name(BgJob *job);
 extern bool bg_job_in_use(BgJob *job);
 extern uint64 bg_job_rows(BgJob *job);

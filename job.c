@@ -675,27 +675,34 @@ bg_job_sleep(BgJob *job, long timeout_ms)
 static void
 bg_job_check_deadlock(BgJob *job)
 {
+	if (bg_blocked_by_me(job->pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
+						   job->pid),
+				 errhint("Wait for the job with CALL bg_await(%d), which holds no snapshot or lock while it waits, or from another session.",
+						 job->pid)));
+}
+
+/* Is the backend with this PID waiting for a lock this backend holds? */
+bool
+bg_blocked_by_me(int pid)
+{
 	ArrayType  *blockers;
 	int32	   *pids;
 	int			n;
 	int			i;
+	bool		found = false;
 
 	blockers = DatumGetArrayTypeP(DirectFunctionCall1(pg_blocking_pids,
-													  Int32GetDatum(job->pid)));
+													  Int32GetDatum(pid)));
 	pids = (int32 *) ARR_DATA_PTR(blockers);
 	n = ArrayGetNItems(ARR_NDIM(blockers), ARR_DIMS(blockers));
-	for (i = 0; i < n; i++)
-	{
-		if (pids[i] == MyProcPid)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
-					 errmsg("deadlock detected"),
-					 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
-							   job->pid),
-					 errhint("Wait for the job with CALL bg_await(%d), which holds no snapshot or lock while it waits, or from another session.",
-							 job->pid)));
-	}
+	for (i = 0; i < n && !found; i++)
+		found = (pids[i] == MyProcPid);
 	pfree(blockers);
+	return found;
 }
 
 /*

@@ -49,9 +49,7 @@
 #include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -736,23 +734,11 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 static void
 bg_check_launcher_deadlock(BgJobShared *shared)
 {
-	ArrayType  *blockers;
-	int32	   *pids;
-	int			n;
-	int			i;
-
-	blockers = DatumGetArrayTypeP(DirectFunctionCall1(pg_blocking_pids,
-													  Int32GetDatum(shared->launcher_pid)));
-	pids = (int32 *) ARR_DATA_PTR(blockers);
-	n = ArrayGetNItems(ARR_NDIM(blockers), ARR_DIMS(blockers));
-	for (i = 0; i < n; i++)
-	{
-		if (pids[i] == MyProcPid)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
-					 errmsg("deadlock detected"),
-					 errdetail("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish.")));
-	}
+	if (bg_blocked_by_me(shared->launcher_pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish.")));
 }
 
 /*
