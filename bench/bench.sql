@@ -39,6 +39,36 @@ BEGIN
 END
 $$;
 
+CREATE TEMP TABLE timings (seq serial, name text, ms float8);
+
+-- Run every case of a cases table in turn, round after round, into timings.
+CREATE OR REPLACE FUNCTION bench_rounds(cases regclass, rounds int) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  c record;
+BEGIN
+  FOR r IN 1..rounds LOOP
+    FOR c IN EXECUTE format('SELECT * FROM %s ORDER BY ord', cases) LOOP
+      INSERT INTO timings (name, ms) VALUES (c.name, bench_case(c.name, c.job, c.q));
+    END LOOP;
+  END LOOP;
+END
+$$;
+
+-- Medians of each case in timings, in the order first run, with the ratio
+-- to the baseline case.
+CREATE OR REPLACE FUNCTION bench_report(baseline text)
+RETURNS TABLE ("case" text, median_ms numeric, ratio numeric)
+LANGUAGE sql AS $$
+  WITH m AS (
+    SELECT name, min(seq) AS first,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS med
+      FROM timings GROUP BY name)
+  SELECT name, round(med::numeric, 2),
+         round((med / (SELECT med FROM m WHERE name = baseline))::numeric, 2)
+    FROM m ORDER BY first
+$$;
+
 CREATE TEMP TABLE cases (name text, job text, q text, ord int);
 INSERT INTO cases VALUES
  ('direct query', NULL, 'SELECT count(*), sum(length(b)) FROM t', 1),
@@ -54,28 +84,11 @@ INSERT INTO cases VALUES
          split_part(current_setting('unix_socket_directories'), ',', 1),
          current_setting('port'), current_database()), 5);
 
-CREATE TEMP TABLE timings (name text, ms float8);
-DO $$
-DECLARE
-  c record;
-BEGIN
-  FOR r IN 1..5 LOOP
-    FOR c IN SELECT * FROM cases ORDER BY ord LOOP
-      INSERT INTO timings VALUES (c.name, bench_case(c.name, c.job, c.q));
-    END LOOP;
-  END LOOP;
-END
-$$;
+DO $$ BEGIN PERFORM bench_rounds('cases', 5); END $$;
 
 \echo
 \echo Transport-bound: SELECT a, b FROM t, :rows rows, count(*) and sum(length(b)) over the result
-SELECT c.name AS "case",
-       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) AS median_ms,
-       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) /
-              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)
-                 FROM timings WHERE name = 'direct query'))::numeric, 2) AS ratio_to_direct
-  FROM timings JOIN cases c USING (name)
- GROUP BY c.name, c.ord ORDER BY c.ord;
+SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct query');
 
 -- A parallel Gather with exactly one worker and the leader not taking part:
 -- the same transport as a job, for comparison.  The planner prefers the
@@ -93,34 +106,20 @@ EXPLAIN (COSTS OFF) EXECUTE gather_q;
 SET parallel_leader_participation = off;
 RESET parallel_setup_cost;
 RESET parallel_tuple_cost;
-CREATE OR REPLACE FUNCTION bench_q_ms(q text) RETURNS float8
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-BEGIN
-  EXECUTE q;
-  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
-END
-$$;
-CREATE TEMP TABLE gather_timings (name text, ms float8);
+TRUNCATE timings;
 DO $$
 BEGIN
   FOR r IN 1..5 LOOP
     SET LOCAL max_parallel_workers_per_gather = 0;
-    INSERT INTO gather_timings VALUES ('direct query (same aggregate)',
-      bench_q_ms('SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM t'));
+    INSERT INTO timings (name, ms) VALUES ('direct query (same aggregate)',
+      bench_ms('SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM t'));
     SET LOCAL max_parallel_workers_per_gather = 1;
-    INSERT INTO gather_timings VALUES ('parallel Gather, one worker', bench_q_ms('EXECUTE gather_q'));
+    INSERT INTO timings (name, ms) VALUES ('parallel Gather, one worker', bench_ms('EXECUTE gather_q'));
   END LOOP;
 END
 $$;
 RESET max_parallel_workers_per_gather;
-SELECT name AS "case",
-       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) AS median_ms,
-       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) /
-              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FROM gather_timings
-                WHERE name LIKE 'direct%'))::numeric, 2) AS ratio_to_direct
-  FROM gather_timings GROUP BY name ORDER BY 2;
+SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct query (same aggregate)');
 
 -- Compute-bound: the job computes its rows while the reader consumes them.
 TRUNCATE timings;
@@ -137,26 +136,10 @@ INSERT INTO cases2 VALUES
          'SELECT g, md5(g::text) AS h FROM generate_series(1, %s) g') AS r(g int, h text)$q$,
          split_part(current_setting('unix_socket_directories'), ',', 1),
          current_setting('port'), current_database(), :rows), 4);
-DO $$
-DECLARE
-  c record;
-BEGIN
-  FOR r IN 1..5 LOOP
-    FOR c IN SELECT * FROM cases2 ORDER BY ord LOOP
-      INSERT INTO timings VALUES (c.name, bench_case(c.name, c.job, c.q));
-    END LOOP;
-  END LOOP;
-END
-$$;
+DO $$ BEGIN PERFORM bench_rounds('cases2', 5); END $$;
 \echo
 \echo Compute-bound: SELECT g, md5(g::text) FROM generate_series(1, :rows), aggregated over the result
-SELECT c.name AS "case",
-       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) AS median_ms,
-       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) /
-              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)
-                 FROM timings WHERE name = 'direct query'))::numeric, 2) AS ratio_to_direct
-  FROM timings JOIN cases2 c USING (name)
- GROUP BY c.name, c.ord ORDER BY c.ord;
+SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct query');
 
 -- Launch latency: bg_launch of a one-row query plus reading it, against
 -- dblink's connect + query + disconnect, 200 of each, interleaved.
@@ -184,20 +167,16 @@ BEGIN
   RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
 END
 $$;
-CREATE TEMP TABLE launch_timings (name text, ms float8);
+TRUNCATE timings;
 DO $$
 BEGIN
   FOR r IN 1..200 LOOP
-    INSERT INTO launch_timings VALUES ('dblink connect + query + disconnect', bench_dblink_1());
-    INSERT INTO launch_timings VALUES ('bg_launch + read one row', bench_launch());
+    INSERT INTO timings (name, ms) VALUES ('dblink connect + query + disconnect', bench_dblink_1());
+    INSERT INTO timings (name, ms) VALUES ('bg_launch + read one row', bench_launch());
   END LOOP;
 END
 $$;
 \echo
 \echo Launch latency, median of 200
-SELECT name AS "case",
-       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2) AS median_ms,
-       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) /
-              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FROM launch_timings
-                WHERE name LIKE 'dblink%'))::numeric, 2) AS ratio_to_dblink
-  FROM launch_timings GROUP BY name ORDER BY 2;
+SELECT "case", median_ms, ratio AS ratio_to_dblink
+  FROM bench_report('dblink connect + query + disconnect');
