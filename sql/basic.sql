@@ -56,26 +56,15 @@ BEGIN
 END
 $$;
 
--- Poll until no job of ours runs any more (never a fixed sleep).
-CREATE FUNCTION regress_no_workers() RETURNS boolean
+-- Poll until a condition holds (never a fixed sleep); false after 30 s.
+CREATE FUNCTION regress_poll(cond text) RETURNS boolean
 LANGUAGE plpgsql AS $$
+DECLARE
+  done boolean;
 BEGIN
   FOR i IN 1..600 LOOP
-    IF NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker') THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END
-$$;
-
--- Poll until a job's statement is running.
-CREATE FUNCTION regress_wait_active(p int) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    IF EXISTS (SELECT FROM pg_stat_activity WHERE pid = p AND state = 'active') THEN
+    EXECUTE 'SELECT ' || cond INTO done;
+    IF done THEN
       RETURN true;
     END IF;
     PERFORM pg_sleep(0.05);
@@ -83,6 +72,18 @@ BEGIN
   END LOOP;
   RETURN false;
 END
+$$;
+CREATE FUNCTION regress_no_workers() RETURNS boolean
+LANGUAGE sql AS $$
+  SELECT regress_poll($c$NOT EXISTS (SELECT FROM pg_stat_activity
+                                     WHERE backend_type = 'bg_fdw worker')$c$)
+$$;
+
+-- Poll until a job's statement is running.
+CREATE FUNCTION regress_wait_active(p int) RETURNS boolean
+LANGUAGE sql AS $$
+  SELECT regress_poll(format('EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s AND state = %L)',
+                             p, 'active'))
 $$;
 
 -- The example from the documentation

@@ -11,16 +11,8 @@ LANGUAGE sql AS $$
 $$;
 -- Poll until the DSM segments are back to what they were
 CREATE FUNCTION regress_dsm_back_to(n bigint) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    IF regress_dsm_segments() = n THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END
+LANGUAGE sql AS $$
+  SELECT regress_poll(format('regress_dsm_segments() = %s', n))
 $$;
 
 SELECT regress_no_workers();
