@@ -1,13 +1,13 @@
 # bg_fdw/Makefile
 
 MODULE_big = bg_fdw
-OBJS = bg_fdw.o job.o launcher.o
+OBJS = bg_fdw.o job.o launcher.o registry.o
 
 EXTENSION = bg_fdw
 DATA = bg_fdw--1.0.sql
 PGFILEDESC = "bg_fdw - run SQL in background workers, read results as foreign tables"
 
-REGRESS = basic shapes errors xact
+REGRESS = basic shapes errors xact registry
 REGRESS_OPTS = --temp-config=$(srcdir)/regress.conf
 
 TAP_TESTS = 1

@@ -49,6 +49,50 @@ RETURNS void
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 
+CREATE FUNCTION @extschema@.bg_forget(pid integer)
+RETURNS void
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+-- The job registry.  Workers write their own rows (as the table's owner,
+-- from C); nobody else may touch it.  Not dumped: it describes processes.
+CREATE TABLE @extschema@.bg_job_registry (
+  id           bigint PRIMARY KEY,
+  pid          integer NOT NULL,
+  role         oid NOT NULL,
+  database     oid NOT NULL,
+  launcher_pid integer NOT NULL,
+  segment      bigint,
+  query        text NOT NULL,
+  state        text NOT NULL
+               CHECK (state IN ('running', 'finished', 'failed', 'cancelled')),
+  launched_at  timestamptz NOT NULL,
+  finished_at  timestamptz,
+  rows         bigint,
+  command      text,
+  sqlstate     text,
+  error        text,
+  detached     boolean NOT NULL DEFAULT false
+);
+CREATE INDEX ON @extschema@.bg_job_registry (pid);
+CREATE INDEX ON @extschema@.bg_job_registry (finished_at);
+REVOKE ALL ON @extschema@.bg_job_registry FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.bg_list_jobs(
+  OUT id bigint, OUT pid integer, OUT role regrole, OUT database name,
+  OUT query text, OUT state text, OUT launched_at timestamptz,
+  OUT finished_at timestamptz, OUT rows bigint, OUT command text,
+  OUT sqlstate text, OUT error text, OUT attached boolean)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE VIEW @extschema@.bg_jobs AS
+  SELECT id, pid, role, database, query, state, launched_at, finished_at,
+         rows, command, sqlstate, error, attached
+  FROM @extschema@.bg_list_jobs();
+GRANT SELECT ON @extschema@.bg_jobs TO PUBLIC;
+
 -- Launching runs SQL as the caller in a new process: a role must be granted it.
 REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean) FROM PUBLIC;
 

@@ -126,6 +126,7 @@ static void bg_table_options(Oid relid, BgTableOptions *opts);
 static void bg_check_table_matches(Relation rel, BgJob *job);
 static void bg_drop_job_tables(BgJob *job);
 static long bg_interval_ms(Interval *interval);
+static bool bg_job_held(int pid);
 static char *bg_describe_types(TupleDesc desc);
 static char *bg_table_definition(BgJob *job, ForeignServer *server);
 static char *bg_collation_name(Oid collid);
@@ -133,6 +134,26 @@ static char *bg_collation_name(Oid collid);
 void
 _PG_init(void)
 {
+	DefineCustomIntVariable("bg_fdw.job_retention",
+							"How long ended background jobs stay listed in bg_jobs.",
+							"-1 keeps them until bg_forget.",
+							&bg_job_retention,
+							86400,
+							-1,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_jobs_per_role",
+							"Running background jobs a role may have in a database.",
+							"-1 means no limit.",
+							&bg_max_jobs_per_role,
+							-1,
+							-1,
+							INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.queue_size",
 							"Size of a background job's tuple queue when bg_launch is given none.",
 							NULL,
@@ -657,6 +678,14 @@ bg_wait(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (!PG_ARGISNULL(1))
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
+	if (!bg_job_held(PG_GETARG_INT32(0)))
+	{
+		text	   *tag = bg_registry_wait(PG_GETARG_INT32(0), timeout_ms);
+
+		if (tag == NULL)
+			PG_RETURN_NULL();
+		PG_RETURN_TEXT_P(tag);
+	}
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 
 	if (!bg_job_wait(job, timeout_ms))
@@ -713,17 +742,30 @@ bg_await(PG_FUNCTION_ARGS)
 Datum
 bg_cancel(PG_FUNCTION_ARGS)
 {
-	BgJob	   *job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+	BgJob	   *job;
 	pid_t		pid;
 
+	if (!bg_job_held(PG_GETARG_INT32(0)))
+		PG_RETURN_BOOL(bg_registry_cancel(PG_GETARG_INT32(0)));
+	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	bg_job_poll_messages(job);
 	if (job->state != BG_JOB_RUNNING || job->shared == NULL ||
 		GetBackgroundWorkerPid(job->handle, &pid) != BGWH_STARTED)
 		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(bg_cancel_shared(job->shared, pid));
+}
 
-	if (kill(pid, SIGINT) != 0)
-		PG_RETURN_BOOL(false);
-	PG_RETURN_BOOL(true);
+/*
+ * Does this session hold the result of a job with this PID?  Otherwise
+ * bg_wait and bg_cancel act through the registry, from any session.
+ */
+static bool
+bg_job_held(int pid)
+{
+	BgJob	   *job = bg_job_lookup(pid, 0, true);
+
+	return job != NULL && job->state != BG_JOB_DETACHED &&
+		job->detach_subid == InvalidSubTransactionId;
 }
 
 /*
@@ -754,6 +796,7 @@ bg_detach(PG_FUNCTION_ARGS)
 				 errhint("Close the cursors and end the queries that read it first.")));
 
 	bg_drop_job_tables(job);
+	bg_registry_detached(job->job_id);
 	bg_job_detach(job);
 	PG_RETURN_VOID();
 }

@@ -21,6 +21,7 @@
 #include "storage/proc.h"
 #include "storage/shm_mq.h"
 #include "storage/spin.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 /* Magic number that identifies a bg_fdw job segment */
@@ -63,6 +64,8 @@ typedef struct BgJobShared
 	int			sec_context;	/* security context at launch */
 	bool		role_is_superuser;	/* is outer_user_id a superuser */
 	pid_t		launcher_pid;	/* pid of the launching backend */
+	PGPROC	   *launcher_proc;	/* to wake the launcher */
+	TimestampTz launched_at;	/* when bg_launch was called */
 	pg_atomic_uint64 rows;		/* rows sent so far */
 
 	slock_t		mutex;			/* protects the fields below */
@@ -70,6 +73,9 @@ typedef struct BgJobShared
 	bool		go;				/* launcher says: run the statements */
 	bool		launcher_gone;	/* launcher detached before "go" */
 	bool		launched;		/* bg_launch succeeded: the job may commit */
+	bool		registered;		/* the job is in the registry (or need not be) */
+	bool		cancel_requested;	/* bg_cancel asked the job to stop */
+	bool		worker_exited;	/* the worker process is gone */
 } BgJobShared;
 
 /* Name of the server CREATE EXTENSION makes */
@@ -145,6 +151,22 @@ extern Oid	bg_server_oid(bool missing_ok);
 extern PGDLLEXPORT void bg_worker_main(Datum main_arg);
 extern int64 bg_new_job_id(void);
 
+/* in registry.c */
+extern int	bg_job_retention;
+extern int	bg_max_jobs_per_role;
+extern void bg_registry_register(BgJobShared *shared, const char *sql,
+								 dsm_handle handle);
+extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
+							   bool in_job_xact);
+extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
+							 bool discard);
+extern bool bg_registry_lock_role(Oid role);
+extern void bg_registry_unlock_role(Oid role);
+extern text *bg_registry_wait(int pid, long timeout_ms);
+extern bool bg_registry_cancel(int pid);
+extern void bg_registry_detached(int64 job_id);
+extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
+
 /* in job.c */
 extern TupleDesc bg_result_desc(TupleDesc src);
 extern void bg_desc_serialize(StringInfo buf, TupleDesc desc);
@@ -170,6 +192,7 @@ extern void bg_job_detach(BgJob *job);
 extern void bg_job_poll(BgJob *job);
 extern bool bg_job_wait(BgJob *job, long timeout_ms);
 extern void bg_job_wait_descriptor(BgJob *job);
+extern void bg_job_wait_registered(BgJob *job);
 extern void bg_job_raise_error(BgJob *job);
 extern int	bg_reader_open(BgJob *job, TupleTableSlot *slot);
 extern void bg_reader_close(BgJob *job, int reader);

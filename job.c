@@ -820,6 +820,29 @@ bg_job_wait_descriptor(BgJob *job)
 	}
 }
 
+/*
+ * bg_launch: wait until the worker has listed the job in the registry, which
+ * it does while we create the result table.
+ */
+void
+bg_job_wait_registered(BgJob *job)
+{
+	for (;;)
+	{
+		bool		registered;
+
+		SpinLockAcquire(&job->shared->mutex);
+		registered = job->shared->registered;
+		SpinLockRelease(&job->shared->mutex);
+		if (registered)
+			return;
+		bg_job_read_messages(job);
+		if (job->state == BG_JOB_FAILED)
+			bg_job_raise_error(job);
+		bg_job_sleep(job, -1);
+	}
+}
+
 /* ----------------------------------------------------------------
  *		The spool
  * ----------------------------------------------------------------

@@ -79,6 +79,14 @@ static volatile sig_atomic_t bg_flush_due = false;
 static TimeoutId bg_flush_timeout = MAX_TIMEOUTS;
 
 /*
+ * pg_terminate_backend of a job's worker, until the job is over, cancels
+ * the running statement like a cancel does, so that the job rolls back,
+ * records "failed" and tells its reader why.  Afterwards it is die().
+ */
+static volatile sig_atomic_t bg_terminate_requested = false;
+static volatile sig_atomic_t bg_job_over = false;
+
+/*
  * DestReceiver of the worker's last statement: sends each row as a
  * MinimalTuple on the tuple queue, after turning columns whose type cannot
  * be a table column into their text form.
@@ -107,6 +115,8 @@ static void bg_check_statements(List *raw_list);
 static TupleDesc bg_describe(RawStmt *raw, const char *sql);
 static void bg_launch_error_callback(void *arg);
 static int	bg_check_queue_size(FunctionCallInfo fcinfo);
+static int	bg_launch_job(const char *sql, int queue_size, TupleDesc desc,
+						  bool stream);
 static BgJob *bg_start_job(const char *sql, int queue_size, TupleDesc desc);
 static dsm_segment *bg_create_segment(const char *sql, int queue_size,
 									  TupleDesc desc);
@@ -117,6 +127,9 @@ static void bg_create_result_table(BgJob *job);
 static void bg_drop_stale_table(Oid nspid, const char *relname);
 
 /* Worker side */
+static void bg_worker_sigterm(SIGNAL_ARGS);
+static void bg_worker_exit(dsm_segment *seg, Datum arg);
+static void bg_worker_failed(BgJobShared *shared) pg_attribute_noreturn();
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
 static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
@@ -150,7 +163,8 @@ bg_launch(PG_FUNCTION_ARGS)
 	int			queue_size;
 	List	   *raw_list;
 	TupleDesc	desc = NULL;
-	BgJob	   *job;
+	bool		stream;
+	int			pid = 0;
 	ErrorContextCallback errcallback;
 
 	if (PG_ARGISNULL(0))
@@ -183,17 +197,42 @@ bg_launch(PG_FUNCTION_ARGS)
 	error_context_stack = errcallback.previous;
 
 	bg_check_table_privileges();
-	job = bg_start_job(sql, queue_size, desc);
+	stream = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+
+	/* bg_fdw.max_jobs_per_role: no other launch by the role until ours is listed */
+	if (!bg_registry_lock_role(GetUserId()))
+		PG_RETURN_INT32(bg_launch_job(sql, queue_size, desc, stream));
+	PG_TRY();
+	{
+		pid = bg_launch_job(sql, queue_size, desc, stream);
+	}
+	PG_FINALLY();
+	{
+		bg_registry_unlock_role(GetUserId());
+	}
+	PG_END_TRY();
+	PG_RETURN_INT32(pid);
+}
+
+/*
+ * Start the job, give it its result table, and return once it is listed in
+ * the registry.
+ */
+static int
+bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
+{
+	BgJob	   *job = bg_start_job(sql, queue_size, desc);
+
 	if (desc == NULL)
 	{
 		bg_job_go(job->shared);
 		bg_job_wait_descriptor(job);
 	}
-	job->stream = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	job->stream = stream;
 	bg_create_result_table(job);
+	bg_job_wait_registered(job);
 	bg_job_attach(job);
-
-	PG_RETURN_INT32(job->pid);
+	return job->pid;
 }
 
 /*
@@ -410,6 +449,8 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc)
 	GetUserIdAndSecContext(&shared->current_user_id, &shared->sec_context);
 	shared->role_is_superuser = bg_current_role_is_superuser();
 	shared->launcher_pid = MyProcPid;
+	shared->launcher_proc = MyProc;
+	shared->launched_at = GetCurrentTimestamp();
 	pg_atomic_init_u64(&shared->rows, 0);
 	SpinLockInit(&shared->mutex);
 	shm_toc_insert(toc, BG_KEY_SHARED, shared);
@@ -612,7 +653,7 @@ bg_worker_main(Datum main_arg)
 	char	   *tag;
 	char		appname[NAMEDATALEN];
 
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, bg_worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
@@ -627,6 +668,7 @@ bg_worker_main(Datum main_arg)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("invalid magic number in dynamic shared memory segment of a background job")));
 	shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
+	on_dsm_detach(seg, bg_worker_exit, PointerGetDatum(shared));
 
 	/* From here on, our errors and notices reach the launcher. */
 	mq = shm_toc_lookup(toc, BG_KEY_MESSAGE_QUEUE, false);
@@ -680,12 +722,83 @@ bg_worker_main(Datum main_arg)
 
 	sql = pstrdup(shm_toc_lookup(toc, BG_KEY_SQL, false));
 
-	bg_wait_for_launcher(shared, false);
-
-	pgstat_report_activity(STATE_RUNNING, sql);
-	tag = bg_exec_sql(sql, tuple_mqh, shared, expected);
+	PG_TRY();
+	{
+		bg_registry_register(shared, sql, dsm_segment_handle(seg));
+		bg_wait_for_launcher(shared, false);
+		pgstat_report_activity(STATE_RUNNING, sql);
+		tag = bg_exec_sql(sql, tuple_mqh, shared, expected);
+	}
+	PG_CATCH();
+	{
+		bg_worker_failed(shared);
+	}
+	PG_END_TRY();
 	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+static void
+bg_worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (bg_job_over)
+		die(postgres_signal_arg);
+	else
+	{
+		bg_terminate_requested = true;
+		QueryCancelPending = true;
+		InterruptPending = true;
+		SetLatch(MyLatch);
+	}
+	errno = save_errno;
+}
+
+/* on_dsm_detach callback of the worker: whoever looks can tell it is gone */
+static void
+bg_worker_exit(dsm_segment *seg, Datum arg)
+{
+	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&shared->mutex);
+	shared->worker_exited = true;
+	SpinLockRelease(&shared->mutex);
+}
+
+/*
+ * The job failed: roll it back, record how, and end the process with the
+ * error, which reaches the launcher as the job's outcome.  A job whose
+ * launch failed before it ran ends quietly: nobody listens any more.
+ */
+static void
+bg_worker_failed(BgJobShared *shared)
+{
+	ErrorData  *edata;
+	bool		quiet;
+
+	bg_job_over = true;
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	FlushErrorState();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	AbortOutOfAnyTransaction();
+
+	if (bg_terminate_requested && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+	{
+		edata->sqlerrcode = ERRCODE_ADMIN_SHUTDOWN;
+		edata->message = pstrdup("terminating background job due to administrator command");
+	}
+
+	SpinLockAcquire(&shared->mutex);
+	quiet = shared->launcher_gone && !shared->go;
+	SpinLockRelease(&shared->mutex);
+	/* a launch that failed returned no PID: it leaves no job to list */
+	bg_registry_fail(shared, edata, quiet);
+	if (quiet)
+		proc_exit(0);
+	ReThrowError(edata);
 }
 
 /*
@@ -710,8 +823,6 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 
 		if (ready)
 			return;
-		if (gone && !launched)
-			proc_exit(0);
 		if (gone)
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
@@ -773,6 +884,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 	ListCell   *lc;
 	bool		use_implicit_block;
 	bool		xact_started = false;
+	bool		recorded = false;
 	char		tag[COMPLETION_TAG_BUFSIZE];
 
 	stmt_cxt = AllocSetContextCreate(TopMemoryContext, "bg_fdw statement",
@@ -853,16 +965,20 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 				EndImplicitTransactionBlock();
 			bg_disable_statement_timeout();
 			bg_wait_for_launcher(shared, true);
+			recorded = bg_registry_finish(shared, tag, true);
 			CommitTransactionCommand();
 			xact_started = false;
 			/* committed: a late cancel must not make it look failed */
 			HOLD_CANCEL_INTERRUPTS();
+			bg_job_over = true;
 			if (IsTransactionBlock())
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
 						 errmsg("background job ended inside a transaction block"),
 						 errdetail("Its work since BEGIN was rolled back."),
 						 errhint("End the job's SQL with COMMIT.")));
+			if (!recorded)
+				(void) bg_registry_finish(shared, tag, false);
 		}
 		else
 		{

@@ -14,18 +14,19 @@ $node->append_conf('postgresql.conf', "max_worker_processes = 16\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
 
-# A job launched by one session cannot be read by another.
-my $a = $node->background_psql('postgres');
+# Another session sees a job in bg_jobs and, with the job role's
+# privileges, may wait for it and cancel it; it cannot read its rows.
+my $a = $node->background_psql('postgres', on_error_stop => 0);
 my $pid = $a->query_safe("SELECT bg_launch('SELECT pg_sleep(60)')");
 chomp $pid;
 like($pid, qr/^\d+$/, 'session A launched a job');
 
-my ($ret, $stdout, $stderr) = $node->psql('postgres', "SELECT bg_wait($pid)");
-isnt($ret, 0, 'another session cannot wait for the job');
-like($stderr, qr/background job $pid was not launched by this session/,
-	'and is told whose job it is');
+is($node->safe_psql('postgres', "SELECT state || ' ' || attached FROM bg_jobs WHERE pid = $pid"),
+	'running true', 'another session sees the job running, its result held');
+is($node->safe_psql('postgres', "SELECT bg_wait($pid, '10ms') IS NULL"),
+	't', 'another session waits for the job, up to a timeout');
 
-($ret, $stdout, $stderr) = $node->psql('postgres',
+my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	"CREATE FOREIGN TABLE r (x void) SERVER bg_server OPTIONS (pid '$pid'); SELECT * FROM r");
 like($stderr, qr/column "x" has pseudo-type void/,
 	'void cannot be a column of a hand-made table either');
@@ -34,7 +35,16 @@ like($stderr, qr/column "x" has pseudo-type void/,
 like($stderr, qr/background job $pid was not launched by this session/,
 	'a hand-made table in another session cannot read the job');
 
-is($a->query_safe("SELECT bg_cancel($pid)"), 't', 'session A cancels its job');
+is($node->safe_psql('postgres', "SELECT bg_cancel($pid)"), 't',
+	'another session cancels the job');
+($ret, $stdout, $stderr) = $node->psql('postgres', "SELECT bg_wait($pid)");
+like($stderr, qr/ERROR:  canceling statement due to user request/,
+	'and its wait ends with the job\'s error');
+is($node->safe_psql('postgres', "SELECT state || ' ' || sqlstate FROM bg_jobs WHERE pid = $pid"),
+	'cancelled 57014', 'bg_jobs says it was cancelled');
+$a->query("SELECT bg_wait($pid)");
+like($a->{stderr}, qr/canceling statement due to user request/,
+	'the launching session reads the same outcome');
 $a->quit;
 
 # A session waiting for its job says so in pg_stat_activity: a named wait

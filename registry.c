@@ -1,0 +1,1006 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.c
+ *		  The job registry: what each job of the database is doing, or how
+ *		  it ended, for any session to see (the bg_jobs view), and the
+ *		  functions that act on a job by PID from any session.
+ *
+ * bg_fdw needs no shared_preload_libraries and PostgreSQL 15 has no DSM
+ * registry, so the durable part lives in a table the extension owns,
+ * bg_job_registry.  The live part (rows so far, whether the worker still
+ * runs, whether a session reads the result) is read from the job's DSM
+ * segment, whose handle the registry keeps.
+ *
+ * The worker writes its own row.  It inserts it before it runs anything, in
+ * a transaction of its own, so the job is listed even if its work is later
+ * rolled back; it records the outcome inside the job's last transaction when
+ * it can, so that "finished" commits with the work.  A worker that vanished
+ * without recording an outcome leaves "running" behind; readers show that as
+ * "lost".
+ *
+ * The registry's SQL runs as the table's owner, with a fixed search_path,
+ * and reads the latest committed state whatever the caller's isolation.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/shm_toc.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "bg_fdw.h"
+#include "compat.h"
+
+PG_FUNCTION_INFO_V1(bg_list_jobs);
+PG_FUNCTION_INFO_V1(bg_forget);
+
+/* How long finished jobs stay listed, in seconds; -1 keeps them */
+int			bg_job_retention = 86400;
+
+/* Running jobs a role may have in a database; -1 means no limit */
+int			bg_max_jobs_per_role = -1;
+
+#define BG_REGISTRY_TABLE		"bg_job_registry"
+#define BG_JOBS_COLUMNS			13
+
+/*
+ * The registry's rows as bg_jobs shows them, for a table name and a
+ * condition.  A session holds a job's result until it detaches it or ends;
+ * a PID alive since before the launch is still the launching session.
+ */
+#define BG_LIST_QUERY \
+	"SELECT r.id, r.pid, r.role, r.segment, r.state, r.command, r.sqlstate, " \
+	"r.error, r.query, r.launched_at, r.finished_at, r.rows, " \
+	"NOT r.detached AND a.backend_start <= r.launched_at " \
+	"FROM %s r LEFT JOIN pg_stat_get_activity(NULL) a " \
+	"ON a.pid = r.launcher_pid WHERE %s ORDER BY r.id"
+
+/* Did this worker insert its registry row? */
+static bool bg_row_inserted = false;
+
+/* State kept across a call into the registry's SQL */
+typedef struct BgRegistryCall
+{
+	char	   *relname;		/* qualified, quoted name of the table */
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+	bool		pushed_snapshot;	/* we set the active snapshot */
+} BgRegistryCall;
+
+/* A registry row, as the functions acting on a job need it */
+typedef struct BgJobEntry
+{
+	int64		id;
+	int			pid;
+	Oid			role;
+	dsm_handle	segment;
+	char	   *state;
+	char	   *command;
+	char	   *sqlstate;
+	char	   *error;
+} BgJobEntry;
+
+/* What a job's segment says of it, if it still exists */
+typedef struct BgJobProbe
+{
+	bool		found;			/* the segment exists and is this job's */
+	bool		worker_alive;	/* its worker has not exited */
+	bool		attached;		/* its launching session still holds it */
+	uint64		rows;			/* rows sent so far */
+} BgJobProbe;
+
+static bool bg_registry_open(BgRegistryCall *call);
+static void bg_registry_close(BgRegistryCall *call);
+static void bg_registry_internal_xact(void);
+static void bg_registry_exec(const char *sql, int nargs, Oid *types,
+							 Datum *values, int expected);
+static SPITupleTable *bg_registry_query(const char *sql, int nargs,
+										Oid *types, Datum *values);
+static void bg_registry_update(BgJobShared *shared, const char *state,
+							   const char *tag, ErrorData *edata);
+static void bg_registry_expire(BgRegistryCall *call);
+static void bg_registry_delete(int64 job_id);
+static TimestampTz bg_retention_horizon(void);
+static void bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe);
+static bool bg_entry_lookup(int pid, BgJobEntry *entry);
+static void bg_entry_from_tuple(HeapTuple tuple, TupleDesc desc,
+								BgJobEntry *entry);
+static void bg_entry_check_privileges(BgJobEntry *entry);
+static const char *bg_entry_state(BgJobEntry *entry, BgJobProbe *probe);
+static bool bg_entry_reread(BgJobEntry *entry);
+static void bg_list_put(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc,
+						BgJobEntry *entry, BgJobProbe *probe, Oid caller);
+static void bg_entry_raise(BgJobEntry *entry);
+static void bg_raise_lost(BgJobEntry *entry);
+static void bg_raise_unknown(int pid) pg_attribute_noreturn();
+
+/* ----------------------------------------------------------------
+ *		Calling the registry's SQL
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Find the registry table and become its owner, with a search_path nobody
+ * can plant objects in.  False if the extension is not installed (it may
+ * have been dropped while the job ran).
+ */
+static bool
+bg_registry_open(BgRegistryCall *call)
+{
+	Relation	extrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			nspid = InvalidOid;
+	Oid			relid;
+	Oid			owner;
+
+	extrel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("bg_fdw"));
+	scan = systable_beginscan(extrel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(extrel, AccessShareLock);
+	if (!OidIsValid(nspid))
+		return false;
+	relid = get_relname_relid(BG_REGISTRY_TABLE, nspid);
+	if (!OidIsValid(relid))
+		return false;
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	call->relname = quote_qualified_identifier(get_namespace_name(nspid),
+											   BG_REGISTRY_TABLE);
+
+	GetUserIdAndSecContext(&call->save_userid, &call->save_sec_context);
+	SetUserIdAndSecContext(owner, call->save_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	call->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* the worker's own transactions have no statement around them */
+	call->pushed_snapshot = !ActiveSnapshotSet();
+	if (call->pushed_snapshot)
+		PushActiveSnapshot(GetTransactionSnapshot());
+	return true;
+}
+
+static void
+bg_registry_close(BgRegistryCall *call)
+{
+	if (call->pushed_snapshot)
+		PopActiveSnapshot();
+	SPI_finish();
+	AtEOXact_GUC(false, call->save_nestlevel);
+	SetUserIdAndSecContext(call->save_userid, call->save_sec_context);
+}
+
+/*
+ * Make the worker's own bookkeeping transaction fit to write whatever the
+ * job inherited: a job launched in a read-only or serializable transaction
+ * still records itself.  Nothing has taken a snapshot yet, so this is what
+ * SET TRANSACTION would do.  The row is worth no WAL flush of its own: the
+ * job's commits flush it, and a crash before that loses only the listing
+ * of a job that committed nothing.
+ */
+static void
+bg_registry_internal_xact(void)
+{
+	XactReadOnly = false;
+	XactIsoLevel = XACT_READ_COMMITTED;
+	(void) set_config_option("synchronous_commit", "off",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+static void
+bg_registry_exec(const char *sql, int nargs, Oid *types, Datum *values,
+				 int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, NULL,
+										   false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "registry statement failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * Read the registry as it is now, not as the caller's snapshot saw it: a
+ * repeatable read transaction waiting for a job must see it end.
+ */
+static SPITupleTable *
+bg_registry_query(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+	int			rc;
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry query failed: %s", SPI_result_code_string(rc));
+	return SPI_tuptable;
+}
+
+/* ----------------------------------------------------------------
+ *		The worker's side
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Insert the job's row, before it runs.  A standby cannot write; its jobs
+ * are not listed.  bg_launch waits for "registered", so that the job is
+ * listed by the time it returns.
+ */
+void
+bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
+{
+	BgRegistryCall call;
+	PGPROC	   *launcher;
+
+	if (!RecoveryInProgress())
+	{
+		Oid			types[8] = {INT8OID, INT4OID, OIDOID, OIDOID, INT4OID,
+		INT8OID, TEXTOID, TIMESTAMPTZOID};
+		Datum		values[8];
+
+		values[0] = Int64GetDatum(shared->job_id);
+		values[1] = Int32GetDatum(MyProcPid);
+		values[2] = ObjectIdGetDatum(shared->current_user_id);
+		values[3] = ObjectIdGetDatum(shared->database_id);
+		values[4] = Int32GetDatum(shared->launcher_pid);
+		values[5] = Int64GetDatum((int64) handle);
+		values[6] = CStringGetTextDatum(sql);
+		values[7] = TimestampTzGetDatum(shared->launched_at);
+
+		StartTransactionCommand();
+		bg_registry_internal_xact();
+		if (bg_registry_open(&call))
+		{
+			char	   *stmt = psprintf("INSERT INTO %s (id, pid, role, database, launcher_pid, segment, query, launched_at, state) "
+										"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')",
+										call.relname);
+
+			bg_registry_exec(stmt, 8, types, values, SPI_OK_INSERT);
+			bg_registry_close(&call);
+			bg_row_inserted = true;
+		}
+		CommitTransactionCommand();
+	}
+
+	SpinLockAcquire(&shared->mutex);
+	shared->registered = true;
+	launcher = shared->launcher_proc;
+	SpinLockRelease(&shared->mutex);
+	SetLatch(&launcher->procLatch);
+}
+
+/*
+ * Record that the job finished.  With in_job_xact, inside the job's last
+ * transaction, before its commit, so that the two commit together; that is
+ * not possible (returns false) when the transaction is read-only or an
+ * explicit block whose end the job's own COMMIT or ROLLBACK decides.
+ * Otherwise in a transaction of its own, after the job's commit: a failure
+ * then is only logged, for the job's work is committed.
+ */
+bool
+bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
+{
+	if (!bg_row_inserted)
+		return true;
+	if (in_job_xact)
+	{
+		if (XactReadOnly || IsTransactionBlock())
+			return false;
+		bg_registry_update(shared, "finished", tag, NULL);
+		return true;
+	}
+
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		bg_registry_internal_xact();
+		bg_registry_update(shared, "finished", tag, NULL);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		ereport(LOG,
+				(errmsg("could not record the outcome of background job %d: %s",
+						MyProcPid, edata->message)));
+	}
+	PG_END_TRY();
+	return true;
+}
+
+/*
+ * Record how the job failed, after its transaction was rolled back.  A job
+ * stopped by bg_cancel, or by its launcher giving up, is "cancelled"; a
+ * statement_timeout or any other error makes it "failed".  With discard,
+ * the job never ran and its row goes.
+ */
+void
+bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
+{
+	const char *state = "failed";
+
+	if (!bg_row_inserted)
+		return;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+	{
+		SpinLockAcquire(&shared->mutex);
+		if (shared->cancel_requested ||
+			(shared->launcher_gone && !shared->launched))
+			state = "cancelled";
+		SpinLockRelease(&shared->mutex);
+	}
+
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		bg_registry_internal_xact();
+		if (discard)
+			bg_registry_delete(shared->job_id);
+		else
+			bg_registry_update(shared, state, NULL, edata);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *failure;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		failure = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		ereport(LOG,
+				(errmsg("could not record the outcome of background job %d: %s",
+						MyProcPid, failure->message)));
+	}
+	PG_END_TRY();
+}
+
+/* Write the job's end state, and forget jobs past bg_fdw.job_retention. */
+static void
+bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
+				   ErrorData *edata)
+{
+	BgRegistryCall call;
+	Oid			types[7] = {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID,
+	TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[7];
+	char		nulls[7] = "       ";
+
+	if (!bg_registry_open(&call))
+		return;
+	values[0] = Int64GetDatum(shared->job_id);
+	values[1] = CStringGetTextDatum(state);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&shared->rows));
+	if (tag)
+		values[4] = CStringGetTextDatum(tag);
+	else
+		nulls[4] = 'n';
+	if (edata)
+	{
+		values[5] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
+		values[6] = CStringGetTextDatum(edata->message ? edata->message : "");
+	}
+	else
+		nulls[5] = nulls[6] = 'n';
+
+	if (SPI_execute_with_args(psprintf("UPDATE %s SET state = $2, finished_at = $3, rows = $4, "
+									   "command = $5, sqlstate = $6, error = $7, segment = NULL "
+									   "WHERE id = $1", call.relname),
+							  7, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update the job registry");
+	bg_registry_expire(&call);
+	bg_registry_close(&call);
+}
+
+/*
+ * Delete the jobs that ended longer than bg_fdw.job_retention ago.  Rows a
+ * concurrent bg_forget holds are skipped: a job must never wait for that.
+ */
+static void
+bg_registry_expire(BgRegistryCall *call)
+{
+	Oid			types[1] = {TIMESTAMPTZOID};
+	Datum		values[1];
+
+	if (bg_job_retention < 0)
+		return;
+	values[0] = TimestampTzGetDatum(bg_retention_horizon());
+	bg_registry_exec(psprintf("DELETE FROM %s WHERE id IN (SELECT id FROM %s "
+							  "WHERE finished_at < $1 FOR UPDATE SKIP LOCKED)",
+							  call->relname, call->relname),
+					 1, types, values, SPI_OK_DELETE);
+}
+
+static TimestampTz
+bg_retention_horizon(void)
+{
+	return GetCurrentTimestamp() - (TimestampTz) bg_job_retention * USECS_PER_SEC;
+}
+
+/* ----------------------------------------------------------------
+ *		Looking at a job from any session
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Look into the job's segment.  Its handle may have been reused by another
+ * segment since: the job identifier says whether it is still this job's.
+ */
+static void
+bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
+{
+	dsm_segment *seg = dsm_find_mapping(handle);
+	bool		ours = (seg != NULL);
+	shm_toc    *toc;
+
+	memset(probe, 0, sizeof(BgJobProbe));
+	if (handle == DSM_HANDLE_INVALID)
+		return;
+	if (seg == NULL)
+		seg = dsm_attach(handle);
+	if (seg == NULL)
+		return;
+	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
+	if (toc != NULL)
+	{
+		BgJobShared *shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
+
+		if (shared != NULL && shared->job_id == job_id)
+		{
+			probe->found = true;
+			SpinLockAcquire(&shared->mutex);
+			probe->worker_alive = !shared->worker_exited;
+			probe->attached = !shared->launcher_gone;
+			SpinLockRelease(&shared->mutex);
+			probe->rows = pg_atomic_read_u64(&shared->rows);
+		}
+	}
+	if (!ours)
+		dsm_detach(seg);
+}
+
+/*
+ * A running job whose worker is gone is lost.  On a standby the rows are the
+ * primary's, whose segments cannot be seen: trust them.
+ */
+static const char *
+bg_entry_state(BgJobEntry *entry, BgJobProbe *probe)
+{
+	if (strcmp(entry->state, "running") != 0 || RecoveryInProgress() ||
+		(probe->found && probe->worker_alive))
+		return entry->state;
+
+	/*
+	 * The worker records its outcome before it exits: now that it has,
+	 * a second look tells an outcome recorded since the first from none.
+	 */
+	if (!bg_entry_reread(entry))
+		return "forgotten";
+	if (strcmp(entry->state, "running") == 0)
+		return "lost";
+	return entry->state;
+}
+
+/* Read the entry's row again, with a new snapshot.  False if it is gone. */
+static bool
+bg_entry_reread(BgJobEntry *entry)
+{
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	bool		found = false;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!bg_registry_open(&call))
+		return false;
+	values[0] = Int64GetDatum(entry->id);
+	tt = bg_registry_query(psprintf("SELECT id, pid, role, segment, state, command, sqlstate, error "
+									"FROM %s WHERE id = $1", call.relname),
+						   1, types, values);
+	if (tt->numvals > 0)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+		bg_entry_from_tuple(tt->vals[0], tt->tupdesc, entry);
+		MemoryContextSwitchTo(oldcxt);
+		found = true;
+	}
+	bg_registry_close(&call);
+	return found;
+}
+
+static void
+bg_entry_from_tuple(HeapTuple tuple, TupleDesc desc, BgJobEntry *entry)
+{
+	bool		isnull;
+	Datum		d;
+
+	entry->id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+	entry->pid = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
+	entry->role = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
+	d = SPI_getbinval(tuple, desc, 4, &isnull);
+	entry->segment = isnull ? DSM_HANDLE_INVALID : (dsm_handle) DatumGetInt64(d);
+	entry->state = SPI_getvalue(tuple, desc, 5);
+	entry->command = SPI_getvalue(tuple, desc, 6);
+	entry->sqlstate = SPI_getvalue(tuple, desc, 7);
+	entry->error = SPI_getvalue(tuple, desc, 8);
+}
+
+/*
+ * The job with this PID: this session's attached job, else the newest one
+ * the registry knows in this database.
+ */
+static bool
+bg_entry_lookup(int pid, BgJobEntry *entry)
+{
+	BgJob	   *job = bg_job_lookup(pid, 0, true);
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[3] = {INT4OID, OIDOID, INT8OID};
+	Datum		values[3];
+	bool		found = false;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!bg_registry_open(&call))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"bg_fdw\" is not installed in this database")));
+	values[0] = Int32GetDatum(pid);
+	values[1] = ObjectIdGetDatum(MyDatabaseId);
+	values[2] = Int64GetDatum(job && job->state != BG_JOB_DETACHED ? job->job_id : 0);
+	tt = bg_registry_query(psprintf("SELECT id, pid, role, segment, state, command, sqlstate, error "
+									"FROM %s WHERE pid = $1 AND database = $2 "
+									"ORDER BY id = $3 DESC, id DESC LIMIT 1",
+									call.relname),
+						   3, types, values);
+	if (tt->numvals > 0)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+		bg_entry_from_tuple(tt->vals[0], tt->tupdesc, entry);
+		MemoryContextSwitchTo(oldcxt);
+		found = true;
+	}
+	bg_registry_close(&call);
+	return found;
+}
+
+static void
+bg_entry_check_privileges(BgJobEntry *entry)
+{
+	if (has_privs_of_role(GetUserId(), entry->role))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for background job %d", entry->pid),
+			 errdetail("Only roles with the privileges of role \"%s\" may act on it.",
+					   GetUserNameFromId(entry->role, false))));
+}
+
+/*
+ * bg_list_jobs(): the rows of the bg_jobs view.  Everyone may see that a job
+ * exists, as pg_stat_activity shows; its query and error only roles with the
+ * privileges of the job's role.
+ */
+Datum
+bg_list_jobs(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			caller = GetUserId();
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[2] = {OIDOID, TIMESTAMPTZOID};
+	Datum		values[2];
+	uint64		i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (!bg_registry_open(&call))
+		return (Datum) 0;
+	values[0] = ObjectIdGetDatum(MyDatabaseId);
+	values[1] = TimestampTzGetDatum(bg_job_retention < 0 ? DT_NOBEGIN :
+									bg_retention_horizon());
+	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.relname,
+									"r.database = $1 AND (r.finished_at IS NULL OR r.finished_at >= $2)"),
+						   2, types, values);
+
+	for (i = 0; i < tt->numvals; i++)
+	{
+		HeapTuple	tuple = tt->vals[i];
+		BgJobEntry	entry;
+		BgJobProbe	probe;
+
+		bg_entry_from_tuple(tuple, tt->tupdesc, &entry);
+		bg_probe(entry.id, entry.segment, &probe);
+
+		/*
+		 * A worker records its outcome before it exits: one found gone may
+		 * have recorded it since our snapshot.  Look again.
+		 */
+		if (strcmp(entry.state, "running") == 0 && !RecoveryInProgress() &&
+			!(probe.found && probe.worker_alive))
+		{
+			SPITupleTable *again;
+			Oid			idtype[1] = {INT8OID};
+			Datum		id[1];
+
+			id[0] = Int64GetDatum(entry.id);
+			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.relname, "r.id = $1"),
+									  1, idtype, id);
+			if (again->numvals == 0)
+				continue;		/* forgotten meanwhile */
+			tuple = again->vals[0];
+			bg_entry_from_tuple(tuple, again->tupdesc, &entry);
+		}
+		bg_list_put(rsinfo, tuple, tt->tupdesc, &entry, &probe, caller);
+	}
+	bg_registry_close(&call);
+	return (Datum) 0;
+}
+
+/* One row of bg_jobs, from a row of BG_LIST_QUERY */
+static void
+bg_list_put(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc,
+			BgJobEntry *entry, BgJobProbe *probe, Oid caller)
+{
+	Datum		out[BG_JOBS_COLUMNS];
+	bool		nulls[BG_JOBS_COLUMNS];
+	bool		privileged = has_privs_of_role(caller, entry->role);
+	bool		running = (strcmp(entry->state, "running") == 0);
+	bool		isnull;
+
+	memset(nulls, 0, sizeof(nulls));
+	out[0] = Int64GetDatum(entry->id);
+	out[1] = Int32GetDatum(entry->pid);
+	out[2] = ObjectIdGetDatum(entry->role);
+	out[3] = DirectFunctionCall1(namein,
+								 CStringGetDatum(get_database_name(MyDatabaseId)));
+	out[4] = SPI_getbinval(tuple, desc, 9, &isnull);
+	nulls[4] = isnull || !privileged;
+	if (running && !RecoveryInProgress() && !(probe->found && probe->worker_alive))
+		out[5] = CStringGetTextDatum("lost");
+	else
+		out[5] = CStringGetTextDatum(entry->state);
+	out[6] = SPI_getbinval(tuple, desc, 10, &nulls[6]);
+	out[7] = SPI_getbinval(tuple, desc, 11, &nulls[7]);
+	if (running && probe->found)
+		out[8] = Int64GetDatum((int64) probe->rows);
+	else
+		out[8] = SPI_getbinval(tuple, desc, 12, &nulls[8]);
+	nulls[9] = (entry->command == NULL);
+	out[9] = nulls[9] ? (Datum) 0 : CStringGetTextDatum(entry->command);
+	nulls[10] = (entry->sqlstate == NULL);
+	out[10] = nulls[10] ? (Datum) 0 : CStringGetTextDatum(entry->sqlstate);
+	nulls[11] = (entry->error == NULL || !privileged);
+	out[11] = nulls[11] ? (Datum) 0 : CStringGetTextDatum(entry->error);
+	out[12] = SPI_getbinval(tuple, desc, 13, &isnull);
+	if (isnull)
+		out[12] = BoolGetDatum(false);
+	nulls[12] = RecoveryInProgress();
+
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+}
+
+/* ----------------------------------------------------------------
+ *		Acting on another session's job
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * A job's error, raised in the waiting session.  The registry keeps its
+ * SQLSTATE and message, not the whole report.
+ */
+static void
+bg_entry_raise(BgJobEntry *entry)
+{
+	if (entry->sqlstate == NULL || strlen(entry->sqlstate) != 5)
+		elog(ERROR, "background job %d ended in state \"%s\"",
+			 entry->pid, entry->state);
+	ereport(ERROR,
+			(errcode(MAKE_SQLSTATE(entry->sqlstate[0], entry->sqlstate[1],
+								   entry->sqlstate[2], entry->sqlstate[3],
+								   entry->sqlstate[4])),
+			 errmsg_internal("%s", entry->error),
+			 errcontext("background job %d", entry->pid)));
+}
+
+static void
+bg_raise_unknown(int pid)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("background job %d does not exist", pid),
+			 errhint("bg_launch returns the PID of the job it starts.")));
+}
+
+static void
+bg_raise_lost(BgJobEntry *entry)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("background job %d was lost", entry->pid),
+			 errdetail("Its worker process ended without recording an outcome; whether its work was committed is unknown.")));
+}
+
+/*
+ * bg_wait for a job this session does not hold: poll the registry until it
+ * records an end.  Returns NULL if the timeout passes first.
+ */
+text *
+bg_registry_wait(int pid, long timeout_ms)
+{
+	TimestampTz deadline = 0;
+	long		nap_ms = 1;
+
+	if (timeout_ms >= 0)
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	for (;;)
+	{
+		BgJobEntry	entry;
+		BgJobProbe	probe;
+		const char *state;
+
+		if (!bg_entry_lookup(pid, &entry))
+			bg_raise_unknown(pid);
+		bg_entry_check_privileges(&entry);
+		bg_probe(entry.id, entry.segment, &probe);
+		state = bg_entry_state(&entry, &probe);
+		if (strcmp(state, "finished") == 0)
+			return cstring_to_text(entry.command ? entry.command : "");
+		if (strcmp(state, "lost") == 0)
+			bg_raise_lost(&entry);
+		if (strcmp(state, "forgotten") == 0)
+			bg_raise_unknown(pid);
+		if (strcmp(state, "running") != 0)
+			bg_entry_raise(&entry);
+
+		if (timeout_ms >= 0)
+		{
+			long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+																	deadline);
+
+			if (remaining <= 0)
+				return NULL;
+			nap_ms = Min(nap_ms, remaining);
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 nap_ms, bg_wait_event("BgFdwJob"));
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		nap_ms = Min(nap_ms * 2, 100);
+	}
+}
+
+/*
+ * Ask the job's worker to cancel its statement: note that it was asked, so
+ * that the job is recorded as "cancelled" rather than failed.  False if the
+ * worker has already ended.
+ */
+bool
+bg_cancel_shared(BgJobShared *shared, pid_t pid)
+{
+	bool		exited;
+
+	SpinLockAcquire(&shared->mutex);
+	exited = shared->worker_exited;
+	if (!exited)
+		shared->cancel_requested = true;
+	SpinLockRelease(&shared->mutex);
+	return !exited && kill(pid, SIGINT) == 0;
+}
+
+/* bg_cancel of a job this session does not hold */
+bool
+bg_registry_cancel(int pid)
+{
+	BgJobEntry	entry;
+	dsm_segment *seg;
+	shm_toc    *toc;
+	bool		done = false;
+
+	if (!bg_entry_lookup(pid, &entry))
+		bg_raise_unknown(pid);
+	bg_entry_check_privileges(&entry);
+	if (strcmp(entry.state, "running") != 0 || entry.segment == DSM_HANDLE_INVALID)
+		return false;
+
+	seg = dsm_attach(entry.segment);
+	if (seg == NULL)
+		return false;
+	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
+	if (toc != NULL)
+	{
+		BgJobShared *shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
+
+		if (shared != NULL && shared->job_id == entry.id)
+			done = bg_cancel_shared(shared, entry.pid);
+	}
+	dsm_detach(seg);
+	return done;
+}
+
+/*
+ * bg_forget(pid integer) RETURNS void
+ *
+ * Remove an ended job from bg_jobs.  A result this session still holds stays
+ * readable until bg_detach.
+ */
+Datum
+bg_forget(PG_FUNCTION_ARGS)
+{
+	int			pid = PG_GETARG_INT32(0);
+	BgJobEntry	entry;
+	BgJobProbe	probe;
+
+	if (!bg_entry_lookup(pid, &entry))
+		bg_raise_unknown(pid);
+	bg_entry_check_privileges(&entry);
+	bg_probe(entry.id, entry.segment, &probe);
+	if (strcmp(bg_entry_state(&entry, &probe), "running") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot forget background job %d because it is still running",
+						pid),
+				 errhint("Cancel it with bg_cancel(), or wait for it with bg_wait().")));
+
+	bg_registry_delete(entry.id);
+	PG_RETURN_VOID();
+}
+
+static void
+bg_registry_delete(int64 job_id)
+{
+	BgRegistryCall call;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	if (!bg_registry_open(&call))
+		return;
+	values[0] = Int64GetDatum(job_id);
+	bg_registry_exec(psprintf("DELETE FROM %s WHERE id = $1", call.relname),
+					 1, types, values, SPI_OK_DELETE);
+	bg_registry_close(&call);
+}
+
+/*
+ * bg_detach: note in the registry that no session holds the result any more,
+ * as part of the detaching transaction.  Where that cannot write (read-only
+ * transactions, standbys), bg_jobs learns it when the session ends.
+ */
+void
+bg_registry_detached(int64 job_id)
+{
+	BgRegistryCall call;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	if (XactReadOnly || RecoveryInProgress() || !bg_registry_open(&call))
+		return;
+	values[0] = Int64GetDatum(job_id);
+	bg_registry_exec(psprintf("UPDATE %s SET detached = true WHERE id = $1",
+							  call.relname),
+					 1, types, values, SPI_OK_UPDATE);
+	bg_registry_close(&call);
+}
+
+/* ----------------------------------------------------------------
+ *		bg_fdw.max_jobs_per_role
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Lock out other launches by the role until ours is registered, and refuse
+ * it if the role already runs bg_fdw.max_jobs_per_role jobs here.  Returns
+ * whether the lock was taken; bg_registry_unlock_role releases it.
+ */
+bool
+bg_registry_lock_role(Oid role)
+{
+	LOCKTAG		tag;
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2];
+	int			running = 0;
+	uint64		i;
+
+	if (bg_max_jobs_per_role < 0 || RecoveryInProgress())
+		return false;
+	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, AuthIdRelationId, role, 0);
+	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+
+	if (bg_registry_open(&call))
+	{
+		values[0] = ObjectIdGetDatum(role);
+		values[1] = ObjectIdGetDatum(MyDatabaseId);
+		tt = bg_registry_query(psprintf("SELECT id, segment FROM %s WHERE role = $1 "
+										"AND database = $2 AND state = 'running'",
+										call.relname),
+							   2, types, values);
+		for (i = 0; i < tt->numvals; i++)
+		{
+			BgJobProbe	probe;
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+			Datum		seg = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+
+			bg_probe(id, isnull ? DSM_HANDLE_INVALID : (dsm_handle) DatumGetInt64(seg),
+					 &probe);
+			if (probe.found && probe.worker_alive)
+				running++;
+		}
+		bg_registry_close(&call);
+	}
+
+	if (running >= bg_max_jobs_per_role)
+	{
+		bg_registry_unlock_role(role);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many background jobs for role \"%s\"",
+						GetUserNameFromId(role, false)),
+				 errdetail_plural("The role runs %d job in this database; bg_fdw.max_jobs_per_role is %d.",
+								  "The role runs %d jobs in this database; bg_fdw.max_jobs_per_role is %d.",
+								  running, running, bg_max_jobs_per_role),
+				 errhint("Wait for a job to end, or cancel one with bg_cancel().")));
+	}
+	return true;
+}
+
+void
+bg_registry_unlock_role(Oid role)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, AuthIdRelationId, role, 0);
+	LockRelease(&tag, ExclusiveLock, true);
+}

@@ -1,0 +1,147 @@
+--
+-- bg_fdw: the job registry (bg_jobs), bg_forget, and the limits on jobs
+--
+-- The newest job with a PID, as bg_jobs shows it
+CREATE FUNCTION regress_job(pid int) RETURNS SETOF bg_jobs
+LANGUAGE sql AS $$
+  SELECT * FROM bg_jobs WHERE pid = $1 ORDER BY id DESC LIMIT 1
+$$;
+
+-- The registry table is the extension's own; bg_jobs is for everyone
+SELECT has_table_privilege('public', 'bg_job_registry', 'SELECT') AS public_reads_registry,
+       has_table_privilege('public', 'bg_jobs', 'SELECT') AS public_reads_bg_jobs;
+
+-- A finished job: what it ran, its rows, its tag; its result still held
+SELECT bg_launch($$SELECT g FROM generate_series(1, 3) g$$) AS pid \gset
+SELECT bg_wait(:pid);
+SELECT role, database = current_database() AS this_db, query, state, rows,
+       command, sqlstate, error, attached, launched_at <= finished_at AS ordered
+  FROM regress_job(:pid);
+-- bg_detach: no session holds the result any more
+SELECT bg_detach(:pid);
+SELECT state, attached FROM regress_job(:pid);
+
+-- Rows are counted live: a stream job waits on its full queue, unread
+SELECT bg_launch($$SELECT g, repeat('x', 500) FROM generate_series(1, 100000) g$$,
+                 queue_size => 4096, stream => true) AS pid \gset
+SELECT regress_poll('(SELECT rows > 0 FROM regress_job(' || :pid || '))') AS rows_counted;
+SELECT state, finished_at IS NULL AS unfinished, attached FROM regress_job(:pid);
+-- bg_cancel makes it "cancelled"
+SELECT bg_cancel(:pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT state, sqlstate, error, rows > 0 AS rows_kept FROM regress_job(:pid);
+
+-- An error makes it "failed", with the SQLSTATE and message
+SELECT bg_launch('SELECT 1/0') AS pid \gset
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT state, sqlstate, error, command, finished_at IS NOT NULL AS ended FROM regress_job(:pid);
+-- and so does the statement_timeout it inherits
+SET statement_timeout = '50ms';
+SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+RESET statement_timeout;
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT state, sqlstate, error FROM regress_job(:pid);
+
+-- "finished" commits with the work: a commit that fails is a failure
+CREATE TABLE regress_parent (id int PRIMARY KEY);
+CREATE TABLE regress_child (parent int REFERENCES regress_parent DEFERRABLE INITIALLY DEFERRED);
+SELECT bg_launch('INSERT INTO regress_child VALUES (1)') AS pid \gset
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT state, sqlstate, command FROM regress_job(:pid);
+SELECT count(*) AS child_rows FROM regress_child;
+
+-- Jobs that end their own transaction are recorded after it
+SELECT bg_launch('BEGIN; INSERT INTO regress_parent VALUES (1); COMMIT') AS pid \gset
+SELECT bg_wait(:pid);
+SELECT state, command FROM regress_job(:pid);
+SELECT bg_launch('BEGIN; INSERT INTO regress_parent VALUES (2); ROLLBACK') AS pid \gset
+SELECT bg_wait(:pid);
+SELECT state, command FROM regress_job(:pid);
+SELECT array_agg(id) AS parents FROM regress_parent;
+
+-- A job launched in a read-only transaction is listed too
+BEGIN READ ONLY;
+SET LOCAL client_min_messages = warning;
+SELECT bg_launch('SELECT 42 AS answer') AS pid \gset
+COMMIT;
+SELECT bg_wait(:pid);
+SELECT state, command, rows FROM regress_job(:pid);
+
+-- bg_forget: only a job that has ended
+SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+SELECT regress_try('SELECT bg_forget(' || :pid || ')', :pid);
+SELECT bg_cancel(:pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT bg_forget(:pid);
+SELECT count(*) AS listed FROM bg_jobs WHERE pid = :pid;
+-- its result, held by this session, can still be waited for and read
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT regress_try('SELECT bg_forget(' || :pid || ')', :pid);
+SELECT regress_try('SELECT bg_forget(1)');
+SELECT bg_forget(NULL);
+
+-- Two roles: another role sees that a job exists, not what it runs, and may
+-- not wait for it, cancel it or forget it
+CREATE ROLE regress_alice NOLOGIN IN ROLE bg_fdw_user;
+CREATE ROLE regress_bob NOLOGIN IN ROLE bg_fdw_user;
+SET ROLE regress_alice;
+SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+SELECT role, query, state FROM regress_job(:pid);
+SET ROLE regress_bob;
+SELECT role, query IS NULL AS query_hidden, state FROM regress_job(:pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+SELECT regress_try('SELECT bg_cancel(' || :pid || ')', :pid);
+-- the same through the registry, once this session no longer holds it
+SET ROLE regress_alice;
+SELECT bg_detach(:pid);
+SET ROLE regress_bob;
+SELECT regress_try('SELECT bg_wait(' || :pid || ', ''10ms'')', :pid);
+SELECT regress_try('SELECT bg_cancel(' || :pid || ')', :pid);
+SELECT regress_try('SELECT bg_forget(' || :pid || ')', :pid);
+SET ROLE regress_alice;
+SELECT bg_wait(:pid, '10ms') IS NULL AS still_running;
+SELECT bg_cancel(:pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+RESET ROLE;
+SELECT role, state, error FROM regress_job(:pid);
+
+-- bg_fdw.max_jobs_per_role, a superuser's setting
+SHOW bg_fdw.max_jobs_per_role;
+SET bg_fdw.max_jobs_per_role = 1;
+SET ROLE regress_alice;
+SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+SELECT regress_try($$SELECT bg_launch('SELECT 1')$$);
+SET bg_fdw.max_jobs_per_role = 5;
+SET ROLE regress_bob;
+SELECT bg_launch('SELECT 1') AS bob_pid \gset
+SELECT bg_wait(:bob_pid);
+SET ROLE regress_alice;
+SELECT bg_cancel(:pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+-- a job that ended frees its place
+SELECT bg_launch('SELECT 1') AS pid \gset
+SELECT bg_wait(:pid);
+RESET ROLE;
+RESET bg_fdw.max_jobs_per_role;
+SET bg_fdw.max_jobs_per_role = -2;
+
+-- bg_fdw.job_retention: ended jobs leave bg_jobs when it has passed
+SHOW bg_fdw.job_retention;
+SELECT count(*) > 0 AS ended_jobs_listed FROM bg_jobs WHERE state <> 'running';
+SET bg_fdw.job_retention = 0;
+SELECT count(*) AS ended_jobs_listed FROM bg_jobs WHERE state <> 'running';
+-- the next job to end deletes them from the registry
+SELECT bg_launch('SELECT 1') AS pid \gset
+SELECT bg_wait(:pid);
+SELECT count(*) AS expired_rows_left FROM bg_job_registry
+  WHERE finished_at < (SELECT launched_at FROM bg_job_registry WHERE pid = :pid ORDER BY id DESC LIMIT 1);
+RESET bg_fdw.job_retention;
+SET ROLE regress_alice;
+SET bg_fdw.job_retention = '1h';
+RESET ROLE;
+
+SELECT regress_no_workers();
+DROP TABLE regress_child, regress_parent;
+DROP FUNCTION regress_job(int);
+DROP OWNED BY regress_alice, regress_bob;
+DROP ROLE regress_alice, regress_bob;
