@@ -118,4 +118,9 @@ bg_database_temp_aclcheck(void)
 #endif
 }
 
+/* PostgreSQL 18 marks functions that do not return with a prefix */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 #endif							/* BG_FDW_COMPAT_H */

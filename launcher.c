@@ -129,7 +129,7 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
 /* Worker side */
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
-static void bg_worker_failed(BgJobShared *shared) pg_attribute_noreturn();
+pg_noreturn static void bg_worker_failed(BgJobShared *shared);
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
 static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,

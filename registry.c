@@ -138,7 +138,7 @@ static void bg_list_put(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc,
 						BgJobEntry *entry, BgJobProbe *probe, Oid caller);
 static void bg_entry_raise(BgJobEntry *entry);
 static void bg_raise_lost(BgJobEntry *entry);
-static void bg_raise_unknown(int pid) pg_attribute_noreturn();
+pg_noreturn static void bg_raise_unknown(int pid);
 
 /* ----------------------------------------------------------------
  *		Calling the registry's SQL

@@ -1,0 +1,128 @@
+# Copyright: see README.md
+#
+# Jobs outlive their session, and bg_jobs always tells how they ended: the
+# launcher's client killed mid-stream, a worker terminated, a worker
+# killed (a crash restart), a clean restart.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('nohup');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+max_worker_processes = 16
+client_connection_check_interval = '100ms'
+restart_after_crash = on
+});
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bg_fdw;
+	CREATE TABLE t (a int);
+});
+
+# Wait until the job with this PID is no longer running; return its state.
+sub job_end
+{
+	my ($pid, $columns) = @_;
+	$columns //= 'state';
+	$node->poll_query_until('postgres',
+		"SELECT state <> 'running' FROM bg_jobs WHERE pid = $pid")
+	  or die "job $pid did not end";
+	return $node->safe_psql('postgres',
+		"SELECT $columns FROM bg_jobs WHERE pid = $pid ORDER BY id DESC LIMIT 1");
+}
+
+# The launcher's client dies while it reads the job's rows: the job runs to
+# its end and commits, and a new session finds how it ended.
+my $a = $node->background_psql('postgres', on_error_stop => 0);
+my $a_pid = $a->query_safe('SELECT pg_backend_pid()');
+chomp $a_pid;
+my $pid = $a->query_safe(q{SELECT bg_launch($$
+	INSERT INTO t SELECT g FROM generate_series(1, 40) g
+	WHERE pg_sleep(0.05) IS NOT NULL RETURNING a$$)});
+chomp $pid;
+$a->query_until(qr/reading/, "\\echo reading\nSELECT * FROM bg_result_$pid;\n");
+ok( $node->poll_query_until('postgres',
+		"SELECT rows > 0 FROM bg_jobs WHERE pid = $pid"),
+	'the job is producing rows while its launcher reads them');
+$a->{run}->kill_kill;
+ok( $node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $a_pid)"),
+	'the launching session is gone');
+is(job_end($pid, q{state || ' ' || rows || ' ' || command || ' ' || attached}),
+	'finished 40 INSERT 0 40 false',
+	'bg_jobs: the job finished after its launcher went away');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '40',
+	'and its work is committed');
+
+# bg_detach, then the session ends: the same.
+$pid = $node->safe_psql('postgres', q{
+	SELECT bg_launch('INSERT INTO t SELECT g FROM generate_series(1, 10) g, pg_sleep(0.5)') AS p \gset
+	SELECT bg_detach(:p);
+	SELECT :p;
+});
+is(job_end($pid, q{state || ' ' || command}), 'finished INSERT 0 10',
+	'a detached job runs to its end');
+
+# A worker terminated mid-job: its reader gets a clear error, bg_jobs says
+# failed.
+my $b = $node->background_psql('postgres', on_error_stop => 0);
+$pid = $b->query_safe(q{SELECT bg_launch('SELECT pg_sleep(60)')});
+chomp $pid;
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+$b->query("SELECT * FROM bg_result_$pid");
+like($b->{stderr},
+	qr/ERROR:  terminating background job due to administrator command\nCONTEXT:  background job $pid/,
+	'the reader of a terminated job is told why');
+is(job_end($pid, q{state || ' ' || sqlstate || ' ' || error}),
+	'failed 57P01 terminating background job due to administrator command',
+	'bg_jobs: the terminated job failed');
+$b->quit;
+
+# A clean restart while a job runs: the worker is terminated the same way.
+$pid = $node->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT pg_sleep(60)') AS p \gset
+	SELECT bg_detach(:p);
+	SELECT :p;
+});
+$node->restart;
+is(job_end($pid, q{state || ' ' || sqlstate}), 'failed 57P01',
+	'bg_jobs: a job stopped by a clean restart failed');
+
+# A worker killed with SIGKILL makes the postmaster restart the cluster:
+# that job and the other one running show "lost" afterwards.
+my $done = $node->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT 1') AS p \gset
+	SELECT bg_wait(:p);
+	SELECT :p;
+});
+$done = (split /\n/, $done)[-1];
+my ($victim, $bystander) = (split /\n/, $node->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT pg_sleep(60)') AS v \gset
+	SELECT bg_launch('SELECT pg_sleep(60)') AS w \gset
+	SELECT bg_detach(:v), bg_detach(:w);
+	SELECT :v UNION ALL SELECT :w;
+}))[-2, -1];
+# the registry rows are committed asynchronously: wait until they are on disk
+my $lsn = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
+$node->poll_query_until('postgres', "SELECT pg_current_wal_flush_lsn() >= '$lsn'")
+  or die 'WAL was not flushed';
+kill 'KILL', $victim;
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'lost' FROM bg_jobs WHERE pid = $victim"),
+	'bg_jobs: the killed job is lost after the crash restart');
+is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $bystander"),
+	'lost', 'and so is the job the restart took down');
+is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $done"),
+	'finished', 'a job that ended before keeps its outcome');
+my ($ret, $stdout, $stderr) = $node->psql('postgres', "SELECT bg_wait($victim)");
+like($stderr, qr/ERROR:  background job $victim was lost/,
+	'bg_wait of a lost job says so');
+$node->safe_psql('postgres', "SELECT bg_forget($victim)");
+is($node->safe_psql('postgres', "SELECT count(*) FROM bg_jobs WHERE pid = $victim"),
+	'0', 'a lost job can be forgotten');
+
+$node->stop;
+done_testing();
