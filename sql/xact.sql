@@ -45,10 +45,14 @@ SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 ROLLBACK;
 SELECT bg_wait(:pid);
 
--- CREATE INDEX CONCURRENTLY waits for the reader's snapshot: bg_wait
--- reports the deadlock; CALL bg_await waits holding no snapshot.
+-- CREATE INDEX CONCURRENTLY waits for the reader's snapshot, taken here
+-- before the job starts: bg_wait reports the deadlock; CALL bg_await waits
+-- holding no snapshot.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT count(*) FROM regress_auto;
 SELECT bg_launch('CREATE INDEX CONCURRENTLY regress_auto_a ON regress_auto (a)') AS pid \gset
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+ROLLBACK;
 CALL bg_await(:pid);
 SELECT bg_wait(:pid);
 SELECT indisvalid FROM pg_index WHERE indexrelid = 'regress_auto_a'::regclass;
