@@ -19,6 +19,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/dsm.h"
 #include "storage/proc.h"
+#include "storage/sharedfileset.h"
 #include "storage/shm_mq.h"
 #include "storage/spin.h"
 #include "utils/timestamp.h"
@@ -34,6 +35,7 @@
 #define BG_KEY_DESC				4
 #define BG_KEY_TUPLE_QUEUE		5
 #define BG_KEY_MESSAGE_QUEUE	6
+#define BG_KEY_FILESET			7
 
 /* Queue sizes, in bytes */
 #define BG_DEFAULT_QUEUE_SIZE	65536
@@ -66,6 +68,7 @@ typedef struct BgJobShared
 	pid_t		launcher_pid;	/* pid of the launching backend */
 	PGPROC	   *launcher_proc;	/* to wake the launcher */
 	TimestampTz launched_at;	/* when bg_launch was called */
+	bool		stream;			/* rows wait for the reader, none are kept */
 	pg_atomic_uint64 rows;		/* rows sent so far */
 
 	slock_t		mutex;			/* protects the fields below */
@@ -76,6 +79,8 @@ typedef struct BgJobShared
 	bool		registered;		/* the job is in the registry (or need not be) */
 	bool		cancel_requested;	/* bg_cancel asked the job to stop */
 	bool		worker_exited;	/* the worker process is gone */
+	bool		rows_kept;		/* rows the queue did not take are in a file */
+	bool		messages_kept;	/* messages the queue did not take are in a file */
 } BgJobShared;
 
 /* Name of the server CREATE EXTENSION makes */
@@ -127,6 +132,9 @@ typedef struct BgJob
 	BackgroundWorkerHandle *handle; /* to ask the postmaster about it */
 	shm_mq_handle *tuple_mqh;	/* rows from the worker */
 	shm_mq_handle *message_mqh; /* notices, errors, descriptor, outcome */
+	SharedFileSet *fileset;		/* where the worker keeps what the queues did not take */
+	uint64		rows_received;	/* rows taken off the tuple queue */
+	uint64		messages_received;	/* messages taken off the message queue */
 	bool		tuples_done;	/* tuple queue detached: all rows received */
 	bool		messages_done;	/* message queue detached */
 	TupleDesc	desc;			/* the result's columns, once known */
@@ -166,6 +174,18 @@ extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);
 extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
+
+/* in spill.c */
+extern bool bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
+							  shm_mq_iovec *iov, int iovcnt, bool flush);
+extern void bg_spill_finish_rows(BgJobShared *shared);
+extern void bg_spill_redirect_messages(dsm_segment *seg, shm_mq_handle *mqh,
+									   BgJobShared *shared,
+									   SharedFileSet *fileset);
+extern bool bg_spill_collect(BgJobShared *shared, SharedFileSet *fileset,
+							 bool rows, uint64 seen,
+							 void (*consume) (void *arg, char *data, uint32 len),
+							 void *arg);
 
 /* in job.c */
 extern TupleDesc bg_result_desc(TupleDesc src);

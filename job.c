@@ -59,6 +59,9 @@ static void bg_job_read_messages(BgJob *job);
 static void bg_job_handle_message(BgJob *job, StringInfo msg);
 static void bg_job_relay(BgJob *job, StringInfo msg, bool is_error);
 static void bg_job_lost(BgJob *job);
+static void bg_job_tuples_detached(BgJob *job);
+static void bg_job_consume_row(void *arg, char *data, uint32 len);
+static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
 static void bg_job_check_deadlock(BgJob *job);
@@ -248,6 +251,7 @@ bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
 	job->job_id = job->shared->job_id;
 	job->role = job->shared->current_user_id;
 	job->handle = handle;
+	job->fileset = shm_toc_lookup(toc, BG_KEY_FILESET, false);
 	job->tuple_mqh = shm_mq_attach(shm_toc_lookup(toc, BG_KEY_TUPLE_QUEUE, false),
 								   seg, handle);
 	job->message_mqh = shm_mq_attach(shm_toc_lookup(toc, BG_KEY_MESSAGE_QUEUE, false),
@@ -529,11 +533,16 @@ bg_job_read_messages(BgJob *job)
 			return;
 		if (res == SHM_MQ_DETACHED)
 		{
+			/* the worker kept what the queue could not take */
+			(void) bg_spill_collect(job->shared, job->fileset, false,
+									job->messages_received,
+									bg_job_consume_message, job);
 			job->messages_done = true;
 			if (job->state == BG_JOB_RUNNING)
 				bg_job_lost(job);
 			return;
 		}
+		job->messages_received++;
 		bg_init_read_only_stringinfo(&msg, data, nbytes);
 		bg_job_handle_message(job, &msg);
 	}
@@ -723,9 +732,10 @@ bg_job_poll(BgJob *job)
 			break;
 		if (res == SHM_MQ_DETACHED)
 		{
-			job->tuples_done = true;
+			bg_job_tuples_detached(job);
 			break;
 		}
+		job->rows_received++;
 		/* a stream job's rows cannot be kept: waiting consumes them */
 		job->stream_taken = job->stream;
 		if (!job->stream)
@@ -841,6 +851,38 @@ bg_job_wait_registered(BgJob *job)
 			bg_job_raise_error(job);
 		bg_job_sleep(job, -1);
 	}
+}
+
+/*
+ * The tuple queue is drained and detached.  Rows the worker kept because the
+ * queue was full follow the queue's rows, into the spool.
+ */
+static void
+bg_job_tuples_detached(BgJob *job)
+{
+	job->tuples_done = true;
+	if (!job->stream)
+		(void) bg_spill_collect(job->shared, job->fileset, true,
+								job->rows_received, bg_job_consume_row, job);
+}
+
+static void
+bg_job_consume_row(void *arg, char *data, uint32 len)
+{
+	BgJob	   *job = (BgJob *) arg;
+
+	ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
+	tuplestore_select_read_pointer(job->spool, 0);
+	bg_spool_append(job, job->spool_slot);
+}
+
+static void
+bg_job_consume_message(void *arg, char *data, uint32 len)
+{
+	StringInfoData msg;
+
+	bg_init_read_only_stringinfo(&msg, data, len);
+	bg_job_handle_message((BgJob *) arg, &msg);
 }
 
 /* ----------------------------------------------------------------
@@ -1006,9 +1048,12 @@ bg_job_receive(BgJob *job)
 
 			res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
 			if (res == SHM_MQ_SUCCESS)
+			{
+				job->rows_received++;
 				return (MinimalTuple) data;
+			}
 			if (res == SHM_MQ_DETACHED)
-				job->tuples_done = true;
+				bg_job_tuples_detached(job);
 		}
 		bg_job_read_messages(job);
 		if (bg_job_ended(job))
@@ -1035,28 +1080,36 @@ bg_reader_next(BgJob *job, int reader)
 
 	bg_check_spool(job);
 
-	/*
-	 * A row read back from a spilled spool is palloc'd and belongs to mslot,
-	 * so it must not go in the caller's short-lived context.
-	 */
-	tuplestore_select_read_pointer(job->spool, rd->readptr);
-	oldcxt = MemoryContextSwitchTo(job->cxt);
-	found = (!job->stream && !tuplestore_ateof(job->spool) &&
-			 tuplestore_gettupleslot(job->spool, true, false, rd->mslot));
-	MemoryContextSwitchTo(oldcxt);
-	if (found)
+	for (;;)
 	{
-		rd->nread++;
-		bg_reader_store(job, rd, ((MinimalTupleTableSlot *) rd->mslot)->mintuple);
-		return true;
-	}
+		int64		nspooled = job->nspooled;
 
-	/* This reader has read the whole spool: the next row is on the queue. */
-	tuple = bg_job_receive(job);
-	if (tuple == NULL)
-	{
-		ExecClearTuple(rd->slot);
-		return false;
+		/*
+		 * A row read back from a spilled spool is palloc'd and belongs to
+		 * mslot, so it must not go in the caller's short-lived context.
+		 */
+		tuplestore_select_read_pointer(job->spool, rd->readptr);
+		oldcxt = MemoryContextSwitchTo(job->cxt);
+		found = (!job->stream && !tuplestore_ateof(job->spool) &&
+				 tuplestore_gettupleslot(job->spool, true, false, rd->mslot));
+		MemoryContextSwitchTo(oldcxt);
+		if (found)
+		{
+			rd->nread++;
+			bg_reader_store(job, rd, ((MinimalTupleTableSlot *) rd->mslot)->mintuple);
+			return true;
+		}
+
+		/* This reader has read the whole spool: the next row is on the queue. */
+		tuple = bg_job_receive(job);
+		if (tuple != NULL)
+			break;
+		/* at the end of the queue, the rows the worker kept joined the spool */
+		if (job->nspooled == nspooled)
+		{
+			ExecClearTuple(rd->slot);
+			return false;
+		}
 	}
 	rd->nread++;
 	job->stream_taken = job->stream;

@@ -37,7 +37,6 @@
 #include "funcapi.h"
 #include "libpq/libpq.h"
 #include "libpq/pqformat.h"
-#include "libpq/pqmq.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -96,6 +95,8 @@ typedef struct BgDestReceiver
 	DestReceiver pub;			/* publicly-known function pointers */
 	shm_mq_handle *mqh;			/* tuple queue */
 	BgJobShared *shared;		/* for the live row counter */
+	SharedFileSet *fileset;		/* where rows the queue cannot take go, or
+								 * NULL (stream: wait for the reader) */
 	TupleDesc	desc;			/* the result's columns, as sent */
 	bool		command_shape;	/* statement has no rows: send its tag */
 	bool		convert;		/* some columns are sent as text */
@@ -117,9 +118,10 @@ static void bg_launch_error_callback(void *arg);
 static int	bg_check_queue_size(FunctionCallInfo fcinfo);
 static int	bg_launch_job(const char *sql, int queue_size, TupleDesc desc,
 						  bool stream);
-static BgJob *bg_start_job(const char *sql, int queue_size, TupleDesc desc);
+static BgJob *bg_start_job(const char *sql, int queue_size, TupleDesc desc,
+							bool stream);
 static dsm_segment *bg_create_segment(const char *sql, int queue_size,
-									  TupleDesc desc);
+									  TupleDesc desc, bool stream);
 static void bg_launcher_detach(dsm_segment *seg, Datum arg);
 static void bg_job_go(BgJobShared *shared);
 static void bg_check_table_privileges(void);
@@ -133,9 +135,11 @@ pg_noreturn static void bg_worker_failed(BgJobShared *shared);
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
 static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
-						 BgJobShared *shared, TupleDesc expected);
+						 BgJobShared *shared, SharedFileSet *fileset,
+						 TupleDesc expected);
 static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
-									 BgJobShared *shared, TupleDesc expected);
+									 BgJobShared *shared, SharedFileSet *fileset,
+									 TupleDesc expected);
 static void bg_completion_tag(char *buf, const QueryCompletion *qc);
 static void bg_find_varlena_columns(BgDestReceiver *self, TupleDesc actual);
 static TupleTableSlot *bg_detoast_slot(BgDestReceiver *self,
@@ -143,6 +147,8 @@ static TupleTableSlot *bg_detoast_slot(BgDestReceiver *self,
 static void bg_send_command_row(DestReceiver *dest, const char *tag);
 static void bg_send_message(char msgtype, const char *str, TupleDesc desc);
 static bool bg_receive_slot(TupleTableSlot *slot, DestReceiver *self);
+static shm_mq_result bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov,
+								 int iovcnt, bool flush);
 static bool bg_send_stored_tuple(BgDestReceiver *self, TupleTableSlot *slot,
 								 bool flush, shm_mq_result *res);
 static void bg_dest_startup(DestReceiver *self, int operation, TupleDesc typeinfo);
@@ -221,7 +227,7 @@ bg_launch(PG_FUNCTION_ARGS)
 static int
 bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 {
-	BgJob	   *job = bg_start_job(sql, queue_size, desc);
+	BgJob	   *job = bg_start_job(sql, queue_size, desc, stream);
 
 	if (desc == NULL)
 	{
@@ -353,7 +359,7 @@ bg_check_queue_size(FunctionCallInfo fcinfo)
  * adopts it for the session.
  */
 static BgJob *
-bg_start_job(const char *sql, int queue_size, TupleDesc desc)
+bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 {
 	MemoryContext cxt;
 	MemoryContext oldcxt;
@@ -367,7 +373,7 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc)
 								ALLOCSET_DEFAULT_SIZES);
 	oldcxt = MemoryContextSwitchTo(cxt);
 
-	seg = bg_create_segment(sql, queue_size, desc);
+	seg = bg_create_segment(sql, queue_size, desc, stream);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -410,7 +416,8 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc)
  * Lay out a job's segment.  The launcher is the receiver of both queues.
  */
 static dsm_segment *
-bg_create_segment(const char *sql, int queue_size, TupleDesc desc)
+bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
+				  bool stream)
 {
 	shm_toc_estimator e;
 	StringInfoData descbuf;
@@ -420,6 +427,7 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc)
 	dsm_segment *seg;
 	shm_toc    *toc;
 	BgJobShared *shared;
+	SharedFileSet *fileset;
 	char	   *space;
 	shm_mq	   *mq;
 
@@ -434,7 +442,8 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc)
 	shm_toc_estimate_chunk(&e, sizeof(int32) + descbuf.len);
 	shm_toc_estimate_chunk(&e, queue_size);
 	shm_toc_estimate_chunk(&e, BG_MESSAGE_QUEUE_SIZE);
-	shm_toc_estimate_keys(&e, 6);
+	shm_toc_estimate_chunk(&e, sizeof(SharedFileSet));
+	shm_toc_estimate_keys(&e, 7);
 	segsize = shm_toc_estimate(&e);
 
 	seg = dsm_create(segsize, 0);
@@ -451,6 +460,7 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc)
 	shared->launcher_pid = MyProcPid;
 	shared->launcher_proc = MyProc;
 	shared->launched_at = GetCurrentTimestamp();
+	shared->stream = stream;
 	pg_atomic_init_u64(&shared->rows, 0);
 	SpinLockInit(&shared->mutex);
 	shm_toc_insert(toc, BG_KEY_SHARED, shared);
@@ -480,6 +490,10 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc)
 					   BG_MESSAGE_QUEUE_SIZE);
 	shm_mq_set_receiver(mq, MyProc);
 	shm_toc_insert(toc, BG_KEY_MESSAGE_QUEUE, mq);
+
+	fileset = shm_toc_allocate(toc, sizeof(SharedFileSet));
+	SharedFileSetInit(fileset, seg);
+	shm_toc_insert(toc, BG_KEY_FILESET, fileset);
 
 	pfree(descbuf.data);
 	return seg;
@@ -647,6 +661,7 @@ bg_worker_main(Datum main_arg)
 	shm_mq	   *mq;
 	shm_mq_handle *mqh;
 	shm_mq_handle *tuple_mqh;
+	SharedFileSet *fileset;
 	char	   *desc_space;
 	TupleDesc	expected = NULL;
 	char	   *sql;
@@ -670,11 +685,14 @@ bg_worker_main(Datum main_arg)
 	shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
 	on_dsm_detach(seg, bg_worker_exit, PointerGetDatum(shared));
 
+	fileset = shm_toc_lookup(toc, BG_KEY_FILESET, false);
+	SharedFileSetAttach(fileset, seg);
+
 	/* From here on, our errors and notices reach the launcher. */
 	mq = shm_toc_lookup(toc, BG_KEY_MESSAGE_QUEUE, false);
 	shm_mq_set_sender(mq, MyProc);
 	mqh = shm_mq_attach(mq, seg, NULL);
-	pq_redirect_to_shm_mq(seg, mqh);
+	bg_spill_redirect_messages(seg, mqh, shared, fileset);
 	mq = shm_toc_lookup(toc, BG_KEY_TUPLE_QUEUE, false);
 	shm_mq_set_sender(mq, MyProc);
 	tuple_mqh = shm_mq_attach(mq, seg, NULL);
@@ -727,7 +745,7 @@ bg_worker_main(Datum main_arg)
 		bg_registry_register(shared, sql, dsm_segment_handle(seg));
 		bg_wait_for_launcher(shared, false);
 		pgstat_report_activity(STATE_RUNNING, sql);
-		tag = bg_exec_sql(sql, tuple_mqh, shared, expected);
+		tag = bg_exec_sql(sql, tuple_mqh, shared, fileset, expected);
 	}
 	PG_CATCH();
 	{
@@ -877,7 +895,7 @@ bg_disable_statement_timeout(void)
  */
 static char *
 bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
-			TupleDesc expected)
+			SharedFileSet *fileset, TupleDesc expected)
 {
 	MemoryContext stmt_cxt;
 	List	   *parsetree_list;
@@ -946,7 +964,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 		PortalStart(portal, NULL, 0, InvalidSnapshot);
 
 		if (last)
-			receiver = bg_start_result(portal, tuple_mqh, shared, expected);
+			receiver = bg_start_result(portal, tuple_mqh, shared, fileset, expected);
 		else
 			receiver = CreateDestReceiver(DestNone);
 		MemoryContextSwitchTo(oldcxt);
@@ -959,7 +977,8 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			bg_completion_tag(tag, &qc);
 			bg_send_command_row(receiver, tag);
 			receiver->rDestroy(receiver);
-			/* every row is sent: a reader may now see the end */
+			/* every row is sent or kept: a reader may now see the end */
+			bg_spill_finish_rows(shared);
 			shm_mq_detach(tuple_mqh);
 			if (use_implicit_block)
 				EndImplicitTransactionBlock();
@@ -1033,7 +1052,7 @@ bg_completion_tag(char *buf, const QueryCompletion *qc)
  */
 static DestReceiver *
 bg_start_result(Portal portal, shm_mq_handle *mqh, BgJobShared *shared,
-				TupleDesc expected)
+				SharedFileSet *fileset, TupleDesc expected)
 {
 	BgDestReceiver *self = palloc0(sizeof(BgDestReceiver));
 	TupleDesc	actual = portal->tupDesc;
@@ -1054,6 +1073,8 @@ bg_start_result(Portal portal, shm_mq_handle *mqh, BgJobShared *shared,
 	self->pub.mydest = DestTupleQueue;
 	self->mqh = mqh;
 	self->shared = shared;
+	/* a stream job's reader takes every row as it comes: none is kept */
+	self->fileset = shared->stream ? NULL : fileset;
 	self->row_cxt = AllocSetContextCreate(CurrentMemoryContext,
 										  "bg_fdw row", ALLOCSET_SMALL_SIZES);
 
@@ -1218,8 +1239,18 @@ bg_send_stored_tuple(BgDestReceiver *self, TupleTableSlot *slot, bool flush,
 	iov[0].len = offsetof(MinimalTupleData, t_infomask2);
 	iov[1].data = (char *) tuple->t_data + offsetof(HeapTupleHeaderData, t_infomask2);
 	iov[1].len = tuple->t_len - offsetof(HeapTupleHeaderData, t_infomask2);
-	*res = shm_mq_sendv(self->mqh, iov, 2, false, flush);
+	*res = bg_send_row(self, iov, 2, flush);
 	return true;
+}
+
+/* Send a row: keep it if the queue is full, or wait there in stream mode. */
+static shm_mq_result
+bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt, bool flush)
+{
+	if (self->fileset == NULL)
+		return shm_mq_sendv(self->mqh, iov, iovcnt, false, flush);
+	return bg_spill_send_row(self->mqh, self->fileset, iov, iovcnt, flush) ?
+		SHM_MQ_SUCCESS : SHM_MQ_DETACHED;
 }
 
 /*
@@ -1240,6 +1271,7 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 	{
 		bool		flush = (self->rows < BG_FLUSH_EAGER_ROWS || bg_flush_due);
 		shm_mq_result res;
+		shm_mq_iovec iov;
 
 		if (flush)
 			bg_flush_due = false;
@@ -1248,7 +1280,9 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 			if (self->nvarlena > 0)
 				slot = bg_detoast_slot(self, slot);
 			tuple = ExecFetchSlotMinimalTuple(slot, &should_free);
-			res = shm_mq_send(self->mqh, tuple->t_len, tuple, false, flush);
+			iov.data = (char *) tuple;
+			iov.len = tuple->t_len;
+			res = bg_send_row(self, &iov, 1, flush);
 			if (should_free)
 				pfree(tuple);
 		}

@@ -31,6 +31,14 @@ SELECT bg_cancel(:pid);
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 SELECT state, sqlstate, error, rows > 0 AS rows_kept FROM regress_job(:pid);
 
+-- Rows the queue cannot take are kept in files, under temp_file_limit
+SET temp_file_limit = '1MB';
+SELECT bg_launch($$SELECT g, repeat('x', 1000) FROM generate_series(1, 10000) g$$) AS pid \gset
+RESET temp_file_limit;
+SELECT regress_poll('(SELECT state <> ''running'' FROM regress_job(' || :pid || '))') AS ended;
+SELECT state, sqlstate, error LIKE 'temporary file size exceeds%' AS over_limit FROM regress_job(:pid);
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid) LIKE '53400: temporary file size exceeds%' AS reader_told;
+
 -- An error makes it "failed", with the SQLSTATE and message
 SELECT bg_launch('SELECT 1/0') AS pid \gset
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);

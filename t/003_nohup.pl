@@ -20,6 +20,7 @@ $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
 	CREATE TABLE t (a int);
+	CREATE TABLE t2 (a int);
 });
 
 # Wait until the job with this PID is no longer running; return its state.
@@ -65,6 +66,50 @@ $pid = $node->safe_psql('postgres', q{
 });
 is(job_end($pid, q{state || ' ' || command}), 'finished INSERT 0 10',
 	'a detached job runs to its end');
+
+# A job never waits on its reader: a million rows nobody reads are kept
+# aside, the job commits and its worker exits; the rows are read later.
+my $c = $node->background_psql('postgres', on_error_stop => 0);
+$pid = $c->query_safe(q{SELECT bg_launch($$
+	INSERT INTO t2 SELECT g FROM generate_series(1, 1000000) g RETURNING a$$)});
+chomp $pid;
+is(job_end($pid, q{state || ' ' || rows || ' ' || command}),
+	'finished 1000000 INSERT 0 1000000',
+	'a job whose result nobody reads finishes');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM t2'), '1000000',
+	'its rows are committed');
+ok( $node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $pid)"),
+	'its worker has exited');
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_locks WHERE pid = $pid"),
+	'0', 'and holds no lock');
+is($c->query_safe("SELECT count(*) || ' ' || sum(a) FROM bg_result_$pid"),
+	'1000000 500000500000', 'the launching session reads every row afterwards');
+
+# Notices too: a job that raises more of them than its queue holds does not
+# stall, and the reader gets them all, in order.
+my $n = $c->query_safe(q{SELECT bg_launch($q$
+	DO $d$BEGIN FOR i IN 1..20000 LOOP RAISE NOTICE 'n %', i; END LOOP; END$d$$q$)});
+chomp $n;
+is(job_end($n), 'finished', 'a job raising 20000 notices, unread, finishes');
+$c->{stderr} = '';
+$c->query("SELECT bg_wait($n)");
+my @notices = $c->{stderr} =~ /NOTICE:  n (\d+)/g;
+is(scalar(@notices), 20000, 'its reader gets every notice');
+is(join(',', @notices[0, 9999, 19999]), '1,10000,20000', 'in order');
+$c->{stderr} = '';
+
+# Kept rows live as long as someone can read them: the session's end
+# removes them.
+my $kept = q{SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp', true, false) d
+	WHERE d LIKE 'pgsql_tmp%fileset'};
+$pid = $c->query_safe(q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g')});
+chomp $pid;
+job_end($pid);
+isnt($node->safe_psql('postgres', $kept), '0', 'rows are kept aside for the session');
+$c->quit;
+ok($node->poll_query_until('postgres', "SELECT ($kept) = 0"),
+	'and removed when the session ends without reading them');
 
 # A worker terminated mid-job: its reader gets a clear error, bg_jobs says
 # failed.

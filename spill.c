@@ -1,0 +1,574 @@
+/*-------------------------------------------------------------------------
+ *
+ * spill.c
+ *		  A job never waits on its reader: what its queues cannot take when
+ *		  it is produced is kept aside, and the reader collects it later.
+ *
+ * Rows: the worker sends each row to the tuple queue without waiting.  Once
+ * the queue is full, that row and every later one go to a file in the job's
+ * shared file set, and whenever the queue has room again the worker copies
+ * the oldest of them from the file into the queue, so that a reader that
+ * keeps up still sees rows as they come.  So the job finishes, commits and
+ * releases its locks however slow its reader is, and its worker exits.
+ *
+ * Protocol messages (notices, the descriptor, the outcome) are redirected
+ * through the same kind of overflow, kept in the worker's memory while the
+ * job runs (a message is produced when the job says so, not per row).
+ *
+ * A message the queue took only in part stays where it was kept: when the
+ * worker detaches, the reader's queue drops the partial message.  So every
+ * kept message carries its index, and the reader, having read the queue to
+ * its end, takes from the file the messages whose index it has not seen.
+ *
+ * The file set lives in the job's segment; the launcher created it, so its
+ * files go away once both the worker and the launching session (a detach,
+ * or the session's end) have let go of the segment.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+
+#include "access/xact.h"
+#include "libpq/libpq.h"
+#include "libpq/pqformat.h"
+#include "miscadmin.h"
+#include "storage/buffile.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
+#include "utils/resowner.h"
+
+#include "bg_fdw.h"
+#include "compat.h"
+
+#define BG_ROWS_FILE		"rows"
+#define BG_MESSAGES_FILE	"messages"
+
+/* Header of a kept message, in a file or in memory */
+typedef struct BgKeptHeader
+{
+	uint64		index;			/* position among the queue's messages */
+	uint32		len;			/* bytes that follow */
+} BgKeptHeader;
+
+/*
+ * The worker's side of one queue.  Messages [0, pushed) are wholly in the
+ * queue; [pushed, next) are kept, the first of them perhaps partly in the
+ * queue ("in_flight").
+ */
+typedef struct BgSpill
+{
+	shm_mq_handle *mqh;			/* the queue; NULL once the reader is gone */
+	uint64		next;			/* index of the next message */
+	uint64		pushed;			/* messages wholly in the queue */
+	bool		in_flight;		/* message "pushed" is partly in the queue */
+	StringInfoData flight;		/* its bytes */
+	/* rows are kept in a file */
+	SharedFileSet *fileset;
+	BufFile    *file;
+	int			read_fileno;	/* the next kept row to push */
+	off_t		read_offset;
+	int			write_fileno;	/* the end of the file */
+	off_t		write_offset;
+	bool		at_write;		/* the file is positioned at the end */
+	/* messages are kept in memory: headers and bytes */
+	StringInfoData backlog;
+	int			backlog_read;	/* offset of the next kept message to push */
+} BgSpill;
+
+static BgSpill bg_rows;
+static BgSpill bg_messages;
+static BgJobShared *bg_messages_shared;
+static SharedFileSet *bg_messages_fileset;
+static ResourceOwner bg_spill_owner;
+static bool bg_messages_busy = false;
+
+static bool bg_spill_try(BgSpill *s, const char *data, Size len, bool flush);
+static bool bg_spill_tryv(BgSpill *s, shm_mq_iovec *iov, int iovcnt, bool flush);
+static void bg_spill_flightv(BgSpill *s, shm_mq_iovec *iov, int iovcnt);
+static void bg_spill_flight(BgSpill *s, const char *data, Size len);
+static bool bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *));
+static void bg_spill_seek(BgSpill *s, bool to_end);
+static void bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt);
+static bool bg_spill_next_row(BgSpill *s);
+static void bg_spill_keep_message(BgSpill *s, const char *data, Size len);
+static bool bg_spill_next_message(BgSpill *s);
+static void bg_spill_write_messages(void);
+static void bg_spill_mark(BgJobShared *shared, bool rows);
+static void bg_messages_detach(dsm_segment *seg, Datum arg);
+static void bg_messages_comm_reset(void);
+static int	bg_messages_flush(void);
+static int	bg_messages_flush_if_writable(void);
+static bool bg_messages_is_send_pending(void);
+static int	bg_messages_put(char msgtype, const char *s, size_t len);
+static void bg_messages_put_noblock(char msgtype, const char *s, size_t len);
+
+static const PQcommMethods bg_messages_methods = {
+	bg_messages_comm_reset,
+	bg_messages_flush,
+	bg_messages_flush_if_writable,
+	bg_messages_is_send_pending,
+	bg_messages_put,
+	bg_messages_put_noblock
+};
+
+/* ----------------------------------------------------------------
+ *		Worker: sending without waiting
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Offer a message to the queue.  False if the queue could not take it
+ * whole: then it may be partly in the queue, and only the same bytes may
+ * follow.
+ */
+static bool
+bg_spill_tryv(BgSpill *s, shm_mq_iovec *iov, int iovcnt, bool flush)
+{
+	shm_mq_result res = shm_mq_sendv(s->mqh, iov, iovcnt, true, flush);
+
+	if (res == SHM_MQ_DETACHED)
+		s->mqh = NULL;
+	return res == SHM_MQ_SUCCESS;
+}
+
+static bool
+bg_spill_try(BgSpill *s, const char *data, Size len, bool flush)
+{
+	shm_mq_iovec iov;
+
+	iov.data = data;
+	iov.len = len;
+	return bg_spill_tryv(s, &iov, 1, flush);
+}
+
+/* Make the message the one in flight. */
+static void
+bg_spill_flightv(BgSpill *s, shm_mq_iovec *iov, int iovcnt)
+{
+	int			i;
+
+	if (s->flight.data == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(&s->flight);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	resetStringInfo(&s->flight);
+	for (i = 0; i < iovcnt; i++)
+		appendBinaryStringInfo(&s->flight, iov[i].data, iov[i].len);
+	s->in_flight = true;
+}
+
+static void
+bg_spill_flight(BgSpill *s, const char *data, Size len)
+{
+	shm_mq_iovec iov;
+
+	iov.data = data;
+	iov.len = len;
+	bg_spill_flightv(s, &iov, 1);
+}
+
+/*
+ * Move kept messages into the queue, oldest first, while it takes them;
+ * next_kept makes the next one the one in flight.  True once all are in.
+ */
+static bool
+bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *))
+{
+	while (s->mqh != NULL)
+	{
+		if (s->in_flight)
+		{
+			if (!bg_spill_try(s, s->flight.data, s->flight.len, true))
+				return false;
+			s->in_flight = false;
+			s->pushed++;
+		}
+		if (s->pushed == s->next)
+			return true;
+		if (!next_kept(s))
+			return false;
+	}
+	return false;
+}
+
+/*
+ * Send a row of the job's result: to the queue if it takes it, else to the
+ * file.  False once the reader is gone, so that rows need not be built.
+ */
+bool
+bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
+				  shm_mq_iovec *iov, int iovcnt, bool flush)
+{
+	BgSpill    *s = &bg_rows;
+
+	if (s->fileset != fileset)
+	{
+		memset(s, 0, sizeof(BgSpill));
+		s->mqh = mqh;
+		s->fileset = fileset;
+	}
+	if (s->mqh == NULL)
+		return false;
+	if (s->pushed == s->next && !s->in_flight)
+	{
+		if (bg_spill_tryv(s, iov, iovcnt, flush))
+		{
+			s->next++;
+			s->pushed++;
+			return true;
+		}
+		if (s->mqh == NULL)
+			return false;
+		/* perhaps partly in the queue: it is in flight, and kept */
+		bg_spill_keep_row(s, iov, iovcnt);
+		bg_spill_flightv(s, iov, iovcnt);
+		s->read_fileno = s->write_fileno;
+		s->read_offset = s->write_offset;
+		s->next++;
+		return true;
+	}
+	bg_spill_keep_row(s, iov, iovcnt);
+	s->next++;
+	(void) bg_spill_push(s, bg_spill_next_row);
+	return s->mqh != NULL;
+}
+
+/*
+ * Position the file at its end, to keep a row, or at the next row to push.
+ * A BufFile has one position, for reading and writing.
+ */
+static void
+bg_spill_seek(BgSpill *s, bool to_end)
+{
+	if (s->at_write == to_end)
+		return;
+	if (s->at_write)
+		BufFileTell(s->file, &s->write_fileno, &s->write_offset);
+	else
+		BufFileTell(s->file, &s->read_fileno, &s->read_offset);
+	if (to_end)
+		BufFileSeek(s->file, s->write_fileno, s->write_offset, SEEK_SET);
+	else
+		BufFileSeek(s->file, s->read_fileno, s->read_offset, SEEK_SET);
+	s->at_write = to_end;
+}
+
+static void
+bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt)
+{
+	BgKeptHeader hdr;
+	int			i;
+
+	if (s->file == NULL)
+	{
+		ResourceOwner oldowner = CurrentResourceOwner;
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+		/* the file outlives the portal, not the statement's transaction */
+		CurrentResourceOwner = TopTransactionResourceOwner;
+		s->file = BufFileCreateFileSet(&s->fileset->fs, BG_ROWS_FILE);
+		CurrentResourceOwner = oldowner;
+		MemoryContextSwitchTo(oldcxt);
+		s->at_write = true;
+	}
+	bg_spill_seek(s, true);
+	hdr.index = s->next;
+	hdr.len = 0;
+	for (i = 0; i < iovcnt; i++)
+		hdr.len += iov[i].len;
+	BufFileWrite(s->file, (void *) &hdr, sizeof(hdr));
+	for (i = 0; i < iovcnt; i++)
+		BufFileWrite(s->file, (void *) iov[i].data, iov[i].len);
+	BufFileTell(s->file, &s->write_fileno, &s->write_offset);
+}
+
+static bool
+bg_spill_next_row(BgSpill *s)
+{
+	BgKeptHeader hdr;
+
+	bg_spill_seek(s, false);
+	if (BufFileRead(s->file, &hdr, sizeof(hdr)) != sizeof(hdr))
+		elog(ERROR, "could not read a kept row of a background job");
+	if (s->flight.data == NULL)
+		bg_spill_flight(s, "", 0);
+	resetStringInfo(&s->flight);
+	enlargeStringInfo(&s->flight, hdr.len);
+	if (BufFileRead(s->file, s->flight.data, hdr.len) != hdr.len)
+		elog(ERROR, "could not read a kept row of a background job");
+	s->flight.len = hdr.len;
+	s->in_flight = true;
+	BufFileTell(s->file, &s->read_fileno, &s->read_offset);
+	return true;
+}
+
+/*
+ * The last row is sent, or kept: hand what the queue did not take to the
+ * reader, before the queue is detached.  Runs inside the job's transaction,
+ * which the file must not outlive open.
+ */
+void
+bg_spill_finish_rows(BgJobShared *shared)
+{
+	BgSpill    *s = &bg_rows;
+	bool		all_in = true;
+
+	if (s->file == NULL)
+		return;
+	if (s->mqh != NULL)
+		all_in = bg_spill_push(s, bg_spill_next_row);
+	if (s->mqh != NULL && !all_in)
+	{
+		BufFileExportFileSet(s->file);
+		BufFileClose(s->file);
+		bg_spill_mark(shared, true);
+	}
+	else
+	{
+		BufFileClose(s->file);
+		BufFileDeleteFileSet(&s->fileset->fs, BG_ROWS_FILE, true);
+	}
+	s->file = NULL;
+}
+
+/* Tell the reader to look for kept messages once the queue is detached. */
+static void
+bg_spill_mark(BgJobShared *shared, bool rows)
+{
+	SpinLockAcquire(&shared->mutex);
+	if (rows)
+		shared->rows_kept = true;
+	else
+		shared->messages_kept = true;
+	SpinLockRelease(&shared->mutex);
+}
+
+/* ----------------------------------------------------------------
+ *		Worker: protocol messages
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Send this process's protocol messages (what the client of a backend would
+ * get) to the launcher, as pq_redirect_to_shm_mq does, but never wait.
+ */
+void
+bg_spill_redirect_messages(dsm_segment *seg, shm_mq_handle *mqh,
+						   BgJobShared *shared, SharedFileSet *fileset)
+{
+	memset(&bg_messages, 0, sizeof(BgSpill));
+	bg_messages.mqh = mqh;
+	bg_messages_shared = shared;
+	bg_messages_fileset = fileset;
+	bg_spill_owner = ResourceOwnerCreate(NULL, "bg_fdw kept messages");
+
+	PqCommMethods = &bg_messages_methods;
+	whereToSendOutput = DestRemote;
+	FrontendProtocol = PG_PROTOCOL_LATEST;
+	/* registered after the queue's own: runs before it is detached */
+	on_dsm_detach(seg, bg_messages_detach, (Datum) 0);
+}
+
+static int
+bg_messages_put(char msgtype, const char *str, size_t len)
+{
+	BgSpill    *s = &bg_messages;
+	StringInfoData msg;
+
+	/* an error while sending an error: give up on the queue */
+	if (bg_messages_busy || s->mqh == NULL)
+	{
+		s->mqh = NULL;
+		return EOF;
+	}
+	bg_messages_busy = true;
+	initStringInfo(&msg);
+	appendStringInfoChar(&msg, msgtype);
+	appendBinaryStringInfo(&msg, str, len);
+
+	if (bg_spill_push(s, bg_spill_next_message))
+	{
+		if (bg_spill_try(s, msg.data, msg.len, true))
+			s->pushed++;
+		else if (s->mqh != NULL)
+			bg_spill_flight(s, msg.data, msg.len);
+	}
+	else if (s->mqh != NULL)
+		bg_spill_keep_message(s, msg.data, msg.len);
+	s->next++;
+	pfree(msg.data);
+	bg_messages_busy = false;
+	return 0;
+}
+
+static void
+bg_messages_put_noblock(char msgtype, const char *str, size_t len)
+{
+	(void) bg_messages_put(msgtype, str, len);
+}
+
+static void
+bg_messages_comm_reset(void)
+{
+}
+
+static int
+bg_messages_flush(void)
+{
+	return 0;
+}
+
+static int
+bg_messages_flush_if_writable(void)
+{
+	return 0;
+}
+
+static bool
+bg_messages_is_send_pending(void)
+{
+	return false;
+}
+
+static void
+bg_spill_keep_message(BgSpill *s, const char *data, Size len)
+{
+	BgKeptHeader hdr;
+
+	if (s->backlog.data == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(&s->backlog);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	hdr.index = s->next;
+	hdr.len = len;
+	appendBinaryStringInfo(&s->backlog, (char *) &hdr, sizeof(hdr));
+	appendBinaryStringInfo(&s->backlog, data, len);
+}
+
+static bool
+bg_spill_next_message(BgSpill *s)
+{
+	BgKeptHeader hdr;
+
+	if (s->backlog.data == NULL || s->backlog_read >= s->backlog.len)
+		elog(ERROR, "kept messages of a background job are missing");
+	memcpy(&hdr, s->backlog.data + s->backlog_read, sizeof(hdr));
+	bg_spill_flight(s, s->backlog.data + s->backlog_read + sizeof(hdr), hdr.len);
+	s->backlog_read += sizeof(hdr) + hdr.len;
+	if (s->backlog_read == s->backlog.len)
+	{
+		resetStringInfo(&s->backlog);
+		s->backlog_read = 0;
+	}
+	return true;
+}
+
+/*
+ * on_dsm_detach callback of the worker, before its message queue goes: the
+ * messages the queue has not taken go to a file for the reader.
+ */
+static void
+bg_messages_detach(dsm_segment *seg, Datum arg)
+{
+	BgSpill    *s = &bg_messages;
+
+	if (s->mqh != NULL && !bg_spill_push(s, bg_spill_next_message) &&
+		s->mqh != NULL)
+	{
+		PG_TRY();
+		{
+			bg_spill_write_messages();
+			bg_spill_mark(bg_messages_shared, false);
+		}
+		PG_CATCH();
+		{
+			/* the process is exiting: the reader will report it lost */
+			FlushErrorState();
+		}
+		PG_END_TRY();
+	}
+	s->mqh = NULL;
+}
+
+static void
+bg_spill_write_messages(void)
+{
+	BgSpill    *s = &bg_messages;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	BufFile    *file;
+	BgKeptHeader hdr;
+
+	CurrentResourceOwner = bg_spill_owner;
+	file = BufFileCreateFileSet(&bg_messages_fileset->fs, BG_MESSAGES_FILE);
+	if (s->in_flight)
+	{
+		hdr.index = s->pushed;
+		hdr.len = s->flight.len;
+		BufFileWrite(file, (void *) &hdr, sizeof(hdr));
+		BufFileWrite(file, s->flight.data, s->flight.len);
+	}
+	if (s->backlog.data != NULL && s->backlog.len > s->backlog_read)
+		BufFileWrite(file, s->backlog.data + s->backlog_read,
+					 s->backlog.len - s->backlog_read);
+	BufFileExportFileSet(file);
+	BufFileClose(file);
+	CurrentResourceOwner = oldowner;
+}
+
+/* ----------------------------------------------------------------
+ *		Reader: collecting what was kept
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Once a queue is detached and drained (seen = the messages it delivered),
+ * pass each kept message the reader has not seen to "consume", in order.
+ * Returns whether there were kept messages.
+ */
+bool
+bg_spill_collect(BgJobShared *shared, SharedFileSet *fileset, bool rows,
+				 uint64 seen, void (*consume) (void *arg, char *data, uint32 len),
+				 void *arg)
+{
+	BufFile    *file;
+	BgKeptHeader hdr;
+	char	   *buf = NULL;
+	uint32		bufsize = 0;
+	bool		kept;
+
+	SpinLockAcquire(&shared->mutex);
+	kept = rows ? shared->rows_kept : shared->messages_kept;
+	SpinLockRelease(&shared->mutex);
+	if (!kept)
+		return false;
+
+	file = BufFileOpenFileSet(&fileset->fs, rows ? BG_ROWS_FILE : BG_MESSAGES_FILE,
+							  O_RDONLY, false);
+	while (BufFileRead(file, &hdr, sizeof(hdr)) == sizeof(hdr))
+	{
+		if (hdr.len > bufsize)
+		{
+			bufsize = Max(hdr.len, 2 * bufsize);
+			buf = buf ? repalloc(buf, bufsize) : palloc(bufsize);
+		}
+		if (BufFileRead(file, buf, hdr.len) != hdr.len)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read the kept result of a background job")));
+		if (hdr.index >= seen)
+			consume(arg, buf, hdr.len);
+		CHECK_FOR_INTERRUPTS();
+	}
+	BufFileClose(file);
+	if (buf)
+		pfree(buf);
+	return true;
+}
