@@ -100,6 +100,17 @@ is($ret, 0, 'a job runs on a hot standby');
 is($stdout, '1000', 'and bg_result reads it');
 like($stderr, qr/no result table was created for the background job because the transaction is read-only/,
 	'the reader is told there is no table');
+# bg_jobs on a standby shows the primary's registry: the standby's own jobs
+# cannot be written there.
+is($standby->safe_psql('postgres',
+		"SELECT count(*) FROM bg_jobs WHERE state = 'cancelled'"),
+	$node->safe_psql('postgres', "SELECT count(*) FROM bg_jobs WHERE state = 'cancelled'"),
+	'bg_jobs on the standby lists the primary\'s jobs');
+($ret, $stdout, $stderr) = $standby->psql('postgres',
+	q{SELECT bg_launch('SELECT 1') AS p \gset
+	  SELECT bg_wait(:p);
+	  SELECT count(*) FROM bg_jobs WHERE pid = :p});
+is($stdout, "SELECT 1\n0", 'a job of the standby is waited for, and not listed');
 
 $standby->stop;
 $node->stop;

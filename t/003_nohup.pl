@@ -169,5 +169,23 @@ $node->safe_psql('postgres', "SELECT bg_forget($victim)");
 is($node->safe_psql('postgres', "SELECT count(*) FROM bg_jobs WHERE pid = $victim"),
 	'0', 'a lost job can be forgotten');
 
+# DROP EXTENSION while a job runs: refused while a session holds a result
+# table; once none does, the job runs on and commits, unrecorded.
+$node->safe_psql('postgres', 'CREATE TABLE t3 (a int)');
+my $d = $node->background_psql('postgres', on_error_stop => 0);
+$pid = $d->query_safe(q{SELECT bg_launch('SELECT pg_sleep(1); INSERT INTO t3 VALUES (1)')});
+chomp $pid;
+($ret, $stdout, $stderr) = $node->psql('postgres', 'DROP EXTENSION bg_fdw');
+like($stderr, qr/cannot drop extension bg_fdw because other objects depend on it/,
+	'DROP EXTENSION is refused while a session holds a result table');
+$d->query_safe("SELECT bg_detach($pid)");
+$node->safe_psql('postgres', 'DROP EXTENSION bg_fdw');
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 1 FROM t3'),
+	'after DROP EXTENSION the running job commits');
+$node->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM bg_jobs'), '0',
+	'and its outcome is not recorded');
+$d->quit;
+
 $node->stop;
 done_testing();
