@@ -168,6 +168,7 @@ extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
 							   bool in_job_xact);
 extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
+extern void bg_registry_tidy(void);
 extern bool bg_registry_lock_role(Oid role);
 extern void bg_registry_unlock_role(Oid role);
 extern text *bg_registry_wait(int pid, long timeout_ms);

@@ -754,6 +754,7 @@ bg_worker_main(Datum main_arg)
 	PG_END_TRY();
 	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	bg_registry_tidy();
 }
 
 static void

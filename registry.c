@@ -124,7 +124,7 @@ static SPITupleTable *bg_registry_query(const char *sql, int nargs,
 										Oid *types, Datum *values);
 static void bg_registry_update(BgJobShared *shared, const char *state,
 							   const char *tag, ErrorData *edata);
-static void bg_registry_expire(BgRegistryCall *call);
+static void bg_registry_expire(void);
 static void bg_registry_delete(int64 job_id);
 static TimestampTz bg_retention_horizon(void);
 static void bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe);
@@ -386,6 +386,7 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 			bg_registry_delete(shared->job_id);
 		else
 			bg_registry_update(shared, state, NULL, edata);
+		bg_registry_expire();
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -437,7 +438,6 @@ bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
 									   "WHERE id = $1", call.relname),
 							  7, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update the job registry");
-	bg_registry_expire(&call);
 	bg_registry_close(&call);
 }
 
@@ -446,18 +446,50 @@ bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
  * concurrent bg_forget holds are skipped: a job must never wait for that.
  */
 static void
-bg_registry_expire(BgRegistryCall *call)
+bg_registry_expire(void)
 {
+	BgRegistryCall call;
 	Oid			types[1] = {TIMESTAMPTZOID};
 	Datum		values[1];
 
-	if (bg_job_retention < 0)
+	if (bg_job_retention < 0 || !bg_registry_open(&call))
 		return;
 	values[0] = TimestampTzGetDatum(bg_retention_horizon());
 	bg_registry_exec(psprintf("DELETE FROM %s WHERE id IN (SELECT id FROM %s "
 							  "WHERE finished_at < $1 FOR UPDATE SKIP LOCKED)",
-							  call->relname, call->relname),
+							  call.relname, call.relname),
 					 1, types, values, SPI_OK_DELETE);
+	bg_registry_close(&call);
+}
+
+/*
+ * A finished job's last chore, once its reader has the outcome (so that it
+ * costs the reader no time): expire old jobs.  Failure is only logged.
+ */
+void
+bg_registry_tidy(void)
+{
+	if (!bg_row_inserted || bg_job_retention < 0)
+		return;
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		bg_registry_internal_xact();
+		bg_registry_expire();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		ereport(LOG,
+				(errmsg("could not expire old background jobs: %s", edata->message)));
+	}
+	PG_END_TRY();
 }
 
 static TimestampTz

@@ -138,11 +138,14 @@ SHOW bg_fdw.job_retention;
 SELECT count(*) > 0 AS ended_jobs_listed FROM bg_jobs WHERE state <> 'running';
 SET bg_fdw.job_retention = 0;
 SELECT count(*) AS ended_jobs_listed FROM bg_jobs WHERE state <> 'running';
--- the next job to end deletes them from the registry
+-- the next job to end deletes them from the registry, once its reader has
+-- its outcome
+SELECT now() AS before \gset
+SELECT count(*) > 0 AS expired_rows_present FROM bg_job_registry WHERE finished_at < :'before';
 SELECT bg_launch('SELECT 1') AS pid \gset
 SELECT bg_wait(:pid);
-SELECT count(*) AS expired_rows_left FROM bg_job_registry
-  WHERE finished_at < (SELECT launched_at FROM bg_job_registry WHERE pid = :pid ORDER BY id DESC LIMIT 1);
+SELECT regress_poll(format($$NOT EXISTS (SELECT FROM bg_job_registry WHERE finished_at < %L)$$,
+                           :'before')) AS expired_rows_deleted;
 RESET bg_fdw.job_retention;
 SET ROLE regress_alice;
 SET bg_fdw.job_retention = '1h';
