@@ -71,12 +71,16 @@ CREATE TABLE @extschema@.bg_job_registry (
   rows         bigint,
   command      text,
   sqlstate     text,
-  error        text,
-  detached     boolean NOT NULL DEFAULT false
+  error        text
 );
 CREATE INDEX ON @extschema@.bg_job_registry (pid);
 CREATE INDEX ON @extschema@.bg_job_registry (finished_at);
 REVOKE ALL ON @extschema@.bg_job_registry FROM PUBLIC;
+
+-- Jobs whose launching session detached them.  Apart from the registry, so
+-- that bg_detach never holds a lock on the row the job's worker updates.
+CREATE TABLE @extschema@.bg_job_detached (id bigint PRIMARY KEY);
+REVOKE ALL ON @extschema@.bg_job_detached FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.bg_list_jobs(
   OUT id bigint, OUT pid integer, OUT role regrole, OUT database name,

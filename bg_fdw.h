@@ -69,6 +69,8 @@ typedef struct BgJobShared
 	PGPROC	   *launcher_proc;	/* to wake the launcher */
 	TimestampTz launched_at;	/* when bg_launch was called */
 	bool		stream;			/* rows wait for the reader, none are kept */
+	Oid			registry_relid; /* bg_job_registry, or InvalidOid */
+	Oid			detached_relid; /* bg_job_detached, or InvalidOid */
 	pg_atomic_uint64 rows;		/* rows sent so far */
 
 	slock_t		mutex;			/* protects the fields below */
@@ -168,7 +170,9 @@ extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
 							   bool in_job_xact);
 extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
-extern void bg_registry_tidy(void);
+extern Oid	bg_registry_relid(void);
+extern Oid	bg_detached_relid(void);
+extern void bg_registry_tidy(BgJobShared *shared);
 extern bool bg_registry_lock_role(Oid role);
 extern void bg_registry_unlock_role(Oid role);
 extern text *bg_registry_wait(int pid, long timeout_ms);

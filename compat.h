@@ -19,6 +19,7 @@
 #include "miscadmin.h"
 #include "optimizer/pathnode.h"
 #include "tcop/pquery.h"
+#include "utils/relcache.h"
 #include "utils/wait_event.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_foreign_server.h"
@@ -115,6 +116,16 @@ bg_database_temp_aclcheck(void)
 	return object_aclcheck(DatabaseRelationId, MyDatabaseId, GetUserId(), ACL_CREATE_TEMP);
 #else
 	return pg_database_aclcheck(MyDatabaseId, GetUserId(), ACL_CREATE_TEMP);
+#endif
+}
+
+static inline Oid
+bg_primary_key_index(Relation rel)
+{
+#if PG_VERSION_NUM >= 180000
+	return RelationGetPrimaryKeyIndex(rel, false);
+#else
+	return RelationGetPrimaryKeyIndex(rel);
 #endif
 }
 

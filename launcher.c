@@ -236,6 +236,8 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 	}
 	job->stream = stream;
 	bg_create_result_table(job);
+	/* the job may run while we wait; it commits only once attached */
+	bg_job_go(job->shared);
 	bg_job_wait_registered(job);
 	bg_job_attach(job);
 	return job->pid;
@@ -461,6 +463,8 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shared->launcher_proc = MyProc;
 	shared->launched_at = GetCurrentTimestamp();
 	shared->stream = stream;
+	shared->registry_relid = bg_registry_relid();
+	shared->detached_relid = bg_detached_relid();
 	pg_atomic_init_u64(&shared->rows, 0);
 	SpinLockInit(&shared->mutex);
 	shm_toc_insert(toc, BG_KEY_SHARED, shared);
@@ -754,7 +758,7 @@ bg_worker_main(Datum main_arg)
 	PG_END_TRY();
 	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	bg_registry_tidy();
+	bg_registry_tidy(shared);
 }
 
 static void

@@ -30,6 +30,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/indexing.h"
@@ -68,6 +69,24 @@ int			bg_max_jobs_per_role = -1;
 #define BG_REGISTRY_TABLE		"bg_job_registry"
 #define BG_JOBS_COLUMNS			13
 
+/* Columns of bg_job_registry, as bg_fdw--1.0.sql creates it (0-based) */
+#define BG_REGISTRY_NATTS		14
+#define BG_REG_ID				0
+#define BG_REG_PID				1
+#define BG_REG_ROLE				2
+#define BG_REG_DATABASE			3
+#define BG_REG_LAUNCHER_PID		4
+#define BG_REG_SEGMENT			5
+#define BG_REG_QUERY			6
+#define BG_REG_STATE			7
+#define BG_REG_LAUNCHED_AT		8
+#define BG_REG_FINISHED_AT		9
+#define BG_REG_ROWS				10
+#define BG_REG_COMMAND			11
+#define BG_REG_SQLSTATE			12
+#define BG_REG_ERROR			13
+#define BG_DETACHED_TABLE		"bg_job_detached"
+
 /*
  * The registry's rows as bg_jobs shows them, for a table name and a
  * condition.  A session holds a job's result until it detaches it or ends;
@@ -76,7 +95,8 @@ int			bg_max_jobs_per_role = -1;
 #define BG_LIST_QUERY \
 	"SELECT r.id, r.pid, r.role, r.segment, r.state, r.command, r.sqlstate, " \
 	"r.error, r.query, r.launched_at, r.finished_at, r.rows, " \
-	"NOT r.detached AND a.backend_start <= r.launched_at " \
+	"a.backend_start <= r.launched_at AND NOT EXISTS " \
+	"(SELECT FROM %s d WHERE d.id = r.id) " \
 	"FROM %s r LEFT JOIN pg_stat_get_activity(NULL) a " \
 	"ON a.pid = r.launcher_pid WHERE %s ORDER BY r.id"
 
@@ -86,7 +106,8 @@ static bool bg_row_inserted = false;
 /* State kept across a call into the registry's SQL */
 typedef struct BgRegistryCall
 {
-	char	   *relname;		/* qualified, quoted name of the table */
+	char	   *relname;		/* qualified, quoted name of the registry */
+	char	   *detachname;		/* and of the table of detached jobs */
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
@@ -118,13 +139,19 @@ typedef struct BgJobProbe
 static bool bg_registry_open(BgRegistryCall *call);
 static void bg_registry_close(BgRegistryCall *call);
 static void bg_registry_internal_xact(void);
+static bool bg_registry_is_ours(Relation rel);
+static void bg_registry_insert(BgJobShared *shared, const char *sql,
+							   dsm_handle handle);
 static void bg_registry_exec(const char *sql, int nargs, Oid *types,
 							 Datum *values, int expected);
 static SPITupleTable *bg_registry_query(const char *sql, int nargs,
 										Oid *types, Datum *values);
 static void bg_registry_update(BgJobShared *shared, const char *state,
 							   const char *tag, ErrorData *edata);
-static void bg_registry_expire(void);
+static void bg_registry_expire(BgJobShared *shared);
+static bool bg_delete_if_free(Relation rel, ItemPointer tid);
+static void bg_delete_detach_mark(Relation det, Datum id);
+static Oid	bg_finished_at_index(Relation rel);
 static void bg_registry_delete(int64 job_id);
 static TimestampTz bg_retention_horizon(void);
 static void bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe);
@@ -150,16 +177,14 @@ pg_noreturn static void bg_raise_unknown(int pid);
  * can plant objects in.  False if the extension is not installed (it may
  * have been dropped while the job ran).
  */
-static bool
-bg_registry_open(BgRegistryCall *call)
+Oid
+bg_registry_relid(void)
 {
 	Relation	extrel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tuple;
 	Oid			nspid = InvalidOid;
-	Oid			relid;
-	Oid			owner;
 
 	extrel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
@@ -171,18 +196,30 @@ bg_registry_open(BgRegistryCall *call)
 	systable_endscan(scan);
 	table_close(extrel, AccessShareLock);
 	if (!OidIsValid(nspid))
-		return false;
-	relid = get_relname_relid(BG_REGISTRY_TABLE, nspid);
+		return InvalidOid;
+	return get_relname_relid(BG_REGISTRY_TABLE, nspid);
+}
+
+static bool
+bg_registry_open(BgRegistryCall *call)
+{
+	HeapTuple	tuple;
+	Oid			relid = bg_registry_relid();
+	Oid			nspid;
+	Oid			owner;
+
 	if (!OidIsValid(relid))
 		return false;
-
 	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(tuple))
 		return false;
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	nspid = ((Form_pg_class) GETSTRUCT(tuple))->relnamespace;
 	ReleaseSysCache(tuple);
 	call->relname = quote_qualified_identifier(get_namespace_name(nspid),
 											   BG_REGISTRY_TABLE);
+	call->detachname = quote_qualified_identifier(get_namespace_name(nspid),
+												  BG_DETACHED_TABLE);
 
 	GetUserIdAndSecContext(&call->save_userid, &call->save_sec_context);
 	SetUserIdAndSecContext(owner, call->save_sec_context |
@@ -272,36 +309,13 @@ bg_registry_query(const char *sql, int nargs, Oid *types, Datum *values)
 void
 bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
 {
-	BgRegistryCall call;
 	PGPROC	   *launcher;
 
-	if (!RecoveryInProgress())
+	if (!RecoveryInProgress() && OidIsValid(shared->registry_relid))
 	{
-		Oid			types[8] = {INT8OID, INT4OID, OIDOID, OIDOID, INT4OID,
-		INT8OID, TEXTOID, TIMESTAMPTZOID};
-		Datum		values[8];
-
-		values[0] = Int64GetDatum(shared->job_id);
-		values[1] = Int32GetDatum(MyProcPid);
-		values[2] = ObjectIdGetDatum(shared->current_user_id);
-		values[3] = ObjectIdGetDatum(shared->database_id);
-		values[4] = Int32GetDatum(shared->launcher_pid);
-		values[5] = Int64GetDatum((int64) handle);
-		values[6] = CStringGetTextDatum(sql);
-		values[7] = TimestampTzGetDatum(shared->launched_at);
-
 		StartTransactionCommand();
 		bg_registry_internal_xact();
-		if (bg_registry_open(&call))
-		{
-			char	   *stmt = psprintf("INSERT INTO %s (id, pid, role, database, launcher_pid, segment, query, launched_at, state) "
-										"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running')",
-										call.relname);
-
-			bg_registry_exec(stmt, 8, types, values, SPI_OK_INSERT);
-			bg_registry_close(&call);
-			bg_row_inserted = true;
-		}
+		bg_registry_insert(shared, sql, handle);
 		CommitTransactionCommand();
 	}
 
@@ -310,6 +324,47 @@ bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
 	launcher = shared->launcher_proc;
 	SpinLockRelease(&shared->mutex);
 	SetLatch(&launcher->procLatch);
+}
+
+/*
+ * The row goes in without SQL: this runs on the path of every launch, in a
+ * process whose caches are cold, and a new row cannot collide with anyone.
+ * The launcher looked the table up; it may have been dropped since.
+ */
+static void
+bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
+{
+	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	Datum		values[BG_REGISTRY_NATTS];
+	bool		nulls[BG_REGISTRY_NATTS];
+	HeapTuple	tuple;
+
+	if (rel == NULL)
+		return;
+	if (!bg_registry_is_ours(rel))
+	{
+		table_close(rel, RowExclusiveLock);
+		return;
+	}
+	memset(nulls, true, sizeof(nulls));
+	values[BG_REG_ID] = Int64GetDatum(shared->job_id);
+	values[BG_REG_PID] = Int32GetDatum(MyProcPid);
+	values[BG_REG_ROLE] = ObjectIdGetDatum(shared->current_user_id);
+	values[BG_REG_DATABASE] = ObjectIdGetDatum(shared->database_id);
+	values[BG_REG_LAUNCHER_PID] = Int32GetDatum(shared->launcher_pid);
+	values[BG_REG_SEGMENT] = Int64GetDatum((int64) handle);
+	values[BG_REG_QUERY] = CStringGetTextDatum(sql);
+	values[BG_REG_STATE] = CStringGetTextDatum("running");
+	values[BG_REG_LAUNCHED_AT] = TimestampTzGetDatum(shared->launched_at);
+	nulls[BG_REG_ID] = nulls[BG_REG_PID] = nulls[BG_REG_ROLE] = false;
+	nulls[BG_REG_DATABASE] = nulls[BG_REG_LAUNCHER_PID] = false;
+	nulls[BG_REG_SEGMENT] = nulls[BG_REG_QUERY] = nulls[BG_REG_STATE] = false;
+	nulls[BG_REG_LAUNCHED_AT] = false;
+
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	CatalogTupleInsert(rel, tuple);
+	table_close(rel, NoLock);
+	bg_row_inserted = true;
 }
 
 /*
@@ -329,6 +384,15 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 	{
 		if (XactReadOnly || IsTransactionBlock())
 			return false;
+
+		/*
+		 * A job that wrote nothing would commit without a WAL flush: our
+		 * bookkeeping alone must not make it wait for one.
+		 */
+		if (!TransactionIdIsValid(GetTopTransactionIdIfAny()))
+			(void) set_config_option("synchronous_commit", "off",
+									 PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
 		bg_registry_update(shared, "finished", tag, NULL);
 		return true;
 	}
@@ -386,7 +450,7 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 			bg_registry_delete(shared->job_id);
 		else
 			bg_registry_update(shared, state, NULL, edata);
-		bg_registry_expire();
+		bg_registry_expire(shared);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -404,62 +468,163 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 	PG_END_TRY();
 }
 
-/* Write the job's end state, and forget jobs past bg_fdw.job_retention. */
+/*
+ * Write the job's end state into its row.  Only the job's worker updates its
+ * row (bg_forget and expiry delete only ended jobs), so this cannot meet a
+ * concurrent update, and it goes in without SQL, as the insert did.
+ */
 static void
 bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
 				   ErrorData *edata)
 {
-	BgRegistryCall call;
-	Oid			types[7] = {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID,
-	TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[7];
-	char		nulls[7] = "       ";
+	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	oldtup;
+	Datum		values[BG_REGISTRY_NATTS];
+	bool		nulls[BG_REGISTRY_NATTS];
+	bool		replace[BG_REGISTRY_NATTS];
 
-	if (!bg_registry_open(&call))
+	if (rel == NULL)
 		return;
-	values[0] = Int64GetDatum(shared->job_id);
-	values[1] = CStringGetTextDatum(state);
-	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&shared->rows));
+	if (!bg_registry_is_ours(rel))
+	{
+		table_close(rel, RowExclusiveLock);
+		return;
+	}
+	memset(nulls, false, sizeof(nulls));
+	memset(replace, false, sizeof(replace));
+	values[BG_REG_STATE] = CStringGetTextDatum(state);
+	values[BG_REG_FINISHED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[BG_REG_ROWS] = Int64GetDatum((int64) pg_atomic_read_u64(&shared->rows));
+	nulls[BG_REG_SEGMENT] = true;
+	nulls[BG_REG_COMMAND] = (tag == NULL);
 	if (tag)
-		values[4] = CStringGetTextDatum(tag);
-	else
-		nulls[4] = 'n';
+		values[BG_REG_COMMAND] = CStringGetTextDatum(tag);
+	nulls[BG_REG_SQLSTATE] = nulls[BG_REG_ERROR] = (edata == NULL);
 	if (edata)
 	{
-		values[5] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
-		values[6] = CStringGetTextDatum(edata->message ? edata->message : "");
+		values[BG_REG_SQLSTATE] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
+		values[BG_REG_ERROR] = CStringGetTextDatum(edata->message ? edata->message : "");
 	}
-	else
-		nulls[5] = nulls[6] = 'n';
+	replace[BG_REG_STATE] = replace[BG_REG_FINISHED_AT] = replace[BG_REG_ROWS] = true;
+	replace[BG_REG_SEGMENT] = replace[BG_REG_COMMAND] = true;
+	replace[BG_REG_SQLSTATE] = replace[BG_REG_ERROR] = true;
 
-	if (SPI_execute_with_args(psprintf("UPDATE %s SET state = $2, finished_at = $3, rows = $4, "
-									   "command = $5, sqlstate = $6, error = $7, segment = NULL "
-									   "WHERE id = $1", call.relname),
-							  7, types, values, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not update the job registry");
-	bg_registry_close(&call);
+	ScanKeyInit(&key, BG_REG_ID + 1, BTEqualStrategyNumber, F_INT8EQ,
+				Int64GetDatum(shared->job_id));
+	scan = systable_beginscan(rel, bg_primary_key_index(rel), true, NULL, 1, &key);
+	oldtup = systable_getnext(scan);
+	if (HeapTupleIsValid(oldtup))
+	{
+		HeapTuple	newtup = heap_modify_tuple(oldtup, RelationGetDescr(rel),
+											   values, nulls, replace);
+
+		CatalogTupleUpdate(rel, &oldtup->t_self, newtup);
+	}
+	systable_endscan(scan);
+	table_close(rel, NoLock);
+}
+
+/* Is this relation, found by OID, still the registry? */
+static bool
+bg_registry_is_ours(Relation rel)
+{
+	return RelationGetDescr(rel)->natts == BG_REGISTRY_NATTS &&
+		strcmp(RelationGetRelationName(rel), BG_REGISTRY_TABLE) == 0;
 }
 
 /*
- * Delete the jobs that ended longer than bg_fdw.job_retention ago.  Rows a
- * concurrent bg_forget holds are skipped: a job must never wait for that.
+ * Delete the jobs that ended longer than bg_fdw.job_retention ago, and their
+ * detach marks.  A row someone else is deleting (bg_forget) is skipped: a
+ * job never waits for that.
  */
 static void
-bg_registry_expire(void)
+bg_registry_expire(BgJobShared *shared)
 {
-	BgRegistryCall call;
-	Oid			types[1] = {TIMESTAMPTZOID};
-	Datum		values[1];
+	Relation	rel;
+	Relation	det;
+	Oid			index;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
 
-	if (bg_job_retention < 0 || !bg_registry_open(&call))
+	if (bg_job_retention < 0)
 		return;
-	values[0] = TimestampTzGetDatum(bg_retention_horizon());
-	bg_registry_exec(psprintf("DELETE FROM %s WHERE id IN (SELECT id FROM %s "
-							  "WHERE finished_at < $1 FOR UPDATE SKIP LOCKED)",
-							  call.relname, call.relname),
-					 1, types, values, SPI_OK_DELETE);
-	bg_registry_close(&call);
+	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	if (rel == NULL)
+		return;
+	index = bg_registry_is_ours(rel) ? bg_finished_at_index(rel) : InvalidOid;
+	det = try_table_open(shared->detached_relid, RowExclusiveLock);
+	if (!OidIsValid(index) || det == NULL)
+	{
+		if (det)
+			table_close(det, RowExclusiveLock);
+		table_close(rel, RowExclusiveLock);
+		return;
+	}
+
+	ScanKeyInit(&key, BG_REG_FINISHED_AT + 1, BTLessStrategyNumber,
+				F_TIMESTAMPTZ_LT, TimestampTzGetDatum(bg_retention_horizon()));
+	scan = systable_beginscan(rel, index, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		id = heap_getattr(tuple, BG_REG_ID + 1,
+									  RelationGetDescr(rel), &isnull);
+
+		if (bg_delete_if_free(rel, &tuple->t_self))
+			bg_delete_detach_mark(det, id);
+	}
+	systable_endscan(scan);
+	table_close(det, NoLock);
+	table_close(rel, NoLock);
+}
+
+/* Delete a row unless another transaction holds it. */
+static bool
+bg_delete_if_free(Relation rel, ItemPointer tid)
+{
+	TM_FailureData tmfd;
+
+	return table_tuple_delete(rel, tid, GetCurrentCommandId(true),
+							  GetLatestSnapshot(), InvalidSnapshot,
+							  false, &tmfd, false) == TM_Ok;
+}
+
+static void
+bg_delete_detach_mark(Relation det, Datum id)
+{
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, id);
+	scan = systable_beginscan(det, bg_primary_key_index(det), true, NULL, 1, &key);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+		(void) bg_delete_if_free(det, &tuple->t_self);
+	systable_endscan(scan);
+}
+
+/* The registry's index on finished_at, which expiry scans. */
+static Oid
+bg_finished_at_index(Relation rel)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	Oid			found = InvalidOid;
+
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+
+		if (index->rd_index->indnatts == 1 &&
+			index->rd_index->indkey.values[0] == BG_REG_FINISHED_AT + 1)
+			found = lfirst_oid(lc);
+		index_close(index, AccessShareLock);
+	}
+	list_free(indexes);
+	return found;
 }
 
 /*
@@ -467,7 +632,7 @@ bg_registry_expire(void)
  * costs the reader no time): expire old jobs.  Failure is only logged.
  */
 void
-bg_registry_tidy(void)
+bg_registry_tidy(BgJobShared *shared)
 {
 	if (!bg_row_inserted || bg_job_retention < 0)
 		return;
@@ -475,7 +640,7 @@ bg_registry_tidy(void)
 	{
 		StartTransactionCommand();
 		bg_registry_internal_xact();
-		bg_registry_expire();
+		bg_registry_expire(shared);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -681,7 +846,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = TimestampTzGetDatum(bg_job_retention < 0 ? DT_NOBEGIN :
 									bg_retention_horizon());
-	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.relname,
+	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.relname,
 									"r.database = $1 AND (r.finished_at IS NULL OR r.finished_at >= $2)"),
 						   2, types, values);
 
@@ -706,7 +871,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 			Datum		id[1];
 
 			id[0] = Int64GetDatum(entry.id);
-			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.relname, "r.id = $1"),
+			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.relname, "r.id = $1"),
 									  1, idtype, id);
 			if (again->numvals == 0)
 				continue;		/* forgotten meanwhile */
@@ -940,6 +1105,8 @@ bg_registry_delete(int64 job_id)
 	values[0] = Int64GetDatum(job_id);
 	bg_registry_exec(psprintf("DELETE FROM %s WHERE id = $1", call.relname),
 					 1, types, values, SPI_OK_DELETE);
+	bg_registry_exec(psprintf("DELETE FROM %s WHERE id = $1", call.detachname),
+					 1, types, values, SPI_OK_DELETE);
 	bg_registry_close(&call);
 }
 
@@ -951,17 +1118,28 @@ bg_registry_delete(int64 job_id)
 void
 bg_registry_detached(int64 job_id)
 {
-	BgRegistryCall call;
-	Oid			types[1] = {INT8OID};
+	Oid			relid = bg_detached_relid();
+	Relation	rel;
 	Datum		values[1];
+	bool		nulls[1] = {false};
 
-	if (XactReadOnly || RecoveryInProgress() || !bg_registry_open(&call))
+	if (XactReadOnly || RecoveryInProgress() || !OidIsValid(relid))
 		return;
+	rel = table_open(relid, RowExclusiveLock);
 	values[0] = Int64GetDatum(job_id);
-	bg_registry_exec(psprintf("UPDATE %s SET detached = true WHERE id = $1",
-							  call.relname),
-					 1, types, values, SPI_OK_UPDATE);
-	bg_registry_close(&call);
+	CatalogTupleInsert(rel, heap_form_tuple(RelationGetDescr(rel), values, nulls));
+	table_close(rel, NoLock);
+}
+
+/* bg_job_detached, beside the registry */
+Oid
+bg_detached_relid(void)
+{
+	Oid			registry = bg_registry_relid();
+
+	if (!OidIsValid(registry))
+		return InvalidOid;
+	return get_relname_relid(BG_DETACHED_TABLE, get_rel_namespace(registry));
 }
 
 /* ----------------------------------------------------------------
