@@ -169,6 +169,31 @@ $node->safe_psql('postgres', "SELECT bg_forget($victim)");
 is($node->safe_psql('postgres', "SELECT count(*) FROM bg_jobs WHERE pid = $victim"),
 	'0', 'a lost job can be forgotten');
 
+# bg_fdw.max_jobs_per_role holds under concurrent launches: of two
+# sessions launching at once, one gets the role's only place.
+$node->safe_psql('postgres', q{
+	LOAD 'bg_fdw';
+	ALTER SYSTEM SET bg_fdw.max_jobs_per_role = 1;
+	SELECT pg_reload_conf();
+});
+my @out = ('', '');
+my @err = ('', '');
+my @launch = map {
+	IPC::Run::start(
+		[ 'psql', '-X', '-At', '-d', $node->connstr('postgres'),
+		  '-c', q{SELECT bg_launch('SELECT pg_sleep(2)')} ],
+		'>', \$out[$_], '2>', \$err[$_])
+} 0, 1;
+$_->finish for @launch;
+is(scalar(grep { /^\d+$/ } @out), 1, 'of two concurrent launches, one starts a job');
+is(scalar(grep { /too many background jobs for role/ } @err), 1,
+	'and the other is refused');
+$node->safe_psql('postgres', q{
+	LOAD 'bg_fdw';
+	ALTER SYSTEM RESET bg_fdw.max_jobs_per_role;
+	SELECT pg_reload_conf();
+});
+
 # DROP EXTENSION while a job runs: refused while a session holds a result
 # table; once none does, the job runs on and commits, unrecorded.
 $node->safe_psql('postgres', 'CREATE TABLE t3 (a int)');
