@@ -239,7 +239,8 @@ DECLARE s CURSOR FOR SELECT * FROM bg_result_:pid;
 FETCH 2 FROM s;
 SAVEPOINT w;
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
--- (cancelling takes no rows either)
+-- (cancelling takes no rows either: those sent stay readable)
+SELECT regress_poll('(SELECT rows >= 64 FROM bg_jobs WHERE pid = ' || :pid || ')') AS rows_sent;
 SELECT regress_try('SELECT bg_cancel(' || :pid || ')', :pid);
 FETCH 2 FROM s;
 COMMIT;
