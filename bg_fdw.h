@@ -80,6 +80,7 @@ typedef struct BgJobShared
 	bool		launched;		/* bg_launch succeeded: the job may commit */
 	bool		registered;		/* the job is in the registry (or need not be) */
 	bool		cancel_requested;	/* bg_cancel asked the job to stop */
+	bool		ended;			/* the job committed or failed */
 	bool		worker_exited;	/* the worker process is gone */
 	bool		rows_kept;		/* rows the queue did not take are in a file */
 	bool		messages_kept;	/* messages the queue did not take are in a file */
@@ -187,10 +188,22 @@ extern void bg_spill_finish_rows(BgJobShared *shared);
 extern void bg_spill_redirect_messages(dsm_segment *seg, shm_mq_handle *mqh,
 									   BgJobShared *shared,
 									   SharedFileSet *fileset);
+extern void bg_spill_push_messages_slow(void);
+extern void bg_spill_messages_exit(void);
 extern bool bg_spill_collect(BgJobShared *shared, SharedFileSet *fileset,
 							 bool rows, uint64 seen,
 							 void (*consume) (void *arg, char *data, uint32 len),
 							 void *arg);
+
+/* Move kept messages into the queue if there are any: cheap when not */
+extern bool bg_spill_messages_pending;
+
+static inline void
+bg_spill_push_messages(void)
+{
+	if (bg_spill_messages_pending)
+		bg_spill_push_messages_slow();
+}
 
 /* in job.c */
 extern TupleDesc bg_result_desc(TupleDesc src);

@@ -533,7 +533,11 @@ bg_job_read_messages(BgJob *job)
 			return;
 		if (res == SHM_MQ_DETACHED)
 		{
-			/* the worker kept what the queue could not take */
+			/*
+			 * The worker kept what the queue could not take.  Each message
+			 * taken counts as received, so that a collection cut short by
+			 * an interrupt resumes where it stopped.
+			 */
 			(void) bg_spill_collect(job->shared, job->fileset, false,
 									job->messages_received,
 									bg_job_consume_message, job);
@@ -860,10 +864,11 @@ bg_job_wait_registered(BgJob *job)
 static void
 bg_job_tuples_detached(BgJob *job)
 {
-	job->tuples_done = true;
+	/* as for messages, an interrupted collection resumes where it stopped */
 	if (!job->stream)
 		(void) bg_spill_collect(job->shared, job->fileset, true,
 								job->rows_received, bg_job_consume_row, job);
+	job->tuples_done = true;
 }
 
 static void
@@ -874,6 +879,7 @@ bg_job_consume_row(void *arg, char *data, uint32 len)
 	ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
 	tuplestore_select_read_pointer(job->spool, 0);
 	bg_spool_append(job, job->spool_slot);
+	job->rows_received++;
 }
 
 static void
@@ -882,6 +888,7 @@ bg_job_consume_message(void *arg, char *data, uint32 len)
 	StringInfoData msg;
 
 	bg_init_read_only_stringinfo(&msg, data, len);
+	((BgJob *) arg)->messages_received++;
 	bg_job_handle_message((BgJob *) arg, &msg);
 }
 

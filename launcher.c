@@ -77,13 +77,8 @@ PG_FUNCTION_INFO_V1(bg_launch);
 static volatile sig_atomic_t bg_flush_due = false;
 static TimeoutId bg_flush_timeout = MAX_TIMEOUTS;
 
-/*
- * pg_terminate_backend of a job's worker, until the job is over, cancels
- * the running statement like a cancel does, so that the job rolls back,
- * records "failed" and tells its reader why.  Afterwards it is die().
- */
+/* pg_terminate_backend or shutdown: the job is recorded as failed on exit */
 static volatile sig_atomic_t bg_terminate_requested = false;
-static volatile sig_atomic_t bg_job_over = false;
 
 /*
  * DestReceiver of the worker's last statement: sends each row as a
@@ -131,6 +126,7 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
 /* Worker side */
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
+static void bg_worker_before_exit(int code, Datum arg);
 pg_noreturn static void bg_worker_failed(BgJobShared *shared);
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
@@ -714,6 +710,8 @@ bg_worker_main(Datum main_arg)
 											  shared->authenticated_user_id,
 											  0);
 	SetClientEncoding(GetDatabaseEncoding());
+	/* runs before InitPostgres's own exit callbacks abort and close things */
+	before_shmem_exit(bg_worker_before_exit, PointerGetDatum(shared));
 	/*
 	 * Some check hooks refuse values a leader may legitimately have, such as
 	 * transaction_read_only = off on a hot standby; like a parallel worker,
@@ -757,6 +755,8 @@ bg_worker_main(Datum main_arg)
 	}
 	PG_END_TRY();
 	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
+	/* the outcome is out: being terminated from here on changes nothing */
+	RESUME_INTERRUPTS();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	bg_registry_tidy(shared);
 }
@@ -764,18 +764,40 @@ bg_worker_main(Datum main_arg)
 static void
 bg_worker_sigterm(SIGNAL_ARGS)
 {
-	int			save_errno = errno;
+	bg_terminate_requested = true;
+	die(postgres_signal_arg);
+}
 
-	if (bg_job_over)
-		die(postgres_signal_arg);
-	else
+/*
+ * before_shmem_exit callback of the worker.  A worker terminated (FATAL)
+ * never reaches bg_worker_failed: record its end here, while the process
+ * can still run a transaction; and hand the messages the queue has not
+ * taken to the reader.
+ */
+static void
+bg_worker_before_exit(int code, Datum arg)
+{
+	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
+
+	bool		ended;
+	bool		launched;
+
+	SpinLockAcquire(&shared->mutex);
+	ended = shared->ended;
+	launched = shared->launched;
+	SpinLockRelease(&shared->mutex);
+	if (bg_terminate_requested && !ended)
 	{
-		bg_terminate_requested = true;
-		QueryCancelPending = true;
-		InterruptPending = true;
-		SetLatch(MyLatch);
+		ErrorData	edata;
+
+		memset(&edata, 0, sizeof(edata));
+		edata.sqlerrcode = ERRCODE_ADMIN_SHUTDOWN;
+		edata.message = psprintf("terminating background worker \"%s\" due to administrator command",
+								 BG_WORKER_TYPE);
+		AbortOutOfAnyTransaction();
+		bg_registry_fail(shared, &edata, !launched);
 	}
-	errno = save_errno;
+	bg_spill_messages_exit();
 }
 
 /* on_dsm_detach callback of the worker: whoever looks can tell it is gone */
@@ -799,8 +821,8 @@ bg_worker_failed(BgJobShared *shared)
 {
 	ErrorData  *edata;
 	bool		quiet;
+	bool		launched;
 
-	bg_job_over = true;
 	MemoryContextSwitchTo(TopMemoryContext);
 	edata = CopyErrorData();
 	FlushErrorState();
@@ -808,17 +830,13 @@ bg_worker_failed(BgJobShared *shared)
 	QueryCancelPending = false;
 	AbortOutOfAnyTransaction();
 
-	if (bg_terminate_requested && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-	{
-		edata->sqlerrcode = ERRCODE_ADMIN_SHUTDOWN;
-		edata->message = pstrdup("terminating background job due to administrator command");
-	}
-
 	SpinLockAcquire(&shared->mutex);
 	quiet = shared->launcher_gone && !shared->go;
+	launched = shared->launched;
+	shared->ended = true;
 	SpinLockRelease(&shared->mutex);
 	/* a launch that failed returned no PID: it leaves no job to list */
-	bg_registry_fail(shared, edata, quiet);
+	bg_registry_fail(shared, edata, !launched);
 	if (quiet)
 		proc_exit(0);
 	ReThrowError(edata);
@@ -851,6 +869,8 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("canceling background job because its launch failed")));
 
+		/* the launcher may be waiting for a message the queue could not take */
+		bg_spill_push_messages();
 		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					   DeadlockTimeout, bg_wait_event("BgFdwLaunch"));
 		if ((rc & WL_TIMEOUT) && launched)
@@ -992,9 +1012,11 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			recorded = bg_registry_finish(shared, tag, true);
 			CommitTransactionCommand();
 			xact_started = false;
-			/* committed: a late cancel must not make it look failed */
-			HOLD_CANCEL_INTERRUPTS();
-			bg_job_over = true;
+			/* committed: a late cancel or terminate must not make it look failed */
+			HOLD_INTERRUPTS();
+			SpinLockAcquire(&shared->mutex);
+			shared->ended = true;
+			SpinLockRelease(&shared->mutex);
 			if (IsTransactionBlock())
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
@@ -1271,6 +1293,7 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 
 	if (self->convert)
 		slot = bg_convert_slot(self, slot);
+	bg_spill_push_messages();
 
 	if (!self->detached)
 	{

@@ -139,6 +139,7 @@ typedef struct BgJobProbe
 static bool bg_registry_open(BgRegistryCall *call);
 static void bg_registry_close(BgRegistryCall *call);
 static void bg_registry_internal_xact(void);
+static void bg_registry_no_lock_timeout(void);
 static bool bg_registry_is_ours(Relation rel);
 static void bg_registry_insert(BgJobShared *shared, const char *sql,
 							   dsm_handle handle);
@@ -262,6 +263,19 @@ bg_registry_internal_xact(void)
 	XactReadOnly = false;
 	XactIsoLevel = XACT_READ_COMMITTED;
 	(void) set_config_option("synchronous_commit", "off",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	bg_registry_no_lock_timeout();
+}
+
+/*
+ * The job's lock_timeout is for its statements: bookkeeping that timed out
+ * would leave the job unlisted, or "lost" when it ended.
+ */
+static void
+bg_registry_no_lock_timeout(void)
+{
+	(void) set_config_option("lock_timeout", "0",
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);
 }
@@ -393,6 +407,7 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 			(void) set_config_option("synchronous_commit", "off",
 									 PGC_USERSET, PGC_S_SESSION,
 									 GUC_ACTION_LOCAL, true, 0, false);
+		bg_registry_no_lock_timeout();
 		bg_registry_update(shared, "finished", tag, NULL);
 		return true;
 	}
@@ -977,6 +992,10 @@ bg_registry_wait(int pid, long timeout_ms)
 {
 	TimestampTz deadline = 0;
 	long		nap_ms = 1;
+	MemoryContext poll_cxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "bg_fdw wait",
+												   ALLOCSET_SMALL_SIZES);
+	MemoryContext oldcxt = CurrentMemoryContext;
 
 	if (timeout_ms >= 0)
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
@@ -986,13 +1005,20 @@ bg_registry_wait(int pid, long timeout_ms)
 		BgJobProbe	probe;
 		const char *state;
 
+		/* each look leaves its strings behind: keep them to one look */
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(poll_cxt);
+		MemoryContextSwitchTo(poll_cxt);
 		if (!bg_entry_lookup(pid, &entry))
 			bg_raise_unknown(pid);
 		bg_entry_check_privileges(&entry);
 		bg_probe(entry.id, entry.segment, &probe);
 		state = bg_entry_state(&entry, &probe);
 		if (strcmp(state, "finished") == 0)
+		{
+			MemoryContextSwitchTo(oldcxt);
 			return cstring_to_text(entry.command ? entry.command : "");
+		}
 		if (strcmp(state, "lost") == 0)
 			bg_raise_lost(&entry);
 		if (strcmp(state, "forgotten") == 0)
@@ -1006,7 +1032,10 @@ bg_registry_wait(int pid, long timeout_ms)
 																	deadline);
 
 			if (remaining <= 0)
+			{
+				MemoryContextSwitchTo(oldcxt);
 				return NULL;
+			}
 			nap_ms = Min(nap_ms, remaining);
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -1028,7 +1057,7 @@ bg_cancel_shared(BgJobShared *shared, pid_t pid)
 	bool		exited;
 
 	SpinLockAcquire(&shared->mutex);
-	exited = shared->worker_exited;
+	exited = shared->worker_exited || shared->ended;
 	if (!exited)
 		shared->cancel_requested = true;
 	SpinLockRelease(&shared->mutex);
@@ -1042,6 +1071,7 @@ bg_registry_cancel(int pid)
 	BgJobEntry	entry;
 	dsm_segment *seg;
 	shm_toc    *toc;
+	bool		ours;
 	bool		done = false;
 
 	if (!bg_entry_lookup(pid, &entry))
@@ -1050,7 +1080,11 @@ bg_registry_cancel(int pid)
 	if (strcmp(entry.state, "running") != 0 || entry.segment == DSM_HANDLE_INVALID)
 		return false;
 
-	seg = dsm_attach(entry.segment);
+	/* this session may still map it: a job it detached in this transaction */
+	seg = dsm_find_mapping(entry.segment);
+	ours = (seg != NULL);
+	if (seg == NULL)
+		seg = dsm_attach(entry.segment);
 	if (seg == NULL)
 		return false;
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
@@ -1061,7 +1095,8 @@ bg_registry_cancel(int pid)
 		if (shared != NULL && shared->job_id == entry.id)
 			done = bg_cancel_shared(shared, entry.pid);
 	}
-	dsm_detach(seg);
+	if (!ours)
+		dsm_detach(seg);
 	return done;
 }
 

@@ -79,6 +79,7 @@ typedef struct BgSpill
 
 static BgSpill bg_rows;
 static BgSpill bg_messages;
+bool		bg_spill_messages_pending = false;
 static BgJobShared *bg_messages_shared;
 static SharedFileSet *bg_messages_fileset;
 static ResourceOwner bg_spill_owner;
@@ -387,23 +388,57 @@ bg_messages_put(char msgtype, const char *str, size_t len)
 		return EOF;
 	}
 	bg_messages_busy = true;
-	initStringInfo(&msg);
-	appendStringInfoChar(&msg, msgtype);
-	appendBinaryStringInfo(&msg, str, len);
-
-	if (bg_spill_push(s, bg_spill_next_message))
+	PG_TRY();
 	{
-		if (bg_spill_try(s, msg.data, msg.len, true))
-			s->pushed++;
+		initStringInfo(&msg);
+		appendStringInfoChar(&msg, msgtype);
+		appendBinaryStringInfo(&msg, str, len);
+
+		if (bg_spill_push(s, bg_spill_next_message))
+		{
+			if (bg_spill_try(s, msg.data, msg.len, true))
+				s->pushed++;
+			else if (s->mqh != NULL)
+				bg_spill_flight(s, msg.data, msg.len);
+		}
 		else if (s->mqh != NULL)
-			bg_spill_flight(s, msg.data, msg.len);
+			bg_spill_keep_message(s, msg.data, msg.len);
+		s->next++;
+		bg_spill_messages_pending = (s->mqh != NULL && s->pushed != s->next);
+		pfree(msg.data);
 	}
-	else if (s->mqh != NULL)
-		bg_spill_keep_message(s, msg.data, msg.len);
-	s->next++;
-	pfree(msg.data);
-	bg_messages_busy = false;
+	PG_FINALLY();
+	{
+		bg_messages_busy = false;
+	}
+	PG_END_TRY();
 	return 0;
+}
+
+/*
+ * Move kept messages into the queue as far as it takes them.  Called where
+ * the worker waits or produces rows, so that a reader gets notices (and a
+ * launcher the descriptor it waits for) without a later message to push
+ * them.
+ */
+void
+bg_spill_push_messages_slow(void)
+{
+	BgSpill    *s = &bg_messages;
+
+	if (bg_messages_busy || s->mqh == NULL)
+		return;
+	bg_messages_busy = true;
+	PG_TRY();
+	{
+		(void) bg_spill_push(s, bg_spill_next_message);
+		bg_spill_messages_pending = (s->mqh != NULL && s->pushed != s->next);
+	}
+	PG_FINALLY();
+	{
+		bg_messages_busy = false;
+	}
+	PG_END_TRY();
 }
 
 static void
@@ -472,30 +507,27 @@ bg_spill_next_message(BgSpill *s)
 }
 
 /*
- * on_dsm_detach callback of the worker, before its message queue goes: the
- * messages the queue has not taken go to a file for the reader.
+ * At exit (a before_shmem_exit callback, while temporary files may still be
+ * made): the messages the queue has not taken go to a file for the reader.
  */
-static void
-bg_messages_detach(dsm_segment *seg, Datum arg)
+void
+bg_spill_messages_exit(void)
 {
 	BgSpill    *s = &bg_messages;
 
-	if (s->mqh != NULL && !bg_spill_push(s, bg_spill_next_message) &&
-		s->mqh != NULL)
-	{
-		PG_TRY();
-		{
-			bg_spill_write_messages();
-			bg_spill_mark(bg_messages_shared, false);
-		}
-		PG_CATCH();
-		{
-			/* the process is exiting: the reader will report it lost */
-			FlushErrorState();
-		}
-		PG_END_TRY();
-	}
-	s->mqh = NULL;
+	if (s->mqh == NULL || bg_spill_push(s, bg_spill_next_message) ||
+		s->mqh == NULL)
+		return;
+	bg_spill_write_messages();
+	bg_spill_mark(bg_messages_shared, false);
+}
+
+/* on_dsm_detach callback: the queue is going away, send nothing more */
+static void
+bg_messages_detach(dsm_segment *seg, Datum arg)
+{
+	bg_messages.mqh = NULL;
+	bg_spill_messages_pending = false;
 }
 
 static void

@@ -39,6 +39,37 @@ SELECT regress_poll('(SELECT state <> ''running'' FROM regress_job(' || :pid || 
 SELECT state, sqlstate, error LIKE 'temporary file size exceeds%' AS over_limit FROM regress_job(:pid);
 SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid) LIKE '53400: temporary file size exceeds%' AS reader_told;
 
+-- A message the queue cannot take does not hold up a launch that waits for
+-- the job's columns
+SET client_min_messages = warning;
+SELECT bg_launch($o$DO $x$BEGIN RAISE NOTICE '%', repeat('x', 100000); END$x$;
+                   SELECT 1 AS one$o$) AS pid \gset
+RESET client_min_messages;
+SELECT * FROM bg_result_:pid;
+
+-- A launch that fails leaves no job listed
+SELECT count(*) AS jobs_before FROM bg_jobs \gset
+SELECT regress_try($$SELECT bg_launch('SELECT 1/0; SELECT 1')$$);
+SELECT count(*) - :jobs_before AS new_jobs FROM bg_jobs;
+
+-- Detaching, then waiting for or cancelling the job in the same transaction,
+-- whatever the isolation level
+SET default_transaction_isolation = 'repeatable read';
+SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+BEGIN;
+SELECT bg_detach(:pid);
+SELECT bg_cancel(:pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+COMMIT;
+SELECT state, attached FROM regress_job(:pid);
+SELECT bg_launch('SELECT 42 AS answer') AS pid \gset
+BEGIN;
+SELECT bg_detach(:pid);
+SELECT bg_wait(:pid);
+COMMIT;
+RESET default_transaction_isolation;
+SELECT state, command FROM regress_job(:pid);
+
 -- An error makes it "failed", with the SQLSTATE and message
 SELECT bg_launch('SELECT 1/0') AS pid \gset
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);

@@ -83,6 +83,18 @@ ok( $node->poll_query_until('postgres',
 	'its worker has exited');
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_locks WHERE pid = $pid"),
 	'0', 'and holds no lock');
+# a read of the kept rows cut short resumes where it stopped
+my $timeouts = 0;
+for my $ms (1, 2, 4, 8, 16, 32)
+{
+	$c->{stderr} = '';
+	$c->query("SET statement_timeout = '${ms}ms'; SELECT count(*) FROM bg_result_$pid");
+	last unless $c->{stderr} =~ /canceling statement due to statement timeout/;
+	$timeouts++;
+}
+$c->{stderr} = '';
+$c->query_safe('RESET statement_timeout');
+cmp_ok($timeouts, '>', 0, 'reading the kept rows was cut short by statement_timeout');
 is($c->query_safe("SELECT count(*) || ' ' || sum(a) FROM bg_result_$pid"),
 	'1000000 500000500000', 'the launching session reads every row afterwards');
 
@@ -119,12 +131,25 @@ chomp $pid;
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 $b->query("SELECT * FROM bg_result_$pid");
 like($b->{stderr},
-	qr/ERROR:  terminating background job due to administrator command\nCONTEXT:  background job $pid/,
+	qr/ERROR:  terminating background worker "bg_fdw worker" due to administrator command\nCONTEXT:  background job $pid/,
 	'the reader of a terminated job is told why');
 is(job_end($pid, q{state || ' ' || sqlstate || ' ' || error}),
-	'failed 57P01 terminating background job due to administrator command',
+	'failed 57P01 terminating background worker "bg_fdw worker" due to administrator command',
 	'bg_jobs: the terminated job failed');
 $b->quit;
+
+# Termination cannot be caught by the job's own exception handlers.
+$pid = $node->safe_psql('postgres', q{
+	SELECT bg_launch($o$DO $x$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.1);
+	  EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $x$$o$) AS p \gset
+	SELECT bg_detach(:p);
+	SELECT :p;
+});
+$pid = (split /\n/, $pid)[-1];
+$node->safe_psql('postgres', "SELECT bg_cancel($pid)");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+is(job_end($pid, q{state || ' ' || sqlstate}), 'failed 57P01',
+	'a job that catches cancels is still terminated');
 
 # A clean restart while a job runs: the worker is terminated the same way.
 $pid = $node->safe_psql('postgres', q{
