@@ -127,6 +127,9 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
 static void bg_worker_before_exit(int code, Datum arg);
+static bool bg_launch_failed(BgJobShared *shared);
+static bool bg_launch_undecided(BgJobShared *shared);
+static void bg_worker_await_launch(BgJobShared *shared);
 pg_noreturn static void bg_worker_failed(BgJobShared *shared);
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
@@ -778,13 +781,11 @@ static void
 bg_worker_before_exit(int code, Datum arg)
 {
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
-
 	bool		ended;
-	bool		launched;
 
 	SpinLockAcquire(&shared->mutex);
 	ended = shared->ended;
-	launched = shared->launched;
+	shared->ended = true;
 	SpinLockRelease(&shared->mutex);
 	if (bg_terminate_requested && !ended)
 	{
@@ -795,9 +796,54 @@ bg_worker_before_exit(int code, Datum arg)
 		edata.message = psprintf("terminating background worker \"%s\" due to administrator command",
 								 BG_WORKER_TYPE);
 		AbortOutOfAnyTransaction();
-		bg_registry_fail(shared, &edata, !launched);
+		bg_registry_fail(shared, &edata, bg_launch_failed(shared));
 	}
+	if (bg_launch_undecided(shared))
+		bg_worker_await_launch(shared);
 	bg_spill_messages_exit();
+}
+
+/* The launcher gave up before bg_launch returned: nobody got the job's PID */
+static bool
+bg_launch_failed(BgJobShared *shared)
+{
+	bool		failed;
+
+	SpinLockAcquire(&shared->mutex);
+	failed = shared->launcher_gone && !shared->launched;
+	SpinLockRelease(&shared->mutex);
+	return failed;
+}
+
+static bool
+bg_launch_undecided(BgJobShared *shared)
+{
+	bool		undecided;
+
+	SpinLockAcquire(&shared->mutex);
+	undecided = !shared->launcher_gone && !shared->launched;
+	SpinLockRelease(&shared->mutex);
+	return undecided;
+}
+
+/*
+ * A job that failed while its bg_launch was still running was recorded as
+ * failed; if the launch turns out to fail (the launcher gets our error and
+ * gives up), the job was never anybody's, and its row goes.  Meanwhile keep
+ * the launcher supplied with our messages: it may be waiting for them.
+ */
+static void
+bg_worker_await_launch(BgJobShared *shared)
+{
+	while (bg_launch_undecided(shared))
+	{
+		bg_spill_push_messages();
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100, bg_wait_event("BgFdwLaunch"));
+		ResetLatch(MyLatch);
+	}
+	if (bg_launch_failed(shared))
+		bg_registry_fail(shared, NULL, true);
 }
 
 /* on_dsm_detach callback of the worker: whoever looks can tell it is gone */
@@ -821,7 +867,6 @@ bg_worker_failed(BgJobShared *shared)
 {
 	ErrorData  *edata;
 	bool		quiet;
-	bool		launched;
 
 	MemoryContextSwitchTo(TopMemoryContext);
 	edata = CopyErrorData();
@@ -832,11 +877,14 @@ bg_worker_failed(BgJobShared *shared)
 
 	SpinLockAcquire(&shared->mutex);
 	quiet = shared->launcher_gone && !shared->go;
-	launched = shared->launched;
 	shared->ended = true;
 	SpinLockRelease(&shared->mutex);
-	/* a launch that failed returned no PID: it leaves no job to list */
-	bg_registry_fail(shared, edata, !launched);
+
+	/*
+	 * A launch that failed returned no PID: it leaves no job to list.  One
+	 * still under way is decided on exit, once the launcher has our error.
+	 */
+	bg_registry_fail(shared, edata, bg_launch_failed(shared));
 	if (quiet)
 		proc_exit(0);
 	ReThrowError(edata);

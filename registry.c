@@ -448,7 +448,7 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 
 	if (!bg_row_inserted)
 		return;
-	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+	if (edata != NULL && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 	{
 		SpinLockAcquire(&shared->mutex);
 		if (shared->cancel_requested ||

@@ -119,6 +119,13 @@ $pid = $c->query_safe(q{SELECT bg_launch('SELECT g FROM generate_series(1, 20000
 chomp $pid;
 job_end($pid);
 isnt($node->safe_psql('postgres', $kept), '0', 'rows are kept aside for the session');
+$c->query_safe("SELECT bg_detach($pid)");
+ok($node->poll_query_until('postgres', "SELECT ($kept) = 0"),
+	'and removed when the session detaches the job');
+$pid = $c->query_safe(q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g')});
+chomp $pid;
+job_end($pid);
+isnt($node->safe_psql('postgres', $kept), '0', 'rows are kept aside again');
 $c->quit;
 ok($node->poll_query_until('postgres', "SELECT ($kept) = 0"),
 	'and removed when the session ends without reading them');
