@@ -49,6 +49,8 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
+#include "storage/ipc.h"
+
 #include "bg_fdw.h"
 #include "compat.h"
 
@@ -75,6 +77,7 @@ static void bg_xact_callback(XactEvent event, void *arg);
 static void bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
 static void bg_release_readers(SubTransactionId from_subid);
+static void bg_session_exit(int code, Datum arg);
 
 /* ----------------------------------------------------------------
  *		Result descriptors
@@ -297,6 +300,7 @@ bg_job_attach(BgJob *job)
 	{
 		RegisterXactCallback(bg_xact_callback, NULL);
 		RegisterSubXactCallback(bg_subxact_callback, NULL);
+		before_shmem_exit(bg_session_exit, (Datum) 0);
 		callbacks_registered = true;
 	}
 
@@ -306,6 +310,30 @@ bg_job_attach(BgJob *job)
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	bg_jobs = lappend(bg_jobs, job);
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * At session exit, let go of the jobs' segments while the process can still
+ * report statistics: the last to leave a segment deletes the files of rows
+ * its job kept, and deleting a temporary file reports to the statistics
+ * system, which shuts down before segments left attached are detached.
+ */
+static void
+bg_session_exit(int code, Datum arg)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->seg != NULL)
+		{
+			dsm_detach(job->seg);
+			job->seg = NULL;
+			job->shared = NULL;
+		}
+	}
 }
 
 /* This session's jobs, oldest first (tombstones of detached ones too) */

@@ -77,6 +77,9 @@ PG_FUNCTION_INFO_V1(bg_launch);
 static volatile sig_atomic_t bg_flush_due = false;
 static TimeoutId bg_flush_timeout = MAX_TIMEOUTS;
 
+/* The job's segment, for the worker's exit callback */
+static dsm_segment *bg_worker_segment = NULL;
+
 /* pg_terminate_backend or shutdown: the job is recorded as failed on exit */
 static volatile sig_atomic_t bg_terminate_requested = false;
 
@@ -675,7 +678,7 @@ bg_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
-	seg = dsm_attach(DatumGetUInt32(main_arg));
+	bg_worker_segment = seg = dsm_attach(DatumGetUInt32(main_arg));
 	if (seg == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -801,6 +804,12 @@ bg_worker_before_exit(int code, Datum arg)
 	if (bg_launch_undecided(shared))
 		bg_worker_await_launch(shared);
 	bg_spill_messages_exit();
+
+	/*
+	 * Leave the segment now, while statistics can still be reported: if the
+	 * launcher has gone, we are the last, and delete the job's files.
+	 */
+	dsm_detach(bg_worker_segment);
 }
 
 /* The launcher gave up before bg_launch returned: nobody got the job's PID */

@@ -121,6 +121,45 @@ $$;
 RESET max_parallel_workers_per_gather;
 SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct query (same aggregate)');
 
+-- Narrow and wide rows: a single int column, and 20 columns of mixed types.
+DROP TABLE IF EXISTS ti, tw;
+CREATE TABLE ti AS SELECT g AS a FROM generate_series(1, :rows) g;
+CREATE TABLE tw AS
+  SELECT g::int8 AS c1, g::numeric * 1.5 AS c2, md5(g::text) AS c3,
+         timestamptz '2020-01-01' + g * interval '1 second' AS c4,
+         jsonb_build_object('k', g, 'v', md5(g::text)) AS c5, g % 2 = 0 AS c6,
+         date '2020-01-01' + g % 1000 AS c7, g / 7.0::float8 AS c8, (g % 100)::int2 AS c9,
+         g::int4 AS c10, repeat('x', g % 20) AS c11, g::numeric(12, 2) AS c12,
+         interval '1 hour' * (g % 24) AS c13, (g % 255)::text AS c14, g::float4 AS c15,
+         md5((g + 1)::text)::uuid AS c16, time '00:00' + g % 86400 * interval '1 s' AS c17,
+         g::int8 * 3 AS c18, ('p' || g)::varchar(20) AS c19, g % 3 = 0 AS c20
+    FROM generate_series(1, :rows) g;
+VACUUM ANALYZE ti, tw;
+TRUNCATE timings;
+CREATE TEMP TABLE cases3 (name text, job text, q text, ord int);
+INSERT INTO cases3
+  SELECT shape || ': ' || c.name, replace(c.job, '$T', tab), replace(c.q, '$T', tab), 10 * i + c.ord
+    FROM (VALUES (1, 'int column', 'ti', 'a', 'a int'),
+                 (2, '20 mixed columns', 'tw', 'c1', 'c1 int8')) AS s(i, shape, tab, col, coldef),
+         LATERAL (VALUES
+   ('direct query', NULL, format('SELECT count(*), sum(%s) FROM $T', col), 1),
+   ('bg_result_<pid> table', 'SELECT * FROM $T',
+    format('SELECT count(*), sum(%s) FROM bg_result_%%s', col), 2),
+   ('bg_result_<pid>, stream mode', 'SELECT * FROM $T',
+    format('SELECT count(*), sum(%s) FROM bg_result_%%s', col), 3),
+   ('dblink', NULL,
+    format($q$SELECT count(*), sum(%s) FROM dblink('host=%s port=%s dbname=%s',
+           'SELECT %s FROM $T') AS r(%s)$q$, col,
+           split_part(current_setting('unix_socket_directories'), ',', 1),
+           current_setting('port'), current_database(), col, coldef), 4)) AS c(name, job, q, ord);
+DO $$ BEGIN PERFORM bench_rounds('cases3', 5); END $$;
+\echo
+\echo Narrow and wide rows, :rows rows each (dblink brings only the summed column)
+SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('int column: direct query')
+ WHERE "case" LIKE 'int%';
+SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('20 mixed columns: direct query')
+ WHERE "case" LIKE '20%';
+
 -- Compute-bound: the job computes its rows while the reader consumes them.
 TRUNCATE timings;
 CREATE TEMP TABLE cases2 (name text, job text, q text, ord int);
@@ -140,6 +179,64 @@ DO $$ BEGIN PERFORM bench_rounds('cases2', 5); END $$;
 \echo
 \echo Compute-bound: SELECT g, md5(g::text) FROM generate_series(1, :rows), aggregated over the result
 SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct query');
+
+-- Concurrency (2 cores): compute-bound queries run one after the other in
+-- the foreground, against the same queries launched at once as jobs and
+-- read together: two joined, eight with UNION ALL.
+CREATE OR REPLACE FUNCTION bench_jobs(n int, combine text) RETURNS float8
+LANGUAGE plpgsql AS $$
+DECLARE
+  t0 timestamptz := clock_timestamp();
+  pids int[] := '{}';
+  q text;
+BEGIN
+  FOR i IN 1..n LOOP
+    pids := pids || bg_launch(format(
+      'SELECT g, md5((g + %s)::text) AS h FROM generate_series(1, %s) g', i, current_setting('bench.rows')));
+  END LOOP;
+  IF combine = 'join' THEN
+    q := format('SELECT count(*) FROM bg_result_%s a JOIN bg_result_%s b USING (g) WHERE a.h <> b.h',
+                pids[1], pids[2]);
+  ELSE
+    SELECT 'SELECT count(*), sum(length(h)) FROM (' ||
+           string_agg(format('SELECT h FROM bg_result_%s', p), ' UNION ALL ') || ') u'
+      INTO q FROM unnest(pids) p;
+  END IF;
+  EXECUTE q;
+  PERFORM bg_detach(p) FROM unnest(pids) p;
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
+END
+$$;
+SELECT set_config('bench.rows', :'rows', false);
+TRUNCATE timings;
+DO $$
+DECLARE
+  n text := current_setting('bench.rows');
+  one text := format('SELECT g, md5((g + %%s)::text) AS h FROM generate_series(1, %s) g', n);
+BEGIN
+  -- the foreground runs its queries one at a time, without parallel workers
+  PERFORM set_config('max_parallel_workers_per_gather', '0', true);
+  FOR r IN 1..3 LOOP
+    INSERT INTO timings (name, ms) VALUES ('two queries one after the other, joined',
+      bench_ms(format('SELECT count(*) FROM (%s) a JOIN (%s) b USING (g) WHERE a.h <> b.h',
+                      format(one, 1), format(one, 2))));
+    INSERT INTO timings (name, ms) VALUES ('two jobs at once, their results joined',
+      bench_jobs(2, 'join'));
+    INSERT INTO timings (name, ms) VALUES ('eight queries one after the other',
+      bench_ms((SELECT 'SELECT count(*), sum(length(h)) FROM (' ||
+                       string_agg(format(one, i), ' UNION ALL ') || ') u'
+                  FROM generate_series(1, 8) i)));
+    INSERT INTO timings (name, ms) VALUES ('eight jobs at once, read with UNION ALL',
+      bench_jobs(8, 'union'));
+  END LOOP;
+END
+$$;
+\echo
+\echo Concurrency: SELECT g, md5(g::text) over :rows rows per query, medians of 3
+SELECT "case", median_ms, ratio AS ratio_to_foreground
+  FROM bench_report('two queries one after the other, joined') WHERE "case" LIKE 'two%';
+SELECT "case", median_ms, ratio AS ratio_to_foreground
+  FROM bench_report('eight queries one after the other') WHERE "case" LIKE 'eight%';
 
 -- Launch latency: bg_launch of a one-row query plus reading it, against
 -- dblink's connect + query + disconnect, 200 of each, interleaved.

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Build and install bg_fdw, start a scratch cluster, run bench/bench.sql and
-# print its table.  ROWS sets the size of the transport-bound case.
+# print its tables.  ROWS sets the rows per query (default 1,000,000);
+# MEMORY_ROWS the rows read while memory is sampled (default 10,000,000).
 source "$(dirname "$0")/../scripts/lib.sh"
 
 bg_install_deps
@@ -9,3 +10,5 @@ bg_build
 bg_start_cluster
 cp "$TOP/bench/bench.sql" "$SCRATCH/"
 as_pg psql -X -q -v rows="${ROWS:-1000000}" -f "$SCRATCH/bench.sql"
+source "$TOP/bench/memory.sh"
+bench_memory_report "${MEMORY_ROWS:-10000000}"
