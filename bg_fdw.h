@@ -25,6 +25,11 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+/* PostgreSQL 18 marks functions that do not return with a prefix */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 /* Magic number that identifies a bg_fdw job segment */
 #define BG_FDW_MAGIC			0x62676664
 
@@ -219,6 +224,7 @@ extern List *bg_session_jobs(void);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
 extern void bg_job_check_privileges(BgJob *job);
+pg_noreturn extern void bg_permission_denied(int pid, Oid role);
 extern bool bg_job_visible(BgJob *job);
 extern void bg_job_poll_messages(BgJob *job);
 extern bool bg_blocked_by_me(int pid);

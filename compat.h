@@ -129,9 +129,4 @@ bg_primary_key_index(Relation rel)
 #endif
 }
 
-/* PostgreSQL 18 marks functions that do not return with a prefix */
-#ifndef pg_noreturn
-#define pg_noreturn pg_attribute_noreturn()
-#endif
-
 #endif							/* BG_FDW_COMPAT_H */

@@ -413,13 +413,18 @@ bg_job_visible(BgJob *job)
 void
 bg_job_check_privileges(BgJob *job)
 {
-	if (bg_job_visible(job))
-		return;
+	if (!bg_job_visible(job))
+		bg_permission_denied(job->pid, job->role);
+}
+
+void
+bg_permission_denied(int pid, Oid role)
+{
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for background job %d", job->pid),
+			 errmsg("permission denied for background job %d", pid),
 			 errdetail("Only roles with the privileges of role \"%s\" may act on it.",
-					   GetUserNameFromId(job->role, false))));
+					   GetUserNameFromId(role, false))));
 }
 
 const char *

@@ -114,6 +114,15 @@ typedef struct BgRegistryCall
 	bool		pushed_snapshot;	/* we set the active snapshot */
 } BgRegistryCall;
 
+/* How a job ended, for the registry */
+typedef struct BgOutcome
+{
+	const char *state;
+	const char *tag;			/* completion tag, if finished */
+	ErrorData  *edata;			/* the error, if failed or cancelled */
+	bool		discard;		/* the launch failed: remove the row */
+} BgOutcome;
+
 /* A registry row, as the functions acting on a job need it */
 typedef struct BgJobEntry
 {
@@ -139,6 +148,10 @@ typedef struct BgJobProbe
 static bool bg_registry_open(BgRegistryCall *call);
 static void bg_registry_close(BgRegistryCall *call);
 static void bg_registry_internal_xact(void);
+static void bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
+								 BgJobShared *shared, BgOutcome *outcome);
+static void bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome);
+static void bg_registry_expire_only(BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_no_lock_timeout(void);
 static bool bg_registry_is_ours(Relation rel);
 static void bg_registry_insert(BgJobShared *shared, const char *sql,
@@ -162,6 +175,8 @@ static void bg_entry_from_tuple(HeapTuple tuple, TupleDesc desc,
 static void bg_entry_check_privileges(BgJobEntry *entry);
 static const char *bg_entry_state(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_entry_reread(BgJobEntry *entry);
+static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
+						   Datum *values, BgJobEntry *entry);
 static void bg_list_put(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc,
 						BgJobEntry *entry, BgJobProbe *probe, Oid caller);
 static void bg_entry_raise(BgJobEntry *entry);
@@ -392,6 +407,8 @@ bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 bool
 bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 {
+	BgOutcome	outcome;
+
 	if (!bg_row_inserted)
 		return true;
 	if (in_job_xact)
@@ -412,11 +429,27 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 		return true;
 	}
 
+	outcome.state = "finished";
+	outcome.tag = tag;
+	outcome.edata = NULL;
+	outcome.discard = false;
+	bg_registry_own_xact(bg_registry_write_outcome, shared, &outcome);
+	return true;
+}
+
+/*
+ * Run registry work in a transaction of its own.  A failure is only logged:
+ * bookkeeping never changes how a job ends.
+ */
+static void
+bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
+					 BgJobShared *shared, BgOutcome *outcome)
+{
 	PG_TRY();
 	{
 		StartTransactionCommand();
 		bg_registry_internal_xact();
-		bg_registry_update(shared, "finished", tag, NULL);
+		work(shared, outcome);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -428,11 +461,27 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		ereport(LOG,
-				(errmsg("could not record the outcome of background job %d: %s",
+				(errmsg("could not update the job registry for background job %d: %s",
 						MyProcPid, edata->message)));
 	}
 	PG_END_TRY();
-	return true;
+}
+
+static void
+bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome)
+{
+	if (outcome->discard)
+		bg_registry_delete(shared->job_id);
+	else
+		bg_registry_update(shared, outcome->state, outcome->tag, outcome->edata);
+	if (outcome->edata != NULL || outcome->discard)
+		bg_registry_expire(shared);
+}
+
+static void
+bg_registry_expire_only(BgJobShared *shared, BgOutcome *outcome)
+{
+	bg_registry_expire(shared);
 }
 
 /*
@@ -444,43 +493,23 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 void
 bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 {
-	const char *state = "failed";
+	BgOutcome	outcome;
 
 	if (!bg_row_inserted)
 		return;
+	outcome.state = "failed";
+	outcome.tag = NULL;
+	outcome.edata = edata;
+	outcome.discard = discard;
 	if (edata != NULL && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 	{
 		SpinLockAcquire(&shared->mutex);
 		if (shared->cancel_requested ||
 			(shared->launcher_gone && !shared->launched))
-			state = "cancelled";
+			outcome.state = "cancelled";
 		SpinLockRelease(&shared->mutex);
 	}
-
-	PG_TRY();
-	{
-		StartTransactionCommand();
-		bg_registry_internal_xact();
-		if (discard)
-			bg_registry_delete(shared->job_id);
-		else
-			bg_registry_update(shared, state, NULL, edata);
-		bg_registry_expire(shared);
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *failure;
-
-		MemoryContextSwitchTo(TopMemoryContext);
-		failure = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		ereport(LOG,
-				(errmsg("could not record the outcome of background job %d: %s",
-						MyProcPid, failure->message)));
-	}
-	PG_END_TRY();
+	bg_registry_own_xact(bg_registry_write_outcome, shared, &outcome);
 }
 
 /*
@@ -651,25 +680,7 @@ bg_registry_tidy(BgJobShared *shared)
 {
 	if (!bg_row_inserted || bg_job_retention < 0)
 		return;
-	PG_TRY();
-	{
-		StartTransactionCommand();
-		bg_registry_internal_xact();
-		bg_registry_expire(shared);
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(TopMemoryContext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		ereport(LOG,
-				(errmsg("could not expire old background jobs: %s", edata->message)));
-	}
-	PG_END_TRY();
+	bg_registry_own_xact(bg_registry_expire_only, shared, NULL);
 }
 
 static TimestampTz
@@ -746,19 +757,31 @@ bg_entry_state(BgJobEntry *entry, BgJobProbe *probe)
 static bool
 bg_entry_reread(BgJobEntry *entry)
 {
-	BgRegistryCall call;
-	SPITupleTable *tt;
 	Oid			types[1] = {INT8OID};
 	Datum		values[1];
+
+	values[0] = Int64GetDatum(entry->id);
+	return bg_entry_fetch("id = $1", 1, types, values, entry);
+}
+
+/*
+ * Fill entry from the first registry row matching a condition (and an
+ * ORDER BY); false if none does.
+ */
+static bool
+bg_entry_fetch(const char *cond, int nargs, Oid *types, Datum *values,
+			   BgJobEntry *entry)
+{
+	BgRegistryCall call;
+	SPITupleTable *tt;
 	bool		found = false;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (!bg_registry_open(&call))
 		return false;
-	values[0] = Int64GetDatum(entry->id);
 	tt = bg_registry_query(psprintf("SELECT id, pid, role, segment, state, command, sqlstate, error "
-									"FROM %s WHERE id = $1", call.relname),
-						   1, types, values);
+									"FROM %s WHERE %s LIMIT 1", call.relname, cond),
+						   nargs, types, values);
 	if (tt->numvals > 0)
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
@@ -796,47 +819,25 @@ static bool
 bg_entry_lookup(int pid, BgJobEntry *entry)
 {
 	BgJob	   *job = bg_job_lookup(pid, 0, true);
-	BgRegistryCall call;
-	SPITupleTable *tt;
 	Oid			types[3] = {INT4OID, OIDOID, INT8OID};
 	Datum		values[3];
-	bool		found = false;
-	MemoryContext cxt = CurrentMemoryContext;
 
-	if (!bg_registry_open(&call))
+	if (!OidIsValid(bg_registry_relid()))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"bg_fdw\" is not installed in this database")));
 	values[0] = Int32GetDatum(pid);
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
 	values[2] = Int64GetDatum(job && job->state != BG_JOB_DETACHED ? job->job_id : 0);
-	tt = bg_registry_query(psprintf("SELECT id, pid, role, segment, state, command, sqlstate, error "
-									"FROM %s WHERE pid = $1 AND database = $2 "
-									"ORDER BY id = $3 DESC, id DESC LIMIT 1",
-									call.relname),
-						   3, types, values);
-	if (tt->numvals > 0)
-	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-
-		bg_entry_from_tuple(tt->vals[0], tt->tupdesc, entry);
-		MemoryContextSwitchTo(oldcxt);
-		found = true;
-	}
-	bg_registry_close(&call);
-	return found;
+	return bg_entry_fetch("pid = $1 AND database = $2 ORDER BY id = $3 DESC, id DESC",
+						  3, types, values, entry);
 }
 
 static void
 bg_entry_check_privileges(BgJobEntry *entry)
 {
-	if (has_privs_of_role(GetUserId(), entry->role))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for background job %d", entry->pid),
-			 errdetail("Only roles with the privileges of role \"%s\" may act on it.",
-					   GetUserNameFromId(entry->role, false))));
+	if (!has_privs_of_role(GetUserId(), entry->role))
+		bg_permission_denied(entry->pid, entry->role);
 }
 
 /*
