@@ -1,7 +1,7 @@
 # Peak memory of the reading backend and of the worker while a job's rows
 # are read, in each mode; sourced by bench/run.sh after the cluster started.
 # RssAnon (private memory, not shared buffers) is sampled every 50 ms from
-# /proc; "idle" is the reading backend's before it launches anything.
+# /proc; "idle" is the reading backend's own before it launches anything.
 
 bench_rss_kb() {
 	awk '/^RssAnon:/ { print $2 }' "/proc/$1/status" 2>/dev/null
@@ -9,15 +9,16 @@ bench_rss_kb() {
 
 # bench_memory ROWS STREAM: print "mode idle_kb reader_peak_kb worker_peak_kb"
 bench_memory() {
-	local rows=$1 stream=$2 dir=$SCRATCH/mem.$stream reader worker r w
-	local reader_peak=0 worker_peak=0 idle=""
+	local rows=$1 stream=$2
+	local dir=$SCRATCH/mem.$stream reader worker r w
+	local reader_peak=0 worker_peak=0
 	mkdir -p "$dir" && chown postgres "$dir"
 	as_pg psql -X -q -At >/dev/null <<SQL &
-SELECT pg_backend_pid() AS me \gset
-\! echo :me > $dir/reader
+SELECT (regexp_match(pg_read_file('/proc/self/status'), 'RssAnon:\s+(\d+)'))[1] \g $dir/idle
+SELECT pg_backend_pid() \g $dir/reader
 SELECT bg_launch('SELECT g, md5(g::text) AS h FROM generate_series(1, $rows) g',
                  stream => $stream) AS job \gset
-\! echo :job > $dir/worker
+SELECT :job \g $dir/worker
 SELECT count(*), sum(length(h)) FROM bg_result_:job;
 SQL
 	local psql_pid=$!
@@ -26,7 +27,6 @@ SQL
 		worker=$(cat "$dir/worker" 2>/dev/null)
 		if [ -n "$reader" ]; then
 			r=$(bench_rss_kb "$reader")
-			[ -z "$idle" ] && [ -z "$worker" ] && idle=$r
 			[ -n "$r" ] && [ "$r" -gt "$reader_peak" ] && reader_peak=$r
 		fi
 		if [ -n "$worker" ]; then
@@ -36,7 +36,7 @@ SQL
 		sleep 0.05
 	done
 	wait "$psql_pid"
-	echo "$idle $reader_peak $worker_peak"
+	echo "$(cat "$dir/idle") $reader_peak $worker_peak"
 }
 
 bench_memory_report() {
