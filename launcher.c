@@ -803,6 +803,9 @@ bg_worker_before_exit(int code, Datum arg)
 	}
 	if (bg_launch_undecided(shared))
 		bg_worker_await_launch(shared);
+	/* the launch failed, before or after our failure was recorded */
+	if (bg_launch_failed(shared))
+		bg_registry_fail(shared, NULL, true);
 	bg_spill_messages_exit();
 
 	/*
@@ -838,8 +841,9 @@ bg_launch_undecided(BgJobShared *shared)
 /*
  * A job that failed while its bg_launch was still running was recorded as
  * failed; if the launch turns out to fail (the launcher gets our error and
- * gives up), the job was never anybody's, and its row goes.  Meanwhile keep
- * the launcher supplied with our messages: it may be waiting for them.
+ * gives up), the job was never anybody's, and its row goes.  Wait for the
+ * decision, keeping the launcher supplied with our messages meanwhile: it
+ * may be waiting for them.
  */
 static void
 bg_worker_await_launch(BgJobShared *shared)
@@ -851,8 +855,6 @@ bg_worker_await_launch(BgJobShared *shared)
 						 100, bg_wait_event("BgFdwLaunch"));
 		ResetLatch(MyLatch);
 	}
-	if (bg_launch_failed(shared))
-		bg_registry_fail(shared, NULL, true);
 }
 
 /* on_dsm_detach callback of the worker: whoever looks can tell it is gone */
