@@ -133,6 +133,8 @@ static void bg_worker_before_exit(int code, Datum arg);
 static bool bg_launch_failed(BgJobShared *shared);
 static bool bg_launch_undecided(BgJobShared *shared);
 static void bg_worker_await_launch(BgJobShared *shared);
+static void bg_worker_detach_at_exit(int code, Datum arg);
+static void bg_push_descriptor(BgJobShared *shared);
 pg_noreturn static void bg_worker_failed(BgJobShared *shared);
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
@@ -716,7 +718,12 @@ bg_worker_main(Datum main_arg)
 											  shared->authenticated_user_id,
 											  0);
 	SetClientEncoding(GetDatabaseEncoding());
-	/* runs before InitPostgres's own exit callbacks abort and close things */
+	/*
+	 * These run before InitPostgres's own exit callbacks abort and close
+	 * things, the detach last: it must happen even if the other is cut short
+	 * by an error (which is FATAL during exit).
+	 */
+	before_shmem_exit(bg_worker_detach_at_exit, (Datum) 0);
 	before_shmem_exit(bg_worker_before_exit, PointerGetDatum(shared));
 	/*
 	 * Some check hooks refuse values a leader may legitimately have, such as
@@ -786,6 +793,8 @@ bg_worker_before_exit(int code, Datum arg)
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
 	bool		ended;
 
+	/* whatever was under way holds no lock while we wait below */
+	AbortOutOfAnyTransaction();
 	SpinLockAcquire(&shared->mutex);
 	ended = shared->ended;
 	shared->ended = true;
@@ -807,12 +816,39 @@ bg_worker_before_exit(int code, Datum arg)
 	if (bg_launch_failed(shared))
 		bg_registry_fail(shared, NULL, true);
 	bg_spill_messages_exit();
+}
 
-	/*
-	 * Leave the segment now, while statistics can still be reported: if the
-	 * launcher has gone, we are the last, and delete the job's files.
-	 */
-	dsm_detach(bg_worker_segment);
+/*
+ * Leave the segment before statistics shut down: if the launcher has gone,
+ * we are the last, and deleting the job's files reports to them.
+ */
+static void
+bg_worker_detach_at_exit(int code, Datum arg)
+{
+	if (bg_worker_segment != NULL)
+		dsm_detach(bg_worker_segment);
+	bg_worker_segment = NULL;
+}
+
+/*
+ * A launcher waiting for the descriptor of the last statement must get it
+ * even if notices of earlier statements filled the message queue, and even
+ * if the statement then produces no row for a long time (or, in stream
+ * mode, waits on a full tuple queue): push until it is out.
+ */
+static void
+bg_push_descriptor(BgJobShared *shared)
+{
+	while (bg_spill_messages_pending && bg_launch_undecided(shared))
+	{
+		bg_spill_push_messages();
+		if (!bg_spill_messages_pending)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100, bg_wait_event("BgFdwLaunch"));
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /* The launcher gave up before bg_launch returned: nobody got the job's PID */
@@ -1151,6 +1187,8 @@ bg_start_result(Portal portal, shm_mq_handle *mqh, BgJobShared *shared,
 				 errmsg("result of the background job changed since it was launched"),
 				 errdetail("The columns the statement returns are not those it was described with when bg_launch ran.")));
 	bg_send_message(BG_MSG_DESCRIPTOR, NULL, self->desc);
+	if (expected == NULL)
+		bg_push_descriptor(shared);
 
 	self->pub.receiveSlot = bg_receive_slot;
 	self->pub.rStartup = bg_dest_startup;

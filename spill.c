@@ -37,6 +37,7 @@
 #include "storage/buffile.h"
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/resowner.h"
 
 #include "bg_fdw.h"
@@ -518,6 +519,13 @@ bg_spill_messages_exit(void)
 	if (s->mqh == NULL || bg_spill_push(s, bg_spill_next_message) ||
 		s->mqh == NULL)
 		return;
+
+	/*
+	 * The outcome is among these messages: temp_file_limit, meant for the
+	 * job's statements, must not lose it now.  The messages were already
+	 * held in memory; this only moves them.
+	 */
+	SetConfigOption("temp_file_limit", "-1", PGC_SUSET, PGC_S_SESSION);
 	bg_spill_write_messages();
 	bg_spill_mark(bg_messages_shared, false);
 }

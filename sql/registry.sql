@@ -47,6 +47,22 @@ SELECT bg_launch($o$DO $x$BEGIN RAISE NOTICE '%', repeat('x', 100000); END$x$;
 RESET client_min_messages;
 SELECT * FROM bg_result_:pid;
 
+-- nor one whose last statement produces no row for a while, or waits for its
+-- reader (stream mode) after notices filled the message queue
+SET client_min_messages = warning;
+SELECT bg_launch($o$DO $x$BEGIN FOR i IN 1..300 LOOP RAISE NOTICE '%', repeat('x', 100); END LOOP; END$x$;
+                   SELECT g FROM generate_series(1, 100000) g$o$, stream => true) AS pid \gset
+RESET client_min_messages;
+SELECT count(*) FROM bg_result_:pid;
+-- Messages kept past the queue reach the reader whatever temp_file_limit says
+SET temp_file_limit = '64kB';
+SELECT bg_launch($o$DO $x$BEGIN FOR i IN 1..3000 LOOP RAISE NOTICE '%', repeat('x', 200); END LOOP; END$x$$o$) AS pid \gset
+RESET temp_file_limit;
+SELECT regress_poll('(SELECT state <> ''running'' FROM regress_job(' || :pid || '))') AS ended;
+SET client_min_messages = warning;
+SELECT bg_wait(:pid);
+RESET client_min_messages;
+
 -- A launch that fails leaves no job listed, once its worker has gone
 SELECT count(*) AS jobs_before FROM bg_jobs \gset
 SELECT regress_try($$SELECT bg_launch('SELECT 1/0; SELECT 1')$$);
