@@ -324,16 +324,7 @@ bg_session_exit(int code, Datum arg)
 	ListCell   *lc;
 
 	foreach(lc, bg_jobs)
-	{
-		BgJob	   *job = lfirst(lc);
-
-		if (job->seg != NULL)
-		{
-			dsm_detach(job->seg);
-			job->seg = NULL;
-			job->shared = NULL;
-		}
-	}
+		bg_job_close_segment((BgJob *) lfirst(lc));
 }
 
 /* This session's jobs, oldest first (tombstones of detached ones too) */
