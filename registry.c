@@ -141,7 +141,6 @@ typedef struct BgJobProbe
 {
 	bool		found;			/* the segment exists and is this job's */
 	bool		worker_alive;	/* its worker has not exited */
-	bool		attached;		/* its launching session still holds it */
 	uint64		rows;			/* rows sent so far */
 } BgJobProbe;
 
@@ -153,7 +152,7 @@ static void bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *o
 static void bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_expire_only(BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_no_lock_timeout(void);
-static bool bg_registry_is_ours(Relation rel);
+static Relation bg_registry_open_rel(BgJobShared *shared);
 static void bg_registry_insert(BgJobShared *shared, const char *sql,
 							   dsm_handle handle);
 static void bg_registry_exec(const char *sql, int nargs, Oid *types,
@@ -363,18 +362,13 @@ bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
 static void
 bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 {
-	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	Relation	rel = bg_registry_open_rel(shared);
 	Datum		values[BG_REGISTRY_NATTS];
 	bool		nulls[BG_REGISTRY_NATTS];
 	HeapTuple	tuple;
 
 	if (rel == NULL)
 		return;
-	if (!bg_registry_is_ours(rel))
-	{
-		table_close(rel, RowExclusiveLock);
-		return;
-	}
 	memset(nulls, true, sizeof(nulls));
 	values[BG_REG_ID] = Int64GetDatum(shared->job_id);
 	values[BG_REG_PID] = Int32GetDatum(MyProcPid);
@@ -521,7 +515,7 @@ static void
 bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
 				   ErrorData *edata)
 {
-	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	Relation	rel = bg_registry_open_rel(shared);
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	oldtup;
@@ -531,11 +525,6 @@ bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
 
 	if (rel == NULL)
 		return;
-	if (!bg_registry_is_ours(rel))
-	{
-		table_close(rel, RowExclusiveLock);
-		return;
-	}
 	memset(nulls, false, sizeof(nulls));
 	memset(replace, false, sizeof(replace));
 	values[BG_REG_STATE] = CStringGetTextDatum(state);
@@ -570,12 +559,23 @@ bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
 	table_close(rel, NoLock);
 }
 
-/* Is this relation, found by OID, still the registry? */
-static bool
-bg_registry_is_ours(Relation rel)
+/*
+ * Open the registry the launcher looked up, or NULL if that OID is no longer
+ * the registry (the extension was dropped while the job ran).
+ */
+static Relation
+bg_registry_open_rel(BgJobShared *shared)
 {
-	return RelationGetDescr(rel)->natts == BG_REGISTRY_NATTS &&
-		strcmp(RelationGetRelationName(rel), BG_REGISTRY_TABLE) == 0;
+	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+
+	if (rel != NULL &&
+		(RelationGetDescr(rel)->natts != BG_REGISTRY_NATTS ||
+		 strcmp(RelationGetRelationName(rel), BG_REGISTRY_TABLE) != 0))
+	{
+		table_close(rel, RowExclusiveLock);
+		rel = NULL;
+	}
+	return rel;
 }
 
 /*
@@ -595,10 +595,10 @@ bg_registry_expire(BgJobShared *shared)
 
 	if (bg_job_retention < 0)
 		return;
-	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	rel = bg_registry_open_rel(shared);
 	if (rel == NULL)
 		return;
-	index = bg_registry_is_ours(rel) ? bg_finished_at_index(rel) : InvalidOid;
+	index = bg_finished_at_index(rel);
 	det = try_table_open(shared->detached_relid, RowExclusiveLock);
 	if (!OidIsValid(index) || det == NULL)
 	{
@@ -722,7 +722,6 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 			probe->found = true;
 			SpinLockAcquire(&shared->mutex);
 			probe->worker_alive = !shared->worker_exited;
-			probe->attached = !shared->launcher_gone;
 			SpinLockRelease(&shared->mutex);
 			probe->rows = pg_atomic_read_u64(&shared->rows);
 		}
