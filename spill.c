@@ -65,8 +65,8 @@ typedef struct BgSpill
 	uint64		pushed;			/* messages wholly in the queue */
 	bool		in_flight;		/* message "pushed" is partly in the queue */
 	StringInfoData flight;		/* its bytes */
-	/* rows are kept in a file */
-	SharedFileSet *fileset;
+	SharedFileSet *fileset;		/* the job's file set: where kept ones go */
+	/* rows are kept in a file as they come */
 	BufFile    *file;
 	int			read_fileno;	/* the next kept row to push */
 	off_t		read_offset;
@@ -82,7 +82,6 @@ static BgSpill bg_rows;
 static BgSpill bg_messages;
 bool		bg_spill_messages_pending = false;
 static BgJobShared *bg_messages_shared;
-static SharedFileSet *bg_messages_fileset;
 static ResourceOwner bg_spill_owner;
 static bool bg_messages_busy = false;
 
@@ -366,7 +365,7 @@ bg_spill_redirect_messages(dsm_segment *seg, shm_mq_handle *mqh,
 	memset(&bg_messages, 0, sizeof(BgSpill));
 	bg_messages.mqh = mqh;
 	bg_messages_shared = shared;
-	bg_messages_fileset = fileset;
+	bg_messages.fileset = fileset;
 	bg_spill_owner = ResourceOwnerCreate(NULL, "bg_fdw kept messages");
 
 	PqCommMethods = &bg_messages_methods;
@@ -547,7 +546,7 @@ bg_spill_write_messages(void)
 	BgKeptHeader hdr;
 
 	CurrentResourceOwner = bg_spill_owner;
-	file = BufFileCreateFileSet(&bg_messages_fileset->fs, BG_MESSAGES_FILE);
+	file = BufFileCreateFileSet(&s->fileset->fs, BG_MESSAGES_FILE);
 	if (s->in_flight)
 	{
 		hdr.index = s->pushed;
