@@ -103,6 +103,22 @@ typedef enum BgJobState
 	BG_JOB_DETACHED				/* bg_detach released it; only a tombstone */
 } BgJobState;
 
+/* The rows of a result kept in the launching session (spool.c) */
+typedef struct BgSpool BgSpool;
+
+/* A position in a spool, with the reader's buffer for its file part */
+typedef struct BgSpoolReader
+{
+	int64		row;			/* rows read */
+	bool		in_file;		/* past the rows kept in memory */
+	int			block;			/* memory block of the next row */
+	off_t		offset;			/* its offset in the block, or in the file */
+	char	   *buf;			/* rows read from the file */
+	Size		buf_size;
+	off_t		buf_start;		/* file offset of buf's first byte */
+	Size		buf_len;		/* bytes in buf */
+} BgSpoolReader;
+
 /*
  * One scan (or other consumer) of a job's result in this session.  These
  * live in the job's memory, not the executor's, so that transaction and
@@ -111,11 +127,10 @@ typedef enum BgJobState
 typedef struct BgReader
 {
 	bool		in_use;			/* slot taken by an open scan */
-	int			readptr;		/* tuplestore read pointer, kept for reuse */
+	BgSpoolReader pos;			/* where it is in the job's spool */
 	SubTransactionId subid;		/* subtransaction that opened it */
 	TupleTableSlot *slot;		/* caller's heap-tuple slot: the current row */
-	TupleTableSlot *mslot;		/* minimal-tuple slot for reading the spool */
-	HeapTupleData tuple;		/* the current row, in buf */
+	HeapTupleData tuple;		/* the current row, in the spool or in buf */
 	char	   *buf;			/* reader's own copy of the current row */
 	uint32		bufsize;		/* allocated size of buf */
 	int64		nread;			/* rows read since the last (re)start */
@@ -146,13 +161,12 @@ typedef struct BgJob
 	bool		tuples_done;	/* tuple queue detached: all rows received */
 	bool		messages_done;	/* message queue detached */
 	TupleDesc	desc;			/* the result's columns, once known */
-	Tuplestorestate *spool;		/* every row received so far */
+	BgSpool    *spool;			/* every row received so far */
 	int64		nspooled;		/* rows in spool */
 	bool		spool_broken;	/* an append to the spool failed */
 	bool		stream;			/* one-pass: rows are not kept */
 	bool		stream_taken;	/* a stream job's rows are being consumed */
 	SubTransactionId detach_subid;	/* bg_detach pending commit, or 0 */
-	TupleTableSlot *spool_slot; /* slot used to append to the spool */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
 	BgReader  **readers;		/* array of nreaders */
@@ -185,6 +199,14 @@ extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);
 extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
+
+/* in spool.c */
+extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb);
+extern void bg_spool_free(BgSpool *sp);
+extern void bg_spool_append(BgSpool *sp, MinimalTuple tuple);
+extern void bg_spool_rewind(BgSpoolReader *rd);
+extern bool bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple,
+						  bool *stable);
 
 /* in spill.c */
 extern bool bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,

@@ -7,20 +7,20 @@
  *		  notices and errors.
  *
  * A job's rows arrive once, on a shm_mq.  Every row taken off the queue is
- * appended to the job's spool, a tuplestore that outlives transactions and
- * spills to a temporary file past work_mem, so that every scan of the
- * result, however many and whenever they run, sees the same rows.  Each scan
- * has its own read pointer into the spool; a scan that has read all of the
- * spool takes the next row off the queue, as CteScan does with its
- * tuplestore.
+ * appended to the job's spool (spool.c), which outlives transactions and
+ * goes to a temporary file past work_mem, so that every scan of the result,
+ * however many and whenever they run, sees the same rows.  Each scan has
+ * its own position in the spool; a scan that has read all of the spool
+ * takes the next row off the queue, as CteScan does with its tuplestore.
  *
- * A reader's current row is a copy in a buffer the reader owns, presented
- * to the executor as a heap tuple that is deformed lazily.  It stays valid
- * until that reader's next row, whatever other readers of the job do
- * meanwhile: the queue's memory is reused by the next receive, and the
- * spool's by the next append that spills it to disk, and a node above a
- * scan (a nested loop's outer side, a projection) may still point into the
- * scan's row.
+ * A reader's current row is presented to the executor as a heap tuple that
+ * is deformed lazily.  It stays valid until that reader's next row, whatever
+ * other readers of the job do meanwhile: it is read in place where the
+ * spool keeps it (in memory, or in the reader's own file buffer), and
+ * copied into a buffer the reader owns where it is not (the queue's memory
+ * is reused by the next receive, the spool's write buffer by the next
+ * append), since a node above a scan (a nested loop's outer side, a
+ * projection) may still point into the scan's row.
  *
  *-------------------------------------------------------------------------
  */
@@ -67,12 +67,13 @@ static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
 static void bg_job_check_deadlock(BgJob *job);
-static void bg_reader_store(BgJob *job, BgReader *rd, MinimalTuple mtup);
+static void bg_reader_copy(BgJob *job, BgReader *rd, const char *src,
+						   uint32 len, bool minimal);
 static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
 static void bg_check_spool(BgJob *job);
 static void bg_stream_reread_error(BgJob *job);
-static void bg_spool_append(BgJob *job, TupleTableSlot *slot);
+static void bg_job_spool(BgJob *job, MinimalTuple tuple);
 static void bg_xact_callback(XactEvent event, void *arg);
 static void bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
@@ -241,7 +242,6 @@ bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
 			  const char *sql, TupleDesc desc, MemoryContext cxt)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-	ResourceOwner oldowner = CurrentResourceOwner;
 	shm_toc    *toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
 	BgJob	   *job = palloc0(sizeof(BgJob));
 
@@ -262,14 +262,7 @@ bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
 	if (desc)
 		bg_job_set_desc(job, desc);
 
-	/*
-	 * The spool is read across transactions, so it must not belong to the
-	 * launching transaction's resource owner; interXact temp files need
-	 * none.
-	 */
-	CurrentResourceOwner = NULL;
-	job->spool = tuplestore_begin_heap(false, true, work_mem);
-	CurrentResourceOwner = oldowner;
+	job->spool = bg_spool_create(cxt, work_mem);
 
 	MemoryContextSwitchTo(oldcxt);
 	return job;
@@ -282,7 +275,6 @@ bg_job_set_desc(BgJob *job, TupleDesc desc)
 	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
 
 	job->desc = CreateTupleDescCopy(desc);
-	job->spool_slot = MakeSingleTupleTableSlot(job->desc, &TTSOpsMinimalTuple);
 	MemoryContextSwitchTo(oldcxt);
 }
 
@@ -483,8 +475,6 @@ bg_job_close_segment(BgJob *job)
 	if (job->seg == NULL)
 		return;
 	job->rows = pg_atomic_read_u64(&job->shared->rows);
-	if (job->spool_slot)
-		ExecClearTuple(job->spool_slot);
 	shm_mq_detach(job->tuple_mqh);
 	shm_mq_detach(job->message_mqh);
 	dsm_detach(job->seg);
@@ -519,7 +509,7 @@ bg_job_release(BgJob *job)
 	BgJob	   *tomb = MemoryContextAllocZero(TopMemoryContext, sizeof(BgJob));
 	ListCell   *lc;
 
-	tuplestore_end(job->spool);
+	bg_spool_free(job->spool);
 	bg_job_close_segment(job);
 
 	tomb->pid = job->pid;
@@ -767,11 +757,7 @@ bg_job_poll(BgJob *job)
 		/* a stream job's rows cannot be kept: waiting consumes them */
 		job->stream_taken = job->stream;
 		if (!job->stream)
-		{
-			ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
-			tuplestore_select_read_pointer(job->spool, 0);
-			bg_spool_append(job, job->spool_slot);
-		}
+			bg_job_spool(job, (MinimalTuple) data);
 		CHECK_FOR_INTERRUPTS();
 	}
 	bg_job_read_messages(job);
@@ -900,9 +886,7 @@ bg_job_consume_row(void *arg, char *data, uint32 len)
 {
 	BgJob	   *job = (BgJob *) arg;
 
-	ExecStoreMinimalTuple((MinimalTuple) data, job->spool_slot, false);
-	tuplestore_select_read_pointer(job->spool, 0);
-	bg_spool_append(job, job->spool_slot);
+	bg_job_spool(job, (MinimalTuple) data);
 	job->rows_received++;
 }
 
@@ -927,10 +911,10 @@ bg_job_consume_message(void *arg, char *data, uint32 len)
  * incomplete for good; remember that rather than serve a partial result.
  */
 static void
-bg_spool_append(BgJob *job, TupleTableSlot *slot)
+bg_job_spool(BgJob *job, MinimalTuple tuple)
 {
 	job->spool_broken = true;
-	tuplestore_puttupleslot(job->spool, slot);
+	bg_spool_append(job->spool, tuple);
 	job->spool_broken = false;
 	job->nspooled++;
 }
@@ -989,26 +973,16 @@ bg_reader_open(BgJob *job, TupleTableSlot *slot)
 				MemoryContextAlloc(job->cxt, size);
 		}
 		rd = MemoryContextAllocZero(job->cxt, sizeof(BgReader));
-		rd->readptr = -1;
 		job->readers[job->nreaders++] = rd;
 	}
 	rd = job->readers[i];
 	/* a stream job has one reader at a time, and only until it took rows */
 	if (job->stream && (job->stream_taken || bg_job_in_use(job)))
 		bg_stream_reread_error(job);
-	if (rd->readptr < 0)
-		rd->readptr = tuplestore_alloc_read_pointer(job->spool, EXEC_FLAG_REWIND);
 	rd->in_use = true;
 	rd->nread = 0;
 	rd->subid = GetCurrentSubTransactionId();
 	rd->slot = slot;
-	if (rd->mslot == NULL)
-	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
-
-		rd->mslot = MakeSingleTupleTableSlot(job->desc, &TTSOpsMinimalTuple);
-		MemoryContextSwitchTo(oldcxt);
-	}
 	bg_reader_rescan(job, i);
 	return i;
 }
@@ -1020,7 +994,6 @@ bg_reader_close(BgJob *job, int reader)
 
 	rd->in_use = false;
 	rd->slot = NULL;
-	ExecClearTuple(rd->mslot);
 }
 
 void
@@ -1029,34 +1002,40 @@ bg_reader_rescan(BgJob *job, int reader)
 	if (job->stream && job->readers[reader]->nread > 0)
 		bg_stream_reread_error(job);
 	job->readers[reader]->nread = 0;
-	tuplestore_select_read_pointer(job->spool, job->readers[reader]->readptr);
-	tuplestore_rescan(job->spool);
+	bg_spool_rewind(&job->readers[reader]->pos);
 }
 
 /*
- * Make "mtup" the reader's current row: copy it into the reader's buffer,
- * behind a heap tuple header of its own, as heap_tuple_from_minimal_tuple
- * lays it out, and store that in the reader's slot.
+ * Copy the reader's current row into its own buffer: the row's memory will
+ * not last until the next fetch.  "len" bytes at "src" are a heap tuple
+ * without its header, when "src" is a minimal tuple from the queue;
+ * otherwise a whole tuple.
  */
 static void
-bg_reader_store(BgJob *job, BgReader *rd, MinimalTuple mtup)
+bg_reader_copy(BgJob *job, BgReader *rd, const char *src, uint32 len,
+			   bool minimal)
 {
-	uint32		len = mtup->t_len + MINIMAL_TUPLE_OFFSET;
+	uint32		total = minimal ? len + MINIMAL_TUPLE_OFFSET : len;
 
-	if (len > rd->bufsize)
+	if (total > rd->bufsize)
 	{
-		rd->bufsize = Max(len, 2 * rd->bufsize);
+		rd->bufsize = Max(total, 2 * rd->bufsize);
 		if (rd->buf)
 			pfree(rd->buf);
 		rd->buf = MemoryContextAlloc(job->cxt, rd->bufsize);
 	}
-	rd->tuple.t_len = len;
-	ItemPointerSetInvalid(&rd->tuple.t_self);
-	rd->tuple.t_tableOid = InvalidOid;
+	if (minimal)
+	{
+		/* the layout heap_tuple_from_minimal_tuple makes */
+		memset(rd->buf, 0, offsetof(HeapTupleHeaderData, t_infomask2));
+		memcpy(rd->buf + MINIMAL_TUPLE_OFFSET, src, len);
+		ItemPointerSetInvalid(&rd->tuple.t_self);
+		rd->tuple.t_tableOid = InvalidOid;
+	}
+	else
+		memcpy(rd->buf, src, len);
+	rd->tuple.t_len = total;
 	rd->tuple.t_data = (HeapTupleHeader) rd->buf;
-	memset(rd->buf, 0, offsetof(HeapTupleHeaderData, t_infomask2));
-	memcpy(rd->buf + MINIMAL_TUPLE_OFFSET, mtup, mtup->t_len);
-	ExecStoreHeapTuple(&rd->tuple, rd->slot, false);
 }
 
 /*
@@ -1100,14 +1079,14 @@ bg_job_receive(BgJob *job)
 
 /*
  * Store the reader's next row in its slot; false at the end of the result.
+ * Rows are read in place where their memory lasts until the next fetch.
  */
 bool
 bg_reader_next(BgJob *job, int reader)
 {
 	BgReader   *rd = job->readers[reader];
 	MinimalTuple tuple;
-	MemoryContext oldcxt;
-	bool		found;
+	bool		stable;
 
 	bg_check_spool(job);
 
@@ -1115,42 +1094,32 @@ bg_reader_next(BgJob *job, int reader)
 	{
 		int64		nspooled = job->nspooled;
 
-		/*
-		 * A row read back from a spilled spool is palloc'd and belongs to
-		 * mslot, so it must not go in the caller's short-lived context.
-		 */
-		tuplestore_select_read_pointer(job->spool, rd->readptr);
-		oldcxt = MemoryContextSwitchTo(job->cxt);
-		found = (!job->stream && !tuplestore_ateof(job->spool) &&
-				 tuplestore_gettupleslot(job->spool, true, false, rd->mslot));
-		MemoryContextSwitchTo(oldcxt);
-		if (found)
-		{
-			rd->nread++;
-			bg_reader_store(job, rd, ((MinimalTupleTableSlot *) rd->mslot)->mintuple);
-			return true;
-		}
+		if (!job->stream &&
+			bg_spool_read(job->spool, &rd->pos, &rd->tuple, &stable))
+			break;
 
 		/* This reader has read the whole spool: the next row is on the queue. */
 		tuple = bg_job_receive(job);
-		if (tuple != NULL)
+		if (tuple != NULL && job->stream)
+		{
+			job->stream_taken = true;
+			bg_reader_copy(job, rd, (char *) tuple, tuple->t_len, true);
+			stable = true;
 			break;
-		/* at the end of the queue, the rows the worker kept joined the spool */
-		if (job->nspooled == nspooled)
+		}
+		/* a row that joins the spool is read from there, as is the end */
+		if (tuple != NULL)
+			bg_job_spool(job, tuple);
+		else if (job->nspooled == nspooled)
 		{
 			ExecClearTuple(rd->slot);
 			return false;
 		}
 	}
+	if (!stable)
+		bg_reader_copy(job, rd, (char *) rd->tuple.t_data, rd->tuple.t_len, false);
 	rd->nread++;
-	job->stream_taken = job->stream;
-	if (!job->stream)
-	{
-		ExecStoreMinimalTuple(tuple, rd->mslot, false);
-		tuplestore_select_read_pointer(job->spool, rd->readptr);
-		bg_spool_append(job, rd->mslot);
-	}
-	bg_reader_store(job, rd, tuple);
+	ExecStoreHeapTuple(&rd->tuple, rd->slot, false);
 	return true;
 }
 

@@ -4,11 +4,13 @@
  *		  A job never waits on its reader: what its queues cannot take when
  *		  it is produced is kept aside, and the reader collects it later.
  *
- * Rows: the worker sends each row to the tuple queue without waiting.  Once
- * the queue is full, that row and every later one go to a file in the job's
- * shared file set, and whenever the queue has room again the worker copies
- * the oldest of them from the file into the queue, so that a reader that
- * keeps up still sees rows as they come.  So the job finishes, commits and
+ * Rows: the worker sends each row to the tuple queue.  While its reader
+ * keeps taking rows, a full queue is waited on, as parallel query does: the
+ * rows then cross shared memory only.  Once the reader has taken nothing for
+ * BG_SPILL_PATIENCE_MS (it is not reading, or reads slowly), the row and
+ * every later one go to a file in the job's shared file set; when the reader
+ * takes rows again, the worker moves the oldest of them from the file into
+ * the queue before it produces more.  So the job finishes, commits and
  * releases its locks however slow its reader is, and its worker exits.
  *
  * Protocol messages (notices, the descriptor, the outcome) are redirected
@@ -44,6 +46,13 @@
 #include "compat.h"
 
 #define BG_ROWS_FILE		"rows"
+
+/*
+ * How long a worker with a full queue waits for its reader before it keeps
+ * rows in a file.  A reader that keeps up takes a quarter of the queue (the
+ * point where it wakes the worker) in well under a millisecond.
+ */
+#define BG_SPILL_PATIENCE_MS	10
 #define BG_MESSAGES_FILE	"messages"
 
 /* Header of a kept message, in a file or in memory */
@@ -64,6 +73,7 @@ typedef struct BgSpill
 	uint64		next;			/* index of the next message */
 	uint64		pushed;			/* messages wholly in the queue */
 	bool		in_flight;		/* message "pushed" is partly in the queue */
+	TimestampTz stalled_at;		/* since when the queue takes nothing, or 0 */
 	StringInfoData flight;		/* its bytes */
 	SharedFileSet *fileset;		/* the job's file set: where kept ones go */
 	/* rows are kept in a file as they come */
@@ -89,7 +99,9 @@ static bool bg_spill_try(BgSpill *s, const char *data, Size len, bool flush);
 static bool bg_spill_tryv(BgSpill *s, shm_mq_iovec *iov, int iovcnt, bool flush);
 static void bg_spill_flightv(BgSpill *s, shm_mq_iovec *iov, int iovcnt);
 static void bg_spill_flight(BgSpill *s, const char *data, Size len);
-static bool bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *));
+static bool bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *),
+						  bool flush);
+static bool bg_spill_wait_reader(BgSpill *s);
 static void bg_spill_seek(BgSpill *s, bool to_end);
 static void bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt);
 static bool bg_spill_next_row(BgSpill *s);
@@ -178,13 +190,13 @@ bg_spill_flight(BgSpill *s, const char *data, Size len)
  * next_kept makes the next one the one in flight.  True once all are in.
  */
 static bool
-bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *))
+bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *), bool flush)
 {
 	while (s->mqh != NULL)
 	{
 		if (s->in_flight)
 		{
-			if (!bg_spill_try(s, s->flight.data, s->flight.len, true))
+			if (!bg_spill_try(s, s->flight.data, s->flight.len, flush))
 				return false;
 			s->in_flight = false;
 			s->pushed++;
@@ -198,8 +210,33 @@ bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *))
 }
 
 /*
- * Send a row of the job's result: to the queue if it takes it, else to the
- * file.  False once the reader is gone, so that rows need not be built.
+ * Wait for the reader to make room in the queue, unless it has taken nothing
+ * for BG_SPILL_PATIENCE_MS: then false, and rows are to be kept.  The reader
+ * sets our latch when it has taken a quarter of the queue.
+ */
+static bool
+bg_spill_wait_reader(BgSpill *s)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		wait_ms;
+
+	if (s->stalled_at == 0)
+		s->stalled_at = now;
+	wait_ms = BG_SPILL_PATIENCE_MS - (now - s->stalled_at) / 1000;
+	if (wait_ms <= 0)
+		return false;
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 wait_ms, WAIT_EVENT_MQ_SEND);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	return true;
+}
+
+/*
+ * Send a row of the job's result: to the queue, waiting for it while the
+ * reader keeps up, else to the file.  Kept rows go first, so a reader that
+ * comes back gets them before the worker produces more.  False once the
+ * reader is gone, so that rows need not be built.
  */
 bool
 bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
@@ -213,30 +250,44 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 		s->mqh = mqh;
 		s->fileset = fileset;
 	}
-	if (s->mqh == NULL)
-		return false;
-	if (s->pushed == s->next && !s->in_flight)
+	for (;;)
 	{
-		if (bg_spill_tryv(s, iov, iovcnt, flush))
+		uint64		pushed = s->pushed;
+
+		if (s->mqh == NULL)
+			return false;
+		if (bg_spill_push(s, bg_spill_next_row, false))
 		{
+			/* nothing kept: a row the queue took in part is retried whole */
+			if (bg_spill_tryv(s, iov, iovcnt, flush))
+			{
+				s->next++;
+				s->pushed++;
+				s->stalled_at = 0;
+				return true;
+			}
+			if (s->mqh == NULL)
+				return false;
+			if (bg_spill_wait_reader(s))
+				continue;
+			/* perhaps partly in the queue: it is in flight, and kept */
+			bg_spill_keep_row(s, iov, iovcnt);
+			bg_spill_flightv(s, iov, iovcnt);
+			s->read_fileno = s->write_fileno;
+			s->read_offset = s->write_offset;
 			s->next++;
-			s->pushed++;
 			return true;
 		}
 		if (s->mqh == NULL)
 			return false;
-		/* perhaps partly in the queue: it is in flight, and kept */
-		bg_spill_keep_row(s, iov, iovcnt);
-		bg_spill_flightv(s, iov, iovcnt);
-		s->read_fileno = s->write_fileno;
-		s->read_offset = s->write_offset;
-		s->next++;
-		return true;
+		if (s->pushed != pushed)
+			s->stalled_at = 0;
+		if (!bg_spill_wait_reader(s))
+			break;
 	}
 	bg_spill_keep_row(s, iov, iovcnt);
 	s->next++;
-	(void) bg_spill_push(s, bg_spill_next_row);
-	return s->mqh != NULL;
+	return true;
 }
 
 /*
@@ -321,8 +372,18 @@ bg_spill_finish_rows(BgJobShared *shared)
 
 	if (s->file == NULL)
 		return;
-	if (s->mqh != NULL)
-		all_in = bg_spill_push(s, bg_spill_next_row);
+	while (s->mqh != NULL)
+	{
+		uint64		pushed = s->pushed;
+
+		all_in = bg_spill_push(s, bg_spill_next_row, true);
+		if (all_in || s->mqh == NULL)
+			break;
+		if (s->pushed != pushed)
+			s->stalled_at = 0;
+		if (!bg_spill_wait_reader(s))
+			break;
+	}
 	if (s->mqh != NULL && !all_in)
 	{
 		BufFileExportFileSet(s->file);
@@ -394,7 +455,7 @@ bg_messages_put(char msgtype, const char *str, size_t len)
 		appendStringInfoChar(&msg, msgtype);
 		appendBinaryStringInfo(&msg, str, len);
 
-		if (bg_spill_push(s, bg_spill_next_message))
+		if (bg_spill_push(s, bg_spill_next_message, true))
 		{
 			if (bg_spill_try(s, msg.data, msg.len, true))
 				s->pushed++;
@@ -431,7 +492,7 @@ bg_spill_push_messages_slow(void)
 	bg_messages_busy = true;
 	PG_TRY();
 	{
-		(void) bg_spill_push(s, bg_spill_next_message);
+		(void) bg_spill_push(s, bg_spill_next_message, true);
 		bg_spill_messages_pending = (s->mqh != NULL && s->pushed != s->next);
 	}
 	PG_FINALLY();
@@ -515,7 +576,7 @@ bg_spill_messages_exit(void)
 {
 	BgSpill    *s = &bg_messages;
 
-	if (s->mqh == NULL || bg_spill_push(s, bg_spill_next_message) ||
+	if (s->mqh == NULL || bg_spill_push(s, bg_spill_next_message, true) ||
 		s->mqh == NULL)
 		return;
 
