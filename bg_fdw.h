@@ -43,7 +43,7 @@
 #define BG_KEY_FILESET			7
 
 /* Queue sizes, in bytes */
-#define BG_DEFAULT_QUEUE_SIZE	65536
+#define BG_DEFAULT_QUEUE_SIZE	(1024 * 1024)
 #define BG_MIN_QUEUE_SIZE		4096
 #define BG_MAX_QUEUE_SIZE		(1024 * 1024 * 1024)
 #define BG_MESSAGE_QUEUE_SIZE	16384
