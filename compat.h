@@ -98,6 +98,17 @@ bg_wait_event(const char *name)
 #endif
 }
 
+/* A sender waiting for room in a shm_mq (renamed in 17) */
+static inline uint32
+bg_wait_event_mq_send(void)
+{
+#if PG_VERSION_NUM >= 170000
+	return WAIT_EVENT_MESSAGE_QUEUE_SEND;
+#else
+	return WAIT_EVENT_MQ_SEND;
+#endif
+}
+
 /* May the current user use the foreign server, create temporary tables? */
 static inline AclResult
 bg_foreign_server_aclcheck(Oid serverid)

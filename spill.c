@@ -226,7 +226,7 @@ bg_spill_wait_reader(BgSpill *s)
 	if (wait_ms <= 0)
 		return false;
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 wait_ms, WAIT_EVENT_MQ_SEND);
+					 wait_ms, bg_wait_event_mq_send());
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	return true;

@@ -42,7 +42,9 @@ $$;
 CREATE TEMP TABLE timings (seq serial, name text, ms float8);
 
 -- Run every case of a cases table in turn, round after round, into timings.
-CREATE OR REPLACE FUNCTION bench_rounds(cases regclass, rounds int) RETURNS void
+-- Each case is a transaction of its own, as a client's statement would be:
+-- bg_detach frees a job's spool when its transaction commits.
+CREATE OR REPLACE PROCEDURE bench_rounds(cases regclass, rounds int)
 LANGUAGE plpgsql AS $$
 DECLARE
   c record;
@@ -50,6 +52,7 @@ BEGIN
   FOR r IN 1..rounds LOOP
     FOR c IN EXECUTE format('SELECT * FROM %s ORDER BY ord', cases) LOOP
       INSERT INTO timings (name, ms) VALUES (c.name, bench_case(c.name, c.job, c.q));
+      COMMIT;
     END LOOP;
   END LOOP;
 END
@@ -84,7 +87,7 @@ INSERT INTO cases VALUES
          split_part(current_setting('unix_socket_directories'), ',', 1),
          current_setting('port'), current_database()), 5);
 
-DO $$ BEGIN PERFORM bench_rounds('cases', 5); END $$;
+CALL bench_rounds('cases', 5);
 
 \echo
 \echo Transport-bound: SELECT a, b FROM t, :rows rows, count(*) and sum(length(b)) over the result
@@ -93,12 +96,14 @@ SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct que
 -- A parallel Gather with exactly one worker and the leader not taking part:
 -- the same transport as a job, for comparison.  The planner prefers the
 -- serial plan when the leader does not take part, so the statement is
--- planned with it on and run with it off; the FILTER keeps the aggregate
--- out of the worker (random() is parallel restricted).
+-- planned (a generic plan, kept) with it on and run with it off; the FILTER
+-- keeps the aggregate out of the worker (random() is parallel restricted).
+-- Jobs are read with the same aggregate.
 SET max_parallel_workers_per_gather = 1;
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
 SET parallel_leader_participation = on;
+SET plan_cache_mode = force_generic_plan;
 PREPARE gather_q AS SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM t;
 \echo
 \echo The Gather plan compared with (planned once, run with parallel_leader_participation off):
@@ -107,18 +112,38 @@ SET parallel_leader_participation = off;
 RESET parallel_setup_cost;
 RESET parallel_tuple_cost;
 TRUNCATE timings;
-DO $$
+CREATE TEMP TABLE cases4 (name text, job text, q text, ord int);
+INSERT INTO cases4 VALUES
+ ('direct query (same aggregate)', NULL,
+  'SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM t', 1),
+ ('parallel Gather, one worker', NULL, 'EXECUTE gather_q', 2),
+ ('bg_result_<pid> table', 'SELECT a, b FROM t',
+  'SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM bg_result_%s', 3),
+ ('bg_result_<pid>, stream mode', 'SELECT a, b FROM t',
+  'SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM bg_result_%s', 4);
+-- the direct query runs serially, the Gather with its one worker
+CREATE OR REPLACE FUNCTION bench_case_gather(name text, job text, q text) RETURNS float8
+LANGUAGE sql AS $$
+  SELECT set_config('max_parallel_workers_per_gather',
+                    CASE WHEN name LIKE 'parallel%' THEN '1' ELSE '0' END, false);
+  SELECT bench_case(name, job, q);
+$$;
+CREATE OR REPLACE PROCEDURE bench_rounds_gather(rounds int)
+LANGUAGE plpgsql AS $$
+DECLARE
+  c record;
 BEGIN
-  FOR r IN 1..5 LOOP
-    SET LOCAL max_parallel_workers_per_gather = 0;
-    INSERT INTO timings (name, ms) VALUES ('direct query (same aggregate)',
-      bench_ms('SELECT count(*), sum(length(b)) FILTER (WHERE random() >= 0) FROM t'));
-    SET LOCAL max_parallel_workers_per_gather = 1;
-    INSERT INTO timings (name, ms) VALUES ('parallel Gather, one worker', bench_ms('EXECUTE gather_q'));
+  FOR r IN 1..rounds LOOP
+    FOR c IN SELECT * FROM cases4 ORDER BY ord LOOP
+      INSERT INTO timings (name, ms) VALUES (c.name, bench_case_gather(c.name, c.job, c.q));
+      COMMIT;
+    END LOOP;
   END LOOP;
 END
 $$;
+CALL bench_rounds_gather(5);
 RESET max_parallel_workers_per_gather;
+RESET plan_cache_mode;
 SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct query (same aggregate)');
 
 -- Narrow and wide rows: a single int column, and 20 columns of mixed types.
@@ -152,7 +177,7 @@ INSERT INTO cases3
            'SELECT %s FROM $T') AS r(%s)$q$, col,
            split_part(current_setting('unix_socket_directories'), ',', 1),
            current_setting('port'), current_database(), col, coldef), 4)) AS c(name, job, q, ord);
-DO $$ BEGIN PERFORM bench_rounds('cases3', 5); END $$;
+CALL bench_rounds('cases3', 5);
 \echo
 \echo Narrow and wide rows, :rows rows each (dblink brings only the summed column)
 SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('int column: direct query')
@@ -175,7 +200,7 @@ INSERT INTO cases2 VALUES
          'SELECT g, md5(g::text) AS h FROM generate_series(1, %s) g') AS r(g int, h text)$q$,
          split_part(current_setting('unix_socket_directories'), ',', 1),
          current_setting('port'), current_database(), :rows), 4);
-DO $$ BEGIN PERFORM bench_rounds('cases2', 5); END $$;
+CALL bench_rounds('cases2', 5);
 \echo
 \echo Compute-bound: SELECT g, md5(g::text) FROM generate_series(1, :rows), aggregated over the result
 SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct query');
@@ -209,28 +234,35 @@ END
 $$;
 SELECT set_config('bench.rows', :'rows', false);
 TRUNCATE timings;
-DO $$
+CREATE OR REPLACE PROCEDURE bench_concurrency(rounds int)
+LANGUAGE plpgsql AS $$
 DECLARE
   n text := current_setting('bench.rows');
   one text := format('SELECT g, md5((g + %%s)::text) AS h FROM generate_series(1, %s) g', n);
 BEGIN
   -- the foreground runs its queries one at a time, without parallel workers
-  PERFORM set_config('max_parallel_workers_per_gather', '0', true);
-  FOR r IN 1..3 LOOP
+  PERFORM set_config('max_parallel_workers_per_gather', '0', false);
+  FOR r IN 1..rounds LOOP
     INSERT INTO timings (name, ms) VALUES ('two queries one after the other, joined',
       bench_ms(format('SELECT count(*) FROM (%s) a JOIN (%s) b USING (g) WHERE a.h <> b.h',
                       format(one, 1), format(one, 2))));
+    COMMIT;
     INSERT INTO timings (name, ms) VALUES ('two jobs at once, their results joined',
       bench_jobs(2, 'join'));
+    COMMIT;
     INSERT INTO timings (name, ms) VALUES ('eight queries one after the other',
       bench_ms((SELECT 'SELECT count(*), sum(length(h)) FROM (' ||
                        string_agg(format(one, i), ' UNION ALL ') || ') u'
                   FROM generate_series(1, 8) i)));
+    COMMIT;
     INSERT INTO timings (name, ms) VALUES ('eight jobs at once, read with UNION ALL',
       bench_jobs(8, 'union'));
+    COMMIT;
   END LOOP;
 END
 $$;
+CALL bench_concurrency(3);
+RESET max_parallel_workers_per_gather;
 \echo
 \echo Concurrency: SELECT g, md5(g::text) over :rows rows per query, medians of 3
 SELECT "case", median_ms, ratio AS ratio_to_foreground
@@ -240,7 +272,10 @@ SELECT "case", median_ms, ratio AS ratio_to_foreground
 
 -- Launch latency: bg_launch of a one-row query plus reading it, against
 -- dblink's connect + query + disconnect, 200 of each, interleaved.
-CREATE OR REPLACE FUNCTION bench_launch() RETURNS float8
+-- Each case is timed through the commit of its transaction, as a client in
+-- autocommit would wait for it: a launch commits the creation (and, with
+-- bg_detach, the drop) of its result table.
+CREATE OR REPLACE PROCEDURE bench_launch_1(name text)
 LANGUAGE plpgsql AS $$
 DECLARE
   t0 timestamptz := clock_timestamp();
@@ -249,10 +284,12 @@ BEGIN
   pid := bg_launch('SELECT 1 AS x');
   EXECUTE format('SELECT x FROM bg_result_%s', pid);
   PERFORM bg_detach(pid);
-  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
+  COMMIT;
+  INSERT INTO timings (name, ms) VALUES (name, extract(epoch FROM clock_timestamp() - t0) * 1000);
+  COMMIT;
 END
 $$;
-CREATE OR REPLACE FUNCTION bench_dblink_1() RETURNS float8
+CREATE OR REPLACE PROCEDURE bench_dblink_1()
 LANGUAGE plpgsql AS $$
 DECLARE
   t0 timestamptz := clock_timestamp();
@@ -261,24 +298,23 @@ BEGIN
                                split_part(current_setting('unix_socket_directories'), ',', 1),
                                current_setting('port'), current_database()),
                         'SELECT 1') AS r(x int);
-  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
+  COMMIT;
+  INSERT INTO timings (name, ms) VALUES ('dblink connect + query + disconnect',
+                                         extract(epoch FROM clock_timestamp() - t0) * 1000);
+  COMMIT;
 END
 $$;
 -- The job registry's share: the same launch with the registry table
 -- renamed away, which bg_launch and the worker take as "not installed".
--- Each case runs in a transaction of its own, as a client's would.
 CREATE OR REPLACE PROCEDURE bench_launch_rounds(n int)
 LANGUAGE plpgsql AS $$
 BEGIN
   FOR r IN 1..n LOOP
-    INSERT INTO timings (name, ms) VALUES ('dblink connect + query + disconnect', bench_dblink_1());
-    COMMIT;
-    INSERT INTO timings (name, ms) VALUES ('bg_launch + read one row', bench_launch());
-    COMMIT;
+    CALL bench_dblink_1();
+    CALL bench_launch_1('bg_launch + read one row');
     ALTER TABLE bg_job_registry RENAME TO bg_job_registry_bench;
     COMMIT;
-    INSERT INTO timings (name, ms) VALUES ('the same without the job registry', bench_launch());
-    COMMIT;
+    CALL bench_launch_1('the same without the job registry');
     ALTER TABLE bg_job_registry_bench RENAME TO bg_job_registry;
     COMMIT;
   END LOOP;

@@ -10,5 +10,7 @@ bg_build
 bg_start_cluster
 cp "$TOP/bench/bench.sql" "$SCRATCH/"
 as_pg psql -X -q -v rows="${ROWS:-1000000}" -f "$SCRATCH/bench.sql"
+source "$TOP/bench/contention.sh"
+bench_contention_report 7
 source "$TOP/bench/memory.sh"
 bench_memory_report "${MEMORY_ROWS:-10000000}"
