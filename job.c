@@ -57,6 +57,9 @@
 /* Jobs launched by this session, oldest first; cells in TopMemoryContext */
 static List *bg_jobs = NIL;
 
+/* Rows taken from another job per wait, so that the awaited one comes first */
+#define BG_DRAIN_BATCH	10000
+
 static void bg_job_read_messages(BgJob *job);
 static void bg_job_handle_message(BgJob *job, StringInfo msg);
 static void bg_job_relay(BgJob *job, StringInfo msg, bool is_error);
@@ -66,6 +69,7 @@ static void bg_job_consume_row(void *arg, char *data, uint32 len);
 static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
+static void bg_job_drain_others(BgJob *waiting);
 static void bg_job_check_deadlock(BgJob *job);
 static void bg_reader_copy(BgJob *job, BgReader *rd, const char *src,
 						   uint32 len, bool minimal);
@@ -692,6 +696,43 @@ bg_job_sleep(BgJob *job, long timeout_ms)
 	CHECK_FOR_INTERRUPTS();
 	if ((rc & WL_TIMEOUT) && wait_ms == DeadlockTimeout)
 		bg_job_check_deadlock(job);
+	bg_job_drain_others(job);
+}
+
+/*
+ * While the session waits for one job, move the rows other jobs with an
+ * open scan have sent into their spools.  In a join of two jobs the side not
+ * being read (the outer side, while a hash join reads the inner one to its
+ * end) then keeps its worker sending through the queue, instead of keeping
+ * its rows on disk for us to copy later; the waits are when the reader has
+ * time for it.  Messages stay for each job's own reader, and stream jobs
+ * keep nothing, so they are left alone.
+ */
+static void
+bg_job_drain_others(BgJob *waiting)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = (BgJob *) lfirst(lc);
+		int			n;
+
+		if (job == waiting || job->seg == NULL || job->stream ||
+			job->desc == NULL || job->tuples_done || job->spool_broken ||
+			!bg_job_in_use(job))
+			continue;
+		for (n = 0; n < BG_DRAIN_BATCH; n++)
+		{
+			Size		nbytes;
+			void	   *data;
+
+			if (shm_mq_receive(job->tuple_mqh, &nbytes, &data, true) != SHM_MQ_SUCCESS)
+				break;
+			job->rows_received++;
+			bg_job_spool(job, (MinimalTuple) data);
+		}
+	}
 }
 
 /*

@@ -168,7 +168,8 @@ SET enable_material = off;
 BEGIN;
 DECLARE n CURSOR FOR
   SELECT r.g, left(r.h, 8) || '/' || x AS v
-    FROM bg_result_:pid2 r, generate_series(1, 3) x WHERE r.g IN (1, 99999);
+    FROM bg_result_:pid2 r, LATERAL generate_series(1, 3 + 0 * r.g) x
+   WHERE r.g IN (1, 99999);
 FETCH 1 FROM n;
 SELECT count(*) FROM bg_result_:pid2;
 SELECT bg_wait(:pid2);
@@ -255,11 +256,13 @@ SET enable_hashjoin = off;
 SET enable_mergejoin = off;
 SET enable_material = off;
 BEGIN;
--- the outer row of this nested loop comes from the spool's write buffer,
--- which the other scans below flush and refill while the cursor holds it
+-- the outer row of this nested loop (outer by LATERAL, whatever the job
+-- has sent when it is planned) comes from the spool's write buffer, which
+-- the other scans below flush and refill while the cursor holds it
 DECLARE n CURSOR FOR
   SELECT r.g, left(r.h, 8) || '/' || x AS v
-    FROM bg_result_:pid r, generate_series(1, 3) x WHERE r.g IN (5000, 99999);
+    FROM bg_result_:pid r, LATERAL generate_series(1, 3 + 0 * r.g) x
+   WHERE r.g IN (5000, 99999);
 FETCH 1 FROM n;
 SELECT count(*), sum(g), count(DISTINCT h) FROM bg_result_:pid;
 FETCH ALL FROM n;
@@ -286,4 +289,20 @@ SELECT bg_launch($$SELECT g, repeat(md5(g::text), 10000) AS big
 SELECT sum(length(big)), count(DISTINCT md5(big)) FROM bg_result_:pid;
 SELECT sum(length(big)), count(DISTINCT md5(big)) FROM bg_result_:pid;
 SELECT bg_detach(:pid);
+
+-- While the session waits for one job, the rows of another job it has a
+-- scan open on move into that job's spool: all of them, in order.
+SELECT bg_launch('SELECT g FROM generate_series(1, 50000) g') AS a \gset
+SELECT bg_launch($$SELECT g FROM generate_series(1, 3) g, LATERAL pg_sleep(0.2)$$) AS b \gset
+SELECT (SELECT count(*) FROM bg_result_:b) AS b_rows,
+       (SELECT count(*) FILTER (WHERE g = n) FROM
+          (SELECT g, row_number() OVER () AS n FROM bg_result_:a) s) AS a_in_order;
+SELECT bg_detach(:a), bg_detach(:b);
+-- a job that fails while its rows are taken that way fails its own reads
+SELECT bg_launch('SELECT g, 1 / (g - 40000) AS x FROM generate_series(1, 50000) g') AS a \gset
+SELECT bg_launch($$SELECT g FROM generate_series(1, 3) g, LATERAL pg_sleep(0.2)$$) AS b \gset
+SELECT regress_try('SELECT (SELECT count(*) FROM bg_result_' || :b || '),
+                           (SELECT count(*) FROM bg_result_' || :a || ')', :a);
+SELECT count(*) FROM bg_result_:b;
+SELECT bg_detach(:a), bg_detach(:b);
 SELECT regress_no_workers();
