@@ -207,7 +207,8 @@ SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('direct que
 
 -- Concurrency (2 cores): compute-bound queries run one after the other in
 -- the foreground, against the same queries launched at once as jobs and
--- read together: two joined, eight with UNION ALL.
+-- read together: two joined, eight with UNION ALL; 1,000,000 rows each
+-- whatever the size of the throughput tables.
 CREATE OR REPLACE FUNCTION bench_jobs(n int, combine text) RETURNS float8
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -232,7 +233,7 @@ BEGIN
   RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
 END
 $$;
-SELECT set_config('bench.rows', :'rows', false);
+SELECT set_config('bench.rows', '1000000', false) \gset
 TRUNCATE timings;
 CREATE OR REPLACE PROCEDURE bench_concurrency(rounds int)
 LANGUAGE plpgsql AS $$
@@ -264,65 +265,8 @@ $$;
 CALL bench_concurrency(3);
 RESET max_parallel_workers_per_gather;
 \echo
-\echo Concurrency: SELECT g, md5(g::text) over :rows rows per query, medians of 3
+\echo Concurrency: SELECT g, md5(g::text) over 1000000 rows per query, medians of 3
 SELECT "case", median_ms, ratio AS ratio_to_foreground
   FROM bench_report('two queries one after the other, joined') WHERE "case" LIKE 'two%';
 SELECT "case", median_ms, ratio AS ratio_to_foreground
   FROM bench_report('eight queries one after the other') WHERE "case" LIKE 'eight%';
-
--- Launch latency: bg_launch of a one-row query plus reading it, against
--- dblink's connect + query + disconnect, 200 of each, interleaved.
--- Each case is timed through the commit of its transaction, as a client in
--- autocommit would wait for it: a launch commits the creation (and, with
--- bg_detach, the drop) of its result table.
-CREATE OR REPLACE PROCEDURE bench_launch_1(name text)
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-  pid int;
-BEGIN
-  pid := bg_launch('SELECT 1 AS x');
-  EXECUTE format('SELECT x FROM bg_result_%s', pid);
-  PERFORM bg_detach(pid);
-  COMMIT;
-  INSERT INTO timings (name, ms) VALUES (name, extract(epoch FROM clock_timestamp() - t0) * 1000);
-  COMMIT;
-END
-$$;
-CREATE OR REPLACE PROCEDURE bench_dblink_1()
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-BEGIN
-  PERFORM * FROM dblink(format('host=%s port=%s dbname=%s',
-                               split_part(current_setting('unix_socket_directories'), ',', 1),
-                               current_setting('port'), current_database()),
-                        'SELECT 1') AS r(x int);
-  COMMIT;
-  INSERT INTO timings (name, ms) VALUES ('dblink connect + query + disconnect',
-                                         extract(epoch FROM clock_timestamp() - t0) * 1000);
-  COMMIT;
-END
-$$;
--- The job registry's share: the same launch with the registry table
--- renamed away, which bg_launch and the worker take as "not installed".
-CREATE OR REPLACE PROCEDURE bench_launch_rounds(n int)
-LANGUAGE plpgsql AS $$
-BEGIN
-  FOR r IN 1..n LOOP
-    CALL bench_dblink_1();
-    CALL bench_launch_1('bg_launch + read one row');
-    ALTER TABLE bg_job_registry RENAME TO bg_job_registry_bench;
-    COMMIT;
-    CALL bench_launch_1('the same without the job registry');
-    ALTER TABLE bg_job_registry_bench RENAME TO bg_job_registry;
-    COMMIT;
-  END LOOP;
-END
-$$;
-TRUNCATE timings;
-CALL bench_launch_rounds(200);
-\echo
-\echo Launch latency, median of 200
-SELECT "case", median_ms, ratio AS ratio_to_dblink
-  FROM bench_report('dblink connect + query + disconnect');

@@ -10,7 +10,19 @@ bg_build
 bg_start_cluster
 cp "$TOP/bench/bench.sql" "$SCRATCH/"
 as_pg psql -X -q -v rows="${ROWS:-1000000}" -f "$SCRATCH/bench.sql"
+cp "$TOP/bench/launch.sql" "$SCRATCH/"
+as_pg psql -X -q -v title= -f "$SCRATCH/launch.sql"
 source "$TOP/bench/contention.sh"
 bench_contention_report 7
 source "$TOP/bench/memory.sh"
 bench_memory_report "${MEMORY_ROWS:-10000000}"
+
+# Launch latency again, with bg_fdw preloaded (each worker then finds the
+# library loaded) and job segments taken from preallocated shared memory.
+cat >>"$PGDATA_SCRATCH/postgresql.conf" <<CONF
+shared_preload_libraries = 'bg_fdw'
+min_dynamic_shared_memory = '64MB'
+CONF
+as_pg pg_ctl -D "$PGDATA_SCRATCH" -l "$SCRATCH/server.log" -w restart >/dev/null
+as_pg psql -X -q -v title=", with shared_preload_libraries = 'bg_fdw' and min_dynamic_shared_memory = '64MB'" \
+	-f "$SCRATCH/launch.sql"
