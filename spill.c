@@ -258,7 +258,10 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 			return false;
 		if (bg_spill_push(s, bg_spill_next_row, false))
 		{
-			/* nothing kept: a row the queue took in part is retried whole */
+			/*
+			 * Nothing kept.  A row the queue took only in part is offered
+			 * again whole: the queue goes on where it stopped.
+			 */
 			if (bg_spill_tryv(s, iov, iovcnt, flush))
 			{
 				s->next++;
