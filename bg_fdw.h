@@ -117,6 +117,8 @@ typedef struct BgSpoolReader
 	Size		buf_size;
 	off_t		buf_start;		/* file offset of buf's first byte */
 	Size		buf_len;		/* bytes in buf */
+	char	   *row_buf;		/* the current row, if from the file part */
+	Size		row_size;
 } BgSpoolReader;
 
 /*
@@ -205,8 +207,7 @@ extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb);
 extern void bg_spool_free(BgSpool *sp);
 extern void bg_spool_append(BgSpool *sp, MinimalTuple tuple);
 extern void bg_spool_rewind(BgSpoolReader *rd);
-extern bool bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple,
-						  bool *stable);
+extern bool bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple);
 
 /* in spill.c */
 extern bool bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,

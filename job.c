@@ -15,12 +15,11 @@
  *
  * A reader's current row is presented to the executor as a heap tuple that
  * is deformed lazily.  It stays valid until that reader's next row, whatever
- * other readers of the job do meanwhile: it is read in place where the
- * spool keeps it (in memory, or in the reader's own file buffer), and
- * copied into a buffer the reader owns where it is not (the queue's memory
- * is reused by the next receive, the spool's write buffer by the next
- * append), since a node above a scan (a nested loop's outer side, a
- * projection) may still point into the scan's row.
+ * other readers of the job do meanwhile, since a node above a scan (a nested
+ * loop's outer side, a projection) may still point into the scan's row: it
+ * is read in place where the spool keeps it in memory, and is otherwise a
+ * copy the reader owns (the queue's memory is reused by the next receive,
+ * the spool's write buffer by the next append).
  *
  *-------------------------------------------------------------------------
  */
@@ -71,8 +70,7 @@ static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
 static void bg_job_drain_others(BgJob *waiting);
 static void bg_job_check_deadlock(BgJob *job);
-static void bg_reader_copy(BgJob *job, BgReader *rd, const char *src,
-						   uint32 len, bool minimal);
+static void bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup);
 static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
 static void bg_check_spool(BgJob *job);
@@ -1047,16 +1045,15 @@ bg_reader_rescan(BgJob *job, int reader)
 }
 
 /*
- * Copy the reader's current row into its own buffer: the row's memory will
- * not last until the next fetch.  "len" bytes at "src" are a heap tuple
- * without its header, when "src" is a minimal tuple from the queue;
- * otherwise a whole tuple.
+ * Make a row taken off the queue the reader's current row: a copy in the
+ * reader's own buffer, since the queue's memory is reused by the next
+ * receive, behind a heap tuple header as heap_tuple_from_minimal_tuple lays
+ * it out.
  */
 static void
-bg_reader_copy(BgJob *job, BgReader *rd, const char *src, uint32 len,
-			   bool minimal)
+bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup)
 {
-	uint32		total = minimal ? len + MINIMAL_TUPLE_OFFSET : len;
+	uint32		total = mtup->t_len + MINIMAL_TUPLE_OFFSET;
 
 	if (total > rd->bufsize)
 	{
@@ -1065,18 +1062,12 @@ bg_reader_copy(BgJob *job, BgReader *rd, const char *src, uint32 len,
 			pfree(rd->buf);
 		rd->buf = MemoryContextAlloc(job->cxt, rd->bufsize);
 	}
-	if (minimal)
-	{
-		/* the layout heap_tuple_from_minimal_tuple makes */
-		memset(rd->buf, 0, offsetof(HeapTupleHeaderData, t_infomask2));
-		memcpy(rd->buf + MINIMAL_TUPLE_OFFSET, src, len);
-		ItemPointerSetInvalid(&rd->tuple.t_self);
-		rd->tuple.t_tableOid = InvalidOid;
-	}
-	else
-		memcpy(rd->buf, src, len);
+	memset(rd->buf, 0, offsetof(HeapTupleHeaderData, t_infomask2));
+	memcpy(rd->buf + MINIMAL_TUPLE_OFFSET, mtup, mtup->t_len);
 	rd->tuple.t_len = total;
 	rd->tuple.t_data = (HeapTupleHeader) rd->buf;
+	ItemPointerSetInvalid(&rd->tuple.t_self);
+	rd->tuple.t_tableOid = InvalidOid;
 }
 
 /*
@@ -1120,14 +1111,12 @@ bg_job_receive(BgJob *job)
 
 /*
  * Store the reader's next row in its slot; false at the end of the result.
- * Rows are read in place where their memory lasts until the next fetch.
  */
 bool
 bg_reader_next(BgJob *job, int reader)
 {
 	BgReader   *rd = job->readers[reader];
 	MinimalTuple tuple;
-	bool		stable;
 
 	bg_check_spool(job);
 
@@ -1135,8 +1124,7 @@ bg_reader_next(BgJob *job, int reader)
 	{
 		int64		nspooled = job->nspooled;
 
-		if (!job->stream &&
-			bg_spool_read(job->spool, &rd->pos, &rd->tuple, &stable))
+		if (!job->stream && bg_spool_read(job->spool, &rd->pos, &rd->tuple))
 			break;
 
 		/* This reader has read the whole spool: the next row is on the queue. */
@@ -1144,8 +1132,7 @@ bg_reader_next(BgJob *job, int reader)
 		if (tuple != NULL && job->stream)
 		{
 			job->stream_taken = true;
-			bg_reader_copy(job, rd, (char *) tuple, tuple->t_len, true);
-			stable = true;
+			bg_reader_copy(job, rd, tuple);
 			break;
 		}
 		/* a row that joins the spool is read from there, as is the end */
@@ -1157,8 +1144,6 @@ bg_reader_next(BgJob *job, int reader)
 			return false;
 		}
 	}
-	if (!stable)
-		bg_reader_copy(job, rd, (char *) rd->tuple.t_data, rd->tuple.t_len, false);
 	rd->nread++;
 	ExecStoreHeapTuple(&rd->tuple, rd->slot, false);
 	return true;

@@ -7,15 +7,17 @@
  *
  * A tuplestore would do, but it pallocs, copies and frees every row and
  * writes its file 8kB at a time.  Here a row is copied once, into a block of
- * memory or into a large write buffer, and is read back in place.  Each
- * reader has its own position and read buffer, so scans of one result at
- * different points (a self-join, the rescans of a nested loop) do not
- * disturb each other.
+ * memory or into a large write buffer.  Each reader has its own position,
+ * read buffer and row buffer, so scans of one result at different points (a
+ * self-join, the rescans of a nested loop) do not disturb each other.
  *
- * A row is kept as a heap tuple whose header is zero up to the minimal
- * tuple, the layout heap_tuple_from_minimal_tuple makes: a scan's slot can
- * point at it without a copy.  Rows are MAXALIGNed; the file holds whole
- * rows only, the rest waits in the write buffer.
+ * In memory a row is kept as a heap tuple whose header is zero up to the
+ * minimal tuple, the layout heap_tuple_from_minimal_tuple makes, MAXALIGNed:
+ * a scan's slot points at it without a copy.  In the file, where bytes cost
+ * I/O, a row is its length and the minimal tuple's data without its padding
+ * (as a tuplestore writes it), and a reader rebuilds the heap layout in its
+ * row buffer.  The file holds whole rows only, the rest waits in the write
+ * buffer.
  *
  *-------------------------------------------------------------------------
  */
@@ -55,6 +57,8 @@ static char *bg_spool_reserve(BgSpool *sp, Size len);
 static char *bg_spool_reserve_file(BgSpool *sp, Size len);
 static void bg_spool_flush(BgSpool *sp);
 static char *bg_spool_read_file(BgSpool *sp, BgSpoolReader *rd, Size need);
+static void bg_spool_unpack(BgSpool *sp, BgSpoolReader *rd, const char *rec,
+							uint32 body, HeapTuple tuple);
 
 /*
  * A spool in "cxt", keeping up to mem_limit_kb kilobytes of rows in memory.
@@ -88,24 +92,34 @@ void
 bg_spool_append(BgSpool *sp, MinimalTuple tuple)
 {
 	Size		len = MINIMAL_TUPLE_OFFSET + tuple->t_len;
-	char	   *dest = bg_spool_reserve(sp, MAXALIGN(len));
+	char	   *dest;
 
-	memset(dest, 0, MINIMAL_TUPLE_OFFSET);
-	memcpy(dest + MINIMAL_TUPLE_OFFSET, tuple, tuple->t_len);
-	if (MAXALIGN(len) > len)
-		memset(dest + len, 0, MAXALIGN(len) - len);
+	if (sp->file < 0 && sp->mem_used + MAXALIGN(len) <= sp->mem_limit)
+	{
+		dest = bg_spool_reserve(sp, MAXALIGN(len));
+		memset(dest, 0, MINIMAL_TUPLE_OFFSET);
+		memcpy(dest + MINIMAL_TUPLE_OFFSET, tuple, tuple->t_len);
+		if (MAXALIGN(len) > len)
+			memset(dest + len, 0, MAXALIGN(len) - len);
+	}
+	else
+	{
+		uint32		body = tuple->t_len - MINIMAL_TUPLE_DATA_OFFSET;
+
+		dest = bg_spool_reserve_file(sp, sizeof(uint32) + body);
+		memcpy(dest, &body, sizeof(uint32));
+		memcpy(dest + sizeof(uint32),
+			   (char *) tuple + MINIMAL_TUPLE_DATA_OFFSET, body);
+	}
 	sp->nrows++;
 }
 
-/* Room for a row of "len" bytes at the end of the spool. */
+/* Room for a row of "len" bytes at the end of the memory part. */
 static char *
 bg_spool_reserve(BgSpool *sp, Size len)
 {
 	char	   *dest;
 	int			last = sp->nblocks - 1;
-
-	if (sp->file >= 0 || sp->mem_used + len > sp->mem_limit)
-		return bg_spool_reserve_file(sp, len);
 
 	if (last < 0 || sp->block_used[last] + len > sp->block_size[last])
 	{
@@ -200,18 +214,16 @@ bg_spool_rewind(BgSpoolReader *rd)
 
 /*
  * The reader's next row as a heap tuple, or false at the end of the spool.
- * The tuple's data stays valid until this reader reads again, or, when
- * *stable is false, until the spool is appended to.
+ * The tuple's data stays valid until this reader reads again.
  */
 bool
-bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple, bool *stable)
+bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 {
 	char	   *data;
-	Size		len;
+	uint32		body;
 
 	if (rd->row >= sp->nrows)
 		return false;
-	*stable = true;
 	if (!rd->in_file && rd->row == sp->mem_rows)
 	{
 		/* past the memory part, which is complete once the file exists */
@@ -226,29 +238,50 @@ bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple, bool *stable)
 			rd->offset = 0;
 		}
 		data = sp->blocks[rd->block] + rd->offset;
-		len = MINIMAL_TUPLE_OFFSET + ((MinimalTuple) (data + MINIMAL_TUPLE_OFFSET))->t_len;
-		rd->offset += MAXALIGN(len);
-	}
-	else if (rd->offset >= sp->file_size)
-	{
-		data = sp->wbuf + (rd->offset - sp->file_size);
-		len = MINIMAL_TUPLE_OFFSET + ((MinimalTuple) (data + MINIMAL_TUPLE_OFFSET))->t_len;
-		rd->offset += MAXALIGN(len);
-		*stable = false;
+		tuple->t_len = MINIMAL_TUPLE_OFFSET +
+			((MinimalTuple) (data + MINIMAL_TUPLE_OFFSET))->t_len;
+		tuple->t_data = (HeapTupleHeader) data;
+		rd->offset += MAXALIGN(tuple->t_len);
 	}
 	else
 	{
-		data = bg_spool_read_file(sp, rd, MINIMAL_TUPLE_OFFSET + sizeof(uint32));
-		len = MINIMAL_TUPLE_OFFSET + ((MinimalTuple) (data + MINIMAL_TUPLE_OFFSET))->t_len;
-		data = bg_spool_read_file(sp, rd, len);
-		rd->offset += MAXALIGN(len);
+		if (rd->offset >= sp->file_size)
+			data = sp->wbuf + (rd->offset - sp->file_size);
+		else
+			data = bg_spool_read_file(sp, rd, sizeof(uint32));
+		memcpy(&body, data, sizeof(uint32));
+		if (rd->offset < sp->file_size)
+			data = bg_spool_read_file(sp, rd, sizeof(uint32) + body);
+		bg_spool_unpack(sp, rd, data, body, tuple);
+		rd->offset += sizeof(uint32) + body;
 	}
 	rd->row++;
-	tuple->t_len = len;
-	tuple->t_data = (HeapTupleHeader) data;
 	ItemPointerSetInvalid(&tuple->t_self);
 	tuple->t_tableOid = InvalidOid;
 	return true;
+}
+
+/* Rebuild a row kept in the file as a heap tuple in the reader's buffer. */
+static void
+bg_spool_unpack(BgSpool *sp, BgSpoolReader *rd, const char *rec, uint32 body,
+				HeapTuple tuple)
+{
+	Size		len = offsetof(HeapTupleHeaderData, t_infomask2) + body;
+	uint32		t_len = MINIMAL_TUPLE_DATA_OFFSET + body;
+
+	if (len > rd->row_size)
+	{
+		if (rd->row_buf)
+			pfree(rd->row_buf);
+		rd->row_size = Max(len, 2 * rd->row_size);
+		rd->row_buf = MemoryContextAllocHuge(sp->cxt, rd->row_size);
+	}
+	memset(rd->row_buf, 0, offsetof(HeapTupleHeaderData, t_infomask2));
+	memcpy(rd->row_buf + MINIMAL_TUPLE_OFFSET, &t_len, sizeof(uint32));
+	memcpy(rd->row_buf + offsetof(HeapTupleHeaderData, t_infomask2),
+		   rec + sizeof(uint32), body);
+	tuple->t_len = len;
+	tuple->t_data = (HeapTupleHeader) rd->row_buf;
 }
 
 /*
