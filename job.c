@@ -57,7 +57,8 @@
 static List *bg_jobs = NIL;
 
 /* Rows taken from another job per wait, so that the awaited one comes first */
-#define BG_DRAIN_BATCH	10000
+#define BG_DRAIN_ROWS	10000
+#define BG_DRAIN_BYTES	(4 * 1024 * 1024)
 
 static void bg_job_read_messages(BgJob *job);
 static void bg_job_handle_message(BgJob *job, StringInfo msg);
@@ -69,6 +70,7 @@ static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
 static void bg_job_drain_others(BgJob *waiting);
+static void bg_drain_error_callback(void *arg);
 static void bg_job_check_deadlock(BgJob *job);
 static void bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup);
 static bool bg_job_ended(BgJob *job);
@@ -694,33 +696,39 @@ bg_job_sleep(BgJob *job, long timeout_ms)
 	CHECK_FOR_INTERRUPTS();
 	if ((rc & WL_TIMEOUT) && wait_ms == DeadlockTimeout)
 		bg_job_check_deadlock(job);
-	bg_job_drain_others(job);
 }
 
 /*
- * While the session waits for one job, move the rows other jobs with an
- * open scan have sent into their spools.  In a join of two jobs the side not
- * being read (the outer side, while a hash join reads the inner one to its
- * end) then keeps its worker sending through the queue, instead of keeping
- * its rows on disk for us to copy later; the waits are when the reader has
- * time for it.  Messages stay for each job's own reader, and stream jobs
- * keep nothing, so they are left alone.
+ * While a scan waits for its job's next row, move the rows other jobs with
+ * an open scan have sent into their spools.  In a join of two jobs the side
+ * not being read (the outer side, while a hash join reads the inner one to
+ * its end) then keeps its worker sending through the queue, instead of
+ * keeping its rows on disk for us to copy later; the waits are when the
+ * reader has time for it.  Messages stay for each job's own reader, and
+ * stream jobs keep nothing, so they are left alone.  Keeping a row can fail
+ * (temp_file_limit): the error names the job whose rows they were.
  */
 static void
 bg_job_drain_others(BgJob *waiting)
 {
 	ListCell   *lc;
+	ErrorContextCallback errcallback;
 
+	errcallback.callback = bg_drain_error_callback;
+	errcallback.previous = error_context_stack;
 	foreach(lc, bg_jobs)
 	{
 		BgJob	   *job = (BgJob *) lfirst(lc);
+		Size		bytes = 0;
 		int			n;
 
 		if (job == waiting || job->seg == NULL || job->stream ||
 			job->desc == NULL || job->tuples_done || job->spool_broken ||
 			!bg_job_in_use(job))
 			continue;
-		for (n = 0; n < BG_DRAIN_BATCH; n++)
+		errcallback.arg = job;
+		error_context_stack = &errcallback;
+		for (n = 0; n < BG_DRAIN_ROWS && bytes < BG_DRAIN_BYTES; n++)
 		{
 			Size		nbytes;
 			void	   *data;
@@ -729,8 +737,17 @@ bg_job_drain_others(BgJob *waiting)
 				break;
 			job->rows_received++;
 			bg_job_spool(job, (MinimalTuple) data);
+			bytes += nbytes;
+			CHECK_FOR_INTERRUPTS();
 		}
+		error_context_stack = errcallback.previous;
 	}
+}
+
+static void
+bg_drain_error_callback(void *arg)
+{
+	errcontext("keeping rows of background job %d", ((BgJob *) arg)->pid);
 }
 
 /*
@@ -1106,6 +1123,7 @@ bg_job_receive(BgJob *job)
 			return NULL;
 		}
 		bg_job_sleep(job, -1);
+		bg_job_drain_others(job);
 	}
 }
 

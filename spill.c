@@ -220,11 +220,13 @@ bg_spill_wait_reader(BgSpill *s)
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait_ms;
 
-	if (s->stalled_at == 0)
+	/* (a clock stepped back starts the stall again) */
+	if (s->stalled_at == 0 || now < s->stalled_at)
 		s->stalled_at = now;
 	wait_ms = BG_SPILL_PATIENCE_MS - (now - s->stalled_at) / 1000;
 	if (wait_ms <= 0)
 		return false;
+	wait_ms = Min(wait_ms, BG_SPILL_PATIENCE_MS);
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 wait_ms, bg_wait_event_mq_send());
 	ResetLatch(MyLatch);
@@ -258,6 +260,8 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 			return false;
 		if (bg_spill_push(s, bg_spill_next_row, false))
 		{
+			if (s->pushed != pushed)
+				s->stalled_at = 0;
 			/*
 			 * Nothing kept.  A row the queue took only in part is offered
 			 * again whole: the queue goes on where it stopped.

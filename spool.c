@@ -125,19 +125,22 @@ bg_spool_reserve(BgSpool *sp, Size len)
 	{
 		if (sp->nblocks == sp->maxblocks)
 		{
-			sp->maxblocks = Max(16, sp->maxblocks * 2);
+			/* maxblocks last: an allocation that fails leaves all consistent */
+			int			max = Max(16, sp->maxblocks * 2);
+
 			if (sp->blocks == NULL)
 			{
-				sp->blocks = MemoryContextAlloc(sp->cxt, sp->maxblocks * sizeof(char *));
-				sp->block_used = MemoryContextAlloc(sp->cxt, sp->maxblocks * sizeof(Size));
-				sp->block_size = MemoryContextAlloc(sp->cxt, sp->maxblocks * sizeof(Size));
+				sp->blocks = MemoryContextAlloc(sp->cxt, max * sizeof(char *));
+				sp->block_used = MemoryContextAlloc(sp->cxt, max * sizeof(Size));
+				sp->block_size = MemoryContextAlloc(sp->cxt, max * sizeof(Size));
 			}
 			else
 			{
-				sp->blocks = repalloc(sp->blocks, sp->maxblocks * sizeof(char *));
-				sp->block_used = repalloc(sp->block_used, sp->maxblocks * sizeof(Size));
-				sp->block_size = repalloc(sp->block_size, sp->maxblocks * sizeof(Size));
+				sp->blocks = repalloc(sp->blocks, max * sizeof(char *));
+				sp->block_used = repalloc(sp->block_used, max * sizeof(Size));
+				sp->block_size = repalloc(sp->block_size, max * sizeof(Size));
 			}
+			sp->maxblocks = max;
 		}
 		last = sp->nblocks++;
 		sp->block_size[last] = Max(BG_SPOOL_BLOCK_SIZE, len);
