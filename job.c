@@ -70,6 +70,7 @@ static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms);
 static void bg_job_drain_others(BgJob *waiting);
+static shm_mq_result bg_job_take_rows(BgJob *job, int max_rows, Size max_bytes);
 static void bg_drain_error_callback(void *arg);
 static void bg_job_check_deadlock(BgJob *job);
 static void bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup);
@@ -719,27 +720,13 @@ bg_job_drain_others(BgJob *waiting)
 	foreach(lc, bg_jobs)
 	{
 		BgJob	   *job = (BgJob *) lfirst(lc);
-		Size		bytes = 0;
-		int			n;
-
 		if (job == waiting || job->seg == NULL || job->stream ||
 			job->desc == NULL || job->tuples_done || job->spool_broken ||
 			!bg_job_in_use(job))
 			continue;
 		errcallback.arg = job;
 		error_context_stack = &errcallback;
-		for (n = 0; n < BG_DRAIN_ROWS && bytes < BG_DRAIN_BYTES; n++)
-		{
-			Size		nbytes;
-			void	   *data;
-
-			if (shm_mq_receive(job->tuple_mqh, &nbytes, &data, true) != SHM_MQ_SUCCESS)
-				break;
-			job->rows_received++;
-			bg_job_spool(job, (MinimalTuple) data);
-			bytes += nbytes;
-			CHECK_FOR_INTERRUPTS();
-		}
+		(void) bg_job_take_rows(job, BG_DRAIN_ROWS, BG_DRAIN_BYTES);
 		error_context_stack = errcallback.previous;
 	}
 }
@@ -795,30 +782,43 @@ void
 bg_job_poll(BgJob *job)
 {
 	bg_check_spool(job);
-	while (!job->tuples_done && job->desc != NULL)
+	if (!job->tuples_done && job->desc != NULL &&
+		bg_job_take_rows(job, INT_MAX, SIZE_MAX) == SHM_MQ_DETACHED)
+		bg_job_tuples_detached(job);
+	bg_job_read_messages(job);
+	if (bg_job_ended(job))
+		bg_job_close_segment(job);
+}
+
+/*
+ * Take up to max_rows rows (and about max_bytes) that have arrived into the
+ * spool, without waiting.  Returns why it stopped: SHM_MQ_SUCCESS at a
+ * limit, else what the queue said.
+ */
+static shm_mq_result
+bg_job_take_rows(BgJob *job, int max_rows, Size max_bytes)
+{
+	Size		bytes = 0;
+	int			n;
+
+	for (n = 0; n < max_rows && bytes < max_bytes; n++)
 	{
 		Size		nbytes;
 		void	   *data;
 		shm_mq_result res;
 
 		res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
-		if (res == SHM_MQ_WOULD_BLOCK)
-			break;
-		if (res == SHM_MQ_DETACHED)
-		{
-			bg_job_tuples_detached(job);
-			break;
-		}
+		if (res != SHM_MQ_SUCCESS)
+			return res;
 		job->rows_received++;
 		/* a stream job's rows cannot be kept: waiting consumes them */
 		job->stream_taken = job->stream;
 		if (!job->stream)
 			bg_job_spool(job, (MinimalTuple) data);
+		bytes += nbytes;
 		CHECK_FOR_INTERRUPTS();
 	}
-	bg_job_read_messages(job);
-	if (bg_job_ended(job))
-		bg_job_close_segment(job);
+	return SHM_MQ_SUCCESS;
 }
 
 /* Take the messages that have arrived, without touching the rows. */
