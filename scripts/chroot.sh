@@ -23,6 +23,8 @@ bg_chroot_ensure() {
 	suite=$(bg_suite_for "$major") || { echo "no Debian suite known for PostgreSQL $major" >&2; return 1; }
 	dir=$BG_CHROOT_DIR/$suite-pg$major
 	if [ -f "$dir/.bg_fdw-ready" ]; then
+		# a system built by an older script may have a 0700 root
+		chmod 755 "$dir"
 		echo "$dir"
 		return 0
 	fi
@@ -31,6 +33,8 @@ bg_chroot_ensure() {
 		{ echo "debootstrap is not installed and could not be installed" >&2; return 1; }
 	mkdir -p "$BG_CHROOT_DIR"
 	tmp=$(mktemp -d "$BG_CHROOT_DIR/.build-$suite.XXXXXX")
+	# mktemp makes it 0700; as the system's / it must let postgres in
+	chmod 755 "$tmp"
 	echo "building a $suite system with PostgreSQL $major in $dir (once)" >&2
 	if ! debootstrap --variant=minbase \
 		--include=postgresql-$major,postgresql-server-dev-$major,make,gcc,libkrb5-dev,libipc-run-perl,perl \

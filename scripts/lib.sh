@@ -25,23 +25,30 @@ bg_install_deps() {
 	[ ${#missing[@]} -eq 0 ] && return 0
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "missing packages: ${missing[*]}; run as root to install them" >&2
-		exit 1
+		return 1
 	fi
 	echo "installing: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	apt-get update -qq || return 1
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
 	PG_CONFIG=$PG_BINDIR/pg_config
 }
 
+# Each step returns non-zero on failure (callers test it with "if", where
+# "set -e" does not apply).
 bg_build() {
-	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null
-	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" 2>&1 | tee "$SCRATCH/build.log"
+	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null || return 1
+	if ! make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" >"$SCRATCH/build.log" 2>&1; then
+		cat "$SCRATCH/build.log"
+		echo "bg_fdw: the build failed" >&2
+		return 1
+	fi
+	cat "$SCRATCH/build.log"
 	if grep -qE 'warning:|error:' "$SCRATCH/build.log"; then
 		echo "bg_fdw: the build printed warnings" >&2
-		exit 1
+		return 1
 	fi
-	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
+	make -C "$TOP" -s PG_CONFIG="$PG_CONFIG" install >/dev/null || return 1
 }
 
 # Run a command as the postgres OS user when we are root.
@@ -57,7 +64,9 @@ as_pg() {
 bg_scratch() {
 	SCRATCH=$(mktemp -d /tmp/bg_fdw.XXXXXX)
 	chmod 755 "$SCRATCH"
-	[ "$(id -u)" -eq 0 ] && chown postgres: "$SCRATCH"
+	if [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1; then
+		chown postgres: "$SCRATCH"
+	fi
 	trap 'bg_cleanup' EXIT
 	trap 'exit 130' INT TERM
 }

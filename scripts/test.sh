@@ -8,8 +8,9 @@
 # built once and kept for later runs.  --host-only runs only the first.
 #
 # Prints one line per PostgreSQL version and a closing "N passed, N failed"
-# line; exits non-zero if any test failed.  A version whose scratch system
-# cannot be built is reported as skipped, with the reason.
+# line; exits non-zero if any test failed.  A version that cannot be built,
+# installed or started counts as one failure, with the reason, and the run
+# goes on to the next version.
 source "$(dirname "$0")/lib.sh"
 source "$TOP/scripts/chroot.sh"
 
@@ -64,30 +65,46 @@ bg_run_suites() {
 	failed=$((r_bad + t_bad))
 }
 
-bg_install_deps
+# Count a version whose run could not start as one failure, with why.
+bg_no_run() {
+	summary+=$'\n'"PostgreSQL $1: FAILED before any test ran: $2"
+	total_failed=$((total_failed + 1))
+}
+
+summary=
+total_passed=0
+total_failed=0
+deps_ok=1
+bg_install_deps || deps_ok=
 bg_scratch
 trap 'bg_chroot_umount_all; bg_cleanup' EXIT
-bg_build
-bg_run_suites
-summary="PostgreSQL $PG_MAJOR: $passed passed, $failed failed"
-total_passed=$passed
-total_failed=$failed
+
+if [ -z "$deps_ok" ]; then
+	bg_no_run "$PG_MAJOR" "the packages it needs could not be installed"
+elif ! bg_build; then
+	bg_no_run "$PG_MAJOR" "bg_fdw did not build cleanly (see above)"
+else
+	bg_run_suites
+	summary="PostgreSQL $PG_MAJOR: $passed passed, $failed failed"
+	total_passed=$passed
+	total_failed=$failed
+fi
 
 if [ -z "$HOST_ONLY" ]; then
 	for major in $OTHER_VERSIONS; do
 		echo "==== PostgreSQL $major ===="
 		if ! dir=$(bg_chroot_ensure "$major" 2> >(tee "$SCRATCH/chroot.err" >&2)); then
-			summary+=$'\n'"PostgreSQL $major: SKIPPED: $(tail -1 "$SCRATCH/chroot.err")"
+			bg_no_run "$major" "$(tail -1 "$SCRATCH/chroot.err")"
 			continue
 		fi
-		bg_chroot_test "$major" "$dir" | tee "$SCRATCH/chroot-$major.log" || true
-		line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$SCRATCH/chroot-$major.log" | tail -1)
+		bg_chroot_test "$major" "$dir" 2>&1 | tee "$SCRATCH/chroot-$major.log" || true
+		# the inner run's own closing line; absent if it died on the way
+		line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$SCRATCH/chroot-$major.log" | tail -1 || true)
 		if [ -z "$line" ]; then
-			line="0 passed, 1 failed"
-			summary+=$'\n'"PostgreSQL $major: the run did not finish (build or setup failed)"
-		else
-			summary+=$'\n'"PostgreSQL $major: $line"
+			bg_no_run "$major" "$(grep -v '^$' "$SCRATCH/chroot-$major.log" | tail -1)"
+			continue
 		fi
+		summary+=$'\n'"PostgreSQL $major: $line"
 		total_passed=$((total_passed + ${line%% passed*}))
 		f=${line#*passed, }
 		total_failed=$((total_failed + ${f%% failed*}))
@@ -95,6 +112,6 @@ if [ -z "$HOST_ONLY" ]; then
 fi
 
 echo "==== summary ===="
-echo "$summary"
+echo "${summary#$'\n'}"
 echo "$total_passed passed, $total_failed failed"
 [ "$total_failed" -eq 0 ]
