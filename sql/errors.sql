@@ -37,8 +37,9 @@ SELECT bg_detach(:pid);
 RESET bg_fdw.queue_size;
 SET bg_fdw.no_such_setting = 1;
 -- COPY to or from the client
-SELECT bg_launch('COPY regress_v TO STDOUT');
-SELECT bg_launch('SELECT 1; COPY regress_v FROM STDIN');
+CREATE TABLE regress_e (a int);
+SELECT bg_launch('COPY regress_e TO STDOUT');
+SELECT bg_launch('SELECT 1; COPY regress_e FROM STDIN');
 -- an unknown pid
 SELECT bg_wait(1);
 SELECT bg_cancel(1);
@@ -50,7 +51,7 @@ SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(a int)', :pid);
 SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(a int, b varchar)', :pid);
 SELECT * FROM bg_result(:pid) AS r(x int, y text);
 -- bg_wait with a timeout: NULL when it passes first
-SELECT bg_launch('SELECT pg_sleep(60)') AS sleeper \gset
+SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS sleeper \gset
 SELECT bg_wait(:sleeper, '10 ms') IS NULL AS timed_out;
 SELECT bg_wait(:sleeper, '-1 s');
 -- bg_cancel: true while running, false afterwards; the job ends as cancelled
@@ -59,7 +60,7 @@ SELECT regress_try('SELECT bg_wait(' || :sleeper || ')', :sleeper);
 SELECT bg_cancel(:sleeper);
 SELECT regress_try('SELECT * FROM bg_result_' || :sleeper, :sleeper);
 -- a worker terminated by pg_terminate_backend: a clear error, not a hang
-SELECT bg_launch('SELECT pg_sleep(60)') AS victim \gset
+SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS victim \gset
 SELECT regress_wait_active(:victim);
 SELECT pg_terminate_backend(:victim);
 SELECT regress_try('SELECT * FROM bg_result_' || :victim, :victim);
@@ -121,7 +122,7 @@ DECLARE
 BEGIN
   BEGIN
     FOR i IN 1..50 LOOP
-      pids := pids || bg_launch('SELECT pg_sleep(60)');
+      pids := pids || bg_launch('SELECT pg_sleep(''infinity'')');
     END LOOP;
     RAISE EXCEPTION 'launched 50 jobs';
   EXCEPTION WHEN insufficient_resources THEN

@@ -71,7 +71,7 @@ SELECT regress_poll('(SELECT count(*) FROM bg_jobs) = ' || :jobs_before) AS no_n
 -- Detaching, then waiting for or cancelling the job in the same transaction,
 -- whatever the isolation level
 SET default_transaction_isolation = 'repeatable read';
-SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS pid \gset
 BEGIN;
 SELECT bg_detach(:pid);
 SELECT bg_cancel(:pid);
@@ -91,9 +91,7 @@ SELECT bg_launch('SELECT 1/0') AS pid \gset
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 SELECT state, sqlstate, error, command, finished_at IS NOT NULL AS ended FROM regress_job(:pid);
 -- and so does the statement_timeout it inherits
-SET statement_timeout = '50ms';
-SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
-RESET statement_timeout;
+SELECT regress_launch_timed_out($$SELECT pg_sleep('infinity')$$) AS pid \gset
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 SELECT state, sqlstate, error FROM regress_job(:pid);
 
@@ -123,7 +121,7 @@ SELECT bg_wait(:pid);
 SELECT state, command, rows FROM regress_job(:pid);
 
 -- bg_forget: only a job that has ended
-SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS pid \gset
 SELECT regress_try('SELECT bg_forget(' || :pid || ')', :pid);
 SELECT bg_cancel(:pid);
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
@@ -140,7 +138,7 @@ SELECT bg_forget(NULL);
 CREATE ROLE regress_alice NOLOGIN IN ROLE bg_fdw_user;
 CREATE ROLE regress_bob NOLOGIN IN ROLE bg_fdw_user;
 SET ROLE regress_alice;
-SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS pid \gset
 SELECT role, query, state FROM regress_job(:pid);
 SET ROLE regress_bob;
 SELECT role, query IS NULL AS query_hidden, state FROM regress_job(:pid);
@@ -164,7 +162,7 @@ SELECT role, state, error FROM regress_job(:pid);
 SHOW bg_fdw.max_jobs_per_role;
 SET bg_fdw.max_jobs_per_role = 1;
 SET ROLE regress_alice;
-SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
+SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS pid \gset
 SELECT regress_try($$SELECT bg_launch('SELECT 1')$$);
 SET bg_fdw.max_jobs_per_role = 5;
 SET ROLE regress_bob;

@@ -82,9 +82,7 @@ RESET DateStyle;
 RESET IntervalStyle;
 RESET lock_timeout;
 -- statement_timeout applies to the job, which fails with 57014
-SET statement_timeout = '50ms';
-SELECT bg_launch('SELECT pg_sleep(30)') AS pid \gset
-RESET statement_timeout;
+SELECT regress_launch_timed_out($$SELECT pg_sleep('infinity')$$) AS pid \gset
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 
 -- The job runs as the current role, with its rights and no more
@@ -130,7 +128,9 @@ LANGUAGE sql SECURITY DEFINER SET search_path = public
 AS $$ SELECT bg_launch('SELECT current_user::text AS who, count(*) AS secrets FROM regress_secret') $$;
 ALTER FUNCTION regress_definer_launch() OWNER TO regress_nologin;
 GRANT SELECT ON regress_secret TO regress_nologin;
-GRANT TEMP ON DATABASE regression TO regress_nologin;
+DO $$ BEGIN
+  EXECUTE format('GRANT TEMP ON DATABASE %I TO regress_nologin', current_database());
+END $$;
 SET ROLE regress_plain;
 SELECT regress_definer_launch() AS pid \gset
 -- ... and only a role with the definer's privileges may read it
@@ -146,7 +146,7 @@ RESET ROLE;
 SELECT bg_wait(:pid);
 
 -- Jobs are easy to spot in pg_stat_activity
-SELECT bg_launch('SELECT pg_sleep(60)') AS pid \gset
+SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS pid \gset
 SELECT regress_wait_active(:pid);
 SELECT backend_type, application_name ~ '^bg_fdw job \d+ \(launcher \d+\)$' AS appname,
        query, state
@@ -185,3 +185,7 @@ IMPORT FOREIGN SCHEMA public FROM SERVER bg_server INTO regress_imp;
 SET client_min_messages = warning;
 DROP SCHEMA regress_imp, regress_imp2 CASCADE;
 RESET client_min_messages;
+
+-- Roles belong to the whole server: leave none behind
+DROP OWNED BY regress_nologin, regress_no_usage, regress_member, regress_plain;
+DROP ROLE regress_nologin, regress_no_usage, regress_member, regress_plain;
