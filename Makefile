@@ -4,10 +4,10 @@ MODULE_big = bg_fdw
 OBJS = bg_fdw.o job.o launcher.o registry.o spill.o spool.o
 
 EXTENSION = bg_fdw
-DATA = bg_fdw--1.0.sql
+DATA = bg_fdw--1.0.sql bg_fdw--1.0--1.1.sql
 PGFILEDESC = "bg_fdw - run SQL in background workers, read results as foreign tables"
 
-REGRESS = basic shapes errors xact registry
+REGRESS = setup basic shapes errors xact registry
 REGRESS_OPTS = --temp-config=$(srcdir)/regress.conf
 
 TAP_TESTS = 1
