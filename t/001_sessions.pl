@@ -17,7 +17,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
 # Another session sees a job in bg_jobs and, with the job role's
 # privileges, may wait for it and cancel it; it cannot read its rows.
 my $a = $node->background_psql('postgres', on_error_stop => 0);
-my $pid = $a->query_safe("SELECT bg_launch('SELECT pg_sleep(60)')");
+my $pid = $a->query_safe(q{SELECT bg_launch($$SELECT pg_sleep('infinity')$$)});
 chomp $pid;
 like($pid, qr/^\d+$/, 'session A launched a job');
 
@@ -54,7 +54,7 @@ my $w_pid = $w->query_safe('SELECT pg_backend_pid()');
 chomp $w_pid;
 $w->query_until(qr/waiting/, q{
 	\echo waiting
-	SELECT bg_launch('SELECT pg_sleep(60)') AS p \gset
+	SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS p \gset
 	SELECT bg_wait(:p);
 });
 my $event = $node->pg_version >= 17 ? 'Extension:BgFdwJob' : 'Extension:Extension';

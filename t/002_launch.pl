@@ -17,6 +17,16 @@ $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
 	CREATE TABLE t (a int);
 	CREATE TABLE l (a int);
+	-- A gate a job waits at until the test opens it, so that no outcome
+	-- depends on how long a job takes.
+	CREATE TABLE gates (name text PRIMARY KEY);
+	CREATE FUNCTION gate(n text) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+	  WHILE NOT EXISTS (SELECT FROM gates WHERE name = n) LOOP
+	    PERFORM pg_sleep(0.01);
+	  END LOOP;
+	  RETURN true;
+	END $$;
 });
 
 # Session B holds a lock the job's second statement needs.
@@ -54,11 +64,19 @@ like(slurp_file($node->logfile), qr/canceling background job because its launch 
 
 # A launch that succeeds commits, even if the session then goes away.
 my $c = $node->background_psql('postgres');
-$c->query_safe(q{SELECT bg_launch('INSERT INTO t VALUES (2); SELECT pg_sleep(0.5); SELECT 1')});
+my $c_pid = $c->query_safe('SELECT pg_backend_pid()');
+chomp $c_pid;
+$c->query_safe(q{SELECT bg_launch($$INSERT INTO t VALUES (2); SELECT gate('c')$$)});
 $c->quit;
-$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM t WHERE a = 2})
-  or die 'the job of a session that went away did not commit';
-pass('a launched job commits after its session went away');
+$node->poll_query_until('postgres',
+	"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $c_pid)")
+  or die 'the launching session did not end';
+is($node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker'"),
+	'1', 'its job still runs after the launching session ended');
+$node->safe_psql('postgres', "INSERT INTO gates VALUES ('c')");
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM t WHERE a = 2}),
+	'a launched job commits after its session went away');
 
 # A bg_detach pending in the transaction counts: CALL bg_await after it,
 # whose commit carries the detach out, is refused rather than waiting on a

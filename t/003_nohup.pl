@@ -21,7 +21,22 @@ $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
 	CREATE TABLE t (a int);
 	CREATE TABLE t2 (a int);
+	-- A gate a job waits at until the test opens it, so that no outcome
+	-- depends on how long a job takes.
+	CREATE TABLE gates (name text PRIMARY KEY);
+	CREATE FUNCTION gate(n text) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+	  WHILE NOT EXISTS (SELECT FROM gates WHERE name = n) LOOP
+	    PERFORM pg_sleep(0.01);
+	  END LOOP;
+	  RETURN true;
+	END $$;
 });
+
+sub open_gate
+{
+	$node->safe_psql('postgres', "INSERT INTO gates VALUES ('$_[0]')");
+}
 
 # Wait until the job with this PID is no longer running; return its state.
 sub job_end
@@ -40,30 +55,41 @@ sub job_end
 my $a = $node->background_psql('postgres', on_error_stop => 0);
 my $a_pid = $a->query_safe('SELECT pg_backend_pid()');
 chomp $a_pid;
+# (INSERT ... RETURNING would send no row before it ends: the rows come from
+# a SELECT that stops half-way at a gate.)
 my $pid = $a->query_safe(q{SELECT bg_launch($$
-	INSERT INTO t SELECT g FROM generate_series(1, 40) g
-	WHERE pg_sleep(0.05) IS NOT NULL RETURNING a$$)});
+	INSERT INTO t SELECT g FROM generate_series(1, 40) g;
+	SELECT g FROM generate_series(1, 40) g WHERE g <= 20 OR gate('a')$$)});
 chomp $pid;
 $a->query_until(qr/reading/, "\\echo reading\nSELECT * FROM bg_result_$pid;\n");
 ok( $node->poll_query_until('postgres',
-		"SELECT rows > 0 FROM bg_jobs WHERE pid = $pid"),
+		"SELECT state = 'running' AND rows = 20 FROM bg_jobs WHERE pid = $pid"),
 	'the job is producing rows while its launcher reads them');
 $a->{run}->kill_kill;
 ok( $node->poll_query_until('postgres',
 		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $a_pid)"),
 	'the launching session is gone');
+open_gate('a');
 is(job_end($pid, q{state || ' ' || rows || ' ' || command || ' ' || attached}),
-	'finished 40 INSERT 0 40 false',
+	'finished 40 SELECT 40 false',
 	'bg_jobs: the job finished after its launcher went away');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '40',
 	'and its work is committed');
 
 # bg_detach, then the session ends: the same.
-$pid = $node->safe_psql('postgres', q{
-	SELECT bg_launch('INSERT INTO t SELECT g FROM generate_series(1, 10) g, pg_sleep(0.5)') AS p \gset
+my $launcher;
+($pid, $launcher) = (split /\n/, $node->safe_psql('postgres', q{
+	SELECT bg_launch($$INSERT INTO t SELECT g FROM generate_series(1, 10) g
+	                   WHERE gate('b')$$) AS p \gset
 	SELECT bg_detach(:p);
-	SELECT :p;
-});
+	SELECT :p UNION ALL SELECT pg_backend_pid();
+}))[-2, -1];
+ok( $node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $launcher)"),
+	'the session that detached the job is gone');
+is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $pid"),
+	'running', 'its job still runs');
+open_gate('b');
 is(job_end($pid, q{state || ' ' || command}), 'finished INSERT 0 10',
 	'a detached job runs to its end');
 
@@ -133,7 +159,7 @@ ok($node->poll_query_until('postgres', "SELECT ($kept) = 0"),
 # A worker terminated mid-job: its reader gets a clear error, bg_jobs says
 # failed.
 my $b = $node->background_psql('postgres', on_error_stop => 0);
-$pid = $b->query_safe(q{SELECT bg_launch('SELECT pg_sleep(60)')});
+$pid = $b->query_safe(q{SELECT bg_launch($$SELECT pg_sleep('infinity')$$)});
 chomp $pid;
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 $b->query("SELECT * FROM bg_result_$pid");
@@ -160,7 +186,7 @@ is(job_end($pid, q{state || ' ' || sqlstate}), 'failed 57P01',
 
 # A clean restart while a job runs: the worker is terminated the same way.
 $pid = $node->safe_psql('postgres', q{
-	SELECT bg_launch('SELECT pg_sleep(60)') AS p \gset
+	SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS p \gset
 	SELECT bg_detach(:p);
 	SELECT :p;
 });
@@ -177,8 +203,8 @@ my $done = $node->safe_psql('postgres', q{
 });
 $done = (split /\n/, $done)[-1];
 my ($victim, $bystander) = (split /\n/, $node->safe_psql('postgres', q{
-	SELECT bg_launch('SELECT pg_sleep(60)') AS v \gset
-	SELECT bg_launch('SELECT pg_sleep(60)') AS w \gset
+	SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS v \gset
+	SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS w \gset
 	SELECT bg_detach(:v), bg_detach(:w);
 	SELECT :v UNION ALL SELECT :w;
 }))[-2, -1];
@@ -213,13 +239,17 @@ my @err = ('', '');
 my @launch = map {
 	IPC::Run::start(
 		[ 'psql', '-X', '-At', '-d', $node->connstr('postgres'),
-		  '-c', q{SELECT bg_launch('SELECT pg_sleep(2)')} ],
+		  '-c', q{SELECT bg_launch('SELECT gate(''m'')')} ],
 		'>', \$out[$_], '2>', \$err[$_])
 } 0, 1;
 $_->finish for @launch;
 is(scalar(grep { /^\d+$/ } @out), 1, 'of two concurrent launches, one starts a job');
 is(scalar(grep { /too many background jobs for role/ } @err), 1,
 	'and the other is refused');
+open_gate('m');
+$node->poll_query_until('postgres',
+	"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker')")
+  or die 'the job of the concurrent launch did not end';
 $node->safe_psql('postgres', q{
 	LOAD 'bg_fdw';
 	ALTER SYSTEM RESET bg_fdw.max_jobs_per_role;
@@ -230,13 +260,16 @@ $node->safe_psql('postgres', q{
 # table; once none does, the job runs on and commits, unrecorded.
 $node->safe_psql('postgres', 'CREATE TABLE t3 (a int)');
 my $d = $node->background_psql('postgres', on_error_stop => 0);
-$pid = $d->query_safe(q{SELECT bg_launch('SELECT pg_sleep(1); INSERT INTO t3 VALUES (1)')});
+$pid = $d->query_safe(q{SELECT bg_launch($$INSERT INTO t3 SELECT 1 WHERE gate('d')$$)});
 chomp $pid;
 ($ret, $stdout, $stderr) = $node->psql('postgres', 'DROP EXTENSION bg_fdw');
 like($stderr, qr/cannot drop extension bg_fdw because other objects depend on it/,
 	'DROP EXTENSION is refused while a session holds a result table');
 $d->query_safe("SELECT bg_detach($pid)");
 $node->safe_psql('postgres', 'DROP EXTENSION bg_fdw');
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid"),
+	'1', 'the job still runs after DROP EXTENSION');
+open_gate('d');
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 1 FROM t3'),
 	'after DROP EXTENSION the running job commits');
 $node->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
