@@ -15,6 +15,7 @@
 #include "access/tupdesc.h"
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "postmaster/bgworker.h"
 #include "storage/dsm.h"
@@ -22,6 +23,7 @@
 #include "storage/sharedfileset.h"
 #include "storage/shm_mq.h"
 #include "storage/spin.h"
+#include "tcop/dest.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -179,9 +181,25 @@ typedef struct BgJob
 extern int	bg_default_queue_size;
 extern Oid	bg_server_oid(bool missing_ok);
 
-/* in launcher.c */
+/* in worker.c */
 extern PGDLLEXPORT void bg_worker_main(Datum main_arg);
-extern int64 bg_new_job_id(void);
+
+/* in dest.c */
+extern DestReceiver *bg_create_dest_receiver(shm_mq_handle *mqh,
+											 BgJobShared *shared,
+											 SharedFileSet *fileset,
+											 TupleDesc actual, TupleDesc desc);
+extern void bg_dest_send_command(DestReceiver *dest, const char *tag);
+
+/* in shape.c */
+extern TupleDesc bg_result_desc(TupleDesc src);
+extern void bg_desc_serialize(StringInfo buf, TupleDesc desc);
+extern TupleDesc bg_desc_deserialize(StringInfo msg);
+extern bool bg_desc_equal(TupleDesc a, TupleDesc b);
+extern void bg_check_statements(List *raw_list);
+
+/* in handshake.c */
+extern bool bg_blocked_by_me(int pid);
 
 /* in registry.c */
 extern int	bg_job_retention;
@@ -234,10 +252,6 @@ bg_spill_push_messages(void)
 }
 
 /* in job.c */
-extern TupleDesc bg_result_desc(TupleDesc src);
-extern void bg_desc_serialize(StringInfo buf, TupleDesc desc);
-extern TupleDesc bg_desc_deserialize(StringInfo msg);
-extern bool bg_desc_equal(TupleDesc a, TupleDesc b);
 extern BgJob *bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle,
 							int pid, const char *sql, TupleDesc desc,
 							MemoryContext cxt);
@@ -250,7 +264,6 @@ extern void bg_job_check_privileges(BgJob *job);
 pg_noreturn extern void bg_permission_denied(int pid, Oid role);
 extern bool bg_job_visible(BgJob *job);
 extern void bg_job_poll_messages(BgJob *job);
-extern bool bg_blocked_by_me(int pid);
 extern const char *bg_job_state_name(BgJob *job);
 extern bool bg_job_in_use(BgJob *job);
 extern uint64 bg_job_rows(BgJob *job);

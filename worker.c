@@ -1,0 +1,629 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		  What runs in a job's background worker: its entry point, its
+ *		  signal handler and exit callbacks, its side of the hand-shake with
+ *		  the launching session, and the loop that runs the job's statements.
+ *
+ * The worker attaches to the job's segment, redirects its protocol messages
+ * to the message queue, connects as the launching session's user and takes
+ * on its settings, role and security context, as ParallelWorkerMain does.
+ * It lists the job in the registry, waits for the launcher's "go", then runs
+ * the statements the way exec_simple_query does: one implicit transaction,
+ * a portal per statement, utility statements at top level so that VACUUM,
+ * CREATE INDEX CONCURRENTLY and CALL of a procedure that commits work.  Only
+ * the last statement's rows are sent, through the DestReceiver of dest.c.
+ *
+ * The launching session's side is in launcher.c and job.c.
+ *
+ * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Portions Copyright (c) 1996-2025, PostgreSQL Global Development Group
+ *
+ * IDENTIFICATION
+ *	  bg_fdw/worker.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/parallel.h"
+#include "access/printtup.h"
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "libpq/libpq.h"
+#include "libpq/pqformat.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "parser/analyze.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/shm_toc.h"
+#include "tcop/pquery.h"
+#include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/portal.h"
+#include "utils/ps_status.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+
+#include "bg_fdw.h"
+#include "compat.h"
+
+/* The job's segment, for the worker's exit callback */
+static dsm_segment *bg_worker_segment = NULL;
+
+/* pg_terminate_backend or shutdown: the job is recorded as failed on exit */
+static volatile sig_atomic_t bg_terminate_requested = false;
+
+static void bg_worker_sigterm(SIGNAL_ARGS);
+static void bg_worker_exit(dsm_segment *seg, Datum arg);
+static void bg_worker_before_exit(int code, Datum arg);
+static bool bg_launch_failed(BgJobShared *shared);
+static bool bg_launch_undecided(BgJobShared *shared);
+static void bg_worker_await_launch(BgJobShared *shared);
+static void bg_worker_detach_at_exit(int code, Datum arg);
+static void bg_push_descriptor(BgJobShared *shared);
+pg_noreturn static void bg_worker_failed(BgJobShared *shared);
+static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
+static void bg_check_launcher_deadlock(BgJobShared *shared);
+static void bg_enable_statement_timeout(void);
+static void bg_disable_statement_timeout(void);
+static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
+						 BgJobShared *shared, SharedFileSet *fileset,
+						 TupleDesc expected);
+static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
+									 BgJobShared *shared, SharedFileSet *fileset,
+									 TupleDesc expected);
+static void bg_completion_tag(char *buf, const QueryCompletion *qc);
+static void bg_send_message(char msgtype, const char *str, TupleDesc desc);
+
+/*
+ * Entry point of a job's background worker.  Errors are not caught: as in
+ * parallel workers, an ERROR becomes FATAL, is sent to the launcher on the
+ * message queue, and the process exits, which aborts the transaction.
+ */
+void
+bg_worker_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	shm_toc    *toc;
+	BgJobShared *shared;
+	shm_mq	   *mq;
+	shm_mq_handle *mqh;
+	shm_mq_handle *tuple_mqh;
+	SharedFileSet *fileset;
+	char	   *desc_space;
+	TupleDesc	expected = NULL;
+	char	   *sql;
+	char	   *tag;
+	char		appname[NAMEDATALEN];
+
+	pqsignal(SIGTERM, bg_worker_sigterm);
+	BackgroundWorkerUnblockSignals();
+
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
+	bg_worker_segment = seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not map dynamic shared memory segment of a background job")));
+	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
+	if (toc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("invalid magic number in dynamic shared memory segment of a background job")));
+	shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
+	on_dsm_detach(seg, bg_worker_exit, PointerGetDatum(shared));
+
+	fileset = shm_toc_lookup(toc, BG_KEY_FILESET, false);
+	SharedFileSetAttach(fileset, seg);
+
+	/* From here on, our errors and notices reach the launcher. */
+	mq = shm_toc_lookup(toc, BG_KEY_MESSAGE_QUEUE, false);
+	shm_mq_set_sender(mq, MyProc);
+	mqh = shm_mq_attach(mq, seg, NULL);
+	bg_spill_redirect_messages(seg, mqh, shared, fileset);
+	mq = shm_toc_lookup(toc, BG_KEY_TUPLE_QUEUE, false);
+	shm_mq_set_sender(mq, MyProc);
+	tuple_mqh = shm_mq_attach(mq, seg, NULL);
+
+	SpinLockAcquire(&shared->mutex);
+	shared->worker_proc = MyProc;
+	SpinLockRelease(&shared->mutex);
+
+	/*
+	 * Connect as the session's authenticated user (a NOLOGIN current role
+	 * could not connect), then take on the launcher's settings, role and
+	 * security context, in the order ParallelWorkerMain uses.
+	 */
+	BackgroundWorkerInitializeConnectionByOid(shared->database_id,
+											  shared->authenticated_user_id,
+											  0);
+	SetClientEncoding(GetDatabaseEncoding());
+	/*
+	 * These run before InitPostgres's own exit callbacks abort and close
+	 * things, the detach last: it must happen even if the other is cut short
+	 * by an error (which is FATAL during exit).
+	 */
+	before_shmem_exit(bg_worker_detach_at_exit, (Datum) 0);
+	before_shmem_exit(bg_worker_before_exit, PointerGetDatum(shared));
+	/*
+	 * Some check hooks refuse values a leader may legitimately have, such as
+	 * transaction_read_only = off on a hot standby; like a parallel worker,
+	 * we only replay settings the launcher already has.
+	 */
+	StartTransactionCommand();
+	InitializingParallelWorker = true;
+	RestoreGUCState(shm_toc_lookup(toc, BG_KEY_GUC, false));
+	InitializingParallelWorker = false;
+	desc_space = shm_toc_lookup(toc, BG_KEY_DESC, true);
+	if (desc_space)
+	{
+		StringInfoData buf;
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		bg_init_read_only_stringinfo(&buf, desc_space + sizeof(int32),
+									 *(int32 *) desc_space);
+		expected = bg_desc_deserialize(&buf);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	CommitTransactionCommand();
+	SetCurrentRoleId(shared->outer_user_id, shared->role_is_superuser);
+	SetUserIdAndSecContext(shared->current_user_id, shared->sec_context);
+
+	snprintf(appname, sizeof(appname), "bg_fdw job %d (launcher %d)",
+			 MyProcPid, (int) shared->launcher_pid);
+	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
+
+	sql = pstrdup(shm_toc_lookup(toc, BG_KEY_SQL, false));
+
+	PG_TRY();
+	{
+		bg_registry_register(shared, sql, dsm_segment_handle(seg));
+		bg_wait_for_launcher(shared, false);
+		pgstat_report_activity(STATE_RUNNING, sql);
+		tag = bg_exec_sql(sql, tuple_mqh, shared, fileset, expected);
+	}
+	PG_CATCH();
+	{
+		bg_worker_failed(shared);
+	}
+	PG_END_TRY();
+	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
+	/* the outcome is out: being terminated from here on changes nothing */
+	RESUME_INTERRUPTS();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	bg_registry_tidy(shared);
+}
+
+static void
+bg_worker_sigterm(SIGNAL_ARGS)
+{
+	bg_terminate_requested = true;
+	die(postgres_signal_arg);
+}
+
+/*
+ * before_shmem_exit callback of the worker.  A worker terminated (FATAL)
+ * never reaches bg_worker_failed: record its end here, while the process
+ * can still run a transaction; and hand the messages the queue has not
+ * taken to the reader.
+ */
+static void
+bg_worker_before_exit(int code, Datum arg)
+{
+	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
+	bool		ended;
+
+	/* whatever was under way holds no lock while we wait below */
+	AbortOutOfAnyTransaction();
+	SpinLockAcquire(&shared->mutex);
+	ended = shared->ended;
+	shared->ended = true;
+	SpinLockRelease(&shared->mutex);
+	if (bg_terminate_requested && !ended)
+	{
+		ErrorData	edata;
+
+		memset(&edata, 0, sizeof(edata));
+		edata.sqlerrcode = ERRCODE_ADMIN_SHUTDOWN;
+		edata.message = psprintf("terminating background worker \"%s\" due to administrator command",
+								 BG_WORKER_TYPE);
+		AbortOutOfAnyTransaction();
+		bg_registry_fail(shared, &edata, bg_launch_failed(shared));
+	}
+	if (bg_launch_undecided(shared))
+		bg_worker_await_launch(shared);
+	/* the launch failed, before or after our failure was recorded */
+	if (bg_launch_failed(shared))
+		bg_registry_fail(shared, NULL, true);
+	bg_spill_messages_exit();
+}
+
+/*
+ * Leave the segment before statistics shut down: if the launcher has gone,
+ * we are the last, and deleting the job's files reports to them.
+ */
+static void
+bg_worker_detach_at_exit(int code, Datum arg)
+{
+	if (bg_worker_segment != NULL)
+		dsm_detach(bg_worker_segment);
+	bg_worker_segment = NULL;
+}
+
+/*
+ * A launcher waiting for the descriptor of the last statement must get it
+ * even if notices of earlier statements filled the message queue, and even
+ * if the statement then produces no row for a long time (or, in stream
+ * mode, waits on a full tuple queue): push until it is out.
+ */
+static void
+bg_push_descriptor(BgJobShared *shared)
+{
+	while (bg_spill_messages_pending && bg_launch_undecided(shared))
+	{
+		bg_spill_push_messages();
+		if (!bg_spill_messages_pending)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100, bg_wait_event("BgFdwLaunch"));
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* The launcher gave up before bg_launch returned: nobody got the job's PID */
+static bool
+bg_launch_failed(BgJobShared *shared)
+{
+	bool		failed;
+
+	SpinLockAcquire(&shared->mutex);
+	failed = shared->launcher_gone && !shared->launched;
+	SpinLockRelease(&shared->mutex);
+	return failed;
+}
+
+static bool
+bg_launch_undecided(BgJobShared *shared)
+{
+	bool		undecided;
+
+	SpinLockAcquire(&shared->mutex);
+	undecided = !shared->launcher_gone && !shared->launched;
+	SpinLockRelease(&shared->mutex);
+	return undecided;
+}
+
+/*
+ * A job that failed while its bg_launch was still running was recorded as
+ * failed; if the launch turns out to fail (the launcher gets our error and
+ * gives up), the job was never anybody's, and its row goes.  Wait for the
+ * decision, keeping the launcher supplied with our messages meanwhile: it
+ * may be waiting for them.
+ */
+static void
+bg_worker_await_launch(BgJobShared *shared)
+{
+	while (bg_launch_undecided(shared))
+	{
+		bg_spill_push_messages();
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100, bg_wait_event("BgFdwLaunch"));
+		ResetLatch(MyLatch);
+	}
+}
+
+/* on_dsm_detach callback of the worker: whoever looks can tell it is gone */
+static void
+bg_worker_exit(dsm_segment *seg, Datum arg)
+{
+	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&shared->mutex);
+	shared->worker_exited = true;
+	SpinLockRelease(&shared->mutex);
+}
+
+/*
+ * The job failed: roll it back, record how, and end the process with the
+ * error, which reaches the launcher as the job's outcome.  A job whose
+ * launch failed before it ran ends quietly: nobody listens any more.
+ */
+static void
+bg_worker_failed(BgJobShared *shared)
+{
+	ErrorData  *edata;
+	bool		quiet;
+
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	FlushErrorState();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	AbortOutOfAnyTransaction();
+
+	SpinLockAcquire(&shared->mutex);
+	quiet = shared->launcher_gone && !shared->go;
+	shared->ended = true;
+	SpinLockRelease(&shared->mutex);
+
+	/*
+	 * A launch that failed returned no PID: it leaves no job to list.  One
+	 * still under way is decided on exit, once the launcher has our error.
+	 */
+	bg_registry_fail(shared, edata, bg_launch_failed(shared));
+	if (quiet)
+		proc_exit(0);
+	ReThrowError(edata);
+}
+
+/*
+ * Wait for the launcher: until it says "go", or with "launched", until its
+ * bg_launch has succeeded.  A launcher that gave up first ends the job:
+ * quietly before it ran anything, with an error (which rolls the job back)
+ * after.
+ */
+static void
+bg_wait_for_launcher(BgJobShared *shared, bool launched)
+{
+	for (;;)
+	{
+		bool		ready;
+		bool		gone;
+		int			rc;
+
+		SpinLockAcquire(&shared->mutex);
+		ready = launched ? shared->launched : shared->go;
+		gone = shared->launcher_gone;
+		SpinLockRelease(&shared->mutex);
+
+		if (ready)
+			return;
+		if (gone)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("canceling background job because its launch failed")));
+
+		/* the launcher may be waiting for a message the queue could not take */
+		bg_spill_push_messages();
+		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   DeadlockTimeout, bg_wait_event("BgFdwLaunch"));
+		if ((rc & WL_TIMEOUT) && launched)
+			bg_check_launcher_deadlock(shared);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * The launcher, creating the result table, may wait for a lock this job
+ * holds (the job's statements changed a type the table uses) while the job
+ * waits for the launch to finish: a deadlock the lock manager cannot see.
+ */
+static void
+bg_check_launcher_deadlock(BgJobShared *shared)
+{
+	if (bg_blocked_by_me(shared->launcher_pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish.")));
+}
+
+/*
+ * Arm statement_timeout for one statement: the worker inherits the setting
+ * but, unlike a client backend, nothing else arms it.
+ */
+static void
+bg_enable_statement_timeout(void)
+{
+	if (StatementTimeout > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
+}
+
+static void
+bg_disable_statement_timeout(void)
+{
+	if (get_timeout_active(STATEMENT_TIMEOUT))
+		disable_timeout(STATEMENT_TIMEOUT, false);
+}
+
+/*
+ * Run the statements as exec_simple_query would, sending the last one's rows
+ * to the tuple queue.  Returns the last statement's completion tag, after
+ * the commit.
+ */
+static char *
+bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
+			SharedFileSet *fileset, TupleDesc expected)
+{
+	MemoryContext stmt_cxt;
+	List	   *parsetree_list;
+	ListCell   *lc;
+	bool		use_implicit_block;
+	bool		xact_started = false;
+	bool		recorded = false;
+	char		tag[COMPLETION_TAG_BUFSIZE];
+
+	stmt_cxt = AllocSetContextCreate(TopMemoryContext, "bg_fdw statement",
+									 ALLOCSET_DEFAULT_SIZES);
+	debug_query_string = sql;
+
+	StartTransactionCommand();
+	xact_started = true;
+	parsetree_list = pg_parse_query(sql);
+	MemoryContextSwitchTo(TopMemoryContext);
+	parsetree_list = copyObject(parsetree_list);
+	use_implicit_block = (list_length(parsetree_list) > 1);
+	bg_check_statements(parsetree_list);
+
+	foreach(lc, parsetree_list)
+	{
+		RawStmt    *parsetree = lfirst_node(RawStmt, lc);
+		bool		last = (lnext(parsetree_list, lc) == NULL);
+		bool		snapshot_set = false;
+		CommandTag	commandTag;
+		QueryCompletion qc;
+		List	   *querytree_list;
+		List	   *plantree_list;
+		Portal		portal;
+		DestReceiver *receiver;
+		MemoryContext oldcxt;
+
+		commandTag = CreateCommandTag(parsetree->stmt);
+		set_ps_display(GetCommandTagName(commandTag));
+
+		if (!xact_started)
+		{
+			StartTransactionCommand();
+			xact_started = true;
+		}
+		bg_enable_statement_timeout();
+		if (use_implicit_block)
+			BeginImplicitTransactionBlock();
+		CHECK_FOR_INTERRUPTS();
+
+		if (analyze_requires_snapshot(parsetree))
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			snapshot_set = true;
+		}
+
+		oldcxt = MemoryContextSwitchTo(stmt_cxt);
+		querytree_list = pg_analyze_and_rewrite_fixedparams(parsetree, sql,
+															NULL, 0, NULL);
+		plantree_list = pg_plan_queries(querytree_list, sql,
+										CURSOR_OPT_PARALLEL_OK, NULL);
+		if (snapshot_set)
+			PopActiveSnapshot();
+		CHECK_FOR_INTERRUPTS();
+
+		portal = CreatePortal("", true, true);
+		portal->visible = false;
+		PortalDefineQuery(portal, NULL, sql, commandTag, plantree_list, NULL);
+		PortalStart(portal, NULL, 0, InvalidSnapshot);
+
+		if (last)
+			receiver = bg_start_result(portal, tuple_mqh, shared, fileset, expected);
+		else
+			receiver = CreateDestReceiver(DestNone);
+		MemoryContextSwitchTo(oldcxt);
+
+		bg_portal_run(portal, receiver, &qc);
+		PortalDrop(portal, false);
+
+		if (last)
+		{
+			bg_completion_tag(tag, &qc);
+			bg_dest_send_command(receiver, tag);
+			receiver->rDestroy(receiver);
+			/* every row is sent or kept: a reader may now see the end */
+			bg_spill_finish_rows(shared);
+			shm_mq_detach(tuple_mqh);
+			if (use_implicit_block)
+				EndImplicitTransactionBlock();
+			bg_disable_statement_timeout();
+			bg_wait_for_launcher(shared, true);
+			recorded = bg_registry_finish(shared, tag, true);
+			CommitTransactionCommand();
+			xact_started = false;
+			/* committed: a late cancel or terminate must not make it look failed */
+			HOLD_INTERRUPTS();
+			SpinLockAcquire(&shared->mutex);
+			shared->ended = true;
+			SpinLockRelease(&shared->mutex);
+			if (IsTransactionBlock())
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+						 errmsg("background job ended inside a transaction block"),
+						 errdetail("Its work since BEGIN was rolled back."),
+						 errhint("End the job's SQL with COMMIT.")));
+			if (!recorded)
+				(void) bg_registry_finish(shared, tag, false);
+		}
+		else
+		{
+			receiver->rDestroy(receiver);
+			if (IsA(parsetree->stmt, TransactionStmt) ||
+				(MyXactFlags & XACT_FLAGS_NEEDIMMEDIATECOMMIT))
+			{
+				bg_disable_statement_timeout();
+				CommitTransactionCommand();
+				xact_started = false;
+			}
+			else
+			{
+				CommandCounterIncrement();
+				bg_disable_statement_timeout();
+			}
+		}
+		MemoryContextReset(stmt_cxt);
+	}
+
+	debug_query_string = NULL;
+	return pstrdup(tag);
+}
+
+/*
+ * Prepare to send the last statement's result: work out the columns the
+ * reader sees, check them against what the launcher described, report them,
+ * and make the receiver.
+ */
+static DestReceiver *
+bg_start_result(Portal portal, shm_mq_handle *mqh, BgJobShared *shared,
+				SharedFileSet *fileset, TupleDesc expected)
+{
+	TupleDesc	actual = portal->tupDesc;
+	TupleDesc	desc = bg_result_desc(actual);
+
+	if (expected && !bg_desc_equal(expected, desc))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("result of the background job changed since it was launched"),
+				 errdetail("The columns the statement returns are not those it was described with when bg_launch ran.")));
+	bg_send_message(BG_MSG_DESCRIPTOR, NULL, desc);
+	if (expected == NULL)
+		bg_push_descriptor(shared);
+	return bg_create_dest_receiver(mqh, shared, fileset, actual, desc);
+}
+
+/*
+ * The completion tag psql would print, as EndCommand builds it.
+ */
+static void
+bg_completion_tag(char *buf, const QueryCompletion *qc)
+{
+	const char *name = GetCommandTagName(qc->commandTag);
+
+	if (!command_tag_display_rowcount(qc->commandTag))
+		strlcpy(buf, name, COMPLETION_TAG_BUFSIZE);
+	else if (qc->commandTag == CMDTAG_INSERT)
+		snprintf(buf, COMPLETION_TAG_BUFSIZE, "%s 0 " UINT64_FORMAT,
+				 name, qc->nprocessed);
+	else
+		snprintf(buf, COMPLETION_TAG_BUFSIZE, "%s " UINT64_FORMAT,
+				 name, qc->nprocessed);
+}
+
+/*
+ * Send a message of our own on the message queue: the result descriptor or
+ * the completion tag.
+ */
+static void
+bg_send_message(char msgtype, const char *str, TupleDesc desc)
+{
+	StringInfoData buf;
+
+	pq_beginmessage(&buf, msgtype);
+	if (desc)
+		bg_desc_serialize(&buf, desc);
+	else
+		pq_sendstring(&buf, str);
+	pq_endmessage(&buf);
+}
