@@ -58,40 +58,78 @@
 #define BG_WORKER_TYPE			"bg_fdw worker"
 
 /*
- * Fixed part of a job segment, written by the launcher before the worker
- * starts.  The fields under "mutex" are how the two sides hand over control:
- * the worker publishes its PGPROC and waits for "go"; the launcher says "go"
- * once the result table exists, or "launcher_gone" when it gave up on the job.
+ * Fixed part of a job segment.  The first group is written by the launcher
+ * before the worker starts and only read afterwards, by anyone (the worker,
+ * and sessions probing the job through the registry).  The fields under
+ * "mutex" are how the two processes hand over control: the worker publishes
+ * its PGPROC and waits for "go"; the launcher says "go" once the result table
+ * exists, or "launcher_gone" when it gave up on the job.  Set them with
+ * bg_job_set_flag, which also wakes the side that waits for them.
  */
 typedef struct BgJobShared
 {
-	int64		job_id;			/* identifier never reused, see bg_new_job_id */
-	Oid			database_id;	/* database to connect to */
-	Oid			authenticated_user_id;	/* role to connect as */
-	Oid			outer_user_id;	/* SET ROLE in effect, or InvalidOid */
-	Oid			current_user_id;	/* current user at launch */
-	int			sec_context;	/* security context at launch */
-	bool		role_is_superuser;	/* is outer_user_id a superuser */
-	pid_t		launcher_pid;	/* pid of the launching backend */
-	PGPROC	   *launcher_proc;	/* to wake the launcher */
-	TimestampTz launched_at;	/* when bg_launch was called */
-	bool		stream;			/* rows wait for the reader, none are kept */
-	Oid			registry_relid; /* bg_job_registry, or InvalidOid */
-	Oid			detached_relid; /* bg_job_detached, or InvalidOid */
-	pg_atomic_uint64 rows;		/* rows sent so far */
+	/* Set once by the launcher before the worker starts */
+	int64		job_id;			/* never reused, see bg_new_job_id; everyone
+								 * reads it to tell the job from a later one */
+	Oid			database_id;	/* worker connects to it */
+	Oid			authenticated_user_id;	/* worker connects as it */
+	Oid			outer_user_id;	/* SET ROLE in effect, or InvalidOid; worker
+								 * takes it on */
+	Oid			current_user_id;	/* current user at launch: the job's role,
+									 * which the worker takes on and records */
+	int			sec_context;	/* security context at launch; worker takes
+								 * it on */
+	bool		role_is_superuser;	/* is outer_user_id a superuser; for the
+									 * worker's SetCurrentRoleId */
+	pid_t		launcher_pid;	/* pid of the launching backend; worker
+								 * records it and checks it for deadlocks */
+	PGPROC	   *launcher_proc;	/* worker wakes the launcher through it */
+	TimestampTz launched_at;	/* when bg_launch was called; worker records
+								 * it */
+	bool		stream;			/* rows wait for the reader, none are kept;
+								 * worker's DestReceiver reads it */
+	Oid			registry_relid; /* bg_job_registry, or InvalidOid; worker
+								 * writes its row there */
+	Oid			detached_relid; /* bg_job_detached, or InvalidOid; worker
+								 * expires marks there */
 
+	/* Written without the mutex */
+	pg_atomic_uint64 rows;		/* rows sent so far: worker's DestReceiver
+								 * adds; launcher and bg_jobs read */
+
+	/* Under the mutex */
 	slock_t		mutex;			/* protects the fields below */
-	PGPROC	   *worker_proc;	/* worker's PGPROC, once it has one */
-	bool		go;				/* launcher says: run the statements */
-	bool		launcher_gone;	/* launcher detached before "go" */
-	bool		launched;		/* bg_launch succeeded: the job may commit */
-	bool		registered;		/* the job is in the registry (or need not be) */
-	bool		cancel_requested;	/* bg_cancel asked the job to stop */
-	bool		ended;			/* the job committed or failed */
-	bool		worker_exited;	/* the worker process is gone */
-	bool		rows_kept;		/* rows the queue did not take are in a file */
-	bool		messages_kept;	/* messages the queue did not take are in a file */
+	PGPROC	   *worker_proc;	/* worker sets it once attached; launcher
+								 * reads it to wake the worker */
+	bool		go;				/* launcher sets: run the statements; worker
+								 * waits for it */
+	bool		launcher_gone;	/* launcher's detach callback sets; worker
+								 * reads: nobody will say "go" */
+	bool		launched;		/* launcher sets once bg_launch succeeded;
+								 * worker waits for it before it commits */
+	bool		registered;		/* worker sets once the job is in the
+								 * registry (or need not be); bg_launch
+								 * waits for it */
+	bool		cancel_requested;	/* bg_cancel (any session) sets; worker
+									 * reads it when it fails */
+	bool		ended;			/* worker sets once it committed or failed;
+								 * bg_cancel reads it */
+	bool		worker_exited;	/* worker's detach callback sets; probes of
+								 * bg_jobs, bg_wait and limits read */
+	bool		rows_kept;		/* worker sets once rows went to a file;
+								 * reader reads once the tuple queue is gone */
+	bool		messages_kept;	/* worker sets once messages went to a file;
+								 * reader reads once the message queue is
+								 * gone */
 } BgJobShared;
+
+/* Whom bg_job_set_flag wakes */
+typedef enum BgWake
+{
+	BG_WAKE_NONE,				/* nobody waits for this flag */
+	BG_WAKE_WORKER,				/* the worker waits for it */
+	BG_WAKE_LAUNCHER			/* the launching session waits for it */
+} BgWake;
 
 /* Name of the server CREATE EXTENSION makes */
 #define BG_SERVER_NAME			"bg_server"
@@ -199,6 +237,10 @@ extern bool bg_desc_equal(TupleDesc a, TupleDesc b);
 extern void bg_check_statements(List *raw_list);
 
 /* in handshake.c */
+extern void bg_job_set_flag(BgJobShared *shared, bool *flag, BgWake wake);
+extern bool bg_job_get_flag(BgJobShared *shared, bool *flag);
+extern uint32 bg_wait_event_job(void);
+extern uint32 bg_wait_event_launch(void);
 extern bool bg_blocked_by_me(int pid);
 
 /* in registry.c */

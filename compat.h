@@ -85,10 +85,11 @@ bg_portal_run(Portal portal, DestReceiver *dest, QueryCompletion *qc)
 
 /*
  * What a reader or a worker waits for, as pg_stat_activity shows it: named
- * wait events on 17 and later, the generic "Extension" before.
+ * wait events on 17 and later, the generic "Extension" before.  On 17 a
+ * lookup takes a lock: handshake.c looks each one up once and keeps it.
  */
 static inline uint32
-bg_wait_event(const char *name)
+bg_wait_event_lookup(const char *name)
 {
 #if PG_VERSION_NUM >= 170000
 	return WaitEventExtensionNew(name);

@@ -21,10 +21,72 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/spin.h"
 #include "utils/array.h"
 #include "utils/fmgrprotos.h"
 
 #include "bg_fdw.h"
+#include "compat.h"
+
+/* Wait event IDs, looked up once (on 17 and later a lookup takes a lock) */
+static uint32 bg_wait_event_job_id = 0;
+static uint32 bg_wait_event_launch_id = 0;
+
+/*
+ * Set a flag of the job's shared header under its mutex, and wake the side
+ * that waits for it.  "flag" points into "shared".
+ */
+void
+bg_job_set_flag(BgJobShared *shared, bool *flag, BgWake wake)
+{
+	PGPROC	   *proc = NULL;
+
+	Assert((char *) flag >= (char *) shared &&
+		   (char *) flag < (char *) (shared + 1));
+	SpinLockAcquire(&shared->mutex);
+	*flag = true;
+	if (wake == BG_WAKE_WORKER)
+		proc = shared->worker_proc;
+	else if (wake == BG_WAKE_LAUNCHER)
+		proc = shared->launcher_proc;
+	SpinLockRelease(&shared->mutex);
+	if (proc != NULL)
+		SetLatch(&proc->procLatch);
+}
+
+/* Read a flag of the job's shared header under its mutex. */
+bool
+bg_job_get_flag(BgJobShared *shared, bool *flag)
+{
+	bool		value;
+
+	Assert((char *) flag >= (char *) shared &&
+		   (char *) flag < (char *) (shared + 1));
+	SpinLockAcquire(&shared->mutex);
+	value = *flag;
+	SpinLockRelease(&shared->mutex);
+	return value;
+}
+
+/* What a session waits under while it waits for a job: "BgFdwJob" */
+uint32
+bg_wait_event_job(void)
+{
+	if (bg_wait_event_job_id == 0)
+		bg_wait_event_job_id = bg_wait_event_lookup("BgFdwJob");
+	return bg_wait_event_job_id;
+}
+
+/* What a worker waits under while it waits for its launch: "BgFdwLaunch" */
+uint32
+bg_wait_event_launch(void)
+{
+	if (bg_wait_event_launch_id == 0)
+		bg_wait_event_launch_id = bg_wait_event_lookup("BgFdwLaunch");
+	return bg_wait_event_launch_id;
+}
 
 /* Is the backend with this PID waiting for a lock this backend holds? */
 bool

@@ -310,15 +310,8 @@ bg_job_rows(BgJob *job)
 void
 bg_job_launched(BgJob *job)
 {
-	PGPROC	   *proc;
-
-	SpinLockAcquire(&job->shared->mutex);
-	job->shared->go = true;
-	job->shared->launched = true;
-	proc = job->shared->worker_proc;
-	SpinLockRelease(&job->shared->mutex);
-	if (proc)
-		SetLatch(&proc->procLatch);
+	bg_job_set_flag(job->shared, &job->shared->go, BG_WAKE_NONE);
+	bg_job_set_flag(job->shared, &job->shared->launched, BG_WAKE_WORKER);
 }
 
 /*
@@ -544,7 +537,7 @@ bg_job_sleep(BgJob *job, long timeout_ms)
 	if (timeout_ms >= 0 && timeout_ms < wait_ms)
 		wait_ms = timeout_ms;
 	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-				   wait_ms, bg_wait_event("BgFdwJob"));
+				   wait_ms, bg_wait_event_job());
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	if ((rc & WL_TIMEOUT) && wait_ms == DeadlockTimeout)
@@ -741,12 +734,7 @@ bg_job_wait_registered(BgJob *job)
 {
 	for (;;)
 	{
-		bool		registered;
-
-		SpinLockAcquire(&job->shared->mutex);
-		registered = job->shared->registered;
-		SpinLockRelease(&job->shared->mutex);
-		if (registered)
+		if (bg_job_get_flag(job->shared, &job->shared->registered))
 			return;
 		bg_job_read_messages(job);
 		if (job->state == BG_JOB_FAILED)

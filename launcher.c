@@ -423,27 +423,15 @@ static void
 bg_launcher_detach(dsm_segment *seg, Datum arg)
 {
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
-	PGPROC	   *proc;
 
-	SpinLockAcquire(&shared->mutex);
-	shared->launcher_gone = true;
-	proc = shared->worker_proc;
-	SpinLockRelease(&shared->mutex);
-	if (proc)
-		SetLatch(&proc->procLatch);
+	bg_job_set_flag(shared, &shared->launcher_gone, BG_WAKE_WORKER);
 }
 
+/* Let the worker run its statements. */
 static void
 bg_job_go(BgJobShared *shared)
 {
-	PGPROC	   *proc;
-
-	SpinLockAcquire(&shared->mutex);
-	shared->go = true;
-	proc = shared->worker_proc;
-	SpinLockRelease(&shared->mutex);
-	if (proc)
-		SetLatch(&proc->procLatch);
+	bg_job_set_flag(shared, &shared->go, BG_WAKE_WORKER);
 }
 
 /*

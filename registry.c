@@ -337,8 +337,6 @@ bg_registry_query(const char *sql, int nargs, Oid *types, Datum *values)
 void
 bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
 {
-	PGPROC	   *launcher;
-
 	if (!RecoveryInProgress() && OidIsValid(shared->registry_relid))
 	{
 		StartTransactionCommand();
@@ -347,11 +345,7 @@ bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
 		CommitTransactionCommand();
 	}
 
-	SpinLockAcquire(&shared->mutex);
-	shared->registered = true;
-	launcher = shared->launcher_proc;
-	SpinLockRelease(&shared->mutex);
-	SetLatch(&launcher->procLatch);
+	bg_job_set_flag(shared, &shared->registered, BG_WAKE_LAUNCHER);
 }
 
 /*
@@ -720,9 +714,8 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 		if (shared != NULL && shared->job_id == job_id)
 		{
 			probe->found = true;
-			SpinLockAcquire(&shared->mutex);
-			probe->worker_alive = !shared->worker_exited;
-			SpinLockRelease(&shared->mutex);
+			probe->worker_alive = !bg_job_get_flag(shared,
+												   &shared->worker_exited);
 			probe->rows = pg_atomic_read_u64(&shared->rows);
 		}
 	}
@@ -1039,7 +1032,7 @@ bg_registry_wait(int pid, long timeout_ms)
 			nap_ms = Min(nap_ms, remaining);
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 nap_ms, bg_wait_event("BgFdwJob"));
+						 nap_ms, bg_wait_event_job());
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		nap_ms = Min(nap_ms * 2, 100);

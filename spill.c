@@ -409,12 +409,8 @@ bg_spill_finish_rows(BgJobShared *shared)
 static void
 bg_spill_mark(BgJobShared *shared, bool rows)
 {
-	SpinLockAcquire(&shared->mutex);
-	if (rows)
-		shared->rows_kept = true;
-	else
-		shared->messages_kept = true;
-	SpinLockRelease(&shared->mutex);
+	bg_job_set_flag(shared, rows ? &shared->rows_kept : &shared->messages_kept,
+					BG_WAKE_NONE);
 }
 
 /* ----------------------------------------------------------------
@@ -651,9 +647,8 @@ bg_spill_collect(BgJobShared *shared, SharedFileSet *fileset, bool rows,
 	uint32		bufsize = 0;
 	bool		kept;
 
-	SpinLockAcquire(&shared->mutex);
-	kept = rows ? shared->rows_kept : shared->messages_kept;
-	SpinLockRelease(&shared->mutex);
+	kept = bg_job_get_flag(shared, rows ? &shared->rows_kept :
+						   &shared->messages_kept);
 	if (!kept)
 		return false;
 

@@ -271,7 +271,7 @@ bg_push_descriptor(BgJobShared *shared)
 		if (!bg_spill_messages_pending)
 			break;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 100, bg_wait_event("BgFdwLaunch"));
+						 100, bg_wait_event_launch());
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -314,7 +314,7 @@ bg_worker_await_launch(BgJobShared *shared)
 	{
 		bg_spill_push_messages();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 100, bg_wait_event("BgFdwLaunch"));
+						 100, bg_wait_event_launch());
 		ResetLatch(MyLatch);
 	}
 }
@@ -325,9 +325,7 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 {
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
 
-	SpinLockAcquire(&shared->mutex);
-	shared->worker_exited = true;
-	SpinLockRelease(&shared->mutex);
+	bg_job_set_flag(shared, &shared->worker_exited, BG_WAKE_NONE);
 }
 
 /*
@@ -393,7 +391,7 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 		/* the launcher may be waiting for a message the queue could not take */
 		bg_spill_push_messages();
 		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					   DeadlockTimeout, bg_wait_event("BgFdwLaunch"));
+					   DeadlockTimeout, bg_wait_event_launch());
 		if ((rc & WL_TIMEOUT) && launched)
 			bg_check_launcher_deadlock(shared);
 		ResetLatch(MyLatch);
@@ -535,9 +533,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			xact_started = false;
 			/* committed: a late cancel or terminate must not make it look failed */
 			HOLD_INTERRUPTS();
-			SpinLockAcquire(&shared->mutex);
-			shared->ended = true;
-			SpinLockRelease(&shared->mutex);
+			bg_job_set_flag(shared, &shared->ended, BG_WAKE_NONE);
 			if (IsTransactionBlock())
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
