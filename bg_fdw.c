@@ -9,6 +9,12 @@
  * scan reads the job's spool and, once it has caught up, the job's tuple
  * queue (see job.c).
  *
+ * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Portions Copyright (c) 1996-2025, PostgreSQL Global Development Group
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/bg_fdw.c
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -797,7 +803,7 @@ bg_detach(PG_FUNCTION_ARGS)
 
 	bg_drop_job_tables(job);
 	bg_registry_detached(job->job_id);
-	bg_job_detach(job);
+	bg_job_record_detach(job);
 	PG_RETURN_VOID();
 }
 

@@ -5,7 +5,10 @@
  *		  launching session and the background worker agree on, and the
  *		  session-side job registry used by the FDW and the SQL functions.
  *
- * src/bg_fdw.h
+ * Copyright (c) 2025-2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/bg_fdw.h
  *
  *-------------------------------------------------------------------------
  */
@@ -25,7 +28,6 @@
 #include "storage/spin.h"
 #include "tcop/dest.h"
 #include "utils/timestamp.h"
-#include "utils/tuplestore.h"
 
 /* PostgreSQL 18 marks functions that do not return with a prefix */
 #ifndef pg_noreturn
@@ -297,7 +299,6 @@ bg_spill_push_messages(void)
 extern BgJob *bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle,
 							int pid, const char *sql, TupleDesc desc,
 							MemoryContext cxt);
-extern void bg_job_set_desc(BgJob *job, TupleDesc desc);
 extern void bg_job_attach(BgJob *job);
 extern List *bg_session_jobs(void);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
@@ -309,9 +310,7 @@ extern void bg_job_poll_messages(BgJob *job);
 extern const char *bg_job_state_name(BgJob *job);
 extern bool bg_job_in_use(BgJob *job);
 extern uint64 bg_job_rows(BgJob *job);
-extern void bg_job_launched(BgJob *job);
-extern void bg_job_detach(BgJob *job);
-extern void bg_job_poll(BgJob *job);
+extern void bg_job_record_detach(BgJob *job);
 extern bool bg_job_wait(BgJob *job, long timeout_ms);
 extern void bg_job_wait_descriptor(BgJob *job);
 extern void bg_job_wait_registered(BgJob *job);

@@ -5,6 +5,11 @@
  *		  PostgreSQL versions bg_fdw supports (15 and later).  Version tests
  *		  belong here, not in the code that uses them.
  *
+ * Copyright (c) 2025-2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/compat.h
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef BG_FDW_COMPAT_H

@@ -19,7 +19,7 @@
  * Copyright (c) 2025-2026, The bg_fdw Authors
  *
  * IDENTIFICATION
- *	  bg_fdw/dest.c
+ *		  bg_fdw/dest.c
  *
  *-------------------------------------------------------------------------
  */

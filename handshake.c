@@ -13,7 +13,7 @@
  * Copyright (c) 2025-2026, The bg_fdw Authors
  *
  * IDENTIFICATION
- *	  bg_fdw/handshake.c
+ *		  bg_fdw/handshake.c
  *
  *-------------------------------------------------------------------------
  */

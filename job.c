@@ -21,34 +21,33 @@
  * copy the reader owns (the queue's memory is reused by the next receive,
  * the spool's write buffer by the next append).
  *
+ * Copyright (c) 2025-2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/job.c
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
-#include "catalog/heap.h"
-#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "libpq/pqformat.h"
 #include "libpq/pqmq.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shm_toc.h"
 #include "utils/acl.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
-
-#include "storage/ipc.h"
 
 #include "bg_fdw.h"
 #include "compat.h"
@@ -60,6 +59,9 @@ static List *bg_jobs = NIL;
 #define BG_DRAIN_ROWS	10000
 #define BG_DRAIN_BYTES	(4 * 1024 * 1024)
 
+static void bg_job_set_desc(BgJob *job, TupleDesc desc);
+static void bg_job_launched(BgJob *job);
+static void bg_job_poll(BgJob *job);
 static void bg_job_read_messages(BgJob *job);
 static void bg_job_handle_message(BgJob *job, StringInfo msg);
 static void bg_job_relay(BgJob *job, StringInfo msg, bool is_error);
@@ -126,7 +128,7 @@ bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
 }
 
 /* Record the result's columns, from bg_launch's describe or the worker. */
-void
+static void
 bg_job_set_desc(BgJob *job, TupleDesc desc)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
@@ -307,7 +309,7 @@ bg_job_rows(BgJob *job)
  * Tell the worker its launch succeeded.  Until then it may run its
  * statements but not commit them: a launch that fails must leave no trace.
  */
-void
+static void
 bg_job_launched(BgJob *job)
 {
 	bg_job_set_flag(job->shared, &job->shared->go, BG_WAKE_NONE);
@@ -337,12 +339,13 @@ bg_job_close_segment(BgJob *job)
 }
 
 /*
- * bg_detach: stop listening to the job and free its spool, when the
- * transaction commits, with the drop of its tables.  The job runs on: its
- * worker finds the queues detached and drops what it would have sent.
+ * bg_detach: record that the job is to be detached when the transaction
+ * commits, with the drop of its tables; bg_job_release then stops listening
+ * to it and frees its spool.  The job runs on: its worker finds the queues
+ * detached and drops what it would have sent.
  */
 void
-bg_job_detach(BgJob *job)
+bg_job_record_detach(BgJob *job)
 {
 	Assert(job->state != BG_JOB_DETACHED);
 	Assert(!bg_job_in_use(job));
@@ -445,7 +448,7 @@ bg_job_handle_message(BgJob *job, StringInfo msg)
 			}
 			break;
 		default:
-			elog(DEBUG1, "background job %d sent unexpected message type \"%c\"",
+			elog(ERROR, "background job %d sent invalid message type \"%c\"",
 				 job->pid, msgtype);
 			break;
 	}
@@ -603,7 +606,7 @@ bg_job_check_deadlock(BgJob *job)
 /*
  * Take whatever rows have arrived into the spool, and the messages.
  */
-void
+static void
 bg_job_poll(BgJob *job)
 {
 	bg_check_spool(job);
@@ -826,8 +829,9 @@ bg_check_spool(BgJob *job)
  */
 
 /*
- * Open a reader of the job's result, positioned at its first row.  Read
- * pointers cannot be freed, so closed readers are reused.
+ * Open a reader of the job's result, positioned at its first row.  A closed
+ * reader's slot in the job's array is reused; its memory lives as long as
+ * the job, as do its buffers.
  */
 int
 bg_reader_open(BgJob *job, TupleTableSlot *slot)
@@ -994,7 +998,7 @@ bg_reader_next(BgJob *job, int reader)
 
 /*
  * Scans that an abort cut short never reach EndForeignScan; their executor
- * memory is gone, so forget their slots and free their read pointers.
+ * memory is gone, so close their readers, which forgets their slots.
  */
 static void
 bg_release_readers(SubTransactionId from_subid)

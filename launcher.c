@@ -20,7 +20,7 @@
  * Copyright (c) 2025-2026, The bg_fdw Authors
  *
  * IDENTIFICATION
- *	  bg_fdw/launcher.c
+ *		  bg_fdw/launcher.c
  *
  *-------------------------------------------------------------------------
  */
@@ -56,7 +56,7 @@ PG_FUNCTION_INFO_V1(bg_launch);
 
 static TupleDesc bg_describe(RawStmt *raw, const char *sql);
 static void bg_launch_error_callback(void *arg);
-static int	bg_check_queue_size(FunctionCallInfo fcinfo);
+static int	bg_queue_size_arg(FunctionCallInfo fcinfo);
 static int	bg_launch_job(const char *sql, int queue_size, TupleDesc desc,
 						  bool stream);
 static BgJob *bg_start_job(const char *sql, int queue_size, TupleDesc desc,
@@ -93,7 +93,7 @@ bg_launch(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("SQL of a background job must not be null")));
 	sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	queue_size = bg_check_queue_size(fcinfo);
+	queue_size = bg_queue_size_arg(fcinfo);
 
 	/* Syntax errors are raised here, by the launcher, not by the job. */
 	errcallback.callback = bg_launch_error_callback;
@@ -227,8 +227,12 @@ bg_launch_error_callback(void *arg)
 	}
 }
 
+/*
+ * The queue size bg_launch was given, checked; bg_fdw.queue_size if it was
+ * given none.
+ */
 static int
-bg_check_queue_size(FunctionCallInfo fcinfo)
+bg_queue_size_arg(FunctionCallInfo fcinfo)
 {
 	int			queue_size;
 

@@ -21,6 +21,11 @@
  * The registry's SQL runs as the table's owner, with a fixed search_path,
  * and reads the latest committed state whatever the caller's isolation.
  *
+ * Copyright (c) 2025-2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/registry.c
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -188,9 +193,8 @@ pg_noreturn static void bg_raise_unknown(int pid);
  */
 
 /*
- * Find the registry table and become its owner, with a search_path nobody
- * can plant objects in.  False if the extension is not installed (it may
- * have been dropped while the job ran).
+ * The registry table of the extension installed in this database, or
+ * InvalidOid if the extension is not installed.
  */
 Oid
 bg_registry_relid(void)
@@ -215,6 +219,11 @@ bg_registry_relid(void)
 	return get_relname_relid(BG_REGISTRY_TABLE, nspid);
 }
 
+/*
+ * Find the registry table and become its owner, with a search_path nobody
+ * can plant objects in, ready to run SQL on it.  False if the extension is
+ * not installed (it may have been dropped while the job ran).
+ */
 static bool
 bg_registry_open(BgRegistryCall *call)
 {

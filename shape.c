@@ -15,7 +15,7 @@
  * Copyright (c) 2025-2026, The bg_fdw Authors
  *
  * IDENTIFICATION
- *	  bg_fdw/shape.c
+ *		  bg_fdw/shape.c
  *
  *-------------------------------------------------------------------------
  */

@@ -26,6 +26,11 @@
  * files go away once both the worker and the launching session (a detach,
  * or the session's end) have let go of the segment.
  *
+ * Copyright (c) 2025-2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/spill.c
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

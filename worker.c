@@ -20,7 +20,7 @@
  * Portions Copyright (c) 1996-2025, PostgreSQL Global Development Group
  *
  * IDENTIFICATION
- *	  bg_fdw/worker.c
+ *		  bg_fdw/worker.c
  *
  *-------------------------------------------------------------------------
  */
@@ -82,9 +82,11 @@ static void bg_completion_tag(char *buf, const QueryCompletion *qc);
 static void bg_send_message(char msgtype, const char *str, TupleDesc desc);
 
 /*
- * Entry point of a job's background worker.  Errors are not caught: as in
- * parallel workers, an ERROR becomes FATAL, is sent to the launcher on the
- * message queue, and the process exits, which aborts the transaction.
+ * Entry point of a job's background worker.  An error while the job runs is
+ * caught only to record the job's failure (bg_worker_failed) and is then
+ * thrown again: with no outer handler it becomes FATAL, as in a parallel
+ * worker, reaches the launcher on the message queue, and the process exits.
+ * Errors before the job runs are not caught at all.
  */
 void
 bg_worker_main(Datum main_arg)
