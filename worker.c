@@ -59,6 +59,9 @@ static dsm_segment *bg_worker_segment = NULL;
 /* pg_terminate_backend or shutdown: the job is recorded as failed on exit */
 static volatile sig_atomic_t bg_terminate_requested = false;
 
+/* The job's last transaction committed: nothing may record it as failed */
+static bool bg_committed = false;
+
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
 static void bg_worker_before_exit(int code, Datum arg);
@@ -72,9 +75,11 @@ static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
 static void bg_enable_statement_timeout(void);
 static void bg_disable_statement_timeout(void);
-static char *bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
-						 BgJobShared *shared, SharedFileSet *fileset,
-						 TupleDesc expected);
+static void bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
+						BgJobShared *shared, SharedFileSet *fileset,
+						TupleDesc expected);
+static void bg_worker_committed(BgJobShared *shared, const char *tag,
+								bool recorded);
 static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
 									 BgJobShared *shared, SharedFileSet *fileset,
 									 TupleDesc expected);
@@ -101,7 +106,6 @@ bg_worker_main(Datum main_arg)
 	char	   *desc_space;
 	TupleDesc	expected = NULL;
 	char	   *sql;
-	char	   *tag;
 	char		appname[NAMEDATALEN];
 
 	pqsignal(SIGTERM, bg_worker_sigterm);
@@ -187,17 +191,16 @@ bg_worker_main(Datum main_arg)
 	{
 		bg_registry_register(shared, sql, dsm_segment_handle(seg));
 		bg_wait_for_launcher(shared, false);
+		/* the job starts now, not when the worker connected */
+		SetCurrentStatementStartTimestamp();
 		pgstat_report_activity(STATE_RUNNING, sql);
-		tag = bg_exec_sql(sql, tuple_mqh, shared, fileset, expected);
+		bg_exec_sql(sql, tuple_mqh, shared, fileset, expected);
 	}
 	PG_CATCH();
 	{
 		bg_worker_failed(shared);
 	}
 	PG_END_TRY();
-	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
-	/* the outcome is out: being terminated from here on changes nothing */
-	RESUME_INTERRUPTS();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	bg_registry_tidy(shared);
 }
@@ -356,8 +359,11 @@ bg_worker_failed(BgJobShared *shared)
 	/*
 	 * A launch that failed returned no PID: it leaves no job to list.  One
 	 * still under way is decided on exit, once the launcher has our error.
+	 * A job that failed after its commit (sending its outcome ran out of
+	 * memory) is recorded as finished, which it is.
 	 */
-	bg_registry_fail(shared, edata, bg_launch_failed(shared));
+	if (!bg_committed)
+		bg_registry_fail(shared, edata, bg_launch_failed(shared));
 	if (quiet)
 		proc_exit(0);
 	ReThrowError(edata);
@@ -436,10 +442,9 @@ bg_disable_statement_timeout(void)
 
 /*
  * Run the statements as exec_simple_query would, sending the last one's rows
- * to the tuple queue.  Returns the last statement's completion tag, after
- * the commit.
+ * to the tuple queue, then report the outcome.
  */
-static char *
+static void
 bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			SharedFileSet *fileset, TupleDesc expected)
 {
@@ -479,6 +484,11 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 		commandTag = CreateCommandTag(parsetree->stmt);
 		set_ps_display(GetCommandTagName(commandTag));
 
+		/*
+		 * statement_timestamp() is this statement's start; now(), the start
+		 * of the transaction, that of the statement that starts one.
+		 */
+		SetCurrentStatementStartTimestamp();
 		if (!xact_started)
 		{
 			StartTransactionCommand();
@@ -533,17 +543,13 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			recorded = bg_registry_finish(shared, tag, true);
 			CommitTransactionCommand();
 			xact_started = false;
-			/* committed: a late cancel or terminate must not make it look failed */
-			HOLD_INTERRUPTS();
-			bg_job_set_flag(shared, &shared->ended, BG_WAKE_NONE);
 			if (IsTransactionBlock())
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
 						 errmsg("background job ended inside a transaction block"),
 						 errdetail("Its work since BEGIN was rolled back."),
 						 errhint("End the job's SQL with COMMIT.")));
-			if (!recorded)
-				(void) bg_registry_finish(shared, tag, false);
+			bg_worker_committed(shared, tag, recorded);
 		}
 		else
 		{
@@ -565,7 +571,25 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 	}
 
 	debug_query_string = NULL;
-	return pstrdup(tag);
+}
+
+/*
+ * The job has committed: mark it ended, record it as finished if its last
+ * transaction could not, and send the launcher the outcome.  A cancel or
+ * terminate that arrives meanwhile must not make it look failed, so
+ * interrupts are held until the outcome is out; from then on, being
+ * terminated changes nothing.
+ */
+static void
+bg_worker_committed(BgJobShared *shared, const char *tag, bool recorded)
+{
+	HOLD_INTERRUPTS();
+	bg_committed = true;
+	bg_job_set_flag(shared, &shared->ended, BG_WAKE_NONE);
+	if (!recorded)
+		(void) bg_registry_finish(shared, tag, false);
+	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
+	RESUME_INTERRUPTS();
 }
 
 /*
