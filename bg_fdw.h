@@ -133,6 +133,50 @@ typedef enum BgWake
 	BG_WAKE_LAUNCHER			/* the launching session waits for it */
 } BgWake;
 
+/*
+ * The job registry (registry.c), a table of the extension: the columns the
+ * C code needs, at these positions.  A later version of the extension may
+ * add columns after them; the library checks the layout where it opens the
+ * table and leaves columns it does not know NULL.
+ */
+#define BG_REGISTRY_TABLE					"bg_job_registry"
+#define Natts_bg_job_registry				14
+#define Anum_bg_job_registry_id				1
+#define Anum_bg_job_registry_pid			2
+#define Anum_bg_job_registry_role			3
+#define Anum_bg_job_registry_database		4
+#define Anum_bg_job_registry_launcher_pid	5
+#define Anum_bg_job_registry_segment		6
+#define Anum_bg_job_registry_query			7
+#define Anum_bg_job_registry_state			8
+#define Anum_bg_job_registry_launched_at	9
+#define Anum_bg_job_registry_finished_at	10
+#define Anum_bg_job_registry_rows			11
+#define Anum_bg_job_registry_command		12
+#define Anum_bg_job_registry_sqlstate		13
+#define Anum_bg_job_registry_error			14
+
+/* Jobs whose launching session detached them, beside the registry */
+#define BG_DETACHED_TABLE					"bg_job_detached"
+#define Natts_bg_job_detached				1
+#define Anum_bg_job_detached_id				1
+
+/*
+ * A job's state as the registry records it (registry.c maps each to the
+ * text in bg_job_registry.state).  "lost" is never stored: it is what a
+ * "running" row whose worker is gone is shown as.
+ */
+typedef enum BgJobStatus
+{
+	BG_STATUS_RUNNING,			/* listed, no outcome recorded yet */
+	BG_STATUS_FINISHED,			/* committed */
+	BG_STATUS_FAILED,			/* rolled back on an error */
+	BG_STATUS_CANCELLED,		/* rolled back by bg_cancel or a failed launch */
+	BG_STATUS_LOST				/* worker gone without an outcome; not stored */
+} BgJobStatus;
+
+#define BG_NUM_STATUSES		(BG_STATUS_LOST + 1)
+
 /* Name of the server CREATE EXTENSION makes */
 #define BG_SERVER_NAME			"bg_server"
 

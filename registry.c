@@ -71,26 +71,92 @@ int			bg_job_retention = 86400;
 /* Running jobs a role may have in a database; -1 means no limit */
 int			bg_max_jobs_per_role = -1;
 
-#define BG_REGISTRY_TABLE		"bg_job_registry"
-#define BG_JOBS_COLUMNS			13
+/* A column the C code needs in a table of the extension */
+typedef struct BgColumn
+{
+	const char *name;
+	Oid			type;
+} BgColumn;
 
-/* Columns of bg_job_registry, as bg_fdw--1.0.sql creates it (0-based) */
-#define BG_REGISTRY_NATTS		14
-#define BG_REG_ID				0
-#define BG_REG_PID				1
-#define BG_REG_ROLE				2
-#define BG_REG_DATABASE			3
-#define BG_REG_LAUNCHER_PID		4
-#define BG_REG_SEGMENT			5
-#define BG_REG_QUERY			6
-#define BG_REG_STATE			7
-#define BG_REG_LAUNCHED_AT		8
-#define BG_REG_FINISHED_AT		9
-#define BG_REG_ROWS				10
-#define BG_REG_COMMAND			11
-#define BG_REG_SQLSTATE			12
-#define BG_REG_ERROR			13
-#define BG_DETACHED_TABLE		"bg_job_detached"
+/* bg_job_registry's columns, by Anum_bg_job_registry_* - 1 */
+static const BgColumn bg_registry_columns[Natts_bg_job_registry] = {
+	{"id", INT8OID},
+	{"pid", INT4OID},
+	{"role", OIDOID},
+	{"database", OIDOID},
+	{"launcher_pid", INT4OID},
+	{"segment", INT8OID},
+	{"query", TEXTOID},
+	{"state", TEXTOID},
+	{"launched_at", TIMESTAMPTZOID},
+	{"finished_at", TIMESTAMPTZOID},
+	{"rows", INT8OID},
+	{"command", TEXTOID},
+	{"sqlstate", TEXTOID},
+	{"error", TEXTOID}
+};
+
+/* bg_job_detached's columns, by Anum_bg_job_detached_* - 1 */
+static const BgColumn bg_detached_columns[Natts_bg_job_detached] = {
+	{"id", INT8OID}
+};
+
+/*
+ * The text of each job state in bg_job_registry.state, and whether it may be
+ * stored: the 1.0 table's CHECK constraint allows only the stored ones (and
+ * rows are written without checking it, so the C code must).
+ */
+static const struct
+{
+	const char *name;
+	bool		stored;
+}			bg_statuses[BG_NUM_STATUSES] = {
+	[BG_STATUS_RUNNING] = {"running", true},
+	[BG_STATUS_FINISHED] = {"finished", true},
+	[BG_STATUS_FAILED] = {"failed", true},
+	[BG_STATUS_CANCELLED] = {"cancelled", true},
+	[BG_STATUS_LOST] = {"lost", false}
+};
+
+/*
+ * The columns of bg_list_jobs() (and so of the bg_jobs view) this library
+ * fills, found by name in the descriptor the function's SQL declaration
+ * gives: a declaration with more columns gets NULL in those, one with fewer
+ * simply lacks them.
+ */
+typedef enum BgListColumn
+{
+	BG_LIST_ID,
+	BG_LIST_PID,
+	BG_LIST_ROLE,
+	BG_LIST_DATABASE,
+	BG_LIST_QUERY_TEXT,
+	BG_LIST_STATE,
+	BG_LIST_LAUNCHED_AT,
+	BG_LIST_FINISHED_AT,
+	BG_LIST_ROWS,
+	BG_LIST_COMMAND,
+	BG_LIST_SQLSTATE,
+	BG_LIST_ERROR,
+	BG_LIST_ATTACHED,
+	BG_LIST_NCOLUMNS
+} BgListColumn;
+
+static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
+	[BG_LIST_ID] = {"id", INT8OID},
+	[BG_LIST_PID] = {"pid", INT4OID},
+	[BG_LIST_ROLE] = {"role", REGROLEOID},
+	[BG_LIST_DATABASE] = {"database", NAMEOID},
+	[BG_LIST_QUERY_TEXT] = {"query", TEXTOID},
+	[BG_LIST_STATE] = {"state", TEXTOID},
+	[BG_LIST_LAUNCHED_AT] = {"launched_at", TIMESTAMPTZOID},
+	[BG_LIST_FINISHED_AT] = {"finished_at", TIMESTAMPTZOID},
+	[BG_LIST_ROWS] = {"rows", INT8OID},
+	[BG_LIST_COMMAND] = {"command", TEXTOID},
+	[BG_LIST_SQLSTATE] = {"sqlstate", TEXTOID},
+	[BG_LIST_ERROR] = {"error", TEXTOID},
+	[BG_LIST_ATTACHED] = {"attached", BOOLOID}
+};
 
 /*
  * The registry's rows as bg_jobs shows them, for a table name and a
@@ -122,7 +188,7 @@ typedef struct BgRegistryCall
 /* How a job ended, for the registry */
 typedef struct BgOutcome
 {
-	const char *state;
+	BgJobStatus status;
 	const char *tag;			/* completion tag, if finished */
 	ErrorData  *edata;			/* the error, if failed or cancelled */
 	bool		discard;		/* the launch failed: remove the row */
@@ -135,7 +201,7 @@ typedef struct BgJobEntry
 	int			pid;
 	Oid			role;
 	dsm_handle	segment;
-	char	   *state;
+	BgJobStatus status;
 	char	   *command;
 	char	   *sqlstate;
 	char	   *error;
@@ -149,6 +215,11 @@ typedef struct BgJobProbe
 	uint64		rows;			/* rows sent so far */
 } BgJobProbe;
 
+static const char *bg_status_name(BgJobStatus status);
+static BgJobStatus bg_status_from_name(const char *name);
+static void bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns);
+static int *bg_list_map(TupleDesc desc);
+static void bg_registry_check_tables(Oid registry, Oid detached);
 static bool bg_registry_open(BgRegistryCall *call);
 static void bg_registry_close(BgRegistryCall *call);
 static void bg_registry_internal_xact(void);
@@ -164,7 +235,7 @@ static void bg_registry_exec(const char *sql, int nargs, Oid *types,
 							 Datum *values, int expected);
 static SPITupleTable *bg_registry_query(const char *sql, int nargs,
 										Oid *types, Datum *values);
-static void bg_registry_update(BgJobShared *shared, const char *state,
+static void bg_registry_update(BgJobShared *shared, BgJobStatus status,
 							   const char *tag, ErrorData *edata);
 static void bg_registry_expire(BgJobShared *shared);
 static bool bg_delete_if_free(Relation rel, ItemPointer tid);
@@ -177,15 +248,88 @@ static bool bg_entry_lookup(int pid, BgJobEntry *entry);
 static void bg_entry_from_tuple(HeapTuple tuple, TupleDesc desc,
 								BgJobEntry *entry);
 static void bg_entry_check_privileges(BgJobEntry *entry);
-static const char *bg_entry_state(BgJobEntry *entry, BgJobProbe *probe);
+static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
+						   BgJobStatus *status);
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
 						   Datum *values, BgJobEntry *entry);
-static void bg_list_put(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc,
-						BgJobEntry *entry, BgJobProbe *probe, Oid caller);
+static void bg_list_put(ReturnSetInfo *rsinfo, int *map, HeapTuple tuple,
+						TupleDesc desc, BgJobEntry *entry, BgJobProbe *probe,
+						Oid caller);
 static void bg_entry_raise(BgJobEntry *entry);
 static void bg_raise_lost(BgJobEntry *entry);
 pg_noreturn static void bg_raise_unknown(int pid);
+
+/* ----------------------------------------------------------------
+ *		The registry's layout and states
+ * ----------------------------------------------------------------
+ */
+
+/* The text a state is recorded or shown as */
+static const char *
+bg_status_name(BgJobStatus status)
+{
+	Assert(status >= 0 && status < BG_NUM_STATUSES);
+	return bg_statuses[status].name;
+}
+
+/* The state a registry row records */
+static BgJobStatus
+bg_status_from_name(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < BG_NUM_STATUSES; i++)
+	{
+		if (bg_statuses[i].stored && strcmp(bg_statuses[i].name, name) == 0)
+			return (BgJobStatus) i;
+	}
+	elog(ERROR, "unrecognized background job state \"%s\" in the job registry",
+		 name);
+	return BG_STATUS_LOST;		/* keep compiler quiet */
+}
+
+/*
+ * Check that a table of the extension has the columns the C code needs, by
+ * name and type at their positions.  Columns after them, which a later
+ * version may add, are allowed.
+ */
+static void
+bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	if (desc->natts < ncolumns)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("bg_fdw's job registry \"%s\" has an unexpected layout",
+						RelationGetRelationName(rel)),
+				 errdetail("The table has %d columns; bg_fdw needs at least %d.",
+						   desc->natts, ncolumns),
+				 errhint("Update the extension with ALTER EXTENSION bg_fdw UPDATE.")));
+	for (i = 0; i < ncolumns; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && att->atttypid == columns[i].type &&
+			strcmp(NameStr(att->attname), columns[i].name) == 0)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("bg_fdw's job registry \"%s\" has an unexpected layout",
+						RelationGetRelationName(rel)),
+				 att->attisdropped ?
+				 errdetail("Column %d was dropped; bg_fdw needs column \"%s\" of type %s there.",
+						   i + 1, columns[i].name,
+						   format_type_be(columns[i].type)) :
+				 errdetail("Column %d is \"%s\" of type %s; bg_fdw needs column \"%s\" of type %s there.",
+						   i + 1, NameStr(att->attname),
+						   format_type_be(att->atttypid), columns[i].name,
+						   format_type_be(columns[i].type)),
+				 errhint("Update the extension with ALTER EXTENSION bg_fdw UPDATE.")));
+	}
+}
 
 /* ----------------------------------------------------------------
  *		Calling the registry's SQL
@@ -220,6 +364,25 @@ bg_registry_relid(void)
 }
 
 /*
+ * Before SQL addresses the registry and the table of detached jobs by column
+ * name, check that they are what this library expects.
+ */
+static void
+bg_registry_check_tables(Oid registry, Oid detached)
+{
+	Relation	rel;
+
+	rel = table_open(registry, AccessShareLock);
+	bg_check_layout(rel, bg_registry_columns, Natts_bg_job_registry);
+	table_close(rel, NoLock);
+	if (!OidIsValid(detached))
+		return;
+	rel = table_open(detached, AccessShareLock);
+	bg_check_layout(rel, bg_detached_columns, Natts_bg_job_detached);
+	table_close(rel, NoLock);
+}
+
+/*
  * Find the registry table and become its owner, with a search_path nobody
  * can plant objects in, ready to run SQL on it.  False if the extension is
  * not installed (it may have been dropped while the job ran).
@@ -240,6 +403,7 @@ bg_registry_open(BgRegistryCall *call)
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	nspid = ((Form_pg_class) GETSTRUCT(tuple))->relnamespace;
 	ReleaseSysCache(tuple);
+	bg_registry_check_tables(relid, get_relname_relid(BG_DETACHED_TABLE, nspid));
 	call->relname = quote_qualified_identifier(get_namespace_name(nspid),
 											   BG_REGISTRY_TABLE);
 	call->detachname = quote_qualified_identifier(get_namespace_name(nspid),
@@ -366,26 +530,34 @@ static void
 bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 {
 	Relation	rel = bg_registry_open_rel(shared);
-	Datum		values[BG_REGISTRY_NATTS];
-	bool		nulls[BG_REGISTRY_NATTS];
+	int			natts;
+	Datum	   *values;
+	bool	   *nulls;
 	HeapTuple	tuple;
+	int			i;
 
 	if (rel == NULL)
 		return;
-	memset(nulls, true, sizeof(nulls));
-	values[BG_REG_ID] = Int64GetDatum(shared->job_id);
-	values[BG_REG_PID] = Int32GetDatum(MyProcPid);
-	values[BG_REG_ROLE] = ObjectIdGetDatum(shared->current_user_id);
-	values[BG_REG_DATABASE] = ObjectIdGetDatum(shared->database_id);
-	values[BG_REG_LAUNCHER_PID] = Int32GetDatum(shared->launcher_pid);
-	values[BG_REG_SEGMENT] = Int64GetDatum((int64) handle);
-	values[BG_REG_QUERY] = CStringGetTextDatum(sql);
-	values[BG_REG_STATE] = CStringGetTextDatum("running");
-	values[BG_REG_LAUNCHED_AT] = TimestampTzGetDatum(shared->launched_at);
-	nulls[BG_REG_ID] = nulls[BG_REG_PID] = nulls[BG_REG_ROLE] = false;
-	nulls[BG_REG_DATABASE] = nulls[BG_REG_LAUNCHER_PID] = false;
-	nulls[BG_REG_SEGMENT] = nulls[BG_REG_QUERY] = nulls[BG_REG_STATE] = false;
-	nulls[BG_REG_LAUNCHED_AT] = false;
+	/* columns a later version added stay NULL */
+	natts = RelationGetDescr(rel)->natts;
+	values = palloc0(natts * sizeof(Datum));
+	nulls = palloc(natts * sizeof(bool));
+	for (i = 0; i < natts; i++)
+		nulls[i] = true;
+#define BG_SET(col, value) \
+	(values[(col) - 1] = (value), nulls[(col) - 1] = false)
+	BG_SET(Anum_bg_job_registry_id, Int64GetDatum(shared->job_id));
+	BG_SET(Anum_bg_job_registry_pid, Int32GetDatum(MyProcPid));
+	BG_SET(Anum_bg_job_registry_role, ObjectIdGetDatum(shared->current_user_id));
+	BG_SET(Anum_bg_job_registry_database, ObjectIdGetDatum(shared->database_id));
+	BG_SET(Anum_bg_job_registry_launcher_pid, Int32GetDatum(shared->launcher_pid));
+	BG_SET(Anum_bg_job_registry_segment, Int64GetDatum((int64) handle));
+	BG_SET(Anum_bg_job_registry_query, CStringGetTextDatum(sql));
+	BG_SET(Anum_bg_job_registry_state,
+		   CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING)));
+	BG_SET(Anum_bg_job_registry_launched_at,
+		   TimestampTzGetDatum(shared->launched_at));
+#undef BG_SET
 
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	CatalogTupleInsert(rel, tuple);
@@ -422,11 +594,11 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 									 PGC_USERSET, PGC_S_SESSION,
 									 GUC_ACTION_LOCAL, true, 0, false);
 		bg_registry_no_lock_timeout();
-		bg_registry_update(shared, "finished", tag, NULL);
+		bg_registry_update(shared, BG_STATUS_FINISHED, tag, NULL);
 		return true;
 	}
 
-	outcome.state = "finished";
+	outcome.status = BG_STATUS_FINISHED;
 	outcome.tag = tag;
 	outcome.edata = NULL;
 	outcome.discard = false;
@@ -470,7 +642,7 @@ bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome)
 	if (outcome->discard)
 		bg_registry_delete(shared->job_id);
 	else
-		bg_registry_update(shared, outcome->state, outcome->tag, outcome->edata);
+		bg_registry_update(shared, outcome->status, outcome->tag, outcome->edata);
 	if (outcome->edata != NULL || outcome->discard)
 		bg_registry_expire(shared);
 }
@@ -494,7 +666,7 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 
 	if (!bg_row_inserted)
 		return;
-	outcome.state = "failed";
+	outcome.status = BG_STATUS_FAILED;
 	outcome.tag = NULL;
 	outcome.edata = edata;
 	outcome.discard = discard;
@@ -503,7 +675,7 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 		SpinLockAcquire(&shared->mutex);
 		if (shared->cancel_requested ||
 			(shared->launcher_gone && !shared->launched))
-			outcome.state = "cancelled";
+			outcome.status = BG_STATUS_CANCELLED;
 		SpinLockRelease(&shared->mutex);
 	}
 	bg_registry_own_xact(bg_registry_write_outcome, shared, &outcome);
@@ -515,39 +687,49 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
  * concurrent update, and it goes in without SQL, as the insert did.
  */
 static void
-bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
+bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 				   ErrorData *edata)
 {
-	Relation	rel = bg_registry_open_rel(shared);
+	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	oldtup;
-	Datum		values[BG_REGISTRY_NATTS];
-	bool		nulls[BG_REGISTRY_NATTS];
-	bool		replace[BG_REGISTRY_NATTS];
+	int			natts;
+	Datum	   *values;
+	bool	   *nulls;
+	bool	   *replace;
 
+	/* the table's CHECK constraint is not checked on this path */
+	if (!bg_statuses[status].stored)
+		elog(ERROR, "background job state \"%s\" cannot be recorded",
+			 bg_status_name(status));
+	rel = bg_registry_open_rel(shared);
 	if (rel == NULL)
 		return;
-	memset(nulls, false, sizeof(nulls));
-	memset(replace, false, sizeof(replace));
-	values[BG_REG_STATE] = CStringGetTextDatum(state);
-	values[BG_REG_FINISHED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[BG_REG_ROWS] = Int64GetDatum((int64) pg_atomic_read_u64(&shared->rows));
-	nulls[BG_REG_SEGMENT] = true;
-	nulls[BG_REG_COMMAND] = (tag == NULL);
-	if (tag)
-		values[BG_REG_COMMAND] = CStringGetTextDatum(tag);
-	nulls[BG_REG_SQLSTATE] = nulls[BG_REG_ERROR] = (edata == NULL);
-	if (edata)
-	{
-		values[BG_REG_SQLSTATE] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
-		values[BG_REG_ERROR] = CStringGetTextDatum(edata->message ? edata->message : "");
-	}
-	replace[BG_REG_STATE] = replace[BG_REG_FINISHED_AT] = replace[BG_REG_ROWS] = true;
-	replace[BG_REG_SEGMENT] = replace[BG_REG_COMMAND] = true;
-	replace[BG_REG_SQLSTATE] = replace[BG_REG_ERROR] = true;
+	/* columns a later version added keep their values */
+	natts = RelationGetDescr(rel)->natts;
+	values = palloc0(natts * sizeof(Datum));
+	nulls = palloc0(natts * sizeof(bool));
+	replace = palloc0(natts * sizeof(bool));
+#define BG_SET(col, isnull, value) \
+	(replace[(col) - 1] = true, nulls[(col) - 1] = (isnull), \
+	 values[(col) - 1] = (isnull) ? (Datum) 0 : (value))
+	BG_SET(Anum_bg_job_registry_state, false,
+		   CStringGetTextDatum(bg_status_name(status)));
+	BG_SET(Anum_bg_job_registry_finished_at, false,
+		   TimestampTzGetDatum(GetCurrentTimestamp()));
+	BG_SET(Anum_bg_job_registry_rows, false,
+		   Int64GetDatum((int64) pg_atomic_read_u64(&shared->rows)));
+	BG_SET(Anum_bg_job_registry_segment, true, (Datum) 0);
+	BG_SET(Anum_bg_job_registry_command, tag == NULL,
+		   CStringGetTextDatum(tag));
+	BG_SET(Anum_bg_job_registry_sqlstate, edata == NULL,
+		   CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode)));
+	BG_SET(Anum_bg_job_registry_error, edata == NULL,
+		   CStringGetTextDatum(edata->message ? edata->message : ""));
+#undef BG_SET
 
-	ScanKeyInit(&key, BG_REG_ID + 1, BTEqualStrategyNumber, F_INT8EQ,
+	ScanKeyInit(&key, Anum_bg_job_registry_id, BTEqualStrategyNumber, F_INT8EQ,
 				Int64GetDatum(shared->job_id));
 	scan = systable_beginscan(rel, bg_primary_key_index(rel), true, NULL, 1, &key);
 	oldtup = systable_getnext(scan);
@@ -564,20 +746,22 @@ bg_registry_update(BgJobShared *shared, const char *state, const char *tag,
 
 /*
  * Open the registry the launcher looked up, or NULL if that OID is no longer
- * the registry (the extension was dropped while the job ran).
+ * the registry (the extension was dropped while the job ran).  A registry
+ * this library cannot use is an error, not a job silently left unlisted.
  */
 static Relation
 bg_registry_open_rel(BgJobShared *shared)
 {
 	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
 
-	if (rel != NULL &&
-		(RelationGetDescr(rel)->natts != BG_REGISTRY_NATTS ||
-		 strcmp(RelationGetRelationName(rel), BG_REGISTRY_TABLE) != 0))
+	if (rel == NULL)
+		return NULL;
+	if (strcmp(RelationGetRelationName(rel), BG_REGISTRY_TABLE) != 0)
 	{
 		table_close(rel, RowExclusiveLock);
-		rel = NULL;
+		return NULL;
 	}
+	bg_check_layout(rel, bg_registry_columns, Natts_bg_job_registry);
 	return rel;
 }
 
@@ -610,14 +794,15 @@ bg_registry_expire(BgJobShared *shared)
 		table_close(rel, RowExclusiveLock);
 		return;
 	}
+	bg_check_layout(det, bg_detached_columns, Natts_bg_job_detached);
 
-	ScanKeyInit(&key, BG_REG_FINISHED_AT + 1, BTLessStrategyNumber,
+	ScanKeyInit(&key, Anum_bg_job_registry_finished_at, BTLessStrategyNumber,
 				F_TIMESTAMPTZ_LT, TimestampTzGetDatum(bg_retention_horizon()));
 	scan = systable_beginscan(rel, index, true, NULL, 1, &key);
 	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
 		bool		isnull;
-		Datum		id = heap_getattr(tuple, BG_REG_ID + 1,
+		Datum		id = heap_getattr(tuple, Anum_bg_job_registry_id,
 									  RelationGetDescr(rel), &isnull);
 
 		if (bg_delete_if_free(rel, &tuple->t_self))
@@ -646,7 +831,8 @@ bg_delete_detach_mark(Relation det, Datum id)
 	SysScanDesc scan;
 	HeapTuple	tuple;
 
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, id);
+	ScanKeyInit(&key, Anum_bg_job_detached_id, BTEqualStrategyNumber,
+				F_INT8EQ, id);
 	scan = systable_beginscan(det, bg_primary_key_index(det), true, NULL, 1, &key);
 	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
 		(void) bg_delete_if_free(det, &tuple->t_self);
@@ -666,7 +852,7 @@ bg_finished_at_index(Relation rel)
 		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
 
 		if (index->rd_index->indnatts == 1 &&
-			index->rd_index->indkey.values[0] == BG_REG_FINISHED_AT + 1)
+			index->rd_index->indkey.values[0] == Anum_bg_job_registry_finished_at)
 			found = lfirst_oid(lc);
 		index_close(index, AccessShareLock);
 	}
@@ -733,25 +919,27 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 }
 
 /*
- * A running job whose worker is gone is lost.  On a standby the rows are the
- * primary's, whose segments cannot be seen: trust them.
+ * The job's state: a running job whose worker is gone is lost.  On a standby
+ * the rows are the primary's, whose segments cannot be seen: trust them.
+ * False if the job's row has gone meanwhile (bg_forget, expiry).
  */
-static const char *
-bg_entry_state(BgJobEntry *entry, BgJobProbe *probe)
+static bool
+bg_entry_state(BgJobEntry *entry, BgJobProbe *probe, BgJobStatus *status)
 {
-	if (strcmp(entry->state, "running") != 0 || RecoveryInProgress() ||
+	*status = entry->status;
+	if (entry->status != BG_STATUS_RUNNING || RecoveryInProgress() ||
 		(probe->found && probe->worker_alive))
-		return entry->state;
+		return true;
 
 	/*
 	 * The worker records its outcome before it exits: now that it has,
 	 * a second look tells an outcome recorded since the first from none.
 	 */
 	if (!bg_entry_reread(entry))
-		return "forgotten";
-	if (strcmp(entry->state, "running") == 0)
-		return "lost";
-	return entry->state;
+		return false;
+	*status = entry->status == BG_STATUS_RUNNING ? BG_STATUS_LOST :
+		entry->status;
+	return true;
 }
 
 /* Read the entry's row again, with a new snapshot.  False if it is gone. */
@@ -806,7 +994,7 @@ bg_entry_from_tuple(HeapTuple tuple, TupleDesc desc, BgJobEntry *entry)
 	entry->role = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
 	d = SPI_getbinval(tuple, desc, 4, &isnull);
 	entry->segment = isnull ? DSM_HANDLE_INVALID : (dsm_handle) DatumGetInt64(d);
-	entry->state = SPI_getvalue(tuple, desc, 5);
+	entry->status = bg_status_from_name(SPI_getvalue(tuple, desc, 5));
 	entry->command = SPI_getvalue(tuple, desc, 6);
 	entry->sqlstate = SPI_getvalue(tuple, desc, 7);
 	entry->error = SPI_getvalue(tuple, desc, 8);
@@ -855,9 +1043,11 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	SPITupleTable *tt;
 	Oid			types[2] = {OIDOID, TIMESTAMPTZOID};
 	Datum		values[2];
+	int		   *map;
 	uint64		i;
 
 	InitMaterializedSRF(fcinfo, 0);
+	map = bg_list_map(rsinfo->setDesc);
 	if (!bg_registry_open(&call))
 		return (Datum) 0;
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
@@ -880,7 +1070,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 		 * A worker records its outcome before it exits: one found gone may
 		 * have recorded it since our snapshot.  Look again.
 		 */
-		if (strcmp(entry.state, "running") == 0 && !RecoveryInProgress() &&
+		if (entry.status == BG_STATUS_RUNNING && !RecoveryInProgress() &&
 			!(probe.found && probe.worker_alive))
 		{
 			SPITupleTable *again;
@@ -895,53 +1085,112 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 			tuple = again->vals[0];
 			bg_entry_from_tuple(tuple, again->tupdesc, &entry);
 		}
-		bg_list_put(rsinfo, tuple, tt->tupdesc, &entry, &probe, caller);
+		bg_list_put(rsinfo, map, tuple, tt->tupdesc, &entry, &probe, caller);
 	}
 	bg_registry_close(&call);
 	return (Datum) 0;
 }
 
+/*
+ * For each column of bg_list_jobs' result as its SQL declaration gives it,
+ * the BgListColumn that fills it, or -1 for a column this library does not
+ * know (left NULL).
+ */
+static int *
+bg_list_map(TupleDesc desc)
+{
+	int		   *map = palloc(desc->natts * sizeof(int));
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		int			col;
+
+		map[i] = -1;
+		if (att->attisdropped)
+			continue;
+		for (col = 0; col < BG_LIST_NCOLUMNS; col++)
+		{
+			if (strcmp(NameStr(att->attname), bg_list_columns[col].name) == 0)
+				break;
+		}
+		if (col == BG_LIST_NCOLUMNS)
+			continue;
+		if (att->atttypid != bg_list_columns[col].type)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("bg_fdw's function \"%s\" has an unexpected result type",
+							"bg_list_jobs"),
+					 errdetail("Column \"%s\" has type %s; bg_fdw fills it with type %s.",
+							   NameStr(att->attname),
+							   format_type_be(att->atttypid),
+							   format_type_be(bg_list_columns[col].type)),
+					 errhint("Update the extension with ALTER EXTENSION bg_fdw UPDATE.")));
+		map[i] = col;
+	}
+	return map;
+}
+
 /* One row of bg_jobs, from a row of BG_LIST_QUERY */
 static void
-bg_list_put(ReturnSetInfo *rsinfo, HeapTuple tuple, TupleDesc desc,
+bg_list_put(ReturnSetInfo *rsinfo, int *map, HeapTuple tuple, TupleDesc desc,
 			BgJobEntry *entry, BgJobProbe *probe, Oid caller)
 {
-	Datum		out[BG_JOBS_COLUMNS];
-	bool		nulls[BG_JOBS_COLUMNS];
+	Datum		vals[BG_LIST_NCOLUMNS];
+	bool		isnulls[BG_LIST_NCOLUMNS];
+	TupleDesc	outdesc = rsinfo->setDesc;
+	Datum	   *out = palloc(outdesc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(outdesc->natts * sizeof(bool));
 	bool		privileged = has_privs_of_role(caller, entry->role);
-	bool		running = (strcmp(entry->state, "running") == 0);
+	bool		running = (entry->status == BG_STATUS_RUNNING);
 	bool		isnull;
+	int			i;
 
-	memset(nulls, 0, sizeof(nulls));
-	out[0] = Int64GetDatum(entry->id);
-	out[1] = Int32GetDatum(entry->pid);
-	out[2] = ObjectIdGetDatum(entry->role);
-	out[3] = DirectFunctionCall1(namein,
-								 CStringGetDatum(get_database_name(MyDatabaseId)));
-	out[4] = SPI_getbinval(tuple, desc, 9, &isnull);
-	nulls[4] = isnull || !privileged;
+	memset(isnulls, 0, sizeof(isnulls));
+	vals[BG_LIST_ID] = Int64GetDatum(entry->id);
+	vals[BG_LIST_PID] = Int32GetDatum(entry->pid);
+	vals[BG_LIST_ROLE] = ObjectIdGetDatum(entry->role);
+	vals[BG_LIST_DATABASE] =
+		DirectFunctionCall1(namein,
+							CStringGetDatum(get_database_name(MyDatabaseId)));
+	vals[BG_LIST_QUERY_TEXT] = SPI_getbinval(tuple, desc, 9, &isnull);
+	isnulls[BG_LIST_QUERY_TEXT] = isnull || !privileged;
 	if (running && !RecoveryInProgress() && !(probe->found && probe->worker_alive))
-		out[5] = CStringGetTextDatum("lost");
+		vals[BG_LIST_STATE] = CStringGetTextDatum(bg_status_name(BG_STATUS_LOST));
 	else
-		out[5] = CStringGetTextDatum(entry->state);
-	out[6] = SPI_getbinval(tuple, desc, 10, &nulls[6]);
-	out[7] = SPI_getbinval(tuple, desc, 11, &nulls[7]);
+		vals[BG_LIST_STATE] = CStringGetTextDatum(bg_status_name(entry->status));
+	vals[BG_LIST_LAUNCHED_AT] = SPI_getbinval(tuple, desc, 10,
+											  &isnulls[BG_LIST_LAUNCHED_AT]);
+	vals[BG_LIST_FINISHED_AT] = SPI_getbinval(tuple, desc, 11,
+											  &isnulls[BG_LIST_FINISHED_AT]);
 	if (running && probe->found)
-		out[8] = Int64GetDatum((int64) probe->rows);
+		vals[BG_LIST_ROWS] = Int64GetDatum((int64) probe->rows);
 	else
-		out[8] = SPI_getbinval(tuple, desc, 12, &nulls[8]);
-	nulls[9] = (entry->command == NULL);
-	out[9] = nulls[9] ? (Datum) 0 : CStringGetTextDatum(entry->command);
-	nulls[10] = (entry->sqlstate == NULL);
-	out[10] = nulls[10] ? (Datum) 0 : CStringGetTextDatum(entry->sqlstate);
-	nulls[11] = (entry->error == NULL || !privileged);
-	out[11] = nulls[11] ? (Datum) 0 : CStringGetTextDatum(entry->error);
-	out[12] = SPI_getbinval(tuple, desc, 13, &isnull);
+		vals[BG_LIST_ROWS] = SPI_getbinval(tuple, desc, 12,
+										   &isnulls[BG_LIST_ROWS]);
+	isnulls[BG_LIST_COMMAND] = (entry->command == NULL);
+	vals[BG_LIST_COMMAND] = isnulls[BG_LIST_COMMAND] ? (Datum) 0 :
+		CStringGetTextDatum(entry->command);
+	isnulls[BG_LIST_SQLSTATE] = (entry->sqlstate == NULL);
+	vals[BG_LIST_SQLSTATE] = isnulls[BG_LIST_SQLSTATE] ? (Datum) 0 :
+		CStringGetTextDatum(entry->sqlstate);
+	isnulls[BG_LIST_ERROR] = (entry->error == NULL || !privileged);
+	vals[BG_LIST_ERROR] = isnulls[BG_LIST_ERROR] ? (Datum) 0 :
+		CStringGetTextDatum(entry->error);
+	vals[BG_LIST_ATTACHED] = SPI_getbinval(tuple, desc, 13, &isnull);
 	if (isnull)
-		out[12] = BoolGetDatum(false);
-	nulls[12] = RecoveryInProgress();
+		vals[BG_LIST_ATTACHED] = BoolGetDatum(false);
+	isnulls[BG_LIST_ATTACHED] = RecoveryInProgress();
 
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+	for (i = 0; i < outdesc->natts; i++)
+	{
+		out[i] = map[i] < 0 ? (Datum) 0 : vals[map[i]];
+		nulls[i] = map[i] < 0 ? true : isnulls[map[i]];
+	}
+	tuplestore_putvalues(rsinfo->setResult, outdesc, out, nulls);
+	pfree(out);
+	pfree(nulls);
 }
 
 /* ----------------------------------------------------------------
@@ -958,7 +1207,7 @@ bg_entry_raise(BgJobEntry *entry)
 {
 	if (entry->sqlstate == NULL || strlen(entry->sqlstate) != 5)
 		elog(ERROR, "background job %d ended in state \"%s\"",
-			 entry->pid, entry->state);
+			 entry->pid, bg_status_name(entry->status));
 	ereport(ERROR,
 			(errcode(MAKE_SQLSTATE(entry->sqlstate[0], entry->sqlstate[1],
 								   entry->sqlstate[2], entry->sqlstate[3],
@@ -1005,7 +1254,7 @@ bg_registry_wait(int pid, long timeout_ms)
 	{
 		BgJobEntry	entry;
 		BgJobProbe	probe;
-		const char *state;
+		BgJobStatus status;
 
 		/* each look leaves its strings behind: keep them to one look */
 		MemoryContextSwitchTo(oldcxt);
@@ -1015,17 +1264,16 @@ bg_registry_wait(int pid, long timeout_ms)
 			bg_raise_unknown(pid);
 		bg_entry_check_privileges(&entry);
 		bg_probe(entry.id, entry.segment, &probe);
-		state = bg_entry_state(&entry, &probe);
-		if (strcmp(state, "finished") == 0)
+		if (!bg_entry_state(&entry, &probe, &status))
+			bg_raise_unknown(pid);	/* forgotten meanwhile */
+		if (status == BG_STATUS_FINISHED)
 		{
 			MemoryContextSwitchTo(oldcxt);
 			return cstring_to_text(entry.command ? entry.command : "");
 		}
-		if (strcmp(state, "lost") == 0)
+		if (status == BG_STATUS_LOST)
 			bg_raise_lost(&entry);
-		if (strcmp(state, "forgotten") == 0)
-			bg_raise_unknown(pid);
-		if (strcmp(state, "running") != 0)
+		if (status != BG_STATUS_RUNNING)
 			bg_entry_raise(&entry);
 
 		if (timeout_ms >= 0)
@@ -1079,7 +1327,7 @@ bg_registry_cancel(int pid)
 	if (!bg_entry_lookup(pid, &entry))
 		bg_raise_unknown(pid);
 	bg_entry_check_privileges(&entry);
-	if (strcmp(entry.state, "running") != 0 || entry.segment == DSM_HANDLE_INVALID)
+	if (entry.status != BG_STATUS_RUNNING || entry.segment == DSM_HANDLE_INVALID)
 		return false;
 
 	/* this session may still map it: a job it detached in this transaction */
@@ -1114,12 +1362,14 @@ bg_forget(PG_FUNCTION_ARGS)
 	int			pid = PG_GETARG_INT32(0);
 	BgJobEntry	entry;
 	BgJobProbe	probe;
+	BgJobStatus status;
 
 	if (!bg_entry_lookup(pid, &entry))
 		bg_raise_unknown(pid);
 	bg_entry_check_privileges(&entry);
 	bg_probe(entry.id, entry.segment, &probe);
-	if (strcmp(bg_entry_state(&entry, &probe), "running") == 0)
+	if (bg_entry_state(&entry, &probe, &status) &&
+		status == BG_STATUS_RUNNING)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("cannot forget background job %d because it is still running",
@@ -1157,13 +1407,23 @@ bg_registry_detached(int64 job_id)
 {
 	Oid			relid = bg_detached_relid();
 	Relation	rel;
-	Datum		values[1];
-	bool		nulls[1] = {false};
+	int			natts;
+	Datum	   *values;
+	bool	   *nulls;
+	int			i;
 
 	if (XactReadOnly || RecoveryInProgress() || !OidIsValid(relid))
 		return;
 	rel = table_open(relid, RowExclusiveLock);
-	values[0] = Int64GetDatum(job_id);
+	bg_check_layout(rel, bg_detached_columns, Natts_bg_job_detached);
+	/* columns a later version added stay NULL */
+	natts = RelationGetDescr(rel)->natts;
+	values = palloc0(natts * sizeof(Datum));
+	nulls = palloc(natts * sizeof(bool));
+	for (i = 0; i < natts; i++)
+		nulls[i] = true;
+	values[Anum_bg_job_detached_id - 1] = Int64GetDatum(job_id);
+	nulls[Anum_bg_job_detached_id - 1] = false;
 	CatalogTupleInsert(rel, heap_form_tuple(RelationGetDescr(rel), values, nulls));
 	table_close(rel, NoLock);
 }
@@ -1195,8 +1455,8 @@ bg_registry_lock_role(Oid role)
 	LOCKTAG		tag;
 	BgRegistryCall call;
 	SPITupleTable *tt;
-	Oid			types[2] = {OIDOID, OIDOID};
-	Datum		values[2];
+	Oid			types[3] = {OIDOID, OIDOID, TEXTOID};
+	Datum		values[3];
 	int			running = 0;
 	uint64		i;
 
@@ -1209,10 +1469,11 @@ bg_registry_lock_role(Oid role)
 	{
 		values[0] = ObjectIdGetDatum(role);
 		values[1] = ObjectIdGetDatum(MyDatabaseId);
+		values[2] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
 		tt = bg_registry_query(psprintf("SELECT id, segment FROM %s WHERE role = $1 "
-										"AND database = $2 AND state = 'running'",
+										"AND database = $2 AND state = $3",
 										call.relname),
-							   2, types, values);
+							   3, types, values);
 		for (i = 0; i < tt->numvals; i++)
 		{
 			BgJobProbe	probe;
