@@ -682,7 +682,7 @@ bg_wait(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
-	if (!PG_ARGISNULL(1))
+	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
 	if (!bg_job_held(PG_GETARG_INT32(0)))
 	{

@@ -340,6 +340,7 @@ bg_spill_push_messages(void)
 }
 
 /* in job.c */
+extern void bg_segment_track(dsm_segment *seg);
 extern BgJob *bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle,
 							int pid, const char *sql, TupleDesc desc,
 							MemoryContext cxt);

@@ -52,13 +52,19 @@
 #include "bg_fdw.h"
 #include "compat.h"
 
+PG_FUNCTION_INFO_V1(bg_segments);
+
 /* Jobs launched by this session, oldest first; cells in TopMemoryContext */
 static List *bg_jobs = NIL;
+
+/* Job segments this backend has mapped, see bg_segment_track */
+static int	bg_segments_mapped = 0;
 
 /* Rows taken from another job per wait, so that the awaited one comes first */
 #define BG_DRAIN_ROWS	10000
 #define BG_DRAIN_BYTES	(4 * 1024 * 1024)
 
+static void bg_segment_untrack(dsm_segment *seg, Datum arg);
 static void bg_job_set_desc(BgJob *job, TupleDesc desc);
 static void bg_job_launched(BgJob *job);
 static void bg_job_poll(BgJob *job);
@@ -86,6 +92,42 @@ static void bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
 static void bg_release_readers(SubTransactionId from_subid);
 static void bg_session_exit(int code, Datum arg);
+
+/* ----------------------------------------------------------------
+ *		Job segments this backend maps
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Count a job segment this backend has just created or attached.  However
+ * it is let go of later (bg_detach, the end of its job, transaction abort,
+ * a probe from another session, process exit), its detach callback counts
+ * it out.
+ */
+void
+bg_segment_track(dsm_segment *seg)
+{
+	bg_segments_mapped++;
+	on_dsm_detach(seg, bg_segment_untrack, (Datum) 0);
+}
+
+static void
+bg_segment_untrack(dsm_segment *seg, Datum arg)
+{
+	bg_segments_mapped--;
+}
+
+/*
+ * bg_segments() RETURNS integer
+ *
+ * How many job segments this backend has mapped: what the tests check for
+ * leaks, on any dynamic_shared_memory_type.
+ */
+Datum
+bg_segments(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(bg_segments_mapped);
+}
 
 /* ----------------------------------------------------------------
  *		The session's jobs

@@ -76,6 +76,10 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
  *
  * Start a background job and return its worker's PID.  The result table
  * pg_temp.bg_result_<pid> exists when this returns.
+ *
+ * Later versions add arguments at the end: an argument after "sql" is read
+ * only if PG_NARGS() says the SQL declaration has it, so that this library
+ * serves an older declaration until ALTER EXTENSION UPDATE.
  */
 Datum
 bg_launch(PG_FUNCTION_ARGS)
@@ -118,7 +122,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	error_context_stack = errcallback.previous;
 
 	bg_check_table_privileges();
-	stream = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
 
 	/* bg_fdw.max_jobs_per_role: no other launch by the role until ours is listed */
 	if (!bg_registry_lock_role(GetUserId()))
@@ -236,7 +240,8 @@ bg_queue_size_arg(FunctionCallInfo fcinfo)
 {
 	int			queue_size;
 
-	if (PG_ARGISNULL(1))
+	/* an older declaration may not have the argument */
+	if (PG_NARGS() < 2 || PG_ARGISNULL(1))
 		return bg_default_queue_size;
 	queue_size = PG_GETARG_INT32(1);
 	if (queue_size < BG_MIN_QUEUE_SIZE || queue_size > BG_MAX_QUEUE_SIZE)
@@ -346,6 +351,7 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	segsize = shm_toc_estimate(&e);
 
 	seg = dsm_create(segsize, 0);
+	bg_segment_track(seg);
 	toc = shm_toc_create(BG_FDW_MAGIC, dsm_segment_address(seg), segsize);
 
 	shared = shm_toc_allocate(toc, sizeof(BgJobShared));

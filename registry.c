@@ -898,9 +898,12 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 	if (handle == DSM_HANDLE_INVALID)
 		return;
 	if (seg == NULL)
+	{
 		seg = dsm_attach(handle);
-	if (seg == NULL)
-		return;
+		if (seg == NULL)
+			return;
+		bg_segment_track(seg);
+	}
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
 	if (toc != NULL)
 	{
@@ -1334,9 +1337,12 @@ bg_registry_cancel(int pid)
 	seg = dsm_find_mapping(entry.segment);
 	ours = (seg != NULL);
 	if (seg == NULL)
+	{
 		seg = dsm_attach(entry.segment);
-	if (seg == NULL)
-		return false;
+		if (seg == NULL)
+			return false;
+		bg_segment_track(seg);
+	}
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
 	if (toc != NULL)
 	{
