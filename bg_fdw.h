@@ -2,8 +2,10 @@
  *
  * bg_fdw.h
  *		  Shared definitions for bg_fdw: the job segment layout that the
- *		  launching session and the background worker agree on, and the
- *		  session-side job registry used by the FDW and the SQL functions.
+ *		  launching session and the background worker agree on, the layout
+ *		  of the registry tables and the job states they record, the
+ *		  session's own record of its jobs (BgJob), and the functions each
+ *		  file offers the others.
  *
  * Copyright (c) 2025-2026, The bg_fdw Authors
  *

@@ -339,12 +339,14 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 	return true;
 }
 
+/* Timer handler: the next row is to flush the queue. */
 static void
 bg_flush_timeout_handler(void)
 {
 	bg_flush_due = true;
 }
 
+/* The portal starts: flush on a timer while rows flow. */
 static void
 bg_dest_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 {
@@ -356,12 +358,14 @@ bg_dest_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 						 BG_FLUSH_INTERVAL_MS);
 }
 
+/* The portal is done: no more timed flushes. */
 static void
 bg_dest_shutdown(DestReceiver *self)
 {
 	disable_timeout(bg_flush_timeout, false);
 }
 
+/* Free the receiver and what it made; the queue is not ours to detach. */
 static void
 bg_dest_destroy(DestReceiver *dest)
 {
