@@ -297,7 +297,7 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("could not register background process for a background job"),
 				 errdetail("All background worker slots are in use."),
-				 errhint("You may need to increase max_worker_processes (each running job takes one slot, shared with parallel query).")));
+				 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query).")));
 
 	status = WaitForBackgroundWorkerStartup(handle, &pid);
 	if (status == BGWH_STOPPED)

@@ -1502,8 +1502,8 @@ bg_registry_lock_role(Oid role)
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many background jobs for role \"%s\"",
 						GetUserNameFromId(role, false)),
-				 errdetail_plural("The role runs %d job in this database; bg_fdw.max_jobs_per_role is %d.",
-								  "The role runs %d jobs in this database; bg_fdw.max_jobs_per_role is %d.",
+				 errdetail_plural("The role runs %d job in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
+								  "The role runs %d jobs in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
 								  running, running, bg_max_jobs_per_role),
 				 errhint("Wait for a job to end, or cancel one with bg_cancel().")));
 	}
