@@ -42,3 +42,10 @@ BEGIN
   END IF;
 END
 $$;
+
+-- How many job segments this backend has mapped: none once every job it
+-- launched has ended and its rows were received.
+CREATE FUNCTION @extschema@.bg_segments()
+RETURNS integer
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;

@@ -9,7 +9,7 @@
  * scan reads the job's spool and, once it has caught up, the job's tuple
  * queue (see job.c).
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  * Portions Copyright (c) 1996-2025, PostgreSQL Global Development Group
  *
  * IDENTIFICATION

@@ -7,7 +7,7 @@
  *		  session's own record of its jobs (BgJob), and the functions each
  *		  file offers the others.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/bg_fdw.h

@@ -5,7 +5,7 @@
  *		  PostgreSQL versions bg_fdw supports (15 and later).  Version tests
  *		  belong here, not in the code that uses them.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/compat.h

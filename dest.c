@@ -16,7 +16,7 @@
  * apart from execParallel.c, so that the transport can change without the
  * statement loop.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/dest.c

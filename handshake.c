@@ -10,7 +10,7 @@
  * The launching session (launcher.c, job.c) and the worker (worker.c) each
  * call in here; nothing here calls either of them.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/handshake.c

@@ -21,7 +21,7 @@
  * copy the reader owns (the queue's memory is reused by the next receive,
  * the spool's write buffer by the next append).
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/job.c

@@ -17,7 +17,7 @@
  *
  * What runs in the worker is in worker.c.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/launcher.c

@@ -21,7 +21,7 @@
  * The registry's SQL runs as the table's owner, with a fixed search_path,
  * and reads the latest committed state whatever the caller's isolation.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/registry.c

@@ -12,7 +12,7 @@
  * same answer from the same statement, so the rules live here, apart from
  * the code of either process.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/shape.c

@@ -26,7 +26,7 @@
  * files go away once both the worker and the launching session (a detach,
  * or the session's end) have let go of the segment.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/spill.c

@@ -19,7 +19,7 @@
  * row buffer.  The file holds whole rows only, the rest waits in the write
  * buffer.
  *
- * Copyright (c) 2025-2026, The bg_fdw Authors
+ * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
  *		  bg_fdw/spool.c

@@ -1,22 +1,24 @@
 --
 -- bg_fdw: bad input gets a clear error, and nothing leaks
 --
-CREATE FUNCTION regress_dsm_segments() RETURNS bigint
-LANGUAGE sql AS $$
-  SELECT count(*) FROM pg_ls_dir('/dev/shm') f WHERE f LIKE 'PostgreSQL.%'
-$$;
+-- Segments are counted by bg_segments(), the extension's own count of the
+-- job segments this session has mapped: it sees them whatever
+-- dynamic_shared_memory_type and min_dynamic_shared_memory say, where a
+-- look at /dev/shm would not.  A worker's mapping goes with its process
+-- (regress_no_workers).
 CREATE FUNCTION regress_temp_files() RETURNS bigint
 LANGUAGE sql AS $$
   SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp', true, false)
 $$;
--- Poll until the DSM segments are back to what they were
-CREATE FUNCTION regress_dsm_back_to(n bigint) RETURNS boolean
+-- Poll until this session's job segments are back to a count
+CREATE FUNCTION regress_dsm_back_to(n int) RETURNS boolean
 LANGUAGE sql AS $$
-  SELECT regress_poll(format('regress_dsm_segments() = %s', n))
+  SELECT regress_poll(format('bg_segments() = %s', n))
 $$;
 
 SELECT regress_no_workers();
-SELECT regress_dsm_segments() AS dsm_before \gset
+SELECT bg_segments() AS dsm_before \gset
+SELECT :dsm_before AS segments_at_start;
 
 -- NULL or empty SQL
 SELECT bg_launch(NULL);
@@ -52,6 +54,7 @@ SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(a int, b varcha
 SELECT * FROM bg_result(:pid) AS r(x int, y text);
 -- bg_wait with a timeout: NULL when it passes first
 SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS sleeper \gset
+SELECT bg_segments() > :dsm_before AS running_job_counted;
 SELECT bg_wait(:sleeper, '10 ms') IS NULL AS timed_out;
 SELECT bg_wait(:sleeper, '-1 s');
 -- bg_cancel: true while running, false afterwards; the job ends as cancelled

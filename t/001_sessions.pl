@@ -1,4 +1,4 @@
-# Copyright: see README.md
+# Copyright (c) 2026, The bg_fdw Authors
 #
 # bg_fdw across sessions: another session's job, notices relayed to the
 # reader, and a hot standby.

@@ -1,4 +1,4 @@
-# Copyright: see README.md
+# Copyright (c) 2026, The bg_fdw Authors
 #
 # A launch that fails after its job has started (several statements run
 # before the launcher learns the result's columns) must leave no trace: the

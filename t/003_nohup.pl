@@ -1,4 +1,4 @@
-# Copyright: see README.md
+# Copyright (c) 2026, The bg_fdw Authors
 #
 # Jobs outlive their session, and bg_jobs always tells how they ended: the
 # launcher's client killed mid-stream, a worker terminated, a worker
