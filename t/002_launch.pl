@@ -8,6 +8,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use BgFdwTest;
 
 my $node = PostgreSQL::Test::Cluster->new('main');
 $node->init;
@@ -17,17 +20,8 @@ $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
 	CREATE TABLE t (a int);
 	CREATE TABLE l (a int);
-	-- A gate a job waits at until the test opens it, so that no outcome
-	-- depends on how long a job takes.
-	CREATE TABLE gates (name text PRIMARY KEY);
-	CREATE FUNCTION gate(n text) RETURNS boolean LANGUAGE plpgsql AS $$
-	BEGIN
-	  WHILE NOT EXISTS (SELECT FROM gates WHERE name = n) LOOP
-	    PERFORM pg_sleep(0.01);
-	  END LOOP;
-	  RETURN true;
-	END $$;
 });
+create_gate($node, 'postgres');
 
 # Session B holds a lock the job's second statement needs.
 my $b = $node->background_psql('postgres');
@@ -74,7 +68,7 @@ $node->poll_query_until('postgres',
 is($node->safe_psql('postgres',
 		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker'"),
 	'1', 'its job still runs after the launching session ended');
-$node->safe_psql('postgres', "INSERT INTO gates VALUES ('c')");
+open_gate($node, 'postgres', 'c');
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM t WHERE a = 2}),
 	'a launched job commits after its session went away');
 

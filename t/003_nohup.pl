@@ -8,6 +8,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use BgFdwTest;
 
 my $node = PostgreSQL::Test::Cluster->new('nohup');
 $node->init;
@@ -21,22 +24,8 @@ $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
 	CREATE TABLE t (a int);
 	CREATE TABLE t2 (a int);
-	-- A gate a job waits at until the test opens it, so that no outcome
-	-- depends on how long a job takes.
-	CREATE TABLE gates (name text PRIMARY KEY);
-	CREATE FUNCTION gate(n text) RETURNS boolean LANGUAGE plpgsql AS $$
-	BEGIN
-	  WHILE NOT EXISTS (SELECT FROM gates WHERE name = n) LOOP
-	    PERFORM pg_sleep(0.01);
-	  END LOOP;
-	  RETURN true;
-	END $$;
 });
-
-sub open_gate
-{
-	$node->safe_psql('postgres', "INSERT INTO gates VALUES ('$_[0]')");
-}
+create_gate($node, 'postgres');
 
 # Wait until the job with this PID is no longer running; return its state.
 sub job_end
@@ -69,7 +58,7 @@ $a->{run}->kill_kill;
 ok( $node->poll_query_until('postgres',
 		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $a_pid)"),
 	'the launching session is gone');
-open_gate('a');
+open_gate($node, 'postgres', 'a');
 is(job_end($pid, q{state || ' ' || rows || ' ' || command || ' ' || attached}),
 	'finished 40 SELECT 40 false',
 	'bg_jobs: the job finished after its launcher went away');
@@ -89,7 +78,7 @@ ok( $node->poll_query_until('postgres',
 	'the session that detached the job is gone');
 is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $pid"),
 	'running', 'its job still runs');
-open_gate('b');
+open_gate($node, 'postgres', 'b');
 is(job_end($pid, q{state || ' ' || command}), 'finished INSERT 0 10',
 	'a detached job runs to its end');
 
@@ -246,7 +235,7 @@ $_->finish for @launch;
 is(scalar(grep { /^\d+$/ } @out), 1, 'of two concurrent launches, one starts a job');
 is(scalar(grep { /too many background jobs for role/ } @err), 1,
 	'and the other is refused');
-open_gate('m');
+open_gate($node, 'postgres', 'm');
 $node->poll_query_until('postgres',
 	"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker')")
   or die 'the job of the concurrent launch did not end';
@@ -269,7 +258,7 @@ $d->query_safe("SELECT bg_detach($pid)");
 $node->safe_psql('postgres', 'DROP EXTENSION bg_fdw');
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid"),
 	'1', 'the job still runs after DROP EXTENSION');
-open_gate('d');
+open_gate($node, 'postgres', 'd');
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 1 FROM t3'),
 	'after DROP EXTENSION the running job commits');
 $node->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');

@@ -10,6 +10,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use BgFdwTest;
 
 my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
@@ -50,25 +53,13 @@ my $objects = q{
 	  FROM member ORDER BY 1
 };
 
-# A gate a job waits at until the test opens it.
-my $gate = q{
-	CREATE TABLE gates (name text PRIMARY KEY);
-	CREATE FUNCTION gate(n text) RETURNS boolean LANGUAGE plpgsql AS $$
-	BEGIN
-	  WHILE NOT EXISTS (SELECT FROM gates WHERE name = n) LOOP
-	    PERFORM pg_sleep(0.01);
-	  END LOOP;
-	  RETURN true;
-	END $$;
-};
-
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('postgres', 'CREATE DATABASE old');
 $node->safe_psql('fresh', 'CREATE EXTENSION bg_fdw');
 is($node->safe_psql('fresh', "SELECT extversion FROM pg_extension WHERE extname = 'bg_fdw'"),
 	'1.1', 'a fresh install is version 1.1');
 $node->safe_psql('old', "CREATE EXTENSION bg_fdw VERSION '1.0'");
-$node->safe_psql('old', $gate);
+create_gate($node, 'old');
 isnt($node->safe_psql('old', $objects), $node->safe_psql('fresh', $objects),
 	'1.0 and 1.1 differ');
 
@@ -113,7 +104,7 @@ is($node->safe_psql('old', $objects), $node->safe_psql('fresh', $objects),
 is($node->safe_psql('old', $listed), $before, 'the update keeps every job listed');
 
 # The job launched before the update ends after it and records its outcome.
-$node->safe_psql('old', "INSERT INTO gates VALUES ('go')");
+open_gate($node, 'old', 'go');
 ok( $node->poll_query_until('old',
 		"SELECT state || ' ' || command FROM bg_jobs WHERE pid = $running",
 		'finished INSERT 0 1'),
