@@ -11,34 +11,66 @@
 
 -- bg_fdw--1.0.sql adopts a role named bg_fdw_user if one exists and grants
 -- it bg_launch.  Whoever else controls that role could pass bg_launch on:
--- refuse while a role that is not a superuser holds ADMIN OPTION on it
--- (on PostgreSQL 16 and later a CREATEROLE user who created it does) or
--- has granted membership in it.  Nothing about the role itself (a comment,
--- its attributes) can prove who created it, so only its grants are judged.
+-- refuse unless it is what 1.0 would have made, a plain NOLOGIN role with no
+-- password, and no role other than a superuser holds ADMIN OPTION on it (on
+-- PostgreSQL 16 and later a CREATEROLE user who created it does), granted
+-- membership in it, or made it a member of another role.  A grant whose
+-- grantor was dropped counts as such a grant.  Nothing else (a comment, say)
+-- can prove who created the role.
+--
+-- This runs as a superuser in a schema others may create objects in: every
+-- operator and function is written with its schema, so that none planted
+-- there can be called instead.
 DO $$
 DECLARE
-  culprit record;
+  me pg_catalog.oid;
+  culprit pg_catalog.text;
+  what pg_catalog.text;
 BEGIN
-  SELECT m.member::regrole AS who, 'holds ADMIN OPTION on it' AS what
-    INTO culprit
+  SELECT a.oid INTO me FROM pg_catalog.pg_authid a
+   WHERE a.rolname OPERATOR(pg_catalog.=) 'bg_fdw_user'::pg_catalog.name;
+
+  SELECT pg_catalog.concat_ws(', ',
+           CASE WHEN a.rolsuper THEN 'SUPERUSER' END,
+           CASE WHEN a.rolcreaterole THEN 'CREATEROLE' END,
+           CASE WHEN a.rolcreatedb THEN 'CREATEDB' END,
+           CASE WHEN a.rolcanlogin THEN 'LOGIN' END,
+           CASE WHEN a.rolreplication THEN 'REPLICATION' END,
+           CASE WHEN a.rolbypassrls THEN 'BYPASSRLS' END,
+           CASE WHEN a.rolpassword IS NOT NULL THEN 'a password' END)
+    INTO what
+    FROM pg_catalog.pg_authid a WHERE a.oid OPERATOR(pg_catalog.=) me;
+  IF what OPERATOR(pg_catalog.<>) '' THEN
+    RAISE EXCEPTION 'role "bg_fdw_user" has attributes that bg_fdw does not give it'
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = pg_catalog.format('It has %s; whoever gave it those may use it to launch jobs.', what),
+            HINT = 'Make it a plain group role (ALTER ROLE bg_fdw_user NOSUPERUSER NOCREATEROLE NOCREATEDB NOLOGIN NOREPLICATION NOBYPASSRLS PASSWORD NULL), or drop it, and try again.';
+  END IF;
+
+  SELECT pg_catalog.format('role "%s"', r.rolname),
+         pg_catalog.format('Role "%s" holds ADMIN OPTION on role "bg_fdw_user".', r.rolname)
+    INTO culprit, what
     FROM pg_catalog.pg_auth_members m
-    JOIN pg_catalog.pg_roles r ON r.oid = m.member
-   WHERE m.roleid = 'bg_fdw_user'::regrole AND m.admin_option
-     AND NOT r.rolsuper
+    JOIN pg_catalog.pg_authid r ON r.oid OPERATOR(pg_catalog.=) m.member
+   WHERE m.roleid OPERATOR(pg_catalog.=) me AND m.admin_option AND NOT r.rolsuper
   UNION ALL
-  SELECT m.grantor::regrole,
-         format('granted membership in it to role %s', m.member::regrole)
+  SELECT CASE WHEN g.oid IS NULL THEN pg_catalog.format('a dropped role (OID %s)', m.grantor)
+              ELSE pg_catalog.format('role "%s"', g.rolname) END,
+         pg_catalog.format('It granted membership in role "%s" to role "%s".',
+                           (SELECT x.rolname FROM pg_catalog.pg_authid x
+                             WHERE x.oid OPERATOR(pg_catalog.=) m.roleid),
+                           (SELECT x.rolname FROM pg_catalog.pg_authid x
+                             WHERE x.oid OPERATOR(pg_catalog.=) m.member))
     FROM pg_catalog.pg_auth_members m
-    JOIN pg_catalog.pg_roles g ON g.oid = m.grantor
-   WHERE m.roleid = 'bg_fdw_user'::regrole AND NOT g.rolsuper
+    LEFT JOIN pg_catalog.pg_authid g ON g.oid OPERATOR(pg_catalog.=) m.grantor
+   WHERE (m.roleid OPERATOR(pg_catalog.=) me OR m.member OPERATOR(pg_catalog.=) me)
+     AND g.rolsuper IS NOT TRUE
   LIMIT 1;
   IF FOUND THEN
-    RAISE EXCEPTION 'role "bg_fdw_user" is controlled by role %, which is not a superuser',
-                    culprit.who
+    RAISE EXCEPTION 'role "bg_fdw_user" is controlled by %, which is not a superuser', culprit
       USING ERRCODE = 'object_not_in_prerequisite_state',
-            DETAIL = format('Role %s %s; it could grant bg_launch to anyone.',
-                            culprit.who, culprit.what),
-            HINT = 'Revoke those grants from role "bg_fdw_user", or drop the role, and try again.';
+            DETAIL = what OPERATOR(pg_catalog.||) ' It could pass bg_launch on to any role.',
+            HINT = 'As a superuser, revoke that membership or ADMIN OPTION (with GRANTED BY where another role granted it) and try again; then grant yourself what is wanted.';
   END IF;
 END
 $$;

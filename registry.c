@@ -76,29 +76,30 @@ typedef struct BgColumn
 {
 	const char *name;
 	Oid			type;
+	bool		notnull;		/* the C code reads it without a NULL test */
 } BgColumn;
 
 /* bg_job_registry's columns, by Anum_bg_job_registry_* - 1 */
 static const BgColumn bg_registry_columns[Natts_bg_job_registry] = {
-	{"id", INT8OID},
-	{"pid", INT4OID},
-	{"role", OIDOID},
-	{"database", OIDOID},
-	{"launcher_pid", INT4OID},
-	{"segment", INT8OID},
-	{"query", TEXTOID},
-	{"state", TEXTOID},
-	{"launched_at", TIMESTAMPTZOID},
-	{"finished_at", TIMESTAMPTZOID},
-	{"rows", INT8OID},
-	{"command", TEXTOID},
-	{"sqlstate", TEXTOID},
-	{"error", TEXTOID}
+	{"id", INT8OID, true},
+	{"pid", INT4OID, true},
+	{"role", OIDOID, true},
+	{"database", OIDOID, true},
+	{"launcher_pid", INT4OID, true},
+	{"segment", INT8OID, false},
+	{"query", TEXTOID, true},
+	{"state", TEXTOID, true},
+	{"launched_at", TIMESTAMPTZOID, true},
+	{"finished_at", TIMESTAMPTZOID, false},
+	{"rows", INT8OID, false},
+	{"command", TEXTOID, false},
+	{"sqlstate", TEXTOID, false},
+	{"error", TEXTOID, false}
 };
 
 /* bg_job_detached's columns, by Anum_bg_job_detached_* - 1 */
 static const BgColumn bg_detached_columns[Natts_bg_job_detached] = {
-	{"id", INT8OID}
+	{"id", INT8OID, true}
 };
 
 /*
@@ -217,7 +218,10 @@ typedef struct BgJobProbe
 
 static const char *bg_status_name(BgJobStatus status);
 static BgJobStatus bg_status_from_name(const char *name);
+static char *bg_layout_problem(Relation rel, const BgColumn *columns,
+							   int ncolumns);
 static void bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns);
+static bool bg_registry_usable(BgJobShared *shared);
 static int *bg_list_map(TupleDesc desc);
 static void bg_registry_check_tables(Oid registry, Oid detached);
 static bool bg_registry_open(BgRegistryCall *call);
@@ -279,6 +283,8 @@ bg_status_from_name(const char *name)
 {
 	int			i;
 
+	if (name == NULL)
+		elog(ERROR, "background job without a state in the job registry");
 	for (i = 0; i < BG_NUM_STATUSES; i++)
 	{
 		if (bg_statuses[i].stored && strcmp(bg_statuses[i].name, name) == 0)
@@ -290,45 +296,61 @@ bg_status_from_name(const char *name)
 }
 
 /*
- * Check that a table of the extension has the columns the C code needs, by
- * name and type at their positions.  Columns after them, which a later
- * version may add, are allowed.
+ * Why a table of the extension cannot be used by this library, or NULL if
+ * it can: the columns the C code needs, by name, type and NOT NULL at their
+ * positions.  Columns after them, which a later version may add, are left
+ * NULL by the rows written here, so they must allow that.
  */
-static void
-bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns)
+static char *
+bg_layout_problem(Relation rel, const BgColumn *columns, int ncolumns)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
 	if (desc->natts < ncolumns)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("bg_fdw's job registry \"%s\" has an unexpected layout",
-						RelationGetRelationName(rel)),
-				 errdetail("The table has %d columns; bg_fdw needs at least %d.",
-						   desc->natts, ncolumns),
-				 errhint("Update the extension with ALTER EXTENSION bg_fdw UPDATE.")));
-	for (i = 0; i < ncolumns; i++)
+		return psprintf(_("The table has %d columns; bg_fdw needs at least %d."),
+						desc->natts, ncolumns);
+	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (!att->attisdropped && att->atttypid == columns[i].type &&
-			strcmp(NameStr(att->attname), columns[i].name) == 0)
+		if (i >= ncolumns)
+		{
+			if (!att->attisdropped && (att->attnotnull || att->atthasdef))
+				return psprintf(_("Column \"%s\" has a default or is NOT NULL; this version of bg_fdw can only leave it NULL."),
+								NameStr(att->attname));
 			continue;
+		}
+		if (att->attisdropped)
+			return psprintf(_("Column %d was dropped; bg_fdw needs column \"%s\" of type %s there."),
+							i + 1, columns[i].name,
+							format_type_be(columns[i].type));
+		if (att->atttypid != columns[i].type ||
+			strcmp(NameStr(att->attname), columns[i].name) != 0)
+			return psprintf(_("Column %d is \"%s\" of type %s; bg_fdw needs column \"%s\" of type %s there."),
+							i + 1, NameStr(att->attname),
+							format_type_be(att->atttypid), columns[i].name,
+							format_type_be(columns[i].type));
+		if (columns[i].notnull && !att->attnotnull)
+			return psprintf(_("Column \"%s\" allows NULL; bg_fdw needs it NOT NULL."),
+							columns[i].name);
+	}
+	return NULL;
+}
+
+/* A table of the extension this library cannot use is an error */
+static void
+bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns)
+{
+	char	   *problem = bg_layout_problem(rel, columns, ncolumns);
+
+	if (problem != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("bg_fdw's job registry \"%s\" has an unexpected layout",
+				 errmsg("table \"%s\" of extension \"bg_fdw\" has an unexpected layout",
 						RelationGetRelationName(rel)),
-				 att->attisdropped ?
-				 errdetail("Column %d was dropped; bg_fdw needs column \"%s\" of type %s there.",
-						   i + 1, columns[i].name,
-						   format_type_be(columns[i].type)) :
-				 errdetail("Column %d is \"%s\" of type %s; bg_fdw needs column \"%s\" of type %s there.",
-						   i + 1, NameStr(att->attname),
-						   format_type_be(att->atttypid), columns[i].name,
-						   format_type_be(columns[i].type)),
-				 errhint("Update the extension with ALTER EXTENSION bg_fdw UPDATE.")));
-	}
+				 errdetail_internal("%s", problem),
+				 errhint("The extension's scripts define this table: do not alter it.  After installing a new version of bg_fdw, run ALTER EXTENSION bg_fdw UPDATE.")));
 }
 
 /* ----------------------------------------------------------------
@@ -582,7 +604,7 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
 		return true;
 	if (in_job_xact)
 	{
-		if (XactReadOnly || IsTransactionBlock())
+		if (XactReadOnly || IsTransactionBlock() || !bg_registry_usable(shared))
 			return false;
 
 		/*
@@ -763,6 +785,26 @@ bg_registry_open_rel(BgJobShared *shared)
 	}
 	bg_check_layout(rel, bg_registry_columns, Natts_bg_job_registry);
 	return rel;
+}
+
+/*
+ * Can the job's last transaction record its outcome?  A registry altered
+ * while the job ran must not fail a job whose work succeeded: then the
+ * outcome is written after the commit, where a failure is only logged.  The
+ * lock taken here keeps the table as it is until the commit.
+ */
+static bool
+bg_registry_usable(BgJobShared *shared)
+{
+	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	bool		usable;
+
+	if (rel == NULL)
+		return true;			/* dropped: bg_registry_update skips it */
+	usable = bg_layout_problem(rel, bg_registry_columns,
+							   Natts_bg_job_registry) == NULL;
+	table_close(rel, NoLock);
+	return usable;
 }
 
 /*

@@ -196,6 +196,43 @@ SET ROLE regress_alice;
 SET bg_fdw.job_retention = '1h';
 RESET ROLE;
 
+-- The registry's layout is checked where it is used: a column a later
+-- version might add is left NULL; one this library could not fill, or a
+-- needed column gone or changed, is a clear error, never a crash.
+ALTER TABLE bg_job_registry ADD COLUMN regress_later int;
+SELECT bg_launch('SELECT 1') AS pid \gset
+SELECT bg_wait(:pid);
+SELECT state, regress_later FROM bg_job_registry WHERE pid = :pid;
+ALTER TABLE bg_job_registry DROP COLUMN regress_later;
+ALTER TABLE bg_job_registry ADD COLUMN regress_later int NOT NULL DEFAULT 42;
+SELECT regress_try($$SELECT bg_launch('SELECT 1')$$);
+SELECT count(*) FROM bg_jobs;
+ALTER TABLE bg_job_registry DROP COLUMN regress_later;
+ALTER TABLE bg_job_registry ALTER COLUMN state DROP NOT NULL;
+SELECT count(*) FROM bg_jobs;
+ALTER TABLE bg_job_registry ALTER COLUMN state SET NOT NULL;
+-- a registry altered while a job runs does not fail the job: its work
+-- commits, and only its outcome goes unrecorded
+CREATE TABLE regress_gates (name text);
+CREATE FUNCTION regress_gate() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  WHILE NOT EXISTS (SELECT FROM regress_gates) LOOP
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+  RETURN true;
+END $$;
+CREATE TABLE regress_work (a int);
+SELECT bg_launch('INSERT INTO regress_work VALUES (1); SELECT regress_gate() AS opened') AS pid \gset
+ALTER TABLE bg_job_registry ALTER COLUMN error TYPE varchar;
+INSERT INTO regress_gates VALUES ('go');
+SELECT * FROM bg_result_:pid;
+SELECT count(*) AS work_committed FROM regress_work;
+ALTER TABLE bg_job_registry ALTER COLUMN error TYPE text;
+SELECT regress_poll('(SELECT state = ''lost'' FROM regress_job(' || :pid || '))') AS shown_lost;
+SELECT bg_detach(:pid);
+DROP TABLE regress_gates, regress_work;
+DROP FUNCTION regress_gate();
+
 SELECT regress_no_workers();
 DROP TABLE regress_child, regress_parent;
 DROP FUNCTION regress_job(int);

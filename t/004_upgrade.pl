@@ -133,25 +133,49 @@ $roles->safe_psql('postgres', q{
 });
 ($ret, $stdout, $stderr) = $roles->psql('postgres', 'CREATE EXTENSION bg_fdw');
 like($stderr,
-	qr/ERROR:  role "bg_fdw_user" is controlled by role mallory, which is not a superuser\n.*DETAIL:  Role mallory (holds ADMIN OPTION on it|granted membership in it to role eve); it could grant bg_launch to anyone\.\nHINT:  Revoke those grants/s,
+	qr/ERROR:  role "bg_fdw_user" is controlled by role "mallory", which is not a superuser\nDETAIL:  (Role "mallory" holds ADMIN OPTION on role "bg_fdw_user"|It granted membership in role "bg_fdw_user" to role "eve")\. It could pass bg_launch on to any role\.\nHINT:  As a superuser, revoke that membership or ADMIN OPTION/,
 	'CREATE EXTENSION refuses a bg_fdw_user another role controls');
 is($roles->safe_psql('postgres', "SELECT count(*) FROM pg_extension WHERE extname = 'bg_fdw'"),
 	'0', 'and creates nothing');
 # 1.0 adopted such a role; updating from it is refused the same way
 $roles->safe_psql('postgres', "CREATE EXTENSION bg_fdw VERSION '1.0'");
 ($ret, $stdout, $stderr) = $roles->psql('postgres', 'ALTER EXTENSION bg_fdw UPDATE');
-like($stderr, qr/role "bg_fdw_user" is controlled by role mallory/,
+like($stderr, qr/role "bg_fdw_user" is controlled by role "mallory"/,
 	'ALTER EXTENSION UPDATE refuses it too');
 $roles->safe_psql('postgres', 'DROP EXTENSION bg_fdw; DROP ROLE bg_fdw_user');
-if ($roles->pg_version >= 16)
+if ($roles->pg_version < 16)
+{
+	# on 15 a grant outlives the role that made it: its grantor is unknown
+	$roles->safe_psql('postgres', q{
+		CREATE ROLE bg_fdw_user;
+		CREATE ROLE trudy CREATEROLE;
+		SET ROLE trudy;
+		GRANT bg_fdw_user TO eve;
+		RESET ROLE;
+		DROP ROLE trudy;
+	});
+	($ret, $stdout, $stderr) = $roles->psql('postgres', 'CREATE EXTENSION bg_fdw');
+	like($stderr,
+		qr/role "bg_fdw_user" is controlled by a dropped role \(OID \d+\), which is not a superuser/,
+		'on 15, a membership granted by a role since dropped is refused');
+	$roles->safe_psql('postgres', 'DROP ROLE bg_fdw_user');
+}
+else
 {
 	# creating the role is enough: its creator holds ADMIN OPTION on it
 	$roles->safe_psql('postgres', 'SET ROLE mallory; CREATE ROLE bg_fdw_user');
 	($ret, $stdout, $stderr) = $roles->psql('postgres', 'CREATE EXTENSION bg_fdw');
-	like($stderr, qr/DETAIL:  Role mallory holds ADMIN OPTION on it/,
+	like($stderr, qr/DETAIL:  Role "mallory" holds ADMIN OPTION on role "bg_fdw_user"\./,
 		'on 16 and later, a role a CREATEROLE user created is refused');
 	$roles->safe_psql('postgres', 'DROP ROLE bg_fdw_user');
 }
+# nor one that can log in, whose password another role may know
+$roles->safe_psql('postgres', "CREATE ROLE bg_fdw_user LOGIN PASSWORD 'known'");
+($ret, $stdout, $stderr) = $roles->psql('postgres', 'CREATE EXTENSION bg_fdw');
+like($stderr,
+	qr/ERROR:  role "bg_fdw_user" has attributes that bg_fdw does not give it\n.*DETAIL:  It has LOGIN, a password;/s,
+	'CREATE EXTENSION refuses a bg_fdw_user that can log in');
+$roles->safe_psql('postgres', 'DROP ROLE bg_fdw_user');
 $roles->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
 is($roles->safe_psql('postgres', q{
 	SELECT has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean)', 'EXECUTE')}),
@@ -160,6 +184,50 @@ $roles->safe_psql('postgres', 'CREATE DATABASE second');
 $roles->safe_psql('second', 'CREATE EXTENSION bg_fdw');
 is($roles->safe_psql('second', "SELECT extversion FROM pg_extension WHERE extname = 'bg_fdw'"),
 	'1.1', 'and a second database of the cluster installs it too');
+
+# The checks run as a superuser in a schema the database's owner may create
+# objects in: an operator or function planted there is never called.
+# (pg_auth_members gets a row, for a comparison over it to be made at all)
+$roles->safe_psql('postgres', q{
+	CREATE ROLE owner LOGIN;
+	CREATE DATABASE planted OWNER owner;
+	GRANT pg_read_all_stats TO owner;
+});
+$roles->safe_psql('planted', q{
+	SET ROLE owner;
+	CREATE FUNCTION public.trojan() RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+	  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+	    EXECUTE 'ALTER ROLE owner SUPERUSER';
+	  END IF;
+	  RETURN true;
+	END $$;
+	CREATE FUNCTION public.trojan_eq(oid, regrole) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+	  PERFORM public.trojan();
+	  RETURN $1 OPERATOR(pg_catalog.=) $2::oid;
+	END $$;
+	CREATE OPERATOR public.= (leftarg = oid, rightarg = regrole, function = public.trojan_eq);
+	CREATE FUNCTION public.trojan_eq(oid, oid) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+	  PERFORM public.trojan();
+	  RETURN $1 OPERATOR(pg_catalog.=) $2;
+	END $$;
+	CREATE OPERATOR public.= (leftarg = oid, rightarg = oid, function = public.trojan_eq);
+	CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql AS $$
+	BEGIN
+	  PERFORM public.trojan();
+	  RETURN pg_catalog.format($1, $2);
+	END $$;
+	CREATE FUNCTION public.format(text, name) RETURNS text LANGUAGE plpgsql AS $$
+	BEGIN
+	  PERFORM public.trojan();
+	  RETURN pg_catalog.format($1, $2);
+	END $$;
+});
+$roles->safe_psql('planted', 'CREATE EXTENSION bg_fdw');
+is($roles->safe_psql('planted', "SELECT rolsuper FROM pg_roles WHERE rolname = 'owner'"),
+	'f', 'objects planted in the extension\'s schema are not called by its scripts');
 
 $roles->stop;
 $node->stop;
