@@ -28,8 +28,11 @@ bg_chroot_ensure() {
 		echo "$dir"
 		return 0
 	fi
+	# a machine whose package lists were never fetched needs an update first
 	command -v debootstrap >/dev/null ||
 		apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
+		{ apt-get update -qq >/dev/null 2>&1 &&
+			apt-get install -y -qq debootstrap >/dev/null 2>&1; } ||
 		{ echo "debootstrap is not installed and could not be installed" >&2; return 1; }
 	mkdir -p "$BG_CHROOT_DIR"
 	tmp=$(mktemp -d "$BG_CHROOT_DIR/.build-$suite.XXXXXX")
