@@ -81,3 +81,23 @@ CREATE FUNCTION @extschema@.bg_segments()
 RETURNS integer
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+
+-- A job left running by a worker that is gone is recorded as lost, with the
+-- time it was noticed, so that it expires like any ended job.
+ALTER TABLE @extschema@.bg_job_registry
+  DROP CONSTRAINT bg_job_registry_state_check;
+ALTER TABLE @extschema@.bg_job_registry
+  ADD CONSTRAINT bg_job_registry_state_check
+  CHECK (state OPERATOR(pg_catalog.=) ANY
+         (ARRAY['running', 'finished', 'failed', 'cancelled', 'lost']::pg_catalog.text[]));
+
+-- The supervisor, as this server has it: "running" (or "sweeping" while it
+-- sweeps each database after it started), "stopped", or "unavailable" where
+-- there is none (PostgreSQL 15 and 16 without shared_preload_libraries).
+CREATE FUNCTION @extschema@.bg_supervisor(
+  OUT state text, OUT pid integer, OUT started_at timestamptz,
+  OUT preloaded boolean, OUT databases_swept integer,
+  OUT last_sweep timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;

@@ -171,6 +171,7 @@ _PG_init(void)
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bg_fdw");
+	bg_supervisor_init();
 }
 
 /*

@@ -60,6 +60,8 @@
 
 /* bgw_type of our workers: pg_stat_activity.backend_type */
 #define BG_WORKER_TYPE			"bg_fdw worker"
+#define BG_SUPERVISOR_TYPE		"bg_fdw supervisor"
+#define BG_SWEEP_TYPE			"bg_fdw sweep"
 
 /*
  * Fixed part of a job segment.  The first group is written by the launcher
@@ -303,12 +305,20 @@ extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 extern Oid	bg_registry_relid(void);
 extern Oid	bg_detached_relid(void);
 extern void bg_registry_tidy(BgJobShared *shared);
+extern void bg_registry_sweep(void);
 extern bool bg_registry_lock_role(Oid role);
 extern void bg_registry_unlock_role(Oid role);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);
 extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
+
+/* in supervisor.c */
+extern void bg_supervisor_init(void);
+extern void bg_supervisor_ensure(void);
+extern bool bg_supervisor_running(void);
+extern PGDLLEXPORT void bg_supervisor_main(Datum main_arg);
+extern PGDLLEXPORT void bg_sweep_main(Datum main_arg);
 
 /* in spool.c */
 extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb);

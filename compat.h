@@ -30,6 +30,9 @@
 #include "catalog/pg_foreign_server.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
+#if PG_VERSION_NUM >= 170000
+#include "storage/dsm_registry.h"
+#endif
 
 #if PG_VERSION_NUM < 150000
 #error "bg_fdw requires PostgreSQL 15 or later"
@@ -143,6 +146,27 @@ bg_primary_key_index(Relation rel)
 	return RelationGetPrimaryKeyIndex(rel, false);
 #else
 	return RelationGetPrimaryKeyIndex(rel);
+#endif
+}
+
+/*
+ * Shared state found by name without shared_preload_libraries: the DSM
+ * registry of 17 and later.  Before 17 there is none, and this is NULL.
+ */
+#define BG_HAVE_NAMED_DSM (PG_VERSION_NUM >= 170000)
+
+static inline void *
+bg_named_dsm_segment(const char *name, size_t size,
+					 void (*init_callback) (void *ptr), bool *found)
+{
+#if PG_VERSION_NUM >= 170000
+	return GetNamedDSMSegment(name, size, init_callback, found);
+#else
+	(void) name;
+	(void) size;
+	(void) init_callback;
+	*found = false;
+	return NULL;
 #endif
 }
 

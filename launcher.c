@@ -126,16 +126,21 @@ bg_launch(PG_FUNCTION_ARGS)
 
 	/* bg_fdw.max_jobs_per_role: no other launch by the role until ours is listed */
 	if (!bg_registry_lock_role(GetUserId()))
-		PG_RETURN_INT32(bg_launch_job(sql, queue_size, desc, stream));
-	PG_TRY();
-	{
 		pid = bg_launch_job(sql, queue_size, desc, stream);
-	}
-	PG_FINALLY();
+	else
 	{
-		bg_registry_unlock_role(GetUserId());
+		PG_TRY();
+		{
+			pid = bg_launch_job(sql, queue_size, desc, stream);
+		}
+		PG_FINALLY();
+		{
+			bg_registry_unlock_role(GetUserId());
+		}
+		PG_END_TRY();
 	}
-	PG_END_TRY();
+	/* after the job has its slot, so that the supervisor never takes it */
+	bg_supervisor_ensure();
 	PG_RETURN_INT32(pid);
 }
 

@@ -103,9 +103,9 @@ static const BgColumn bg_detached_columns[Natts_bg_job_detached] = {
 };
 
 /*
- * The text of each job state in bg_job_registry.state, and whether it may be
- * stored: the 1.0 table's CHECK constraint allows only the stored ones (and
- * rows are written without checking it, so the C code must).
+ * The text of each job state in bg_job_registry.state, and whether the 1.0
+ * table's CHECK constraint allows it (rows are written without checking it,
+ * so the C code must): "lost" is stored only in a registry of 1.1 or later.
  */
 static const struct
 {
@@ -230,9 +230,12 @@ static void bg_registry_internal_xact(void);
 static void bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
 								 BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome);
-static void bg_registry_expire_only(BgJobShared *shared, BgOutcome *outcome);
+static void bg_registry_tidy_work(BgJobShared *shared, BgOutcome *outcome);
+static bool bg_registry_stores_lost(void);
+static void bg_registry_mark_lost(Oid relid);
+static void bg_registry_set_lost(Relation rel, HeapTuple tuple, TimestampTz now);
 static void bg_registry_no_lock_timeout(void);
-static Relation bg_registry_open_rel(BgJobShared *shared);
+static Relation bg_registry_open_rel(Oid relid);
 static void bg_registry_insert(BgJobShared *shared, const char *sql,
 							   dsm_handle handle);
 static void bg_registry_exec(const char *sql, int nargs, Oid *types,
@@ -241,7 +244,7 @@ static SPITupleTable *bg_registry_query(const char *sql, int nargs,
 										Oid *types, Datum *values);
 static void bg_registry_update(BgJobShared *shared, BgJobStatus status,
 							   const char *tag, ErrorData *edata);
-static void bg_registry_expire(BgJobShared *shared);
+static void bg_registry_expire(Oid registry, Oid detached);
 static bool bg_delete_if_free(Relation rel, ItemPointer tid);
 static void bg_delete_detach_mark(Relation det, Datum id);
 static Oid	bg_finished_at_index(Relation rel);
@@ -287,7 +290,7 @@ bg_status_from_name(const char *name)
 		elog(ERROR, "background job without a state in the job registry");
 	for (i = 0; i < BG_NUM_STATUSES; i++)
 	{
-		if (bg_statuses[i].stored && strcmp(bg_statuses[i].name, name) == 0)
+		if (strcmp(bg_statuses[i].name, name) == 0)
 			return (BgJobStatus) i;
 	}
 	elog(ERROR, "unrecognized background job state \"%s\" in the job registry",
@@ -551,7 +554,7 @@ bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
 static void
 bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 {
-	Relation	rel = bg_registry_open_rel(shared);
+	Relation	rel = bg_registry_open_rel(shared->registry_relid);
 	int			natts;
 	Datum	   *values;
 	bool	   *nulls;
@@ -666,13 +669,19 @@ bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome)
 	else
 		bg_registry_update(shared, outcome->status, outcome->tag, outcome->edata);
 	if (outcome->edata != NULL || outcome->discard)
-		bg_registry_expire(shared);
+		bg_registry_expire(shared->registry_relid, shared->detached_relid);
 }
 
+/*
+ * What each job does for the others once it has ended: record the jobs its
+ * database lists as running whose worker is gone as "lost" (without a
+ * supervisor, this is where that happens), and expire old ones.
+ */
 static void
-bg_registry_expire_only(BgJobShared *shared, BgOutcome *outcome)
+bg_registry_tidy_work(BgJobShared *shared, BgOutcome *outcome)
 {
-	bg_registry_expire(shared);
+	bg_registry_mark_lost(shared->registry_relid);
+	bg_registry_expire(shared->registry_relid, shared->detached_relid);
 }
 
 /*
@@ -725,7 +734,7 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 	if (!bg_statuses[status].stored)
 		elog(ERROR, "background job state \"%s\" cannot be recorded",
 			 bg_status_name(status));
-	rel = bg_registry_open_rel(shared);
+	rel = bg_registry_open_rel(shared->registry_relid);
 	if (rel == NULL)
 		return;
 	/* columns a later version added keep their values */
@@ -772,9 +781,9 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
  * this library cannot use is an error, not a job silently left unlisted.
  */
 static Relation
-bg_registry_open_rel(BgJobShared *shared)
+bg_registry_open_rel(Oid relid)
 {
-	Relation	rel = try_table_open(shared->registry_relid, RowExclusiveLock);
+	Relation	rel = try_table_open(relid, RowExclusiveLock);
 
 	if (rel == NULL)
 		return NULL;
@@ -808,12 +817,140 @@ bg_registry_usable(BgJobShared *shared)
 }
 
 /*
+ * The sweep of this database, run by a worker the supervisor starts: jobs
+ * left running by a worker that is gone are recorded as lost, and old ones
+ * expire.
+ */
+void
+bg_registry_sweep(void)
+{
+	Oid			relid = bg_registry_relid();
+
+	if (!OidIsValid(relid) || RecoveryInProgress())
+		return;
+	bg_registry_mark_lost(relid);
+	bg_registry_expire(relid, get_relname_relid(BG_DETACHED_TABLE,
+												get_rel_namespace(relid)));
+}
+
+/*
+ * May the registry record "lost"?  Not the one of 1.0, whose CHECK
+ * constraint does not allow it: this library may serve it before ALTER
+ * EXTENSION bg_fdw UPDATE.
+ */
+static bool
+bg_registry_stores_lost(void)
+{
+	Relation	extrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		stores = false;
+
+	extrel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("bg_fdw"));
+	scan = systable_beginscan(extrel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		version = heap_getattr(tuple, Anum_pg_extension_extversion,
+										   RelationGetDescr(extrel), &isnull);
+
+		stores = !isnull && strcmp(TextDatumGetCString(version), "1.0") != 0;
+	}
+	systable_endscan(scan);
+	table_close(extrel, AccessShareLock);
+	return stores;
+}
+
+/*
+ * Record as "lost", with the time it was noticed, each job of the database
+ * still listed as running whose worker has gone without recording an
+ * outcome (a crash restart took it), so that it expires like any ended job.
+ * Running jobs have no finished_at: the index on it finds them.  One process
+ * marks at a time; another that finds it busy leaves the work to it.
+ */
+static void
+bg_registry_mark_lost(Oid relid)
+{
+	Relation	rel;
+	Oid			index;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (RecoveryInProgress() || !bg_registry_stores_lost())
+		return;
+	rel = bg_registry_open_rel(relid);
+	if (rel == NULL)
+		return;
+	index = bg_finished_at_index(rel);
+	if (!OidIsValid(index) ||
+		!ConditionalLockRelation(rel, ShareUpdateExclusiveLock))
+	{
+		table_close(rel, RowExclusiveLock);
+		return;
+	}
+	ScanKeyEntryInitialize(&key, SK_ISNULL | SK_SEARCHNULL,
+						   Anum_bg_job_registry_finished_at, InvalidStrategy,
+						   InvalidOid, InvalidOid, InvalidOid, (Datum) 0);
+	scan = systable_beginscan(rel, index, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		bool		isnull;
+		Datum		d;
+		int64		id;
+		dsm_handle	handle = DSM_HANDLE_INVALID;
+		BgJobProbe	probe;
+
+		d = heap_getattr(tuple, Anum_bg_job_registry_state, desc, &isnull);
+		if (bg_status_from_name(TextDatumGetCString(d)) != BG_STATUS_RUNNING)
+			continue;
+		id = DatumGetInt64(heap_getattr(tuple, Anum_bg_job_registry_id, desc,
+										&isnull));
+		d = heap_getattr(tuple, Anum_bg_job_registry_segment, desc, &isnull);
+		if (!isnull)
+			handle = (dsm_handle) DatumGetInt64(d);
+		bg_probe(id, handle, &probe);
+		if (!(probe.found && probe.worker_alive))
+			bg_registry_set_lost(rel, tuple, now);
+	}
+	systable_endscan(scan);
+	table_close(rel, NoLock);
+}
+
+static void
+bg_registry_set_lost(Relation rel, HeapTuple tuple, TimestampTz now)
+{
+	int			natts = RelationGetDescr(rel)->natts;
+	Datum	   *values = palloc0(natts * sizeof(Datum));
+	bool	   *nulls = palloc0(natts * sizeof(bool));
+	bool	   *replace = palloc0(natts * sizeof(bool));
+	HeapTuple	newtup;
+
+	replace[Anum_bg_job_registry_state - 1] = true;
+	values[Anum_bg_job_registry_state - 1] =
+		CStringGetTextDatum(bg_status_name(BG_STATUS_LOST));
+	replace[Anum_bg_job_registry_finished_at - 1] = true;
+	values[Anum_bg_job_registry_finished_at - 1] = TimestampTzGetDatum(now);
+	replace[Anum_bg_job_registry_segment - 1] = true;
+	nulls[Anum_bg_job_registry_segment - 1] = true;
+	newtup = heap_modify_tuple(tuple, RelationGetDescr(rel), values, nulls,
+							   replace);
+	CatalogTupleUpdate(rel, &tuple->t_self, newtup);
+}
+
+/*
  * Delete the jobs that ended longer than bg_fdw.job_retention ago, and their
  * detach marks.  A row someone else is deleting (bg_forget) is skipped: a
  * job never waits for that.
  */
 static void
-bg_registry_expire(BgJobShared *shared)
+bg_registry_expire(Oid registry, Oid detached)
 {
 	Relation	rel;
 	Relation	det;
@@ -824,11 +961,11 @@ bg_registry_expire(BgJobShared *shared)
 
 	if (bg_job_retention < 0)
 		return;
-	rel = bg_registry_open_rel(shared);
+	rel = bg_registry_open_rel(registry);
 	if (rel == NULL)
 		return;
 	index = bg_finished_at_index(rel);
-	det = try_table_open(shared->detached_relid, RowExclusiveLock);
+	det = try_table_open(detached, RowExclusiveLock);
 	if (!OidIsValid(index) || det == NULL)
 	{
 		if (det)
@@ -909,9 +1046,9 @@ bg_finished_at_index(Relation rel)
 void
 bg_registry_tidy(BgJobShared *shared)
 {
-	if (!bg_row_inserted || bg_job_retention < 0)
+	if (!bg_row_inserted)
 		return;
-	bg_registry_own_xact(bg_registry_expire_only, shared, NULL);
+	bg_registry_own_xact(bg_registry_tidy_work, shared, NULL);
 }
 
 static TimestampTz
@@ -1090,6 +1227,8 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	int		   *map;
 	uint64		i;
+
+	bg_supervisor_ensure();
 
 	InitMaterializedSRF(fcinfo, 0);
 	map = bg_list_map(rsinfo->setDesc);

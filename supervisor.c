@@ -1,0 +1,512 @@
+/*-------------------------------------------------------------------------
+ *
+ * supervisor.c
+ *		  The supervisor: one background worker per cluster, connected to no
+ *		  database, that owns what happens between jobs.
+ *
+ * With shared_preload_libraries = 'bg_fdw' the supervisor is registered at
+ * server start, its state lives in the main shared memory, and the
+ * postmaster restarts it if it dies.  On PostgreSQL 17 and later without
+ * preloading, the first call of bg_fdw after a server start starts it as a
+ * dynamic worker, and its state lives in a segment of the DSM registry
+ * (GetNamedDSMSegment); a second starter finds the first through that state.
+ * On 15 and 16 without preloading there is none, and what it does happens
+ * lazily (see registry.c, bg_registry_tidy).
+ *
+ * Work that needs a database runs in short-lived workers it starts for that
+ * database, as the autovacuum launcher hands work to its workers.  Today
+ * that is the sweep each database gets once after the supervisor starts
+ * (after a server start or a crash restart): jobs left "running" by a worker
+ * that is gone are recorded as "lost", with the time, so that they expire,
+ * and ended jobs past bg_fdw.job_retention are deleted.
+ *
+ * Copyright (c) 2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/supervisor.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_database.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "bg_fdw.h"
+#include "compat.h"
+
+PG_FUNCTION_INFO_V1(bg_supervisor);
+
+/*
+ * A start on demand that has not shown up after this long is taken to have
+ * failed (the postmaster could not fork it), and the next call tries again.
+ */
+#define BG_SUPERVISOR_START_PATIENCE_MS	10000
+
+/*
+ * The supervisor's shared state.  Its fields are written under the mutex,
+ * by the processes each comment names.
+ */
+typedef struct BgSupervisorShared
+{
+	slock_t		mutex;
+	pid_t		pid;			/* the running supervisor, or 0: it sets and
+								 * clears it */
+	PGPROC	   *proc;			/* to wake it; set with pid */
+	TimestampTz started_at;		/* when it started; set with pid */
+	bool		preloaded;		/* registered at server start; set once */
+	TimestampTz start_requested_at; /* a start on demand is under way since:
+									 * the starter sets it, the supervisor
+									 * clears it */
+	int			databases_swept;	/* databases swept since it started: the
+									 * supervisor */
+	bool		sweep_done;		/* every database swept once: the supervisor */
+	TimestampTz last_sweep;		/* when a sweep last ended: the supervisor */
+} BgSupervisorShared;
+
+/* This process's pointer to the shared state, once found */
+static BgSupervisorShared *bg_sup = NULL;
+
+/* Was the library loaded by shared_preload_libraries (in the postmaster)? */
+static bool bg_sup_preloaded = false;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static uint32 bg_wait_event_supervisor_id = 0;
+
+static void bg_supervisor_shmem_request(void);
+static void bg_supervisor_shmem_startup(void);
+static void bg_supervisor_init_state(void *ptr);
+static BgSupervisorShared *bg_supervisor_state(void);
+static void bg_supervisor_fill_worker(BackgroundWorker *worker,
+									  const char *function, Datum arg);
+static bool bg_supervisor_claim(BgSupervisorShared *sup);
+static void bg_supervisor_release(int code, Datum arg);
+static void bg_supervisor_sweep(BgSupervisorShared *sup);
+static List *bg_supervisor_databases(void);
+static bool bg_supervisor_sweep_database(Oid dboid);
+static uint32 bg_wait_event_supervisor(void);
+
+/*
+ * Called from _PG_init.  When the library is being preloaded, reserve the
+ * shared state and register the supervisor with the postmaster.
+ */
+void
+bg_supervisor_init(void)
+{
+	BackgroundWorker worker;
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	bg_sup_preloaded = true;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = bg_supervisor_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = bg_supervisor_shmem_startup;
+
+	bg_supervisor_fill_worker(&worker, "bg_supervisor_main", (Datum) 0);
+	/* restarted if it dies; a crash restart restarts it too */
+	worker.bgw_restart_time = 1;
+	RegisterBackgroundWorker(&worker);
+}
+
+static void
+bg_supervisor_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(BgSupervisorShared)));
+}
+
+static void
+bg_supervisor_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	bg_sup = ShmemInitStruct("bg_fdw supervisor", sizeof(BgSupervisorShared),
+							 &found);
+	if (!found)
+	{
+		bg_supervisor_init_state(bg_sup);
+		bg_sup->preloaded = true;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+bg_supervisor_init_state(void *ptr)
+{
+	BgSupervisorShared *sup = (BgSupervisorShared *) ptr;
+
+	memset(sup, 0, sizeof(BgSupervisorShared));
+	SpinLockInit(&sup->mutex);
+}
+
+/*
+ * The shared state, or NULL where there is none (15 and 16 without
+ * preloading).  On 17 and later without preloading, the first process to
+ * ask creates it in the DSM registry.
+ */
+static BgSupervisorShared *
+bg_supervisor_state(void)
+{
+	bool		found;
+
+	if (bg_sup != NULL || bg_sup_preloaded)
+		return bg_sup;
+	bg_sup = bg_named_dsm_segment("bg_fdw supervisor",
+								  sizeof(BgSupervisorShared),
+								  bg_supervisor_init_state, &found);
+	return bg_sup;
+}
+
+static void
+bg_supervisor_fill_worker(BackgroundWorker *worker, const char *function,
+						  Datum arg)
+{
+	memset(worker, 0, sizeof(BackgroundWorker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS |
+		BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "bg_fdw");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	if (strcmp(function, "bg_supervisor_main") == 0)
+	{
+		snprintf(worker->bgw_name, BGW_MAXLEN, BG_SUPERVISOR_TYPE);
+		snprintf(worker->bgw_type, BGW_MAXLEN, BG_SUPERVISOR_TYPE);
+	}
+	else
+	{
+		snprintf(worker->bgw_name, BGW_MAXLEN, "bg_fdw sweep of database %u",
+				 DatumGetObjectId(arg));
+		snprintf(worker->bgw_type, BGW_MAXLEN, BG_SWEEP_TYPE);
+	}
+	worker->bgw_main_arg = arg;
+}
+
+/*
+ * Make sure the supervisor runs, where it can be started on demand (17 and
+ * later, not preloaded).  Called by bg_launch and bg_jobs.  Never waits for
+ * it: a supervisor that cannot start is reported in the server log, and a
+ * call after BG_SUPERVISOR_START_PATIENCE_MS tries again.
+ */
+void
+bg_supervisor_ensure(void)
+{
+	BgSupervisorShared *sup;
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	TimestampTz now;
+	bool		start;
+
+	if (!BG_HAVE_NAMED_DSM || bg_sup_preloaded || RecoveryInProgress())
+		return;
+	now = GetCurrentTimestamp();
+	sup = bg_supervisor_state();
+	SpinLockAcquire(&sup->mutex);
+	start = sup->pid == 0 &&
+		(sup->start_requested_at == 0 ||
+		 TimestampDifferenceExceeds(sup->start_requested_at, now,
+									BG_SUPERVISOR_START_PATIENCE_MS));
+	if (start)
+		sup->start_requested_at = now;
+	SpinLockRelease(&sup->mutex);
+	if (!start)
+		return;
+
+	bg_supervisor_fill_worker(&worker, "bg_supervisor_main", (Datum) 0);
+	/* on failure start_requested_at stays: the next try is a while away */
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		ereport(LOG,
+				(errmsg("could not start the bg_fdw supervisor: no background worker slot is free"),
+				 errhint("You may need to increase \"max_worker_processes\".")));
+}
+
+/* Is a supervisor running? */
+bool
+bg_supervisor_running(void)
+{
+	BgSupervisorShared *sup = bg_supervisor_state();
+	bool		running;
+
+	if (sup == NULL)
+		return false;
+	SpinLockAcquire(&sup->mutex);
+	running = sup->pid != 0;
+	SpinLockRelease(&sup->mutex);
+	return running;
+}
+
+/*
+ * The supervisor's main.  It claims the shared state (a second supervisor,
+ * started on demand by a racing call, finds the first and leaves), sweeps
+ * each database once, then waits for work.
+ */
+void
+bg_supervisor_main(Datum main_arg)
+{
+	BgSupervisorShared *sup;
+
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	sup = bg_supervisor_state();
+	if (sup == NULL || !bg_supervisor_claim(sup))
+		proc_exit(0);
+	/* before_shmem_exit: the state may live in a DSM segment, gone later */
+	before_shmem_exit(bg_supervisor_release, PointerGetDatum(sup));
+
+	bg_supervisor_sweep(sup);
+	while (!ShutdownRequestPending)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+						 bg_wait_event_supervisor());
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+	/* a preloaded supervisor that leaves otherwise is restarted */
+	proc_exit(1);
+}
+
+/* Become the supervisor, unless another one runs. */
+static bool
+bg_supervisor_claim(BgSupervisorShared *sup)
+{
+	bool		claimed = false;
+
+	SpinLockAcquire(&sup->mutex);
+	if (sup->pid == 0 || sup->pid == MyProcPid ||
+		kill(sup->pid, 0) != 0)
+	{
+		sup->pid = MyProcPid;
+		sup->proc = MyProc;
+		sup->started_at = GetCurrentTimestamp();
+		sup->start_requested_at = 0;
+		sup->databases_swept = 0;
+		sup->sweep_done = false;
+		claimed = true;
+	}
+	SpinLockRelease(&sup->mutex);
+	return claimed;
+}
+
+static void
+bg_supervisor_release(int code, Datum arg)
+{
+	BgSupervisorShared *sup = (BgSupervisorShared *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&sup->mutex);
+	if (sup->pid == MyProcPid)
+	{
+		sup->pid = 0;
+		sup->proc = NULL;
+	}
+	SpinLockRelease(&sup->mutex);
+}
+
+/*
+ * Sweep every database once, one at a time, each in a worker of its own.  A
+ * database whose sweep cannot start (no free worker slot) is tried again
+ * after a pause; a shutdown ends the sweep.
+ */
+static void
+bg_supervisor_sweep(BgSupervisorShared *sup)
+{
+	List	   *databases = bg_supervisor_databases();
+	ListCell   *lc;
+
+	foreach(lc, databases)
+	{
+		Oid			dboid = lfirst_oid(lc);
+
+		while (!ShutdownRequestPending && !bg_supervisor_sweep_database(dboid))
+		{
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000L, bg_wait_event_supervisor());
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (ShutdownRequestPending)
+			return;
+		SpinLockAcquire(&sup->mutex);
+		sup->databases_swept++;
+		SpinLockRelease(&sup->mutex);
+	}
+	SpinLockAcquire(&sup->mutex);
+	sup->sweep_done = true;
+	sup->last_sweep = GetCurrentTimestamp();
+	SpinLockRelease(&sup->mutex);
+}
+
+/*
+ * The databases to sweep, read from the shared catalog: those a worker can
+ * connect to, templates aside.
+ */
+static List *
+bg_supervisor_databases(void)
+{
+	List	   *result = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (HeapTupleIsValid(tuple = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
+		MemoryContext old;
+
+		/* a sweep of a template would hold up CREATE DATABASE */
+		if (!db->datallowconn || db->datistemplate)
+			continue;
+		old = MemoryContextSwitchTo(cxt);
+		result = lappend_oid(result, db->oid);
+		MemoryContextSwitchTo(old);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+/*
+ * Sweep one database in a worker of its own, and wait for it to end.  False
+ * if no worker could be started.
+ */
+static bool
+bg_supervisor_sweep_database(Oid dboid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+
+	bg_supervisor_fill_worker(&worker, "bg_sweep_main", ObjectIdGetDatum(dboid));
+	worker.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		return false;
+	if (WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
+		return false;
+	(void) WaitForBackgroundWorkerShutdown(handle);
+	return true;
+}
+
+/*
+ * The sweep of one database, in a worker the supervisor started for it:
+ * record as "lost" the jobs left running by a worker that is gone, and
+ * delete those past bg_fdw.job_retention.
+ */
+void
+bg_sweep_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_activity(STATE_RUNNING, "bg_fdw sweep");
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	bg_registry_sweep();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	proc_exit(0);
+}
+
+/*
+ * SQL: the supervisor's state, one row.  Where there is no supervisor (15
+ * and 16 without preloading) it says so.
+ */
+Datum
+bg_supervisor(PG_FUNCTION_ARGS)
+{
+	BgSupervisorShared *sup;
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6];
+	pid_t		pid = 0;
+	TimestampTz started_at = 0;
+	TimestampTz last_sweep = 0;
+	int			swept = 0;
+	bool		done = false;
+	bool		preloaded = false;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	bg_supervisor_ensure();
+	sup = bg_supervisor_state();
+	if (sup != NULL)
+	{
+		SpinLockAcquire(&sup->mutex);
+		pid = sup->pid;
+		started_at = sup->started_at;
+		preloaded = sup->preloaded;
+		swept = sup->databases_swept;
+		done = sup->sweep_done;
+		last_sweep = sup->last_sweep;
+		SpinLockRelease(&sup->mutex);
+	}
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = CStringGetTextDatum(sup == NULL ? "unavailable" :
+									pid == 0 ? "stopped" :
+									done ? "running" : "sweeping");
+	values[1] = Int32GetDatum(pid);
+	nulls[1] = (pid == 0);
+	values[2] = TimestampTzGetDatum(started_at);
+	nulls[2] = (pid == 0);
+	values[3] = BoolGetDatum(preloaded || bg_sup_preloaded);
+	values[4] = Int32GetDatum(swept);
+	nulls[4] = (pid == 0);
+	values[5] = TimestampTzGetDatum(last_sweep);
+	nulls[5] = (pid == 0 || !done);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/* What the supervisor waits under: "BgFdwSupervisor" */
+static uint32
+bg_wait_event_supervisor(void)
+{
+	if (bg_wait_event_supervisor_id == 0)
+		bg_wait_event_supervisor_id = bg_wait_event_lookup("BgFdwSupervisor");
+	return bg_wait_event_supervisor_id;
+}
