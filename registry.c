@@ -231,6 +231,7 @@ static void bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *o
 								 BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_tidy_work(BgJobShared *shared, BgOutcome *outcome);
+static bool bg_extension_find(Oid *nspid, char **version);
 static bool bg_registry_stores_lost(void);
 static void bg_registry_mark_lost(Oid relid);
 static void bg_registry_set_lost(Relation rel, HeapTuple tuple, TimestampTz now);
@@ -362,28 +363,51 @@ bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns)
  */
 
 /*
- * The registry table of the extension installed in this database, or
- * InvalidOid if the extension is not installed.
+ * Find the extension in this database: false if it is not installed, else
+ * its schema and (if asked) its version.
  */
-Oid
-bg_registry_relid(void)
+static bool
+bg_extension_find(Oid *nspid, char **version)
 {
 	Relation	extrel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tuple;
-	Oid			nspid = InvalidOid;
+	bool		found;
 
 	extrel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
 				F_NAMEEQ, CStringGetDatum("bg_fdw"));
 	scan = systable_beginscan(extrel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-		nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	found = HeapTupleIsValid(tuple);
+	if (found)
+	{
+		*nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+		if (version != NULL)
+		{
+			bool		isnull;
+			Datum		d = heap_getattr(tuple, Anum_pg_extension_extversion,
+										 RelationGetDescr(extrel), &isnull);
+
+			*version = isnull ? NULL : TextDatumGetCString(d);
+		}
+	}
 	systable_endscan(scan);
 	table_close(extrel, AccessShareLock);
-	if (!OidIsValid(nspid))
+	return found;
+}
+
+/*
+ * The registry table of the extension installed in this database, or
+ * InvalidOid if the extension is not installed.
+ */
+Oid
+bg_registry_relid(void)
+{
+	Oid			nspid;
+
+	if (!bg_extension_find(&nspid, NULL))
 		return InvalidOid;
 	return get_relname_relid(BG_REGISTRY_TABLE, nspid);
 }
@@ -841,28 +865,11 @@ bg_registry_sweep(void)
 static bool
 bg_registry_stores_lost(void)
 {
-	Relation	extrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	bool		stores = false;
+	Oid			nspid;
+	char	   *version = NULL;
 
-	extrel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
-				F_NAMEEQ, CStringGetDatum("bg_fdw"));
-	scan = systable_beginscan(extrel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-	{
-		bool		isnull;
-		Datum		version = heap_getattr(tuple, Anum_pg_extension_extversion,
-										   RelationGetDescr(extrel), &isnull);
-
-		stores = !isnull && strcmp(TextDatumGetCString(version), "1.0") != 0;
-	}
-	systable_endscan(scan);
-	table_close(extrel, AccessShareLock);
-	return stores;
+	return bg_extension_find(&nspid, &version) && version != NULL &&
+		strcmp(version, "1.0") != 0;
 }
 
 /*
