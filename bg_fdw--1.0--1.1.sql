@@ -91,12 +91,13 @@ ALTER TABLE @extschema@.bg_job_registry
   CHECK (state OPERATOR(pg_catalog.=) ANY
          (ARRAY['running', 'finished', 'failed', 'cancelled', 'lost']::pg_catalog.text[]));
 
--- The supervisor, as this server has it: "running" (or "sweeping" while it
--- sweeps each database after it started), "stopped", or "unavailable" where
--- there is none (PostgreSQL 15 and 16 without shared_preload_libraries).
+-- The supervisor, as this server has it: "running", "sweeping" (each
+-- database, once per server start), "idle" (started on demand, it left with
+-- nothing to do), "stopped", or "unavailable" where there is none
+-- (PostgreSQL 15 and 16 without shared_preload_libraries).
 CREATE FUNCTION @extschema@.bg_supervisor(
   OUT state text, OUT pid integer, OUT started_at timestamptz,
-  OUT preloaded boolean, OUT databases_swept integer,
+  OUT preloaded boolean, OUT starts integer, OUT databases_swept integer,
   OUT last_sweep timestamptz)
 RETURNS record
 AS 'MODULE_PATHNAME'

@@ -316,7 +316,7 @@ extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
 /* in supervisor.c */
 extern void bg_supervisor_init(void);
 extern void bg_supervisor_ensure(void);
-extern bool bg_supervisor_running(void);
+extern void bg_supervisor_prepare(void);
 extern PGDLLEXPORT void bg_supervisor_main(Datum main_arg);
 extern PGDLLEXPORT void bg_sweep_main(Datum main_arg);
 

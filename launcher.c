@@ -98,6 +98,7 @@ bg_launch(PG_FUNCTION_ARGS)
 				 errmsg("SQL of a background job must not be null")));
 	sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	queue_size = bg_queue_size_arg(fcinfo);
+	bg_supervisor_prepare();
 
 	/* Syntax errors are raised here, by the launcher, not by the job. */
 	errcallback.callback = bg_launch_error_callback;
@@ -302,7 +303,7 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("could not register background process for a background job"),
 				 errdetail("All background worker slots are in use."),
-				 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query).")));
+				 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor).")));
 
 	status = WaitForBackgroundWorkerStartup(handle, &pid);
 	if (status == BGWH_STOPPED)

@@ -33,6 +33,7 @@
 #include <signal.h>
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -47,6 +48,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/shm_toc.h"
@@ -220,6 +222,7 @@ static const char *bg_status_name(BgJobStatus status);
 static BgJobStatus bg_status_from_name(const char *name);
 static char *bg_layout_problem(Relation rel, const BgColumn *columns,
 							   int ncolumns);
+static char *bg_index_problem(Relation rel);
 static void bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns);
 static bool bg_registry_usable(BgJobShared *shared);
 static int *bg_list_map(TupleDesc desc);
@@ -234,7 +237,7 @@ static void bg_registry_tidy_work(BgJobShared *shared, BgOutcome *outcome);
 static bool bg_extension_find(Oid *nspid, char **version);
 static bool bg_registry_stores_lost(void);
 static void bg_registry_mark_lost(Oid relid);
-static void bg_registry_set_lost(Relation rel, HeapTuple tuple, TimestampTz now);
+static void bg_registry_set_lost(Relation rel, ItemPointer tid, TimestampTz now);
 static void bg_registry_no_lock_timeout(void);
 static Relation bg_registry_open_rel(Oid relid);
 static void bg_registry_insert(BgJobShared *shared, const char *sql,
@@ -310,10 +313,14 @@ bg_layout_problem(Relation rel, const BgColumn *columns, int ncolumns)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
+	char	   *problem;
 
 	if (desc->natts < ncolumns)
 		return psprintf(_("The table has %d columns; bg_fdw needs at least %d."),
 						desc->natts, ncolumns);
+	problem = bg_index_problem(rel);
+	if (problem != NULL)
+		return problem;
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -340,6 +347,33 @@ bg_layout_problem(Relation rel, const BgColumn *columns, int ncolumns)
 							columns[i].name);
 	}
 	return NULL;
+}
+
+/*
+ * Rows go in without the executor (CatalogTupleInsert and its kin), which
+ * maintains only plain indexes: one with expressions or a predicate would
+ * crash the writer.
+ */
+static char *
+bg_index_problem(Relation rel)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	char	   *problem = NULL;
+
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+
+		if (problem == NULL &&
+			(RelationGetIndexExpressions(index) != NIL ||
+			 RelationGetIndexPredicate(index) != NIL))
+			problem = psprintf(_("Index \"%s\" has expressions or a predicate; bg_fdw writes the table without the executor and can maintain only plain indexes."),
+							   RelationGetRelationName(index));
+		index_close(index, AccessShareLock);
+	}
+	list_free(indexes);
+	return problem;
 }
 
 /* A table of the extension this library cannot use is an error */
@@ -924,21 +958,40 @@ bg_registry_mark_lost(Oid relid)
 			handle = (dsm_handle) DatumGetInt64(d);
 		bg_probe(id, handle, &probe);
 		if (!(probe.found && probe.worker_alive))
-			bg_registry_set_lost(rel, tuple, now);
+			bg_registry_set_lost(rel, &tuple->t_self, now);
 	}
 	systable_endscan(scan);
 	table_close(rel, NoLock);
 }
 
+/*
+ * Record one job as lost, unless its row changed since the scan found it (its
+ * worker recorded an outcome just before it exited) or someone holds it
+ * (bg_forget deleting it): a sweep never waits for a session.
+ */
 static void
-bg_registry_set_lost(Relation rel, HeapTuple tuple, TimestampTz now)
+bg_registry_set_lost(Relation rel, ItemPointer tid, TimestampTz now)
 {
 	int			natts = RelationGetDescr(rel)->natts;
 	Datum	   *values = palloc0(natts * sizeof(Datum));
 	bool	   *nulls = palloc0(natts * sizeof(bool));
 	bool	   *replace = palloc0(natts * sizeof(bool));
+	HeapTupleData locked;
+	Buffer		buffer;
+	TM_FailureData tmfd;
+	TM_Result	result;
 	HeapTuple	newtup;
 
+	locked.t_self = *tid;
+	result = heap_lock_tuple(rel, &locked, GetCurrentCommandId(true),
+							 LockTupleExclusive, LockWaitSkip, false,
+							 &buffer, &tmfd);
+	if (result != TM_Ok)
+	{
+		if (BufferIsValid(buffer))
+			ReleaseBuffer(buffer);
+		return;
+	}
 	replace[Anum_bg_job_registry_state - 1] = true;
 	values[Anum_bg_job_registry_state - 1] =
 		CStringGetTextDatum(bg_status_name(BG_STATUS_LOST));
@@ -946,9 +999,10 @@ bg_registry_set_lost(Relation rel, HeapTuple tuple, TimestampTz now)
 	values[Anum_bg_job_registry_finished_at - 1] = TimestampTzGetDatum(now);
 	replace[Anum_bg_job_registry_segment - 1] = true;
 	nulls[Anum_bg_job_registry_segment - 1] = true;
-	newtup = heap_modify_tuple(tuple, RelationGetDescr(rel), values, nulls,
+	newtup = heap_modify_tuple(&locked, RelationGetDescr(rel), values, nulls,
 							   replace);
-	CatalogTupleUpdate(rel, &tuple->t_self, newtup);
+	ReleaseBuffer(buffer);
+	CatalogTupleUpdate(rel, tid, newtup);
 }
 
 /*

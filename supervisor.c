@@ -10,8 +10,10 @@
  * preloading, the first call of bg_fdw after a server start starts it as a
  * dynamic worker, and its state lives in a segment of the DSM registry
  * (GetNamedDSMSegment); a second starter finds the first through that state.
- * On 15 and 16 without preloading there is none, and what it does happens
- * lazily (see registry.c, bg_registry_tidy).
+ * Started so, it leaves once it has nothing to do, so as not to hold a
+ * worker slot jobs could use: today, once its sweep is done.  On 15 and 16
+ * without preloading there is none, and what it does happens lazily (see
+ * registry.c, bg_registry_tidy).
  *
  * Work that needs a database runs in short-lived workers it starts for that
  * database, as the autovacuum launcher hands work to its workers.  Today
@@ -81,9 +83,12 @@ typedef struct BgSupervisorShared
 	TimestampTz start_requested_at; /* a start on demand is under way since:
 									 * the starter sets it, the supervisor
 									 * clears it */
+	int			starts;			/* supervisors started since the server
+								 * started: each one, as it claims this */
 	int			databases_swept;	/* databases swept since it started: the
 									 * supervisor */
-	bool		sweep_done;		/* every database swept once: the supervisor */
+	bool		sweep_done;		/* every database swept once since the server
+								 * started: the supervisor */
 	TimestampTz last_sweep;		/* when a sweep last ended: the supervisor */
 } BgSupervisorShared;
 
@@ -105,6 +110,7 @@ static BgSupervisorShared *bg_supervisor_state(void);
 static void bg_supervisor_fill_worker(BackgroundWorker *worker,
 									  const char *function, Datum arg);
 static bool bg_supervisor_claim(BgSupervisorShared *sup);
+static bool bg_supervisor_stays(void);
 static void bg_supervisor_release(int code, Datum arg);
 static void bg_supervisor_sweep(BgSupervisorShared *sup);
 static List *bg_supervisor_databases(void);
@@ -213,6 +219,17 @@ bg_supervisor_fill_worker(BackgroundWorker *worker, const char *function,
 }
 
 /*
+ * Find the shared state where a start on demand may need it, so that a
+ * failure to do so (out of memory) comes before a launch, not after it.
+ */
+void
+bg_supervisor_prepare(void)
+{
+	if (BG_HAVE_NAMED_DSM && !bg_sup_preloaded && !RecoveryInProgress())
+		(void) bg_supervisor_state();
+}
+
+/*
  * Make sure the supervisor runs, where it can be started on demand (17 and
  * later, not preloaded).  Called by bg_launch and bg_jobs.  Never waits for
  * it: a supervisor that cannot start is reported in the server log, and a
@@ -232,7 +249,7 @@ bg_supervisor_ensure(void)
 	now = GetCurrentTimestamp();
 	sup = bg_supervisor_state();
 	SpinLockAcquire(&sup->mutex);
-	start = sup->pid == 0 &&
+	start = sup->pid == 0 && !sup->sweep_done &&
 		(sup->start_requested_at == 0 ||
 		 TimestampDifferenceExceeds(sup->start_requested_at, now,
 									BG_SUPERVISOR_START_PATIENCE_MS));
@@ -248,21 +265,6 @@ bg_supervisor_ensure(void)
 		ereport(LOG,
 				(errmsg("could not start the bg_fdw supervisor: no background worker slot is free"),
 				 errhint("You may need to increase \"max_worker_processes\".")));
-}
-
-/* Is a supervisor running? */
-bool
-bg_supervisor_running(void)
-{
-	BgSupervisorShared *sup = bg_supervisor_state();
-	bool		running;
-
-	if (sup == NULL)
-		return false;
-	SpinLockAcquire(&sup->mutex);
-	running = sup->pid != 0;
-	SpinLockRelease(&sup->mutex);
-	return running;
 }
 
 /*
@@ -287,7 +289,7 @@ bg_supervisor_main(Datum main_arg)
 	before_shmem_exit(bg_supervisor_release, PointerGetDatum(sup));
 
 	bg_supervisor_sweep(sup);
-	while (!ShutdownRequestPending)
+	while (!ShutdownRequestPending && bg_supervisor_stays())
 	{
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
 						 bg_wait_event_supervisor());
@@ -300,25 +302,43 @@ bg_supervisor_main(Datum main_arg)
 		}
 	}
 	/* a preloaded supervisor that leaves otherwise is restarted */
-	proc_exit(1);
+	proc_exit(bg_supervisor_stays() ? 1 : 0);
+}
+
+/*
+ * Does the supervisor stay once its work is done?  A preloaded one does; one
+ * started on demand leaves, and the next call that finds work due starts it
+ * again.
+ */
+static bool
+bg_supervisor_stays(void)
+{
+	return bg_sup_preloaded;
 }
 
 /* Become the supervisor, unless another one runs. */
 static bool
 bg_supervisor_claim(BgSupervisorShared *sup)
 {
+	TimestampTz now = GetCurrentTimestamp();
+	pid_t		other;
 	bool		claimed = false;
 
 	SpinLockAcquire(&sup->mutex);
-	if (sup->pid == 0 || sup->pid == MyProcPid ||
-		kill(sup->pid, 0) != 0)
+	other = sup->pid;
+	SpinLockRelease(&sup->mutex);
+	/* a supervisor whose exit callback did not run is gone */
+	if (other != 0 && other != MyProcPid && kill(other, 0) == 0)
+		return false;
+
+	SpinLockAcquire(&sup->mutex);
+	if (sup->pid == other)
 	{
 		sup->pid = MyProcPid;
 		sup->proc = MyProc;
-		sup->started_at = GetCurrentTimestamp();
+		sup->started_at = now;
 		sup->start_requested_at = 0;
-		sup->databases_swept = 0;
-		sup->sweep_done = false;
+		sup->starts++;
 		claimed = true;
 	}
 	SpinLockRelease(&sup->mutex);
@@ -340,22 +360,41 @@ bg_supervisor_release(int code, Datum arg)
 }
 
 /*
- * Sweep every database once, one at a time, each in a worker of its own.  A
- * database whose sweep cannot start (no free worker slot) is tried again
- * after a pause; a shutdown ends the sweep.
+ * Sweep every database once per server start (a crash restart included),
+ * one at a time, each in a worker of its own.  A database whose sweep cannot
+ * start (no free worker slot) is tried again after a pause; a shutdown ends
+ * the sweep.
  */
 static void
 bg_supervisor_sweep(BgSupervisorShared *sup)
 {
-	List	   *databases = bg_supervisor_databases();
+	List	   *databases;
 	ListCell   *lc;
+	bool		done;
 
+	SpinLockAcquire(&sup->mutex);
+	done = sup->sweep_done;
+	SpinLockRelease(&sup->mutex);
+	if (done)
+		return;
+	SpinLockAcquire(&sup->mutex);
+	sup->databases_swept = 0;
+	SpinLockRelease(&sup->mutex);
+	databases = bg_supervisor_databases();
 	foreach(lc, databases)
 	{
 		Oid			dboid = lfirst_oid(lc);
+		bool		logged = false;
 
 		while (!ShutdownRequestPending && !bg_supervisor_sweep_database(dboid))
 		{
+			if (!logged)
+				ereport(LOG,
+						(errmsg("could not start the bg_fdw sweep of database %u: no background worker slot is free",
+								dboid),
+						 errdetail("It is tried again each second."),
+						 errhint("You may need to increase \"max_worker_processes\".")));
+			logged = true;
 			(void) WaitLatch(MyLatch,
 							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 1000L, bg_wait_event_supervisor());
@@ -411,7 +450,7 @@ bg_supervisor_databases(void)
 
 /*
  * Sweep one database in a worker of its own, and wait for it to end.  False
- * if no worker could be started.
+ * if no worker slot was free.
  */
 static bool
 bg_supervisor_sweep_database(Oid dboid)
@@ -424,9 +463,9 @@ bg_supervisor_sweep_database(Oid dboid)
 	worker.bgw_notify_pid = MyProcPid;
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		return false;
-	if (WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
-		return false;
-	(void) WaitForBackgroundWorkerShutdown(handle);
+	/* stopped already: it ran, or could not connect (the database went) */
+	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+		(void) WaitForBackgroundWorkerShutdown(handle);
 	return true;
 }
 
@@ -461,44 +500,43 @@ Datum
 bg_supervisor(PG_FUNCTION_ARGS)
 {
 	BgSupervisorShared *sup;
+	BgSupervisorShared copy;
 	TupleDesc	desc;
-	Datum		values[6];
-	bool		nulls[6];
-	pid_t		pid = 0;
-	TimestampTz started_at = 0;
-	TimestampTz last_sweep = 0;
-	int			swept = 0;
-	bool		done = false;
-	bool		preloaded = false;
+	Datum		values[7];
+	bool		nulls[7];
+	const char *state;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	bg_supervisor_ensure();
 	sup = bg_supervisor_state();
+	memset(&copy, 0, sizeof(copy));
 	if (sup != NULL)
 	{
 		SpinLockAcquire(&sup->mutex);
-		pid = sup->pid;
-		started_at = sup->started_at;
-		preloaded = sup->preloaded;
-		swept = sup->databases_swept;
-		done = sup->sweep_done;
-		last_sweep = sup->last_sweep;
+		copy = *sup;
 		SpinLockRelease(&sup->mutex);
 	}
+	if (sup == NULL)
+		state = "unavailable";
+	else if (copy.pid != 0)
+		state = copy.sweep_done ? "running" : "sweeping";
+	else if (copy.sweep_done && !bg_sup_preloaded)
+		state = "idle";
+	else
+		state = "stopped";
+
 	memset(nulls, 0, sizeof(nulls));
-	values[0] = CStringGetTextDatum(sup == NULL ? "unavailable" :
-									pid == 0 ? "stopped" :
-									done ? "running" : "sweeping");
-	values[1] = Int32GetDatum(pid);
-	nulls[1] = (pid == 0);
-	values[2] = TimestampTzGetDatum(started_at);
-	nulls[2] = (pid == 0);
-	values[3] = BoolGetDatum(preloaded || bg_sup_preloaded);
-	values[4] = Int32GetDatum(swept);
-	nulls[4] = (pid == 0);
-	values[5] = TimestampTzGetDatum(last_sweep);
-	nulls[5] = (pid == 0 || !done);
+	values[0] = CStringGetTextDatum(state);
+	values[1] = Int32GetDatum(copy.pid);
+	nulls[1] = (copy.pid == 0);
+	values[2] = TimestampTzGetDatum(copy.started_at);
+	nulls[2] = (copy.starts == 0);
+	values[3] = BoolGetDatum(bg_sup_preloaded);
+	values[4] = Int32GetDatum(copy.starts);
+	values[5] = Int32GetDatum(copy.databases_swept);
+	values[6] = TimestampTzGetDatum(copy.last_sweep);
+	nulls[6] = !copy.sweep_done;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
