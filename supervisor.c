@@ -316,7 +316,11 @@ bg_supervisor_stays(void)
 	return bg_sup_preloaded;
 }
 
-/* Become the supervisor, unless another one runs. */
+/*
+ * Become the supervisor, unless another one runs or (started on demand)
+ * there is nothing to do: a start registered twice, the second one long
+ * after the first, leaves the count of starts at one.
+ */
 static bool
 bg_supervisor_claim(BgSupervisorShared *sup)
 {
@@ -332,7 +336,8 @@ bg_supervisor_claim(BgSupervisorShared *sup)
 		return false;
 
 	SpinLockAcquire(&sup->mutex);
-	if (sup->pid == other)
+	/* started on demand, it has nothing to do once the sweep is done */
+	if (sup->pid == other && (bg_sup_preloaded || !sup->sweep_done))
 	{
 		sup->pid = MyProcPid;
 		sup->proc = MyProc;
