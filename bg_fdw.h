@@ -307,7 +307,7 @@ extern Oid	bg_detached_relid(void);
 extern void bg_registry_tidy(BgJobShared *shared);
 extern void bg_registry_sweep(void);
 extern bool bg_registry_lock_role(Oid role);
-extern void bg_registry_unlock_role(Oid role);
+extern void bg_registry_unlock_role(void);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);

@@ -136,7 +136,7 @@ bg_launch(PG_FUNCTION_ARGS)
 		}
 		PG_FINALLY();
 		{
-			bg_registry_unlock_role(GetUserId());
+			bg_registry_unlock_role();
 		}
 		PG_END_TRY();
 	}
@@ -156,6 +156,12 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 
 	if (desc == NULL)
 	{
+		/*
+		 * Listed before it runs: other launches of the role need not wait
+		 * while its first statements run.
+		 */
+		bg_job_wait_registered(job);
+		bg_registry_unlock_role();
 		bg_job_go(job->shared);
 		bg_job_wait_descriptor(job);
 	}
@@ -164,6 +170,7 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 	/* the job may run while we wait; it commits only once attached */
 	bg_job_go(job->shared);
 	bg_job_wait_registered(job);
+	bg_registry_unlock_role();
 	bg_job_attach(job);
 	return job->pid;
 }

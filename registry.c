@@ -1414,10 +1414,12 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, HeapTuple tuple, TupleDesc desc,
 	else
 		vals[BG_LIST_ROWS] = SPI_getbinval(tuple, desc, 12,
 										   &isnulls[BG_LIST_ROWS]);
-	isnulls[BG_LIST_COMMAND] = (entry->command == NULL);
+	/* what the job did is its role's business, as pg_stat_activity has it */
+	isnulls[BG_LIST_ROWS] = isnulls[BG_LIST_ROWS] || !privileged;
+	isnulls[BG_LIST_COMMAND] = (entry->command == NULL || !privileged);
 	vals[BG_LIST_COMMAND] = isnulls[BG_LIST_COMMAND] ? (Datum) 0 :
 		CStringGetTextDatum(entry->command);
-	isnulls[BG_LIST_SQLSTATE] = (entry->sqlstate == NULL);
+	isnulls[BG_LIST_SQLSTATE] = (entry->sqlstate == NULL || !privileged);
 	vals[BG_LIST_SQLSTATE] = isnulls[BG_LIST_SQLSTATE] ? (Datum) 0 :
 		CStringGetTextDatum(entry->sqlstate);
 	isnulls[BG_LIST_ERROR] = (entry->error == NULL || !privileged);
@@ -1692,10 +1694,14 @@ bg_detached_relid(void)
  * ----------------------------------------------------------------
  */
 
+/* The role whose launch lock this session holds, or InvalidOid */
+static Oid	bg_launch_locked_role = InvalidOid;
+
 /*
  * Lock out other launches by the role until ours is registered, and refuse
  * it if the role already runs bg_fdw.max_jobs_per_role jobs here.  Returns
- * whether the lock was taken; bg_registry_unlock_role releases it.
+ * whether the lock was taken; bg_registry_unlock_role releases it, as soon
+ * as the job is listed.
  */
 bool
 bg_registry_lock_role(Oid role)
@@ -1712,6 +1718,7 @@ bg_registry_lock_role(Oid role)
 		return false;
 	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, AuthIdRelationId, role, 0);
 	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	bg_launch_locked_role = role;
 
 	if (bg_registry_open(&call))
 	{
@@ -1739,7 +1746,7 @@ bg_registry_lock_role(Oid role)
 
 	if (running >= bg_max_jobs_per_role)
 	{
-		bg_registry_unlock_role(role);
+		bg_registry_unlock_role();
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many background jobs for role \"%s\"",
@@ -1752,11 +1759,16 @@ bg_registry_lock_role(Oid role)
 	return true;
 }
 
+/* Release the launch lock, if this session holds one */
 void
-bg_registry_unlock_role(Oid role)
+bg_registry_unlock_role(void)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, AuthIdRelationId, role, 0);
+	if (!OidIsValid(bg_launch_locked_role))
+		return;
+	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, AuthIdRelationId,
+					   bg_launch_locked_role, 0);
+	bg_launch_locked_role = InvalidOid;
 	LockRelease(&tag, ExclusiveLock, true);
 }

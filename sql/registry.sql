@@ -155,6 +155,16 @@ SET ROLE regress_alice;
 SELECT bg_wait(:pid, '10ms') IS NULL AS still_running;
 SELECT bg_cancel(:pid);
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
+-- what the job did shows only to roles with its role's privileges
+SELECT state, rows, sqlstate, error IS NOT NULL AS error_shown FROM regress_job(:pid);
+SET ROLE regress_bob;
+SELECT state, rows, sqlstate, error IS NOT NULL AS error_shown FROM regress_job(:pid);
+SELECT bg_launch('SELECT 1 AS one') AS bob_pid \gset
+SELECT bg_wait(:bob_pid);
+SET ROLE regress_alice;
+SELECT role, state, query, rows, command FROM regress_job(:bob_pid);
+SET ROLE regress_bob;
+SELECT role, state, query, rows, command FROM regress_job(:bob_pid);
 RESET ROLE;
 SELECT role, state, error FROM regress_job(:pid);
 

@@ -239,6 +239,31 @@ open_gate($node, 'postgres', 'm');
 $node->poll_query_until('postgres',
 	"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker')")
   or die 'the job of the concurrent launch did not end';
+
+# The role's launch lock is held only until the job is listed: a job still
+# running its first statements does not hold up the role's next launch.
+$node->safe_psql('postgres', q{
+	LOAD 'bg_fdw';
+	ALTER SYSTEM SET bg_fdw.max_jobs_per_role = 5;
+	SELECT pg_reload_conf();
+});
+my $slow = $node->background_psql('postgres');
+$slow->query_until(qr/launching/, q{
+	\echo launching
+	SELECT bg_launch($$SELECT gate('s'); SELECT 1 AS one$$);
+});
+$node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM bg_jobs WHERE state = 'running' AND query LIKE '%gate(''s'')%'})
+  or die 'the slow job was not listed';
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	q{SELECT bg_launch('SELECT 2') IS NOT NULL},
+	timeout => $PostgreSQL::Test::Utils::timeout_default);
+is($stdout, 't', 'a launch of the role does not wait for another one still running its first statement');
+open_gate($node, 'postgres', 's');
+$slow->quit;
+$node->poll_query_until('postgres',
+	"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker')")
+  or die 'the jobs did not end';
 $node->safe_psql('postgres', q{
 	LOAD 'bg_fdw';
 	ALTER SYSTEM RESET bg_fdw.max_jobs_per_role;
