@@ -261,6 +261,8 @@ typedef struct BgJob
 	SubTransactionId detach_subid;	/* bg_detach pending commit, or 0 */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
+	TimestampTz deadlock_check_at;	/* when a wait for it next looks for a
+									 * deadlock, or 0 */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 } BgJob;

@@ -570,23 +570,32 @@ bg_job_raise_error(BgJob *job)
 
 /*
  * Sleep until the worker sends something, we are interrupted, or the timeout
- * passes.  A full deadlock_timeout without news from the worker is when we
- * look for a deadlock between the two of us.
+ * passes.  Every deadlock_timeout of waiting for the job, whatever wakes us
+ * meanwhile (another job's rows arrive every fraction of a second), we look
+ * for a deadlock between the two of us.
  */
 static void
 bg_job_sleep(BgJob *job, long timeout_ms)
 {
-	long		wait_ms = DeadlockTimeout;
-	int			rc;
+	TimestampTz now = GetCurrentTimestamp();
+	long		wait_ms;
 
+	if (job->deadlock_check_at == 0 ||
+		job->deadlock_check_at > TimestampTzPlusMilliseconds(now, DeadlockTimeout))
+		job->deadlock_check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
+	wait_ms = Max(TimestampDifferenceMilliseconds(now, job->deadlock_check_at), 0);
 	if (timeout_ms >= 0 && timeout_ms < wait_ms)
 		wait_ms = timeout_ms;
-	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-				   wait_ms, bg_wait_event_job());
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 wait_ms, bg_wait_event_job());
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
-	if ((rc & WL_TIMEOUT) && wait_ms == DeadlockTimeout)
+	now = GetCurrentTimestamp();
+	if (now >= job->deadlock_check_at)
+	{
+		job->deadlock_check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
 		bg_job_check_deadlock(job);
+	}
 }
 
 /*

@@ -45,6 +45,23 @@ SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 ROLLBACK;
 SELECT bg_wait(:pid);
 
+-- ... also while another job keeps waking the reader: the check runs every
+-- deadlock_timeout of waiting, whatever wakes the wait (the busy job, with a
+-- scan open on it, sends a row every 10 ms for a quarter of an hour)
+SET deadlock_timeout = '1s';
+SELECT bg_launch($$SELECT g FROM generate_series(1, 100000) g, LATERAL pg_sleep(0.01)$$) AS busy \gset
+BEGIN;
+DECLARE busy_rows CURSOR FOR SELECT * FROM bg_result_:busy;
+FETCH 1 FROM busy_rows;
+LOCK TABLE regress_auto;
+SELECT bg_launch('SELECT count(*) FROM regress_auto') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+ROLLBACK;
+SELECT bg_wait(:pid);
+SELECT bg_cancel(:busy);
+SELECT bg_detach(:busy);
+SET deadlock_timeout = '100ms';
+
 -- CREATE INDEX CONCURRENTLY waits for the reader's snapshot, taken here
 -- before the job starts: bg_wait reports the deadlock; CALL bg_await waits
 -- holding no snapshot.
