@@ -154,24 +154,37 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 {
 	BgJob	   *job = bg_start_job(sql, queue_size, desc, stream);
 
-	if (desc == NULL)
+	/*
+	 * A launch that fails or is cancelled from here on stops its worker at
+	 * once: it must not run on (holding locks and a slot) until it finds out.
+	 */
+	PG_TRY();
 	{
-		/*
-		 * Listed before it runs: other launches of the role need not wait
-		 * while its first statements run.
-		 */
+		if (desc == NULL)
+		{
+			/*
+			 * Listed before it runs: other launches of the role need not
+			 * wait while its first statements run.
+			 */
+			bg_job_wait_registered(job);
+			bg_registry_unlock_role();
+			bg_job_go(job->shared);
+			bg_job_wait_descriptor(job);
+		}
+		job->stream = stream;
+		bg_create_result_table(job);
+		/* the job may run while we wait; it commits only once attached */
+		bg_job_go(job->shared);
 		bg_job_wait_registered(job);
 		bg_registry_unlock_role();
-		bg_job_go(job->shared);
-		bg_job_wait_descriptor(job);
+		bg_job_attach(job);
 	}
-	job->stream = stream;
-	bg_create_result_table(job);
-	/* the job may run while we wait; it commits only once attached */
-	bg_job_go(job->shared);
-	bg_job_wait_registered(job);
-	bg_registry_unlock_role();
-	bg_job_attach(job);
+	PG_CATCH();
+	{
+		TerminateBackgroundWorker(job->handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	return job->pid;
 }
 
@@ -312,7 +325,17 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 				 errdetail("All background worker slots are in use."),
 				 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor).")));
 
-	status = WaitForBackgroundWorkerStartup(handle, &pid);
+	/* cancelled meanwhile, the worker must not start later */
+	PG_TRY();
+	{
+		status = WaitForBackgroundWorkerStartup(handle, &pid);
+	}
+	PG_CATCH();
+	{
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	if (status == BGWH_STOPPED)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
