@@ -77,9 +77,7 @@ typedef struct BgSupervisorShared
 	slock_t		mutex;
 	pid_t		pid;			/* the running supervisor, or 0: it sets and
 								 * clears it */
-	PGPROC	   *proc;			/* to wake it; set with pid */
 	TimestampTz started_at;		/* when it started; set with pid */
-	bool		preloaded;		/* registered at server start; set once */
 	TimestampTz start_requested_at; /* a start on demand is under way since:
 									 * the starter sets it, the supervisor
 									 * clears it */
@@ -108,7 +106,8 @@ static void bg_supervisor_shmem_startup(void);
 static void bg_supervisor_init_state(void *ptr);
 static BgSupervisorShared *bg_supervisor_state(void);
 static void bg_supervisor_fill_worker(BackgroundWorker *worker,
-									  const char *function, Datum arg);
+									  const char *function, const char *type,
+									  Datum arg);
 static bool bg_supervisor_claim(BgSupervisorShared *sup);
 static bool bg_supervisor_stays(void);
 static void bg_supervisor_release(int code, Datum arg);
@@ -134,7 +133,8 @@ bg_supervisor_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = bg_supervisor_shmem_startup;
 
-	bg_supervisor_fill_worker(&worker, "bg_supervisor_main", (Datum) 0);
+	bg_supervisor_fill_worker(&worker, "bg_supervisor_main", BG_SUPERVISOR_TYPE,
+							  (Datum) 0);
 	/* restarted if it dies; a crash restart restarts it too */
 	worker.bgw_restart_time = 1;
 	RegisterBackgroundWorker(&worker);
@@ -159,10 +159,7 @@ bg_supervisor_shmem_startup(void)
 	bg_sup = ShmemInitStruct("bg_fdw supervisor", sizeof(BgSupervisorShared),
 							 &found);
 	if (!found)
-	{
 		bg_supervisor_init_state(bg_sup);
-		bg_sup->preloaded = true;
-	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -193,9 +190,10 @@ bg_supervisor_state(void)
 	return bg_sup;
 }
 
+/* A worker of the supervisor's (itself or a sweep), named after its type */
 static void
 bg_supervisor_fill_worker(BackgroundWorker *worker, const char *function,
-						  Datum arg)
+						  const char *type, Datum arg)
 {
 	memset(worker, 0, sizeof(BackgroundWorker));
 	worker->bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -204,17 +202,8 @@ bg_supervisor_fill_worker(BackgroundWorker *worker, const char *function,
 	worker->bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker->bgw_library_name, BGW_MAXLEN, "bg_fdw");
 	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
-	if (strcmp(function, "bg_supervisor_main") == 0)
-	{
-		snprintf(worker->bgw_name, BGW_MAXLEN, BG_SUPERVISOR_TYPE);
-		snprintf(worker->bgw_type, BGW_MAXLEN, BG_SUPERVISOR_TYPE);
-	}
-	else
-	{
-		snprintf(worker->bgw_name, BGW_MAXLEN, "bg_fdw sweep of database %u",
-				 DatumGetObjectId(arg));
-		snprintf(worker->bgw_type, BGW_MAXLEN, BG_SWEEP_TYPE);
-	}
+	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", type);
 	worker->bgw_main_arg = arg;
 }
 
@@ -259,7 +248,8 @@ bg_supervisor_ensure(void)
 	if (!start)
 		return;
 
-	bg_supervisor_fill_worker(&worker, "bg_supervisor_main", (Datum) 0);
+	bg_supervisor_fill_worker(&worker, "bg_supervisor_main", BG_SUPERVISOR_TYPE,
+							  (Datum) 0);
 	/* on failure start_requested_at stays: the next try is a while away */
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		ereport(LOG,
@@ -340,7 +330,6 @@ bg_supervisor_claim(BgSupervisorShared *sup)
 	if (sup->pid == other && (bg_sup_preloaded || !sup->sweep_done))
 	{
 		sup->pid = MyProcPid;
-		sup->proc = MyProc;
 		sup->started_at = now;
 		sup->start_requested_at = 0;
 		sup->starts++;
@@ -357,10 +346,7 @@ bg_supervisor_release(int code, Datum arg)
 
 	SpinLockAcquire(&sup->mutex);
 	if (sup->pid == MyProcPid)
-	{
 		sup->pid = 0;
-		sup->proc = NULL;
-	}
 	SpinLockRelease(&sup->mutex);
 }
 
@@ -379,12 +365,11 @@ bg_supervisor_sweep(BgSupervisorShared *sup)
 
 	SpinLockAcquire(&sup->mutex);
 	done = sup->sweep_done;
+	if (!done)
+		sup->databases_swept = 0;
 	SpinLockRelease(&sup->mutex);
 	if (done)
 		return;
-	SpinLockAcquire(&sup->mutex);
-	sup->databases_swept = 0;
-	SpinLockRelease(&sup->mutex);
 	databases = bg_supervisor_databases();
 	foreach(lc, databases)
 	{
@@ -464,7 +449,9 @@ bg_supervisor_sweep_database(Oid dboid)
 	BackgroundWorkerHandle *handle;
 	pid_t		pid;
 
-	bg_supervisor_fill_worker(&worker, "bg_sweep_main", ObjectIdGetDatum(dboid));
+	bg_supervisor_fill_worker(&worker, "bg_sweep_main", BG_SWEEP_TYPE,
+							  ObjectIdGetDatum(dboid));
+	snprintf(worker.bgw_name, BGW_MAXLEN, "bg_fdw sweep of database %u", dboid);
 	worker.bgw_notify_pid = MyProcPid;
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		return false;
