@@ -264,9 +264,9 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
 						   Datum *values, BgJobEntry *entry);
-static void bg_list_put(ReturnSetInfo *rsinfo, int *map, HeapTuple tuple,
-						TupleDesc desc, BgJobEntry *entry, BgJobProbe *probe,
-						Oid caller);
+static void bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname,
+						HeapTuple tuple, TupleDesc desc, BgJobEntry *entry,
+						BgJobProbe *probe, Oid caller);
 static void bg_entry_raise(BgJobEntry *entry);
 static void bg_raise_lost(BgJobEntry *entry);
 pg_noreturn static void bg_raise_unknown(int pid);
@@ -1287,12 +1287,15 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	Oid			types[2] = {OIDOID, TIMESTAMPTZOID};
 	Datum		values[2];
 	int		   *map;
+	Datum		dbname;
 	uint64		i;
 
 	bg_supervisor_ensure();
 
 	InitMaterializedSRF(fcinfo, 0);
 	map = bg_list_map(rsinfo->setDesc);
+	dbname = DirectFunctionCall1(namein,
+								 CStringGetDatum(get_database_name(MyDatabaseId)));
 	if (!bg_registry_open(&call))
 		return (Datum) 0;
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
@@ -1330,7 +1333,8 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 			tuple = again->vals[0];
 			bg_entry_from_tuple(tuple, again->tupdesc, &entry);
 		}
-		bg_list_put(rsinfo, map, tuple, tt->tupdesc, &entry, &probe, caller);
+		bg_list_put(rsinfo, map, dbname, tuple, tt->tupdesc, &entry, &probe,
+					caller);
 	}
 	bg_registry_close(&call);
 	return (Datum) 0;
@@ -1379,8 +1383,8 @@ bg_list_map(TupleDesc desc)
 
 /* One row of bg_jobs, from a row of BG_LIST_QUERY */
 static void
-bg_list_put(ReturnSetInfo *rsinfo, int *map, HeapTuple tuple, TupleDesc desc,
-			BgJobEntry *entry, BgJobProbe *probe, Oid caller)
+bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
+			TupleDesc desc, BgJobEntry *entry, BgJobProbe *probe, Oid caller)
 {
 	Datum		vals[BG_LIST_NCOLUMNS];
 	bool		isnulls[BG_LIST_NCOLUMNS];
@@ -1396,9 +1400,7 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, HeapTuple tuple, TupleDesc desc,
 	vals[BG_LIST_ID] = Int64GetDatum(entry->id);
 	vals[BG_LIST_PID] = Int32GetDatum(entry->pid);
 	vals[BG_LIST_ROLE] = ObjectIdGetDatum(entry->role);
-	vals[BG_LIST_DATABASE] =
-		DirectFunctionCall1(namein,
-							CStringGetDatum(get_database_name(MyDatabaseId)));
+	vals[BG_LIST_DATABASE] = dbname;
 	vals[BG_LIST_QUERY_TEXT] = SPI_getbinval(tuple, desc, 9, &isnull);
 	isnulls[BG_LIST_QUERY_TEXT] = isnull || !privileged;
 	if (running && !RecoveryInProgress() && !(probe->found && probe->worker_alive))
