@@ -147,4 +147,10 @@ SELECT count(*) AS rows, bool_and(md5(r.body) = s.m) AS bodies_intact,
        min(length(r.body)) AS len
   FROM bg_result_:pid r JOIN regress_docs_sums s USING (id);
 
+
+-- Each statement of a job has its own start, as a session's would:
+-- statement_timestamp() moves on from the now() of the job's transaction
+SELECT bg_launch('SELECT pg_sleep(0.01); SELECT statement_timestamp() > now() AS own_start') AS pid \gset
+SELECT * FROM bg_result_:pid;
+
 SELECT regress_no_workers();

@@ -99,8 +99,10 @@ ok( $pre->poll_query_until('postgres',
 		"SELECT state = 'running' AND pid <> $sup FROM bg_supervisor()"),
 	'preloaded: a supervisor killed with SIGKILL is back after the crash restart');
 lost_and_expired($pre, 'preloaded', @pids);
+my $offset = -s $pre->logfile;
 $pre->stop;
-pass('preloaded: the server stops cleanly with its supervisor');
+unlike(slurp_file($pre->logfile, $offset), qr/terminated by signal/,
+	'preloaded: the server stops cleanly with its supervisor');
 
 # Not preloaded.
 my $lazy = PostgreSQL::Test::Cluster->new('not_preloaded');
@@ -164,6 +166,9 @@ else
 	$holder->quit;
 	lost_and_expired($lazy, '15/16, at the next job', $pids[1]);
 }
+$offset = -s $lazy->logfile;
 $lazy->stop;
+unlike(slurp_file($lazy->logfile, $offset), qr/terminated by signal/,
+	'not preloaded: the server stops cleanly');
 
 done_testing();
