@@ -68,9 +68,10 @@
  * before the worker starts and only read afterwards, by anyone (the worker,
  * and sessions probing the job through the registry).  The fields under
  * "mutex" are how the two processes hand over control: the worker publishes
- * its PGPROC and waits for "go"; the launcher says "go" once the result table
- * exists, or "launcher_gone" when it gave up on the job.  Set them with
- * bg_job_set_flag, which also wakes the side that waits for them.
+ * its PGPROC and waits for "go"; the launcher says "go" (for a single
+ * statement, once the result table exists), or "launcher_gone" when it gave
+ * up on the job.  A single flag is set with bg_job_set_flag, which also
+ * wakes the side that waits for it; updates of several take the mutex.
  */
 typedef struct BgJobShared
 {
@@ -261,8 +262,6 @@ typedef struct BgJob
 	SubTransactionId detach_subid;	/* bg_detach pending commit, or 0 */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
-	TimestampTz deadlock_check_at;	/* when a wait for it next looks for a
-									 * deadlock, or 0 */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 } BgJob;
@@ -272,7 +271,6 @@ extern int	bg_default_queue_size;
 extern Oid	bg_server_oid(bool missing_ok);
 
 /* in worker.c */
-extern PGDLLEXPORT void bg_worker_main(Datum main_arg);
 
 /* in dest.c */
 extern DestReceiver *bg_create_dest_receiver(shm_mq_handle *mqh,
@@ -308,7 +306,7 @@ extern Oid	bg_registry_relid(void);
 extern Oid	bg_detached_relid(void);
 extern void bg_registry_tidy(BgJobShared *shared);
 extern void bg_registry_sweep(void);
-extern bool bg_registry_lock_role(Oid role);
+extern void bg_registry_lock_role(Oid role);
 extern void bg_registry_unlock_role(void);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
@@ -319,8 +317,6 @@ extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
 extern void bg_supervisor_init(void);
 extern void bg_supervisor_ensure(void);
 extern void bg_supervisor_prepare(void);
-extern PGDLLEXPORT void bg_supervisor_main(Datum main_arg);
-extern PGDLLEXPORT void bg_sweep_main(Datum main_arg);
 
 /* in spool.c */
 extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb);

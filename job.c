@@ -32,19 +32,15 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
-#include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "libpq/pqformat.h"
 #include "libpq/pqmq.h"
 #include "miscadmin.h"
-#include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "storage/proc.h"
 #include "storage/shm_toc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
@@ -76,7 +72,7 @@ static void bg_job_tuples_detached(BgJob *job);
 static void bg_job_consume_row(void *arg, char *data, uint32 len);
 static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
-static void bg_job_sleep(BgJob *job, long timeout_ms);
+static void bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at);
 static void bg_job_drain_others(BgJob *waiting);
 static shm_mq_result bg_job_take_rows(BgJob *job, int max_rows, Size max_bytes);
 static void bg_drain_error_callback(void *arg);
@@ -354,7 +350,7 @@ bg_job_rows(BgJob *job)
 static void
 bg_job_launched(BgJob *job)
 {
-	bg_job_set_flag(job->shared, &job->shared->go, BG_WAKE_NONE);
+	/* "go" was given before: the worker may now commit */
 	bg_job_set_flag(job->shared, &job->shared->launched, BG_WAKE_WORKER);
 }
 
@@ -570,20 +566,19 @@ bg_job_raise_error(BgJob *job)
 
 /*
  * Sleep until the worker sends something, we are interrupted, or the timeout
- * passes.  Every deadlock_timeout of waiting for the job, whatever wakes us
- * meanwhile (another job's rows arrive every fraction of a second), we look
- * for a deadlock between the two of us.
+ * passes.  Every deadlock_timeout of one wait for the job (*check_at, 0 when
+ * the wait begins), whatever wakes us meanwhile (another job's rows arrive
+ * every fraction of a second), we look for a deadlock between the two of us.
  */
 static void
-bg_job_sleep(BgJob *job, long timeout_ms)
+bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait_ms;
 
-	if (job->deadlock_check_at == 0 ||
-		job->deadlock_check_at > TimestampTzPlusMilliseconds(now, DeadlockTimeout))
-		job->deadlock_check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
-	wait_ms = Max(TimestampDifferenceMilliseconds(now, job->deadlock_check_at), 0);
+	if (*check_at == 0)
+		*check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
+	wait_ms = TimestampDifferenceMilliseconds(now, *check_at);
 	if (timeout_ms >= 0 && timeout_ms < wait_ms)
 		wait_ms = timeout_ms;
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -591,9 +586,9 @@ bg_job_sleep(BgJob *job, long timeout_ms)
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	now = GetCurrentTimestamp();
-	if (now >= job->deadlock_check_at)
+	if (now >= *check_at)
 	{
-		job->deadlock_check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
+		*check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
 		bg_job_check_deadlock(job);
 	}
 }
@@ -726,6 +721,7 @@ bool
 bg_job_wait(BgJob *job, long timeout_ms)
 {
 	TimestampTz deadline = 0;
+	TimestampTz check_at = 0;
 
 	/* waiting takes a stream job's rows, which an open scan is reading */
 	if (job->stream && bg_job_in_use(job))
@@ -753,7 +749,7 @@ bg_job_wait(BgJob *job, long timeout_ms)
 			if (remaining <= 0)
 				return false;
 		}
-		bg_job_sleep(job, remaining);
+		bg_job_sleep(job, remaining, &check_at);
 	}
 }
 
@@ -765,6 +761,8 @@ bg_job_wait(BgJob *job, long timeout_ms)
 void
 bg_job_wait_descriptor(BgJob *job)
 {
+	TimestampTz check_at = 0;
+
 	for (;;)
 	{
 		bg_job_read_messages(job);
@@ -775,7 +773,7 @@ bg_job_wait_descriptor(BgJob *job)
 		if (job->state == BG_JOB_FINISHED)
 			elog(ERROR, "background job %d finished without describing its result",
 				 job->pid);
-		bg_job_sleep(job, -1);
+		bg_job_sleep(job, -1, &check_at);
 	}
 }
 
@@ -786,6 +784,8 @@ bg_job_wait_descriptor(BgJob *job)
 void
 bg_job_wait_registered(BgJob *job)
 {
+	TimestampTz check_at = 0;
+
 	for (;;)
 	{
 		if (bg_job_get_flag(job->shared, &job->shared->registered))
@@ -793,7 +793,7 @@ bg_job_wait_registered(BgJob *job)
 		bg_job_read_messages(job);
 		if (job->state == BG_JOB_FAILED)
 			bg_job_raise_error(job);
-		bg_job_sleep(job, -1);
+		bg_job_sleep(job, -1, &check_at);
 	}
 }
 
@@ -971,6 +971,8 @@ bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup)
 static MinimalTuple
 bg_job_receive(BgJob *job)
 {
+	TimestampTz check_at = 0;
+
 	for (;;)
 	{
 		shm_mq_result res = SHM_MQ_DETACHED;
@@ -997,7 +999,7 @@ bg_job_receive(BgJob *job)
 				bg_job_raise_error(job);
 			return NULL;
 		}
-		bg_job_sleep(job, -1);
+		bg_job_sleep(job, -1, &check_at);
 		bg_job_drain_others(job);
 	}
 }

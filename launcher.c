@@ -125,21 +125,20 @@ bg_launch(PG_FUNCTION_ARGS)
 	bg_check_table_privileges();
 	stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
 
-	/* bg_fdw.max_jobs_per_role: no other launch by the role until ours is listed */
-	if (!bg_registry_lock_role(GetUserId()))
-		pid = bg_launch_job(sql, queue_size, desc, stream);
-	else
+	/*
+	 * bg_fdw.max_jobs_per_role: no other launch by the role until ours is
+	 * listed.  The lock is a session's: whatever fails, release it.
+	 */
+	PG_TRY();
 	{
-		PG_TRY();
-		{
-			pid = bg_launch_job(sql, queue_size, desc, stream);
-		}
-		PG_FINALLY();
-		{
-			bg_registry_unlock_role();
-		}
-		PG_END_TRY();
+		bg_registry_lock_role(GetUserId());
+		pid = bg_launch_job(sql, queue_size, desc, stream);
 	}
+	PG_FINALLY();
+	{
+		bg_registry_unlock_role();
+	}
+	PG_END_TRY();
 	/* after the job has its slot, so that the supervisor never takes it */
 	bg_supervisor_ensure();
 	PG_RETURN_INT32(pid);
@@ -154,37 +153,28 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 {
 	BgJob	   *job = bg_start_job(sql, queue_size, desc, stream);
 
-	/*
-	 * A launch that fails or is cancelled from here on stops its worker at
-	 * once: it must not run on (holding locks and a slot) until it finds out.
-	 */
-	PG_TRY();
+	if (desc == NULL)
 	{
-		if (desc == NULL)
-		{
-			/*
-			 * Listed before it runs: other launches of the role need not
-			 * wait while its first statements run.
-			 */
-			bg_job_wait_registered(job);
-			bg_registry_unlock_role();
-			bg_job_go(job->shared);
-			bg_job_wait_descriptor(job);
-		}
-		job->stream = stream;
-		bg_create_result_table(job);
+		/*
+		 * The result's columns come once the last statement starts: listed
+		 * before it runs, the job need not hold up other launches of the
+		 * role while its first statements run.
+		 */
+		bg_job_wait_registered(job);
+		bg_registry_unlock_role();
+		bg_job_go(job->shared);
+		bg_job_wait_descriptor(job);
+	}
+	job->stream = stream;
+	bg_create_result_table(job);
+	if (desc != NULL)
+	{
 		/* the job may run while we wait; it commits only once attached */
 		bg_job_go(job->shared);
 		bg_job_wait_registered(job);
 		bg_registry_unlock_role();
-		bg_job_attach(job);
 	}
-	PG_CATCH();
-	{
-		TerminateBackgroundWorker(job->handle);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	bg_job_attach(job);
 	return job->pid;
 }
 
@@ -281,9 +271,10 @@ bg_queue_size_arg(FunctionCallInfo fcinfo)
 
 /*
  * Create the job's segment, start its worker and wait until the worker
- * exists.  The worker then waits for bg_job_go before running anything, so
- * that a launch that fails after this point runs nothing: the segment is
- * detached by transaction abort, and bg_launcher_detach tells the worker.
+ * exists.  However a launch ends without success from then on (an error, a
+ * cancel, the session's exit), the segment is detached and
+ * bg_launcher_detach stops the worker: one waiting for bg_job_go runs
+ * nothing, one already running its first statements is terminated.
  *
  * The job's memory hangs off the current transaction until bg_job_attach
  * adopts it for the session.
@@ -462,15 +453,28 @@ bg_new_job_id(void)
 }
 
 /*
- * on_dsm_detach callback of the launcher: the worker must learn that nobody
- * will say "go" any more (a launch that failed, or a session that ended).
+ * on_dsm_detach callback of the launcher.  After a successful launch this
+ * changes nothing.  Otherwise the worker must not run on until it finds out
+ * (holding locks and a slot): one that is running statements is terminated
+ * at once; one still waiting for "go" learns that none will come.
  */
 static void
 bg_launcher_detach(dsm_segment *seg, Datum arg)
 {
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
+	PGPROC	   *worker;
+	pid_t		stop = 0;
 
-	bg_job_set_flag(shared, &shared->launcher_gone, BG_WAKE_WORKER);
+	SpinLockAcquire(&shared->mutex);
+	shared->launcher_gone = true;
+	worker = shared->worker_proc;
+	if (worker != NULL && !shared->launched && !shared->worker_exited)
+		stop = worker->pid;
+	SpinLockRelease(&shared->mutex);
+	if (stop != 0)
+		(void) kill(stop, SIGTERM);
+	else if (worker != NULL)
+		SetLatch(&worker->procLatch);
 }
 
 /* Let the worker run its statements. */

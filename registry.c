@@ -1701,11 +1701,11 @@ static Oid	bg_launch_locked_role = InvalidOid;
 
 /*
  * Lock out other launches by the role until ours is registered, and refuse
- * it if the role already runs bg_fdw.max_jobs_per_role jobs here.  Returns
- * whether the lock was taken; bg_registry_unlock_role releases it, as soon
- * as the job is listed.
+ * it if the role already runs bg_fdw.max_jobs_per_role jobs here.  Without
+ * a limit no lock is taken.  bg_registry_unlock_role releases it, as soon as
+ * the job is listed.
  */
-bool
+void
 bg_registry_lock_role(Oid role)
 {
 	LOCKTAG		tag;
@@ -1717,7 +1717,7 @@ bg_registry_lock_role(Oid role)
 	uint64		i;
 
 	if (bg_max_jobs_per_role < 0 || RecoveryInProgress())
-		return false;
+		return;
 	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, AuthIdRelationId, role, 0);
 	(void) LockAcquire(&tag, ExclusiveLock, true, false);
 	bg_launch_locked_role = role;
@@ -1747,8 +1747,6 @@ bg_registry_lock_role(Oid role)
 	}
 
 	if (running >= bg_max_jobs_per_role)
-	{
-		bg_registry_unlock_role();
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many background jobs for role \"%s\"",
@@ -1757,8 +1755,6 @@ bg_registry_lock_role(Oid role)
 								  "The role runs %d jobs in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
 								  running, running, bg_max_jobs_per_role),
 				 errhint("Wait for a job to end, or cancel one with bg_cancel().")));
-	}
-	return true;
 }
 
 /* Release the launch lock, if this session holds one */

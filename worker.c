@@ -27,10 +27,7 @@
 #include "postgres.h"
 
 #include "access/parallel.h"
-#include "access/printtup.h"
 #include "access/xact.h"
-#include "commands/dbcommands.h"
-#include "libpq/libpq.h"
 #include "libpq/pqformat.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -52,6 +49,9 @@
 
 #include "bg_fdw.h"
 #include "compat.h"
+
+/* found by the postmaster by name */
+PGDLLEXPORT void bg_worker_main(Datum main_arg);
 
 /* The job's segment, for the worker's exit callback */
 static dsm_segment *bg_worker_segment = NULL;
@@ -381,20 +381,21 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 	for (;;)
 	{
 		bool		ready;
-		bool		gone;
+		bool		failed;
 		int			rc;
 
 		SpinLockAcquire(&shared->mutex);
 		ready = launched ? shared->launched : shared->go;
-		gone = shared->launcher_gone;
+		failed = shared->launcher_gone && !shared->launched;
 		SpinLockRelease(&shared->mutex);
 
-		if (ready)
-			return;
-		if (gone)
+		/* gone before the launch succeeded: even a "go" given is void */
+		if (failed)
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("canceling background job because its launch failed")));
+		if (ready)
+			return;
 
 		/* the launcher may be waiting for a message the queue could not take */
 		bg_spill_push_messages();

@@ -60,6 +60,28 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '0',
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM bg_jobs'),
 	'and is not listed');
 
+# The same when the launching session is terminated during the launch.
+$b->query_safe('BEGIN; LOCK TABLE l');
+my $e = $node->background_psql('postgres', on_error_stop => 0);
+my $e_pid = $e->query_safe('SELECT pg_backend_pid()');
+chomp $e_pid;
+$e->query_until(qr/launching/, q{
+	\echo launching
+	SELECT bg_launch('INSERT INTO t VALUES (3); LOCK TABLE l; SELECT 1');
+});
+$node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_locks k JOIN pg_stat_activity s USING (pid)
+	 WHERE NOT k.granted AND s.backend_type = 'bg_fdw worker'
+}) or die 'the job never waited for the lock';
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($e_pid)");
+ok( $node->poll_query_until('postgres', q{
+		SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker'}),
+	'the job of a launch whose session was terminated is stopped at once');
+$b->query_safe('COMMIT');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '0',
+	'and does not commit');
+eval { $e->quit };
+
 # A launch that succeeds commits, even if the session then goes away.
 my $c = $node->background_psql('postgres');
 my $c_pid = $c->query_safe('SELECT pg_backend_pid()');
