@@ -107,6 +107,15 @@ bg_wait_event_lookup(const char *name)
 #endif
 }
 
+/* The same, looked up once per process (on 17 and later a lookup locks) */
+static inline uint32
+bg_wait_event_cached(const char *name, uint32 *cache)
+{
+	if (*cache == 0)
+		*cache = bg_wait_event_lookup(name);
+	return *cache;
+}
+
 /* A sender waiting for room in a shm_mq (renamed in 17) */
 static inline uint32
 bg_wait_event_mq_send(void)

@@ -74,18 +74,14 @@ bg_job_get_flag(BgJobShared *shared, bool *flag)
 uint32
 bg_wait_event_job(void)
 {
-	if (bg_wait_event_job_id == 0)
-		bg_wait_event_job_id = bg_wait_event_lookup("BgFdwJob");
-	return bg_wait_event_job_id;
+	return bg_wait_event_cached("BgFdwJob", &bg_wait_event_job_id);
 }
 
 /* What a worker waits under while it waits for its launch: "BgFdwLaunch" */
 uint32
 bg_wait_event_launch(void)
 {
-	if (bg_wait_event_launch_id == 0)
-		bg_wait_event_launch_id = bg_wait_event_lookup("BgFdwLaunch");
-	return bg_wait_event_launch_id;
+	return bg_wait_event_cached("BgFdwLaunch", &bg_wait_event_launch_id);
 }
 
 /* Is the backend with this PID waiting for a lock this backend holds? */

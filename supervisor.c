@@ -62,6 +62,10 @@
 
 PG_FUNCTION_INFO_V1(bg_supervisor);
 
+/* found by the postmaster by name */
+PGDLLEXPORT void bg_supervisor_main(Datum main_arg);
+PGDLLEXPORT void bg_sweep_main(Datum main_arg);
+
 /*
  * A start on demand that has not shown up after this long is taken to have
  * failed (the postmaster could not fork it), and the next call tries again.
@@ -536,7 +540,5 @@ bg_supervisor(PG_FUNCTION_ARGS)
 static uint32
 bg_wait_event_supervisor(void)
 {
-	if (bg_wait_event_supervisor_id == 0)
-		bg_wait_event_supervisor_id = bg_wait_event_lookup("BgFdwSupervisor");
-	return bg_wait_event_supervisor_id;
+	return bg_wait_event_cached("BgFdwSupervisor", &bg_wait_event_supervisor_id);
 }
