@@ -25,22 +25,32 @@ create_gate($node, 'postgres');
 
 # Session B holds a lock the job's second statement needs.
 my $b = $node->background_psql('postgres');
-$b->query_safe('BEGIN; LOCK TABLE l');
 
-# Session A launches; bg_launch waits for the job to reach its last statement.
-my $a = $node->background_psql('postgres', on_error_stop => 0);
-my $a_pid = $a->query_safe('SELECT pg_backend_pid()');
-chomp $a_pid;
-$a->query_until(qr/launching/, q{
-	\echo launching
-	SELECT bg_launch('INSERT INTO t VALUES (1); LOCK TABLE l; SELECT 1');
-});
+# A session launches a job that inserts a row and then waits for B's lock;
+# bg_launch waits for the job to reach its last statement.  Returns the
+# session and its PID once the job waits for the lock.
+sub launch_blocked_job
+{
+	$b->query_safe('BEGIN; LOCK TABLE l');
+	my $s = $node->background_psql('postgres', on_error_stop => 0);
+	my $s_pid = $s->query_safe('SELECT pg_backend_pid()');
+	chomp $s_pid;
+	$s->query_until(qr/launching/, q{
+		\echo launching
+		SELECT bg_launch('INSERT INTO t VALUES (1); LOCK TABLE l; SELECT 1');
+	});
+	$node->poll_query_until('postgres', q{
+		SELECT count(*) = 1 FROM pg_locks k JOIN pg_stat_activity s USING (pid)
+		 WHERE NOT k.granted AND s.backend_type = 'bg_fdw worker'
+	}) or die 'the job never waited for the lock';
+	return ($s, $s_pid);
+}
 
-# Wait until the job waits for the lock, then cancel the launch.
-$node->poll_query_until('postgres', q{
-	SELECT count(*) = 1 FROM pg_locks k JOIN pg_stat_activity s USING (pid)
-	 WHERE NOT k.granted AND s.backend_type = 'bg_fdw worker'
-}) or die 'the job never waited for the lock';
+my $no_workers = q{SELECT count(*) = 0 FROM pg_stat_activity
+	WHERE backend_type = 'bg_fdw worker'};
+
+# The launch is cancelled.
+my ($a, $a_pid) = launch_blocked_job();
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($a_pid)");
 $node->poll_query_until('postgres',
 	"SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $a_pid")
@@ -48,8 +58,7 @@ $node->poll_query_until('postgres',
 
 # The job is stopped at once, though the lock it waits for is still held:
 # it holds no lock and no worker slot, commits nothing and is not listed.
-ok( $node->poll_query_until('postgres', q{
-		SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker'}),
+ok($node->poll_query_until('postgres', $no_workers),
 	'the job of a cancelled launch is stopped at once');
 is($node->safe_psql('postgres',
 		q{SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass}),
@@ -61,21 +70,9 @@ ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM bg_jobs'),
 	'and is not listed');
 
 # The same when the launching session is terminated during the launch.
-$b->query_safe('BEGIN; LOCK TABLE l');
-my $e = $node->background_psql('postgres', on_error_stop => 0);
-my $e_pid = $e->query_safe('SELECT pg_backend_pid()');
-chomp $e_pid;
-$e->query_until(qr/launching/, q{
-	\echo launching
-	SELECT bg_launch('INSERT INTO t VALUES (3); LOCK TABLE l; SELECT 1');
-});
-$node->poll_query_until('postgres', q{
-	SELECT count(*) = 1 FROM pg_locks k JOIN pg_stat_activity s USING (pid)
-	 WHERE NOT k.granted AND s.backend_type = 'bg_fdw worker'
-}) or die 'the job never waited for the lock';
+my ($e, $e_pid) = launch_blocked_job();
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($e_pid)");
-ok( $node->poll_query_until('postgres', q{
-		SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bg_fdw worker'}),
+ok($node->poll_query_until('postgres', $no_workers),
 	'the job of a launch whose session was terminated is stopped at once');
 $b->query_safe('COMMIT');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '0',
