@@ -102,3 +102,60 @@ CREATE FUNCTION @extschema@.bg_supervisor(
 RETURNS record
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+
+-- A job keeps its result, for any session with the privileges of its role,
+-- until bg_forget or expiry: the size of its kept file (keep.c), 0 when only
+-- the completion tag is kept (in this row), NULL when nothing is.
+ALTER TABLE @extschema@.bg_job_registry ADD COLUMN kept_bytes bigint;
+
+-- bg_launch gains "keep".  Its grants, to bg_fdw_user and to whoever a
+-- superuser granted it since, go to the new declaration.
+CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL,
+                                      stream boolean DEFAULT false,
+                                      keep boolean DEFAULT true)
+RETURNS integer
+AS 'MODULE_PATHNAME'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean, boolean) FROM PUBLIC;
+
+DO $$
+DECLARE
+  old pg_catalog.regprocedure :=
+    '@extschema@.bg_launch(pg_catalog.text, pg_catalog.int4, pg_catalog.bool)';
+  g record;
+BEGIN
+  FOR g IN
+    SELECT a.grantee, a.is_grantable
+      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+     WHERE p.oid OPERATOR(pg_catalog.=) old
+       AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+  LOOP
+    EXECUTE pg_catalog.format(
+      'GRANT EXECUTE ON FUNCTION @extschema@.bg_launch(pg_catalog.text, pg_catalog.int4, pg_catalog.bool, pg_catalog.bool) TO %s%s',
+      CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+           ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
+      CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+  END LOOP;
+END
+$$;
+DROP FUNCTION @extschema@.bg_launch(text, integer, boolean);
+
+-- bg_jobs gains columns at the end.  Its rows come from a function whose
+-- result is a composite type, so that a later version adds attributes to
+-- the type and replaces the view, and views built on bg_jobs keep working.
+CREATE TYPE @extschema@.bg_job_info AS (
+  id bigint, pid integer, role regrole, database name, query text,
+  state text, launched_at timestamptz, finished_at timestamptz, rows bigint,
+  command text, sqlstate text, error text, attached boolean,
+  kept boolean, kept_bytes bigint);
+
+CREATE FUNCTION @extschema@.bg_job_list()
+RETURNS SETOF @extschema@.bg_job_info
+AS 'MODULE_PATHNAME', 'bg_list_jobs'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE OR REPLACE VIEW @extschema@.bg_jobs AS
+  SELECT id, pid, role, database, query, state, launched_at, finished_at,
+         rows, command, sqlstate, error, attached, kept, kept_bytes
+  FROM @extschema@.bg_job_list();
+DROP FUNCTION @extschema@.bg_list_jobs();

@@ -89,8 +89,10 @@ typedef struct BgTableOptions
  */
 typedef struct BgScanState
 {
-	BgJob	   *job;			/* the job whose result we read */
+	BgJob	   *job;			/* the job whose result we read, if this
+								 * session holds it */
 	int			reader;			/* our reader of the job's spool */
+	BgKeepReader *kept;			/* else the reader of its kept result */
 } BgScanState;
 
 void		_PG_init(void);
@@ -129,12 +131,20 @@ static bool is_valid_option(const char *option, Oid context);
 static int	bg_parse_pid(const char *value);
 static int64 bg_parse_job_id(const char *value);
 static void bg_table_options(Oid relid, BgTableOptions *opts);
-static void bg_check_table_matches(Relation rel, BgJob *job);
+static void bg_check_table_matches(Relation rel, TupleDesc jdesc, int pid);
+static bool bg_job_held_id(int pid, int64 job_id);
+static BgKeepReader *bg_open_kept(int pid, int64 job_id);
+static Datum bg_result_kept(FunctionCallInfo fcinfo, int pid);
+static void bg_check_definition_list(TupleDesc given, TupleDesc desc, int pid);
+static List *bg_import_kept(ImportForeignSchemaStmt *stmt,
+							ForeignServer *server, List *session_ids);
+static bool bg_import_wanted(ImportForeignSchemaStmt *stmt, const char *name);
 static void bg_drop_job_tables(BgJob *job);
 static long bg_interval_ms(Interval *interval);
 static bool bg_job_held(int pid);
 static char *bg_describe_types(TupleDesc desc);
-static char *bg_table_definition(BgJob *job, ForeignServer *server);
+static char *bg_table_definition(const char *name, int pid, int64 job_id,
+								 TupleDesc desc, ForeignServer *server);
 static char *bg_collation_name(Oid collid);
 
 void
@@ -169,6 +179,16 @@ _PG_init(void)
 							BG_MAX_QUEUE_SIZE,
 							PGC_USERSET,
 							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_result_size",
+							"Largest result a background job may keep for later reading.",
+							"A job whose kept result grows past it fails. -1 means no limit but \"temp_file_limit\".",
+							&bg_max_result_size,
+							1024 * 1024,
+							-1,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bg_fdw");
 	bg_supervisor_init();
@@ -422,10 +442,9 @@ bgExplainForeignScan(ForeignScanState *node, ExplainState *es)
  * differently: that would be garbage, or worse.
  */
 static void
-bg_check_table_matches(Relation rel, BgJob *job)
+bg_check_table_matches(Relation rel, TupleDesc jdesc, int pid)
 {
 	TupleDesc	tdesc = RelationGetDescr(rel);
-	TupleDesc	jdesc = job->desc;
 	int			i;
 
 	if (bg_desc_equal(tdesc, jdesc))
@@ -435,7 +454,7 @@ bg_check_table_matches(Relation rel, BgJob *job)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("foreign table \"%s\" does not match the result of background job %d",
-						RelationGetRelationName(rel), job->pid),
+						RelationGetRelationName(rel), pid),
 				 errdetail("The table has %d columns, the job's result has %d.",
 						   tdesc->natts, jdesc->natts)));
 	for (i = 0; i < tdesc->natts; i++)
@@ -447,13 +466,13 @@ bg_check_table_matches(Relation rel, BgJob *job)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("foreign table \"%s\" does not match the result of background job %d",
-							RelationGetRelationName(rel), job->pid),
+							RelationGetRelationName(rel), pid),
 					 errdetail("The table has a dropped column.")));
 		if (ta->atttypid != ja->atttypid || ta->atttypmod != ja->atttypmod)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("foreign table \"%s\" does not match the result of background job %d",
-							RelationGetRelationName(rel), job->pid),
+							RelationGetRelationName(rel), pid),
 					 errdetail("Column %d \"%s\" has type %s, the job's result has type %s.",
 							   i + 1, NameStr(ta->attname),
 							   format_type_with_typemod(ta->atttypid, ta->atttypmod),
@@ -473,11 +492,18 @@ bgBeginForeignScan(ForeignScanState *node, int eflags)
 		return;
 
 	bg_table_options(RelationGetRelid(rel), &opts);
-	state = palloc(sizeof(BgScanState));
-	state->job = bg_job_lookup_attached(opts.pid, opts.job_id);
-	bg_check_table_matches(rel, state->job);
-	state->reader = bg_reader_open(state->job, node->ss.ss_ScanTupleSlot);
+	state = palloc0(sizeof(BgScanState));
 	node->fdw_state = state;
+	if (!bg_job_held_id(opts.pid, opts.job_id))
+	{
+		/* a job of another session, or one this session let go of */
+		state->kept = bg_open_kept(opts.pid, opts.job_id);
+		bg_check_table_matches(rel, bg_keep_desc(state->kept), opts.pid);
+		return;
+	}
+	state->job = bg_job_lookup_attached(opts.pid, opts.job_id);
+	bg_check_table_matches(rel, state->job->desc, opts.pid);
+	state->reader = bg_reader_open(state->job, node->ss.ss_ScanTupleSlot);
 }
 
 static TupleTableSlot *
@@ -485,7 +511,10 @@ bgIterateForeignScan(ForeignScanState *node)
 {
 	BgScanState *state = (BgScanState *) node->fdw_state;
 
-	(void) bg_reader_next(state->job, state->reader);
+	if (state->kept)
+		(void) bg_keep_next(state->kept, node->ss.ss_ScanTupleSlot);
+	else
+		(void) bg_reader_next(state->job, state->reader);
 	return node->ss.ss_ScanTupleSlot;
 }
 
@@ -494,7 +523,10 @@ bgReScanForeignScan(ForeignScanState *node)
 {
 	BgScanState *state = (BgScanState *) node->fdw_state;
 
-	bg_reader_rescan(state->job, state->reader);
+	if (state->kept)
+		bg_keep_rewind(state->kept);
+	else
+		bg_reader_rescan(state->job, state->reader);
 }
 
 static void
@@ -502,23 +534,54 @@ bgEndForeignScan(ForeignScanState *node)
 {
 	BgScanState *state = (BgScanState *) node->fdw_state;
 
-	if (state)
+	if (state == NULL)
+		return;
+	if (state->kept)
+		bg_keep_close(state->kept);
+	else
 		bg_reader_close(state->job, state->reader);
+}
+
+/*
+ * Does this session hold the result of this job (or of the newest job it
+ * launched with this PID, if job_id is 0)?  Otherwise it is read from what
+ * the job kept.
+ */
+static bool
+bg_job_held_id(int pid, int64 job_id)
+{
+	BgJob	   *job = bg_job_lookup(pid, job_id, true);
+
+	return job != NULL && job->state != BG_JOB_DETACHED &&
+		job->detach_subid == InvalidSubTransactionId;
+}
+
+/* Open the kept result of a job, as the registry finds it for the caller. */
+static BgKeepReader *
+bg_open_kept(int pid, int64 job_id)
+{
+	BgKeptJob	kj;
+
+	bg_registry_kept_job(pid, job_id, &kj);
+	return bg_keep_open(kj.pid, kj.id, kj.kept_bytes, kj.command);
 }
 
 /*
  * bgImportForeignSchema
  *		The server has one schema, "jobs": a table for each job of this
- *		session whose result can still be read.  This is how a result table
- *		comes back after the transaction that created it rolled back, or
- *		appears in another schema.  LIMIT TO and EXCEPT are applied by the
- *		core code to the names returned.
+ *		session whose result it can still read, and for each finished job
+ *		of the database whose kept result the caller may read.  This is how
+ *		a result table comes back after the transaction that created it
+ *		rolled back, or appears in another schema or another session.
+ *		LIMIT TO and EXCEPT are applied by the core code to the names
+ *		returned.
  */
 static List *
 bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 {
 	ForeignServer *server = GetForeignServer(serverOid);
 	List	   *commands = NIL;
+	List	   *session_ids = NIL;
 	ListCell   *lc;
 
 	if (strcmp(stmt->remote_schema, "jobs") != 0)
@@ -536,9 +599,85 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 			job->detach_subid != InvalidSubTransactionId ||
 			job->stream_taken || job->desc == NULL || !bg_job_visible(job))
 			continue;
-		commands = lappend(commands, bg_table_definition(job, server));
+		commands = lappend(commands,
+						   bg_table_definition(psprintf("bg_result_%d", job->pid),
+											   job->pid, job->job_id,
+											   job->desc, server));
+		session_ids = lappend(session_ids, &job->job_id);
+	}
+	return list_concat(commands, bg_import_kept(stmt, server, session_ids));
+}
+
+/*
+ * Tables for the kept results the caller may read, other than those of the
+ * jobs this session holds.  A PID names the newest such job; an older job
+ * with the same PID (PIDs are reused) is bg_result_<pid>_<job id>.
+ */
+static List *
+bg_import_kept(ImportForeignSchemaStmt *stmt, ForeignServer *server,
+			   List *session_ids)
+{
+	List	   *kept = bg_registry_kept_jobs();
+	List	   *commands = NIL;
+	ListCell   *lc;
+
+	foreach(lc, kept)
+	{
+		BgKeptJob  *kj = lfirst(lc);
+		bool		newest = true;
+		ListCell   *lc2;
+		BgKeepReader *r;
+		char	   *name;
+
+		foreach(lc2, session_ids)
+		{
+			if (*(int64 *) lfirst(lc2) == kj->id)
+				break;
+		}
+		if (lc2 != NULL)
+			continue;
+		/* the list is oldest first */
+		for_each_from(lc2, kept, foreach_current_index(lc) + 1)
+		{
+			if (((BgKeptJob *) lfirst(lc2))->pid == kj->pid)
+				newest = false;
+		}
+		foreach(lc2, bg_session_jobs())
+		{
+			if (((BgJob *) lfirst(lc2))->pid == kj->pid &&
+				((BgJob *) lfirst(lc2))->job_id > kj->id)
+				newest = false;
+		}
+		name = newest ? psprintf("bg_result_%d", kj->pid) :
+			psprintf("bg_result_%d_" INT64_FORMAT, kj->pid, kj->id);
+		if (!bg_import_wanted(stmt, name))
+			continue;
+		r = bg_keep_open(kj->pid, kj->id, kj->kept_bytes, kj->command);
+		commands = lappend(commands,
+						   bg_table_definition(name, kj->pid, kj->id,
+											   bg_keep_desc(r), server));
+		bg_keep_close(r);
 	}
 	return commands;
+}
+
+/*
+ * Would LIMIT TO or EXCEPT keep this table?  Core code applies them too; a
+ * kept result they leave out is not even opened.
+ */
+static bool
+bg_import_wanted(ImportForeignSchemaStmt *stmt, const char *name)
+{
+	ListCell   *lc;
+
+	if (stmt->list_type == FDW_IMPORT_SCHEMA_ALL)
+		return true;
+	foreach(lc, stmt->table_list)
+	{
+		if (strcmp(((RangeVar *) lfirst(lc))->relname, name) == 0)
+			return stmt->list_type == FDW_IMPORT_SCHEMA_LIMIT_TO;
+	}
+	return stmt->list_type == FDW_IMPORT_SCHEMA_EXCEPT;
 }
 
 /* A collation's schema-qualified, quoted name */
@@ -562,16 +701,17 @@ bg_collation_name(Oid collid)
  * CREATE FOREIGN TABLE for a job's result, safe under any search_path.
  */
 static char *
-bg_table_definition(BgJob *job, ForeignServer *server)
+bg_table_definition(const char *name, int pid, int64 job_id, TupleDesc desc,
+					ForeignServer *server)
 {
 	StringInfoData buf;
 	int			i;
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "CREATE FOREIGN TABLE bg_result_%d (", job->pid);
-	for (i = 0; i < job->desc->natts; i++)
+	appendStringInfo(&buf, "CREATE FOREIGN TABLE %s (", quote_identifier(name));
+	for (i = 0; i < desc->natts; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(job->desc, i);
+		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		appendStringInfo(&buf, "%s%s %s", i > 0 ? ", " : "",
 						 quote_identifier(NameStr(att->attname)),
@@ -584,7 +724,7 @@ bg_table_definition(BgJob *job, ForeignServer *server)
 							 bg_collation_name(att->attcollation));
 	}
 	appendStringInfo(&buf, ") SERVER %s OPTIONS (pid '%d', job '" INT64_FORMAT "')",
-					 quote_identifier(server->servername), job->pid, job->job_id);
+					 quote_identifier(server->servername), pid, job_id);
 	return buf.data;
 }
 
@@ -597,24 +737,22 @@ bg_table_definition(BgJob *job, ForeignServer *server)
  * bg_result(pid integer) RETURNS SETOF record
  *
  * The job's rows through a column definition list, for code that does not
- * want a table.  Waits for the job to end.
+ * want a table.  Waits for the job to end if this session holds it; else
+ * reads what the job kept.
  */
 Datum
 bg_result(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	BgJob	   *job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+	BgJob	   *job;
 	TupleTableSlot *slot;
 	int			reader;
 
+	if (!bg_job_held(PG_GETARG_INT32(0)))
+		return bg_result_kept(fcinfo, PG_GETARG_INT32(0));
+	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	if (!bg_desc_equal(rsinfo->setDesc, job->desc))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("column definition list does not match the result of background job %d",
-						job->pid),
-				 errdetail("The result has %d columns of types %s.",
-						   job->desc->natts, bg_describe_types(job->desc))));
+	bg_check_definition_list(rsinfo->setDesc, job->desc, job->pid);
 
 	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsHeapTuple);
 	reader = bg_reader_open(job, slot);
@@ -624,6 +762,37 @@ bg_result(PG_FUNCTION_ARGS)
 	ExecDropSingleTupleTableSlot(slot);
 
 	return (Datum) 0;
+}
+
+/* bg_result of a job this session does not hold: its kept result */
+static Datum
+bg_result_kept(FunctionCallInfo fcinfo, int pid)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	BgKeepReader *r = bg_open_kept(pid, 0);
+	TupleTableSlot *slot;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	bg_check_definition_list(rsinfo->setDesc, bg_keep_desc(r), pid);
+	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsHeapTuple);
+	while (bg_keep_next(r, slot))
+		tuplestore_puttupleslot(rsinfo->setResult, slot);
+	bg_keep_close(r);
+	ExecDropSingleTupleTableSlot(slot);
+	return (Datum) 0;
+}
+
+/* Refuse a column definition list that does not lay rows out as the result */
+static void
+bg_check_definition_list(TupleDesc given, TupleDesc desc, int pid)
+{
+	if (!bg_desc_equal(given, desc))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column definition list does not match the result of background job %d",
+						pid),
+				 errdetail("The result has %d columns of types %s.",
+						   desc->natts, bg_describe_types(desc))));
 }
 
 /* List a descriptor's types, for messages. */

@@ -95,6 +95,8 @@ typedef struct BgJobShared
 								 * it */
 	bool		stream;			/* rows wait for the reader, none are kept;
 								 * worker's DestReceiver reads it */
+	bool		keep;			/* keep the result in a file for any
+								 * session (keep.c); worker reads it */
 	Oid			registry_relid; /* bg_job_registry, or InvalidOid; worker
 								 * writes its row there */
 	Oid			detached_relid; /* bg_job_detached, or InvalidOid; worker
@@ -103,6 +105,10 @@ typedef struct BgJobShared
 	/* Written without the mutex */
 	pg_atomic_uint64 rows;		/* rows sent so far: worker's DestReceiver
 								 * adds; launcher and bg_jobs read */
+	pg_atomic_uint64 kept_size; /* bytes of the kept file so far, and at the
+								 * end its size (0: only the tag is kept):
+								 * worker writes; bg_jobs and the registry
+								 * read */
 
 	/* Under the mutex */
 	slock_t		mutex;			/* protects the fields below */
@@ -160,6 +166,13 @@ typedef enum BgWake
 #define Anum_bg_job_registry_command		12
 #define Anum_bg_job_registry_sqlstate		13
 #define Anum_bg_job_registry_error			14
+
+/*
+ * Columns of 1.1 that the library uses where they exist, so that it serves
+ * a 1.0 table until ALTER EXTENSION UPDATE: the size of the job's kept
+ * result (NULL: none; 0: only the completion tag, in the row).
+ */
+#define Anum_bg_job_registry_kept_bytes		15
 
 /* Jobs whose launching session detached them, beside the registry */
 #define BG_DETACHED_TABLE					"bg_job_detached"
@@ -278,6 +291,7 @@ extern DestReceiver *bg_create_dest_receiver(shm_mq_handle *mqh,
 											 SharedFileSet *fileset,
 											 TupleDesc actual, TupleDesc desc);
 extern void bg_dest_send_command(DestReceiver *dest, const char *tag);
+extern void bg_dest_finish_keep(DestReceiver *dest);
 
 /* in shape.c */
 extern TupleDesc bg_result_desc(TupleDesc src);
@@ -312,6 +326,40 @@ extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);
 extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
+
+/* A job whose kept result a session may read, as the registry has it */
+typedef struct BgKeptJob
+{
+	int64		id;
+	int			pid;
+	int64		kept_bytes;		/* size of the kept file; 0: only the tag */
+	char	   *command;		/* completion tag */
+} BgKeptJob;
+
+extern bool bg_registry_keeps(void);
+extern void bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj);
+extern List *bg_registry_kept_jobs(void);
+extern void bg_registry_sweep_files(void);
+
+/* in keep.c */
+typedef struct BgKeepWriter BgKeepWriter;
+typedef struct BgKeepReader BgKeepReader;
+extern int	bg_max_result_size;
+extern BgKeepWriter *bg_keep_create(int64 job_id, TupleDesc desc,
+									pg_atomic_uint64 *published);
+extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
+extern int64 bg_keep_finish(BgKeepWriter *w);
+extern void bg_keep_release(void);
+extern void bg_keep_discard(void);
+extern BgKeepReader *bg_keep_open(int pid, int64 job_id, int64 size,
+								  const char *command);
+extern TupleDesc bg_keep_desc(BgKeepReader *r);
+extern bool bg_keep_next(BgKeepReader *r, TupleTableSlot *slot);
+extern void bg_keep_rewind(BgKeepReader *r);
+extern void bg_keep_close(BgKeepReader *r);
+extern uint64 bg_keep_rows(BgKeepReader *r);
+extern void bg_keep_remove_at_commit(int64 job_id);
+extern void bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg);
 
 /* in supervisor.c */
 extern void bg_supervisor_init(void);

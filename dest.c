@@ -75,6 +75,7 @@ typedef struct BgDestReceiver
 	MemoryContext detoast_cxt;	/* per-row context for detoasting */
 	uint64		rows;			/* rows sent so far */
 	bool		detached;		/* the launcher stopped listening */
+	BgKeepWriter *keep;			/* the job's kept file, or NULL */
 } BgDestReceiver;
 
 static void bg_find_varlena_columns(BgDestReceiver *self, TupleDesc actual);
@@ -125,6 +126,9 @@ bg_create_dest_receiver(shm_mq_handle *mqh, BgJobShared *shared,
 	if (self->command_shape || self->convert)
 		self->text_slot = MakeSingleTupleTableSlot(self->desc, &TTSOpsVirtual);
 	bg_find_varlena_columns(self, actual);
+	/* a tag alone is kept in the registry row */
+	if (shared->keep && !self->command_shape)
+		self->keep = bg_keep_create(shared->job_id, desc, &shared->kept_size);
 	if (self->convert)
 	{
 		self->out_funcs = palloc0(sizeof(FmgrInfo) * actual->natts);
@@ -158,6 +162,20 @@ bg_dest_send_command(DestReceiver *dest, const char *tag)
 	slot->tts_isnull[0] = false;
 	ExecStoreVirtualTuple(slot);
 	bg_receive_slot(slot, dest);
+}
+
+/*
+ * Every row is kept: make the kept file durable.  Its size (0 if only the
+ * tag is kept) is published for the registry.
+ */
+void
+bg_dest_finish_keep(DestReceiver *dest)
+{
+	BgDestReceiver *self = (BgDestReceiver *) dest;
+
+	if (self->keep)
+		pg_atomic_write_u64(&self->shared->kept_size,
+							(uint64) bg_keep_finish(self->keep));
 }
 
 /*
@@ -288,10 +306,17 @@ bg_send_stored_tuple(BgDestReceiver *self, TupleTableSlot *slot, bool flush,
 	return true;
 }
 
-/* Send a row: keep it if the queue is full, or wait there in stream mode. */
+/*
+ * Send a row: keep it if the queue is full, or wait there in stream mode.
+ * A kept result has it before the queue does.
+ */
 static shm_mq_result
 bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt, bool flush)
 {
+	if (self->keep)
+		bg_keep_append(self->keep, iov, iovcnt);
+	if (self->detached)
+		return SHM_MQ_DETACHED;
 	if (self->fileset == NULL)
 		return shm_mq_sendv(self->mqh, iov, iovcnt, false, flush);
 	return bg_spill_send_row(self->mqh, self->fileset, iov, iovcnt, flush) ?
@@ -300,7 +325,7 @@ bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt, bool flush)
 
 /*
  * Send one row.  A reader that went away is not an error: the job runs on
- * to its end and commits, and its rows are dropped.
+ * to its end and commits, and its rows are dropped, unless they are kept.
  */
 static bool
 bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
@@ -313,7 +338,7 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 		slot = bg_convert_slot(self, slot);
 	bg_spill_push_messages();
 
-	if (!self->detached)
+	if (!self->detached || self->keep)
 	{
 		bool		flush = (self->rows < BG_FLUSH_EAGER_ROWS || bg_flush_due);
 		shm_mq_result res;

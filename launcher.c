@@ -58,11 +58,11 @@ static TupleDesc bg_describe(RawStmt *raw, const char *sql);
 static void bg_launch_error_callback(void *arg);
 static int	bg_queue_size_arg(FunctionCallInfo fcinfo);
 static int	bg_launch_job(const char *sql, int queue_size, TupleDesc desc,
-						  bool stream);
+						  bool stream, bool keep);
 static BgJob *bg_start_job(const char *sql, int queue_size, TupleDesc desc,
-						   bool stream);
+						   bool stream, bool keep);
 static dsm_segment *bg_create_segment(const char *sql, int queue_size,
-									  TupleDesc desc, bool stream);
+									  TupleDesc desc, bool stream, bool keep);
 static int64 bg_new_job_id(void);
 static void bg_launcher_detach(dsm_segment *seg, Datum arg);
 static void bg_job_go(BgJobShared *shared);
@@ -72,10 +72,13 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
 
 /*
  * bg_launch(sql text, queue_size integer DEFAULT NULL,
- *			 stream boolean DEFAULT false) RETURNS integer
+ *			 stream boolean DEFAULT false, keep boolean DEFAULT true)
+ *			 RETURNS integer
  *
  * Start a background job and return its worker's PID.  The result table
- * pg_temp.bg_result_<pid> exists when this returns.
+ * pg_temp.bg_result_<pid> exists when this returns.  With "keep", the job
+ * keeps its result for any session (keep.c) until bg_forget or expiry;
+ * stream mode keeps nothing.
  *
  * Later versions add arguments at the end: an argument after "sql" is read
  * only if PG_NARGS() says the SQL declaration has it, so that this library
@@ -89,6 +92,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	List	   *raw_list;
 	TupleDesc	desc = NULL;
 	bool		stream;
+	bool		keep;
 	int			pid = 0;
 	ErrorContextCallback errcallback;
 
@@ -124,6 +128,8 @@ bg_launch(PG_FUNCTION_ARGS)
 
 	bg_check_table_privileges();
 	stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	keep = !stream && !(PG_NARGS() > 3 && !PG_ARGISNULL(3) &&
+						!PG_GETARG_BOOL(3)) && bg_registry_keeps();
 
 	/*
 	 * bg_fdw.max_jobs_per_role: no other launch by the role until ours is
@@ -132,7 +138,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		bg_registry_lock_role(GetUserId());
-		pid = bg_launch_job(sql, queue_size, desc, stream);
+		pid = bg_launch_job(sql, queue_size, desc, stream, keep);
 	}
 	PG_FINALLY();
 	{
@@ -149,9 +155,10 @@ bg_launch(PG_FUNCTION_ARGS)
  * the registry.
  */
 static int
-bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
+bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
+			  bool keep)
 {
-	BgJob	   *job = bg_start_job(sql, queue_size, desc, stream);
+	BgJob	   *job = bg_start_job(sql, queue_size, desc, stream, keep);
 
 	if (desc == NULL)
 	{
@@ -280,7 +287,8 @@ bg_queue_size_arg(FunctionCallInfo fcinfo)
  * adopts it for the session.
  */
 static BgJob *
-bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
+bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
+			 bool keep)
 {
 	MemoryContext cxt;
 	MemoryContext oldcxt;
@@ -294,7 +302,7 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
 								ALLOCSET_DEFAULT_SIZES);
 	oldcxt = MemoryContextSwitchTo(cxt);
 
-	seg = bg_create_segment(sql, queue_size, desc, stream);
+	seg = bg_create_segment(sql, queue_size, desc, stream, keep);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -348,7 +356,7 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream)
  */
 static dsm_segment *
 bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
-				  bool stream)
+				  bool stream, bool keep)
 {
 	shm_toc_estimator e;
 	StringInfoData descbuf;
@@ -393,6 +401,8 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shared->launcher_proc = MyProc;
 	shared->launched_at = GetCurrentTimestamp();
 	shared->stream = stream;
+	shared->keep = keep;
+	pg_atomic_init_u64(&shared->kept_size, 0);
 	shared->registry_relid = bg_registry_relid();
 	shared->detached_relid = bg_detached_relid();
 	pg_atomic_init_u64(&shared->rows, 0);

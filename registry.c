@@ -142,6 +142,8 @@ typedef enum BgListColumn
 	BG_LIST_SQLSTATE,
 	BG_LIST_ERROR,
 	BG_LIST_ATTACHED,
+	BG_LIST_KEPT,
+	BG_LIST_KEPT_BYTES,
 	BG_LIST_NCOLUMNS
 } BgListColumn;
 
@@ -158,7 +160,9 @@ static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
 	[BG_LIST_COMMAND] = {"command", TEXTOID},
 	[BG_LIST_SQLSTATE] = {"sqlstate", TEXTOID},
 	[BG_LIST_ERROR] = {"error", TEXTOID},
-	[BG_LIST_ATTACHED] = {"attached", BOOLOID}
+	[BG_LIST_ATTACHED] = {"attached", BOOLOID},
+	[BG_LIST_KEPT] = {"kept", BOOLOID},
+	[BG_LIST_KEPT_BYTES] = {"kept_bytes", INT8OID}
 };
 
 /*
@@ -170,7 +174,7 @@ static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
 	"SELECT r.id, r.pid, r.role, r.segment, r.state, r.command, r.sqlstate, " \
 	"r.error, r.query, r.launched_at, r.finished_at, r.rows, " \
 	"a.backend_start <= r.launched_at AND NOT EXISTS " \
-	"(SELECT FROM %s d WHERE d.id = r.id) " \
+	"(SELECT FROM %s d WHERE d.id = r.id), %s " \
 	"FROM %s r LEFT JOIN pg_stat_get_activity(NULL) a " \
 	"ON a.pid = r.launcher_pid WHERE %s ORDER BY r.id"
 
@@ -182,6 +186,7 @@ typedef struct BgRegistryCall
 {
 	char	   *relname;		/* qualified, quoted name of the registry */
 	char	   *detachname;		/* and of the table of detached jobs */
+	const char *kept;			/* SQL for a row's kept_bytes */
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
@@ -216,6 +221,7 @@ typedef struct BgJobProbe
 	bool		found;			/* the segment exists and is this job's */
 	bool		worker_alive;	/* its worker has not exited */
 	uint64		rows;			/* rows sent so far */
+	uint64		kept_size;		/* bytes of its kept file so far */
 } BgJobProbe;
 
 static const char *bg_status_name(BgJobStatus status);
@@ -226,7 +232,9 @@ static char *bg_index_problem(Relation rel);
 static void bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns);
 static bool bg_registry_usable(BgJobShared *shared);
 static int *bg_list_map(TupleDesc desc);
-static void bg_registry_check_tables(Oid registry, Oid detached);
+static bool bg_registry_check_tables(Oid registry, Oid detached);
+static bool bg_rel_has_kept(Relation rel);
+static bool bg_keep_file_wanted(int64 job_id, void *arg);
 static bool bg_registry_open(BgRegistryCall *call);
 static void bg_registry_close(BgRegistryCall *call);
 static void bg_registry_internal_xact(void);
@@ -264,6 +272,9 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
 						   Datum *values, BgJobEntry *entry);
+static void bg_list_put_kept(Datum *vals, bool *isnulls, HeapTuple tuple,
+							 TupleDesc desc, BgJobProbe *probe,
+							 bool privileged);
 static void bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 						HeapTuple tuple, TupleDesc desc, BgJobEntry *entry,
 						BgJobProbe *probe, Oid caller);
@@ -448,21 +459,58 @@ bg_registry_relid(void)
 
 /*
  * Before SQL addresses the registry and the table of detached jobs by column
- * name, check that they are what this library expects.
+ * name, check that they are what this library expects.  Returns whether the
+ * registry has the column of kept results.
  */
-static void
+static bool
 bg_registry_check_tables(Oid registry, Oid detached)
 {
 	Relation	rel;
+	bool		has_kept;
 
 	rel = table_open(registry, AccessShareLock);
 	bg_check_layout(rel, bg_registry_columns, Natts_bg_job_registry);
+	has_kept = bg_rel_has_kept(rel);
 	table_close(rel, NoLock);
 	if (!OidIsValid(detached))
-		return;
+		return has_kept;
 	rel = table_open(detached, AccessShareLock);
 	bg_check_layout(rel, bg_detached_columns, Natts_bg_job_detached);
 	table_close(rel, NoLock);
+	return has_kept;
+}
+
+/* Has the registry 1.1's kept_bytes column, where the library expects it? */
+static bool
+bg_rel_has_kept(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Form_pg_attribute att;
+
+	if (desc->natts < Anum_bg_job_registry_kept_bytes)
+		return false;
+	att = TupleDescAttr(desc, Anum_bg_job_registry_kept_bytes - 1);
+	return !att->attisdropped && att->atttypid == INT8OID &&
+		strcmp(NameStr(att->attname), "kept_bytes") == 0;
+}
+
+/*
+ * Can a job launched now keep its result?  Not on a standby, whose jobs are
+ * not listed, nor with a registry of 1.0, which has nowhere to record it.
+ */
+bool
+bg_registry_keeps(void)
+{
+	Oid			relid = bg_registry_relid();
+	Relation	rel;
+	bool		keeps;
+
+	if (!OidIsValid(relid) || RecoveryInProgress())
+		return false;
+	rel = table_open(relid, AccessShareLock);
+	keeps = bg_rel_has_kept(rel);
+	table_close(rel, AccessShareLock);
+	return keeps;
 }
 
 /*
@@ -486,7 +534,9 @@ bg_registry_open(BgRegistryCall *call)
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	nspid = ((Form_pg_class) GETSTRUCT(tuple))->relnamespace;
 	ReleaseSysCache(tuple);
-	bg_registry_check_tables(relid, get_relname_relid(BG_DETACHED_TABLE, nspid));
+	call->kept = bg_registry_check_tables(relid,
+										  get_relname_relid(BG_DETACHED_TABLE, nspid)) ?
+		"r.kept_bytes" : "NULL::bigint";
 	call->relname = quote_qualified_identifier(get_namespace_name(nspid),
 											   BG_REGISTRY_TABLE);
 	call->detachname = quote_qualified_identifier(get_namespace_name(nspid),
@@ -640,6 +690,8 @@ bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 		   CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING)));
 	BG_SET(Anum_bg_job_registry_launched_at,
 		   TimestampTzGetDatum(shared->launched_at));
+	if (shared->keep && bg_rel_has_kept(rel))
+		BG_SET(Anum_bg_job_registry_kept_bytes, Int64GetDatum(0));
 #undef BG_SET
 
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
@@ -816,6 +868,11 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 		   CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode)));
 	BG_SET(Anum_bg_job_registry_error, edata == NULL,
 		   CStringGetTextDatum(edata->message ? edata->message : ""));
+	/* a job that did not finish keeps nothing: its file is gone */
+	if (bg_rel_has_kept(rel))
+		BG_SET(Anum_bg_job_registry_kept_bytes,
+			   !(shared->keep && status == BG_STATUS_FINISHED),
+			   Int64GetDatum((int64) pg_atomic_read_u64(&shared->kept_size)));
 #undef BG_SET
 
 	ScanKeyInit(&key, Anum_bg_job_registry_id, BTEqualStrategyNumber, F_INT8EQ,
@@ -884,11 +941,15 @@ bg_registry_sweep(void)
 {
 	Oid			relid = bg_registry_relid();
 
-	if (!OidIsValid(relid) || RecoveryInProgress())
+	if (RecoveryInProgress())
 		return;
-	bg_registry_mark_lost(relid);
-	bg_registry_expire(relid, get_relname_relid(BG_DETACHED_TABLE,
-												get_rel_namespace(relid)));
+	if (OidIsValid(relid))
+	{
+		bg_registry_mark_lost(relid);
+		bg_registry_expire(relid, get_relname_relid(BG_DETACHED_TABLE,
+													get_rel_namespace(relid)));
+	}
+	bg_registry_sweep_files();
 }
 
 /*
@@ -999,6 +1060,17 @@ bg_registry_set_lost(Relation rel, ItemPointer tid, TimestampTz now)
 	values[Anum_bg_job_registry_finished_at - 1] = TimestampTzGetDatum(now);
 	replace[Anum_bg_job_registry_segment - 1] = true;
 	nulls[Anum_bg_job_registry_segment - 1] = true;
+	/* its partial result goes */
+	if (bg_rel_has_kept(rel))
+	{
+		bool		isnull;
+
+		replace[Anum_bg_job_registry_kept_bytes - 1] = true;
+		nulls[Anum_bg_job_registry_kept_bytes - 1] = true;
+		bg_keep_remove_at_commit(DatumGetInt64(heap_getattr(&locked, Anum_bg_job_registry_id,
+															RelationGetDescr(rel),
+															&isnull)));
+	}
 	newtup = heap_modify_tuple(&locked, RelationGetDescr(rel), values, nulls,
 							   replace);
 	ReleaseBuffer(buffer);
@@ -1046,7 +1118,10 @@ bg_registry_expire(Oid registry, Oid detached)
 									  RelationGetDescr(rel), &isnull);
 
 		if (bg_delete_if_free(rel, &tuple->t_self))
+		{
 			bg_delete_detach_mark(det, id);
+			bg_keep_remove_at_commit(DatumGetInt64(id));
+		}
 	}
 	systable_endscan(scan);
 	table_close(det, NoLock);
@@ -1155,6 +1230,7 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 			probe->worker_alive = !bg_job_get_flag(shared,
 												   &shared->worker_exited);
 			probe->rows = pg_atomic_read_u64(&shared->rows);
+			probe->kept_size = pg_atomic_read_u64(&shared->kept_size);
 		}
 	}
 	if (!ours)
@@ -1301,7 +1377,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = TimestampTzGetDatum(bg_job_retention < 0 ? DT_NOBEGIN :
 									bg_retention_horizon());
-	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.relname,
+	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.kept, call.relname,
 									"r.database = $1 AND (r.finished_at IS NULL OR r.finished_at >= $2)"),
 						   2, types, values);
 
@@ -1326,7 +1402,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 			Datum		id[1];
 
 			id[0] = Int64GetDatum(entry.id);
-			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.relname, "r.id = $1"),
+			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.kept, call.relname, "r.id = $1"),
 									  1, idtype, id);
 			if (again->numvals == 0)
 				continue;		/* forgotten meanwhile */
@@ -1381,6 +1457,28 @@ bg_list_map(TupleDesc desc)
 	return map;
 }
 
+/*
+ * Whether the job's result is kept (while it runs, whether it is keeping
+ * it), and its size, which like the row count is its role's business.
+ */
+static void
+bg_list_put_kept(Datum *vals, bool *isnulls, HeapTuple tuple, TupleDesc desc,
+				 BgJobProbe *probe, bool privileged)
+{
+	bool		isnull;
+	Datum		bytes = SPI_getbinval(tuple, desc, 14, &isnull);
+	BgJobStatus status = bg_status_from_name(TextDatumGetCString(vals[BG_LIST_STATE]));
+
+	vals[BG_LIST_KEPT] = BoolGetDatum(!isnull &&
+									  (status == BG_STATUS_RUNNING ||
+									   status == BG_STATUS_FINISHED));
+	if (status == BG_STATUS_RUNNING && probe->found && !isnull)
+		bytes = Int64GetDatum((int64) probe->kept_size);
+	vals[BG_LIST_KEPT_BYTES] = bytes;
+	isnulls[BG_LIST_KEPT_BYTES] = !DatumGetBool(vals[BG_LIST_KEPT]) ||
+		!privileged;
+}
+
 /* One row of bg_jobs, from a row of BG_LIST_QUERY */
 static void
 bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
@@ -1431,6 +1529,7 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
 	if (isnull)
 		vals[BG_LIST_ATTACHED] = BoolGetDatum(false);
 	isnulls[BG_LIST_ATTACHED] = RecoveryInProgress();
+	bg_list_put_kept(vals, isnulls, tuple, desc, probe, privileged);
 
 	for (i = 0; i < outdesc->natts; i++)
 	{
@@ -1647,6 +1746,7 @@ bg_registry_delete(int64 job_id)
 	bg_registry_exec(psprintf("DELETE FROM %s WHERE id = $1", call.detachname),
 					 1, types, values, SPI_OK_DELETE);
 	bg_registry_close(&call);
+	bg_keep_remove_at_commit(job_id);
 }
 
 /*
@@ -1769,4 +1869,176 @@ bg_registry_unlock_role(void)
 					   bg_launch_locked_role, 0);
 	bg_launch_locked_role = InvalidOid;
 	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* ----------------------------------------------------------------
+ *		Kept results
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * The job with this PID (and identifier, unless 0) whose kept result the
+ * caller would read: the newest one the caller may act on.  Raises the
+ * error a reader must get for any other: unknown, not permitted, failed,
+ * lost, still running, or not kept.
+ */
+void
+bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
+{
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[3] = {INT4OID, OIDOID, INT8OID};
+	Datum		values[3];
+	BgJobEntry	entry;
+	BgJobProbe	probe;
+	BgJobStatus status;
+	Oid			caller = GetUserId();	/* before we become the owner */
+	Oid			denied = InvalidOid;
+	bool		found = false;
+	bool		isnull = true;
+	Datum		bytes = (Datum) 0;
+	MemoryContext cxt = CurrentMemoryContext;
+	uint64		i;
+
+	if (!bg_registry_open(&call))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"bg_fdw\" is not installed in this database")));
+	values[0] = Int32GetDatum(pid);
+	values[1] = ObjectIdGetDatum(MyDatabaseId);
+	values[2] = Int64GetDatum(job_id);
+	tt = bg_registry_query(psprintf("SELECT id, pid, role, segment, state, command, sqlstate, error, %s "
+									"FROM %s r WHERE pid = $1 AND database = $2 "
+									"AND ($3 = 0 OR id = $3) ORDER BY id DESC",
+									call.kept, call.relname),
+						   3, types, values);
+	for (i = 0; i < tt->numvals && !found; i++)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
+		MemoryContextSwitchTo(oldcxt);
+		found = has_privs_of_role(caller, entry.role);
+		if (found)
+			bytes = SPI_getbinval(tt->vals[i], tt->tupdesc, 9, &isnull);
+		else if (!OidIsValid(denied))
+			denied = entry.role;
+	}
+	bg_registry_close(&call);
+	if (!found && OidIsValid(denied))
+		bg_permission_denied(pid, denied);
+	if (!found && job_id != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("background job %d with identifier " INT64_FORMAT " does not exist",
+						pid, job_id),
+				 errdetail("It was forgotten or expired, or the table was made for another job.")));
+	if (!found)
+		bg_raise_unknown(pid);
+
+	bg_probe(entry.id, entry.segment, &probe);
+	if (!bg_entry_state(&entry, &probe, &status))
+		bg_raise_unknown(pid);	/* forgotten meanwhile */
+	if (status == BG_STATUS_LOST)
+		bg_raise_lost(&entry);
+	if (status == BG_STATUS_FAILED || status == BG_STATUS_CANCELLED)
+		bg_entry_raise(&entry);
+	if (status == BG_STATUS_RUNNING)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("background job %d is still running", pid),
+				 errdetail("While a job runs, only the session that launched it reads its result."),
+				 errhint("Wait for it with bg_wait(%d), then read it.", pid)));
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("result of background job %d was not kept", pid),
+				 errdetail("Only the session that launched it could read it: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.")));
+	kj->id = entry.id;
+	kj->pid = entry.pid;
+	kj->kept_bytes = DatumGetInt64(bytes);
+	kj->command = entry.command;
+}
+
+/*
+ * The finished jobs of this database whose kept result the caller may read,
+ * oldest first.
+ */
+List *
+bg_registry_kept_jobs(void)
+{
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	List	   *jobs = NIL;
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			caller = GetUserId();	/* before we become the owner */
+	uint64		i;
+
+	if (!bg_registry_open(&call))
+		return NIL;
+	values[0] = ObjectIdGetDatum(MyDatabaseId);
+	values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_FINISHED));
+	tt = bg_registry_query(psprintf("SELECT id, pid, role, command, %s FROM %s r "
+									"WHERE database = $1 AND state = $2 "
+									"AND %s IS NOT NULL ORDER BY id",
+									call.kept, call.relname, call.kept),
+						   2, types, values);
+	for (i = 0; i < tt->numvals; i++)
+	{
+		HeapTuple	tuple = tt->vals[i];
+		bool		isnull;
+		MemoryContext oldcxt;
+		BgKeptJob  *kj;
+
+		if (!has_privs_of_role(caller,
+							   DatumGetObjectId(SPI_getbinval(tuple, tt->tupdesc, 3, &isnull))))
+			continue;
+		oldcxt = MemoryContextSwitchTo(cxt);
+		kj = palloc(sizeof(BgKeptJob));
+		kj->id = DatumGetInt64(SPI_getbinval(tuple, tt->tupdesc, 1, &isnull));
+		kj->pid = DatumGetInt32(SPI_getbinval(tuple, tt->tupdesc, 2, &isnull));
+		kj->command = SPI_getvalue(tuple, tt->tupdesc, 4);
+		kj->kept_bytes = DatumGetInt64(SPI_getbinval(tuple, tt->tupdesc, 5, &isnull));
+		jobs = lappend(jobs, kj);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	bg_registry_close(&call);
+	return jobs;
+}
+
+/*
+ * Remove this database's kept files that the registry does not name as
+ * kept by a running or finished job: those of jobs lost in a crash, and all
+ * of them once the extension is gone.
+ */
+void
+bg_registry_sweep_files(void)
+{
+	BgRegistryCall call;
+
+	if (!bg_registry_open(&call))
+	{
+		bg_keep_sweep(NULL, NULL);
+		return;
+	}
+	bg_keep_sweep(bg_keep_file_wanted, &call);
+	bg_registry_close(&call);
+}
+
+static bool
+bg_keep_file_wanted(int64 job_id, void *arg)
+{
+	BgRegistryCall *call = (BgRegistryCall *) arg;
+	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+	Datum		values[3];
+
+	values[0] = Int64GetDatum(job_id);
+	values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
+	values[2] = CStringGetTextDatum(bg_status_name(BG_STATUS_FINISHED));
+	return bg_registry_query(psprintf("SELECT FROM %s r WHERE id = $1 "
+									  "AND %s IS NOT NULL AND state IN ($2, $3)",
+									  call->relname, call->kept),
+							 3, types, values)->numvals > 0;
 }

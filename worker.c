@@ -226,6 +226,8 @@ bg_worker_before_exit(int code, Datum arg)
 
 	/* whatever was under way holds no lock while we wait below */
 	AbortOutOfAnyTransaction();
+	if (!bg_committed)
+		bg_keep_discard();
 	SpinLockAcquire(&shared->mutex);
 	ended = shared->ended;
 	shared->ended = true;
@@ -363,7 +365,10 @@ bg_worker_failed(BgJobShared *shared)
 	 * memory) is recorded as finished, which it is.
 	 */
 	if (!bg_committed)
+	{
+		bg_keep_discard();
 		bg_registry_fail(shared, edata, bg_launch_failed(shared));
+	}
 	if (quiet)
 		proc_exit(0);
 	ReThrowError(edata);
@@ -533,6 +538,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 		{
 			bg_completion_tag(tag, &qc);
 			bg_dest_send_command(receiver, tag);
+			bg_dest_finish_keep(receiver);
 			receiver->rDestroy(receiver);
 			/* every row is sent or kept: a reader may now see the end */
 			bg_spill_finish_rows(shared);
@@ -586,6 +592,7 @@ bg_worker_committed(BgJobShared *shared, const char *tag, bool recorded)
 {
 	HOLD_INTERRUPTS();
 	bg_committed = true;
+	bg_keep_release();
 	bg_job_set_flag(shared, &shared->ended, BG_WAKE_NONE);
 	if (!recorded)
 		(void) bg_registry_finish(shared, tag, false);

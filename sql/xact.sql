@@ -104,7 +104,7 @@ SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 
 -- The job runs as the current role, with its rights and no more
 CREATE ROLE regress_nologin NOLOGIN;
-GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean) TO regress_nologin;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean) TO regress_nologin;
 GRANT USAGE ON FOREIGN SERVER bg_server TO regress_nologin;
 GRANT CREATE ON SCHEMA public TO regress_nologin;
 CREATE TABLE regress_secret (s text);
@@ -120,7 +120,7 @@ RESET ROLE;
 -- what the result table needs is checked before the job starts, so a failed
 -- launch runs nothing, even with several statements
 CREATE ROLE regress_no_usage NOLOGIN;
-GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean) TO regress_no_usage;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean) TO regress_no_usage;
 GRANT INSERT ON regress_auto TO regress_no_usage;
 SET ROLE regress_no_usage;
 SELECT bg_launch('INSERT INTO regress_auto VALUES (3); SELECT 1');
@@ -183,9 +183,10 @@ SELECT attname, format_type(atttypid, atttypmod), attcollation::regcollation
   FROM pg_attribute
  WHERE attrelid = ('regress_imp.bg_result_' || :pid)::regclass AND attnum > 0 ORDER BY attnum;
 SELECT * FROM regress_imp.bg_result_:pid;
--- EXCEPT leaves it out; a detached job is not imported
+-- EXCEPT leaves it out; a detached job whose result was not kept is not
+-- imported
 SELECT bg_launch('SELECT 1 AS one') AS other \gset
-SELECT bg_launch('SELECT 2 AS two') AS gone \gset
+SELECT bg_launch('SELECT 2 AS two', keep => false) AS gone \gset
 SELECT bg_detach(:gone);
 CREATE SCHEMA regress_imp2;
 IMPORT FOREIGN SCHEMA jobs EXCEPT (bg_result_:pid) FROM SERVER bg_server INTO regress_imp2;
@@ -195,8 +196,12 @@ SELECT relname = 'bg_result_' || :pid AS excepted, relname = 'bg_result_' || :go
    AND relname IN ('bg_result_' || :pid, 'bg_result_' || :gone, 'bg_result_' || :other)
  GROUP BY 1, 2;
 SELECT * FROM regress_imp2.bg_result_:other;
--- a table that outlives its job is an error, not another job's rows
+-- once detached, the table reads what the job kept; once the job is
+-- forgotten, it is an error, not another job's rows
+SELECT bg_wait(:pid);
 SELECT bg_detach(:pid);
+SELECT * FROM regress_imp.bg_result_:pid;
+SELECT bg_forget(:pid);
 SELECT regress_try('SELECT * FROM regress_imp.bg_result_' || :pid, :pid);
 IMPORT FOREIGN SCHEMA public FROM SERVER bg_server INTO regress_imp;
 SET client_min_messages = warning;

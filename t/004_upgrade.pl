@@ -96,7 +96,19 @@ my $before = $node->safe_psql('old', $listed);
 like($before, qr/^\d+ finished -, \d+ failed 22012, \d+ cancelled 57014, $running running -$/,
 	'the 1.0 registry lists every job');
 
+# A grant of bg_launch a superuser made goes to its new declaration.
+$node->safe_psql('postgres', 'CREATE ROLE regress_granted');
+$node->safe_psql('old',
+	'GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean) TO regress_granted');
+$node->safe_psql('fresh',
+	'GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean) TO regress_granted');
+
 $node->safe_psql('old', 'ALTER EXTENSION bg_fdw UPDATE');
+is($node->safe_psql('old', q{
+	SELECT has_function_privilege('regress_granted', 'bg_launch(text, integer, boolean, boolean)', 'EXECUTE'),
+	       has_function_privilege('public', 'bg_launch(text, integer, boolean, boolean)', 'EXECUTE'),
+	       has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean)', 'EXECUTE')}),
+	't|f|t', 'the update carries the grants of bg_launch over to its new declaration');
 is($node->safe_psql('old', "SELECT extversion FROM pg_extension WHERE extname = 'bg_fdw'"),
 	'1.1', 'ALTER EXTENSION bg_fdw UPDATE reaches 1.1');
 is($node->safe_psql('old', $objects), $node->safe_psql('fresh', $objects),
@@ -116,6 +128,14 @@ is($node->safe_psql('old', q{
 	SELECT bg_detach(:p);
 	SELECT bg_segments();
 }), "7\n0\n\n0", 'after the update, jobs run as before');
+is($node->safe_psql('old', q{
+	SELECT bg_launch('SELECT 8 AS eight') AS p \gset
+	SELECT bg_wait(:p);
+	SELECT bg_detach(:p);
+	SELECT eight FROM bg_result(:p) AS r(eight int);
+	SELECT string_agg(kept::text, ',' ORDER BY id) FROM bg_jobs;
+}), "SELECT 1\n\n8\nfalse,false,false,false,true,true",
+	'after the update, results are kept; jobs of before the update kept none');
 
 # A role bg_fdw_user that a CREATEROLE user made and granted onward is not
 # adopted: that user could hand bg_launch to anyone.
@@ -178,7 +198,7 @@ like($stderr,
 $roles->safe_psql('postgres', 'DROP ROLE bg_fdw_user');
 $roles->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
 is($roles->safe_psql('postgres', q{
-	SELECT has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean)', 'EXECUTE')}),
+	SELECT has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean)', 'EXECUTE')}),
 	't', 'once the role is gone, CREATE EXTENSION makes its own');
 $roles->safe_psql('postgres', 'CREATE DATABASE second');
 $roles->safe_psql('second', 'CREATE EXTENSION bg_fdw');

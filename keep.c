@@ -1,0 +1,791 @@
+/*-------------------------------------------------------------------------
+ *
+ * keep.c
+ *		  A job's kept result: the file its worker writes as its rows go out,
+ *		  which any session with the job role's privileges reads later, like
+ *		  nohup's output file.
+ *
+ * A kept result must outlive the job's segment, its session and a restart,
+ * so it cannot be a BufFile of a file set (those live in base/pgsql_tmp,
+ * which every server start wipes).  Each is a plain file of fd.c,
+ * base/<database>/pgsql_tmp_bg_fdw/<job id>: inside the database's directory
+ * it goes away with DROP DATABASE; the "pgsql_tmp" prefix keeps it out of
+ * base backups, pg_checksums and pg_rewind; the startup sweep of temporary
+ * files does not look there.  The registry row records the file's size once
+ * the job has committed: a size in the registry always names a whole file.
+ *
+ * The layout:
+ *		header	magic, the length and CRC of the column list, the column list
+ *				(bg_desc_serialize's, then each type's length, by-value and
+ *				alignment, which a reader checks against the catalog: a type
+ *				may be dropped or recreated while the result is kept)
+ *		rows	per row: length, CRC-32C of the bytes, the MinimalTuple
+ *		footer	a length of BG_KEEP_FOOTER, then the row count and the offset
+ *				where the rows end, and their CRC
+ *
+ * The worker appends every row before it offers it to its queue, so what
+ * the queue delivered is always in the file too.  It buffers its writes,
+ * enforces bg_fdw.max_result_size and temp_file_limit itself (fd.c does so
+ * only for temporary files), and at the end writes the footer and fsyncs the
+ * file and its directory before the commit that records the size.  A job
+ * that fails removes its file; a crash leaves files that the registry does
+ * not name as kept, which the sweep removes.
+ *
+ * Readers open the file as a transient file, closed with their transaction
+ * whatever happens, and check each record's CRC.
+ *
+ * Removing a kept result (bg_forget, expiry, a lost job) happens when the
+ * transaction that removed its registry row commits.
+ *
+ * Copyright (c) 2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/keep.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/relpath.h"
+#include "libpq/pqformat.h"
+#include "miscadmin.h"
+#include "port/pg_crc32c.h"
+#include "storage/fd.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/wait_event.h"
+
+#include "bg_fdw.h"
+
+#define BG_KEEP_DIR			"pgsql_tmp_bg_fdw"
+#define BG_KEEP_MAGIC		"BGFDWKR1"
+#define BG_KEEP_FOOTER		0xFFFFFFFF
+/* rows are written out in blocks of this size */
+#define BG_KEEP_BUFSIZE		(64 * 1024)
+
+/* Largest kept result of one job, in kB; -1: no limit but temp_file_limit */
+int			bg_max_result_size = 1024 * 1024;
+
+typedef struct BgKeepFileHeader
+{
+	char		magic[8];		/* BG_KEEP_MAGIC */
+	uint32		cols_len;		/* bytes of the column list that follows */
+	pg_crc32c	cols_crc;		/* its CRC-32C */
+} BgKeepFileHeader;
+
+typedef struct BgKeepRecord
+{
+	uint32		len;			/* bytes of the row, or BG_KEEP_FOOTER */
+	pg_crc32c	crc;			/* CRC-32C of the row, or of the footer */
+} BgKeepRecord;
+
+typedef struct BgKeepFooter
+{
+	uint64		rows;			/* rows kept */
+	uint64		rows_end;		/* offset where the rows end */
+} BgKeepFooter;
+
+/* The worker's kept file, while its last statement runs */
+struct BgKeepWriter
+{
+	File		file;			/* the file, or -1 once closed */
+	char		path[MAXPGPATH];
+	off_t		written;		/* bytes in the file */
+	char	   *buf;			/* bytes not yet written */
+	Size		buf_len;
+	uint64		rows;
+	int64		limit;			/* bytes a job may keep, or -1 */
+	bool		limit_is_temp;	/* the limit is temp_file_limit's */
+	pg_atomic_uint64 *published;	/* the size shown in bg_jobs */
+};
+
+/* A reader of a kept result, for one scan */
+struct BgKeepReader
+{
+	int			fd;				/* transient file, or -1 (only a tag) */
+	int			pid;			/* for messages */
+	char	   *path;
+	TupleDesc	desc;			/* the result's columns */
+	off_t		rows_start;		/* first row */
+	off_t		rows_end;		/* end of the rows */
+	uint64		rows;			/* row count from the footer */
+	off_t		pos;			/* next record */
+	char	   *buf;			/* file bytes from buf_start */
+	Size		buf_size;
+	off_t		buf_start;
+	Size		buf_len;
+	char	   *row;			/* the current row, MAXALIGNed for t_data */
+	Size		row_size;
+	HeapTupleData tuple;		/* the current row */
+	char	   *command;		/* the completion tag, if no file */
+	bool		command_done;	/* the tag row was returned */
+};
+
+/*
+ * The writer of this worker, from creation until the job's commit; a job
+ * that fails removes the file.  Lives in TopMemoryContext.
+ */
+static BgKeepWriter *bg_keep_active = NULL;
+
+/* Files whose removal waits for the end of the transaction */
+typedef struct BgKeepPending
+{
+	int64		job_id;
+	int			nestlevel;		/* transaction nesting level that asked */
+	struct BgKeepPending *next;
+} BgKeepPending;
+
+static BgKeepPending *bg_keep_pending = NULL;
+static bool bg_keep_callbacks_registered = false;
+
+static void bg_keep_path(char *path, int64 job_id);
+static void bg_keep_dir(char *path);
+static void bg_keep_flush(BgKeepWriter *w);
+static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
+static void bg_keep_check_limit(BgKeepWriter *w, Size more);
+static void bg_keep_write_header(BgKeepWriter *w, TupleDesc desc);
+static void bg_keep_damaged(BgKeepReader *r, const char *what);
+static char *bg_keep_read(BgKeepReader *r, off_t offset, Size len);
+static void bg_keep_read_header(BgKeepReader *r);
+static void bg_keep_check_types(BgKeepReader *r, StringInfo cols);
+static void bg_keep_xact_callback(XactEvent event, void *arg);
+static void bg_keep_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+									 SubTransactionId parentSubid, void *arg);
+
+/* The directory of this database's kept results */
+static void
+bg_keep_dir(char *path)
+{
+	char	   *dbpath = GetDatabasePath(MyDatabaseId, MyDatabaseTableSpace);
+
+	snprintf(path, MAXPGPATH, "%s/%s", dbpath, BG_KEEP_DIR);
+	pfree(dbpath);
+}
+
+static void
+bg_keep_path(char *path, int64 job_id)
+{
+	char		dir[MAXPGPATH];
+
+	bg_keep_dir(dir);
+	snprintf(path, MAXPGPATH, "%s/" INT64_FORMAT, dir, job_id);
+}
+
+/* ----------------------------------------------------------------
+ *		The worker's side
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Create the job's kept file, with its header, for a result of these columns.
+ */
+BgKeepWriter *
+bg_keep_create(int64 job_id, TupleDesc desc, pg_atomic_uint64 *published)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	BgKeepWriter *w = palloc0(sizeof(BgKeepWriter));
+	char		dir[MAXPGPATH];
+
+	bg_keep_dir(dir);
+	if (MakePGDirectory(dir) == 0)
+		fsync_fname(dir, true);
+	else if (errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", dir)));
+	bg_keep_path(w->path, job_id);
+	w->buf = palloc(BG_KEEP_BUFSIZE);
+	w->published = published;
+	w->limit = bg_max_result_size < 0 ? -1 : (int64) bg_max_result_size * 1024;
+	if (temp_file_limit >= 0 &&
+		(w->limit < 0 || (int64) temp_file_limit * 1024 < w->limit))
+	{
+		w->limit = (int64) temp_file_limit * 1024;
+		w->limit_is_temp = true;
+	}
+	/* readable by the server only */
+	w->file = PathNameOpenFilePerm(w->path, O_CREAT | O_EXCL | O_WRONLY | PG_BINARY,
+								   S_IRUSR | S_IWUSR);
+	if (w->file < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", w->path)));
+	bg_keep_active = w;
+	MemoryContextSwitchTo(oldcxt);
+	bg_keep_write_header(w, desc);
+	return w;
+}
+
+static void
+bg_keep_write_header(BgKeepWriter *w, TupleDesc desc)
+{
+	BgKeepFileHeader hdr;
+	StringInfoData cols;
+	int			i;
+
+	initStringInfo(&cols);
+	bg_desc_serialize(&cols, desc);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		pq_sendint16(&cols, att->attlen);
+		pq_sendbyte(&cols, att->attbyval ? 1 : 0);
+		pq_sendbyte(&cols, att->attalign);
+	}
+	memcpy(hdr.magic, BG_KEEP_MAGIC, sizeof(hdr.magic));
+	hdr.cols_len = cols.len;
+	INIT_CRC32C(hdr.cols_crc);
+	COMP_CRC32C(hdr.cols_crc, cols.data, cols.len);
+	FIN_CRC32C(hdr.cols_crc);
+	bg_keep_write(w, (char *) &hdr, sizeof(hdr));
+	bg_keep_write(w, cols.data, cols.len);
+	pfree(cols.data);
+}
+
+/*
+ * Refuse to grow the file past the limit, as fd.c does for temporary files.
+ */
+static void
+bg_keep_check_limit(BgKeepWriter *w, Size more)
+{
+	int64		size = (int64) w->written + w->buf_len + more;
+
+	if (w->limit < 0 || size <= w->limit)
+		return;
+	if (w->limit_is_temp)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("temporary file size exceeds \"temp_file_limit\" (%dkB)",
+						temp_file_limit),
+				 errdetail("The kept result of the background job grew past it.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("kept result of background job exceeds \"bg_fdw.max_result_size\" (%dkB)",
+					bg_max_result_size),
+			 errhint("Launch the job with keep => false, or ask a superuser to raise \"bg_fdw.max_result_size\".")));
+}
+
+/* Append bytes, through the buffer. */
+static void
+bg_keep_write(BgKeepWriter *w, const char *data, Size len)
+{
+	bg_keep_check_limit(w, len);
+	while (len > 0)
+	{
+		Size		n = Min(len, BG_KEEP_BUFSIZE - w->buf_len);
+
+		memcpy(w->buf + w->buf_len, data, n);
+		w->buf_len += n;
+		data += n;
+		len -= n;
+		if (w->buf_len == BG_KEEP_BUFSIZE)
+			bg_keep_flush(w);
+	}
+}
+
+/*
+ * Write out the buffer.  A write that failed is cut back, so that the file
+ * never holds part of a block; the job then fails with the error.
+ */
+static void
+bg_keep_flush(BgKeepWriter *w)
+{
+	int			n;
+
+	if (w->buf_len == 0)
+		return;
+	errno = 0;
+	n = FileWrite(w->file, w->buf, (int) w->buf_len, w->written,
+				  WAIT_EVENT_BUFFILE_WRITE);
+	if (n != (int) w->buf_len)
+	{
+		int			save_errno = errno ? errno : ENOSPC;
+
+		(void) FileTruncate(w->file, w->written, WAIT_EVENT_BUFFILE_TRUNCATE);
+		errno = save_errno;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write to file \"%s\": %m", w->path)));
+	}
+	w->written += w->buf_len;
+	w->buf_len = 0;
+	pg_atomic_write_u64(w->published, (uint64) w->written);
+}
+
+/* Keep one row, given as pieces of a MinimalTuple. */
+void
+bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
+{
+	BgKeepRecord rec;
+	int			i;
+
+	rec.len = 0;
+	INIT_CRC32C(rec.crc);
+	for (i = 0; i < iovcnt; i++)
+	{
+		rec.len += iov[i].len;
+		COMP_CRC32C(rec.crc, iov[i].data, iov[i].len);
+	}
+	FIN_CRC32C(rec.crc);
+	bg_keep_write(w, (char *) &rec, sizeof(rec));
+	for (i = 0; i < iovcnt; i++)
+		bg_keep_write(w, iov[i].data, iov[i].len);
+	w->rows++;
+}
+
+/*
+ * Every row is kept: write the footer and make the file durable, before the
+ * commit that records it.  Returns the file's size.
+ */
+int64
+bg_keep_finish(BgKeepWriter *w)
+{
+	BgKeepRecord rec;
+	BgKeepFooter footer;
+	char		dir[MAXPGPATH];
+
+	footer.rows = w->rows;
+	footer.rows_end = (uint64) (w->written + w->buf_len);
+	rec.len = BG_KEEP_FOOTER;
+	INIT_CRC32C(rec.crc);
+	COMP_CRC32C(rec.crc, &footer, sizeof(footer));
+	FIN_CRC32C(rec.crc);
+	bg_keep_write(w, (char *) &rec, sizeof(rec));
+	bg_keep_write(w, (char *) &footer, sizeof(footer));
+	bg_keep_flush(w);
+	if (FileSync(w->file, WAIT_EVENT_DATA_FILE_SYNC) != 0)
+		ereport(data_sync_elevel(ERROR),
+				(errcode_for_file_access(),
+				 errmsg("could not fsync file \"%s\": %m", w->path)));
+	bg_keep_dir(dir);
+	fsync_fname(dir, true);
+	return (int64) w->written;
+}
+
+/*
+ * The job committed with its result recorded: the file is the registry's
+ * now.  Called with interrupts held, so it must not fail.
+ */
+void
+bg_keep_release(void)
+{
+	if (bg_keep_active == NULL)
+		return;
+	if (bg_keep_active->file >= 0)
+		FileClose(bg_keep_active->file);
+	bg_keep_active = NULL;
+}
+
+/*
+ * The job failed, or its worker is exiting before its commit: nobody will
+ * read its partial rows.
+ */
+void
+bg_keep_discard(void)
+{
+	BgKeepWriter *w = bg_keep_active;
+
+	if (w == NULL)
+		return;
+	bg_keep_active = NULL;
+	if (w->file >= 0)
+		FileClose(w->file);
+	if (unlink(w->path) != 0 && errno != ENOENT)
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not remove file \"%s\": %m", w->path)));
+}
+
+/* ----------------------------------------------------------------
+ *		Reading
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Open a job's kept result of "size" bytes, as the registry records it; a
+ * size of 0 means the job kept only its completion tag, "command".
+ */
+BgKeepReader *
+bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
+{
+	BgKeepReader *r = palloc0(sizeof(BgKeepReader));
+	char		path[MAXPGPATH];
+	char	   *p;
+	BgKeepRecord rec;
+	BgKeepFooter footer;
+	pg_crc32c	crc;
+
+	r->pid = pid;
+	r->fd = -1;
+	if (size == 0)
+	{
+		r->desc = CreateTemplateTupleDesc(1);
+		TupleDescInitEntry(r->desc, 1, "command", TEXTOID, -1, 0);
+		r->command = pstrdup(command ? command : "");
+		return r;
+	}
+	bg_keep_path(path, job_id);
+	r->path = pstrdup(path);
+	r->fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	if (r->fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open the kept result of background job %d: %m",
+						pid),
+				 errdetail("File \"%s\".", path)));
+	r->buf_size = BG_KEEP_BUFSIZE;
+	r->buf = palloc(r->buf_size);
+	bg_keep_read_header(r);
+
+	if (size < (int64) (r->rows_start + sizeof(rec) + sizeof(footer)))
+		bg_keep_damaged(r, "its size is wrong");
+	p = bg_keep_read(r, size - sizeof(rec) - sizeof(footer),
+					 sizeof(rec) + sizeof(footer));
+	memcpy(&rec, p, sizeof(rec));
+	memcpy(&footer, p + sizeof(rec), sizeof(footer));
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, &footer, sizeof(footer));
+	FIN_CRC32C(crc);
+	if (rec.len != BG_KEEP_FOOTER || !EQ_CRC32C(crc, rec.crc) ||
+		footer.rows_end != (uint64) (size - sizeof(rec) - sizeof(footer)))
+		bg_keep_damaged(r, "its footer is not valid");
+	r->rows = footer.rows;
+	r->rows_end = footer.rows_end;
+	r->pos = r->rows_start;
+	return r;
+}
+
+static void
+bg_keep_damaged(BgKeepReader *r, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("kept result of background job %d is damaged", r->pid),
+			 errdetail("File \"%s\": %s.", r->path, what)));
+}
+
+/* Read and check the header: the result's columns. */
+static void
+bg_keep_read_header(BgKeepReader *r)
+{
+	BgKeepFileHeader hdr;
+	StringInfoData cols;
+	pg_crc32c	crc;
+
+	memcpy(&hdr, bg_keep_read(r, 0, sizeof(hdr)), sizeof(hdr));
+	if (memcmp(hdr.magic, BG_KEEP_MAGIC, sizeof(hdr.magic)) != 0 ||
+		hdr.cols_len > MaxAllocSize)
+		bg_keep_damaged(r, "its header is not valid");
+	initStringInfo(&cols);
+	appendBinaryStringInfo(&cols, bg_keep_read(r, sizeof(hdr), hdr.cols_len),
+						   hdr.cols_len);
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, cols.data, cols.len);
+	FIN_CRC32C(crc);
+	if (!EQ_CRC32C(crc, hdr.cols_crc))
+		bg_keep_damaged(r, "its column list is not valid");
+	bg_keep_check_types(r, &cols);
+	cols.cursor = 0;
+	r->desc = bg_desc_deserialize(&cols);
+	r->rows_start = sizeof(hdr) + hdr.cols_len;
+}
+
+/*
+ * Types may change while a result is kept (dropped, or dropped and made
+ * anew under the same OID): rows are read only if each column's type still
+ * lays values out as it did when they were written.
+ */
+static void
+bg_keep_check_types(BgKeepReader *r, StringInfo cols)
+{
+	int			natts = pq_getmsgint(cols, 2);
+	const char **names = palloc(natts * sizeof(char *));
+	Oid		   *types = palloc(natts * sizeof(Oid));
+	int			i;
+
+	for (i = 0; i < natts; i++)
+	{
+		names[i] = pq_getmsgrawstring(cols);
+		types[i] = pq_getmsgint(cols, 4);
+		(void) pq_getmsgint(cols, 4);	/* typmod */
+		(void) pq_getmsgint(cols, 4);	/* collation */
+	}
+	for (i = 0; i < natts; i++)
+	{
+		int16		len = (int16) pq_getmsgint(cols, 2);
+		bool		byval = pq_getmsgbyte(cols) != 0;
+		char		align = (char) pq_getmsgbyte(cols);
+		HeapTuple	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(types[i]));
+		Form_pg_type typ;
+		bool		same;
+
+		if (!HeapTupleIsValid(tup))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("kept result of background job %d no longer matches its column types",
+							r->pid),
+					 errdetail("The type of column %d \"%s\" (OID %u) has been dropped.",
+							   i + 1, names[i], types[i]),
+					 errhint("Forget the job with bg_forget(%d).", r->pid)));
+		typ = (Form_pg_type) GETSTRUCT(tup);
+		same = typ->typlen == len && typ->typbyval == byval &&
+			typ->typalign == align;
+		ReleaseSysCache(tup);
+		if (!same)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("kept result of background job %d no longer matches its column types",
+							r->pid),
+					 errdetail("The type of column %d \"%s\" stores its values differently than when the result was kept.",
+							   i + 1, names[i]),
+					 errhint("Forget the job with bg_forget(%d).", r->pid)));
+	}
+}
+
+/* Bytes [offset, offset + len) of the file, through the reader's buffer. */
+static char *
+bg_keep_read(BgKeepReader *r, off_t offset, Size len)
+{
+	ssize_t		n;
+
+	if (offset >= r->buf_start && offset + len <= r->buf_start + r->buf_len)
+		return r->buf + (offset - r->buf_start);
+	if (len > r->buf_size)
+	{
+		r->buf = repalloc(r->buf, len);
+		r->buf_size = len;
+	}
+	pgstat_report_wait_start(WAIT_EVENT_BUFFILE_READ);
+	n = pg_pread(r->fd, r->buf, r->buf_size, offset);
+	pgstat_report_wait_end();
+	if (n < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read file \"%s\": %m", r->path)));
+	r->buf_start = offset;
+	r->buf_len = n;
+	if ((Size) n < len)
+		bg_keep_damaged(r, "it is shorter than recorded");
+	return r->buf;
+}
+
+TupleDesc
+bg_keep_desc(BgKeepReader *r)
+{
+	return r->desc;
+}
+
+/*
+ * Store the next row in the slot (a heap-tuple slot of the result's
+ * columns); false at the end.  The row stays valid until the next call.
+ */
+bool
+bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
+{
+	BgKeepRecord rec;
+	pg_crc32c	crc;
+	char	   *body;
+
+	ExecClearTuple(slot);
+	if (r->fd < 0)
+	{
+		if (r->command_done)
+			return false;
+		r->command_done = true;
+		slot->tts_values[0] = CStringGetTextDatum(r->command);
+		slot->tts_isnull[0] = false;
+		ExecStoreVirtualTuple(slot);
+		return true;
+	}
+	if (r->pos >= r->rows_end)
+		return false;
+	if (r->pos + sizeof(rec) > r->rows_end)
+		bg_keep_damaged(r, "a row is cut short");
+	memcpy(&rec, bg_keep_read(r, r->pos, sizeof(rec)), sizeof(rec));
+	if (rec.len < SizeofMinimalTupleHeader || rec.len > MaxAllocSize ||
+		r->pos + sizeof(rec) + rec.len > r->rows_end)
+		bg_keep_damaged(r, "a row has a wrong length");
+	body = bg_keep_read(r, r->pos + sizeof(rec), rec.len);
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, body, rec.len);
+	FIN_CRC32C(crc);
+	if (!EQ_CRC32C(crc, rec.crc))
+		bg_keep_damaged(r, "a row's checksum does not match");
+
+	/* t_data must be MAXALIGNed, the MinimalTuple at MINIMAL_TUPLE_OFFSET */
+	if (r->row_size < MINIMAL_TUPLE_OFFSET + rec.len)
+	{
+		if (r->row)
+			pfree(r->row);
+		r->row_size = Max(MINIMAL_TUPLE_OFFSET + rec.len, 1024);
+		r->row = palloc(r->row_size);
+	}
+	memcpy(r->row + MINIMAL_TUPLE_OFFSET, body, rec.len);
+	r->tuple.t_len = rec.len + MINIMAL_TUPLE_OFFSET;
+	r->tuple.t_data = (HeapTupleHeader) r->row;
+	ItemPointerSetInvalid(&r->tuple.t_self);
+	r->tuple.t_tableOid = InvalidOid;
+	ExecStoreHeapTuple(&r->tuple, slot, false);
+	r->pos += sizeof(rec) + rec.len;
+	return true;
+}
+
+void
+bg_keep_rewind(BgKeepReader *r)
+{
+	r->pos = r->rows_start;
+	r->command_done = false;
+}
+
+/* Close the file; the memory goes with the caller's context. */
+void
+bg_keep_close(BgKeepReader *r)
+{
+	if (r->fd >= 0)
+		CloseTransientFile(r->fd);
+	r->fd = -1;
+}
+
+uint64
+bg_keep_rows(BgKeepReader *r)
+{
+	return r->fd < 0 ? 1 : r->rows;
+}
+
+/* ----------------------------------------------------------------
+ *		Removal
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Remove a job's kept result when this transaction commits: its registry
+ * row goes in the same transaction.  A file that does not exist is fine.
+ */
+void
+bg_keep_remove_at_commit(int64 job_id)
+{
+	BgKeepPending *p;
+
+	if (!bg_keep_callbacks_registered)
+	{
+		RegisterXactCallback(bg_keep_xact_callback, NULL);
+		RegisterSubXactCallback(bg_keep_subxact_callback, NULL);
+		bg_keep_callbacks_registered = true;
+	}
+	p = MemoryContextAlloc(TopMemoryContext, sizeof(BgKeepPending));
+	p->job_id = job_id;
+	p->nestlevel = GetCurrentTransactionNestLevel();
+	p->next = bg_keep_pending;
+	bg_keep_pending = p;
+}
+
+static void
+bg_keep_xact_callback(XactEvent event, void *arg)
+{
+	BgKeepPending *p;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (bg_keep_pending != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that removed kept results of background jobs")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			while ((p = bg_keep_pending) != NULL)
+			{
+				bg_keep_pending = p->next;
+				if (event == XACT_EVENT_COMMIT ||
+					event == XACT_EVENT_PARALLEL_COMMIT)
+				{
+					char		path[MAXPGPATH];
+
+					/* committed already: a failure can only be logged */
+					bg_keep_path(path, p->job_id);
+					if (unlink(path) != 0 && errno != ENOENT)
+						ereport(WARNING,
+								(errcode_for_file_access(),
+								 errmsg("could not remove file \"%s\": %m", path)));
+				}
+				pfree(p);
+			}
+			break;
+		default:
+			break;
+	}
+}
+
+/* A subtransaction that rolls back removes nothing it asked to. */
+static void
+bg_keep_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	BgKeepPending **prev = &bg_keep_pending;
+	BgKeepPending *p;
+
+	while ((p = *prev) != NULL)
+	{
+		if (p->nestlevel >= level && event == SUBXACT_EVENT_ABORT_SUB)
+		{
+			*prev = p->next;
+			pfree(p);
+			continue;
+		}
+		if (p->nestlevel >= level && event == SUBXACT_EVENT_COMMIT_SUB)
+			p->nestlevel = level - 1;
+		prev = &p->next;
+	}
+}
+
+/*
+ * Remove the files of this database that "keep" does not want: those of
+ * jobs the registry no longer names as kept, after a crash or when the
+ * extension was dropped (then "keep" is NULL and every file goes).
+ */
+void
+bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg)
+{
+	char		dir[MAXPGPATH];
+	DIR		   *d;
+	struct dirent *de;
+
+	bg_keep_dir(dir);
+	d = AllocateDir(dir);
+	if (d == NULL && errno == ENOENT)
+		return;
+	while ((de = ReadDirExtended(d, dir, LOG)) != NULL)
+	{
+		char		path[MAXPGPATH];
+		char	   *end;
+		int64		id;
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		errno = 0;
+		id = strtoi64(de->d_name, &end, 10);
+		if (errno == 0 && *end == '\0' && id > 0 && keep != NULL &&
+			keep(id, arg))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if (unlink(path) != 0 && errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("could not remove file \"%s\": %m", path)));
+	}
+	FreeDir(d);
+}

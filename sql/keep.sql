@@ -1,0 +1,173 @@
+--
+-- Kept results: a job keeps its result in a file of its own, readable by any
+-- session with the privileges of its role until bg_forget or expiry.  Here
+-- one session stands for the others: once it has detached a job, it reads
+-- the job's result as any other session would.
+--
+
+-- How many kept files this database has, and whether a job's is there
+CREATE FUNCTION regress_kept_files() RETURNS bigint
+LANGUAGE sql AS $$
+  SELECT count(*) FROM pg_ls_dir(
+    (SELECT 'base/' || oid || '/pgsql_tmp_bg_fdw' FROM pg_database
+      WHERE datname = current_database()), true, false)
+$$;
+CREATE FUNCTION regress_kept_file(job bigint) RETURNS boolean
+LANGUAGE sql AS $$
+  SELECT EXISTS (SELECT FROM pg_ls_dir(
+    (SELECT 'base/' || oid || '/pgsql_tmp_bg_fdw' FROM pg_database
+      WHERE datname = current_database()), true, false) f
+    WHERE f = job::text)
+$$;
+SELECT regress_kept_files() AS files_before \gset
+
+-- A result is kept by default: the file holds every row, in exact types
+SELECT bg_launch($$SELECT g AS id, g::numeric / 7 AS frac, repeat('x', g % 50) AS pad
+                   FROM generate_series(1, 20000) g$$) AS pid \gset
+SELECT bg_wait(:pid);
+SELECT id AS job FROM bg_jobs WHERE pid = :pid \gset
+SELECT kept, kept_bytes > 20000 * 8 AS sized, regress_kept_file(:job) AS file
+  FROM bg_jobs WHERE pid = :pid;
+SELECT bg_detach(:pid);
+-- read through bg_result, many times
+SELECT count(*), sum(id), sum(frac)::numeric(20, 6), sum(length(pad))
+  FROM bg_result(:pid) AS r(id int, frac numeric, pad text);
+SELECT count(*) FROM bg_result(:pid) AS r(id int, frac numeric, pad text);
+-- a column definition list must match
+SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(id bigint, frac numeric, pad text)', :pid);
+-- through a table IMPORT FOREIGN SCHEMA makes, in a permanent schema
+CREATE SCHEMA regress_reports;
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO regress_reports;
+SELECT attname, format_type(atttypid, atttypmod)
+  FROM pg_attribute
+ WHERE attrelid = ('regress_reports.bg_result_' || :pid)::regclass AND attnum > 0
+ ORDER BY attnum;
+\set t regress_reports.bg_result_:pid
+SELECT count(*), sum(id) FROM :t;
+-- rescans under a nested loop, a self-join, a cursor that goes back
+SET enable_hashjoin = off;
+SET enable_mergejoin = off;
+SET enable_material = off;
+SELECT v.x, r.pad FROM (VALUES (3), (1), (2)) v(x) JOIN :t r ON r.id = v.x ORDER BY 1;
+RESET enable_hashjoin;
+RESET enable_mergejoin;
+RESET enable_material;
+SELECT count(*) FROM :t a JOIN :t b USING (id);
+BEGIN;
+DECLARE c SCROLL CURSOR FOR SELECT id FROM :t;
+FETCH 2 FROM c;
+FETCH ABSOLUTE 1 FROM c;
+FETCH LAST FROM c;
+COMMIT;
+-- through a table made by hand, naming the job by its identifier
+CREATE FOREIGN TABLE regress_reports.by_hand (id int, frac numeric, pad text)
+  SERVER bg_server OPTIONS (pid :'pid', job :'job');
+SELECT max(id) FROM regress_reports.by_hand;
+-- one whose columns do not match is an error, not garbage
+CREATE FOREIGN TABLE regress_reports.wrong (id text, frac numeric, pad text)
+  SERVER bg_server OPTIONS (pid :'pid', job :'job');
+SELECT regress_try('SELECT * FROM regress_reports.wrong', :pid);
+-- plain EXPLAIN does not open it
+SELECT regress_explain('SELECT * FROM regress_reports.by_hand', :pid);
+
+-- A role without the privileges of the job's role may not read it
+CREATE ROLE regress_outsider;
+SET ROLE regress_outsider;
+SELECT regress_try('SELECT count(*) FROM bg_result(' || :pid || ') AS r(id int, frac numeric, pad text)', :pid);
+SELECT kept, kept_bytes FROM bg_jobs WHERE pid = :pid;
+RESET ROLE;
+
+-- A job that returns only a command tag keeps it in its registry row: no
+-- file
+CREATE TABLE regress_keep_t (x int);
+SELECT bg_launch('INSERT INTO regress_keep_t SELECT generate_series(1, 3)') AS ins \gset
+SELECT bg_wait(:ins);
+SELECT bg_detach(:ins);
+SELECT kept, kept_bytes FROM bg_jobs WHERE pid = :ins;
+SELECT * FROM bg_result(:ins) AS r(command text);
+SELECT regress_kept_files() - :files_before AS files;
+
+-- keep => false and stream mode keep nothing once the session lets go
+SELECT bg_launch('SELECT 1 AS one', keep => false) AS nokeep \gset
+SELECT bg_wait(:nokeep);
+SELECT kept, kept_bytes FROM bg_jobs WHERE pid = :nokeep;
+SELECT bg_detach(:nokeep);
+SELECT regress_try('SELECT * FROM bg_result(' || :nokeep || ') AS r(one int)', :nokeep);
+SELECT bg_launch('SELECT 1 AS one', stream => true) AS streamed \gset
+SELECT * FROM bg_result(:streamed) AS r(one int);
+SELECT kept FROM bg_jobs WHERE pid = :streamed;
+SELECT bg_detach(:streamed);
+
+-- A failed job keeps nothing, and reading it raises its error
+SELECT bg_launch('SELECT g / (g - 5000) FROM generate_series(1, 10000) g') AS failed \gset
+SELECT regress_try('SELECT bg_wait(' || :failed || ')', :failed);
+SELECT id AS failed_job FROM bg_jobs WHERE pid = :failed \gset
+SELECT bg_detach(:failed);
+SELECT kept, kept_bytes, regress_kept_file(:failed_job) AS file
+  FROM bg_jobs WHERE pid = :failed;
+SELECT regress_try('SELECT * FROM bg_result(' || :failed || ') AS r(x int)', :failed);
+
+-- bg_fdw.max_result_size bounds one job's kept result: past it, the job
+-- fails with 53400 and leaves no file; the session goes on
+SET bg_fdw.max_result_size = '64kB';
+SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS big \gset
+SELECT regress_try('SELECT bg_wait(' || :big || ')', :big);
+SELECT id AS big_job FROM bg_jobs WHERE pid = :big \gset
+SELECT state, kept, regress_kept_file(:big_job) AS file FROM bg_jobs WHERE pid = :big;
+SELECT bg_detach(:big);
+RESET bg_fdw.max_result_size;
+-- and temp_file_limit does too
+SET temp_file_limit = '64kB';
+SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS big \gset
+SELECT regress_try('SELECT bg_wait(' || :big || ')', :big);
+SELECT bg_detach(:big);
+RESET temp_file_limit;
+-- the setting is a superuser's
+SET ROLE regress_outsider;
+SET bg_fdw.max_result_size = -1;
+RESET ROLE;
+SELECT 1 AS session_usable;
+
+-- A type dropped while its values are kept: a clear error, not garbage
+CREATE TYPE regress_mood AS ENUM ('sad', 'happy');
+SELECT bg_launch($$SELECT 'happy'::regress_mood AS mood$$) AS moody \gset
+SELECT bg_wait(:moody);
+SELECT bg_detach(:moody);
+SELECT * FROM bg_result(:moody) AS r(mood regress_mood);
+DROP TYPE regress_mood;
+CREATE SCHEMA regress_moods;
+SELECT regexp_replace(regress_try('IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_' || :moody || ') FROM SERVER bg_server INTO regress_moods', :moody),
+                      'OID \d+', 'OID <oid>');
+SELECT bg_forget(:moody);
+
+-- bg_forget removes the kept file; a table still naming the job says it
+-- is gone
+SELECT bg_forget(:pid);
+SELECT regress_kept_file(:job) AS file;
+SELECT regress_try('SELECT * FROM regress_reports.by_hand', :pid);
+SELECT regress_try('SELECT * FROM bg_result(' || :pid || ') AS r(id int, frac numeric, pad text)', :pid);
+-- a bg_forget that rolls back removes nothing
+BEGIN;
+SELECT bg_forget(:ins);
+ROLLBACK;
+SELECT * FROM bg_result(:ins) AS r(command text);
+
+-- Expiry removes kept files with the registry rows
+SELECT bg_launch('SELECT 1 AS one') AS last \gset
+SELECT bg_wait(:last);
+SELECT id AS last_job FROM bg_jobs WHERE pid = :last \gset
+SELECT regress_kept_file(:last_job) AS file;
+SET bg_fdw.job_retention = 0;
+SELECT bg_launch('SELECT 2 AS two') AS expirer \gset
+SELECT bg_wait(:expirer);
+SELECT regress_poll(format('NOT regress_kept_file(%s)', :last_job)) AS expired_file_removed;
+RESET bg_fdw.job_retention;
+SELECT bg_detach(:last);
+SELECT bg_detach(:expirer);
+
+SET client_min_messages = warning;
+DROP SCHEMA regress_reports, regress_moods CASCADE;
+RESET client_min_messages;
+DROP TABLE regress_keep_t;
+DROP ROLE regress_outsider;
+SELECT regress_no_workers();
