@@ -119,7 +119,8 @@ RESET bg_fdw.max_result_size;
 -- and temp_file_limit does too
 SET temp_file_limit = '64kB';
 SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS big \gset
-SELECT regress_try('SELECT bg_wait(' || :big || ')', :big);
+SELECT replace(regress_try('SELECT bg_wait(' || :big || ')', :big),
+               '"temp_file_limit"', 'temp_file_limit');  -- quoted on 17+
 SELECT bg_detach(:big);
 RESET temp_file_limit;
 -- the setting is a superuser's
