@@ -159,3 +159,16 @@ CREATE OR REPLACE VIEW @extschema@.bg_jobs AS
          rows, command, sqlstate, error, attached, kept, kept_bytes
   FROM @extschema@.bg_job_list();
 DROP FUNCTION @extschema@.bg_list_jobs();
+
+-- Kept results are files that only the registry names: when the extension
+-- is dropped, they go with it.  The library sees the drop through an object
+-- access hook, and this trigger, which fires before any drop that may take
+-- the extension along, makes sure the library is loaded to see it.
+CREATE FUNCTION @extschema@.bg_fdw_drop_start()
+RETURNS event_trigger
+AS 'MODULE_PATHNAME'
+LANGUAGE C;
+
+CREATE EVENT TRIGGER bg_fdw_drop_start ON ddl_command_start
+  WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+  EXECUTE FUNCTION @extschema@.bg_fdw_drop_start();

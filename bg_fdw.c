@@ -191,6 +191,7 @@ _PG_init(void)
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bg_fdw");
+	bg_keep_init();
 	bg_supervisor_init();
 }
 

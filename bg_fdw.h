@@ -360,6 +360,7 @@ extern void bg_keep_close(BgKeepReader *r);
 extern uint64 bg_keep_rows(BgKeepReader *r);
 extern void bg_keep_remove_at_commit(int64 job_id);
 extern void bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg);
+extern void bg_keep_init(void);
 
 /* in supervisor.c */
 extern void bg_supervisor_init(void);

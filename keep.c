@@ -52,6 +52,10 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_extension.h"
+#include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "catalog/pg_type.h"
 #include "common/relpath.h"
 #include "libpq/pqformat.h"
@@ -147,6 +151,10 @@ typedef struct BgKeepPending
 static BgKeepPending *bg_keep_pending = NULL;
 static bool bg_keep_callbacks_registered = false;
 
+static object_access_hook_type prev_object_access_hook = NULL;
+
+PG_FUNCTION_INFO_V1(bg_fdw_drop_start);
+
 static void bg_keep_path(char *path, int64 job_id);
 static void bg_keep_dir(char *path);
 static void bg_keep_flush(BgKeepWriter *w);
@@ -157,6 +165,8 @@ static void bg_keep_damaged(BgKeepReader *r, const char *what);
 static char *bg_keep_read(BgKeepReader *r, off_t offset, Size len);
 static void bg_keep_read_header(BgKeepReader *r);
 static void bg_keep_check_types(BgKeepReader *r, StringInfo cols);
+static void bg_keep_object_access(ObjectAccessType access, Oid classId,
+								  Oid objectId, int subId, void *arg);
 static void bg_keep_xact_callback(XactEvent event, void *arg);
 static void bg_keep_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 									 SubTransactionId parentSubid, void *arg);
@@ -670,6 +680,7 @@ bg_keep_rows(BgKeepReader *r)
 /*
  * Remove a job's kept result when this transaction commits: its registry
  * row goes in the same transaction.  A file that does not exist is fine.
+ * A job_id of 0 stands for every kept result of the database.
  */
 void
 bg_keep_remove_at_commit(int64 job_id)
@@ -709,8 +720,11 @@ bg_keep_xact_callback(XactEvent event, void *arg)
 			while ((p = bg_keep_pending) != NULL)
 			{
 				bg_keep_pending = p->next;
-				if (event == XACT_EVENT_COMMIT ||
-					event == XACT_EVENT_PARALLEL_COMMIT)
+				if ((event == XACT_EVENT_COMMIT ||
+					 event == XACT_EVENT_PARALLEL_COMMIT) && p->job_id == 0)
+					bg_keep_sweep(NULL, NULL);
+				else if (event == XACT_EVENT_COMMIT ||
+						 event == XACT_EVENT_PARALLEL_COMMIT)
 				{
 					char		path[MAXPGPATH];
 
@@ -788,4 +802,51 @@ bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg)
 					 errmsg("could not remove file \"%s\": %m", path)));
 	}
 	FreeDir(d);
+}
+
+/* ----------------------------------------------------------------
+ *		DROP EXTENSION
+ * ----------------------------------------------------------------
+ */
+
+/* _PG_init: watch for the extension's own drop */
+void
+bg_keep_init(void)
+{
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = bg_keep_object_access;
+}
+
+/*
+ * The extension is dropped (DROP EXTENSION, DROP SCHEMA ... CASCADE, DROP
+ * OWNED): with the registry gone nothing names the kept results, so they
+ * all go when the drop commits.  Files stay open in running jobs, which
+ * finish unharmed.
+ */
+static void
+bg_keep_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+					  int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access == OAT_DROP && classId == ExtensionRelationId &&
+		objectId == get_extension_oid("bg_fdw", true))
+		bg_keep_remove_at_commit(0);
+}
+
+/*
+ * bg_fdw_drop_start(): the event trigger of DROP EXTENSION, DROP SCHEMA and
+ * DROP OWNED, which runs before the drop.  It does nothing but make sure
+ * this library is loaded, so that bg_keep_object_access sees the drop in a
+ * session that has not used bg_fdw before.
+ */
+Datum
+bg_fdw_drop_start(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" was not called by the event trigger manager",
+						"bg_fdw_drop_start")));
+	PG_RETURN_VOID();
 }

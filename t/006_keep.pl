@@ -1,0 +1,178 @@
+# Copyright (c) 2026, The bg_fdw Authors
+#
+# A job's result outlives its session, like nohup's output file: read from
+# other sessions after the launcher was killed mid-read, by two at once,
+# after a clean restart and after a crash; never by a role without the job
+# role's privileges; and its file goes with bg_forget, DROP EXTENSION and
+# DROP DATABASE.  A running job's partial file goes when the job is found
+# lost.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use BgFdwTest;
+
+my $node = PostgreSQL::Test::Cluster->new('keep');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+max_worker_processes = 16
+client_connection_check_interval = '100ms'
+});
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bg_fdw;
+	CREATE ROLE alice LOGIN IN ROLE bg_fdw_user;
+	CREATE ROLE mallory LOGIN;
+	CREATE SCHEMA reports AUTHORIZATION alice;
+});
+create_gate($node, 'postgres');
+$node->safe_psql('postgres', 'GRANT ALL ON gates TO alice');
+
+my $dboid = $node->safe_psql('postgres',
+	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
+my $dir = $node->data_dir . "/base/$dboid/pgsql_tmp_bg_fdw";
+
+sub kept_file
+{
+	my ($id) = @_;
+	return -e "$dir/$id" ? 'present' : 'absent';
+}
+
+# Poll until a file is gone: a file another process removes when its
+# transaction commits goes just after the commit.
+sub file_gone
+{
+	my ($path) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	while (-e $path)
+	{
+		return 0 if time > $deadline;
+		usleep(10_000);
+	}
+	return 1;
+}
+
+# Alice's client dies while it reads; the job finishes after it.
+my $a = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'alice' ]);
+my $a_pid = $a->query_safe('SELECT pg_backend_pid()');
+chomp $a_pid;
+my $pid = $a->query_safe(q{SELECT bg_launch($$
+	SELECT g, g * 2 AS twice, md5(g::text) AS hash
+	  FROM generate_series(1, 50000) g WHERE g <= 20 OR gate('a')$$)});
+chomp $pid;
+$a->query_until(qr/reading/, "\\echo reading\nSELECT * FROM bg_result_$pid;\n");
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' AND rows = 20 FROM bg_jobs WHERE pid = $pid"),
+	'the job produces rows while its launcher reads them');
+$a->{run}->kill_kill;
+ok( $node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $a_pid)"),
+	'the launching session is gone');
+open_gate($node, 'postgres', 'a');
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $pid"),
+	'the job finished and kept its result');
+my $job = $node->safe_psql('postgres', "SELECT id FROM bg_jobs WHERE pid = $pid");
+is(kept_file($job), 'present', 'in a file of its own');
+
+my $sums = "SELECT count(*), sum(g), sum(twice), count(DISTINCT hash)";
+my $expected = '50000|1250025000|2500050000|50000';
+is($node->safe_psql('postgres', qq{
+	IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_$pid) FROM SERVER bg_server INTO reports;
+	$sums FROM reports.bg_result_$pid;
+}, extra_params => [ '-U', 'alice' ]), $expected,
+	'another session of the role imports it and reads every row');
+is($node->safe_psql('postgres',
+	"$sums FROM bg_result($pid) AS r(g int, twice int, hash text)",
+	extra_params => [ '-U', 'alice' ]), $expected,
+	'and reads it through bg_result');
+
+# Two sessions at once: one stops half-way in a cursor while the other reads.
+my $b = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+$b->query_safe("BEGIN; DECLARE c SCROLL CURSOR FOR SELECT g FROM reports.bg_result_$pid");
+is($b->query_safe('FETCH 3 FROM c'), "1\n2\n3", 'a reader stops after three rows');
+is($node->safe_psql('postgres', "$sums FROM reports.bg_result_$pid",
+	extra_params => [ '-U', 'alice' ]), $expected,
+	'a second reader reads every row meanwhile');
+is($b->query_safe('MOVE FORWARD ALL IN c; FETCH BACKWARD 1 FROM c'), '50000',
+	'the first reader goes on to the end');
+$b->query_safe('COMMIT');
+$b->quit;
+
+# Others may not read it.
+my ($ret, $stdout, $stderr) = $node->psql('postgres',
+	"SELECT count(*) FROM bg_result($pid) AS r(g int, twice int, hash text)",
+	extra_params => [ '-U', 'mallory' ]);
+like($stderr, qr/ERROR:  permission denied for background job $pid/,
+	'a role without the privileges of the job role is refused');
+
+# A clean restart keeps it.
+$node->restart;
+is($node->safe_psql('postgres', "$sums FROM reports.bg_result_$pid",
+	extra_params => [ '-U', 'alice' ]), $expected,
+	'after a clean restart, the table reads every row');
+
+# A crash: the ended job's result is kept; a running job is lost and its
+# partial file goes.
+my $running = $node->safe_psql('postgres', q{
+	SELECT bg_launch($$SELECT g FROM generate_series(1, 1000) g WHERE g <= 10 OR gate('never')$$) AS p \gset
+	SELECT bg_detach(:p);
+	SELECT :p;
+}, extra_params => [ '-U', 'alice' ]);
+$running = (split /\n/, $running)[-1];
+my $running_job = $node->safe_psql('postgres', "SELECT id FROM bg_jobs WHERE pid = $running");
+ok($node->poll_query_until('postgres', "SELECT rows = 10 FROM bg_jobs WHERE pid = $running"),
+	'a second job is producing rows');
+is(kept_file($running_job), 'present', 'into its file');
+$node->stop('immediate');
+$node->start;
+is($node->safe_psql('postgres', "$sums FROM reports.bg_result_$pid",
+	extra_params => [ '-U', 'alice' ]), $expected,
+	'after a crash, the ended job\'s result is whole');
+# without a supervisor, the next job to end notices the lost one
+$node->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT 1') AS p \gset
+	SELECT bg_wait(:p);
+});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'lost' AND NOT kept FROM bg_jobs WHERE pid = $running"),
+	'the running job is recorded as lost, with nothing kept');
+ok(file_gone("$dir/$running_job"), 'and its partial file is gone');
+
+# bg_forget removes the file; the table then says the job is gone.
+$node->safe_psql('postgres', "SELECT bg_forget($pid)", extra_params => [ '-U', 'alice' ]);
+is(kept_file($job), 'absent', 'bg_forget removes the kept file');
+($ret, $stdout, $stderr) = $node->psql('postgres', "SELECT * FROM reports.bg_result_$pid",
+	extra_params => [ '-U', 'alice' ]);
+like($stderr, qr/background job $pid with identifier $job does not exist/,
+	'a table of a forgotten job is a clear error');
+
+# DROP EXTENSION and DROP DATABASE take the files with them.
+$node->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT 1 AS one') AS p \gset
+	SELECT bg_wait(:p);
+	SELECT bg_detach(:p);
+});
+ok(scalar(glob("$dir/*")), 'a kept file is there');
+$node->safe_psql('postgres', 'DROP EXTENSION bg_fdw CASCADE');
+ok(!scalar(glob("$dir/*")), 'DROP EXTENSION removes the kept files');
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+$node->safe_psql('other', q{
+	CREATE EXTENSION bg_fdw;
+	SELECT bg_launch('SELECT 1 AS one') AS p \gset
+	SELECT bg_wait(:p);
+});
+my $other = $node->safe_psql('postgres',
+	"SELECT oid FROM pg_database WHERE datname = 'other'");
+ok(scalar(glob($node->data_dir . "/base/$other/pgsql_tmp_bg_fdw/*")),
+	'a job of another database keeps its result there');
+$node->safe_psql('postgres', 'DROP DATABASE other');
+ok(!-e $node->data_dir . "/base/$other", 'DROP DATABASE removes them');
+
+$node->stop;
+done_testing();
