@@ -5,13 +5,7 @@
 -- the job's result as any other session would.
 --
 
--- How many kept files this database has, and whether a job's is there
-CREATE FUNCTION regress_kept_files() RETURNS bigint
-LANGUAGE sql AS $$
-  SELECT count(*) FROM pg_ls_dir(
-    (SELECT 'base/' || oid || '/pgsql_tmp_bg_fdw' FROM pg_database
-      WHERE datname = current_database()), true, false)
-$$;
+-- Whether a job's kept file is there
 CREATE FUNCTION regress_kept_file(job bigint) RETURNS boolean
 LANGUAGE sql AS $$
   SELECT EXISTS (SELECT FROM pg_ls_dir(
@@ -19,7 +13,6 @@ LANGUAGE sql AS $$
       WHERE datname = current_database()), true, false) f
     WHERE f = job::text)
 $$;
-SELECT regress_kept_files() AS files_before \gset
 
 -- A result is kept by default: the file holds every row, in exact types
 SELECT bg_launch($$SELECT g AS id, g::numeric / 7 AS frac, repeat('x', g % 50) AS pad
@@ -85,7 +78,8 @@ SELECT bg_wait(:ins);
 SELECT bg_detach(:ins);
 SELECT kept, kept_bytes FROM bg_jobs WHERE pid = :ins;
 SELECT * FROM bg_result(:ins) AS r(command text);
-SELECT regress_kept_files() - :files_before AS files;
+SELECT id AS ins_job FROM bg_jobs WHERE pid = :ins \gset
+SELECT regress_kept_file(:ins_job) AS file;
 
 -- keep => false and stream mode keep nothing once the session lets go
 SELECT bg_launch('SELECT 1 AS one', keep => false) AS nokeep \gset
