@@ -139,6 +139,8 @@ static void bg_check_definition_list(TupleDesc given, TupleDesc desc, int pid);
 static List *bg_import_kept(ImportForeignSchemaStmt *stmt,
 							ForeignServer *server, List *session_ids);
 static bool bg_import_wanted(ImportForeignSchemaStmt *stmt, const char *name);
+static List *bg_import_one(List *commands, const char *name, BgKeptJob *kj,
+						   ForeignServer *server);
 static void bg_drop_job_tables(BgJob *job);
 static long bg_interval_ms(Interval *interval);
 static bool bg_job_held(int pid);
@@ -604,7 +606,7 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 						   bg_table_definition(psprintf("bg_result_%d", job->pid),
 											   job->pid, job->job_id,
 											   job->desc, server));
-		session_ids = lappend(session_ids, &job->job_id);
+		session_ids = lappend(session_ids, job);
 	}
 	return list_concat(commands, bg_import_kept(stmt, server, session_ids));
 }
@@ -627,12 +629,11 @@ bg_import_kept(ImportForeignSchemaStmt *stmt, ForeignServer *server,
 		BgKeptJob  *kj = lfirst(lc);
 		bool		newest = true;
 		ListCell   *lc2;
-		BgKeepReader *r;
 		char	   *name;
 
 		foreach(lc2, session_ids)
 		{
-			if (*(int64 *) lfirst(lc2) == kj->id)
+			if (((BgJob *) lfirst(lc2))->job_id == kj->id)
 				break;
 		}
 		if (lc2 != NULL)
@@ -643,23 +644,65 @@ bg_import_kept(ImportForeignSchemaStmt *stmt, ForeignServer *server,
 			if (((BgKeptJob *) lfirst(lc2))->pid == kj->pid)
 				newest = false;
 		}
-		foreach(lc2, bg_session_jobs())
+		/* a table of this session's job has the plain name */
+		foreach(lc2, session_ids)
 		{
-			if (((BgJob *) lfirst(lc2))->pid == kj->pid &&
-				((BgJob *) lfirst(lc2))->job_id > kj->id)
+			if (((BgJob *) lfirst(lc2))->pid == kj->pid)
 				newest = false;
 		}
 		name = newest ? psprintf("bg_result_%d", kj->pid) :
 			psprintf("bg_result_%d_" INT64_FORMAT, kj->pid, kj->id);
 		if (!bg_import_wanted(stmt, name))
 			continue;
-		r = bg_keep_open(kj->pid, kj->id, kj->kept_bytes, kj->command);
-		commands = lappend(commands,
-						   bg_table_definition(name, kj->pid, kj->id,
-											   bg_keep_desc(r), server));
-		bg_keep_close(r);
+		commands = bg_import_one(commands, name, kj, server);
 	}
 	return commands;
+}
+
+/*
+ * Add the table of one kept result.  One that cannot be read (its file is
+ * damaged or gone, a type it uses was dropped) is left out with a warning,
+ * so that it does not keep every other job from being imported.
+ */
+static List *
+bg_import_one(List *commands, const char *name, BgKeptJob *kj,
+			  ForeignServer *server)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char	   *def = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		BgKeepReader *r = bg_keep_open(kj->pid, kj->id, kj->kept_bytes,
+									   kj->command);
+
+		def = bg_table_definition(name, kj->pid, kj->id, bg_keep_desc(r),
+								  server);
+		bg_keep_close(r);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("skipping the kept result of background job %d: %s",
+						kj->pid, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return def ? lappend(commands, def) : commands;
 }
 
 /*

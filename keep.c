@@ -127,6 +127,8 @@ struct BgKeepReader
 	Size		buf_size;
 	off_t		buf_start;
 	Size		buf_len;
+	MemoryContext cxt;			/* where row lives: not the scan's per-row
+								 * context, which is reset between rows */
 	char	   *row;			/* the current row, MAXALIGNed for t_data */
 	Size		row_size;
 	HeapTupleData tuple;		/* the current row */
@@ -207,7 +209,17 @@ bg_keep_create(int64 job_id, TupleDesc desc, pg_atomic_uint64 *published)
 
 	bg_keep_dir(dir);
 	if (MakePGDirectory(dir) == 0)
-		fsync_fname(dir, true);
+	{
+		/*
+		 * A failed fsync fails the job, which discards the file and records
+		 * nothing: ERROR, not the PANIC data files need.
+		 */
+		char	   *dbpath = GetDatabasePath(MyDatabaseId, MyDatabaseTableSpace);
+
+		(void) fsync_fname_ext(dir, true, false, ERROR);
+		(void) fsync_fname_ext(dbpath, true, false, ERROR);
+		pfree(dbpath);
+	}
 	else if (errno != EEXIST)
 		ereport(ERROR,
 				(errcode_for_file_access(),
@@ -374,11 +386,11 @@ bg_keep_finish(BgKeepWriter *w)
 	bg_keep_write(w, (char *) &footer, sizeof(footer));
 	bg_keep_flush(w);
 	if (FileSync(w->file, WAIT_EVENT_DATA_FILE_SYNC) != 0)
-		ereport(data_sync_elevel(ERROR),
+		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not fsync file \"%s\": %m", w->path)));
 	bg_keep_dir(dir);
-	fsync_fname(dir, true);
+	(void) fsync_fname_ext(dir, true, false, ERROR);
 	return (int64) w->written;
 }
 
@@ -437,6 +449,7 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 
 	r->pid = pid;
 	r->fd = -1;
+	r->cxt = CurrentMemoryContext;
 	if (size == 0)
 	{
 		r->desc = CreateTemplateTupleDesc(1);
@@ -447,6 +460,11 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 	bg_keep_path(path, job_id);
 	r->path = pstrdup(path);
 	r->fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	if (r->fd < 0 && errno == ENOENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("kept result of background job %d is gone", pid),
+				 errdetail("It was forgotten or expired meanwhile, or its file was not carried over (a base backup, a standby, pg_upgrade or ALTER DATABASE ... SET TABLESPACE leaves it behind).")));
 	if (r->fd < 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
@@ -638,8 +656,10 @@ bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
 		if (r->row)
 			pfree(r->row);
 		r->row_size = Max(MINIMAL_TUPLE_OFFSET + rec.len, 1024);
-		r->row = palloc(r->row_size);
+		r->row = MemoryContextAlloc(r->cxt, r->row_size);
 	}
+	/* the heap header a MinimalTuple lacks reads as zeroes (xmin, ...) */
+	memset(r->row, 0, MINIMAL_TUPLE_OFFSET);
 	memcpy(r->row + MINIMAL_TUPLE_OFFSET, body, rec.len);
 	r->tuple.t_len = rec.len + MINIMAL_TUPLE_OFFSET;
 	r->tuple.t_data = (HeapTupleHeader) r->row;

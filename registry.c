@@ -1898,8 +1898,13 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 	bool		isnull = true;
 	Datum		bytes = (Datum) 0;
 	MemoryContext cxt = CurrentMemoryContext;
+	bool		looked_again = false;
 	uint64		i;
 
+again:
+	found = false;
+	denied = InvalidOid;
+	isnull = true;
 	if (!bg_registry_open(&call))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1939,6 +1944,13 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 	bg_probe(entry.id, entry.segment, &probe);
 	if (!bg_entry_state(&entry, &probe, &status))
 		bg_raise_unknown(pid);	/* forgotten meanwhile */
+	/* it ended since the first look: its kept size is recorded now */
+	if (status == BG_STATUS_FINISHED && isnull == false &&
+		DatumGetInt64(bytes) == 0 && !looked_again)
+	{
+		looked_again = true;
+		goto again;
+	}
 	if (status == BG_STATUS_LOST)
 		bg_raise_lost(&entry);
 	if (status == BG_STATUS_FAILED || status == BG_STATUS_CANCELLED)
