@@ -357,7 +357,6 @@ extern TupleDesc bg_keep_desc(BgKeepReader *r);
 extern bool bg_keep_next(BgKeepReader *r, TupleTableSlot *slot);
 extern void bg_keep_rewind(BgKeepReader *r);
 extern void bg_keep_close(BgKeepReader *r);
-extern uint64 bg_keep_rows(BgKeepReader *r);
 extern void bg_keep_remove_at_commit(int64 job_id);
 extern void bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg);
 extern void bg_keep_init(void);

@@ -15,10 +15,11 @@
  * the job has committed: a size in the registry always names a whole file.
  *
  * The layout:
- *		header	magic, the length and CRC of the column list, the column list
- *				(bg_desc_serialize's, then each type's length, by-value and
- *				alignment, which a reader checks against the catalog: a type
- *				may be dropped or recreated while the result is kept)
+ *		header	magic, the length and CRC of the column list, the column list:
+ *				each column's type, with its length, by-value and alignment,
+ *				which a reader checks against the catalog before anything
+ *				else (a type may be dropped or recreated while the result is
+ *				kept), then bg_desc_serialize's description
  *		rows	per row: length, CRC-32C of the bytes, the MinimalTuple
  *		footer	a length of BG_KEEP_FOOTER, then the row count and the offset
  *				where the rows end, and their CRC
@@ -121,7 +122,6 @@ struct BgKeepReader
 	TupleDesc	desc;			/* the result's columns */
 	off_t		rows_start;		/* first row */
 	off_t		rows_end;		/* end of the rows */
-	uint64		rows;			/* row count from the footer */
 	off_t		pos;			/* next record */
 	char	   *buf;			/* file bytes from buf_start */
 	Size		buf_size;
@@ -161,6 +161,7 @@ static void bg_keep_path(char *path, int64 job_id);
 static void bg_keep_dir(char *path);
 static void bg_keep_flush(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
+static void bg_keep_put(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_check_limit(BgKeepWriter *w, Size more);
 static void bg_keep_write_header(BgKeepWriter *w, TupleDesc desc);
 static void bg_keep_damaged(BgKeepReader *r, const char *what);
@@ -255,15 +256,17 @@ bg_keep_write_header(BgKeepWriter *w, TupleDesc desc)
 	int			i;
 
 	initStringInfo(&cols);
-	bg_desc_serialize(&cols, desc);
+	pq_sendint16(&cols, desc->natts);
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
+		pq_sendint32(&cols, att->atttypid);
 		pq_sendint16(&cols, att->attlen);
 		pq_sendbyte(&cols, att->attbyval ? 1 : 0);
 		pq_sendbyte(&cols, att->attalign);
 	}
+	bg_desc_serialize(&cols, desc);
 	memcpy(hdr.magic, BG_KEEP_MAGIC, sizeof(hdr.magic));
 	hdr.cols_len = cols.len;
 	INIT_CRC32C(hdr.cols_crc);
@@ -297,11 +300,18 @@ bg_keep_check_limit(BgKeepWriter *w, Size more)
 			 errhint("Launch the job with keep => false, or ask a superuser to raise \"bg_fdw.max_result_size\".")));
 }
 
-/* Append bytes, through the buffer. */
+/* Append bytes, through the buffer, within the limit. */
 static void
 bg_keep_write(BgKeepWriter *w, const char *data, Size len)
 {
 	bg_keep_check_limit(w, len);
+	bg_keep_put(w, data, len);
+}
+
+/* Append bytes, through the buffer; the caller checked the limit. */
+static void
+bg_keep_put(BgKeepWriter *w, const char *data, Size len)
+{
 	while (len > 0)
 	{
 		Size		n = Min(len, BG_KEEP_BUFSIZE - w->buf_len);
@@ -359,9 +369,10 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 		COMP_CRC32C(rec.crc, iov[i].data, iov[i].len);
 	}
 	FIN_CRC32C(rec.crc);
-	bg_keep_write(w, (char *) &rec, sizeof(rec));
+	bg_keep_check_limit(w, sizeof(rec) + rec.len);
+	bg_keep_put(w, (char *) &rec, sizeof(rec));
 	for (i = 0; i < iovcnt; i++)
-		bg_keep_write(w, iov[i].data, iov[i].len);
+		bg_keep_put(w, iov[i].data, iov[i].len);
 	w->rows++;
 }
 
@@ -401,11 +412,14 @@ bg_keep_finish(BgKeepWriter *w)
 void
 bg_keep_release(void)
 {
-	if (bg_keep_active == NULL)
+	BgKeepWriter *w = bg_keep_active;
+
+	if (w == NULL)
 		return;
-	if (bg_keep_active->file >= 0)
-		FileClose(bg_keep_active->file);
 	bg_keep_active = NULL;
+	FileClose(w->file);
+	pfree(w->buf);
+	pfree(w);
 }
 
 /*
@@ -420,12 +434,13 @@ bg_keep_discard(void)
 	if (w == NULL)
 		return;
 	bg_keep_active = NULL;
-	if (w->file >= 0)
-		FileClose(w->file);
+	FileClose(w->file);
 	if (unlink(w->path) != 0 && errno != ENOENT)
 		ereport(LOG,
 				(errcode_for_file_access(),
 				 errmsg("could not remove file \"%s\": %m", w->path)));
+	pfree(w->buf);
+	pfree(w);
 }
 
 /* ----------------------------------------------------------------
@@ -487,7 +502,6 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 	if (rec.len != BG_KEEP_FOOTER || !EQ_CRC32C(crc, rec.crc) ||
 		footer.rows_end != (uint64) (size - sizeof(rec) - sizeof(footer)))
 		bg_keep_damaged(r, "its footer is not valid");
-	r->rows = footer.rows;
 	r->rows_end = footer.rows_end;
 	r->pos = r->rows_start;
 	return r;
@@ -523,7 +537,6 @@ bg_keep_read_header(BgKeepReader *r)
 	if (!EQ_CRC32C(crc, hdr.cols_crc))
 		bg_keep_damaged(r, "its column list is not valid");
 	bg_keep_check_types(r, &cols);
-	cols.cursor = 0;
 	r->desc = bg_desc_deserialize(&cols);
 	r->rows_start = sizeof(hdr) + hdr.cols_len;
 }
@@ -531,29 +544,23 @@ bg_keep_read_header(BgKeepReader *r)
 /*
  * Types may change while a result is kept (dropped, or dropped and made
  * anew under the same OID): rows are read only if each column's type still
- * lays values out as it did when they were written.
+ * lays values out as it did when they were written.  This reads the types
+ * at the start of the column list, before the description, whose reading
+ * looks the types up.
  */
 static void
 bg_keep_check_types(BgKeepReader *r, StringInfo cols)
 {
 	int			natts = pq_getmsgint(cols, 2);
-	const char **names = palloc(natts * sizeof(char *));
-	Oid		   *types = palloc(natts * sizeof(Oid));
 	int			i;
 
 	for (i = 0; i < natts; i++)
 	{
-		names[i] = pq_getmsgrawstring(cols);
-		types[i] = pq_getmsgint(cols, 4);
-		(void) pq_getmsgint(cols, 4);	/* typmod */
-		(void) pq_getmsgint(cols, 4);	/* collation */
-	}
-	for (i = 0; i < natts; i++)
-	{
+		Oid			type = pq_getmsgint(cols, 4);
 		int16		len = (int16) pq_getmsgint(cols, 2);
 		bool		byval = pq_getmsgbyte(cols) != 0;
 		char		align = (char) pq_getmsgbyte(cols);
-		HeapTuple	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(types[i]));
+		HeapTuple	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(type));
 		Form_pg_type typ;
 		bool		same;
 
@@ -562,8 +569,8 @@ bg_keep_check_types(BgKeepReader *r, StringInfo cols)
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("kept result of background job %d no longer matches its column types",
 							r->pid),
-					 errdetail("The type of column %d \"%s\" (OID %u) has been dropped.",
-							   i + 1, names[i], types[i]),
+					 errdetail("The type of column %d (OID %u) has been dropped.",
+							   i + 1, type),
 					 errhint("Forget the job with bg_forget(%d).", r->pid)));
 		typ = (Form_pg_type) GETSTRUCT(tup);
 		same = typ->typlen == len && typ->typbyval == byval &&
@@ -574,8 +581,8 @@ bg_keep_check_types(BgKeepReader *r, StringInfo cols)
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("kept result of background job %d no longer matches its column types",
 							r->pid),
-					 errdetail("The type of column %d \"%s\" stores its values differently than when the result was kept.",
-							   i + 1, names[i]),
+					 errdetail("The type of column %d (OID %u) stores its values differently than when the result was kept.",
+							   i + 1, type),
 					 errhint("Forget the job with bg_forget(%d).", r->pid)));
 	}
 }
@@ -684,12 +691,6 @@ bg_keep_close(BgKeepReader *r)
 	if (r->fd >= 0)
 		CloseTransientFile(r->fd);
 	r->fd = -1;
-}
-
-uint64
-bg_keep_rows(BgKeepReader *r)
-{
-	return r->fd < 0 ? 1 : r->rows;
 }
 
 /* ----------------------------------------------------------------
