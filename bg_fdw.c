@@ -132,18 +132,17 @@ static int	bg_parse_pid(const char *value);
 static int64 bg_parse_job_id(const char *value);
 static void bg_table_options(Oid relid, BgTableOptions *opts);
 static void bg_check_table_matches(Relation rel, TupleDesc jdesc, int pid);
-static bool bg_job_held_id(int pid, int64 job_id);
 static BgKeepReader *bg_open_kept(int pid, int64 job_id);
 static Datum bg_result_kept(FunctionCallInfo fcinfo, int pid);
 static void bg_check_definition_list(TupleDesc given, TupleDesc desc, int pid);
 static List *bg_import_kept(ImportForeignSchemaStmt *stmt,
-							ForeignServer *server, List *session_ids);
+							ForeignServer *server, List *session_jobs);
 static bool bg_import_wanted(ImportForeignSchemaStmt *stmt, const char *name);
 static List *bg_import_one(List *commands, const char *name, BgKeptJob *kj,
 						   ForeignServer *server);
 static void bg_drop_job_tables(BgJob *job);
 static long bg_interval_ms(Interval *interval);
-static bool bg_job_held(int pid);
+static bool bg_job_held(int pid, int64 job_id);
 static char *bg_describe_types(TupleDesc desc);
 static char *bg_table_definition(const char *name, int pid, int64 job_id,
 								 TupleDesc desc, ForeignServer *server);
@@ -497,7 +496,7 @@ bgBeginForeignScan(ForeignScanState *node, int eflags)
 	bg_table_options(RelationGetRelid(rel), &opts);
 	state = palloc0(sizeof(BgScanState));
 	node->fdw_state = state;
-	if (!bg_job_held_id(opts.pid, opts.job_id))
+	if (!bg_job_held(opts.pid, opts.job_id))
 	{
 		/* a job of another session, or one this session let go of */
 		state->kept = bg_open_kept(opts.pid, opts.job_id);
@@ -545,20 +544,6 @@ bgEndForeignScan(ForeignScanState *node)
 		bg_reader_close(state->job, state->reader);
 }
 
-/*
- * Does this session hold the result of this job (or of the newest job it
- * launched with this PID, if job_id is 0)?  Otherwise it is read from what
- * the job kept.
- */
-static bool
-bg_job_held_id(int pid, int64 job_id)
-{
-	BgJob	   *job = bg_job_lookup(pid, job_id, true);
-
-	return job != NULL && job->state != BG_JOB_DETACHED &&
-		job->detach_subid == InvalidSubTransactionId;
-}
-
 /* Open the kept result of a job, as the registry finds it for the caller. */
 static BgKeepReader *
 bg_open_kept(int pid, int64 job_id)
@@ -584,7 +569,7 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 {
 	ForeignServer *server = GetForeignServer(serverOid);
 	List	   *commands = NIL;
-	List	   *session_ids = NIL;
+	List	   *session_jobs = NIL;
 	ListCell   *lc;
 
 	if (strcmp(stmt->remote_schema, "jobs") != 0)
@@ -606,50 +591,43 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 						   bg_table_definition(psprintf("bg_result_%d", job->pid),
 											   job->pid, job->job_id,
 											   job->desc, server));
-		session_ids = lappend(session_ids, job);
+		session_jobs = lappend(session_jobs, job);
 	}
-	return list_concat(commands, bg_import_kept(stmt, server, session_ids));
+	return list_concat(commands, bg_import_kept(stmt, server, session_jobs));
 }
 
 /*
  * Tables for the kept results the caller may read, other than those of the
- * jobs this session holds.  A PID names the newest such job; an older job
- * with the same PID (PIDs are reused) is bg_result_<pid>_<job id>.
+ * jobs this session holds (session_jobs).  A PID names the newest such job,
+ * unless the session holds a job with that PID; an older job with the same
+ * PID (PIDs are reused) is bg_result_<pid>_<job id>.
  */
 static List *
 bg_import_kept(ImportForeignSchemaStmt *stmt, ForeignServer *server,
-			   List *session_ids)
+			   List *session_jobs)
 {
-	List	   *kept = bg_registry_kept_jobs();
 	List	   *commands = NIL;
+	int			prev_pid = 0;
 	ListCell   *lc;
 
-	foreach(lc, kept)
+	/* by PID, the newest first for each */
+	foreach(lc, bg_registry_kept_jobs())
 	{
 		BgKeptJob  *kj = lfirst(lc);
-		bool		newest = true;
+		bool		newest = (kj->pid != prev_pid);
 		ListCell   *lc2;
 		char	   *name;
 
-		foreach(lc2, session_ids)
+		prev_pid = kj->pid;
+		foreach(lc2, session_jobs)
 		{
+			if (((BgJob *) lfirst(lc2))->pid == kj->pid)
+				newest = false;
 			if (((BgJob *) lfirst(lc2))->job_id == kj->id)
 				break;
 		}
 		if (lc2 != NULL)
 			continue;
-		/* the list is oldest first */
-		for_each_from(lc2, kept, foreach_current_index(lc) + 1)
-		{
-			if (((BgKeptJob *) lfirst(lc2))->pid == kj->pid)
-				newest = false;
-		}
-		/* a table of this session's job has the plain name */
-		foreach(lc2, session_ids)
-		{
-			if (((BgJob *) lfirst(lc2))->pid == kj->pid)
-				newest = false;
-		}
 		name = newest ? psprintf("bg_result_%d", kj->pid) :
 			psprintf("bg_result_%d_" INT64_FORMAT, kj->pid, kj->id);
 		if (!bg_import_wanted(stmt, name))
@@ -792,7 +770,7 @@ bg_result(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot;
 	int			reader;
 
-	if (!bg_job_held(PG_GETARG_INT32(0)))
+	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 		return bg_result_kept(fcinfo, PG_GETARG_INT32(0));
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -898,7 +876,7 @@ bg_wait(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
-	if (!bg_job_held(PG_GETARG_INT32(0)))
+	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 	{
 		text	   *tag = bg_registry_wait(PG_GETARG_INT32(0), timeout_ms);
 
@@ -965,7 +943,7 @@ bg_cancel(PG_FUNCTION_ARGS)
 	BgJob	   *job;
 	pid_t		pid;
 
-	if (!bg_job_held(PG_GETARG_INT32(0)))
+	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 		PG_RETURN_BOOL(bg_registry_cancel(PG_GETARG_INT32(0)));
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	bg_job_poll_messages(job);
@@ -976,13 +954,15 @@ bg_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
- * Does this session hold the result of a job with this PID?  Otherwise
- * bg_wait and bg_cancel act through the registry, from any session.
+ * Does this session hold the result of this job (or of the newest job it
+ * launched with this PID, if job_id is 0)?  Otherwise bg_wait and bg_cancel
+ * act through the registry, from any session, and readers read what the
+ * job kept.
  */
 static bool
-bg_job_held(int pid)
+bg_job_held(int pid, int64 job_id)
 {
-	BgJob	   *job = bg_job_lookup(pid, 0, true);
+	BgJob	   *job = bg_job_lookup(pid, job_id, true);
 
 	return job != NULL && job->state != BG_JOB_DETACHED &&
 		job->detach_subid == InvalidSubTransactionId;

@@ -336,7 +336,7 @@ typedef struct BgKeptJob
 	char	   *command;		/* completion tag */
 } BgKeptJob;
 
-extern bool bg_registry_keeps(void);
+extern bool bg_registry_keeps(Oid registry);
 extern void bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj);
 extern List *bg_registry_kept_jobs(void);
 extern void bg_registry_sweep_files(void);

@@ -129,7 +129,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	bg_check_table_privileges();
 	stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
 	keep = !stream && !(PG_NARGS() > 3 && !PG_ARGISNULL(3) &&
-						!PG_GETARG_BOOL(3)) && bg_registry_keeps();
+						!PG_GETARG_BOOL(3));
 
 	/*
 	 * bg_fdw.max_jobs_per_role: no other launch by the role until ours is
@@ -401,9 +401,9 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shared->launcher_proc = MyProc;
 	shared->launched_at = GetCurrentTimestamp();
 	shared->stream = stream;
-	shared->keep = keep;
-	pg_atomic_init_u64(&shared->kept_size, 0);
 	shared->registry_relid = bg_registry_relid();
+	shared->keep = keep && bg_registry_keeps(shared->registry_relid);
+	pg_atomic_init_u64(&shared->kept_size, 0);
 	shared->detached_relid = bg_detached_relid();
 	pg_atomic_init_u64(&shared->rows, 0);
 	SpinLockInit(&shared->mutex);

@@ -166,15 +166,23 @@ static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
 };
 
 /*
- * The registry's rows as bg_jobs shows them, for a table name and a
- * condition.  A session holds a job's result until it detaches it or ends;
- * a PID alive since before the launch is still the launching session.
+ * The columns of a registry row (r) that bg_entry_from_tuple reads, the last
+ * of them the kept size, whose SQL (BgRegistryCall.kept) follows this.
+ */
+#define BG_ENTRY_COLUMNS \
+	"r.id, r.pid, r.role, r.segment, r.state, r.command, r.sqlstate, " \
+	"r.error, "
+
+/*
+ * The registry's rows as bg_jobs shows them, for the kept size's SQL, the
+ * table names and a condition.  A session holds a job's result until it
+ * detaches it or ends; a PID alive since before the launch is still the
+ * launching session.
  */
 #define BG_LIST_QUERY \
-	"SELECT r.id, r.pid, r.role, r.segment, r.state, r.command, r.sqlstate, " \
-	"r.error, r.query, r.launched_at, r.finished_at, r.rows, " \
-	"a.backend_start <= r.launched_at AND NOT EXISTS " \
-	"(SELECT FROM %s d WHERE d.id = r.id), %s " \
+	"SELECT " BG_ENTRY_COLUMNS "%s, r.query, r.launched_at, r.finished_at, " \
+	"r.rows, a.backend_start <= r.launched_at AND NOT EXISTS " \
+	"(SELECT FROM %s d WHERE d.id = r.id) " \
 	"FROM %s r LEFT JOIN pg_stat_get_activity(NULL) a " \
 	"ON a.pid = r.launcher_pid WHERE %s ORDER BY r.id"
 
@@ -213,6 +221,7 @@ typedef struct BgJobEntry
 	char	   *command;
 	char	   *sqlstate;
 	char	   *error;
+	int64		kept_bytes;		/* size of its kept result, or -1 */
 } BgJobEntry;
 
 /* What a job's segment says of it, if it still exists */
@@ -272,8 +281,8 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
 						   Datum *values, BgJobEntry *entry);
-static void bg_list_put_kept(Datum *vals, bool *isnulls, HeapTuple tuple,
-							 TupleDesc desc, BgJobProbe *probe,
+static void bg_list_put_kept(Datum *vals, bool *isnulls, BgJobEntry *entry,
+							 BgJobStatus status, BgJobProbe *probe,
 							 bool privileged);
 static void bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 						HeapTuple tuple, TupleDesc desc, BgJobEntry *entry,
@@ -499,9 +508,8 @@ bg_rel_has_kept(Relation rel)
  * not listed, nor with a registry of 1.0, which has nowhere to record it.
  */
 bool
-bg_registry_keeps(void)
+bg_registry_keeps(Oid relid)
 {
-	Oid			relid = bg_registry_relid();
 	Relation	rel;
 	bool		keeps;
 
@@ -1287,8 +1295,8 @@ bg_entry_fetch(const char *cond, int nargs, Oid *types, Datum *values,
 
 	if (!bg_registry_open(&call))
 		return false;
-	tt = bg_registry_query(psprintf("SELECT id, pid, role, segment, state, command, sqlstate, error "
-									"FROM %s WHERE %s LIMIT 1", call.relname, cond),
+	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r WHERE %s LIMIT 1",
+									call.kept, call.relname, cond),
 						   nargs, types, values);
 	if (tt->numvals > 0)
 	{
@@ -1317,6 +1325,8 @@ bg_entry_from_tuple(HeapTuple tuple, TupleDesc desc, BgJobEntry *entry)
 	entry->command = SPI_getvalue(tuple, desc, 6);
 	entry->sqlstate = SPI_getvalue(tuple, desc, 7);
 	entry->error = SPI_getvalue(tuple, desc, 8);
+	d = SPI_getbinval(tuple, desc, 9, &isnull);
+	entry->kept_bytes = isnull ? -1 : DatumGetInt64(d);
 }
 
 /*
@@ -1377,7 +1387,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = TimestampTzGetDatum(bg_job_retention < 0 ? DT_NOBEGIN :
 									bg_retention_horizon());
-	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.kept, call.relname,
+	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.kept, call.detachname, call.relname,
 									"r.database = $1 AND (r.finished_at IS NULL OR r.finished_at >= $2)"),
 						   2, types, values);
 
@@ -1402,7 +1412,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 			Datum		id[1];
 
 			id[0] = Int64GetDatum(entry.id);
-			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.detachname, call.kept, call.relname, "r.id = $1"),
+			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.kept, call.detachname, call.relname, "r.id = $1"),
 									  1, idtype, id);
 			if (again->numvals == 0)
 				continue;		/* forgotten meanwhile */
@@ -1462,21 +1472,18 @@ bg_list_map(TupleDesc desc)
  * it), and its size, which like the row count is its role's business.
  */
 static void
-bg_list_put_kept(Datum *vals, bool *isnulls, HeapTuple tuple, TupleDesc desc,
-				 BgJobProbe *probe, bool privileged)
+bg_list_put_kept(Datum *vals, bool *isnulls, BgJobEntry *entry,
+				 BgJobStatus status, BgJobProbe *probe, bool privileged)
 {
-	bool		isnull;
-	Datum		bytes = SPI_getbinval(tuple, desc, 14, &isnull);
-	BgJobStatus status = bg_status_from_name(TextDatumGetCString(vals[BG_LIST_STATE]));
+	bool		kept = entry->kept_bytes >= 0 &&
+		(status == BG_STATUS_RUNNING || status == BG_STATUS_FINISHED);
 
-	vals[BG_LIST_KEPT] = BoolGetDatum(!isnull &&
-									  (status == BG_STATUS_RUNNING ||
-									   status == BG_STATUS_FINISHED));
-	if (status == BG_STATUS_RUNNING && probe->found && !isnull)
-		bytes = Int64GetDatum((int64) probe->kept_size);
-	vals[BG_LIST_KEPT_BYTES] = bytes;
-	isnulls[BG_LIST_KEPT_BYTES] = !DatumGetBool(vals[BG_LIST_KEPT]) ||
-		!privileged;
+	vals[BG_LIST_KEPT] = BoolGetDatum(kept);
+	vals[BG_LIST_KEPT_BYTES] = Int64GetDatum(status == BG_STATUS_RUNNING &&
+											 probe->found ?
+											 (int64) probe->kept_size :
+											 entry->kept_bytes);
+	isnulls[BG_LIST_KEPT_BYTES] = !kept || !privileged;
 }
 
 /* One row of bg_jobs, from a row of BG_LIST_QUERY */
@@ -1491,6 +1498,7 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
 	bool	   *nulls = palloc(outdesc->natts * sizeof(bool));
 	bool		privileged = has_privs_of_role(caller, entry->role);
 	bool		running = (entry->status == BG_STATUS_RUNNING);
+	BgJobStatus status = entry->status;
 	bool		isnull;
 	int			i;
 
@@ -1499,20 +1507,19 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
 	vals[BG_LIST_PID] = Int32GetDatum(entry->pid);
 	vals[BG_LIST_ROLE] = ObjectIdGetDatum(entry->role);
 	vals[BG_LIST_DATABASE] = dbname;
-	vals[BG_LIST_QUERY_TEXT] = SPI_getbinval(tuple, desc, 9, &isnull);
+	vals[BG_LIST_QUERY_TEXT] = SPI_getbinval(tuple, desc, 10, &isnull);
 	isnulls[BG_LIST_QUERY_TEXT] = isnull || !privileged;
 	if (running && !RecoveryInProgress() && !(probe->found && probe->worker_alive))
-		vals[BG_LIST_STATE] = CStringGetTextDatum(bg_status_name(BG_STATUS_LOST));
-	else
-		vals[BG_LIST_STATE] = CStringGetTextDatum(bg_status_name(entry->status));
-	vals[BG_LIST_LAUNCHED_AT] = SPI_getbinval(tuple, desc, 10,
+		status = BG_STATUS_LOST;
+	vals[BG_LIST_STATE] = CStringGetTextDatum(bg_status_name(status));
+	vals[BG_LIST_LAUNCHED_AT] = SPI_getbinval(tuple, desc, 11,
 											  &isnulls[BG_LIST_LAUNCHED_AT]);
-	vals[BG_LIST_FINISHED_AT] = SPI_getbinval(tuple, desc, 11,
+	vals[BG_LIST_FINISHED_AT] = SPI_getbinval(tuple, desc, 12,
 											  &isnulls[BG_LIST_FINISHED_AT]);
 	if (running && probe->found)
 		vals[BG_LIST_ROWS] = Int64GetDatum((int64) probe->rows);
 	else
-		vals[BG_LIST_ROWS] = SPI_getbinval(tuple, desc, 12,
+		vals[BG_LIST_ROWS] = SPI_getbinval(tuple, desc, 13,
 										   &isnulls[BG_LIST_ROWS]);
 	/* what the job did is its role's business, as pg_stat_activity has it */
 	isnulls[BG_LIST_ROWS] = isnulls[BG_LIST_ROWS] || !privileged;
@@ -1525,11 +1532,11 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
 	isnulls[BG_LIST_ERROR] = (entry->error == NULL || !privileged);
 	vals[BG_LIST_ERROR] = isnulls[BG_LIST_ERROR] ? (Datum) 0 :
 		CStringGetTextDatum(entry->error);
-	vals[BG_LIST_ATTACHED] = SPI_getbinval(tuple, desc, 13, &isnull);
+	vals[BG_LIST_ATTACHED] = SPI_getbinval(tuple, desc, 14, &isnull);
 	if (isnull)
 		vals[BG_LIST_ATTACHED] = BoolGetDatum(false);
 	isnulls[BG_LIST_ATTACHED] = RecoveryInProgress();
-	bg_list_put_kept(vals, isnulls, tuple, desc, probe, privileged);
+	bg_list_put_kept(vals, isnulls, entry, status, probe, privileged);
 
 	for (i = 0; i < outdesc->natts; i++)
 	{
@@ -1895,16 +1902,9 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 	Oid			caller = GetUserId();	/* before we become the owner */
 	Oid			denied = InvalidOid;
 	bool		found = false;
-	bool		isnull = true;
-	Datum		bytes = (Datum) 0;
 	MemoryContext cxt = CurrentMemoryContext;
-	bool		looked_again = false;
 	uint64		i;
 
-again:
-	found = false;
-	denied = InvalidOid;
-	isnull = true;
 	if (!bg_registry_open(&call))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1912,7 +1912,7 @@ again:
 	values[0] = Int32GetDatum(pid);
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
 	values[2] = Int64GetDatum(job_id);
-	tt = bg_registry_query(psprintf("SELECT id, pid, role, segment, state, command, sqlstate, error, %s "
+	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s "
 									"FROM %s r WHERE pid = $1 AND database = $2 "
 									"AND ($3 = 0 OR id = $3) ORDER BY id DESC",
 									call.kept, call.relname),
@@ -1924,9 +1924,7 @@ again:
 		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
 		MemoryContextSwitchTo(oldcxt);
 		found = has_privs_of_role(caller, entry.role);
-		if (found)
-			bytes = SPI_getbinval(tt->vals[i], tt->tupdesc, 9, &isnull);
-		else if (!OidIsValid(denied))
+		if (!found && !OidIsValid(denied))
 			denied = entry.role;
 	}
 	bg_registry_close(&call);
@@ -1941,16 +1939,10 @@ again:
 	if (!found)
 		bg_raise_unknown(pid);
 
+	/* a job that ended since is read again, kept size included */
 	bg_probe(entry.id, entry.segment, &probe);
 	if (!bg_entry_state(&entry, &probe, &status))
 		bg_raise_unknown(pid);	/* forgotten meanwhile */
-	/* it ended since the first look: its kept size is recorded now */
-	if (status == BG_STATUS_FINISHED && isnull == false &&
-		DatumGetInt64(bytes) == 0 && !looked_again)
-	{
-		looked_again = true;
-		goto again;
-	}
 	if (status == BG_STATUS_LOST)
 		bg_raise_lost(&entry);
 	if (status == BG_STATUS_FAILED || status == BG_STATUS_CANCELLED)
@@ -1961,20 +1953,20 @@ again:
 				 errmsg("background job %d is still running", pid),
 				 errdetail("While a job runs, only the session that launched it reads its result."),
 				 errhint("Wait for it with bg_wait(%d), then read it.", pid)));
-	if (isnull)
+	if (entry.kept_bytes < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("result of background job %d was not kept", pid),
 				 errdetail("Only the session that launched it could read it: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.")));
 	kj->id = entry.id;
 	kj->pid = entry.pid;
-	kj->kept_bytes = DatumGetInt64(bytes);
+	kj->kept_bytes = entry.kept_bytes;
 	kj->command = entry.command;
 }
 
 /*
  * The finished jobs of this database whose kept result the caller may read,
- * oldest first.
+ * by PID, the newest first for each.
  */
 List *
 bg_registry_kept_jobs(void)
@@ -1992,28 +1984,27 @@ bg_registry_kept_jobs(void)
 		return NIL;
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_FINISHED));
-	tt = bg_registry_query(psprintf("SELECT id, pid, role, command, %s FROM %s r "
+	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
 									"WHERE database = $1 AND state = $2 "
-									"AND %s IS NOT NULL ORDER BY id",
+									"AND %s IS NOT NULL ORDER BY pid, id DESC",
 									call.kept, call.relname, call.kept),
 						   2, types, values);
 	for (i = 0; i < tt->numvals; i++)
 	{
-		HeapTuple	tuple = tt->vals[i];
-		bool		isnull;
-		MemoryContext oldcxt;
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+		BgJobEntry	entry;
 		BgKeptJob  *kj;
 
-		if (!has_privs_of_role(caller,
-							   DatumGetObjectId(SPI_getbinval(tuple, tt->tupdesc, 3, &isnull))))
-			continue;
-		oldcxt = MemoryContextSwitchTo(cxt);
-		kj = palloc(sizeof(BgKeptJob));
-		kj->id = DatumGetInt64(SPI_getbinval(tuple, tt->tupdesc, 1, &isnull));
-		kj->pid = DatumGetInt32(SPI_getbinval(tuple, tt->tupdesc, 2, &isnull));
-		kj->command = SPI_getvalue(tuple, tt->tupdesc, 4);
-		kj->kept_bytes = DatumGetInt64(SPI_getbinval(tuple, tt->tupdesc, 5, &isnull));
-		jobs = lappend(jobs, kj);
+		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
+		if (has_privs_of_role(caller, entry.role))
+		{
+			kj = palloc(sizeof(BgKeptJob));
+			kj->id = entry.id;
+			kj->pid = entry.pid;
+			kj->kept_bytes = entry.kept_bytes;
+			kj->command = entry.command;
+			jobs = lappend(jobs, kj);
+		}
 		MemoryContextSwitchTo(oldcxt);
 	}
 	bg_registry_close(&call);
