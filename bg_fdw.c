@@ -637,6 +637,28 @@ bg_import_kept(ImportForeignSchemaStmt *stmt, ForeignServer *server,
 	return commands;
 }
 
+/* What bg_import_one works out in its subtransaction */
+typedef struct BgImportOne
+{
+	const char *name;
+	BgKeptJob  *kj;
+	ForeignServer *server;
+	char	   *def;			/* CREATE FOREIGN TABLE, in the caller's
+								 * context */
+} BgImportOne;
+
+static void
+bg_import_one_work(void *arg)
+{
+	BgImportOne *one = (BgImportOne *) arg;
+	BgKeepReader *r = bg_keep_open(one->kj->pid, one->kj->id,
+								   one->kj->kept_bytes, one->kj->command);
+
+	one->def = bg_table_definition(one->name, one->kj->pid, one->kj->id,
+								   bg_keep_desc(r), one->server);
+	bg_keep_close(r);
+}
+
 /*
  * Add the table of one kept result.  One that cannot be read (its file is
  * damaged or gone, a type it uses was dropped) is left out with a warning,
@@ -646,41 +668,50 @@ static List *
 bg_import_one(List *commands, const char *name, BgKeptJob *kj,
 			  ForeignServer *server)
 {
+	BgImportOne one = {name, kj, server, NULL};
+	ErrorData  *edata = bg_rolled_back_call(bg_import_one_work, &one);
+
+	if (edata == NULL)
+		return lappend(commands, one.def);
+	ereport(WARNING,
+			(errcode(edata->sqlerrcode),
+			 errmsg("skipping the kept result of background job %d: %s",
+					kj->pid, edata->message),
+			 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+	FreeErrorData(edata);
+	return commands;
+}
+
+/*
+ * Run work(arg) in a subtransaction that is then rolled back, whatever
+ * happens, so that it leaves no lock, file or other resource behind.
+ * Returns its error, or NULL.  What work keeps must be allocated in the
+ * context current on entry, which it is called in.
+ */
+ErrorData *
+bg_rolled_back_call(void (*work) (void *arg), void *arg)
+{
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	char	   *def = NULL;
+	ErrorData  *edata = NULL;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		BgKeepReader *r = bg_keep_open(kj->pid, kj->id, kj->kept_bytes,
-									   kj->command);
-
-		def = bg_table_definition(name, kj->pid, kj->id, bg_keep_desc(r),
-								  server);
-		bg_keep_close(r);
-		ReleaseCurrentSubTransaction();
+		work(arg);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING,
-				(errcode(edata->sqlerrcode),
-				 errmsg("skipping the kept result of background job %d: %s",
-						kj->pid, edata->message),
-				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
-		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(oldcxt);
 	CurrentResourceOwner = oldowner;
-	return def ? lappend(commands, def) : commands;
+	return edata;
 }
 
 /*

@@ -282,6 +282,7 @@ typedef struct BgJob
 /* in bg_fdw.c */
 extern int	bg_default_queue_size;
 extern Oid	bg_server_oid(bool missing_ok);
+extern ErrorData *bg_rolled_back_call(void (*work) (void *arg), void *arg);
 
 /* in worker.c */
 

@@ -185,6 +185,35 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
 	return job->pid;
 }
 
+/* What bg_describe works out in its subtransaction */
+typedef struct BgDescribe
+{
+	RawStmt    *raw;
+	const char *sql;
+	TupleDesc	desc;			/* the result, in the caller's context */
+} BgDescribe;
+
+static void
+bg_describe_work(void *arg)
+{
+	BgDescribe *d = (BgDescribe *) arg;
+	MemoryContext cxt = CurrentMemoryContext;
+	CachedPlanSource *psrc;
+	List	   *querytrees;
+
+	psrc = CreateCachedPlan(d->raw, d->sql, CreateCommandTag(d->raw->stmt));
+	querytrees = pg_analyze_and_rewrite_fixedparams(d->raw, d->sql, NULL, 0,
+													NULL);
+	CompleteCachedPlan(psrc, querytrees, NULL, NULL, 0, NULL, NULL,
+					   CURSOR_OPT_PARALLEL_OK, true);
+	if (psrc->resultDesc)
+	{
+		MemoryContextSwitchTo(cxt);
+		d->desc = CreateTupleDescCopy(psrc->resultDesc);
+	}
+	DropCachedPlan(psrc);
+}
+
 /*
  * Return the columns a statement would produce, or NULL if it produces
  * none, without running it.  Parse analysis locks the relations it reads;
@@ -194,47 +223,12 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
 static TupleDesc
 bg_describe(RawStmt *raw, const char *sql)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	CachedPlanSource *psrc;
-	List	   *querytrees;
-	TupleDesc	desc = NULL;
+	BgDescribe	d = {raw, sql, NULL};
+	ErrorData  *edata = bg_rolled_back_call(bg_describe_work, &d);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		psrc = CreateCachedPlan(raw, sql, CreateCommandTag(raw->stmt));
-		querytrees = pg_analyze_and_rewrite_fixedparams(raw, sql, NULL, 0, NULL);
-		CompleteCachedPlan(psrc, querytrees, NULL, NULL, 0, NULL, NULL,
-						   CURSOR_OPT_PARALLEL_OK, true);
-		if (psrc->resultDesc)
-		{
-			MemoryContextSwitchTo(oldcxt);
-			desc = CreateTupleDescCopy(psrc->resultDesc);
-		}
-		DropCachedPlan(psrc);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		/* An internal subtransaction must be ended here, or ours is left aborted. */
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+	if (edata)
 		ReThrowError(edata);
-	}
-	PG_END_TRY();
-
-	RollbackAndReleaseCurrentSubTransaction();
-	MemoryContextSwitchTo(oldcxt);
-	CurrentResourceOwner = oldowner;
-
-	return desc;
+	return d.desc;
 }
 
 /*
