@@ -102,7 +102,7 @@ typedef struct BgKeepFooter
 /* The worker's kept file, while its last statement runs */
 struct BgKeepWriter
 {
-	File		file;			/* the file, or -1 once closed */
+	File		file;			/* the file, open for the writer's life */
 	char		path[MAXPGPATH];
 	off_t		written;		/* bytes in the file */
 	char	   *buf;			/* bytes not yet written */
@@ -116,7 +116,7 @@ struct BgKeepWriter
 /* A reader of a kept result, for one scan */
 struct BgKeepReader
 {
-	int			fd;				/* transient file, or -1 (only a tag) */
+	int			fd;				/* transient file, or -1 (none, or closed) */
 	int			pid;			/* for messages */
 	char	   *path;
 	TupleDesc	desc;			/* the result's columns */
@@ -132,7 +132,7 @@ struct BgKeepReader
 	char	   *row;			/* the current row, MAXALIGNed for t_data */
 	Size		row_size;
 	HeapTupleData tuple;		/* the current row */
-	char	   *command;		/* the completion tag, if no file */
+	char	   *command;		/* the completion tag, if only that is kept */
 	bool		command_done;	/* the tag row was returned */
 };
 
@@ -632,7 +632,7 @@ bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
 	char	   *body;
 
 	ExecClearTuple(slot);
-	if (r->fd < 0)
+	if (r->command)
 	{
 		if (r->command_done)
 			return false;
