@@ -181,8 +181,8 @@ typedef enum BgWake
 
 /*
  * A job's state as the registry records it (registry.c maps each to the
- * text in bg_job_registry.state).  "lost" is never stored: it is what a
- * "running" row whose worker is gone is shown as.
+ * text in bg_job_registry.state).  A "running" row whose worker is gone is
+ * shown as "lost", and recorded so once noticed (from 1.1 on).
  */
 typedef enum BgJobStatus
 {
@@ -190,7 +190,7 @@ typedef enum BgJobStatus
 	BG_STATUS_FINISHED,			/* committed */
 	BG_STATUS_FAILED,			/* rolled back on an error */
 	BG_STATUS_CANCELLED,		/* rolled back by bg_cancel or a failed launch */
-	BG_STATUS_LOST				/* worker gone without an outcome; not stored */
+	BG_STATUS_LOST				/* worker gone without an outcome */
 } BgJobStatus;
 
 #define BG_NUM_STATUSES		(BG_STATUS_LOST + 1)
@@ -284,8 +284,6 @@ extern int	bg_default_queue_size;
 extern Oid	bg_server_oid(bool missing_ok);
 extern ErrorData *bg_rolled_back_call(void (*work) (void *arg), void *arg);
 
-/* in worker.c */
-
 /* in dest.c */
 extern DestReceiver *bg_create_dest_receiver(shm_mq_handle *mqh,
 											 BgJobShared *shared,
@@ -318,7 +316,7 @@ extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
 extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
 extern Oid	bg_registry_relid(void);
-extern Oid	bg_detached_relid(void);
+extern Oid	bg_detached_relid(Oid registry);
 extern void bg_registry_tidy(BgJobShared *shared);
 extern void bg_registry_sweep(void);
 extern void bg_registry_lock_role(Oid role);

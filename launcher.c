@@ -398,7 +398,7 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shared->registry_relid = bg_registry_relid();
 	shared->keep = keep && bg_registry_keeps(shared->registry_relid);
 	pg_atomic_init_u64(&shared->kept_size, 0);
-	shared->detached_relid = bg_detached_relid();
+	shared->detached_relid = bg_detached_relid(shared->registry_relid);
 	pg_atomic_init_u64(&shared->rows, 0);
 	SpinLockInit(&shared->mutex);
 	shm_toc_insert(toc, BG_KEY_SHARED, shared);

@@ -105,20 +105,18 @@ static const BgColumn bg_detached_columns[Natts_bg_job_detached] = {
 };
 
 /*
- * The text of each job state in bg_job_registry.state, and whether the 1.0
- * table's CHECK constraint allows it (rows are written without checking it,
- * so the C code must): "lost" is stored only in a registry of 1.1 or later.
+ * The text of each job state in bg_job_registry.state.  Rows are written
+ * without checking the table's CHECK constraint, so the C code must: a
+ * worker records only the first four, and "lost" is recorded only by
+ * bg_registry_mark_lost, in a registry of 1.1 or later (1.0's constraint
+ * does not allow it).
  */
-static const struct
-{
-	const char *name;
-	bool		stored;
-}			bg_statuses[BG_NUM_STATUSES] = {
-	[BG_STATUS_RUNNING] = {"running", true},
-	[BG_STATUS_FINISHED] = {"finished", true},
-	[BG_STATUS_FAILED] = {"failed", true},
-	[BG_STATUS_CANCELLED] = {"cancelled", true},
-	[BG_STATUS_LOST] = {"lost", false}
+static const char *const bg_statuses[BG_NUM_STATUSES] = {
+	[BG_STATUS_RUNNING] = "running",
+	[BG_STATUS_FINISHED] = "finished",
+	[BG_STATUS_FAILED] = "failed",
+	[BG_STATUS_CANCELLED] = "cancelled",
+	[BG_STATUS_LOST] = "lost"
 };
 
 /*
@@ -251,8 +249,8 @@ static void bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *o
 								 BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_tidy_work(BgJobShared *shared, BgOutcome *outcome);
-static bool bg_extension_find(Oid *nspid, char **version);
-static bool bg_registry_stores_lost(void);
+static bool bg_extension_find(Oid *nspid);
+static bool bg_registry_stores_lost(Relation rel);
 static void bg_registry_mark_lost(Oid relid);
 static void bg_registry_set_lost(Relation rel, ItemPointer tid, TimestampTz now);
 static void bg_registry_no_lock_timeout(void);
@@ -301,7 +299,7 @@ static const char *
 bg_status_name(BgJobStatus status)
 {
 	Assert(status >= 0 && status < BG_NUM_STATUSES);
-	return bg_statuses[status].name;
+	return bg_statuses[status];
 }
 
 /* The state a registry row records */
@@ -314,7 +312,7 @@ bg_status_from_name(const char *name)
 		elog(ERROR, "background job without a state in the job registry");
 	for (i = 0; i < BG_NUM_STATUSES; i++)
 	{
-		if (strcmp(bg_statuses[i].name, name) == 0)
+		if (strcmp(bg_statuses[i], name) == 0)
 			return (BgJobStatus) i;
 	}
 	elog(ERROR, "unrecognized background job state \"%s\" in the job registry",
@@ -418,10 +416,10 @@ bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns)
 
 /*
  * Find the extension in this database: false if it is not installed, else
- * its schema and (if asked) its version.
+ * its schema.  (get_extension_schema is not exported before PostgreSQL 17.)
  */
 static bool
-bg_extension_find(Oid *nspid, char **version)
+bg_extension_find(Oid *nspid)
 {
 	Relation	extrel;
 	ScanKeyData key;
@@ -436,17 +434,7 @@ bg_extension_find(Oid *nspid, char **version)
 	tuple = systable_getnext(scan);
 	found = HeapTupleIsValid(tuple);
 	if (found)
-	{
 		*nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
-		if (version != NULL)
-		{
-			bool		isnull;
-			Datum		d = heap_getattr(tuple, Anum_pg_extension_extversion,
-										 RelationGetDescr(extrel), &isnull);
-
-			*version = isnull ? NULL : TextDatumGetCString(d);
-		}
-	}
 	systable_endscan(scan);
 	table_close(extrel, AccessShareLock);
 	return found;
@@ -461,7 +449,7 @@ bg_registry_relid(void)
 {
 	Oid			nspid;
 
-	if (!bg_extension_find(&nspid, NULL))
+	if (!bg_extension_find(&nspid))
 		return InvalidOid;
 	return get_relname_relid(BG_REGISTRY_TABLE, nspid);
 }
@@ -849,7 +837,7 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 	bool	   *replace;
 
 	/* the table's CHECK constraint is not checked on this path */
-	if (!bg_statuses[status].stored)
+	if (status == BG_STATUS_LOST)
 		elog(ERROR, "background job state \"%s\" cannot be recorded",
 			 bg_status_name(status));
 	rel = bg_registry_open_rel(shared->registry_relid);
@@ -963,16 +951,13 @@ bg_registry_sweep(void)
 /*
  * May the registry record "lost"?  Not the one of 1.0, whose CHECK
  * constraint does not allow it: this library may serve it before ALTER
- * EXTENSION bg_fdw UPDATE.
+ * EXTENSION bg_fdw UPDATE.  The table tells: 1.1 added kept_bytes with the
+ * new constraint.
  */
 static bool
-bg_registry_stores_lost(void)
+bg_registry_stores_lost(Relation rel)
 {
-	Oid			nspid;
-	char	   *version = NULL;
-
-	return bg_extension_find(&nspid, &version) && version != NULL &&
-		strcmp(version, "1.0") != 0;
+	return bg_rel_has_kept(rel);
 }
 
 /*
@@ -980,7 +965,9 @@ bg_registry_stores_lost(void)
  * still listed as running whose worker has gone without recording an
  * outcome (a crash restart took it), so that it expires like any ended job.
  * Running jobs have no finished_at: the index on it finds them.  One process
- * marks at a time; another that finds it busy leaves the work to it.
+ * marks at a time, under a lock of its own on the registry (not a relation
+ * lock, which VACUUM takes too); another that finds it busy leaves the work
+ * to it.
  */
 static void
 bg_registry_mark_lost(Oid relid)
@@ -992,14 +979,15 @@ bg_registry_mark_lost(Oid relid)
 	HeapTuple	tuple;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (RecoveryInProgress() || !bg_registry_stores_lost())
+	if (RecoveryInProgress())
 		return;
 	rel = bg_registry_open_rel(relid);
 	if (rel == NULL)
 		return;
 	index = bg_finished_at_index(rel);
-	if (!OidIsValid(index) ||
-		!ConditionalLockRelation(rel, ShareUpdateExclusiveLock))
+	if (!OidIsValid(index) || !bg_registry_stores_lost(rel) ||
+		!ConditionalLockDatabaseObject(RelationRelationId, relid, 1,
+									   ExclusiveLock))
 	{
 		table_close(rel, RowExclusiveLock);
 		return;
@@ -1764,7 +1752,7 @@ bg_registry_delete(int64 job_id)
 void
 bg_registry_detached(int64 job_id)
 {
-	Oid			relid = bg_detached_relid();
+	Oid			relid = bg_detached_relid(bg_registry_relid());
 	Relation	rel;
 	int			natts;
 	Datum	   *values;
@@ -1789,10 +1777,8 @@ bg_registry_detached(int64 job_id)
 
 /* bg_job_detached, beside the registry */
 Oid
-bg_detached_relid(void)
+bg_detached_relid(Oid registry)
 {
-	Oid			registry = bg_registry_relid();
-
 	if (!OidIsValid(registry))
 		return InvalidOid;
 	return get_relname_relid(BG_DETACHED_TABLE, get_rel_namespace(registry));
