@@ -56,6 +56,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -236,6 +237,11 @@ static BgJobStatus bg_status_from_name(const char *name);
 static char *bg_layout_problem(Relation rel, const BgColumn *columns,
 							   int ncolumns);
 static char *bg_index_problem(Relation rel);
+static bool bg_layout_known_good(Relation rel, const BgColumn *columns);
+static void bg_layout_remember(Relation rel, const BgColumn *columns);
+static void bg_layout_forget(Datum arg, Oid relid);
+static char *bg_layout_check(Relation rel, const BgColumn *columns,
+							 int ncolumns);
 static void bg_check_layout(Relation rel, const BgColumn *columns, int ncolumns);
 static bool bg_registry_usable(BgJobShared *shared);
 static int *bg_list_map(TupleDesc desc);
@@ -328,6 +334,81 @@ bg_status_from_name(const char *name)
  */
 static char *
 bg_layout_problem(Relation rel, const BgColumn *columns, int ncolumns)
+{
+	char	   *problem;
+
+	if (bg_layout_known_good(rel, columns))
+		return NULL;
+	problem = bg_layout_check(rel, columns, ncolumns);
+	if (problem == NULL)
+		bg_layout_remember(rel, columns);
+	return problem;
+}
+
+/*
+ * Tables found usable, until their relcache entries are invalidated (ALTER
+ * TABLE, CREATE or DROP INDEX): the registry is opened many times a job,
+ * and a waiting session polls it.
+ */
+typedef struct BgLayoutGood
+{
+	const BgColumn *columns;	/* the layout checked */
+	Oid			relid;			/* the table that has it, or InvalidOid */
+} BgLayoutGood;
+
+static BgLayoutGood bg_layout_good[2];
+static bool bg_layout_callback_registered = false;
+
+static bool
+bg_layout_known_good(Relation rel, const BgColumn *columns)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(bg_layout_good); i++)
+	{
+		if (bg_layout_good[i].columns == columns &&
+			bg_layout_good[i].relid == RelationGetRelid(rel))
+			return true;
+	}
+	return false;
+}
+
+static void
+bg_layout_remember(Relation rel, const BgColumn *columns)
+{
+	int			i;
+
+	if (!bg_layout_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(bg_layout_forget, (Datum) 0);
+		bg_layout_callback_registered = true;
+	}
+	/* a slot for this layout, or a free one */
+	for (i = 0; i < lengthof(bg_layout_good) - 1; i++)
+	{
+		if (bg_layout_good[i].columns == columns ||
+			bg_layout_good[i].columns == NULL)
+			break;
+	}
+	bg_layout_good[i].columns = columns;
+	bg_layout_good[i].relid = RelationGetRelid(rel);
+}
+
+static void
+bg_layout_forget(Datum arg, Oid relid)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(bg_layout_good); i++)
+	{
+		if (!OidIsValid(relid) || bg_layout_good[i].relid == relid)
+			bg_layout_good[i].relid = InvalidOid;
+	}
+}
+
+/* bg_layout_problem, without the memory of tables found usable */
+static char *
+bg_layout_check(Relation rel, const BgColumn *columns, int ncolumns)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
