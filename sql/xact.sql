@@ -47,14 +47,18 @@ SELECT bg_wait(:pid);
 
 -- ... also while another job keeps waking the reader: the check runs every
 -- deadlock_timeout of waiting, whatever wakes the wait (the busy job, with a
--- scan open on it, sends a row every 10 ms for a quarter of an hour)
+-- scan open on it, sends a row every 10 ms for days (the sleep depends on
+-- the row, so it is not run once and kept); a check it starved
+-- would let the statement_timeout, far longer than any machine needs to
+-- find the deadlock, end the read instead)
 SET deadlock_timeout = '1s';
-SELECT bg_launch($$SELECT g FROM generate_series(1, 100000) g, LATERAL pg_sleep(0.01)$$) AS busy \gset
+SELECT bg_launch($$SELECT g FROM generate_series(1, 100000000) g, LATERAL pg_sleep(0.01 + 0 * g)$$) AS busy \gset
 BEGIN;
 DECLARE busy_rows CURSOR FOR SELECT * FROM bg_result_:busy;
 FETCH 1 FROM busy_rows;
 LOCK TABLE regress_auto;
 SELECT bg_launch('SELECT count(*) FROM regress_auto') AS pid \gset
+SET LOCAL statement_timeout = '5min';
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 ROLLBACK;
 SELECT bg_wait(:pid);

@@ -245,6 +245,14 @@ $roles->safe_psql('planted', q{
 	  RETURN pg_catalog.format($1, $2);
 	END $$;
 });
+# The traps work: an unqualified call by a superuser springs each of them.
+for my $call (q{SELECT format('%s', 'x'::name)}, q{SELECT 10::oid = 'owner'::regrole})
+{
+	$roles->safe_psql('planted', $call);
+	is($roles->safe_psql('planted', "SELECT rolsuper FROM pg_roles WHERE rolname = 'owner'"),
+		't', "a planted object is called by an unqualified $call");
+	$roles->safe_psql('postgres', 'ALTER ROLE owner NOSUPERUSER');
+}
 $roles->safe_psql('planted', 'CREATE EXTENSION bg_fdw');
 is($roles->safe_psql('planted', "SELECT rolsuper FROM pg_roles WHERE rolname = 'owner'"),
 	'f', 'objects planted in the extension\'s schema are not called by its scripts');
