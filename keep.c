@@ -164,6 +164,7 @@ static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_put(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_check_limit(BgKeepWriter *w, Size more);
 static void bg_keep_write_header(BgKeepWriter *w, TupleDesc desc);
+static void bg_keep_end_writer(bool remove);
 static void bg_keep_damaged(BgKeepReader *r, const char *what);
 static char *bg_keep_read(BgKeepReader *r, off_t offset, Size len);
 static void bg_keep_read_header(BgKeepReader *r);
@@ -412,14 +413,7 @@ bg_keep_finish(BgKeepWriter *w)
 void
 bg_keep_release(void)
 {
-	BgKeepWriter *w = bg_keep_active;
-
-	if (w == NULL)
-		return;
-	bg_keep_active = NULL;
-	FileClose(w->file);
-	pfree(w->buf);
-	pfree(w);
+	bg_keep_end_writer(false);
 }
 
 /*
@@ -429,13 +423,20 @@ bg_keep_release(void)
 void
 bg_keep_discard(void)
 {
+	bg_keep_end_writer(true);
+}
+
+/* Close the writer's file, and with "remove" remove it; only logs. */
+static void
+bg_keep_end_writer(bool remove)
+{
 	BgKeepWriter *w = bg_keep_active;
 
 	if (w == NULL)
 		return;
 	bg_keep_active = NULL;
 	FileClose(w->file);
-	if (unlink(w->path) != 0 && errno != ENOENT)
+	if (remove && unlink(w->path) != 0 && errno != ENOENT)
 		ereport(LOG,
 				(errcode_for_file_access(),
 				 errmsg("could not remove file \"%s\": %m", w->path)));
