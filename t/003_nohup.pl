@@ -41,23 +41,11 @@ sub job_end
 
 # The launcher's client dies while it reads the job's rows: the job runs to
 # its end and commits, and a new session finds how it ended.
-my $a = $node->background_psql('postgres', on_error_stop => 0);
-my $a_pid = $a->query_safe('SELECT pg_backend_pid()');
-chomp $a_pid;
 # (INSERT ... RETURNING would send no row before it ends: the rows come from
 # a SELECT that stops half-way at a gate.)
-my $pid = $a->query_safe(q{SELECT bg_launch($$
+my $pid = launch_and_kill_reader($node, 'postgres', q{
 	INSERT INTO t SELECT g FROM generate_series(1, 40) g;
-	SELECT g FROM generate_series(1, 40) g WHERE g <= 20 OR gate('a')$$)});
-chomp $pid;
-$a->query_until(qr/reading/, "\\echo reading\nSELECT * FROM bg_result_$pid;\n");
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'running' AND rows = 20 FROM bg_jobs WHERE pid = $pid"),
-	'the job is producing rows while its launcher reads them');
-$a->{run}->kill_kill;
-ok( $node->poll_query_until('postgres',
-		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $a_pid)"),
-	'the launching session is gone');
+	SELECT g FROM generate_series(1, 40) g WHERE g <= 20 OR gate('a')}, 20);
 open_gate($node, 'postgres', 'a');
 is(job_end($pid, q{state || ' ' || rows || ' ' || command || ' ' || attached}),
 	'finished 40 SELECT 40 false',

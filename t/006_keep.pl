@@ -57,22 +57,10 @@ sub file_gone
 }
 
 # Alice's client dies while it reads; the job finishes after it.
-my $a = $node->background_psql('postgres', on_error_stop => 0,
-	extra_params => [ '-U', 'alice' ]);
-my $a_pid = $a->query_safe('SELECT pg_backend_pid()');
-chomp $a_pid;
-my $pid = $a->query_safe(q{SELECT bg_launch($$
+my $pid = launch_and_kill_reader($node, 'postgres', q{
 	SELECT g, g * 2 AS twice, md5(g::text) AS hash
-	  FROM generate_series(1, 50000) g WHERE g <= 20 OR gate('a')$$)});
-chomp $pid;
-$a->query_until(qr/reading/, "\\echo reading\nSELECT * FROM bg_result_$pid;\n");
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'running' AND rows = 20 FROM bg_jobs WHERE pid = $pid"),
-	'the job produces rows while its launcher reads them');
-$a->{run}->kill_kill;
-ok( $node->poll_query_until('postgres',
-		"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $a_pid)"),
-	'the launching session is gone');
+	  FROM generate_series(1, 50000) g WHERE g <= 20 OR gate('a')}, 20,
+	'-U', 'alice');
 open_gate($node, 'postgres', 'a');
 ok( $node->poll_query_until('postgres',
 		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $pid"),

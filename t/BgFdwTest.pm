@@ -7,8 +7,9 @@ package BgFdwTest;
 use strict;
 use warnings;
 use Exporter 'import';
+use Test::More ();
 
-our @EXPORT = qw(create_gate open_gate);
+our @EXPORT = qw(create_gate open_gate launch_and_kill_reader);
 
 # In a database of a node: a table of open gates, and gate(name), which
 # returns true once that gate is open.  A job calls it where it must wait.
@@ -31,6 +32,34 @@ sub open_gate
 {
 	my ($node, $db, $name) = @_;
 	$node->safe_psql($db, "INSERT INTO gates VALUES ('$name')");
+}
+
+# Launch a job in a session of its own and start reading its result there;
+# once the job has produced $rows rows, kill the session's client and wait
+# until its backend is gone, checking each.  The job is to stop at a gate
+# after $rows rows.  @params go to psql (-U role, say).  Returns the job's
+# PID.
+sub launch_and_kill_reader
+{
+	my ($node, $db, $sql, $rows, @params) = @_;
+	my $session = $node->background_psql($db, on_error_stop => 0,
+		extra_params => \@params);
+	my $backend = $session->query_safe('SELECT pg_backend_pid()');
+	chomp $backend;
+	my $pid = $session->query_safe("SELECT bg_launch(\$bg\$$sql\$bg\$)");
+	chomp $pid;
+	$session->query_until(qr/reading/,
+		"\\echo reading\nSELECT * FROM bg_result_$pid;\n");
+	Test::More::ok(
+		$node->poll_query_until($db,
+			"SELECT state = 'running' AND rows = $rows FROM bg_jobs WHERE pid = $pid"),
+		'the job produces rows while its launcher reads them');
+	$session->{run}->kill_kill;
+	Test::More::ok(
+		$node->poll_query_until($db,
+			"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $backend)"),
+		'the launching session is gone');
+	return $pid;
 }
 
 1;
