@@ -108,6 +108,21 @@ LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 -- the completion tag is kept (in this row), NULL when nothing is.
 ALTER TABLE @extschema@.bg_job_registry ADD COLUMN kept_bytes bigint;
 
+-- A job keeps the NOTICE, INFO and WARNING messages it sent, within
+-- bg_fdw.max_messages_size, written with its outcome (messages.c); NULL when
+-- it keeps none.
+ALTER TABLE @extschema@.bg_job_registry ADD COLUMN messages bytea;
+
+-- Its kept messages, in order, for roles with the privileges of its role
+-- (checked in C).  Where messages were dropped, a row with no position says
+-- how many.
+CREATE FUNCTION @extschema@.bg_messages(pid integer,
+  OUT "position" bigint, OUT severity text, OUT sqlstate text,
+  OUT message text, OUT detail text, OUT hint text, OUT context text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+
 -- bg_launch gains "keep".  Its grants, to bg_fdw_user and to whoever a
 -- superuser granted it since, go to the new declaration.
 CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL,

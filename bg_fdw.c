@@ -55,6 +55,7 @@ PG_MODULE_MAGIC;
 
 /* Default queue_size of bg_launch, in bytes (bg_fdw.queue_size) */
 int			bg_default_queue_size = BG_DEFAULT_QUEUE_SIZE;
+int			bg_max_queue_size = BG_DEFAULT_MAX_QUEUE_SIZE;
 
 /* Rows assumed for a result whose size is not known yet */
 #define BG_DEFAULT_ROWS		1000.0
@@ -188,6 +189,26 @@ _PG_init(void)
 							1024 * 1024,
 							-1,
 							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_queue_size",
+							"Largest tuple queue a background job may have.",
+							"A launch asking for more, or with a larger \"bg_fdw.queue_size\", is refused.",
+							&bg_max_queue_size,
+							BG_DEFAULT_MAX_QUEUE_SIZE,
+							BG_MIN_QUEUE_SIZE,
+							BG_MAX_QUEUE_SIZE,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_messages_size",
+							"Largest size of the messages a background job keeps for later reading.",
+							"Past it, the first and the latest messages are kept, each in half of it.",
+							&bg_max_messages_size,
+							1024,
+							0,
+							BG_MAX_MESSAGES_SIZE_KB,
 							PGC_SUSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);

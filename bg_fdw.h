@@ -52,6 +52,9 @@
 #define BG_DEFAULT_QUEUE_SIZE	(1024 * 1024)
 #define BG_MIN_QUEUE_SIZE		4096
 #define BG_MAX_QUEUE_SIZE		(1024 * 1024 * 1024)
+#define BG_DEFAULT_MAX_QUEUE_SIZE	(64 * 1024 * 1024)
+/* kept messages stay well below the 1 GB of a bytea */
+#define BG_MAX_MESSAGES_SIZE_KB	(256 * 1024)
 #define BG_MESSAGE_QUEUE_SIZE	16384
 
 /* Protocol message types a worker sends on its message queue, besides 'N'/'E' */
@@ -170,9 +173,12 @@ typedef enum BgWake
 /*
  * Columns of 1.1 that the library uses where they exist, so that it serves
  * a 1.0 table until ALTER EXTENSION UPDATE: the size of the job's kept
- * result (NULL: none; 0: only the completion tag, in the row).
+ * result (NULL: none; 0: only the completion tag, in the row), and its
+ * kept messages.
  */
 #define Anum_bg_job_registry_kept_bytes		15
+/* the job's kept messages (messages.c), NULL where none are kept */
+#define Anum_bg_job_registry_messages		16
 
 /* Jobs whose launching session detached them, beside the registry */
 #define BG_DETACHED_TABLE					"bg_job_detached"
@@ -281,6 +287,7 @@ typedef struct BgJob
 
 /* in bg_fdw.c */
 extern int	bg_default_queue_size;
+extern int	bg_max_queue_size;
 extern Oid	bg_server_oid(bool missing_ok);
 extern ErrorData *bg_rolled_back_call(void (*work) (void *arg), void *arg);
 
@@ -338,6 +345,7 @@ typedef struct BgKeptJob
 extern bool bg_registry_keeps(Oid registry);
 extern void bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj);
 extern List *bg_registry_kept_jobs(void);
+extern bytea *bg_registry_messages(int pid);
 extern void bg_registry_sweep_files(void);
 
 /* in keep.c */
@@ -359,6 +367,12 @@ extern void bg_keep_close(BgKeepReader *r);
 extern void bg_keep_remove_at_commit(int64 job_id);
 extern void bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg);
 extern void bg_keep_init(void);
+
+/* in messages.c */
+extern int	bg_max_messages_size;
+extern void bg_messages_keep_start(void);
+extern void bg_messages_keep(const char *msg, size_t len);
+extern bytea *bg_messages_kept(void);
 
 /* in supervisor.c */
 extern void bg_supervisor_init(void);

@@ -259,14 +259,24 @@ bg_queue_size_arg(FunctionCallInfo fcinfo)
 
 	/* an older declaration may not have the argument */
 	if (PG_NARGS() < 2 || PG_ARGISNULL(1))
-		return bg_default_queue_size;
-	queue_size = PG_GETARG_INT32(1);
-	if (queue_size < BG_MIN_QUEUE_SIZE || queue_size > BG_MAX_QUEUE_SIZE)
+		queue_size = bg_default_queue_size;
+	else
+	{
+		queue_size = PG_GETARG_INT32(1);
+		if (queue_size < BG_MIN_QUEUE_SIZE || queue_size > BG_MAX_QUEUE_SIZE)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("queue_size %d is out of range", queue_size),
+					 errdetail("The queue size must be between %d and %d bytes.",
+							   BG_MIN_QUEUE_SIZE, BG_MAX_QUEUE_SIZE)));
+	}
+	/* queues are shared memory, a server-wide resource: a superuser bounds them */
+	if (queue_size > bg_max_queue_size)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("queue_size %d is out of range", queue_size),
-				 errdetail("The queue size must be between %d and %d bytes.",
-						   BG_MIN_QUEUE_SIZE, BG_MAX_QUEUE_SIZE)));
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("queue size %d exceeds \"bg_fdw.max_queue_size\" (%d bytes)",
+						queue_size, bg_max_queue_size),
+				 errhint("Ask for a smaller queue_size, or ask a superuser to raise \"bg_fdw.max_queue_size\".")));
 	return queue_size;
 }
 

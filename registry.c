@@ -194,6 +194,7 @@ typedef struct BgRegistryCall
 	char	   *relname;		/* qualified, quoted name of the registry */
 	char	   *detachname;		/* and of the table of detached jobs */
 	const char *kept;			/* SQL for a row's kept_bytes */
+	const char *messages;		/* and for its kept messages */
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
@@ -558,18 +559,31 @@ bg_registry_check_tables(Oid registry, Oid detached)
 	return has_kept;
 }
 
-/* Has the registry 1.1's kept_bytes column, where the library expects it? */
+/* Is this column of the registry where the library expects it? */
 static bool
-bg_rel_has_kept(Relation rel)
+bg_rel_has_column(Relation rel, int attnum, const char *name, Oid type)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Form_pg_attribute att;
 
-	if (desc->natts < Anum_bg_job_registry_kept_bytes)
+	if (desc->natts < attnum)
 		return false;
-	att = TupleDescAttr(desc, Anum_bg_job_registry_kept_bytes - 1);
-	return !att->attisdropped && att->atttypid == INT8OID &&
-		strcmp(NameStr(att->attname), "kept_bytes") == 0;
+	att = TupleDescAttr(desc, attnum - 1);
+	return !att->attisdropped && att->atttypid == type &&
+		strcmp(NameStr(att->attname), name) == 0;
+}
+
+/*
+ * Has the registry 1.1's columns for kept results and messages?  Both came
+ * in 1.1, so a registry has both or neither.
+ */
+static bool
+bg_rel_has_kept(Relation rel)
+{
+	return bg_rel_has_column(rel, Anum_bg_job_registry_kept_bytes,
+							 "kept_bytes", INT8OID) &&
+		bg_rel_has_column(rel, Anum_bg_job_registry_messages,
+						  "messages", BYTEAOID);
 }
 
 /*
@@ -611,9 +625,17 @@ bg_registry_open(BgRegistryCall *call)
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	nspid = ((Form_pg_class) GETSTRUCT(tuple))->relnamespace;
 	ReleaseSysCache(tuple);
-	call->kept = bg_registry_check_tables(relid,
-										  get_relname_relid(BG_DETACHED_TABLE, nspid)) ?
-		"r.kept_bytes" : "NULL::bigint";
+	if (bg_registry_check_tables(relid,
+								 get_relname_relid(BG_DETACHED_TABLE, nspid)))
+	{
+		call->kept = "r.kept_bytes";
+		call->messages = "r.messages";
+	}
+	else
+	{
+		call->kept = "NULL::bigint";
+		call->messages = "NULL::bytea";
+	}
 	call->relname = quote_qualified_identifier(get_namespace_name(nspid),
 											   BG_REGISTRY_TABLE);
 	call->detachname = quote_qualified_identifier(get_namespace_name(nspid),
@@ -945,11 +967,20 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 		   CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode)));
 	BG_SET(Anum_bg_job_registry_error, edata == NULL,
 		   CStringGetTextDatum(edata->message ? edata->message : ""));
-	/* a job that did not finish keeps nothing: its file is gone */
+	/*
+	 * A job that did not finish keeps no result: its file is gone.  Its
+	 * messages are kept whatever the outcome.
+	 */
 	if (bg_rel_has_kept(rel))
+	{
+		bytea	   *messages = bg_messages_kept();
+
 		BG_SET(Anum_bg_job_registry_kept_bytes,
 			   !(shared->keep && status == BG_STATUS_FINISHED),
 			   Int64GetDatum((int64) pg_atomic_read_u64(&shared->kept_size)));
+		BG_SET(Anum_bg_job_registry_messages, messages == NULL,
+			   PointerGetDatum(messages));
+	}
 #undef BG_SET
 
 	ScanKeyInit(&key, Anum_bg_job_registry_id, BTEqualStrategyNumber, F_INT8EQ,
@@ -1951,21 +1982,18 @@ bg_registry_unlock_role(void)
  */
 
 /*
- * The job with this PID (and identifier, unless 0) whose kept result the
- * caller would read: the newest one the caller may act on.  Raises the
- * error a reader must get for any other: unknown, not permitted, failed,
- * lost, still running, or not kept.
+ * The newest job with this PID (and identifier, unless 0) in this database
+ * that the caller may act on; with "messages", also its kept messages (NULL
+ * if it kept none).  Raises the error for a job that does not exist or that
+ * only other roles may act on.
  */
-void
-bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
+static void
+bg_entry_permitted(int pid, int64 job_id, BgJobEntry *entry, bytea **messages)
 {
 	BgRegistryCall call;
 	SPITupleTable *tt;
 	Oid			types[3] = {INT4OID, OIDOID, INT8OID};
 	Datum		values[3];
-	BgJobEntry	entry;
-	BgJobProbe	probe;
-	BgJobStatus status;
 	Oid			caller = GetUserId();	/* before we become the owner */
 	Oid			denied = InvalidOid;
 	bool		found = false;
@@ -1979,20 +2007,29 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 	values[0] = Int32GetDatum(pid);
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
 	values[2] = Int64GetDatum(job_id);
-	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s "
+	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s, %s "
 									"FROM %s r WHERE pid = $1 AND database = $2 "
 									"AND ($3 = 0 OR id = $3) ORDER BY id DESC",
-									call.kept, call.relname),
+									call.kept,
+									messages ? call.messages : "NULL::bytea",
+									call.relname),
 						   3, types, values);
 	for (i = 0; i < tt->numvals && !found; i++)
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+		bool		isnull;
+		Datum		d;
 
-		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
-		MemoryContextSwitchTo(oldcxt);
-		found = has_privs_of_role(caller, entry.role);
+		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, entry);
+		found = has_privs_of_role(caller, entry->role);
 		if (!found && !OidIsValid(denied))
-			denied = entry.role;
+			denied = entry->role;
+		if (found && messages)
+		{
+			d = SPI_getbinval(tt->vals[i], tt->tupdesc, 10, &isnull);
+			*messages = isnull ? NULL : DatumGetByteaPCopy(d);
+		}
+		MemoryContextSwitchTo(oldcxt);
 	}
 	bg_registry_close(&call);
 	if (!found && OidIsValid(denied))
@@ -2005,6 +2042,22 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 				 errdetail("It was forgotten or expired, or the table was made for another job.")));
 	if (!found)
 		bg_raise_unknown(pid);
+}
+
+/*
+ * The job with this PID (and identifier, unless 0) whose kept result the
+ * caller would read: the newest one the caller may act on.  Raises the
+ * error a reader must get for any other: unknown, not permitted, failed,
+ * lost, still running, or not kept.
+ */
+void
+bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
+{
+	BgJobEntry	entry;
+	BgJobProbe	probe;
+	BgJobStatus status;
+
+	bg_entry_permitted(pid, job_id, &entry, NULL);
 
 	/* a job that ended since is read again, kept size included */
 	bg_probe(entry.id, entry.segment, &probe);
@@ -2029,6 +2082,44 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 	kj->pid = entry.pid;
 	kj->kept_bytes = entry.kept_bytes;
 	kj->command = entry.command;
+}
+
+/*
+ * The kept messages of the newest job with this PID the caller may act on,
+ * once it has ended; raises an error if there are none to show.
+ */
+bytea *
+bg_registry_messages(int pid)
+{
+	BgJobEntry	entry;
+	BgJobProbe	probe;
+	BgJobStatus status;
+	bool		was_running;
+	bytea	   *messages = NULL;
+
+	bg_entry_permitted(pid, 0, &entry, &messages);
+	was_running = entry.status == BG_STATUS_RUNNING;
+	bg_probe(entry.id, entry.segment, &probe);
+	if (!bg_entry_state(&entry, &probe, &status))
+		bg_raise_unknown(pid);	/* forgotten meanwhile */
+	/* it ended since: its messages are in its row now */
+	if (was_running && status != BG_STATUS_RUNNING &&
+		status != BG_STATUS_LOST)
+		bg_entry_permitted(pid, entry.id, &entry, &messages);
+	if (status == BG_STATUS_RUNNING)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("background job %d is still running", pid),
+				 errdetail("A job's messages are kept when it ends; meanwhile the session that launched it receives them."),
+				 errhint("Wait for it with bg_wait(%d), then read them.", pid)));
+	if (status == BG_STATUS_LOST)
+		bg_raise_lost(&entry);
+	if (messages == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("messages of background job %d were not kept", pid),
+				 errdetail("Only the session that launched it received them: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.")));
+	return messages;
 }
 
 /*

@@ -91,6 +91,7 @@ typedef struct BgSpill
 	/* messages are kept in memory: headers and bytes */
 	StringInfoData backlog;
 	int			backlog_read;	/* offset of the next kept message to push */
+	uint64		dropped;		/* notices not kept since the last one kept */
 } BgSpill;
 
 static BgSpill bg_rows;
@@ -111,8 +112,13 @@ static void bg_spill_seek(BgSpill *s, bool to_end);
 static void bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt);
 static bool bg_spill_next_row(BgSpill *s);
 static void bg_spill_keep_message(BgSpill *s, const char *data, Size len);
+static void bg_spill_append_message(BgSpill *s, const char *data, Size len);
+static void bg_spill_dropped_note(StringInfo buf, uint64 dropped,
+								  const char *setting);
 static bool bg_spill_next_message(BgSpill *s);
-static void bg_spill_write_messages(void);
+static bool bg_spill_write_messages(void);
+static int64 bg_spill_unpushed_bytes(BgSpill *s, bool with_notices,
+									  uint64 *notices);
 static void bg_spill_mark(BgJobShared *shared, bool rows);
 static void bg_messages_detach(dsm_segment *seg, Datum arg);
 static void bg_messages_comm_reset(void);
@@ -450,6 +456,8 @@ bg_messages_put(char msgtype, const char *str, size_t len)
 	BgSpill    *s = &bg_messages;
 	StringInfoData msg;
 
+	if (msgtype == 'N' && !bg_messages_busy)
+		bg_messages_keep(str, len);
 	/* an error while sending an error: give up on the queue */
 	if (bg_messages_busy || s->mqh == NULL)
 	{
@@ -463,16 +471,17 @@ bg_messages_put(char msgtype, const char *str, size_t len)
 		appendStringInfoChar(&msg, msgtype);
 		appendBinaryStringInfo(&msg, str, len);
 
-		if (bg_spill_push(s, bg_spill_next_message, true))
+		/* after dropped notices, the note saying so goes first */
+		if (s->dropped == 0 && bg_spill_push(s, bg_spill_next_message, true))
 		{
 			if (bg_spill_try(s, msg.data, msg.len, true))
 				s->pushed++;
 			else if (s->mqh != NULL)
 				bg_spill_flight(s, msg.data, msg.len);
+			s->next++;
 		}
 		else if (s->mqh != NULL)
 			bg_spill_keep_message(s, msg.data, msg.len);
-		s->next++;
 		bg_spill_messages_pending = (s->mqh != NULL && s->pushed != s->next);
 		pfree(msg.data);
 	}
@@ -539,8 +548,39 @@ bg_messages_is_send_pending(void)
 	return false;
 }
 
+/*
+ * Keep a message the queue cannot take now, for the reader.  A job must not
+ * fail, nor its memory grow without bound, because its reader does not
+ * read: past bg_fdw.max_messages_size of kept messages, notices are dropped
+ * (bg_messages keeps its own), and the next message kept is preceded by a
+ * notice saying how many.  Other messages (the result's columns, the
+ * outcome) are few and always kept.
+ */
 static void
 bg_spill_keep_message(BgSpill *s, const char *data, Size len)
+{
+	if (data[0] == 'N' &&
+		(Size) (s->backlog.len - s->backlog_read) + len >
+		(Size) bg_max_messages_size * 1024)
+	{
+		s->dropped++;
+		return;
+	}
+	if (s->dropped > 0)
+	{
+		StringInfoData note;
+
+		initStringInfo(&note);
+		bg_spill_dropped_note(&note, s->dropped, "bg_fdw.max_messages_size");
+		s->dropped = 0;
+		bg_spill_append_message(s, note.data, note.len);
+		pfree(note.data);
+	}
+	bg_spill_append_message(s, data, len);
+}
+
+static void
+bg_spill_append_message(BgSpill *s, const char *data, Size len)
 {
 	BgKeptHeader hdr;
 
@@ -551,10 +591,50 @@ bg_spill_keep_message(BgSpill *s, const char *data, Size len)
 		initStringInfo(&s->backlog);
 		MemoryContextSwitchTo(oldcxt);
 	}
-	hdr.index = s->next;
+	hdr.index = s->next++;
 	hdr.len = len;
 	appendBinaryStringInfo(&s->backlog, (char *) &hdr, sizeof(hdr));
 	appendBinaryStringInfo(&s->backlog, data, len);
+}
+
+/*
+ * A notice, as the protocol has it, that "dropped" notices were dropped
+ * because of a setting.
+ */
+static void
+bg_spill_dropped_note(StringInfo buf, uint64 dropped, const char *setting)
+{
+	char	   *text;
+
+	appendStringInfoChar(buf, 'N');
+	appendStringInfoChar(buf, PG_DIAG_SEVERITY);
+	appendStringInfoString(buf, "NOTICE");
+	appendStringInfoChar(buf, '\0');
+	appendStringInfoChar(buf, PG_DIAG_SEVERITY_NONLOCALIZED);
+	appendStringInfoString(buf, "NOTICE");
+	appendStringInfoChar(buf, '\0');
+	appendStringInfoChar(buf, PG_DIAG_SQLSTATE);
+	appendStringInfoString(buf, "01000");
+	appendStringInfoChar(buf, '\0');
+	text = psprintf("%llu messages of background job %d were not relayed",
+					(unsigned long long) dropped, MyProcPid);
+	appendStringInfoChar(buf, PG_DIAG_MESSAGE_PRIMARY);
+	appendStringInfoString(buf, text);
+	appendStringInfoChar(buf, '\0');
+	pfree(text);
+	text = psprintf("They came while this session was not reading the job, and exceeded \"%s\".",
+					setting);
+	appendStringInfoChar(buf, PG_DIAG_MESSAGE_DETAIL);
+	appendStringInfoString(buf, text);
+	appendStringInfoChar(buf, '\0');
+	pfree(text);
+	text = psprintf("Once the job has ended, bg_messages(%d) shows its first and latest messages.",
+					MyProcPid);
+	appendStringInfoChar(buf, PG_DIAG_MESSAGE_HINT);
+	appendStringInfoString(buf, text);
+	appendStringInfoChar(buf, '\0');
+	pfree(text);
+	appendStringInfoChar(buf, '\0');
 }
 
 static bool
@@ -584,18 +664,21 @@ bg_spill_messages_exit(void)
 {
 	BgSpill    *s = &bg_messages;
 
-	if (s->mqh == NULL || bg_spill_push(s, bg_spill_next_message, true) ||
-		s->mqh == NULL)
+	if (s->mqh == NULL)
 		return;
+	if (s->dropped > 0)
+	{
+		StringInfoData note;
 
-	/*
-	 * The outcome is among these messages: temp_file_limit, meant for the
-	 * job's statements, must not lose it now.  The messages were already
-	 * held in memory; this only moves them.
-	 */
-	SetConfigOption("temp_file_limit", "-1", PGC_SUSET, PGC_S_SESSION);
-	bg_spill_write_messages();
-	bg_spill_mark(bg_messages_shared, false);
+		initStringInfo(&note);
+		bg_spill_dropped_note(&note, s->dropped, "bg_fdw.max_messages_size");
+		s->dropped = 0;
+		bg_spill_append_message(s, note.data, note.len);
+	}
+	if (bg_spill_push(s, bg_spill_next_message, true) || s->mqh == NULL)
+		return;
+	if (bg_spill_write_messages())
+		bg_spill_mark(bg_messages_shared, false);
 }
 
 /* on_dsm_detach callback: the queue is going away, send nothing more */
@@ -606,29 +689,101 @@ bg_messages_detach(dsm_segment *seg, Datum arg)
 	bg_spill_messages_pending = false;
 }
 
-static void
+/*
+ * Write the messages the queue has not taken to a file of the job's file
+ * set, within temp_file_limit, which holds for everything a job writes.
+ * This runs while the process exits, where an error cannot be caught: so
+ * if they do not all fit, notices are left out, a notice saying how many
+ * goes first, and the other messages (the outcome) follow; if even those do
+ * not fit, nothing is written, and the reader finds the outcome in the
+ * registry.  The job's other temporary files are closed by now, so the
+ * limit is all theirs.  Returns whether a file was written.
+ */
+static bool
 bg_spill_write_messages(void)
 {
 	BgSpill    *s = &bg_messages;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	BufFile    *file;
 	BgKeptHeader hdr;
+	int64		budget = temp_file_limit < 0 ? -1 : (int64) temp_file_limit * 1024;
+	StringInfoData note;
+	uint64		skipped = 0;
 
+	initStringInfo(&note);
+	if (budget >= 0 && bg_spill_unpushed_bytes(s, true, &skipped) > budget)
+	{
+		bg_spill_dropped_note(&note, skipped, "temp_file_limit");
+		if (bg_spill_unpushed_bytes(s, false, &skipped) + sizeof(hdr) +
+			note.len > budget)
+			return false;
+	}
+	else
+		skipped = 0;
 	CurrentResourceOwner = bg_spill_owner;
 	file = BufFileCreateFileSet(&s->fileset->fs, BG_MESSAGES_FILE);
-	if (s->in_flight)
+	if (skipped > 0)
+	{
+		/* any index the reader has not seen will do */
+		hdr.index = s->pushed;
+		hdr.len = note.len;
+		BufFileWrite(file, (void *) &hdr, sizeof(hdr));
+		BufFileWrite(file, note.data, note.len);
+	}
+	if (s->in_flight && (skipped == 0 || s->flight.data[0] != 'N'))
 	{
 		hdr.index = s->pushed;
 		hdr.len = s->flight.len;
 		BufFileWrite(file, (void *) &hdr, sizeof(hdr));
 		BufFileWrite(file, s->flight.data, s->flight.len);
 	}
-	if (s->backlog.data != NULL && s->backlog.len > s->backlog_read)
-		BufFileWrite(file, s->backlog.data + s->backlog_read,
-					 s->backlog.len - s->backlog_read);
+	while (s->backlog.data != NULL && s->backlog_read < s->backlog.len)
+	{
+		char	   *rec = s->backlog.data + s->backlog_read;
+
+		memcpy(&hdr, rec, sizeof(hdr));
+		if (skipped == 0 || rec[sizeof(hdr)] != 'N')
+			BufFileWrite(file, rec, sizeof(hdr) + hdr.len);
+		s->backlog_read += sizeof(hdr) + hdr.len;
+	}
 	BufFileExportFileSet(file);
 	BufFileClose(file);
 	CurrentResourceOwner = oldowner;
+	return true;
+}
+
+/*
+ * Bytes the file of unpushed messages takes, with or without notices;
+ * "notices" counts those.
+ */
+static int64
+bg_spill_unpushed_bytes(BgSpill *s, bool with_notices, uint64 *notices)
+{
+	int64		bytes = 0;
+	int			pos;
+	BgKeptHeader hdr;
+
+	*notices = 0;
+	if (s->in_flight)
+	{
+		if (s->flight.data[0] == 'N')
+			(*notices)++;
+		if (with_notices || s->flight.data[0] != 'N')
+			bytes += sizeof(hdr) + s->flight.len;
+	}
+	for (pos = s->backlog_read; s->backlog.data != NULL && pos < s->backlog.len;
+		 pos += sizeof(hdr) + hdr.len)
+	{
+		bool		notice;
+
+		memcpy(&hdr, s->backlog.data + pos, sizeof(hdr));
+		notice = s->backlog.data[pos + sizeof(hdr)] == 'N';
+		if (notice)
+			(*notices)++;
+		if (with_notices || !notice)
+			bytes += sizeof(hdr) + hdr.len;
+	}
+	return bytes;
 }
 
 /* ----------------------------------------------------------------

@@ -111,6 +111,81 @@ SELECT kept, kept_bytes, regress_kept_file(:failed_job) AS file
   FROM bg_jobs WHERE pid = :failed;
 SELECT regress_try('SELECT * FROM bg_result(' || :failed || ') AS r(x int)', :failed);
 
+-- A job keeps the messages it sends (at its own client_min_messages) for
+-- bg_messages, in order, with their fields.  Here the launching session
+-- shows none of those it gets relayed: they come when they come.
+SELECT pg_advisory_lock(4243);
+SET client_min_messages = error;
+SELECT bg_launch($j$SET client_min_messages = notice;
+  DO $d$ BEGIN
+    -- INFO goes to every client: it comes here, once this session waits
+    PERFORM pg_advisory_xact_lock(4243);
+    RAISE NOTICE 'first %', 1 USING DETAIL = 'a detail', HINT = 'a hint';
+    RAISE WARNING 'second' USING ERRCODE = 'R0001';
+    RAISE INFO 'third';
+    RAISE DEBUG 'not sent';
+  END $d$$j$) AS talky \gset
+SELECT pg_advisory_unlock(4243);
+SELECT bg_wait(:talky);
+RESET client_min_messages;
+SELECT * FROM bg_messages(:talky);
+-- a failed job keeps its messages too
+SET client_min_messages = error;
+SELECT bg_launch($j$SET client_min_messages = notice;
+  DO $d$ BEGIN RAISE NOTICE 'before the failure'; PERFORM 1 / 0; END $d$$j$) AS failing \gset
+SELECT regress_try('SELECT bg_wait(' || :failing || ')', :failing);
+RESET client_min_messages;
+SELECT position, severity, message FROM bg_messages(:failing);
+-- a job that sends nothing keeps nothing, and says so by no rows
+SELECT count(*) FROM bg_messages(:ins);
+-- past bg_fdw.max_messages_size the first and the latest ones are kept,
+-- each in half of it, with a row saying how many are not
+SET bg_fdw.max_messages_size = '1kB';
+SET client_min_messages = error;
+SELECT bg_launch($j$SET client_min_messages = notice;
+  DO $d$ BEGIN FOR i IN 1..100 LOOP RAISE NOTICE 'message %', i; END LOOP; END $d$$j$) AS many \gset
+SELECT bg_wait(:many);
+RESET client_min_messages;
+RESET bg_fdw.max_messages_size;
+SELECT position, severity, message FROM bg_messages(:many);
+-- with none allowed, none is kept but the count
+SET bg_fdw.max_messages_size = 0;
+SET client_min_messages = error;
+SELECT bg_launch($j$SET client_min_messages = notice;
+  DO $d$ BEGIN FOR i IN 1..3 LOOP RAISE NOTICE 'message %', i; END LOOP; END $d$$j$) AS none \gset
+SELECT bg_wait(:none);
+RESET client_min_messages;
+RESET bg_fdw.max_messages_size;
+SELECT position, severity, message FROM bg_messages(:none);
+-- errors: a job still running, not kept, unknown, another role's; the
+-- setting is a superuser's
+SELECT pg_advisory_lock(4242);
+SELECT bg_launch('SELECT pg_advisory_lock(4242)') AS held \gset
+SELECT regress_try('SELECT * FROM bg_messages(' || :held || ')', :held);
+SELECT pg_advisory_unlock(4242);
+SELECT bg_wait(:held);
+SELECT regress_try('SELECT * FROM bg_messages(' || :nokeep || ')', :nokeep);
+SELECT regress_try('SELECT * FROM bg_messages(-7)');
+SET ROLE regress_outsider;
+SELECT regress_try('SELECT * FROM bg_messages(' || :talky || ')', :talky);
+SET bg_fdw.max_messages_size = '10MB';
+RESET ROLE;
+SELECT bg_detach(:talky), bg_detach(:failing), bg_detach(:many),
+       bg_detach(:none), bg_detach(:held);
+
+-- bg_fdw.max_queue_size bounds the shared memory of one job's queue, asked
+-- for or by default; the setting is a superuser's
+SELECT regress_try($$SELECT bg_launch('SELECT 1', queue_size => 100000000)$$);
+SET bg_fdw.queue_size = '128MB';
+SELECT regress_try($$SELECT bg_launch('SELECT 1')$$);
+RESET bg_fdw.queue_size;
+SET bg_fdw.max_queue_size = '16kB';
+SELECT regress_try($$SELECT bg_launch('SELECT 1', queue_size => 32768)$$);
+RESET bg_fdw.max_queue_size;
+SET ROLE regress_outsider;
+SET bg_fdw.max_queue_size = '1GB';
+RESET ROLE;
+
 -- bg_fdw.max_result_size bounds one job's kept result: past it, the job
 -- fails with 53400 and leaves no file; the session goes on
 SET bg_fdw.max_result_size = '64kB';

@@ -54,7 +54,8 @@ SELECT bg_launch($o$DO $x$BEGIN FOR i IN 1..300 LOOP RAISE NOTICE '%', repeat('x
                    SELECT g FROM generate_series(1, 100000) g$o$, stream => true) AS pid \gset
 RESET client_min_messages;
 SELECT count(*) FROM bg_result_:pid;
--- Messages kept past the queue reach the reader whatever temp_file_limit says
+-- The outcome reaches the reader whatever temp_file_limit says, even when
+-- the notices kept past the queue do not fit in it (they are then dropped)
 SET temp_file_limit = '64kB';
 SELECT bg_launch($o$DO $x$BEGIN FOR i IN 1..3000 LOOP RAISE NOTICE '%', repeat('x', 200); END LOOP; END$x$$o$) AS pid \gset
 RESET temp_file_limit;

@@ -1,0 +1,84 @@
+# Copyright (c) 2026, The bg_fdw Authors
+#
+# A job's messages are kept, like the 2>&1 of nohup's output file: any
+# session with the job role's privileges reads them with bg_messages once
+# the job has ended.  A job that sends far more than bg_fdw.max_messages_size
+# while its launching session does not read (11,000 notices of 100 kB)
+# finishes all the same, in bounded memory: the first and the latest
+# messages are kept, and the launching session, when it reads, gets the
+# first ones and a notice saying how many were not relayed.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('messages');
+$node->init;
+$node->append_conf('postgresql.conf', 'max_worker_processes = 16');
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bg_fdw;
+	CREATE ROLE alice LOGIN IN ROLE bg_fdw_user;
+	CREATE ROLE mallory LOGIN;
+});
+
+# The launching session stays idle, reading nothing, while the job talks.
+my $launcher = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'alice' ]);
+my $pid = $launcher->query_safe(q{
+	SELECT bg_launch($j$DO $d$ BEGIN
+	  FOR i IN 1..11000 LOOP
+	    RAISE NOTICE '% %', i, repeat('x', 100000);
+	  END LOOP;
+	END $d$$j$)});
+chomp $pid;
+ok( $node->poll_query_until('postgres',
+		"SELECT state FROM bg_jobs WHERE pid = $pid", 'finished'),
+	'a job sending 1.1 GB of notices to an idle session finishes');
+
+# Another session of the role reads them.
+my $summary = q{
+	SELECT count(position), min(position), max(position),
+	       bool_and(message = position || ' ' || repeat('x', 100000)),
+	       count(*) FILTER (WHERE position IS NULL
+	                        AND message ~ '^\d+ messages were not kept$')
+	  FROM bg_messages(%d)};
+my ($kept, $first, $last, $intact, $gaps) = split /\|/,
+  $node->safe_psql('postgres', sprintf($summary, $pid),
+	extra_params => [ '-U', 'alice' ]);
+ok($kept > 2 && $kept < 20, "some of them are kept ($kept)");
+is("$first|$last|$intact|$gaps", '1|11000|t|1',
+	'the first and the last, whole, with one row for those dropped');
+my ($head, $tail, $missing) = split /\|/, $node->safe_psql('postgres', qq{
+	WITH m AS (SELECT row_number() OVER () AS n, * FROM bg_messages($pid))
+	SELECT (SELECT max(n) FROM m WHERE n = position),
+	       (SELECT count(*) FROM m WHERE n <> position),
+	       (SELECT substring(message from '^\\d+') FROM m WHERE position IS NULL)},
+	extra_params => [ '-U', 'alice' ]);
+is($head + $tail + $missing, 11000,
+	'the first ones and the latest ones are each in a row, and the count of the others is right');
+
+my ($ret, $stdout, $stderr) = $node->psql('postgres',
+	"SELECT count(*) FROM bg_messages($pid)", extra_params => [ '-U', 'mallory' ]);
+like($stderr, qr/ERROR:  permission denied for background job $pid/,
+	'a role without the privileges of the job role may not read them');
+
+# The launching session reads now: it gets what was kept for it, bounded.
+$launcher->{stderr} = '';
+is($launcher->query("SELECT bg_wait($pid)"), 'DO',
+	'the launching session gets the outcome');
+my $relayed = () = $launcher->{stderr} =~ /NOTICE:  \d+ x{50000}x{50000}/g;
+ok($relayed > 0 && $relayed < 20,
+	"it got some of the notices relayed ($relayed)");
+like($launcher->{stderr},
+	qr/NOTICE:  \d+ messages of background job $pid were not relayed/,
+	'and a notice saying how many were not');
+$launcher->quit;
+
+# Once the launching session is gone, they are still kept.
+is($node->safe_psql('postgres', "SELECT count(position) FROM bg_messages($pid)"),
+	$kept, 'the messages outlive the launching session');
+
+$node->stop;
+done_testing();
