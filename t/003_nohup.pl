@@ -193,7 +193,7 @@ my $lsn = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
 $node->poll_query_until('postgres', "SELECT pg_current_wal_flush_lsn() >= '$lsn'")
   or die 'WAL was not flushed';
 kill 'KILL', $victim;
-ok( $node->poll_query_until('postgres',
+ok( poll_through_crash($node,
 		"SELECT state = 'lost' FROM bg_jobs WHERE pid = $victim"),
 	'bg_jobs: the killed job is lost after the crash restart');
 is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $bystander"),

@@ -11,6 +11,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use BgFdwTest;
 
 # Jobs running when the server crashes, one of them with rows kept in files
 # by a session that never read them; returns their PIDs.
@@ -39,7 +42,7 @@ sub jobs_then_crash
 		"SELECT pg_current_wal_flush_lsn() >= '$lsn'")
 	  or die 'WAL was not flushed';
 	kill 'KILL', ($victim // $pids[0]);
-	$node->poll_query_until('postgres',
+	poll_through_crash($node,
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE pid IN ($pids[0], $pids[1])")
 	  or die 'the crash restart did not happen';
 	eval { $s->quit };

@@ -8,8 +8,9 @@ use strict;
 use warnings;
 use Exporter 'import';
 use Test::More ();
+use PostgreSQL::Test::Utils ();
 
-our @EXPORT = qw(create_gate open_gate launch_and_kill_reader);
+our @EXPORT = qw(create_gate open_gate launch_and_kill_reader poll_through_crash);
 
 # In a database of a node: a table of open gates, and gate(name), which
 # returns true once that gate is open.  A job calls it where it must wait.
@@ -60,6 +61,23 @@ sub launch_and_kill_reader
 			"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $backend)"),
 		'the launching session is gone');
 	return $pid;
+}
+
+# poll_query_until on database postgres while the server goes through a
+# crash restart: a psql refused a connection may exit before it reads its
+# query, which IPC::Run reports by dying ("Broken pipe").  Such an attempt is
+# simply made again.
+sub poll_through_crash
+{
+	my ($node, $query) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	while (time < $deadline)
+	{
+		my $ok = eval { $node->poll_query_until('postgres', $query) };
+		return $ok if defined $ok;
+		die $@ unless $@ =~ /Broken pipe/;
+	}
+	return 0;
 }
 
 1;
