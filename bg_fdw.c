@@ -570,8 +570,20 @@ static BgKeepReader *
 bg_open_kept(int pid, int64 job_id)
 {
 	BgKeptJob	kj;
+	BgKeepReader *r;
 
 	bg_registry_kept_job(pid, job_id, &kj);
+	if (kj.running)
+	{
+		r = bg_keep_open_live(&kj, true);
+		if (r != NULL)
+			return r;
+		/* it ended meanwhile: the registry has its outcome */
+		bg_registry_kept_job(kj.pid, kj.id, &kj);
+		if (kj.running)
+			elog(ERROR, "background job %d is listed as running after its worker exited",
+				 kj.pid);
+	}
 	return bg_keep_open(kj.pid, kj.id, kj.kept_bytes, kj.command);
 }
 
@@ -672,8 +684,17 @@ static void
 bg_import_one_work(void *arg)
 {
 	BgImportOne *one = (BgImportOne *) arg;
-	BgKeepReader *r = bg_keep_open(one->kj->pid, one->kj->id,
-								   one->kj->kept_bytes, one->kj->command);
+	BgKeptJob	kj = *one->kj;
+	BgKeepReader *r = NULL;
+
+	/* a running job has its columns once it has started its last statement */
+	if (kj.running)
+		r = bg_keep_open_live(&kj, false);
+	/* (one that ended meanwhile is read as the registry has it now) */
+	if (r == NULL && kj.running)
+		bg_registry_kept_job(kj.pid, kj.id, &kj);
+	if (r == NULL)
+		r = bg_keep_open(kj.pid, kj.id, kj.kept_bytes, kj.command);
 
 	one->def = bg_table_definition(one->name, one->kj->pid, one->kj->id,
 								   bg_keep_desc(r), one->server);

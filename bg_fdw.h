@@ -23,6 +23,7 @@
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "postmaster/bgworker.h"
+#include "storage/condition_variable.h"
 #include "storage/dsm.h"
 #include "storage/proc.h"
 #include "storage/sharedfileset.h"
@@ -112,6 +113,13 @@ typedef struct BgJobShared
 								 * end its size (0: only the tag is kept):
 								 * worker writes; bg_jobs and the registry
 								 * read */
+	pg_atomic_uint64 kept_valid;	/* bytes of the kept file that hold its
+									 * header and whole rows, written out:
+									 * worker writes; readers in other
+									 * sessions follow it while it grows */
+	ConditionVariable kept_cv;	/* worker broadcasts when kept_valid grows
+								 * and when it exits; those readers sleep on
+								 * it */
 
 	/* Under the mutex */
 	slock_t		mutex;			/* protects the fields below */
@@ -340,6 +348,8 @@ typedef struct BgKeptJob
 	int			pid;
 	int64		kept_bytes;		/* size of the kept file; 0: only the tag */
 	char	   *command;		/* completion tag */
+	bool		running;		/* still running: its file is followed */
+	dsm_handle	segment;		/* if running, its segment */
 } BgKeptJob;
 
 extern bool bg_registry_keeps(Oid registry);
@@ -352,14 +362,15 @@ extern void bg_registry_sweep_files(void);
 typedef struct BgKeepWriter BgKeepWriter;
 typedef struct BgKeepReader BgKeepReader;
 extern int	bg_max_result_size;
-extern BgKeepWriter *bg_keep_create(int64 job_id, TupleDesc desc,
-									pg_atomic_uint64 *published);
+extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
+extern void bg_keep_publish(BgKeepWriter *w);
 extern int64 bg_keep_finish(BgKeepWriter *w);
 extern void bg_keep_release(void);
 extern void bg_keep_discard(void);
 extern BgKeepReader *bg_keep_open(int pid, int64 job_id, int64 size,
 								  const char *command);
+extern BgKeepReader *bg_keep_open_live(BgKeptJob *kj, bool wait);
 extern TupleDesc bg_keep_desc(BgKeepReader *r);
 extern bool bg_keep_next(BgKeepReader *r, TupleTableSlot *slot);
 extern void bg_keep_rewind(BgKeepReader *r);

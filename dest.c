@@ -128,7 +128,7 @@ bg_create_dest_receiver(shm_mq_handle *mqh, BgJobShared *shared,
 	bg_find_varlena_columns(self, actual);
 	/* a tag alone is kept in the registry row */
 	if (shared->keep && !self->command_shape)
-		self->keep = bg_keep_create(shared->job_id, desc, &shared->kept_size);
+		self->keep = bg_keep_create(shared, desc);
 	if (self->convert)
 	{
 		self->out_funcs = palloc0(sizeof(FmgrInfo) * actual->natts);
@@ -359,6 +359,9 @@ bg_receive_slot(TupleTableSlot *slot, DestReceiver *dest)
 		}
 		if (res == SHM_MQ_DETACHED)
 			self->detached = true;
+		/* readers following the kept file get rows when the queue's does */
+		if (flush && self->keep)
+			bg_keep_publish(self->keep);
 	}
 	pg_atomic_write_u64(&self->shared->rows, ++self->rows);
 	return true;

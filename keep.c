@@ -62,7 +62,9 @@
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
 #include "port/pg_crc32c.h"
+#include "storage/condition_variable.h"
 #include "storage/fd.h"
+#include "storage/shm_toc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -110,7 +112,8 @@ struct BgKeepWriter
 	uint64		rows;
 	int64		limit;			/* bytes a job may keep, or -1 */
 	bool		limit_is_temp;	/* the limit is temp_file_limit's */
-	pg_atomic_uint64 *published;	/* the size shown in bg_jobs */
+	off_t		record_end;		/* end of the last whole record appended */
+	BgJobShared *shared;		/* where sizes are published */
 };
 
 /* A reader of a kept result, for one scan */
@@ -134,6 +137,10 @@ struct BgKeepReader
 	HeapTupleData tuple;		/* the current row */
 	char	   *command;		/* the completion tag, if only that is kept */
 	bool		command_done;	/* the tag row was returned */
+	/* while the job runs, the reader follows its file */
+	int64		job_id;
+	dsm_segment *seg;			/* the job's segment, or NULL once ended */
+	BgJobShared *shared;
 };
 
 /*
@@ -166,6 +173,11 @@ static void bg_keep_check_limit(BgKeepWriter *w, Size more);
 static void bg_keep_write_header(BgKeepWriter *w, TupleDesc desc);
 static void bg_keep_end_writer(bool remove);
 static void bg_keep_damaged(BgKeepReader *r, const char *what);
+static void bg_keep_open_file(BgKeepReader *r, int64 job_id);
+static void bg_keep_read_footer(BgKeepReader *r, int64 size);
+static bool bg_keep_attach(BgKeepReader *r, dsm_handle handle);
+static void bg_keep_sleep(BgKeepReader *r);
+static void bg_keep_follow(BgKeepReader *r);
 static char *bg_keep_read(BgKeepReader *r, off_t offset, Size len);
 static void bg_keep_read_header(BgKeepReader *r);
 static void bg_keep_check_types(BgKeepReader *r, StringInfo cols);
@@ -203,7 +215,7 @@ bg_keep_path(char *path, int64 job_id)
  * Create the job's kept file, with its header, for a result of these columns.
  */
 BgKeepWriter *
-bg_keep_create(int64 job_id, TupleDesc desc, pg_atomic_uint64 *published)
+bg_keep_create(BgJobShared *shared, TupleDesc desc)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	BgKeepWriter *w = palloc0(sizeof(BgKeepWriter));
@@ -226,9 +238,9 @@ bg_keep_create(int64 job_id, TupleDesc desc, pg_atomic_uint64 *published)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not create directory \"%s\": %m", dir)));
-	bg_keep_path(w->path, job_id);
+	bg_keep_path(w->path, shared->job_id);
 	w->buf = palloc(BG_KEEP_BUFSIZE);
-	w->published = published;
+	w->shared = shared;
 	w->limit = bg_max_result_size < 0 ? -1 : (int64) bg_max_result_size * 1024;
 	if (temp_file_limit >= 0 &&
 		(w->limit < 0 || (int64) temp_file_limit * 1024 < w->limit))
@@ -246,6 +258,9 @@ bg_keep_create(int64 job_id, TupleDesc desc, pg_atomic_uint64 *published)
 	bg_keep_active = w;
 	MemoryContextSwitchTo(oldcxt);
 	bg_keep_write_header(w, desc);
+	/* readers following the job wait for the header: it goes out now */
+	w->record_end = w->written + w->buf_len;
+	bg_keep_flush(w);
 	return w;
 }
 
@@ -352,7 +367,26 @@ bg_keep_flush(BgKeepWriter *w)
 	}
 	w->written += w->buf_len;
 	w->buf_len = 0;
-	pg_atomic_write_u64(w->published, (uint64) w->written);
+	pg_atomic_write_u64(&w->shared->kept_size, (uint64) w->written);
+	/* what readers may read: whole records, written out */
+	if ((uint64) Min(w->record_end, w->written) >
+		pg_atomic_read_u64(&w->shared->kept_valid))
+	{
+		pg_atomic_write_u64(&w->shared->kept_valid,
+							(uint64) Min(w->record_end, w->written));
+		ConditionVariableBroadcast(&w->shared->kept_cv);
+	}
+}
+
+/*
+ * Write out the rows appended so far, for readers that follow the job
+ * while it runs; called on a timer while rows flow.
+ */
+void
+bg_keep_publish(BgKeepWriter *w)
+{
+	if (w->record_end > w->written)
+		bg_keep_flush(w);
 }
 
 /* Keep one row, given as pieces of a MinimalTuple. */
@@ -375,6 +409,7 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 	for (i = 0; i < iovcnt; i++)
 		bg_keep_put(w, iov[i].data, iov[i].len);
 	w->rows++;
+	w->record_end = w->written + w->buf_len;
 }
 
 /*
@@ -457,13 +492,9 @@ BgKeepReader *
 bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 {
 	BgKeepReader *r = palloc0(sizeof(BgKeepReader));
-	char		path[MAXPGPATH];
-	char	   *p;
-	BgKeepRecord rec;
-	BgKeepFooter footer;
-	pg_crc32c	crc;
 
 	r->pid = pid;
+	r->job_id = job_id;
 	r->fd = -1;
 	r->cxt = CurrentMemoryContext;
 	if (size == 0)
@@ -473,23 +504,45 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 		r->command = pstrdup(command ? command : "");
 		return r;
 	}
+	bg_keep_open_file(r, job_id);
+	bg_keep_read_header(r);
+	bg_keep_read_footer(r, size);
+	r->pos = r->rows_start;
+	return r;
+}
+
+/* Open the file of a kept result, or raise the error of one that is gone. */
+static void
+bg_keep_open_file(BgKeepReader *r, int64 job_id)
+{
+	char		path[MAXPGPATH];
+
 	bg_keep_path(path, job_id);
 	r->path = pstrdup(path);
 	r->fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
 	if (r->fd < 0 && errno == ENOENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("kept result of background job %d is gone", pid),
+				 errmsg("kept result of background job %d is gone", r->pid),
 				 errdetail("It was forgotten or expired meanwhile, or its file was not carried over (a base backup, a standby, pg_upgrade or ALTER DATABASE ... SET TABLESPACE leaves it behind).")));
 	if (r->fd < 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not open the kept result of background job %d: %m",
-						pid),
+						r->pid),
 				 errdetail("File \"%s\".", path)));
 	r->buf_size = BG_KEEP_BUFSIZE;
 	r->buf = palloc(r->buf_size);
-	bg_keep_read_header(r);
+}
+
+/* Check the footer of a file of "size" bytes: where the rows end. */
+static void
+bg_keep_read_footer(BgKeepReader *r, int64 size)
+{
+	char	   *p;
+	BgKeepRecord rec;
+	BgKeepFooter footer;
+	pg_crc32c	crc;
 
 	if (size < (int64) (r->rows_start + sizeof(rec) + sizeof(footer)))
 		bg_keep_damaged(r, "its size is wrong");
@@ -501,11 +554,134 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 	COMP_CRC32C(crc, &footer, sizeof(footer));
 	FIN_CRC32C(crc);
 	if (rec.len != BG_KEEP_FOOTER || !EQ_CRC32C(crc, rec.crc) ||
-		footer.rows_end != (uint64) (size - sizeof(rec) - sizeof(footer)))
+		footer.rows_end != (uint64) (size - sizeof(rec) - sizeof(footer)) ||
+		footer.rows_end < (uint64) r->rows_end)
 		bg_keep_damaged(r, "its footer is not valid");
 	r->rows_end = footer.rows_end;
+}
+
+/*
+ * Open the kept result of a job that is still running, to follow it as it
+ * grows, like tail -f: rows are read up to what the worker has published,
+ * then the reader waits for more, until the job ends.  The job's segment
+ * stays mapped meanwhile, released by bg_keep_close.  With "wait", wait
+ * for the job to start its last statement (until then there are no
+ * columns); without, that is an error.  NULL if the job has ended
+ * meanwhile: the registry then has its outcome.
+ */
+BgKeepReader *
+bg_keep_open_live(BgKeptJob *kj, bool wait)
+{
+	BgKeepReader *r = palloc0(sizeof(BgKeepReader));
+
+	r->pid = kj->pid;
+	r->job_id = kj->id;
+	r->fd = -1;
+	r->cxt = CurrentMemoryContext;
+	if (!bg_keep_attach(r, kj->segment))
+		return NULL;
+	while (pg_atomic_read_u64(&r->shared->kept_valid) == 0)
+	{
+		if (bg_job_get_flag(r->shared, &r->shared->worker_exited))
+		{
+			bg_keep_close(r);
+			return NULL;
+		}
+		if (!wait)
+		{
+			bg_keep_close(r);
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("background job %d has not reached its last statement",
+							r->pid),
+					 errdetail("Its result has no columns yet.")));
+		}
+		bg_keep_sleep(r);
+	}
+	ConditionVariableCancelSleep();
+	bg_keep_open_file(r, r->job_id);
+	bg_keep_read_header(r);
+	r->rows_end = pg_atomic_read_u64(&r->shared->kept_valid);
 	r->pos = r->rows_start;
 	return r;
+}
+
+/* Map the job's segment, if it is still this job's. */
+static bool
+bg_keep_attach(BgKeepReader *r, dsm_handle handle)
+{
+	shm_toc    *toc;
+	BgJobShared *shared = NULL;
+
+	r->seg = dsm_attach(handle);
+	if (r->seg == NULL)
+		return false;
+	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(r->seg));
+	if (toc != NULL)
+		shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
+	if (shared == NULL || shared->job_id != r->job_id || !shared->keep)
+	{
+		dsm_detach(r->seg);
+		r->seg = NULL;
+		return false;
+	}
+	r->shared = shared;
+	return true;
+}
+
+/*
+ * Wait for the worker to publish more of the file, or to exit.  A reader
+ * holding a lock the job waits for would wait for ever: that is a deadlock.
+ */
+static void
+bg_keep_sleep(BgKeepReader *r)
+{
+	if (ConditionVariableTimedSleep(&r->shared->kept_cv, DeadlockTimeout,
+									bg_wait_event_job()) &&
+		bg_blocked_by_me(r->pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("This session waits for rows of background job %d, which waits for a lock this session holds.",
+						   r->pid),
+				 errhint("Read the job's result once it has ended, or outside the transaction that holds the lock.")));
+}
+
+/*
+ * The reader has read all the worker has published: wait for more, or for
+ * the job to end.  Once it has, the registry has its outcome: a failed job
+ * raises its error; a finished one has its footer, which says where its
+ * rows end.
+ */
+static void
+bg_keep_follow(BgKeepReader *r)
+{
+	BgKeptJob	kj;
+	uint64		valid = pg_atomic_read_u64(&r->shared->kept_valid);
+
+	if (valid > (uint64) r->rows_end)
+	{
+		ConditionVariableCancelSleep();
+		/* bytes read past the old end were perhaps being written: reread */
+		if (r->buf_start + (off_t) r->buf_len > r->rows_end)
+			r->buf_len = r->rows_end > r->buf_start ? r->rows_end - r->buf_start : 0;
+		r->rows_end = valid;
+		return;
+	}
+	if (!bg_job_get_flag(r->shared, &r->shared->worker_exited))
+	{
+		bg_keep_sleep(r);
+		return;
+	}
+	ConditionVariableCancelSleep();
+	bg_registry_kept_job(r->pid, r->job_id, &kj);
+	if (kj.running)
+		elog(ERROR, "background job %d is listed as running after its worker exited",
+			 r->pid);
+	bg_keep_read_footer(r, kj.kept_bytes);
+	dsm_detach(r->seg);
+	r->seg = NULL;
+	r->shared = NULL;
 }
 
 static void
@@ -643,6 +819,8 @@ bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
 		ExecStoreVirtualTuple(slot);
 		return true;
 	}
+	while (r->pos >= r->rows_end && r->seg != NULL)
+		bg_keep_follow(r);
 	if (r->pos >= r->rows_end)
 		return false;
 	if (r->pos + sizeof(rec) > r->rows_end)
@@ -692,6 +870,10 @@ bg_keep_close(BgKeepReader *r)
 	if (r->fd >= 0)
 		CloseTransientFile(r->fd);
 	r->fd = -1;
+	if (r->seg != NULL)
+		dsm_detach(r->seg);
+	r->seg = NULL;
+	r->shared = NULL;
 }
 
 /* ----------------------------------------------------------------

@@ -408,6 +408,8 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shared->registry_relid = bg_registry_relid();
 	shared->keep = keep && bg_registry_keeps(shared->registry_relid);
 	pg_atomic_init_u64(&shared->kept_size, 0);
+	pg_atomic_init_u64(&shared->kept_valid, 0);
+	ConditionVariableInit(&shared->kept_cv);
 	shared->detached_relid = bg_detached_relid(shared->registry_relid);
 	pg_atomic_init_u64(&shared->rows, 0);
 	SpinLockInit(&shared->mutex);

@@ -2067,21 +2067,24 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 		bg_raise_lost(&entry);
 	if (status == BG_STATUS_FAILED || status == BG_STATUS_CANCELLED)
 		bg_entry_raise(&entry);
-	if (status == BG_STATUS_RUNNING)
+	kj->id = entry.id;
+	kj->pid = entry.pid;
+	kj->kept_bytes = entry.kept_bytes;
+	kj->command = entry.command;
+	kj->running = (status == BG_STATUS_RUNNING);
+	kj->segment = entry.segment;
+	/* a running job that keeps its result is followed as its file grows */
+	if (status == BG_STATUS_RUNNING && entry.kept_bytes < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("background job %d is still running", pid),
-				 errdetail("While a job runs, only the session that launched it reads its result."),
+				 errdetail("It does not keep its result: only the session that launched it reads it."),
 				 errhint("Wait for it with bg_wait(%d), then read it.", pid)));
 	if (entry.kept_bytes < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("result of background job %d was not kept", pid),
 				 errdetail("Only the session that launched it could read it: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.")));
-	kj->id = entry.id;
-	kj->pid = entry.pid;
-	kj->kept_bytes = entry.kept_bytes;
-	kj->command = entry.command;
 }
 
 /*
@@ -2123,16 +2126,16 @@ bg_registry_messages(int pid)
 }
 
 /*
- * The finished jobs of this database whose kept result the caller may read,
- * by PID, the newest first for each.
+ * The jobs of this database whose kept result the caller may read, finished
+ * or still running, by PID, the newest first for each.
  */
 List *
 bg_registry_kept_jobs(void)
 {
 	BgRegistryCall call;
 	SPITupleTable *tt;
-	Oid			types[2] = {OIDOID, TEXTOID};
-	Datum		values[2];
+	Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
+	Datum		values[3];
 	List	   *jobs = NIL;
 	MemoryContext cxt = CurrentMemoryContext;
 	Oid			caller = GetUserId();	/* before we become the owner */
@@ -2142,25 +2145,34 @@ bg_registry_kept_jobs(void)
 		return NIL;
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_FINISHED));
+	values[2] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
 	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
-									"WHERE database = $1 AND state = $2 "
+									"WHERE database = $1 AND state IN ($2, $3) "
 									"AND %s IS NOT NULL ORDER BY pid, id DESC",
 									call.kept, call.relname, call.kept),
-						   2, types, values);
+						   3, types, values);
 	for (i = 0; i < tt->numvals; i++)
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 		BgJobEntry	entry;
+		BgJobProbe	probe;
 		BgKeptJob  *kj;
 
 		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
-		if (has_privs_of_role(caller, entry.role))
+		/* a running job is followed as it runs; a lost one has nothing */
+		if (entry.status == BG_STATUS_RUNNING)
+			bg_probe(entry.id, entry.segment, &probe);
+		if (has_privs_of_role(caller, entry.role) &&
+			(entry.status != BG_STATUS_RUNNING ||
+			 (probe.found && probe.worker_alive)))
 		{
 			kj = palloc(sizeof(BgKeptJob));
 			kj->id = entry.id;
 			kj->pid = entry.pid;
 			kj->kept_bytes = entry.kept_bytes;
 			kj->command = entry.command;
+			kj->running = (entry.status == BG_STATUS_RUNNING);
+			kj->segment = entry.segment;
 			jobs = lappend(jobs, kj);
 		}
 		MemoryContextSwitchTo(oldcxt);

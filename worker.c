@@ -336,6 +336,8 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
 
 	bg_job_set_flag(shared, &shared->worker_exited, BG_WAKE_NONE);
+	/* readers following the kept file now find the outcome in the registry */
+	ConditionVariableBroadcast(&shared->kept_cv);
 }
 
 /*

@@ -186,6 +186,28 @@ SET ROLE regress_outsider;
 SET bg_fdw.max_queue_size = '1GB';
 RESET ROLE;
 
+-- While a job runs, another session (here this one, once it has detached
+-- the job) reads its kept result as it grows, like tail -f, to its end.
+-- The job stops after five rows until this session lets it go on.
+SELECT pg_advisory_lock(4244);
+SELECT bg_launch($$SELECT g FROM generate_series(1, 10) g
+                   WHERE g <= 5 OR pg_advisory_lock_shared(4244) IS NOT NULL$$) AS tail \gset
+SELECT regress_poll('(SELECT rows = 5 FROM bg_jobs WHERE pid = ' || :tail || ')') AS five_rows;
+SELECT bg_detach(:tail);
+SELECT state, kept FROM bg_jobs WHERE pid = :tail;
+CREATE SCHEMA regress_tail;
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:tail) FROM SERVER bg_server INTO regress_tail;
+-- waiting for rows of a job that waits for this session is a deadlock
+SELECT regress_try('SELECT count(*) FROM bg_result(' || :tail || ') AS r(g int)', :tail);
+BEGIN;
+DECLARE c CURSOR FOR SELECT g FROM regress_tail.bg_result_:tail;
+FETCH 5 FROM c;
+SELECT pg_advisory_unlock(4244);
+FETCH ALL FROM c;
+COMMIT;
+SELECT count(*), sum(g) FROM bg_result(:tail) AS r(g int);
+SELECT state, kept FROM bg_jobs WHERE pid = :tail;
+
 -- bg_fdw.max_result_size bounds one job's kept result: past it, the job
 -- fails with 53400 and leaves no file; the session goes on
 SET bg_fdw.max_result_size = '64kB';
@@ -254,7 +276,7 @@ SELECT bg_detach(:last);
 SELECT bg_detach(:expirer);
 
 SET client_min_messages = warning;
-DROP SCHEMA regress_reports, regress_moods CASCADE;
+DROP SCHEMA regress_reports, regress_moods, regress_tail CASCADE;
 RESET client_min_messages;
 DROP TABLE regress_keep_t;
 DROP ROLE regress_outsider;

@@ -61,7 +61,27 @@ my $pid = launch_and_kill_reader($node, 'postgres', q{
 	SELECT g, g * 2 AS twice, md5(g::text) AS hash
 	  FROM generate_series(1, 50000) g WHERE g <= 20 OR gate('a')}, 20,
 	'-U', 'alice');
+
+# While it runs, another session of the role follows its kept result as it
+# grows, like tail -f: the rows so far, then the rest once the job goes on.
+my $f = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+$f->query_safe(qq{
+	CREATE FOREIGN TABLE reports.following (g int, twice int, hash text)
+	  SERVER bg_server OPTIONS (pid '$pid');
+	BEGIN;
+	DECLARE c CURSOR FOR SELECT g FROM reports.following});
+is($f->query_safe('FETCH 20 FROM c'), join("\n", 1 .. 20),
+	'another session reads the rows of the running job so far');
+is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $pid"),
+	'running', 'while it still runs');
 open_gate($node, 'postgres', 'a');
+is($f->query_safe('MOVE FORWARD ALL IN c'), '',
+	'the reader follows the job to its end');
+is($f->query_safe(q{SELECT count(*), sum(g), sum(twice), count(DISTINCT hash)
+	FROM reports.following}), '50000|1250025000|2500050000|50000',
+	'and reads every row');
+$f->query_safe('COMMIT');
+$f->quit;
 ok( $node->poll_query_until('postgres',
 		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $pid"),
 	'the job finished and kept its result');
