@@ -192,6 +192,16 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_kept_size_per_role",
+							"Largest total size of the results one role's background jobs keep in a database.",
+							"A launch that would keep a result once the role's kept results take it is refused. -1 means no limit.",
+							&bg_max_kept_size_per_role,
+							BG_DEFAULT_MAX_KEPT_PER_ROLE_KB,
+							-1,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.max_queue_size",
 							"Largest tuple queue a background job may have.",
 							"A launch asking for more, or with a larger \"bg_fdw.queue_size\", is refused.",

@@ -56,6 +56,8 @@
 #define BG_DEFAULT_MAX_QUEUE_SIZE	(64 * 1024 * 1024)
 /* kept messages stay well below the 1 GB of a bytea */
 #define BG_MAX_MESSAGES_SIZE_KB	(256 * 1024)
+/* kept results of one role in one database: 10 GB */
+#define BG_DEFAULT_MAX_KEPT_PER_ROLE_KB	(10 * 1024 * 1024)
 #define BG_MESSAGE_QUEUE_SIZE	16384
 
 /* Protocol message types a worker sends on its message queue, besides 'N'/'E' */
@@ -324,6 +326,7 @@ extern bool bg_blocked_by_me(int pid);
 /* in registry.c */
 extern int	bg_job_retention;
 extern int	bg_max_jobs_per_role;
+extern int	bg_max_kept_size_per_role;
 extern void bg_registry_register(BgJobShared *shared, const char *sql,
 								 dsm_handle handle);
 extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
@@ -336,6 +339,7 @@ extern void bg_registry_tidy(BgJobShared *shared);
 extern void bg_registry_sweep(void);
 extern void bg_registry_lock_role(Oid role);
 extern void bg_registry_unlock_role(void);
+extern void bg_registry_check_kept(Oid role);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);

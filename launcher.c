@@ -130,6 +130,8 @@ bg_launch(PG_FUNCTION_ARGS)
 	stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
 	keep = !stream && !(PG_NARGS() > 3 && !PG_ARGISNULL(3) &&
 						!PG_GETARG_BOOL(3));
+	if (keep)
+		bg_registry_check_kept(GetUserId());
 
 	/*
 	 * bg_fdw.max_jobs_per_role: no other launch by the role until ours is

@@ -73,6 +73,7 @@ int			bg_job_retention = 86400;
 
 /* Running jobs a role may have in a database; -1 means no limit */
 int			bg_max_jobs_per_role = -1;
+int			bg_max_kept_size_per_role = BG_DEFAULT_MAX_KEPT_PER_ROLE_KB;
 
 /* A column the C code needs in a table of the extension */
 typedef struct BgColumn
@@ -1960,6 +1961,57 @@ bg_registry_lock_role(Oid role)
 								  "The role runs %d jobs in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
 								  running, running, bg_max_jobs_per_role),
 				 errhint("Wait for a job to end, or cancel one with bg_cancel().")));
+}
+
+/*
+ * Refuse to launch a job that keeps its result while the role's kept
+ * results in this database already take bg_fdw.max_kept_size_per_role: a
+ * role must not fill the disk with results it never forgets.  A running job
+ * counts with what it has written so far; jobs launched at once may each
+ * pass, each then bounded by bg_fdw.max_result_size.
+ */
+void
+bg_registry_check_kept(Oid role)
+{
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2];
+	int64		total = 0;
+	uint64		i;
+
+	if (bg_max_kept_size_per_role < 0 || !bg_registry_open(&call))
+		return;
+	values[0] = ObjectIdGetDatum(role);
+	values[1] = ObjectIdGetDatum(MyDatabaseId);
+	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
+									"WHERE role = $1 AND database = $2 "
+									"AND %s IS NOT NULL",
+									call.kept, call.relname, call.kept),
+						   2, types, values);
+	for (i = 0; i < tt->numvals; i++)
+	{
+		BgJobEntry	entry;
+		BgJobProbe	probe;
+
+		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
+		if (entry.status == BG_STATUS_RUNNING)
+		{
+			bg_probe(entry.id, entry.segment, &probe);
+			if (probe.found)
+				entry.kept_bytes = (int64) probe.kept_size;
+		}
+		total += entry.kept_bytes;
+	}
+	bg_registry_close(&call);
+	if (total >= (int64) bg_max_kept_size_per_role * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("kept results of role \"%s\" exceed \"bg_fdw.max_kept_size_per_role\" (%dkB)",
+						GetUserNameFromId(role, false), bg_max_kept_size_per_role),
+				 errdetail("The role's jobs in this database keep " INT64_FORMAT " bytes.",
+						   total),
+				 errhint("Forget results no longer needed with bg_forget(pid), or launch with keep => false.")));
 }
 
 /* Release the launch lock, if this session holds one */

@@ -29,7 +29,8 @@ DECLARE
   pid int;
 BEGIN
   IF job IS NOT NULL THEN
-    pid := bg_launch(job, stream => name LIKE '%stream%');
+    pid := bg_launch(job, stream => name LIKE '%stream%',
+                     keep => name NOT LIKE '%keep => false%');
     EXECUTE format(q, pid);
     PERFORM bg_detach(pid);
   ELSE
@@ -78,6 +79,8 @@ INSERT INTO cases VALUES
  ('bg_result_<pid> table', 'SELECT a, b FROM t',
   'SELECT count(*), sum(length(b)) FROM bg_result_%s', 2),
  ('bg_result_<pid>, stream mode', 'SELECT a, b FROM t',
+  'SELECT count(*), sum(length(b)) FROM bg_result_%s', 3),
+ ('bg_result_<pid>, keep => false', 'SELECT a, b FROM t',
   'SELECT count(*), sum(length(b)) FROM bg_result_%s', 3),
  ('bg_result(pid)', 'SELECT a, b FROM t',
   'SELECT count(*), sum(length(b)) FROM bg_result(%s) AS r(a int, b text)', 4),
@@ -170,6 +173,8 @@ INSERT INTO cases3
    ('direct query', NULL, format('SELECT count(*), sum(%s) FROM $T', col), 1),
    ('bg_result_<pid> table', 'SELECT * FROM $T',
     format('SELECT count(*), sum(%s) FROM bg_result_%%s', col), 2),
+   ('bg_result_<pid>, keep => false', 'SELECT * FROM $T',
+    format('SELECT count(*), sum(%s) FROM bg_result_%%s', col), 3),
    ('bg_result_<pid>, stream mode', 'SELECT * FROM $T',
     format('SELECT count(*), sum(%s) FROM bg_result_%%s', col), 3),
    ('dblink', NULL,
@@ -184,6 +189,35 @@ SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('int column
  WHERE "case" LIKE 'int%';
 SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('20 mixed columns: direct query')
  WHERE "case" LIKE '20%';
+
+-- Disk written per result row: the job's kept file (kept_bytes), and the
+-- temporary files of the reading session's spool (and of rows the worker
+-- kept aside), measured once the result has been read, before it is freed.
+CREATE OR REPLACE FUNCTION bench_disk(tab text, mode text,
+  OUT kept_per_row numeric, OUT temp_per_row numeric)
+LANGUAGE plpgsql AS $$
+DECLARE
+  jpid int;
+  n bigint;
+BEGIN
+  jpid := bg_launch(format('SELECT * FROM %s', tab), stream => mode = 'stream',
+                   keep => mode = 'default');
+  EXECUTE format('SELECT count(*) FROM bg_result_%s', jpid) INTO n;
+  SELECT round(coalesce(sum(size), 0)::numeric / n, 1) INTO temp_per_row FROM pg_ls_tmpdir();
+  PERFORM bg_wait(jpid);
+  SELECT round(coalesce(kept_bytes, 0)::numeric / n, 1) INTO kept_per_row
+    FROM bg_jobs j WHERE j.pid = jpid
+   ORDER BY j.id DESC LIMIT 1;
+  PERFORM bg_detach(jpid);
+END
+$$;
+\echo
+\echo Disk bytes written per result row, by mode
+SELECT tab AS "table", mode, d.*
+  FROM (VALUES ('t', 1), ('tw', 2)) AS x(tab, o),
+       (VALUES ('default', 1), ('keep => false', 2), ('stream', 3)) AS m(mode, mo),
+       LATERAL bench_disk(tab, mode) d
+ ORDER BY o, mo;
 
 -- Compute-bound: the job computes its rows while the reader consumes them.
 TRUNCATE timings;

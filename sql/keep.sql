@@ -208,6 +208,20 @@ COMMIT;
 SELECT count(*), sum(g) FROM bg_result(:tail) AS r(g int);
 SELECT state, kept FROM bg_jobs WHERE pid = :tail;
 
+-- bg_fdw.max_kept_size_per_role bounds what one role keeps in a database: a
+-- launch that would keep more is refused; keep => false is not
+SELECT sum(kept_bytes) > 1024 AS keeps_more_than_1kb FROM bg_jobs
+ WHERE role = current_user::regrole;
+SET bg_fdw.max_kept_size_per_role = '1kB';
+SELECT regexp_replace(regress_try($$SELECT bg_launch('SELECT 1')$$), 'keep \d+ bytes', 'keep <n> bytes');
+SELECT bg_launch('SELECT 1', keep => false) AS unkept \gset
+SELECT bg_wait(:unkept);
+SELECT bg_detach(:unkept);
+RESET bg_fdw.max_kept_size_per_role;
+SET ROLE regress_outsider;
+SET bg_fdw.max_kept_size_per_role = -1;
+RESET ROLE;
+
 -- bg_fdw.max_result_size bounds one job's kept result: past it, the job
 -- fails with 53400 and leaves no file; the session goes on
 SET bg_fdw.max_result_size = '64kB';
