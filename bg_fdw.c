@@ -1047,7 +1047,7 @@ bg_job_held(int pid, int64 job_id)
 {
 	BgJob	   *job = bg_job_lookup(pid, job_id, true);
 
-	return job != NULL && job->state != BG_JOB_DETACHED &&
+	return job != NULL && job->state != BG_JOB_DETACHED && !job->released &&
 		job->detach_subid == InvalidSubTransactionId;
 }
 

@@ -289,6 +289,8 @@ typedef struct BgJob
 	bool		stream;			/* one-pass: rows are not kept */
 	bool		stream_taken;	/* a stream job's rows are being consumed */
 	SubTransactionId detach_subid;	/* bg_detach pending commit, or 0 */
+	bool		released;		/* ended, its segment given back: its rows
+								 * are read from its kept file */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
 	BgReader  **readers;		/* array of nreaders */
@@ -442,6 +444,7 @@ extern const char *bg_job_state_name(BgJob *job);
 extern bool bg_job_in_use(BgJob *job);
 extern uint64 bg_job_rows(BgJob *job);
 extern void bg_job_record_detach(BgJob *job);
+extern void bg_jobs_release_ended(void);
 extern bool bg_job_wait(BgJob *job, long timeout_ms);
 extern void bg_job_wait_descriptor(BgJob *job);
 extern void bg_job_wait_registered(BgJob *job);

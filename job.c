@@ -122,6 +122,7 @@ bg_segment_untrack(dsm_segment *seg, Datum arg)
 Datum
 bg_segments(PG_FUNCTION_ARGS)
 {
+	bg_jobs_release_ended();
 	PG_RETURN_INT32(bg_segments_mapped);
 }
 
@@ -374,6 +375,45 @@ bg_job_close_segment(BgJob *job)
 	job->message_mqh = NULL;
 	job->tuples_done = true;
 	job->messages_done = true;
+}
+
+/*
+ * Give back the segments of jobs that have ended and kept their result,
+ * whether or not this session read them: DSM segments are a server-wide
+ * pool, shared with parallel query, and an unread job must not hold one.
+ * Such a job's rows are in its kept file and its outcome in the registry,
+ * so it is then read as any other session reads it; the messages still on
+ * its queue are relayed first (all of them are in bg_messages too).  Only
+ * jobs this session has not started reading are given back, and not in a
+ * transaction that reads the registry with one snapshot throughout, which
+ * might not show the outcome yet.  A session runs this where it runs
+ * bg_fdw code (a launch, bg_jobs, bg_segments); an idle one holds its
+ * segments meanwhile.
+ */
+void
+bg_jobs_release_ended(void)
+{
+	ListCell   *lc;
+
+	if (!IsTransactionState() || IsolationUsesXactSnapshot())
+		return;
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->seg == NULL || job->released || job->stream ||
+			!job->shared->keep || job->rows_received > 0 ||
+			job->detach_subid != InvalidSubTransactionId ||
+			bg_job_in_use(job) ||
+			!bg_job_get_flag(job->shared, &job->shared->worker_exited))
+			continue;
+		bg_job_read_messages(job);
+		if (job->state == BG_JOB_FINISHED)
+			job->released = true;
+		/* a failed job has its error here, and no rows */
+		if (job->state == BG_JOB_FINISHED || job->state == BG_JOB_FAILED)
+			bg_job_close_segment(job);
+	}
 }
 
 /*

@@ -127,6 +127,8 @@ bg_launch(PG_FUNCTION_ARGS)
 	error_context_stack = errcallback.previous;
 
 	bg_check_table_privileges();
+	/* segments of ended jobs go back before this one takes another */
+	bg_jobs_release_ended();
 	stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
 	keep = !stream && !(PG_NARGS() > 3 && !PG_ARGISNULL(3) &&
 						!PG_GETARG_BOOL(3));

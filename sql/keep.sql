@@ -208,6 +208,39 @@ COMMIT;
 SELECT count(*), sum(g) FROM bg_result(:tail) AS r(g int);
 SELECT state, kept FROM bg_jobs WHERE pid = :tail;
 
+-- An ended job gives back its shared memory whether or not its session
+-- reads it (here at this session's next bg_segments or bg_launch): its rows
+-- are then read from its kept file, its outcome from the registry
+SELECT bg_segments() AS segs_before \gset
+SELECT bg_launch('SELECT g FROM generate_series(1, 1000) g') AS r1 \gset
+SELECT bg_launch('SELECT 42 AS answer') AS r2 \gset
+SELECT bg_launch('SELECT 1 / 0 AS never') AS r3 \gset
+SELECT regress_poll(format('NOT EXISTS (SELECT FROM bg_jobs WHERE pid IN (%s, %s, %s) AND state = %L)',
+                           :r1, :r2, :r3, 'running')) AS all_ended;
+SELECT regress_poll(format('bg_segments() = %s', :segs_before)) AS segments_given_back;
+SELECT count(*), sum(g) FROM bg_result_:r1;
+SELECT * FROM bg_result_:r2;
+SELECT bg_wait(:r2);
+SELECT regress_try('SELECT * FROM bg_result_' || :r3, :r3);
+SELECT bg_detach(:r1), bg_detach(:r2), bg_detach(:r3);
+-- a hundred jobs, launched one after the other in one transaction and
+-- never read, hold no segment once ended
+SELECT max(id) AS id_before FROM bg_jobs \gset
+DO $$
+DECLARE
+  p int;
+BEGIN
+  FOR i IN 1..100 LOOP
+    p := bg_launch('SELECT 1 AS one');
+    PERFORM regress_poll(format('(SELECT state <> %L FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                                'running', p));
+  END LOOP;
+END
+$$;
+SELECT regress_poll(format('bg_segments() = %s', :segs_before)) AS hundred_segments_given_back;
+SELECT count(*) AS hundred_jobs FROM bg_jobs
+ WHERE id > :id_before AND attached AND state = 'finished' AND kept;
+
 -- bg_fdw.max_kept_size_per_role bounds what one role keeps in a database: a
 -- launch that would keep more is refused; keep => false is not
 SELECT sum(kept_bytes) > 1024 AS keeps_more_than_1kb FROM bg_jobs
