@@ -160,6 +160,29 @@ is(kept_file($job), 'absent', 'bg_forget removes the kept file');
 like($stderr, qr/background job $pid with identifier $job does not exist/,
 	'a table of a forgotten job is a clear error');
 
+# A thousand launches whose transactions roll back: the jobs run on (a job
+# is autonomous) and end, and their session, never reading them, is back to
+# no segment mapped.
+is($node->safe_psql('postgres', q{
+	SELECT max(id) AS before FROM bg_jobs \gset
+	DO $$BEGIN
+	  FOR i IN 1..1000 LOOP
+	    PERFORM bg_launch('SELECT 1');
+	    ROLLBACK;
+	  END LOOP;
+	END$$;
+	DO $$
+	DECLARE
+	  give_up timestamptz := clock_timestamp() + interval '5 min';
+	BEGIN
+	  WHILE bg_segments() > 0 AND clock_timestamp() < give_up LOOP
+	    PERFORM pg_sleep(0.01);
+	  END LOOP;
+	END$$;
+	SELECT count(*) FROM bg_jobs WHERE id > :before AND state = 'finished';
+	SELECT bg_segments();
+}), "1000\n0", '1,000 launch/ROLLBACK cycles leave their session with no segment');
+
 # DROP EXTENSION and DROP DATABASE take the files with them.
 $node->safe_psql('postgres', q{
 	SELECT bg_launch('SELECT 1 AS one') AS p \gset
