@@ -335,6 +335,7 @@ extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
 							   bool in_job_xact);
 extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
+extern void bg_registry_record_kept(BgJobShared *shared);
 extern Oid	bg_registry_relid(void);
 extern Oid	bg_detached_relid(Oid registry);
 extern void bg_registry_tidy(BgJobShared *shared);
@@ -372,6 +373,7 @@ extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern void bg_keep_publish(BgKeepWriter *w);
 extern int64 bg_keep_finish(BgKeepWriter *w);
+extern bool bg_keep_sync(void);
 extern void bg_keep_release(void);
 extern void bg_keep_discard(void);
 extern BgKeepReader *bg_keep_open(int pid, int64 job_id, int64 size,

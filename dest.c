@@ -165,8 +165,8 @@ bg_dest_send_command(DestReceiver *dest, const char *tag)
 }
 
 /*
- * Every row is kept: make the kept file durable.  Its size (0 if only the
- * tag is kept) is published for the registry.
+ * Every row is kept: finish the kept file.  Its size (0 if only the tag is
+ * kept) is published for the registry.
  */
 void
 bg_dest_finish_keep(DestReceiver *dest)

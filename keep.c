@@ -27,10 +27,12 @@
  * The worker appends every row before it offers it to its queue, so what
  * the queue delivered is always in the file too.  It buffers its writes,
  * enforces bg_fdw.max_result_size and temp_file_limit itself (fd.c does so
- * only for temporary files), and at the end writes the footer and fsyncs the
- * file and its directory before the commit that records the size.  A job
- * that fails removes its file; a crash leaves files that the registry does
- * not name as kept, which the sweep removes.
+ * only for temporary files), and at the end writes the footer.  Once the
+ * job has committed (so that its readers do not wait for it), it fsyncs the
+ * file and its directory, then records the size in the registry: a size in
+ * the registry always names a durable, whole file.  A job that fails
+ * removes its file; a crash leaves files that the registry does not name as
+ * kept, which the sweep removes.
  *
  * Readers open the file as a transient file, closed with their transaction
  * whatever happens, and check each record's CRC.
@@ -413,15 +415,14 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 }
 
 /*
- * Every row is kept: write the footer and make the file durable, before the
- * commit that records it.  Returns the file's size.
+ * Every row is kept: write the footer.  Returns the file's size.  The file
+ * is made durable by bg_keep_sync, after the job's commit.
  */
 int64
 bg_keep_finish(BgKeepWriter *w)
 {
 	BgKeepRecord rec;
 	BgKeepFooter footer;
-	char		dir[MAXPGPATH];
 
 	footer.rows = w->rows;
 	footer.rows_end = (uint64) (w->written + w->buf_len);
@@ -432,13 +433,28 @@ bg_keep_finish(BgKeepWriter *w)
 	bg_keep_write(w, (char *) &rec, sizeof(rec));
 	bg_keep_write(w, (char *) &footer, sizeof(footer));
 	bg_keep_flush(w);
+	return (int64) w->written;
+}
+
+/*
+ * Make this worker's finished kept file durable, with its directory entry,
+ * before the registry records it as kept.  False if there is none.
+ */
+bool
+bg_keep_sync(void)
+{
+	BgKeepWriter *w = bg_keep_active;
+	char		dir[MAXPGPATH];
+
+	if (w == NULL)
+		return false;
 	if (FileSync(w->file, WAIT_EVENT_DATA_FILE_SYNC) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not fsync file \"%s\": %m", w->path)));
 	bg_keep_dir(dir);
 	(void) fsync_fname_ext(dir, true, false, ERROR);
-	return (int64) w->written;
+	return true;
 }
 
 /*

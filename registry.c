@@ -189,6 +189,9 @@ static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
 /* Did this worker insert its registry row? */
 static bool bg_row_inserted = false;
 
+/* This worker's job segment, as its row names it */
+static dsm_handle bg_my_segment = DSM_HANDLE_INVALID;
+
 /* State kept across a call into the registry's SQL */
 typedef struct BgRegistryCall
 {
@@ -232,6 +235,7 @@ typedef struct BgJobProbe
 	bool		worker_alive;	/* its worker has not exited */
 	uint64		rows;			/* rows sent so far */
 	uint64		kept_size;		/* bytes of its kept file so far */
+	bool		keeps;			/* it keeps its result */
 } BgJobProbe;
 
 static const char *bg_status_name(BgJobStatus status);
@@ -272,6 +276,9 @@ static SPITupleTable *bg_registry_query(const char *sql, int nargs,
 static void bg_registry_update(BgJobShared *shared, BgJobStatus status,
 							   const char *tag, ErrorData *edata);
 static void bg_registry_expire(Oid registry, Oid detached);
+static void bg_registry_modify(Relation rel, int64 job_id, Datum *values,
+							   bool *nulls, bool *replace);
+static void bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome);
 static bool bg_delete_if_free(Relation rel, ItemPointer tid);
 static void bg_delete_detach_mark(Relation det, Datum id);
 static Oid	bg_finished_at_index(Relation rel);
@@ -285,6 +292,8 @@ static void bg_entry_check_privileges(BgJobEntry *entry);
 static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 						   BgJobStatus *status);
 static bool bg_entry_reread(BgJobEntry *entry);
+static bool bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe);
+static bool bg_kept_to_record(BgJobShared *shared, BgJobStatus status);
 static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
 						   Datum *values, BgJobEntry *entry);
 static void bg_list_put_kept(Datum *vals, bool *isnulls, BgJobEntry *entry,
@@ -743,6 +752,7 @@ bg_registry_query(const char *sql, int nargs, Oid *types, Datum *values)
 void
 bg_registry_register(BgJobShared *shared, const char *sql, dsm_handle handle)
 {
+	bg_my_segment = handle;
 	if (!RecoveryInProgress() && OidIsValid(shared->registry_relid))
 	{
 		StartTransactionCommand();
@@ -932,9 +942,6 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 				   ErrorData *edata)
 {
 	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	oldtup;
 	int			natts;
 	Datum	   *values;
 	bool	   *nulls;
@@ -961,7 +968,9 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 		   TimestampTzGetDatum(GetCurrentTimestamp()));
 	BG_SET(Anum_bg_job_registry_rows, false,
 		   Int64GetDatum((int64) pg_atomic_read_u64(&shared->rows)));
-	BG_SET(Anum_bg_job_registry_segment, true, (Datum) 0);
+	/* readers follow a kept file not yet recorded through the segment */
+	BG_SET(Anum_bg_job_registry_segment, !bg_kept_to_record(shared, status),
+		   Int64GetDatum((int64) bg_my_segment));
 	BG_SET(Anum_bg_job_registry_command, tag == NULL,
 		   CStringGetTextDatum(tag));
 	BG_SET(Anum_bg_job_registry_sqlstate, edata == NULL,
@@ -969,23 +978,41 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 	BG_SET(Anum_bg_job_registry_error, edata == NULL,
 		   CStringGetTextDatum(edata->message ? edata->message : ""));
 	/*
-	 * A job that did not finish keeps no result: its file is gone.  Its
-	 * messages are kept whatever the outcome.
+	 * A job that did not finish keeps no result: its file is gone.  One
+	 * that did records a file once it is durable (bg_registry_record_kept);
+	 * a completion tag alone is kept now.  Its messages are kept whatever
+	 * the outcome.
 	 */
 	if (bg_rel_has_kept(rel))
 	{
 		bytea	   *messages = bg_messages_kept();
 
 		BG_SET(Anum_bg_job_registry_kept_bytes,
-			   !(shared->keep && status == BG_STATUS_FINISHED),
-			   Int64GetDatum((int64) pg_atomic_read_u64(&shared->kept_size)));
+			   !(shared->keep && status == BG_STATUS_FINISHED &&
+				 pg_atomic_read_u64(&shared->kept_size) == 0),
+			   Int64GetDatum(0));
+		Assert(!bg_kept_to_record(shared, status) ||
+			   nulls[Anum_bg_job_registry_kept_bytes - 1]);
 		BG_SET(Anum_bg_job_registry_messages, messages == NULL,
 			   PointerGetDatum(messages));
 	}
 #undef BG_SET
 
+	bg_registry_modify(rel, shared->job_id, values, nulls, replace);
+	table_close(rel, NoLock);
+}
+
+/* Replace columns of the job's row, if it is still there. */
+static void
+bg_registry_modify(Relation rel, int64 job_id, Datum *values, bool *nulls,
+				   bool *replace)
+{
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	oldtup;
+
 	ScanKeyInit(&key, Anum_bg_job_registry_id, BTEqualStrategyNumber, F_INT8EQ,
-				Int64GetDatum(shared->job_id));
+				Int64GetDatum(job_id));
 	scan = systable_beginscan(rel, bg_primary_key_index(rel), true, NULL, 1, &key);
 	oldtup = systable_getnext(scan);
 	if (HeapTupleIsValid(oldtup))
@@ -996,6 +1023,56 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 		CatalogTupleUpdate(rel, &oldtup->t_self, newtup);
 	}
 	systable_endscan(scan);
+}
+
+/* Does the job finish with a kept file, to record once it is durable? */
+static bool
+bg_kept_to_record(BgJobShared *shared, BgJobStatus status)
+{
+	return shared->keep && status == BG_STATUS_FINISHED &&
+		pg_atomic_read_u64(&shared->kept_size) > 0;
+}
+
+/*
+ * The job's kept file is durable: record its size, in a transaction of its
+ * own after the job's.  Only the job's worker writes its row.
+ */
+void
+bg_registry_record_kept(BgJobShared *shared)
+{
+	BgOutcome	outcome;
+
+	if (!bg_row_inserted)
+		return;
+	memset(&outcome, 0, sizeof(outcome));
+	bg_registry_own_xact(bg_registry_write_kept, shared, &outcome);
+}
+
+static void
+bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome)
+{
+	Relation	rel = bg_registry_open_rel(shared->registry_relid);
+	int			natts;
+	Datum	   *values;
+	bool	   *nulls;
+	bool	   *replace;
+
+	if (rel == NULL || !bg_rel_has_kept(rel))
+	{
+		if (rel != NULL)
+			table_close(rel, NoLock);
+		return;
+	}
+	natts = RelationGetDescr(rel)->natts;
+	values = palloc0(natts * sizeof(Datum));
+	nulls = palloc0(natts * sizeof(bool));
+	replace = palloc0(natts * sizeof(bool));
+	replace[Anum_bg_job_registry_kept_bytes - 1] = true;
+	values[Anum_bg_job_registry_kept_bytes - 1] =
+		Int64GetDatum((int64) pg_atomic_read_u64(&shared->kept_size));
+	replace[Anum_bg_job_registry_segment - 1] = true;
+	nulls[Anum_bg_job_registry_segment - 1] = true;
+	bg_registry_modify(rel, shared->job_id, values, nulls, replace);
 	table_close(rel, NoLock);
 }
 
@@ -1340,6 +1417,7 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 												   &shared->worker_exited);
 			probe->rows = pg_atomic_read_u64(&shared->rows);
 			probe->kept_size = pg_atomic_read_u64(&shared->kept_size);
+			probe->keeps = shared->keep;
 		}
 	}
 	if (!ours)
@@ -1576,12 +1654,15 @@ static void
 bg_list_put_kept(Datum *vals, bool *isnulls, BgJobEntry *entry,
 				 BgJobStatus status, BgJobProbe *probe, bool privileged)
 {
-	bool		kept = entry->kept_bytes >= 0 &&
-		(status == BG_STATUS_RUNNING || status == BG_STATUS_FINISHED);
+	bool		kept = (entry->kept_bytes >= 0 &&
+						(status == BG_STATUS_RUNNING ||
+						 status == BG_STATUS_FINISHED)) ||
+		bg_kept_pending(entry, probe);
 
 	vals[BG_LIST_KEPT] = BoolGetDatum(kept);
-	vals[BG_LIST_KEPT_BYTES] = Int64GetDatum(status == BG_STATUS_RUNNING &&
-											 probe->found ?
+	vals[BG_LIST_KEPT_BYTES] = Int64GetDatum(entry->kept_bytes < 0 ||
+											 (status == BG_STATUS_RUNNING &&
+											  probe->found) ?
 											 (int64) probe->kept_size :
 											 entry->kept_bytes);
 	isnulls[BG_LIST_KEPT_BYTES] = !kept || !privileged;
@@ -2123,7 +2204,7 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 	kj->pid = entry.pid;
 	kj->kept_bytes = entry.kept_bytes;
 	kj->command = entry.command;
-	kj->running = (status == BG_STATUS_RUNNING);
+	kj->running = (status == BG_STATUS_RUNNING) || bg_kept_pending(&entry, &probe);
 	kj->segment = entry.segment;
 	/* a running job that keeps its result is followed as its file grows */
 	if (status == BG_STATUS_RUNNING && entry.kept_bytes < 0)
@@ -2132,11 +2213,22 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 				 errmsg("background job %d is still running", pid),
 				 errdetail("It does not keep its result: only the session that launched it reads it."),
 				 errhint("Wait for it with bg_wait(%d), then read it.", pid)));
-	if (entry.kept_bytes < 0)
+	if (entry.kept_bytes < 0 && !kj->running)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("result of background job %d was not kept", pid),
 				 errdetail("Only the session that launched it could read it: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.")));
+}
+
+/*
+ * Has the job finished, its worker still making its kept file durable
+ * before recording it?  Its readers then follow it as if it still ran.
+ */
+static bool
+bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe)
+{
+	return entry->status == BG_STATUS_FINISHED && entry->kept_bytes < 0 &&
+		probe->found && probe->worker_alive && probe->keeps;
 }
 
 /*
@@ -2200,7 +2292,8 @@ bg_registry_kept_jobs(void)
 	values[2] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
 	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
 									"WHERE database = $1 AND state IN ($2, $3) "
-									"AND %s IS NOT NULL ORDER BY pid, id DESC",
+									"AND (%s IS NOT NULL OR segment IS NOT NULL) "
+									"ORDER BY pid, id DESC",
 									call.kept, call.relname, call.kept),
 						   3, types, values);
 	for (i = 0; i < tt->numvals; i++)
@@ -2211,19 +2304,25 @@ bg_registry_kept_jobs(void)
 		BgKeptJob  *kj;
 
 		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
-		/* a running job is followed as it runs; a lost one has nothing */
-		if (entry.status == BG_STATUS_RUNNING)
+		/*
+		 * A running job, or a finished one whose file is about to be
+		 * recorded, is followed as it runs; a lost one has nothing.
+		 */
+		memset(&probe, 0, sizeof(probe));
+		if (entry.status == BG_STATUS_RUNNING || entry.kept_bytes < 0)
 			bg_probe(entry.id, entry.segment, &probe);
 		if (has_privs_of_role(caller, entry.role) &&
-			(entry.status != BG_STATUS_RUNNING ||
-			 (probe.found && probe.worker_alive)))
+			(entry.status == BG_STATUS_RUNNING ?
+			 (probe.found && probe.worker_alive && entry.kept_bytes >= 0) :
+			 (entry.kept_bytes >= 0 || bg_kept_pending(&entry, &probe))))
 		{
 			kj = palloc(sizeof(BgKeptJob));
 			kj->id = entry.id;
 			kj->pid = entry.pid;
 			kj->kept_bytes = entry.kept_bytes;
 			kj->command = entry.command;
-			kj->running = (entry.status == BG_STATUS_RUNNING);
+			kj->running = (entry.status == BG_STATUS_RUNNING) ||
+				entry.kept_bytes < 0;
 			kj->segment = entry.segment;
 			jobs = lappend(jobs, kj);
 		}
@@ -2259,11 +2358,23 @@ bg_keep_file_wanted(int64 job_id, void *arg)
 	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
 	Datum		values[3];
 
+	SPITupleTable *tt;
+	BgJobEntry	entry;
+	BgJobProbe	probe;
+
 	values[0] = Int64GetDatum(job_id);
 	values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
 	values[2] = CStringGetTextDatum(bg_status_name(BG_STATUS_FINISHED));
-	return bg_registry_query(psprintf("SELECT FROM %s r WHERE id = $1 "
-									  "AND %s IS NOT NULL AND state IN ($2, $3)",
-									  call->relname, call->kept),
-							 3, types, values)->numvals > 0;
+	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
+									"WHERE id = $1 AND state IN ($2, $3)",
+									call->kept, call->relname),
+						   3, types, values);
+	if (tt->numvals == 0)
+		return false;
+	bg_entry_from_tuple(tt->vals[0], tt->tupdesc, &entry);
+	if (entry.kept_bytes >= 0)
+		return true;
+	/* a finished job's file that its worker is about to record */
+	bg_probe(entry.id, entry.segment, &probe);
+	return bg_kept_pending(&entry, &probe);
 }

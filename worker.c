@@ -78,6 +78,7 @@ static void bg_disable_statement_timeout(void);
 static void bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
 						BgJobShared *shared, SharedFileSet *fileset,
 						TupleDesc expected);
+static void bg_worker_keep_durable(BgJobShared *shared);
 static void bg_worker_committed(BgJobShared *shared, const char *tag,
 								bool recorded);
 static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
@@ -229,8 +230,8 @@ bg_worker_before_exit(int code, Datum arg)
 
 	/* whatever was under way holds no lock while we wait below */
 	AbortOutOfAnyTransaction();
-	if (!bg_committed)
-		bg_keep_discard();
+	/* (a kept file not yet recorded, even of a committed job, is nobody's) */
+	bg_keep_discard();
 	SpinLockAcquire(&shared->mutex);
 	ended = shared->ended;
 	shared->ended = true;
@@ -562,6 +563,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 						 errdetail("Its work since BEGIN was rolled back."),
 						 errhint("End the job's SQL with COMMIT.")));
 			bg_worker_committed(shared, tag, recorded);
+			bg_worker_keep_durable(shared);
 		}
 		else
 		{
@@ -597,12 +599,44 @@ bg_worker_committed(BgJobShared *shared, const char *tag, bool recorded)
 {
 	HOLD_INTERRUPTS();
 	bg_committed = true;
-	bg_keep_release();
 	bg_job_set_flag(shared, &shared->ended, BG_WAKE_NONE);
 	if (!recorded)
 		(void) bg_registry_finish(shared, tag, false);
 	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
 	RESUME_INTERRUPTS();
+}
+
+/*
+ * The job has committed and its reader has the outcome: make the kept file
+ * durable, then record it as kept.  This comes after the commit so that no
+ * reader waits for the fsync; until the record, readers of other sessions
+ * follow the job as if it still ran, and a crash leaves the job finished
+ * with nothing kept and a file the sweep removes.  A failure here changes
+ * nothing of the job but that: its file goes.
+ */
+static void
+bg_worker_keep_durable(BgJobShared *shared)
+{
+	PG_TRY();
+	{
+		if (bg_keep_sync())
+			bg_registry_record_kept(shared);
+		bg_keep_release();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		bg_keep_discard();
+		ereport(WARNING,
+				(errmsg("background job %d did not keep its result: %s",
+						MyProcPid, edata->message)));
+	}
+	PG_END_TRY();
 }
 
 /*
