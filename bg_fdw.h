@@ -336,6 +336,7 @@ extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
 extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
 extern void bg_registry_record_kept(BgJobShared *shared);
+extern bool bg_registry_outcome(int64 job_id, BgJob *job);
 extern Oid	bg_registry_relid(void);
 extern Oid	bg_detached_relid(Oid registry);
 extern void bg_registry_tidy(BgJobShared *shared);
@@ -392,6 +393,8 @@ extern int	bg_max_messages_size;
 extern void bg_messages_keep_start(void);
 extern void bg_messages_keep(const char *msg, size_t len);
 extern bytea *bg_messages_kept(void);
+extern void bg_messages_to_db_encoding(const char *msg, size_t len,
+									   StringInfo out);
 
 /* in supervisor.c */
 extern void bg_supervisor_init(void);

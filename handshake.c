@@ -26,6 +26,7 @@
 #include "storage/spin.h"
 #include "utils/array.h"
 #include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
 
 #include "bg_fdw.h"
 #include "compat.h"
@@ -88,6 +89,11 @@ bg_wait_event_launch(void)
 bool
 bg_blocked_by_me(int pid)
 {
+	/* the lock manager's view is large: run where it can all be freed */
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "bg_fdw blockers",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	ArrayType  *blockers;
 	int32	   *pids;
 	int			n;
@@ -100,6 +106,7 @@ bg_blocked_by_me(int pid)
 	n = ArrayGetNItems(ARR_NDIM(blockers), ARR_DIMS(blockers));
 	for (i = 0; i < n && !found; i++)
 		found = (pids[i] == MyProcPid);
-	pfree(blockers);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
 	return found;
 }

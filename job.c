@@ -487,7 +487,9 @@ bg_job_read_messages(BgJob *job)
 									job->messages_received,
 									bg_job_consume_message, job);
 			job->messages_done = true;
-			if (job->state == BG_JOB_RUNNING)
+			/* an outcome that could not be sent may still be recorded */
+			if (job->state == BG_JOB_RUNNING &&
+				!bg_registry_outcome(job->job_id, job))
 				bg_job_lost(job);
 			return;
 		}

@@ -175,9 +175,12 @@ static void bg_keep_check_limit(BgKeepWriter *w, Size more);
 static void bg_keep_write_header(BgKeepWriter *w, TupleDesc desc);
 static void bg_keep_end_writer(bool remove);
 static void bg_keep_damaged(BgKeepReader *r, const char *what);
-static void bg_keep_open_file(BgKeepReader *r, int64 job_id);
+static bool bg_keep_open_file(BgKeepReader *r, int64 job_id, bool missing_ok);
 static void bg_keep_read_footer(BgKeepReader *r, int64 size);
 static bool bg_keep_attach(BgKeepReader *r, dsm_handle handle);
+static void bg_keep_detach(BgKeepReader *r);
+static void bg_keep_reset_mappings(void);
+static void bg_keep_register_callbacks(void);
 static void bg_keep_sleep(BgKeepReader *r);
 static void bg_keep_follow(BgKeepReader *r);
 static char *bg_keep_read(BgKeepReader *r, off_t offset, Size len);
@@ -520,22 +523,27 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 		r->command = pstrdup(command ? command : "");
 		return r;
 	}
-	bg_keep_open_file(r, job_id);
+	(void) bg_keep_open_file(r, job_id, false);
 	bg_keep_read_header(r);
 	bg_keep_read_footer(r, size);
 	r->pos = r->rows_start;
 	return r;
 }
 
-/* Open the file of a kept result, or raise the error of one that is gone. */
-static void
-bg_keep_open_file(BgKeepReader *r, int64 job_id)
+/*
+ * Open the file of a kept result, or raise the error of one that is gone;
+ * with missing_ok, false if it is gone.
+ */
+static bool
+bg_keep_open_file(BgKeepReader *r, int64 job_id, bool missing_ok)
 {
 	char		path[MAXPGPATH];
 
 	bg_keep_path(path, job_id);
 	r->path = pstrdup(path);
 	r->fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	if (r->fd < 0 && errno == ENOENT && missing_ok)
+		return false;
 	if (r->fd < 0 && errno == ENOENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -549,6 +557,7 @@ bg_keep_open_file(BgKeepReader *r, int64 job_id)
 				 errdetail("File \"%s\".", path)));
 	r->buf_size = BG_KEEP_BUFSIZE;
 	r->buf = palloc(r->buf_size);
+	return true;
 }
 
 /* Check the footer of a file of "size" bytes: where the rows end. */
@@ -608,41 +617,142 @@ bg_keep_open_live(BgKeptJob *kj, bool wait)
 			bg_keep_close(r);
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("background job %d has not reached its last statement",
+					 errmsg("result of background job %d has no columns yet",
 							r->pid),
-					 errdetail("Its result has no columns yet.")));
+					 errdetail("The job has not reached its last statement, or that statement returns no rows: its completion tag is read once the job ends.")));
 		}
 		bg_keep_sleep(r);
 	}
 	ConditionVariableCancelSleep();
-	bg_keep_open_file(r, r->job_id);
+	if (!bg_keep_open_file(r, r->job_id, true))
+	{
+		/* the job failed and removed it: its error is in the registry */
+		while (!bg_job_get_flag(r->shared, &r->shared->worker_exited))
+			bg_keep_sleep(r);
+		bg_keep_close(r);
+		return NULL;
+	}
 	bg_keep_read_header(r);
 	r->rows_end = pg_atomic_read_u64(&r->shared->kept_valid);
 	r->pos = r->rows_start;
 	return r;
 }
 
+/*
+ * Readers following running jobs share one mapping of each job's segment:
+ * a backend can map a segment only once, and a self-join or two readers of
+ * one job in a statement each need it.
+ */
+typedef struct BgKeepMapping
+{
+	dsm_segment *seg;
+	int			refcount;
+	bool		owned;			/* we attached it (not the session's job) */
+	struct BgKeepMapping *next;
+} BgKeepMapping;
+
+static BgKeepMapping *bg_keep_mappings = NULL;
+
 /* Map the job's segment, if it is still this job's. */
 static bool
 bg_keep_attach(BgKeepReader *r, dsm_handle handle)
 {
+	BgKeepMapping *m;
+	dsm_segment *seg = NULL;
 	shm_toc    *toc;
 	BgJobShared *shared = NULL;
 
-	r->seg = dsm_attach(handle);
-	if (r->seg == NULL)
-		return false;
+	for (m = bg_keep_mappings; m != NULL; m = m->next)
+	{
+		if (dsm_segment_handle(m->seg) == handle)
+			break;
+	}
+	if (m == NULL)
+	{
+		/*
+		 * This session's own job, detached in this transaction: its mapping
+		 * lasts until the commit, after every scan has ended.
+		 */
+		bool		owned = false;
+
+		seg = dsm_find_mapping(handle);
+		if (seg == NULL)
+		{
+			seg = dsm_attach(handle);
+			if (seg == NULL)
+				return false;
+			/* ours until the transaction ends, whatever errors unwind */
+			dsm_pin_mapping(seg);
+			bg_keep_register_callbacks();
+			owned = true;
+		}
+		m = MemoryContextAlloc(TopMemoryContext, sizeof(BgKeepMapping));
+		m->seg = seg;
+		m->refcount = 0;
+		m->owned = owned;
+		m->next = bg_keep_mappings;
+		bg_keep_mappings = m;
+		if (owned)
+			bg_segment_track(seg);
+	}
+	m->refcount++;
+	r->seg = m->seg;
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(r->seg));
 	if (toc != NULL)
 		shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
 	if (shared == NULL || shared->job_id != r->job_id || !shared->keep)
 	{
-		dsm_detach(r->seg);
-		r->seg = NULL;
+		bg_keep_detach(r);
 		return false;
 	}
 	r->shared = shared;
 	return true;
+}
+
+/*
+ * Let go of the job's segment.  A sleep prepared on its condition variable
+ * is cancelled first: the backend's record of it must not outlive the
+ * mapping.
+ */
+static void
+bg_keep_detach(BgKeepReader *r)
+{
+	BgKeepMapping **prev = &bg_keep_mappings;
+	BgKeepMapping *m;
+
+	if (r->seg == NULL)
+		return;
+	ConditionVariableCancelSleep();
+	while ((m = *prev) != NULL && m->seg != r->seg)
+		prev = &m->next;
+	r->seg = NULL;
+	r->shared = NULL;
+	if (m == NULL || --m->refcount > 0)
+		return;
+	*prev = m->next;
+	if (m->owned)
+		dsm_detach(m->seg);
+	pfree(m);
+}
+
+/*
+ * At the end of a transaction every reader is gone, some perhaps unwound by
+ * an error without bg_keep_close: let go of the mappings they left.
+ */
+static void
+bg_keep_reset_mappings(void)
+{
+	BgKeepMapping *m;
+
+	if (bg_keep_mappings != NULL)
+		ConditionVariableCancelSleep();
+	while ((m = bg_keep_mappings) != NULL)
+	{
+		bg_keep_mappings = m->next;
+		if (m->owned)
+			dsm_detach(m->seg);
+		pfree(m);
+	}
 }
 
 /*
@@ -695,9 +805,7 @@ bg_keep_follow(BgKeepReader *r)
 		elog(ERROR, "background job %d is listed as running after its worker exited",
 			 r->pid);
 	bg_keep_read_footer(r, kj.kept_bytes);
-	dsm_detach(r->seg);
-	r->seg = NULL;
-	r->shared = NULL;
+	bg_keep_detach(r);
 }
 
 static void
@@ -886,10 +994,7 @@ bg_keep_close(BgKeepReader *r)
 	if (r->fd >= 0)
 		CloseTransientFile(r->fd);
 	r->fd = -1;
-	if (r->seg != NULL)
-		dsm_detach(r->seg);
-	r->seg = NULL;
-	r->shared = NULL;
+	bg_keep_detach(r);
 }
 
 /* ----------------------------------------------------------------
@@ -907,12 +1012,7 @@ bg_keep_remove_at_commit(int64 job_id)
 {
 	BgKeepPending *p;
 
-	if (!bg_keep_callbacks_registered)
-	{
-		RegisterXactCallback(bg_keep_xact_callback, NULL);
-		RegisterSubXactCallback(bg_keep_subxact_callback, NULL);
-		bg_keep_callbacks_registered = true;
-	}
+	bg_keep_register_callbacks();
 	p = MemoryContextAlloc(TopMemoryContext, sizeof(BgKeepPending));
 	p->job_id = job_id;
 	p->nestlevel = GetCurrentTransactionNestLevel();
@@ -921,10 +1021,24 @@ bg_keep_remove_at_commit(int64 job_id)
 }
 
 static void
+bg_keep_register_callbacks(void)
+{
+	if (bg_keep_callbacks_registered)
+		return;
+	RegisterXactCallback(bg_keep_xact_callback, NULL);
+	RegisterSubXactCallback(bg_keep_subxact_callback, NULL);
+	bg_keep_callbacks_registered = true;
+}
+
+static void
 bg_keep_xact_callback(XactEvent event, void *arg)
 {
 	BgKeepPending *p;
 
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		bg_keep_reset_mappings();
 	switch (event)
 	{
 		case XACT_EVENT_PRE_PREPARE:

@@ -18,7 +18,8 @@
  * The registry's bytea holds the number of messages the job sent, then
  * each kept message: its position among them (from 1), the length of what
  * follows, then its fields as the protocol has them (a code byte and a
- * string, ending with a zero byte), converted to the database's encoding.
+ * string, ending with a zero byte), in the database's encoding (see
+ * bg_messages_to_db_encoding).
  *
  * Copyright (c) 2026, The bg_fdw Authors
  *
@@ -93,6 +94,37 @@ static void bg_messages_put_gap(Tuplestorestate *store, TupleDesc desc,
  * ----------------------------------------------------------------
  */
 
+/*
+ * A notice or error as the protocol has it, its strings converted from the
+ * job's client encoding back to the database's, into "out": a job that
+ * sets client_encoding still talks to its session in the database
+ * encoding.
+ */
+void
+bg_messages_to_db_encoding(const char *msg, size_t len, StringInfo out)
+{
+	const char *p = msg;
+	const char *end = msg + len;
+	int			encoding = pg_get_client_encoding();
+
+	while (p < end && *p != '\0')
+	{
+		char		code = *p++;
+		size_t		vlen = strnlen(p, end - p);
+		char	   *value;
+
+		if (p + vlen >= end)
+			break;
+		value = pg_any_to_server(p, (int) vlen, encoding);
+		appendStringInfoChar(out, code);
+		appendBinaryStringInfo(out, value, strlen(value) + 1);
+		if (value != p)
+			pfree(value);
+		p += vlen + 1;
+	}
+	appendStringInfoChar(out, '\0');
+}
+
 /* Keep this job's messages from now on, within bg_fdw.max_messages_size. */
 void
 bg_messages_keep_start(void)
@@ -164,14 +196,9 @@ bg_messages_serialize(StringInfo buf, uint64 position, const char *msg,
 			break;				/* not terminated: not a protocol message */
 		if (memchr(bg_message_fields, code, BG_MESSAGE_NFIELDS) != NULL)
 		{
-			char	   *value = (char *) p;
-
-			if (pg_get_client_encoding() != GetDatabaseEncoding())
-				value = pg_any_to_server(p, (int) vlen,
-										 pg_get_client_encoding());
 			/* not pq_sendstring, which converts to the client encoding */
 			pq_sendbyte(buf, code);
-			appendBinaryStringInfo(buf, value, strlen(value) + 1);
+			appendBinaryStringInfo(buf, p, vlen + 1);
 		}
 		p += vlen + 1;
 	}

@@ -212,6 +212,7 @@ typedef struct BgOutcome
 	const char *tag;			/* completion tag, if finished */
 	ErrorData  *edata;			/* the error, if failed or cancelled */
 	bool		discard;		/* the launch failed: remove the row */
+	const char *synchronous_commit; /* the job's, for recording its file */
 } BgOutcome;
 
 /* A registry row, as the functions acting on a job need it */
@@ -1035,7 +1036,9 @@ bg_kept_to_record(BgJobShared *shared, BgJobStatus status)
 
 /*
  * The job's kept file is durable: record its size, in a transaction of its
- * own after the job's.  Only the job's worker writes its row.
+ * own after the job's, committed as the job's setting says (a crash must
+ * not lose a result the job's commit made durable).  Only the job's worker
+ * writes its row.
  */
 void
 bg_registry_record_kept(BgJobShared *shared)
@@ -1045,6 +1048,9 @@ bg_registry_record_kept(BgJobShared *shared)
 	if (!bg_row_inserted)
 		return;
 	memset(&outcome, 0, sizeof(outcome));
+	/* durable as the job's own commit was: with the job's setting */
+	outcome.synchronous_commit = pstrdup(GetConfigOption("synchronous_commit",
+														 false, false));
 	bg_registry_own_xact(bg_registry_write_kept, shared, &outcome);
 }
 
@@ -1063,6 +1069,9 @@ bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome)
 			table_close(rel, NoLock);
 		return;
 	}
+	(void) set_config_option("synchronous_commit", outcome->synchronous_commit,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	natts = RelationGetDescr(rel)->natts;
 	values = palloc0(natts * sizeof(Datum));
 	nulls = palloc0(natts * sizeof(bool));
@@ -2218,6 +2227,50 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("result of background job %d was not kept", pid),
 				 errdetail("Only the session that launched it could read it: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.")));
+}
+
+/*
+ * A job of this session whose worker exited without sending its outcome
+ * (it did not fit in temp_file_limit): take the outcome from the registry,
+ * if it was recorded.  False if not (the job is lost).
+ */
+bool
+bg_registry_outcome(int64 job_id, BgJob *job)
+{
+	BgJobEntry	entry;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	MemoryContext oldcxt;
+
+	if (!IsTransactionState())
+		return false;
+	values[0] = Int64GetDatum(job_id);
+	if (!bg_entry_fetch("id = $1", 1, types, values, &entry) ||
+		entry.status == BG_STATUS_RUNNING || entry.status == BG_STATUS_LOST)
+		return false;
+	oldcxt = MemoryContextSwitchTo(job->cxt);
+	if (entry.status == BG_STATUS_FINISHED)
+	{
+		job->command_tag = pstrdup(entry.command ? entry.command : "");
+		job->state = BG_JOB_FINISHED;
+	}
+	else
+	{
+		ErrorData  *edata = palloc0(sizeof(ErrorData));
+
+		edata->elevel = ERROR;
+		edata->sqlerrcode = entry.sqlstate && strlen(entry.sqlstate) == 5 ?
+			MAKE_SQLSTATE(entry.sqlstate[0], entry.sqlstate[1],
+						  entry.sqlstate[2], entry.sqlstate[3],
+						  entry.sqlstate[4]) : ERRCODE_INTERNAL_ERROR;
+		edata->message = pstrdup(entry.error ? entry.error : "");
+		edata->context = psprintf("background job %d", entry.pid);
+		edata->domain = TEXTDOMAIN;
+		job->error = edata;
+		job->state = BG_JOB_FAILED;
+	}
+	MemoryContextSwitchTo(oldcxt);
+	return true;
 }
 
 /*

@@ -131,7 +131,9 @@ bg_desc_serialize(StringInfo buf, TupleDesc desc)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		pq_sendstring(buf, NameStr(att->attname));
+		/* in the database encoding, whatever the client's */
+		appendBinaryStringInfo(buf, NameStr(att->attname),
+							   strlen(NameStr(att->attname)) + 1);
 		pq_sendint32(buf, att->atttypid);
 		pq_sendint32(buf, att->atttypmod);
 		pq_sendint32(buf, att->attcollation);

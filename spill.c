@@ -40,6 +40,7 @@
 #include "access/xact.h"
 #include "libpq/libpq.h"
 #include "libpq/pqformat.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/buffile.h"
 #include "storage/ipc.h"
@@ -59,6 +60,8 @@
  */
 #define BG_SPILL_PATIENCE_MS	10
 #define BG_MESSAGES_FILE	"messages"
+/* A kept record standing for notices dropped (not a protocol message type) */
+#define BG_DROPPED_RECORD	'n'
 
 /* Header of a kept message, in a file or in memory */
 typedef struct BgKeptHeader
@@ -113,6 +116,9 @@ static void bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt);
 static bool bg_spill_next_row(BgSpill *s);
 static void bg_spill_keep_message(BgSpill *s, const char *data, Size len);
 static void bg_spill_append_message(BgSpill *s, const char *data, Size len);
+static void bg_spill_keep_dropped(BgSpill *s);
+static void bg_spill_expand(const char *rec, Size len, StringInfo buf);
+static bool bg_spill_is_notice(const char *rec);
 static void bg_spill_dropped_note(StringInfo buf, uint64 dropped,
 								  const char *setting);
 static bool bg_spill_next_message(BgSpill *s);
@@ -455,13 +461,25 @@ bg_messages_put(char msgtype, const char *str, size_t len)
 {
 	BgSpill    *s = &bg_messages;
 	StringInfoData msg;
+	StringInfoData converted = {0};
 
+	/* a job that set client_encoding: back to the database encoding */
+	if ((msgtype == 'N' || msgtype == 'E') && !bg_messages_busy &&
+		pg_get_client_encoding() != GetDatabaseEncoding())
+	{
+		initStringInfo(&converted);
+		bg_messages_to_db_encoding(str, len, &converted);
+		str = converted.data;
+		len = converted.len;
+	}
 	if (msgtype == 'N' && !bg_messages_busy)
 		bg_messages_keep(str, len);
 	/* an error while sending an error: give up on the queue */
 	if (bg_messages_busy || s->mqh == NULL)
 	{
 		s->mqh = NULL;
+		if (converted.data)
+			pfree(converted.data);
 		return EOF;
 	}
 	bg_messages_busy = true;
@@ -490,6 +508,8 @@ bg_messages_put(char msgtype, const char *str, size_t len)
 		bg_messages_busy = false;
 	}
 	PG_END_TRY();
+	if (converted.data)
+		pfree(converted.data);
 	return 0;
 }
 
@@ -566,17 +586,42 @@ bg_spill_keep_message(BgSpill *s, const char *data, Size len)
 		s->dropped++;
 		return;
 	}
-	if (s->dropped > 0)
-	{
-		StringInfoData note;
-
-		initStringInfo(&note);
-		bg_spill_dropped_note(&note, s->dropped, "bg_fdw.max_messages_size");
-		s->dropped = 0;
-		bg_spill_append_message(s, note.data, note.len);
-		pfree(note.data);
-	}
+	bg_spill_keep_dropped(s);
 	bg_spill_append_message(s, data, len);
+}
+
+/*
+ * Keep the count of the notices dropped so far, as a record of our own
+ * ('n' and the count) that becomes a notice saying so when it is sent: if
+ * it is dropped in turn, the count it stands for is not lost.
+ */
+static void
+bg_spill_keep_dropped(BgSpill *s)
+{
+	char		rec[1 + sizeof(uint64)];
+
+	if (s->dropped == 0)
+		return;
+	rec[0] = BG_DROPPED_RECORD;
+	memcpy(rec + 1, &s->dropped, sizeof(uint64));
+	s->dropped = 0;
+	bg_spill_append_message(s, rec, sizeof(rec));
+}
+
+/* The protocol message a kept record stands for, into "buf". */
+static void
+bg_spill_expand(const char *rec, Size len, StringInfo buf)
+{
+	uint64		dropped;
+
+	resetStringInfo(buf);
+	if (rec[0] != BG_DROPPED_RECORD)
+	{
+		appendBinaryStringInfo(buf, rec, len);
+		return;
+	}
+	memcpy(&dropped, rec + 1, sizeof(uint64));
+	bg_spill_dropped_note(buf, dropped, "bg_fdw.max_messages_size");
 }
 
 static void
@@ -595,6 +640,13 @@ bg_spill_append_message(BgSpill *s, const char *data, Size len)
 	hdr.len = len;
 	appendBinaryStringInfo(&s->backlog, (char *) &hdr, sizeof(hdr));
 	appendBinaryStringInfo(&s->backlog, data, len);
+}
+
+/* Is a kept record a notice, or one standing for notices? */
+static bool
+bg_spill_is_notice(const char *rec)
+{
+	return rec[0] == 'N' || rec[0] == BG_DROPPED_RECORD;
 }
 
 /*
@@ -645,7 +697,11 @@ bg_spill_next_message(BgSpill *s)
 	if (s->backlog.data == NULL || s->backlog_read >= s->backlog.len)
 		elog(ERROR, "kept messages of a background job are missing");
 	memcpy(&hdr, s->backlog.data + s->backlog_read, sizeof(hdr));
-	bg_spill_flight(s, s->backlog.data + s->backlog_read + sizeof(hdr), hdr.len);
+	if (s->flight.data == NULL)
+		bg_spill_flight(s, "", 0);
+	bg_spill_expand(s->backlog.data + s->backlog_read + sizeof(hdr), hdr.len,
+					&s->flight);
+	s->in_flight = true;
 	s->backlog_read += sizeof(hdr) + hdr.len;
 	if (s->backlog_read == s->backlog.len)
 	{
@@ -666,15 +722,7 @@ bg_spill_messages_exit(void)
 
 	if (s->mqh == NULL)
 		return;
-	if (s->dropped > 0)
-	{
-		StringInfoData note;
-
-		initStringInfo(&note);
-		bg_spill_dropped_note(&note, s->dropped, "bg_fdw.max_messages_size");
-		s->dropped = 0;
-		bg_spill_append_message(s, note.data, note.len);
-	}
+	bg_spill_keep_dropped(s);
 	if (bg_spill_push(s, bg_spill_next_message, true) || s->mqh == NULL)
 		return;
 	if (bg_spill_write_messages())
@@ -730,6 +778,7 @@ bg_spill_write_messages(void)
 		BufFileWrite(file, (void *) &hdr, sizeof(hdr));
 		BufFileWrite(file, note.data, note.len);
 	}
+	resetStringInfo(&note);
 	if (s->in_flight && (skipped == 0 || s->flight.data[0] != 'N'))
 	{
 		hdr.index = s->pushed;
@@ -742,8 +791,14 @@ bg_spill_write_messages(void)
 		char	   *rec = s->backlog.data + s->backlog_read;
 
 		memcpy(&hdr, rec, sizeof(hdr));
-		if (skipped == 0 || rec[sizeof(hdr)] != 'N')
-			BufFileWrite(file, rec, sizeof(hdr) + hdr.len);
+		if (skipped == 0 || !bg_spill_is_notice(rec + sizeof(hdr)))
+		{
+			bg_spill_expand(rec + sizeof(hdr), hdr.len, &note);
+			hdr.len = note.len;
+			BufFileWrite(file, (void *) &hdr, sizeof(hdr));
+			BufFileWrite(file, note.data, note.len);
+		}
+		memcpy(&hdr, rec, sizeof(hdr));
 		s->backlog_read += sizeof(hdr) + hdr.len;
 	}
 	BufFileExportFileSet(file);
@@ -774,13 +829,18 @@ bg_spill_unpushed_bytes(BgSpill *s, bool with_notices, uint64 *notices)
 	for (pos = s->backlog_read; s->backlog.data != NULL && pos < s->backlog.len;
 		 pos += sizeof(hdr) + hdr.len)
 	{
-		bool		notice;
+		const char *rec = s->backlog.data + pos + sizeof(hdr);
+		uint64		count = 1;
 
 		memcpy(&hdr, s->backlog.data + pos, sizeof(hdr));
-		notice = s->backlog.data[pos + sizeof(hdr)] == 'N';
-		if (notice)
-			(*notices)++;
-		if (with_notices || !notice)
+		if (rec[0] == BG_DROPPED_RECORD)
+			memcpy(&count, rec + 1, sizeof(uint64));
+		if (bg_spill_is_notice(rec))
+			*notices += count;
+		/* (a note of dropped notices takes well under 512 bytes) */
+		if (with_notices)
+			bytes += sizeof(hdr) + (rec[0] == BG_DROPPED_RECORD ? 512 : hdr.len);
+		else if (!bg_spill_is_notice(rec))
 			bytes += sizeof(hdr) + hdr.len;
 	}
 	return bytes;

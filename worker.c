@@ -167,6 +167,12 @@ bg_worker_main(Datum main_arg)
 	InitializingParallelWorker = true;
 	RestoreGUCState(shm_toc_lookup(toc, BG_KEY_GUC, false));
 	InitializingParallelWorker = false;
+	/*
+	 * The job talks to its session, which is no client, in the database
+	 * encoding, as a parallel worker does (RestoreGUCState put the client's
+	 * back; bg_spill converts what a job that sets its own sends).
+	 */
+	SetClientEncoding(GetDatabaseEncoding());
 	desc_space = shm_toc_lookup(toc, BG_KEY_DESC, true);
 	if (desc_space)
 	{
@@ -693,6 +699,6 @@ bg_send_message(char msgtype, const char *str, TupleDesc desc)
 	if (desc)
 		bg_desc_serialize(&buf, desc);
 	else
-		pq_sendstring(&buf, str);
+		appendBinaryStringInfo(&buf, str ? str : "", str ? strlen(str) + 1 : 1);
 	pq_endmessage(&buf);
 }

@@ -202,6 +202,10 @@ SELECT regress_try('SELECT count(*) FROM bg_result(' || :tail || ') AS r(g int)'
 BEGIN;
 DECLARE c CURSOR FOR SELECT g FROM regress_tail.bg_result_:tail;
 FETCH 5 FROM c;
+-- more readers of the running job at once, in one statement
+SELECT count(*), sum(a.g * b.g)
+  FROM (SELECT g FROM regress_tail.bg_result_:tail LIMIT 5) a,
+       (SELECT g FROM regress_tail.bg_result_:tail LIMIT 5) b;
 SELECT pg_advisory_unlock(4244);
 FETCH ALL FROM c;
 COMMIT;

@@ -14,13 +14,21 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('messages');
-$node->init;
+$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
 $node->append_conf('postgresql.conf', 'max_worker_processes = 16');
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
 	CREATE ROLE alice LOGIN IN ROLE bg_fdw_user;
 	CREATE ROLE mallory LOGIN;
+	-- the message of the error a job ends with, as its session gets it
+	CREATE FUNCTION regress_error(pid int) RETURNS text LANGUAGE plpgsql AS $$
+	BEGIN
+	  PERFORM bg_wait(pid);
+	  RETURN NULL;
+	EXCEPTION WHEN OTHERS THEN
+	  RETURN SQLERRM;
+	END $$;
 });
 
 # The launching session stays idle, reading nothing, while the job talks.
@@ -75,6 +83,25 @@ like($launcher->{stderr},
 	qr/NOTICE:  \d+ messages of background job $pid were not relayed/,
 	'and a notice saying how many were not');
 $launcher->quit;
+
+# A job talks to its session in the database encoding, whatever
+# client_encoding the session has or the job sets: its notices, its error
+# and its column names arrive whole.
+is($node->safe_psql('postgres', q{
+	SET client_encoding = 'LATIN1';
+	SET client_min_messages = warning;
+	SELECT bg_launch(format($j$SET client_encoding = 'LATIN1';
+	  SET client_min_messages = notice;
+	  DO $d$BEGIN RAISE NOTICE 'caf%%', chr(233); END$d$;
+	  SELECT 1 AS %I$j$, 'caf' || chr(233))) AS p \gset
+	SELECT bg_wait(:p);
+	SELECT attname = 'caf' || chr(233) FROM pg_attribute
+	 WHERE attrelid = ('bg_result_' || :p)::regclass AND attnum = 1;
+	SELECT message = 'caf' || chr(233) FROM bg_messages(:p);
+	SELECT bg_launch($j$SET client_encoding = 'LATIN1';
+	  DO $d$BEGIN RAISE EXCEPTION 'na%ve', chr(239); END$d$$j$) AS f \gset
+	SELECT regress_error(:f) = 'na' || chr(239) || 've';
+}), "SELECT 1\nt\nt\nt", 'notices, errors and column names keep their characters');
 
 # Once the launching session is gone, they are still kept.
 is($node->safe_psql('postgres', "SELECT count(position) FROM bg_messages($pid)"),
