@@ -193,31 +193,40 @@ SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('20 mixed c
 -- Disk written per result row: the job's kept file (kept_bytes), and the
 -- temporary files of the reading session's spool (and of rows the worker
 -- kept aside), measured once the result has been read, before it is freed.
-CREATE OR REPLACE FUNCTION bench_disk(tab text, mode text,
-  OUT kept_per_row numeric, OUT temp_per_row numeric)
+-- Each mode runs in a transaction of its own, so that the files of one are
+-- gone before the next.
+CREATE TEMP TABLE disk (tab text, mode text, kept_per_row numeric,
+                        temp_per_row numeric, ord int);
+CREATE OR REPLACE PROCEDURE bench_disk()
 LANGUAGE plpgsql AS $$
 DECLARE
+  c record;
   jpid int;
   n bigint;
+  k numeric;
+  t numeric;
 BEGIN
-  jpid := bg_launch(format('SELECT * FROM %s', tab), stream => mode = 'stream',
-                   keep => mode = 'default');
-  EXECUTE format('SELECT count(*) FROM bg_result_%s', jpid) INTO n;
-  SELECT round(coalesce(sum(size), 0)::numeric / n, 1) INTO temp_per_row FROM pg_ls_tmpdir();
-  PERFORM bg_wait(jpid);
-  SELECT round(coalesce(kept_bytes, 0)::numeric / n, 1) INTO kept_per_row
-    FROM bg_jobs j WHERE j.pid = jpid
-   ORDER BY j.id DESC LIMIT 1;
-  PERFORM bg_detach(jpid);
+  FOR c IN SELECT tab, mode, 10 * o + mo AS ord
+             FROM (VALUES ('t', 1), ('tw', 2)) AS x(tab, o),
+                  (VALUES ('default', 1), ('keep => false', 2), ('stream', 3)) AS m(mode, mo)
+            ORDER BY 3 LOOP
+    jpid := bg_launch(format('SELECT * FROM %s', c.tab), stream => c.mode = 'stream',
+                      keep => c.mode = 'default');
+    EXECUTE format('SELECT count(*) FROM bg_result_%s', jpid) INTO n;
+    SELECT round(coalesce(sum(size), 0)::numeric / n, 1) INTO t FROM pg_ls_tmpdir();
+    PERFORM bg_wait(jpid);
+    SELECT round(coalesce(j.kept_bytes, 0)::numeric / n, 1) INTO k
+      FROM bg_jobs j WHERE j.pid = jpid ORDER BY j.id DESC LIMIT 1;
+    PERFORM bg_detach(jpid);
+    INSERT INTO disk VALUES (c.tab, c.mode, k, t, c.ord);
+    COMMIT;
+  END LOOP;
 END
 $$;
+CALL bench_disk();
 \echo
 \echo Disk bytes written per result row, by mode
-SELECT tab AS "table", mode, d.*
-  FROM (VALUES ('t', 1), ('tw', 2)) AS x(tab, o),
-       (VALUES ('default', 1), ('keep => false', 2), ('stream', 3)) AS m(mode, mo),
-       LATERAL bench_disk(tab, mode) d
- ORDER BY o, mo;
+SELECT tab AS "table", mode, kept_per_row, temp_per_row FROM disk ORDER BY ord;
 
 -- Compute-bound: the job computes its rows while the reader consumes them.
 TRUNCATE timings;
