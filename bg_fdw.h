@@ -48,6 +48,7 @@
 #define BG_KEY_TUPLE_QUEUE		5
 #define BG_KEY_MESSAGE_QUEUE	6
 #define BG_KEY_FILESET			7
+#define BG_KEY_LIBRARIES		8
 
 /* Queue sizes, in bytes */
 #define BG_DEFAULT_QUEUE_SIZE	(1024 * 1024)

@@ -370,6 +370,7 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	StringInfoData descbuf;
 	Size		sql_len = strlen(sql) + 1;
 	Size		guc_len = EstimateGUCStateSpace();
+	Size		library_len = EstimateLibraryStateSpace();
 	Size		segsize;
 	dsm_segment *seg;
 	shm_toc    *toc;
@@ -390,7 +391,8 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shm_toc_estimate_chunk(&e, queue_size);
 	shm_toc_estimate_chunk(&e, BG_MESSAGE_QUEUE_SIZE);
 	shm_toc_estimate_chunk(&e, sizeof(SharedFileSet));
-	shm_toc_estimate_keys(&e, 7);
+	shm_toc_estimate_chunk(&e, library_len);
+	shm_toc_estimate_keys(&e, 8);
 	segsize = shm_toc_estimate(&e);
 
 	seg = dsm_create(segsize, 0);
@@ -427,6 +429,11 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	space = shm_toc_allocate(toc, guc_len);
 	SerializeGUCState(guc_len, space);
 	shm_toc_insert(toc, BG_KEY_GUC, space);
+
+	/* the libraries this session loaded: their hooks apply to the job too */
+	space = shm_toc_allocate(toc, library_len);
+	SerializeLibraryState(library_len, space);
+	shm_toc_insert(toc, BG_KEY_LIBRARIES, space);
 
 	if (desc)
 	{

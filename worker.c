@@ -164,6 +164,13 @@ bg_worker_main(Datum main_arg)
 	 * we only replay settings the launcher already has.
 	 */
 	StartTransactionCommand();
+	/*
+	 * Load what the session had loaded (its session_preload_libraries and
+	 * local_preload_libraries, and what it LOADed), before the settings
+	 * that may belong to them, as ParallelWorkerMain does: a policy hook
+	 * such as passwordcheck then holds for the job as for its session.
+	 */
+	RestoreLibraryState(shm_toc_lookup(toc, BG_KEY_LIBRARIES, false));
 	InitializingParallelWorker = true;
 	RestoreGUCState(shm_toc_lookup(toc, BG_KEY_GUC, false));
 	InitializingParallelWorker = false;

@@ -115,6 +115,20 @@ is($standby->safe_psql('postgres',
 	  SELECT count(*) FROM bg_jobs WHERE pid = :p});
 is($stdout, "SELECT 1\n0", 'a job of the standby is waited for, and not listed');
 
+# A role's session_preload_libraries hold in its jobs as in its sessions:
+# passwordcheck refuses a short password in both.
+$node->safe_psql('postgres', q{
+	CREATE ROLE carol LOGIN IN ROLE bg_fdw_user;
+	ALTER ROLE carol SET session_preload_libraries = 'passwordcheck';
+});
+($ret, $stdout, $stderr) = $node->psql('postgres', "ALTER ROLE carol PASSWORD 'a'",
+	extra_params => [ '-U', 'carol' ]);
+like($stderr, qr/password is too short/, 'the session loads its role\'s libraries');
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	q{SELECT bg_wait(bg_launch($$ALTER ROLE carol PASSWORD 'a'$$))},
+	extra_params => [ '-U', 'carol' ]);
+like($stderr, qr/password is too short/, 'and so does its job');
+
 $standby->stop;
 $node->stop;
 done_testing();
