@@ -1,13 +1,13 @@
 # bg_fdw/Makefile
 
 MODULE_big = bg_fdw
-OBJS = bg_fdw.o dest.o handshake.o job.o keep.o launcher.o messages.o registry.o shape.o spill.o spool.o worker.o supervisor.o
+OBJS = bg_fdw.o control.o dest.o handshake.o job.o keep.o launcher.o messages.o registry.o shape.o spill.o spool.o worker.o supervisor.o
 
 EXTENSION = bg_fdw
 DATA = bg_fdw--1.0.sql bg_fdw--1.0--1.1.sql
 PGFILEDESC = "bg_fdw - run SQL in background workers, read results as foreign tables"
 
-REGRESS = setup basic shapes errors xact registry keep
+REGRESS = setup basic shapes errors xact registry keep control
 REGRESS_OPTS = --temp-config=$(srcdir)/regress.conf
 
 TAP_TESTS = 1

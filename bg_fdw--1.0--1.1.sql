@@ -123,15 +123,25 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 
--- bg_launch gains "keep".  Its grants, to bg_fdw_user and to whoever a
--- superuser granted it since, go to the new declaration.
+-- A job's label, the channel NOTIFYed when it ends, and the progress it
+-- last reported (bg_progress), recorded when it ends.
+ALTER TABLE @extschema@.bg_job_registry
+  ADD COLUMN label text,
+  ADD COLUMN notify text,
+  ADD COLUMN progress numeric,
+  ADD COLUMN progress_message text;
+
+-- bg_launch gains "keep", "label" and "notify".  Its grants, to bg_fdw_user
+-- and to whoever a superuser granted it since, go to the new declaration.
 CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL,
                                       stream boolean DEFAULT false,
-                                      keep boolean DEFAULT true)
+                                      keep boolean DEFAULT true,
+                                      label text DEFAULT NULL,
+                                      notify text DEFAULT NULL)
 RETURNS integer
 AS 'MODULE_PATHNAME'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean, boolean, text, text) FROM PUBLIC;
 
 DO $$
 DECLARE
@@ -146,7 +156,7 @@ BEGIN
        AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
   LOOP
     EXECUTE pg_catalog.format(
-      'GRANT EXECUTE ON FUNCTION @extschema@.bg_launch(pg_catalog.text, pg_catalog.int4, pg_catalog.bool, pg_catalog.bool) TO %s%s',
+      'GRANT EXECUTE ON FUNCTION @extschema@.bg_launch(pg_catalog.text, pg_catalog.int4, pg_catalog.bool, pg_catalog.bool, pg_catalog.text, pg_catalog.text) TO %s%s',
       CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
            ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
       CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
@@ -162,7 +172,8 @@ CREATE TYPE @extschema@.bg_job_info AS (
   id bigint, pid integer, role regrole, database name, query text,
   state text, launched_at timestamptz, finished_at timestamptz, rows bigint,
   command text, sqlstate text, error text, attached boolean,
-  kept boolean, kept_bytes bigint);
+  kept boolean, kept_bytes bigint, label text, progress numeric,
+  progress_message text);
 
 CREATE FUNCTION @extschema@.bg_job_list()
 RETURNS SETOF @extschema@.bg_job_info
@@ -171,7 +182,8 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE OR REPLACE VIEW @extschema@.bg_jobs AS
   SELECT id, pid, role, database, query, state, launched_at, finished_at,
-         rows, command, sqlstate, error, attached, kept, kept_bytes
+         rows, command, sqlstate, error, attached, kept, kept_bytes, label,
+         progress, progress_message
   FROM @extschema@.bg_job_list();
 DROP FUNCTION @extschema@.bg_list_jobs();
 
@@ -187,3 +199,16 @@ LANGUAGE C;
 CREATE EVENT TRIGGER bg_fdw_drop_start ON ddl_command_start
   WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
   EXECUTE FUNCTION @extschema@.bg_fdw_drop_start();
+
+-- Progress reported from inside a job (a loop, a procedure, a function it
+-- calls): shown in bg_jobs at once, without a transaction.
+CREATE FUNCTION @extschema@.bg_progress(percent numeric, message text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+-- Cancel the caller's permitted running jobs whose label matches (LIKE).
+CREATE FUNCTION @extschema@.bg_cancel_label(pattern text)
+RETURNS integer
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;

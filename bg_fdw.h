@@ -61,6 +61,10 @@
 #define BG_DEFAULT_MAX_KEPT_PER_ROLE_KB	(10 * 1024 * 1024)
 #define BG_MESSAGE_QUEUE_SIZE	16384
 
+/* Bytes of a job's label and of a progress message, with the terminator */
+#define BG_LABEL_LEN			64
+#define BG_PROGRESS_MESSAGE_LEN	256
+
 /* Protocol message types a worker sends on its message queue, besides 'N'/'E' */
 #define BG_MSG_DESCRIPTOR		'T' /* the result's columns */
 #define BG_MSG_COMPLETE			'C' /* committed; carries the completion tag */
@@ -108,6 +112,10 @@ typedef struct BgJobShared
 								 * writes its row there */
 	Oid			detached_relid; /* bg_job_detached, or InvalidOid; worker
 								 * expires marks there */
+	char		label[BG_LABEL_LEN];	/* bg_launch's label, or ""; worker
+										 * records it */
+	char		notify[NAMEDATALEN];	/* channel to NOTIFY when the job
+										 * ends, or ""; worker sends it */
 
 	/* Written without the mutex */
 	pg_atomic_uint64 rows;		/* rows sent so far: worker's DestReceiver
@@ -148,6 +156,9 @@ typedef struct BgJobShared
 	bool		messages_kept;	/* worker sets once messages went to a file;
 								 * reader reads once the message queue is
 								 * gone */
+	bool		has_progress;	/* bg_progress was called: worker sets */
+	double		progress;		/* the percent it last reported */
+	char		progress_message[BG_PROGRESS_MESSAGE_LEN];	/* and its message */
 } BgJobShared;
 
 /* Whom bg_job_set_flag wakes */
@@ -190,6 +201,11 @@ typedef enum BgWake
 #define Anum_bg_job_registry_kept_bytes		15
 /* the job's kept messages (messages.c), NULL where none are kept */
 #define Anum_bg_job_registry_messages		16
+/* its label, NOTIFY channel, and the progress it last reported (control.c) */
+#define Anum_bg_job_registry_label			17
+#define Anum_bg_job_registry_notify			18
+#define Anum_bg_job_registry_progress		19
+#define Anum_bg_job_registry_progress_message	20
 
 /* Jobs whose launching session detached them, beside the registry */
 #define BG_DETACHED_TABLE					"bg_job_detached"
@@ -304,6 +320,9 @@ extern int	bg_max_queue_size;
 extern Oid	bg_server_oid(bool missing_ok);
 extern ErrorData *bg_rolled_back_call(void (*work) (void *arg), void *arg);
 
+/* in worker.c */
+extern BgJobShared *bg_worker_job(void);
+
 /* in dest.c */
 extern DestReceiver *bg_create_dest_receiver(shm_mq_handle *mqh,
 											 BgJobShared *shared,
@@ -338,6 +357,8 @@ extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
 extern void bg_registry_record_kept(BgJobShared *shared);
 extern bool bg_registry_outcome(int64 job_id, BgJob *job);
+extern int	bg_registry_cancel_label(const char *pattern);
+extern const char *bg_status_name(BgJobStatus status);
 extern Oid	bg_registry_relid(void);
 extern Oid	bg_detached_relid(Oid registry);
 extern void bg_registry_tidy(BgJobShared *shared);
@@ -396,6 +417,10 @@ extern void bg_messages_keep(const char *msg, size_t len);
 extern bytea *bg_messages_kept(void);
 extern void bg_messages_to_db_encoding(const char *msg, size_t len,
 									   StringInfo out);
+
+/* in control.c */
+extern void bg_check_name(const char *what, const char *value, int maxlen);
+extern void bg_control_notify(BgJobShared *shared, BgJobStatus status);
 
 /* in supervisor.c */
 extern void bg_supervisor_init(void);

@@ -57,12 +57,23 @@ PG_FUNCTION_INFO_V1(bg_launch);
 static TupleDesc bg_describe(RawStmt *raw, const char *sql);
 static void bg_launch_error_callback(void *arg);
 static int	bg_queue_size_arg(FunctionCallInfo fcinfo);
-static int	bg_launch_job(const char *sql, int queue_size, TupleDesc desc,
-						  bool stream, bool keep);
-static BgJob *bg_start_job(const char *sql, int queue_size, TupleDesc desc,
-						   bool stream, bool keep);
-static dsm_segment *bg_create_segment(const char *sql, int queue_size,
-									  TupleDesc desc, bool stream, bool keep);
+/* What bg_launch was asked for besides the SQL */
+typedef struct BgLaunchOptions
+{
+	int			queue_size;
+	bool		stream;
+	bool		keep;
+	const char *label;			/* or NULL */
+	const char *notify;			/* or NULL */
+} BgLaunchOptions;
+
+static void bg_launch_options(FunctionCallInfo fcinfo, BgLaunchOptions *opts);
+static int	bg_launch_job(const char *sql, TupleDesc desc,
+						  BgLaunchOptions *opts);
+static BgJob *bg_start_job(const char *sql, TupleDesc desc,
+						   BgLaunchOptions *opts);
+static dsm_segment *bg_create_segment(const char *sql, TupleDesc desc,
+									  BgLaunchOptions *opts);
 static int64 bg_new_job_id(void);
 static void bg_launcher_detach(dsm_segment *seg, Datum arg);
 static void bg_job_go(BgJobShared *shared);
@@ -72,7 +83,8 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
 
 /*
  * bg_launch(sql text, queue_size integer DEFAULT NULL,
- *			 stream boolean DEFAULT false, keep boolean DEFAULT true)
+ *			 stream boolean DEFAULT false, keep boolean DEFAULT true,
+ *			 label text DEFAULT NULL, notify text DEFAULT NULL)
  *			 RETURNS integer
  *
  * Start a background job and return its worker's PID.  The result table
@@ -88,11 +100,9 @@ Datum
 bg_launch(PG_FUNCTION_ARGS)
 {
 	char	   *sql;
-	int			queue_size;
+	BgLaunchOptions opts;
 	List	   *raw_list;
 	TupleDesc	desc = NULL;
-	bool		stream;
-	bool		keep;
 	int			pid = 0;
 	ErrorContextCallback errcallback;
 
@@ -101,7 +111,7 @@ bg_launch(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("SQL of a background job must not be null")));
 	sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	queue_size = bg_queue_size_arg(fcinfo);
+	bg_launch_options(fcinfo, &opts);
 	bg_supervisor_prepare();
 
 	/* Syntax errors are raised here, by the launcher, not by the job. */
@@ -129,10 +139,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	bg_check_table_privileges();
 	/* segments of ended jobs go back before this one takes another */
 	bg_jobs_release_ended();
-	stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
-	keep = !stream && !(PG_NARGS() > 3 && !PG_ARGISNULL(3) &&
-						!PG_GETARG_BOOL(3));
-	if (keep)
+	if (opts.keep)
 		bg_registry_check_kept(GetUserId());
 
 	/*
@@ -142,7 +149,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		bg_registry_lock_role(GetUserId());
-		pid = bg_launch_job(sql, queue_size, desc, stream, keep);
+		pid = bg_launch_job(sql, desc, &opts);
 	}
 	PG_FINALLY();
 	{
@@ -159,10 +166,9 @@ bg_launch(PG_FUNCTION_ARGS)
  * the registry.
  */
 static int
-bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
-			  bool keep)
+bg_launch_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 {
-	BgJob	   *job = bg_start_job(sql, queue_size, desc, stream, keep);
+	BgJob	   *job = bg_start_job(sql, desc, opts);
 
 	if (desc == NULL)
 	{
@@ -176,7 +182,7 @@ bg_launch_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
 		bg_job_go(job->shared);
 		bg_job_wait_descriptor(job);
 	}
-	job->stream = stream;
+	job->stream = opts->stream;
 	bg_create_result_table(job);
 	if (desc != NULL)
 	{
@@ -253,6 +259,30 @@ bg_launch_error_callback(void *arg)
 }
 
 /*
+ * bg_launch's arguments after the SQL, checked.  An older declaration may
+ * lack the later ones: each is read only if PG_NARGS() says it is there.
+ */
+static void
+bg_launch_options(FunctionCallInfo fcinfo, BgLaunchOptions *opts)
+{
+	memset(opts, 0, sizeof(BgLaunchOptions));
+	opts->queue_size = bg_queue_size_arg(fcinfo);
+	opts->stream = PG_NARGS() > 2 && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	opts->keep = !opts->stream && !(PG_NARGS() > 3 && !PG_ARGISNULL(3) &&
+									!PG_GETARG_BOOL(3));
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+	{
+		opts->label = text_to_cstring(PG_GETARG_TEXT_PP(4));
+		bg_check_name("label", opts->label, BG_LABEL_LEN - 1);
+	}
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
+	{
+		opts->notify = text_to_cstring(PG_GETARG_TEXT_PP(5));
+		bg_check_name("notify channel", opts->notify, NAMEDATALEN - 1);
+	}
+}
+
+/*
  * The queue size bg_launch was given, checked; bg_fdw.queue_size if it was
  * given none.
  */
@@ -295,8 +325,7 @@ bg_queue_size_arg(FunctionCallInfo fcinfo)
  * adopts it for the session.
  */
 static BgJob *
-bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
-			 bool keep)
+bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 {
 	MemoryContext cxt;
 	MemoryContext oldcxt;
@@ -310,7 +339,7 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
 								ALLOCSET_DEFAULT_SIZES);
 	oldcxt = MemoryContextSwitchTo(cxt);
 
-	seg = bg_create_segment(sql, queue_size, desc, stream, keep);
+	seg = bg_create_segment(sql, desc, opts);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -363,8 +392,7 @@ bg_start_job(const char *sql, int queue_size, TupleDesc desc, bool stream,
  * Lay out a job's segment.  The launcher is the receiver of both queues.
  */
 static dsm_segment *
-bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
-				  bool stream, bool keep)
+bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 {
 	shm_toc_estimator e;
 	StringInfoData descbuf;
@@ -388,7 +416,7 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shm_toc_estimate_chunk(&e, sql_len);
 	shm_toc_estimate_chunk(&e, guc_len);
 	shm_toc_estimate_chunk(&e, sizeof(int32) + descbuf.len);
-	shm_toc_estimate_chunk(&e, queue_size);
+	shm_toc_estimate_chunk(&e, opts->queue_size);
 	shm_toc_estimate_chunk(&e, BG_MESSAGE_QUEUE_SIZE);
 	shm_toc_estimate_chunk(&e, sizeof(SharedFileSet));
 	shm_toc_estimate_chunk(&e, library_len);
@@ -410,9 +438,13 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 	shared->launcher_pid = MyProcPid;
 	shared->launcher_proc = MyProc;
 	shared->launched_at = GetCurrentTimestamp();
-	shared->stream = stream;
+	shared->stream = opts->stream;
 	shared->registry_relid = bg_registry_relid();
-	shared->keep = keep && bg_registry_keeps(shared->registry_relid);
+	shared->keep = opts->keep && bg_registry_keeps(shared->registry_relid);
+	if (opts->label)
+		strlcpy(shared->label, opts->label, sizeof(shared->label));
+	if (opts->notify)
+		strlcpy(shared->notify, opts->notify, sizeof(shared->notify));
 	pg_atomic_init_u64(&shared->kept_size, 0);
 	pg_atomic_init_u64(&shared->kept_valid, 0);
 	ConditionVariableInit(&shared->kept_cv);
@@ -443,7 +475,8 @@ bg_create_segment(const char *sql, int queue_size, TupleDesc desc,
 		shm_toc_insert(toc, BG_KEY_DESC, space);
 	}
 
-	mq = shm_mq_create(shm_toc_allocate(toc, queue_size), queue_size);
+	mq = shm_mq_create(shm_toc_allocate(toc, opts->queue_size),
+					   opts->queue_size);
 	shm_mq_set_receiver(mq, MyProc);
 	shm_toc_insert(toc, BG_KEY_TUPLE_QUEUE, mq);
 

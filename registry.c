@@ -144,6 +144,9 @@ typedef enum BgListColumn
 	BG_LIST_ATTACHED,
 	BG_LIST_KEPT,
 	BG_LIST_KEPT_BYTES,
+	BG_LIST_LABEL,
+	BG_LIST_PROGRESS,
+	BG_LIST_PROGRESS_MESSAGE,
 	BG_LIST_NCOLUMNS
 } BgListColumn;
 
@@ -162,7 +165,10 @@ static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
 	[BG_LIST_ERROR] = {"error", TEXTOID},
 	[BG_LIST_ATTACHED] = {"attached", BOOLOID},
 	[BG_LIST_KEPT] = {"kept", BOOLOID},
-	[BG_LIST_KEPT_BYTES] = {"kept_bytes", INT8OID}
+	[BG_LIST_KEPT_BYTES] = {"kept_bytes", INT8OID},
+	[BG_LIST_LABEL] = {"label", TEXTOID},
+	[BG_LIST_PROGRESS] = {"progress", NUMERICOID},
+	[BG_LIST_PROGRESS_MESSAGE] = {"progress_message", TEXTOID}
 };
 
 /*
@@ -182,7 +188,7 @@ static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
 #define BG_LIST_QUERY \
 	"SELECT " BG_ENTRY_COLUMNS "%s, r.query, r.launched_at, r.finished_at, " \
 	"r.rows, a.backend_start <= r.launched_at AND NOT EXISTS " \
-	"(SELECT FROM %s d WHERE d.id = r.id) " \
+	"(SELECT FROM %s d WHERE d.id = r.id), %s " \
 	"FROM %s r LEFT JOIN pg_stat_get_activity(NULL) a " \
 	"ON a.pid = r.launcher_pid WHERE %s ORDER BY r.id"
 
@@ -199,6 +205,7 @@ typedef struct BgRegistryCall
 	char	   *detachname;		/* and of the table of detached jobs */
 	const char *kept;			/* SQL for a row's kept_bytes */
 	const char *messages;		/* and for its kept messages */
+	const char *control;		/* and for its label and progress */
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
@@ -237,9 +244,11 @@ typedef struct BgJobProbe
 	uint64		rows;			/* rows sent so far */
 	uint64		kept_size;		/* bytes of its kept file so far */
 	bool		keeps;			/* it keeps its result */
+	bool		has_progress;	/* it reported progress: */
+	double		progress;
+	char		progress_message[BG_PROGRESS_MESSAGE_LEN];
 } BgJobProbe;
 
-static const char *bg_status_name(BgJobStatus status);
 static BgJobStatus bg_status_from_name(const char *name);
 static char *bg_layout_problem(Relation rel, const BgColumn *columns,
 							   int ncolumns);
@@ -277,6 +286,9 @@ static SPITupleTable *bg_registry_query(const char *sql, int nargs,
 static void bg_registry_update(BgJobShared *shared, BgJobStatus status,
 							   const char *tag, ErrorData *edata);
 static void bg_registry_expire(Oid registry, Oid detached);
+static void bg_registry_set_progress(BgJobShared *shared, Datum *values,
+									 bool *nulls, bool *replace);
+static bool bg_cancel_entry(BgJobEntry *entry);
 static void bg_registry_modify(Relation rel, int64 job_id, Datum *values,
 							   bool *nulls, bool *replace);
 static void bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome);
@@ -300,6 +312,9 @@ static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
 static void bg_list_put_kept(Datum *vals, bool *isnulls, BgJobEntry *entry,
 							 BgJobStatus status, BgJobProbe *probe,
 							 bool privileged);
+static void bg_list_put_control(Datum *vals, bool *isnulls, HeapTuple tuple,
+								TupleDesc desc, bool running,
+								BgJobProbe *probe, bool privileged);
 static void bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 						HeapTuple tuple, TupleDesc desc, BgJobEntry *entry,
 						BgJobProbe *probe, Oid caller);
@@ -313,7 +328,7 @@ pg_noreturn static void bg_raise_unknown(int pid);
  */
 
 /* The text a state is recorded or shown as */
-static const char *
+const char *
 bg_status_name(BgJobStatus status)
 {
 	Assert(status >= 0 && status < BG_NUM_STATUSES);
@@ -585,8 +600,8 @@ bg_rel_has_column(Relation rel, int attnum, const char *name, Oid type)
 }
 
 /*
- * Has the registry 1.1's columns for kept results and messages?  Both came
- * in 1.1, so a registry has both or neither.
+ * Has the registry 1.1's columns (kept results and messages, label, NOTIFY
+ * channel, progress)?  They all came in 1.1: a registry has all or none.
  */
 static bool
 bg_rel_has_kept(Relation rel)
@@ -594,7 +609,13 @@ bg_rel_has_kept(Relation rel)
 	return bg_rel_has_column(rel, Anum_bg_job_registry_kept_bytes,
 							 "kept_bytes", INT8OID) &&
 		bg_rel_has_column(rel, Anum_bg_job_registry_messages,
-						  "messages", BYTEAOID);
+						  "messages", BYTEAOID) &&
+		bg_rel_has_column(rel, Anum_bg_job_registry_label, "label", TEXTOID) &&
+		bg_rel_has_column(rel, Anum_bg_job_registry_notify, "notify", TEXTOID) &&
+		bg_rel_has_column(rel, Anum_bg_job_registry_progress, "progress",
+						  NUMERICOID) &&
+		bg_rel_has_column(rel, Anum_bg_job_registry_progress_message,
+						  "progress_message", TEXTOID);
 }
 
 /*
@@ -641,11 +662,13 @@ bg_registry_open(BgRegistryCall *call)
 	{
 		call->kept = "r.kept_bytes";
 		call->messages = "r.messages";
+		call->control = "r.label, r.progress, r.progress_message";
 	}
 	else
 	{
 		call->kept = "NULL::bigint";
 		call->messages = "NULL::bytea";
+		call->control = "NULL::text, NULL::numeric, NULL::text";
 	}
 	call->relname = quote_qualified_identifier(get_namespace_name(nspid),
 											   BG_REGISTRY_TABLE);
@@ -803,6 +826,10 @@ bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 		   TimestampTzGetDatum(shared->launched_at));
 	if (shared->keep && bg_rel_has_kept(rel))
 		BG_SET(Anum_bg_job_registry_kept_bytes, Int64GetDatum(0));
+	if (shared->label[0] != '\0' && bg_rel_has_kept(rel))
+		BG_SET(Anum_bg_job_registry_label, CStringGetTextDatum(shared->label));
+	if (shared->notify[0] != '\0' && bg_rel_has_kept(rel))
+		BG_SET(Anum_bg_job_registry_notify, CStringGetTextDatum(shared->notify));
 #undef BG_SET
 
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
@@ -931,6 +958,9 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 		SpinLockRelease(&shared->mutex);
 	}
 	bg_registry_own_xact(bg_registry_write_outcome, shared, &outcome);
+	/* a launch that failed leaves no job to tell of */
+	if (!discard)
+		bg_control_notify(shared, outcome.status);
 }
 
 /*
@@ -996,11 +1026,38 @@ bg_registry_update(BgJobShared *shared, BgJobStatus status, const char *tag,
 			   nulls[Anum_bg_job_registry_kept_bytes - 1]);
 		BG_SET(Anum_bg_job_registry_messages, messages == NULL,
 			   PointerGetDatum(messages));
+		bg_registry_set_progress(shared, values, nulls, replace);
 	}
 #undef BG_SET
 
 	bg_registry_modify(rel, shared->job_id, values, nulls, replace);
 	table_close(rel, NoLock);
+}
+
+/* The progress the job last reported, for its row. */
+static void
+bg_registry_set_progress(BgJobShared *shared, Datum *values, bool *nulls,
+						 bool *replace)
+{
+	bool		has;
+	double		progress;
+	char		message[BG_PROGRESS_MESSAGE_LEN];
+
+	SpinLockAcquire(&shared->mutex);
+	has = shared->has_progress;
+	progress = shared->progress;
+	memcpy(message, shared->progress_message, sizeof(message));
+	SpinLockRelease(&shared->mutex);
+	replace[Anum_bg_job_registry_progress - 1] = true;
+	nulls[Anum_bg_job_registry_progress - 1] = !has;
+	if (has)
+		values[Anum_bg_job_registry_progress - 1] =
+			DirectFunctionCall1(float8_numeric, Float8GetDatum(progress));
+	replace[Anum_bg_job_registry_progress_message - 1] = true;
+	nulls[Anum_bg_job_registry_progress_message - 1] = message[0] == '\0';
+	if (message[0] != '\0')
+		values[Anum_bg_job_registry_progress_message - 1] =
+			CStringGetTextDatum(message);
 }
 
 /* Replace columns of the job's row, if it is still there. */
@@ -1427,6 +1484,12 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 			probe->rows = pg_atomic_read_u64(&shared->rows);
 			probe->kept_size = pg_atomic_read_u64(&shared->kept_size);
 			probe->keeps = shared->keep;
+			SpinLockAcquire(&shared->mutex);
+			probe->has_progress = shared->has_progress;
+			probe->progress = shared->progress;
+			memcpy(probe->progress_message, shared->progress_message,
+				   BG_PROGRESS_MESSAGE_LEN);
+			SpinLockRelease(&shared->mutex);
 		}
 	}
 	if (!ours)
@@ -1575,7 +1638,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = TimestampTzGetDatum(bg_job_retention < 0 ? DT_NOBEGIN :
 									bg_retention_horizon());
-	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.kept, call.detachname, call.relname,
+	tt = bg_registry_query(psprintf(BG_LIST_QUERY, call.kept, call.detachname, call.control, call.relname,
 									"r.database = $1 AND (r.finished_at IS NULL OR r.finished_at >= $2)"),
 						   2, types, values);
 
@@ -1600,7 +1663,7 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 			Datum		id[1];
 
 			id[0] = Int64GetDatum(entry.id);
-			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.kept, call.detachname, call.relname, "r.id = $1"),
+			again = bg_registry_query(psprintf(BG_LIST_QUERY, call.kept, call.detachname, call.control, call.relname, "r.id = $1"),
 									  1, idtype, id);
 			if (again->numvals == 0)
 				continue;		/* forgotten meanwhile */
@@ -1677,6 +1740,38 @@ bg_list_put_kept(Datum *vals, bool *isnulls, BgJobEntry *entry,
 	isnulls[BG_LIST_KEPT_BYTES] = !kept || !privileged;
 }
 
+/*
+ * bg_jobs' label and progress: the label as recorded; progress live from a
+ * running job's segment, else as recorded at its end.  Both are the job
+ * role's business, like its query.
+ */
+static void
+bg_list_put_control(Datum *vals, bool *isnulls, HeapTuple tuple,
+					TupleDesc desc, bool running, BgJobProbe *probe,
+					bool privileged)
+{
+	vals[BG_LIST_LABEL] = SPI_getbinval(tuple, desc, 15, &isnulls[BG_LIST_LABEL]);
+	if (running && probe->found)
+	{
+		isnulls[BG_LIST_PROGRESS] = !probe->has_progress;
+		vals[BG_LIST_PROGRESS] = DirectFunctionCall1(float8_numeric,
+													 Float8GetDatum(probe->progress));
+		isnulls[BG_LIST_PROGRESS_MESSAGE] = probe->progress_message[0] == '\0';
+		vals[BG_LIST_PROGRESS_MESSAGE] =
+			CStringGetTextDatum(probe->progress_message);
+	}
+	else
+	{
+		vals[BG_LIST_PROGRESS] = SPI_getbinval(tuple, desc, 16,
+											   &isnulls[BG_LIST_PROGRESS]);
+		vals[BG_LIST_PROGRESS_MESSAGE] =
+			SPI_getbinval(tuple, desc, 17, &isnulls[BG_LIST_PROGRESS_MESSAGE]);
+	}
+	isnulls[BG_LIST_LABEL] |= !privileged;
+	isnulls[BG_LIST_PROGRESS] |= !privileged;
+	isnulls[BG_LIST_PROGRESS_MESSAGE] |= !privileged;
+}
+
 /* One row of bg_jobs, from a row of BG_LIST_QUERY */
 static void
 bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
@@ -1728,6 +1823,7 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
 		vals[BG_LIST_ATTACHED] = BoolGetDatum(false);
 	isnulls[BG_LIST_ATTACHED] = RecoveryInProgress();
 	bg_list_put_kept(vals, isnulls, entry, status, probe, privileged);
+	bg_list_put_control(vals, isnulls, tuple, desc, running, probe, privileged);
 
 	for (i = 0; i < outdesc->natts; i++)
 	{
@@ -1860,28 +1956,87 @@ bg_cancel_shared(BgJobShared *shared, pid_t pid)
 	return !exited && kill(pid, SIGINT) == 0;
 }
 
+/*
+ * bg_cancel_label: cancel the running jobs of this database whose label
+ * matches the LIKE pattern and that the caller may act on.  Returns how
+ * many were cancelled.
+ */
+int
+bg_registry_cancel_label(const char *pattern)
+{
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	Oid			caller = GetUserId();	/* before we become the owner */
+	List	   *entries = NIL;
+	ListCell   *lc;
+	int			n = 0;
+	uint64		i;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!bg_registry_open(&call))
+		return 0;
+	if (strcmp(call.kept, "NULL::bigint") != 0)
+	{
+		values[0] = ObjectIdGetDatum(MyDatabaseId);
+		values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
+		values[2] = CStringGetTextDatum(pattern);
+		tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
+										"WHERE database = $1 AND state = $2 "
+										"AND label LIKE $3 ORDER BY id",
+										call.kept, call.relname),
+							   3, types, values);
+		for (i = 0; i < tt->numvals; i++)
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+			BgJobEntry *entry = palloc(sizeof(BgJobEntry));
+
+			bg_entry_from_tuple(tt->vals[i], tt->tupdesc, entry);
+			if (has_privs_of_role(caller, entry->role))
+				entries = lappend(entries, entry);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
+	bg_registry_close(&call);
+	foreach(lc, entries)
+	{
+		if (bg_cancel_entry((BgJobEntry *) lfirst(lc)))
+			n++;
+	}
+	return n;
+}
+
 /* bg_cancel of a job this session does not hold */
 bool
 bg_registry_cancel(int pid)
 {
 	BgJobEntry	entry;
+
+	if (!bg_entry_lookup(pid, &entry))
+		bg_raise_unknown(pid);
+	bg_entry_check_privileges(&entry);
+	return bg_cancel_entry(&entry);
+}
+
+/* Cancel the job of a registry row, if it still runs. */
+static bool
+bg_cancel_entry(BgJobEntry *entry)
+{
 	dsm_segment *seg;
 	shm_toc    *toc;
 	bool		ours;
 	bool		done = false;
 
-	if (!bg_entry_lookup(pid, &entry))
-		bg_raise_unknown(pid);
-	bg_entry_check_privileges(&entry);
-	if (entry.status != BG_STATUS_RUNNING || entry.segment == DSM_HANDLE_INVALID)
+	if (entry->status != BG_STATUS_RUNNING || entry->segment == DSM_HANDLE_INVALID)
 		return false;
 
 	/* this session may still map it: a job it detached in this transaction */
-	seg = dsm_find_mapping(entry.segment);
+	seg = dsm_find_mapping(entry->segment);
 	ours = (seg != NULL);
 	if (seg == NULL)
 	{
-		seg = dsm_attach(entry.segment);
+		seg = dsm_attach(entry->segment);
 		if (seg == NULL)
 			return false;
 		bg_segment_track(seg);
@@ -1891,8 +2046,8 @@ bg_registry_cancel(int pid)
 	{
 		BgJobShared *shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
 
-		if (shared != NULL && shared->job_id == entry.id)
-			done = bg_cancel_shared(shared, entry.pid);
+		if (shared != NULL && shared->job_id == entry->id)
+			done = bg_cancel_shared(shared, entry->pid);
 	}
 	if (!ours)
 		dsm_detach(seg);

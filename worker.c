@@ -56,6 +56,9 @@ PGDLLEXPORT void bg_worker_main(Datum main_arg);
 /* The job's segment, for the worker's exit callback */
 static dsm_segment *bg_worker_segment = NULL;
 
+/* The job's shared state, in a job's worker; for bg_progress */
+static BgJobShared *bg_worker_shared = NULL;
+
 /* pg_terminate_backend or shutdown: the job is recorded as failed on exit */
 static volatile sig_atomic_t bg_terminate_requested = false;
 
@@ -125,6 +128,7 @@ bg_worker_main(Datum main_arg)
 				 errmsg("invalid magic number in dynamic shared memory segment of a background job")));
 	shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
 	on_dsm_detach(seg, bg_worker_exit, PointerGetDatum(shared));
+	bg_worker_shared = shared;
 
 	fileset = shm_toc_lookup(toc, BG_KEY_FILESET, false);
 	SharedFileSetAttach(fileset, seg);
@@ -266,6 +270,13 @@ bg_worker_before_exit(int code, Datum arg)
 	if (bg_launch_failed(shared))
 		bg_registry_fail(shared, NULL, true);
 	bg_spill_messages_exit();
+}
+
+/* The shared state of the job this process runs, or NULL in any other */
+BgJobShared *
+bg_worker_job(void)
+{
+	return bg_worker_segment != NULL ? bg_worker_shared : NULL;
 }
 
 /*
@@ -577,6 +588,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 						 errhint("End the job's SQL with COMMIT.")));
 			bg_worker_committed(shared, tag, recorded);
 			bg_worker_keep_durable(shared);
+			bg_control_notify(shared, BG_STATUS_FINISHED);
 		}
 		else
 		{

@@ -108,7 +108,7 @@ SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 
 -- The job runs as the current role, with its rights and no more
 CREATE ROLE regress_nologin NOLOGIN;
-GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean) TO regress_nologin;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_nologin;
 GRANT USAGE ON FOREIGN SERVER bg_server TO regress_nologin;
 GRANT CREATE ON SCHEMA public TO regress_nologin;
 CREATE TABLE regress_secret (s text);
@@ -124,7 +124,7 @@ RESET ROLE;
 -- what the result table needs is checked before the job starts, so a failed
 -- launch runs nothing, even with several statements
 CREATE ROLE regress_no_usage NOLOGIN;
-GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean) TO regress_no_usage;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_no_usage;
 GRANT INSERT ON regress_auto TO regress_no_usage;
 SET ROLE regress_no_usage;
 SELECT bg_launch('INSERT INTO regress_auto VALUES (3); SELECT 1');

@@ -1,0 +1,94 @@
+# Copyright (c) 2026, The bg_fdw Authors
+#
+# Job control across sessions: a job's NOTIFY reaches a listener in another
+# session once the job's outcome is committed; progress a job reports is
+# seen from another session while it runs; bg_cancel_label cancels the
+# jobs of another session of the role.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use BgFdwTest;
+
+my $node = PostgreSQL::Test::Cluster->new('control');
+$node->init;
+$node->append_conf('postgresql.conf', 'max_worker_processes = 16');
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bg_fdw;
+	CREATE ROLE alice LOGIN IN ROLE bg_fdw_user;
+	CREATE TABLE audit (note text);
+	GRANT INSERT, SELECT ON audit TO alice;
+});
+create_gate($node, 'postgres');
+$node->safe_psql('postgres', 'GRANT ALL ON gates TO alice');
+
+# A listener in another session is told when the job ends, after its
+# outcome is committed: what it reads on being told is there.
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN jobs_done');
+my $pid = $node->safe_psql('postgres', q{
+	SELECT bg_launch($$INSERT INTO audit SELECT 'written' WHERE gate('n')$$,
+	                 notify => 'jobs_done')},
+	extra_params => [ '-U', 'alice' ]);
+my $id = $node->safe_psql('postgres', "SELECT id FROM bg_jobs WHERE pid = $pid");
+open_gate($node, 'postgres', 'n');
+my $told = '';
+my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+while ($told !~ /Asynchronous notification/ && time < $deadline)
+{
+	# psql shows a notification after the next statement it runs
+	$told .= $listener->query_safe(
+		q{SELECT state || ' ' || (SELECT count(*) FROM audit)
+		    FROM bg_jobs WHERE pid = } . $pid);
+}
+like($told,
+	qr/Asynchronous notification "jobs_done" with payload "\{"pid": $pid, "id": $id, "state": "finished"\}"/,
+	'the listener gets the job\'s pid, id and state, and nothing else');
+like($listener->query_safe("SELECT state || ' ' || (SELECT count(*) FROM audit) FROM bg_jobs WHERE pid = $pid"),
+	qr/^finished 1/, 'and finds the outcome and the work committed');
+
+# A failed job notifies too.
+$pid = $node->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT 1 / 0 FROM gates WHERE gate(''f'')', notify => 'jobs_done')},
+	extra_params => [ '-U', 'alice' ]);
+open_gate($node, 'postgres', 'f');
+$told = '';
+while ($told !~ /Asynchronous notification/ && time < $deadline)
+{
+	$told .= $listener->query_safe('SELECT 1');
+}
+like($told, qr/"pid": $pid, "id": \d+, "state": "failed"/,
+	'a failed job notifies with its state');
+$listener->quit;
+
+# Progress reported inside a job is seen from another session at once.
+$pid = $node->safe_psql('postgres', q{
+	SELECT bg_launch($j$DO $d$BEGIN
+	    PERFORM bg_progress(25, 'first quarter');
+	    PERFORM gate('p');
+	  END $d$$j$)},
+	extra_params => [ '-U', 'alice' ]);
+ok( $node->poll_query_until('postgres',
+		"SELECT progress = 25 AND progress_message = 'first quarter' FROM bg_jobs WHERE pid = $pid"),
+	'another session sees the progress of the running job');
+open_gate($node, 'postgres', 'p');
+
+# bg_cancel_label from another session of the role cancels the batch.
+my @batch = map {
+	$node->safe_psql('postgres',
+		"SELECT bg_launch(\$\$SELECT gate('never')\$\$, label => 'nightly-$_')",
+		extra_params => [ '-U', 'alice' ]) } 1 .. 3;
+is($node->safe_psql('postgres', "SELECT bg_cancel_label('nightly-%')",
+		extra_params => [ '-U', 'alice' ]),
+	'3', 'bg_cancel_label in another session cancels the three jobs of the batch');
+my $list = join(', ', @batch);
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 3 FROM bg_jobs WHERE pid IN ($list) AND state = 'cancelled'"),
+	'they end cancelled');
+
+$node->stop;
+done_testing();
