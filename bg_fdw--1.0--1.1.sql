@@ -212,3 +212,10 @@ CREATE FUNCTION @extschema@.bg_cancel_label(pattern text)
 RETURNS integer
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+-- The PID of the first of several jobs to end (one that has ended counts
+-- at once), NULL on timeout; sleeps until a job wakes it.
+CREATE FUNCTION @extschema@.bg_wait_any(pids integer[], timeout interval DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;

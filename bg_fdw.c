@@ -142,8 +142,6 @@ static bool bg_import_wanted(ImportForeignSchemaStmt *stmt, const char *name);
 static List *bg_import_one(List *commands, const char *name, BgKeptJob *kj,
 						   ForeignServer *server);
 static void bg_drop_job_tables(BgJob *job);
-static long bg_interval_ms(Interval *interval);
-static bool bg_job_held(int pid, int64 job_id);
 static char *bg_describe_types(TupleDesc desc);
 static char *bg_table_definition(const char *name, int pid, int64 job_id,
 								 TupleDesc desc, ForeignServer *server);
@@ -918,7 +916,7 @@ bg_describe_types(TupleDesc desc)
 	return buf.data;
 }
 
-static long
+long
 bg_interval_ms(Interval *interval)
 {
 	double		ms;
@@ -1042,7 +1040,7 @@ bg_cancel(PG_FUNCTION_ARGS)
  * act through the registry, from any session, and readers read what the
  * job kept.
  */
-static bool
+bool
 bg_job_held(int pid, int64 job_id)
 {
 	BgJob	   *job = bg_job_lookup(pid, job_id, true);

@@ -65,6 +65,9 @@
 #define BG_LABEL_LEN			64
 #define BG_PROGRESS_MESSAGE_LEN	256
 
+/* Sessions of other backends a job wakes when it ends (bg_wait_any) */
+#define BG_MAX_WAITERS			8
+
 /* Protocol message types a worker sends on its message queue, besides 'N'/'E' */
 #define BG_MSG_DESCRIPTOR		'T' /* the result's columns */
 #define BG_MSG_COMPLETE			'C' /* committed; carries the completion tag */
@@ -156,6 +159,9 @@ typedef struct BgJobShared
 	bool		messages_kept;	/* worker sets once messages went to a file;
 								 * reader reads once the message queue is
 								 * gone */
+	PGPROC	   *waiters[BG_MAX_WAITERS];	/* sessions in bg_wait_any on
+											 * this job, whose latches the
+											 * worker sets when it exits */
 	bool		has_progress;	/* bg_progress was called: worker sets */
 	double		progress;		/* the percent it last reported */
 	char		progress_message[BG_PROGRESS_MESSAGE_LEN];	/* and its message */
@@ -319,6 +325,8 @@ extern int	bg_default_queue_size;
 extern int	bg_max_queue_size;
 extern Oid	bg_server_oid(bool missing_ok);
 extern ErrorData *bg_rolled_back_call(void (*work) (void *arg), void *arg);
+extern bool bg_job_held(int pid, int64 job_id);
+extern long bg_interval_ms(Interval *interval);
 
 /* in worker.c */
 extern BgJobShared *bg_worker_job(void);
@@ -358,6 +366,7 @@ extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 extern void bg_registry_record_kept(BgJobShared *shared);
 extern bool bg_registry_outcome(int64 job_id, BgJob *job);
 extern int	bg_registry_cancel_label(const char *pattern);
+extern bool bg_registry_job_ended(int pid, int64 *job_id, dsm_handle *segment);
 extern const char *bg_status_name(BgJobStatus status);
 extern Oid	bg_registry_relid(void);
 extern Oid	bg_detached_relid(Oid registry);

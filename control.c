@@ -24,11 +24,17 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shm_toc.h"
+#include "utils/array.h"
+#include "utils/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
@@ -37,6 +43,26 @@
 
 PG_FUNCTION_INFO_V1(bg_progress);
 PG_FUNCTION_INFO_V1(bg_cancel_label);
+PG_FUNCTION_INFO_V1(bg_wait_any);
+
+/* Most jobs bg_wait_any waits for at once */
+#define BG_WAIT_ANY_MAX		1000
+
+/* A job bg_wait_any waits for */
+typedef struct BgWaitTarget
+{
+	int			pid;
+	BgJob	   *job;			/* this session's job, or NULL */
+	int64		job_id;			/* another session's: its identifier */
+	dsm_segment *seg;			/* its segment, mapped by us, or NULL */
+	BgJobShared *shared;		/* where we are registered as a waiter */
+} BgWaitTarget;
+
+static bool bg_wait_target_ended(BgWaitTarget *t);
+static void bg_wait_register(BgWaitTarget *t, dsm_handle handle);
+static void bg_wait_unregister(dsm_segment *seg, Datum arg);
+static void bg_wait_release(BgWaitTarget *targets, int n);
+static void bg_wait_check_deadlock(BgWaitTarget *targets, int n);
 
 /*
  * A label or a channel name: not empty, at most maxlen bytes, no control
@@ -168,4 +194,221 @@ bg_control_notify(BgJobShared *shared, BgJobStatus status)
 						MyProcPid, shared->notify, edata->message)));
 	}
 	PG_END_TRY();
+}
+
+/* ----------------------------------------------------------------
+ *		bg_wait_any
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * bg_wait_any(pids integer[], timeout interval DEFAULT NULL)
+ *		RETURNS integer
+ *
+ * The PID of the first job of the list to end, in the list's order among
+ * those that have (one that ended already counts at once); NULL if the
+ * timeout passes first.  Each PID is found and checked as bg_wait finds
+ * it.  The session sleeps until a job wakes it: this session's jobs do
+ * through their queues, other sessions' jobs through the waiter slots of
+ * their segments (a job whose slots are all taken is looked at again every
+ * deadlock_timeout).
+ */
+Datum
+bg_wait_any(PG_FUNCTION_ARGS)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	BgWaitTarget *targets;
+	long		timeout_ms = -1;
+	TimestampTz deadline = 0;
+	TimestampTz check_at;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("PIDs of the background jobs must not be null")));
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT4OID, 4, true, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	if (n == 0 || n > BG_WAIT_ANY_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bg_wait_any() needs between 1 and %d PIDs", BG_WAIT_ANY_MAX)));
+	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
+	{
+		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	}
+	targets = palloc0(n * sizeof(BgWaitTarget));
+	for (i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("PIDs of the background jobs must not be null")));
+		targets[i].pid = DatumGetInt32(elems[i]);
+	}
+
+	check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DeadlockTimeout);
+	for (;;)
+	{
+		long		wait_ms = DeadlockTimeout;
+		TimestampTz now;
+
+		for (i = 0; i < n; i++)
+		{
+			if (bg_wait_target_ended(&targets[i]))
+			{
+				bg_wait_release(targets, n);
+				PG_RETURN_INT32(targets[i].pid);
+			}
+		}
+		now = GetCurrentTimestamp();
+		if (timeout_ms >= 0)
+		{
+			long		remaining = TimestampDifferenceMilliseconds(now, deadline);
+
+			if (remaining <= 0)
+			{
+				bg_wait_release(targets, n);
+				PG_RETURN_NULL();
+			}
+			wait_ms = Min(wait_ms, remaining);
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, bg_wait_event_job());
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		/* on elapsed time, whatever wakes the wait */
+		now = GetCurrentTimestamp();
+		if (now >= check_at)
+		{
+			check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
+			bg_wait_check_deadlock(targets, n);
+		}
+	}
+}
+
+/*
+ * Has the job ended?  The first look finds it (raising bg_wait's errors)
+ * and, for another session's job, registers us to be woken.
+ */
+static bool
+bg_wait_target_ended(BgWaitTarget *t)
+{
+	dsm_handle	handle;
+	bool		ended;
+
+	if (t->job == NULL && t->shared == NULL && bg_job_held(t->pid, 0))
+		t->job = bg_job_lookup_attached(t->pid, 0);
+	if (t->job != NULL)
+	{
+		/* takes its rows into the spool, so that it never waits for us */
+		(void) bg_job_wait(t->job, 0);
+		return t->job->state != BG_JOB_RUNNING;
+	}
+	if (t->shared != NULL && !bg_job_get_flag(t->shared, &t->shared->worker_exited))
+		return false;
+	ended = bg_registry_job_ended(t->pid, &t->job_id, &handle);
+	if (!ended && t->shared == NULL)
+		bg_wait_register(t, handle);
+	return ended;
+}
+
+/*
+ * Take a waiter slot in the job's segment, and hold the segment meanwhile;
+ * the slot is given back when we let go of the segment, even on an error.
+ */
+static void
+bg_wait_register(BgWaitTarget *t, dsm_handle handle)
+{
+	shm_toc    *toc;
+	BgJobShared *shared = NULL;
+	int			i;
+
+	if (handle == DSM_HANDLE_INVALID || dsm_find_mapping(handle) != NULL)
+		return;					/* (one this session maps wakes us anyway) */
+	t->seg = dsm_attach(handle);
+	if (t->seg == NULL)
+		return;
+	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(t->seg));
+	if (toc != NULL)
+		shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
+	if (shared == NULL || shared->job_id != t->job_id)
+	{
+		dsm_detach(t->seg);
+		t->seg = NULL;
+		return;
+	}
+	SpinLockAcquire(&shared->mutex);
+	for (i = 0; i < BG_MAX_WAITERS; i++)
+	{
+		if (shared->waiters[i] == NULL)
+		{
+			shared->waiters[i] = MyProc;
+			t->shared = shared;
+			break;
+		}
+	}
+	SpinLockRelease(&shared->mutex);
+	if (t->shared != NULL)
+		on_dsm_detach(t->seg, bg_wait_unregister, PointerGetDatum(shared));
+	else
+	{
+		/* all slots taken: looked at again every deadlock_timeout */
+		dsm_detach(t->seg);
+		t->seg = NULL;
+	}
+}
+
+/* on_dsm_detach callback: give back our waiter slot */
+static void
+bg_wait_unregister(dsm_segment *seg, Datum arg)
+{
+	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
+	int			i;
+
+	SpinLockAcquire(&shared->mutex);
+	for (i = 0; i < BG_MAX_WAITERS; i++)
+	{
+		if (shared->waiters[i] == MyProc)
+			shared->waiters[i] = NULL;
+	}
+	SpinLockRelease(&shared->mutex);
+}
+
+static void
+bg_wait_release(BgWaitTarget *targets, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (targets[i].seg != NULL)
+			dsm_detach(targets[i].seg);
+		targets[i].seg = NULL;
+		targets[i].shared = NULL;
+	}
+}
+
+/*
+ * A job that waits for a lock this session holds never ends while we wait
+ * for it: that is a deadlock, as in bg_wait.
+ */
+static void
+bg_wait_check_deadlock(BgWaitTarget *targets, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (bg_blocked_by_me(targets[i].pid))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+					 errmsg("deadlock detected"),
+					 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
+							   targets[i].pid),
+					 errhint("Wait for the jobs from another session, or outside the transaction that holds the lock.")));
+	}
 }

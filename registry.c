@@ -2007,6 +2007,29 @@ bg_registry_cancel_label(const char *pattern)
 	return n;
 }
 
+/*
+ * For bg_wait_any: the job of another session with this PID, found and
+ * checked as bg_wait finds it (the same errors), its identifier and
+ * segment.  Returns whether it has ended, however (lost too).
+ */
+bool
+bg_registry_job_ended(int pid, int64 *job_id, dsm_handle *segment)
+{
+	BgJobEntry	entry;
+	BgJobProbe	probe;
+	BgJobStatus status;
+
+	if (!bg_entry_lookup(pid, &entry))
+		bg_raise_unknown(pid);
+	bg_entry_check_privileges(&entry);
+	bg_probe(entry.id, entry.segment, &probe);
+	if (!bg_entry_state(&entry, &probe, &status))
+		bg_raise_unknown(pid);	/* forgotten meanwhile */
+	*job_id = entry.id;
+	*segment = entry.segment;
+	return status != BG_STATUS_RUNNING;
+}
+
 /* bg_cancel of a job this session does not hold */
 bool
 bg_registry_cancel(int pid)

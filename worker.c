@@ -360,9 +360,19 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 {
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
 
+	int			i;
+
 	bg_job_set_flag(shared, &shared->worker_exited, BG_WAKE_NONE);
 	/* readers following the kept file now find the outcome in the registry */
 	ConditionVariableBroadcast(&shared->kept_cv);
+	/* and sessions in bg_wait_any learn that the job has ended */
+	SpinLockAcquire(&shared->mutex);
+	for (i = 0; i < BG_MAX_WAITERS; i++)
+	{
+		if (shared->waiters[i] != NULL)
+			SetLatch(&shared->waiters[i]->procLatch);
+	}
+	SpinLockRelease(&shared->mutex);
 }
 
 /*

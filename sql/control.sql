@@ -77,3 +77,30 @@ SELECT bg_detach(:p7);
 
 DROP ROLE regress_stranger;
 SELECT regress_no_workers();
+
+-- bg_wait_any: the first job of the list to end
+SELECT pg_advisory_lock(4302);
+SELECT bg_launch($$SELECT pg_advisory_lock_shared(4302)$$) AS slow \gset
+SELECT bg_launch('SELECT 1') AS quick \gset
+SELECT bg_wait_any(ARRAY[:slow, :quick]) = :quick AS quick_first;
+-- one that ended already counts at once, in the list's order
+SELECT bg_wait_any(ARRAY[:quick, :slow]) = :quick AS ended_counts;
+-- NULL when the timeout passes first
+SELECT bg_wait_any(ARRAY[:slow], '10 ms') IS NULL AS timed_out;
+-- waiting for a job that waits for this session is a deadlock
+SELECT regress_try('SELECT bg_wait_any(ARRAY[' || :slow || '])', :slow);
+SELECT pg_advisory_unlock(4302);
+SELECT bg_wait_any(ARRAY[:slow]) = :slow AS slow_ended;
+-- bad input, unknown and foreign jobs are errors, as with bg_wait
+SELECT bg_wait_any(NULL);
+SELECT bg_wait_any('{}');
+SELECT bg_wait_any(ARRAY[:quick, NULL]);
+SELECT bg_wait_any(ARRAY[-7]);
+CREATE ROLE regress_stranger2;
+SELECT bg_detach(:quick);
+SET ROLE regress_stranger2;
+SELECT regress_try('SELECT bg_wait_any(ARRAY[' || :quick || '])', :quick);
+RESET ROLE;
+DROP ROLE regress_stranger2;
+SELECT bg_detach(:slow);
+SELECT regress_no_workers();
