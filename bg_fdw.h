@@ -430,6 +430,8 @@ extern void bg_messages_to_db_encoding(const char *msg, size_t len,
 /* in control.c */
 extern void bg_check_name(const char *what, const char *value, int maxlen);
 extern void bg_control_notify(BgJobShared *shared, BgJobStatus status);
+extern void bg_notify_end(const char *channel, int pid, int64 job_id,
+						  BgJobStatus status);
 
 /* in supervisor.c */
 extern void bg_supervisor_init(void);

@@ -159,26 +159,37 @@ bg_cancel_label(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Queue the NOTIFY of a job's end on its channel, sent when the current
+ * transaction commits.  The payload says only which job and how it ended
+ * (any role may LISTEN on any channel).
+ */
+void
+bg_notify_end(const char *channel, int pid, int64 job_id, BgJobStatus status)
+{
+	char		payload[128];
+
+	snprintf(payload, sizeof(payload),
+			 "{\"pid\": %d, \"id\": " INT64_FORMAT ", \"state\": \"%s\"}",
+			 pid, job_id, bg_status_name(status));
+	Async_Notify(channel, payload);
+}
+
+/*
  * The job has ended in "status" and its outcome is committed: NOTIFY its
- * channel, if it has one, in a transaction of its own.  The payload says
- * only which job and how it ended (any role may LISTEN on any channel).  A
- * failure is only logged: the job's outcome stands.  A standby sends none.
+ * channel, if it has one, in a transaction of its own.  A failure is only
+ * logged: the job's outcome stands.  A standby sends none.
  */
 void
 bg_control_notify(BgJobShared *shared, BgJobStatus status)
 {
-	char		payload[128];
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (shared->notify[0] == '\0' || RecoveryInProgress())
 		return;
-	snprintf(payload, sizeof(payload),
-			 "{\"pid\": %d, \"id\": " INT64_FORMAT ", \"state\": \"%s\"}",
-			 MyProcPid, shared->job_id, bg_status_name(status));
 	PG_TRY();
 	{
 		StartTransactionCommand();
-		Async_Notify(shared->notify, payload);
+		bg_notify_end(shared->notify, MyProcPid, shared->job_id, status);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();

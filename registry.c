@@ -1312,16 +1312,24 @@ bg_registry_set_lost(Relation rel, ItemPointer tid, TimestampTz now)
 	values[Anum_bg_job_registry_finished_at - 1] = TimestampTzGetDatum(now);
 	replace[Anum_bg_job_registry_segment - 1] = true;
 	nulls[Anum_bg_job_registry_segment - 1] = true;
-	/* its partial result goes */
+	/* its partial result goes; its listeners learn it is lost */
 	if (bg_rel_has_kept(rel))
 	{
+		TupleDesc	desc = RelationGetDescr(rel);
 		bool		isnull;
+		int64		id = DatumGetInt64(heap_getattr(&locked, Anum_bg_job_registry_id,
+													desc, &isnull));
+		Datum		channel = heap_getattr(&locked, Anum_bg_job_registry_notify,
+										   desc, &isnull);
 
 		replace[Anum_bg_job_registry_kept_bytes - 1] = true;
 		nulls[Anum_bg_job_registry_kept_bytes - 1] = true;
-		bg_keep_remove_at_commit(DatumGetInt64(heap_getattr(&locked, Anum_bg_job_registry_id,
-															RelationGetDescr(rel),
-															&isnull)));
+		bg_keep_remove_at_commit(id);
+		if (!isnull)
+			bg_notify_end(TextDatumGetCString(channel),
+						  DatumGetInt32(heap_getattr(&locked, Anum_bg_job_registry_pid,
+													 desc, &isnull)),
+						  id, BG_STATUS_LOST);
 	}
 	newtup = heap_modify_tuple(&locked, RelationGetDescr(rel), values, nulls,
 							   replace);

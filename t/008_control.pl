@@ -15,7 +15,10 @@ use BgFdwTest;
 
 my $node = PostgreSQL::Test::Cluster->new('control');
 $node->init;
-$node->append_conf('postgresql.conf', 'max_worker_processes = 16');
+$node->append_conf('postgresql.conf', qq{
+max_worker_processes = 16
+restart_after_crash = on
+});
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
@@ -105,6 +108,32 @@ open_gate($node, 'postgres', 'wb');
 is($w->query_safe('SELECT 1'), "$jb\n1", 'it returns the job that ended first');
 open_gate($node, 'postgres', 'wa');
 $w->quit;
+
+# A job that is lost (its worker killed, the server restarted) is NOTIFYed
+# as lost once it is found so, by the next job to end or the supervisor.
+my $lost = $node->safe_psql('postgres',
+	q{SELECT bg_launch($$SELECT gate('never')$$, notify => 'lost_jobs')},
+	extra_params => [ '-U', 'alice' ]);
+my $lost_id = $node->safe_psql('postgres', "SELECT id FROM bg_jobs WHERE pid = $lost");
+# the registry row is committed asynchronously: wait until it is on disk
+my $lsn = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
+$node->poll_query_until('postgres', "SELECT pg_current_wal_flush_lsn() >= '$lsn'")
+  or die 'WAL was not flushed';
+kill 'KILL', $lost;
+# (nothing of bg_fdw runs before the listener listens)
+poll_through_crash($node, 'SELECT true') or die 'the server did not come back';
+my $l2 = $node->background_psql('postgres');
+$l2->query_safe('LISTEN lost_jobs');
+$node->safe_psql('postgres', q{SELECT bg_wait(bg_launch('SELECT 1'))});
+$told = '';
+$deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+while ($told !~ /Asynchronous notification/ && time < $deadline)
+{
+	$told .= $l2->query_safe('SELECT 1');
+}
+like($told, qr/"pid": $lost, "id": $lost_id, "state": "lost"/,
+	'a lost job is NOTIFYed as lost');
+$l2->quit;
 
 $node->stop;
 done_testing();
