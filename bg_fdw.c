@@ -528,7 +528,8 @@ bgBeginForeignScan(ForeignScanState *node, int eflags)
 	if (!bg_job_held(opts.pid, opts.job_id))
 	{
 		/* a job of another session, or one this session let go of */
-		state->kept = bg_open_kept(opts.pid, opts.job_id);
+		state->kept = bg_open_kept(opts.pid, opts.job_id ? opts.job_id :
+								   bg_session_job_id(opts.pid));
 		bg_check_table_matches(rel, bg_keep_desc(state->kept), opts.pid);
 		return;
 	}
@@ -872,7 +873,7 @@ static Datum
 bg_result_kept(FunctionCallInfo fcinfo, int pid)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	BgKeepReader *r = bg_open_kept(pid, 0);
+	BgKeepReader *r = bg_open_kept(pid, bg_session_job_id(pid));
 	TupleTableSlot *slot;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);

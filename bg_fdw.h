@@ -162,6 +162,9 @@ typedef struct BgJobShared
 	PGPROC	   *waiters[BG_MAX_WAITERS];	/* sessions in bg_wait_any on
 											 * this job, whose latches the
 											 * worker sets when it exits */
+	bool		kept_recorded;	/* worker sets once the registry records its
+								 * kept result; a session may then give back
+								 * the segment of the job unread */
 	bool		has_progress;	/* bg_progress was called: worker sets */
 	double		progress;		/* the percent it last reported */
 	char		progress_message[BG_PROGRESS_MESSAGE_LEN];	/* and its message */
@@ -363,7 +366,7 @@ extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
 							   bool in_job_xact);
 extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
-extern void bg_registry_record_kept(BgJobShared *shared);
+extern bool bg_registry_record_kept(BgJobShared *shared);
 extern bool bg_registry_outcome(int64 job_id, BgJob *job);
 extern int	bg_registry_cancel_label(const char *pattern);
 extern bool bg_registry_job_ended(int pid, int64 *job_id, dsm_handle *segment);
@@ -394,7 +397,7 @@ typedef struct BgKeptJob
 extern bool bg_registry_keeps(Oid registry);
 extern void bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj);
 extern List *bg_registry_kept_jobs(void);
-extern bytea *bg_registry_messages(int pid);
+extern bytea *bg_registry_messages(int pid, int64 job_id);
 extern void bg_registry_sweep_files(void);
 
 /* in keep.c */
@@ -476,6 +479,7 @@ extern BgJob *bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle,
 							MemoryContext cxt);
 extern void bg_job_attach(BgJob *job);
 extern List *bg_session_jobs(void);
+extern int64 bg_session_job_id(int pid);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
 extern void bg_job_check_privileges(BgJob *job);

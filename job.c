@@ -217,6 +217,21 @@ bg_session_exit(int code, Datum arg)
 		bg_job_close_segment((BgJob *) lfirst(lc));
 }
 
+/*
+ * The identifier of this session's job with this PID, unless it detached
+ * it, else 0: functions given a PID act on the session's own job, even once
+ * it has given its segment back, before any newer job with a reused PID.
+ */
+int64
+bg_session_job_id(int pid)
+{
+	BgJob	   *job = bg_job_lookup(pid, 0, true);
+
+	if (job == NULL || job->state == BG_JOB_DETACHED)
+		return 0;
+	return job->job_id;
+}
+
 /* This session's jobs, oldest first (tombstones of detached ones too) */
 List *
 bg_session_jobs(void)
@@ -387,8 +402,9 @@ bg_job_close_segment(BgJob *job)
  * jobs this session has not started reading are given back, and not in a
  * transaction that reads the registry with one snapshot throughout, which
  * might not show the outcome yet.  A session runs this where it runs
- * bg_fdw code (a launch, bg_jobs, bg_segments); an idle one holds its
- * segments meanwhile.
+ * bg_fdw code (a launch, bg_segments); an idle one holds its
+ * segments meanwhile.  A job is given back only once the registry records
+ * its kept result, so that the file is there to read.
  */
 void
 bg_jobs_release_ended(void)
@@ -408,11 +424,15 @@ bg_jobs_release_ended(void)
 			!bg_job_get_flag(job->shared, &job->shared->worker_exited))
 			continue;
 		bg_job_read_messages(job);
-		if (job->state == BG_JOB_FINISHED)
-			job->released = true;
 		/* a failed job has its error here, and no rows */
-		if (job->state == BG_JOB_FINISHED || job->state == BG_JOB_FAILED)
+		if (job->state == BG_JOB_FAILED)
 			bg_job_close_segment(job);
+		else if (job->state == BG_JOB_FINISHED &&
+				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
+		{
+			job->released = true;
+			bg_job_close_segment(job);
+		}
 	}
 }
 

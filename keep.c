@@ -646,8 +646,8 @@ bg_keep_open_live(BgKeptJob *kj, bool wait)
 typedef struct BgKeepMapping
 {
 	dsm_segment *seg;
+	dsm_handle	handle;
 	int			refcount;
-	bool		owned;			/* we attached it (not the session's job) */
 	struct BgKeepMapping *next;
 } BgKeepMapping;
 
@@ -658,42 +658,42 @@ static bool
 bg_keep_attach(BgKeepReader *r, dsm_handle handle)
 {
 	BgKeepMapping *m;
-	dsm_segment *seg = NULL;
 	shm_toc    *toc;
 	BgJobShared *shared = NULL;
 
 	for (m = bg_keep_mappings; m != NULL; m = m->next)
 	{
-		if (dsm_segment_handle(m->seg) == handle)
+		if (m->handle == handle)
 			break;
 	}
 	if (m == NULL)
 	{
-		/*
-		 * This session's own job, detached in this transaction: its mapping
-		 * lasts until the commit, after every scan has ended.
-		 */
-		bool		owned = false;
+		dsm_segment *seg;
 
-		seg = dsm_find_mapping(handle);
+		/*
+		 * A mapping this session has already is its own job's, which it
+		 * detached in this transaction: that mapping goes when the job's
+		 * rows are in, whatever our readers do, so it cannot be followed.
+		 */
+		if (dsm_find_mapping(handle) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("cannot read background job %d while it runs: this session detached it in this transaction",
+							r->pid),
+					 errhint("Read it once the transaction has committed, or once the job has ended.")));
+		seg = dsm_attach(handle);
 		if (seg == NULL)
-		{
-			seg = dsm_attach(handle);
-			if (seg == NULL)
-				return false;
-			/* ours until the transaction ends, whatever errors unwind */
-			dsm_pin_mapping(seg);
-			bg_keep_register_callbacks();
-			owned = true;
-		}
+			return false;
+		/* ours until the transaction ends, whatever errors unwind */
+		dsm_pin_mapping(seg);
+		bg_keep_register_callbacks();
 		m = MemoryContextAlloc(TopMemoryContext, sizeof(BgKeepMapping));
 		m->seg = seg;
+		m->handle = handle;
 		m->refcount = 0;
-		m->owned = owned;
 		m->next = bg_keep_mappings;
 		bg_keep_mappings = m;
-		if (owned)
-			bg_segment_track(seg);
+		bg_segment_track(seg);
 	}
 	m->refcount++;
 	r->seg = m->seg;
@@ -730,8 +730,7 @@ bg_keep_detach(BgKeepReader *r)
 	if (m == NULL || --m->refcount > 0)
 		return;
 	*prev = m->next;
-	if (m->owned)
-		dsm_detach(m->seg);
+	dsm_detach(m->seg);
 	pfree(m);
 }
 
@@ -749,8 +748,7 @@ bg_keep_reset_mappings(void)
 	while ((m = bg_keep_mappings) != NULL)
 	{
 		bg_keep_mappings = m->next;
-		if (m->owned)
-			dsm_detach(m->seg);
+		dsm_detach(m->seg);
 		pfree(m);
 	}
 }

@@ -96,8 +96,8 @@ static void bg_messages_put_gap(Tuplestorestate *store, TupleDesc desc,
 
 /*
  * A notice or error as the protocol has it, its strings converted from the
- * job's client encoding back to the database's, into "out": a job that
- * sets client_encoding still talks to its session in the database
+ * job's client encoding (the session's, or one the job set) back to the
+ * database's, into "out": a job talks to its session in the database
  * encoding.
  */
 void
@@ -271,15 +271,16 @@ PG_FUNCTION_INFO_V1(bg_messages);
  * bg_messages(pid integer) RETURNS TABLE (position bigint, severity text,
  *		sqlstate text, message text, detail text, hint text, context text)
  *
- * The kept messages of the newest job with this PID the caller may act on,
- * in order.  Where messages were dropped, a row with no position and no
+ * The kept messages of this session's job with this PID, else of the
+ * newest one the caller may act on, in order.  Where messages were dropped, a row with no position and no
  * severity says how many.
  */
 Datum
 bg_messages(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	bytea	   *kept = bg_registry_messages(PG_GETARG_INT32(0));
+	bytea	   *kept = bg_registry_messages(PG_GETARG_INT32(0),
+											bg_session_job_id(PG_GETARG_INT32(0)));
 	StringInfoData buf;
 	uint64		expected = 1;
 	uint64		count;

@@ -267,7 +267,7 @@ static bool bg_keep_file_wanted(int64 job_id, void *arg);
 static bool bg_registry_open(BgRegistryCall *call);
 static void bg_registry_close(BgRegistryCall *call);
 static void bg_registry_internal_xact(void);
-static void bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
+static bool bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
 								 BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_write_outcome(BgJobShared *shared, BgOutcome *outcome);
 static void bg_registry_tidy_work(BgJobShared *shared, BgOutcome *outcome);
@@ -306,6 +306,8 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 						   BgJobStatus *status);
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe);
+static bool bg_entry_settle(BgJobEntry *entry, BgJobProbe *probe);
+static bool bg_kept_interrupted(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_kept_to_record(BgJobShared *shared, BgJobStatus status);
 static bool bg_entry_fetch(const char *cond, int nargs, Oid *types,
 						   Datum *values, BgJobEntry *entry);
@@ -883,16 +885,19 @@ bg_registry_finish(BgJobShared *shared, const char *tag, bool in_job_xact)
  * Run registry work in a transaction of its own.  A failure is only logged:
  * bookkeeping never changes how a job ends.
  */
-static void
+static bool
 bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
 					 BgJobShared *shared, BgOutcome *outcome)
 {
+	bool		done = false;
+
 	PG_TRY();
 	{
 		StartTransactionCommand();
 		bg_registry_internal_xact();
 		work(shared, outcome);
 		CommitTransactionCommand();
+		done = true;
 	}
 	PG_CATCH();
 	{
@@ -907,6 +912,7 @@ bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
 						MyProcPid, edata->message)));
 	}
 	PG_END_TRY();
+	return done;
 }
 
 static void
@@ -1097,18 +1103,18 @@ bg_kept_to_record(BgJobShared *shared, BgJobStatus status)
  * not lose a result the job's commit made durable).  Only the job's worker
  * writes its row.
  */
-void
+bool
 bg_registry_record_kept(BgJobShared *shared)
 {
 	BgOutcome	outcome;
 
 	if (!bg_row_inserted)
-		return;
+		return false;
 	memset(&outcome, 0, sizeof(outcome));
 	/* durable as the job's own commit was: with the job's setting */
 	outcome.synchronous_commit = pstrdup(GetConfigOption("synchronous_commit",
 														 false, false));
-	bg_registry_own_xact(bg_registry_write_kept, shared, &outcome);
+	return bg_registry_own_xact(bg_registry_write_kept, shared, &outcome);
 }
 
 static void
@@ -2103,8 +2109,9 @@ bg_forget(PG_FUNCTION_ARGS)
 		bg_raise_unknown(pid);
 	bg_entry_check_privileges(&entry);
 	bg_probe(entry.id, entry.segment, &probe);
+	/* (nor while its worker records its kept result) */
 	if (bg_entry_state(&entry, &probe, &status) &&
-		status == BG_STATUS_RUNNING)
+		(status == BG_STATUS_RUNNING || bg_kept_pending(&entry, &probe)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("cannot forget background job %d because it is still running",
@@ -2209,8 +2216,10 @@ bg_registry_lock_role(Oid role)
 		values[0] = ObjectIdGetDatum(role);
 		values[1] = ObjectIdGetDatum(MyDatabaseId);
 		values[2] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
+		/* (a finished job whose worker still records its result counts) */
 		tt = bg_registry_query(psprintf("SELECT id, segment FROM %s WHERE role = $1 "
-										"AND database = $2 AND state = $3",
+										"AND database = $2 AND (state = $3 "
+										"OR segment IS NOT NULL)",
 										call.relname),
 							   3, types, values);
 		for (i = 0; i < tt->numvals; i++)
@@ -2262,7 +2271,7 @@ bg_registry_check_kept(Oid role)
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
 	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
 									"WHERE role = $1 AND database = $2 "
-									"AND %s IS NOT NULL",
+									"AND (%s IS NOT NULL OR segment IS NOT NULL)",
 									call.kept, call.relname, call.kept),
 						   2, types, values);
 	for (i = 0; i < tt->numvals; i++)
@@ -2271,13 +2280,15 @@ bg_registry_check_kept(Oid role)
 		BgJobProbe	probe;
 
 		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
-		if (entry.status == BG_STATUS_RUNNING)
+		/* running, or finished and not yet recorded: what it wrote so far */
+		if (entry.segment != DSM_HANDLE_INVALID)
 		{
 			bg_probe(entry.id, entry.segment, &probe);
 			if (probe.found)
 				entry.kept_bytes = (int64) probe.kept_size;
 		}
-		total += entry.kept_bytes;
+		if (entry.kept_bytes > 0)
+			total += entry.kept_bytes;
 	}
 	bg_registry_close(&call);
 	if (total >= (int64) bg_max_kept_size_per_role * 1024)
@@ -2389,12 +2400,19 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 
 	/* a job that ended since is read again, kept size included */
 	bg_probe(entry.id, entry.segment, &probe);
-	if (!bg_entry_state(&entry, &probe, &status))
+	if (!bg_entry_state(&entry, &probe, &status) ||
+		!bg_entry_settle(&entry, &probe))
 		bg_raise_unknown(pid);	/* forgotten meanwhile */
+	status = status == BG_STATUS_RUNNING ? status : entry.status;
 	if (status == BG_STATUS_LOST)
 		bg_raise_lost(&entry);
 	if (status == BG_STATUS_FAILED || status == BG_STATUS_CANCELLED)
 		bg_entry_raise(&entry);
+	if (bg_kept_interrupted(&entry, &probe))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("result of background job %d was not kept", pid),
+				 errdetail("The job finished, but its worker stopped (a crash, or it was killed) before its result was made durable.")));
 	kj->id = entry.id;
 	kj->pid = entry.pid;
 	kj->kept_bytes = entry.kept_bytes;
@@ -2471,11 +2489,37 @@ bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe)
 }
 
 /*
- * The kept messages of the newest job with this PID the caller may act on,
- * once it has ended; raises an error if there are none to show.
+ * A finished row without its kept size, read before the probe found the
+ * worker gone: the worker may have recorded the size and exited in
+ * between.  Read the row again, so that the entry says what the worker
+ * left.  False if the row is gone.
+ */
+static bool
+bg_entry_settle(BgJobEntry *entry, BgJobProbe *probe)
+{
+	if (entry->status != BG_STATUS_FINISHED || entry->kept_bytes >= 0 ||
+		entry->segment == DSM_HANDLE_INVALID ||
+		(probe->found && probe->worker_alive))
+		return true;
+	return bg_entry_reread(entry);
+}
+
+/* Did the job's worker stop before its finished result was made durable? */
+static bool
+bg_kept_interrupted(BgJobEntry *entry, BgJobProbe *probe)
+{
+	return entry->status == BG_STATUS_FINISHED && entry->kept_bytes < 0 &&
+		entry->segment != DSM_HANDLE_INVALID &&
+		!(probe->found && probe->worker_alive);
+}
+
+/*
+ * The kept messages of the job with this PID (and identifier, unless 0)
+ * the caller may act on, the newest, once it has ended; raises an error if
+ * there are none to show.
  */
 bytea *
-bg_registry_messages(int pid)
+bg_registry_messages(int pid, int64 job_id)
 {
 	BgJobEntry	entry;
 	BgJobProbe	probe;
@@ -2483,7 +2527,7 @@ bg_registry_messages(int pid)
 	bool		was_running;
 	bytea	   *messages = NULL;
 
-	bg_entry_permitted(pid, 0, &entry, &messages);
+	bg_entry_permitted(pid, job_id, &entry, &messages);
 	was_running = entry.status == BG_STATUS_RUNNING;
 	bg_probe(entry.id, entry.segment, &probe);
 	if (!bg_entry_state(&entry, &probe, &status))
@@ -2550,6 +2594,8 @@ bg_registry_kept_jobs(void)
 		memset(&probe, 0, sizeof(probe));
 		if (entry.status == BG_STATUS_RUNNING || entry.kept_bytes < 0)
 			bg_probe(entry.id, entry.segment, &probe);
+		if (!bg_entry_settle(&entry, &probe))
+			entry.kept_bytes = -1;	/* forgotten meanwhile: left out */
 		if (has_privs_of_role(caller, entry.role) &&
 			(entry.status == BG_STATUS_RUNNING ?
 			 (probe.found && probe.worker_alive && entry.kept_bytes >= 0) :
@@ -2615,5 +2661,7 @@ bg_keep_file_wanted(int64 job_id, void *arg)
 		return true;
 	/* a finished job's file that its worker is about to record */
 	bg_probe(entry.id, entry.segment, &probe);
-	return bg_kept_pending(&entry, &probe);
+	if (!bg_entry_settle(&entry, &probe))
+		return false;
+	return entry.kept_bytes >= 0 || bg_kept_pending(&entry, &probe);
 }

@@ -463,7 +463,7 @@ bg_messages_put(char msgtype, const char *str, size_t len)
 	StringInfoData msg;
 	StringInfoData converted = {0};
 
-	/* a job that set client_encoding: back to the database encoding */
+	/* in the database encoding, whatever the job's client_encoding */
 	if ((msgtype == 'N' || msgtype == 'E') && !bg_messages_busy &&
 		pg_get_client_encoding() != GetDatabaseEncoding())
 	{

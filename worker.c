@@ -179,11 +179,11 @@ bg_worker_main(Datum main_arg)
 	RestoreGUCState(shm_toc_lookup(toc, BG_KEY_GUC, false));
 	InitializingParallelWorker = false;
 	/*
-	 * The job talks to its session, which is no client, in the database
-	 * encoding, as a parallel worker does (RestoreGUCState put the client's
-	 * back; bg_spill converts what a job that sets its own sends).
+	 * The job keeps the session's client_encoding, which server-side COPY
+	 * and convert functions follow as in the session; what it sends its
+	 * session (notices, errors) is converted back to the database encoding
+	 * on the way (bg_messages_put), and column names go raw.
 	 */
-	SetClientEncoding(GetDatabaseEncoding());
 	desc_space = shm_toc_lookup(toc, BG_KEY_DESC, true);
 	if (desc_space)
 	{
@@ -654,8 +654,11 @@ bg_worker_keep_durable(BgJobShared *shared)
 {
 	PG_TRY();
 	{
-		if (bg_keep_sync())
-			bg_registry_record_kept(shared);
+		/* (a completion tag alone was recorded with the outcome) */
+		if (!bg_keep_sync() || bg_registry_record_kept(shared))
+			bg_job_set_flag(shared, &shared->kept_recorded, BG_WAKE_NONE);
+		else
+			bg_keep_discard();	/* not recorded: nobody's */
 		bg_keep_release();
 	}
 	PG_CATCH();
