@@ -929,8 +929,11 @@ bg_interval_ms(Interval *interval)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
-	/* WaitLatch takes a long; a longer timeout is as good as none */
-	return ms >= (double) LONG_MAX ? -1 : (long) ms;
+	/*
+	 * A century is as good as no timeout, and a deadline beyond it could
+	 * overflow a timestamp.
+	 */
+	return ms >= 100.0 * DAYS_PER_YEAR * SECS_PER_DAY * 1000.0 ? -1 : (long) ms;
 }
 
 /* Finish bg_wait and bg_await: the tag, or the job's error. */
@@ -958,6 +961,10 @@ bg_wait(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
+	if (PG_GETARG_INT32(0) == MyProcPid)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a background job cannot wait for itself")));
 	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 	{
 		text	   *tag = bg_registry_wait(PG_GETARG_INT32(0), timeout_ms);

@@ -38,7 +38,14 @@
 #endif
 
 /* Magic number that identifies a bg_fdw job segment */
-#define BG_FDW_MAGIC			0x62676664
+/*
+ * Magic of a job segment's table of contents, changed with every change of
+ * the segment's layout (BgJobShared, the keys): a backend still running an
+ * older library after new files were installed must not read a newer
+ * segment, nor the reverse.  1.0: 0x62676664.
+ */
+#define BG_FDW_MAGIC			0x62676611
+#define BG_FDW_MAGIC_1_0		0x62676664
 
 /* shm_toc keys of a job segment */
 #define BG_KEY_SHARED			1

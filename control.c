@@ -53,20 +53,23 @@ typedef struct BgWaitTarget
 {
 	int			pid;
 	BgJob	   *job;			/* this session's job, or NULL */
-	int64		job_id;			/* another session's: its identifier */
+	int64		job_id;			/* another session's: its identifier, once
+								 * found */
 	dsm_segment *seg;			/* its segment, mapped by us, or NULL */
 	BgJobShared *shared;		/* where we are registered as a waiter */
 } BgWaitTarget;
 
-static bool bg_wait_target_ended(BgWaitTarget *t);
-static void bg_wait_register(BgWaitTarget *t, dsm_handle handle);
+static int	bg_wait_targets(ArrayType *pids, BgWaitTarget **targets);
+static bool bg_wait_target_ended(BgWaitTarget *t, bool look);
+static bool bg_wait_register(BgWaitTarget *t, dsm_handle handle);
 static void bg_wait_unregister(dsm_segment *seg, Datum arg);
 static void bg_wait_release(BgWaitTarget *targets, int n);
 static void bg_wait_check_deadlock(BgWaitTarget *targets, int n);
 
 /*
- * A label or a channel name: not empty, at most maxlen bytes, no control
- * characters (it is shown in bg_jobs and in psql's output).
+ * A label, a channel name or a progress message: not empty, at most maxlen
+ * bytes, no control characters (it is shown in bg_jobs and in psql's
+ * output, where they could rewrite a terminal).
  */
 void
 bg_check_name(const char *what, const char *value, int maxlen)
@@ -131,6 +134,9 @@ bg_progress(PG_FUNCTION_ARGS)
 					 errmsg("progress message is too long"),
 					 errdetail("It is %zu bytes; at most %d are allowed.",
 							   strlen(message), BG_PROGRESS_MESSAGE_LEN - 1)));
+		if (*message != '\0')
+			bg_check_name("progress message", message,
+						  BG_PROGRESS_MESSAGE_LEN - 1);
 	}
 
 	SpinLockAcquire(&shared->mutex);
@@ -219,46 +225,37 @@ bg_control_notify(BgJobShared *shared, BgJobStatus status)
  * The PID of the first job of the list to end, in the list's order among
  * those that have (one that ended already counts at once); NULL if the
  * timeout passes first.  Each PID is found and checked as bg_wait finds
- * it.  The session sleeps until a job wakes it: this session's jobs do
- * through their queues, other sessions' jobs through the waiter slots of
- * their segments (a job whose slots are all taken is looked at again every
- * deadlock_timeout).
+ * it, then followed by its identifier.  The session sleeps until a job
+ * wakes it: this session's jobs do through their queues, other sessions'
+ * jobs through the waiter slots of their segments; one whose slots are all
+ * taken is looked at again every deadlock_timeout, as is any job for a
+ * deadlock.
  */
 Datum
 bg_wait_any(PG_FUNCTION_ARGS)
 {
-	Datum	   *elems;
-	bool	   *nulls;
+	BgWaitTarget *targets;
 	int			n;
 	int			i;
-	BgWaitTarget *targets;
 	long		timeout_ms = -1;
 	TimestampTz deadline = 0;
 	TimestampTz check_at;
+	bool		look = true;
+	MemoryContext pass_cxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "bg_fdw wait any",
+												   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("PIDs of the background jobs must not be null")));
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT4OID, 4, true, TYPALIGN_INT,
-					  &elems, &nulls, &n);
-	if (n == 0 || n > BG_WAIT_ANY_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("bg_wait_any() needs between 1 and %d PIDs", BG_WAIT_ANY_MAX)));
+	n = bg_wait_targets(PG_GETARG_ARRAYTYPE_P(0), &targets);
 	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 	{
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	}
-	targets = palloc0(n * sizeof(BgWaitTarget));
-	for (i = 0; i < n; i++)
-	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("PIDs of the background jobs must not be null")));
-		targets[i].pid = DatumGetInt32(elems[i]);
+		if (timeout_ms >= 0)
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	}
 
 	check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DeadlockTimeout);
@@ -266,15 +263,23 @@ bg_wait_any(PG_FUNCTION_ARGS)
 	{
 		long		wait_ms = DeadlockTimeout;
 		TimestampTz now;
+		int			ended = -1;
 
-		for (i = 0; i < n; i++)
+		/* each look leaves its strings behind: keep them to one pass */
+		MemoryContextReset(pass_cxt);
+		MemoryContextSwitchTo(pass_cxt);
+		for (i = 0; i < n && ended < 0; i++)
 		{
-			if (bg_wait_target_ended(&targets[i]))
-			{
-				bg_wait_release(targets, n);
-				PG_RETURN_INT32(targets[i].pid);
-			}
+			if (bg_wait_target_ended(&targets[i], look))
+				ended = i;
 		}
+		MemoryContextSwitchTo(oldcxt);
+		if (ended >= 0)
+		{
+			bg_wait_release(targets, n);
+			PG_RETURN_INT32(targets[ended].pid);
+		}
+		look = false;
 		now = GetCurrentTimestamp();
 		if (timeout_ms >= 0)
 		{
@@ -296,22 +301,65 @@ bg_wait_any(PG_FUNCTION_ARGS)
 		if (now >= check_at)
 		{
 			check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
+			MemoryContextSwitchTo(pass_cxt);
 			bg_wait_check_deadlock(targets, n);
+			MemoryContextSwitchTo(oldcxt);
+			look = true;
 		}
 	}
 }
 
+/* The jobs of the array, each PID once, in order; returns how many. */
+static int
+bg_wait_targets(ArrayType *pids, BgWaitTarget **targets)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	int			n = 0;
+	int			i;
+	int			j;
+
+	deconstruct_array(pids, INT4OID, 4, true, TYPALIGN_INT,
+					  &elems, &nulls, &nelems);
+	if (nelems == 0 || nelems > BG_WAIT_ANY_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bg_wait_any() needs between 1 and %d PIDs", BG_WAIT_ANY_MAX)));
+	*targets = palloc0(nelems * sizeof(BgWaitTarget));
+	for (i = 0; i < nelems; i++)
+	{
+		int			pid = DatumGetInt32(elems[i]);
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("PIDs of the background jobs must not be null")));
+		if (pid == MyProcPid)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a background job cannot wait for itself")));
+		for (j = 0; j < n && (*targets)[j].pid != pid; j++)
+			;
+		if (j == n)
+			(*targets)[n++].pid = pid;
+	}
+	return n;
+}
+
 /*
  * Has the job ended?  The first look finds it (raising bg_wait's errors)
- * and, for another session's job, registers us to be woken.
+ * and, for another session's job, registers us to be woken; later, another
+ * session's job is looked at only where "look" says (on a wake-up by its
+ * slot, or every deadlock_timeout).  A job forgotten meanwhile has ended.
  */
 static bool
-bg_wait_target_ended(BgWaitTarget *t)
+bg_wait_target_ended(BgWaitTarget *t, bool look)
 {
 	dsm_handle	handle;
 	bool		ended;
 
-	if (t->job == NULL && t->shared == NULL && bg_job_held(t->pid, 0))
+	if (t->job == NULL && t->job_id == 0 && bg_job_held(t->pid, 0))
 		t->job = bg_job_lookup_attached(t->pid, 0);
 	if (t->job != NULL)
 	{
@@ -319,19 +367,22 @@ bg_wait_target_ended(BgWaitTarget *t)
 		(void) bg_job_wait(t->job, 0);
 		return t->job->state != BG_JOB_RUNNING;
 	}
-	if (t->shared != NULL && !bg_job_get_flag(t->shared, &t->shared->worker_exited))
+	if (t->shared != NULL)
+		return bg_job_get_flag(t->shared, &t->shared->worker_exited);
+	if (!look)
 		return false;
 	ended = bg_registry_job_ended(t->pid, &t->job_id, &handle);
-	if (!ended && t->shared == NULL)
-		bg_wait_register(t, handle);
+	if (!ended)
+		ended = bg_wait_register(t, handle);
 	return ended;
 }
 
 /*
  * Take a waiter slot in the job's segment, and hold the segment meanwhile;
  * the slot is given back when we let go of the segment, even on an error.
+ * Returns whether the job has ended meanwhile.
  */
-static void
+static bool
 bg_wait_register(BgWaitTarget *t, dsm_handle handle)
 {
 	shm_toc    *toc;
@@ -339,10 +390,10 @@ bg_wait_register(BgWaitTarget *t, dsm_handle handle)
 	int			i;
 
 	if (handle == DSM_HANDLE_INVALID || dsm_find_mapping(handle) != NULL)
-		return;					/* (one this session maps wakes us anyway) */
+		return false;			/* (looked at every deadlock_timeout) */
 	t->seg = dsm_attach(handle);
 	if (t->seg == NULL)
-		return;
+		return false;
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(t->seg));
 	if (toc != NULL)
 		shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
@@ -350,8 +401,10 @@ bg_wait_register(BgWaitTarget *t, dsm_handle handle)
 	{
 		dsm_detach(t->seg);
 		t->seg = NULL;
-		return;
+		return false;
 	}
+	/* before the slot is taken: nothing may fail in between */
+	on_dsm_detach(t->seg, bg_wait_unregister, PointerGetDatum(shared));
 	SpinLockAcquire(&shared->mutex);
 	for (i = 0; i < BG_MAX_WAITERS; i++)
 	{
@@ -363,14 +416,15 @@ bg_wait_register(BgWaitTarget *t, dsm_handle handle)
 		}
 	}
 	SpinLockRelease(&shared->mutex);
-	if (t->shared != NULL)
-		on_dsm_detach(t->seg, bg_wait_unregister, PointerGetDatum(shared));
-	else
+	if (t->shared == NULL)
 	{
-		/* all slots taken: looked at again every deadlock_timeout */
+		/* all slots taken: looked at every deadlock_timeout */
 		dsm_detach(t->seg);
 		t->seg = NULL;
+		return false;
 	}
+	/* it may have exited before we took the slot, and woken nobody */
+	return bg_job_get_flag(shared, &shared->worker_exited);
 }
 
 /* on_dsm_detach callback: give back our waiter slot */

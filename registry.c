@@ -43,6 +43,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -289,6 +290,7 @@ static void bg_registry_expire(Oid registry, Oid detached);
 static void bg_registry_set_progress(BgJobShared *shared, Datum *values,
 									 bool *nulls, bool *replace);
 static bool bg_cancel_entry(BgJobEntry *entry);
+static void bg_check_like_pattern(const char *pattern);
 static void bg_registry_modify(Relation rel, int64 job_id, Datum *values,
 							   bool *nulls, bool *replace);
 static void bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome);
@@ -1486,7 +1488,19 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 		bg_segment_track(seg);
 	}
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
-	if (toc != NULL)
+	if (toc == NULL &&
+		shm_toc_attach(BG_FDW_MAGIC_1_0, dsm_segment_address(seg)) != NULL)
+	{
+		/*
+		 * A job segment of 1.0's layout: a job of the older library still
+		 * running under sessions that loaded it before new files were
+		 * installed.  Its fields mean nothing to us; as long as it exists,
+		 * the job is taken to be alive, never marked lost.
+		 */
+		probe->found = true;
+		probe->worker_alive = true;
+	}
+	else if (toc != NULL)
 	{
 		BgJobShared *shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
 
@@ -1971,6 +1985,24 @@ bg_cancel_shared(BgJobShared *shared, pid_t pid)
 }
 
 /*
+ * A LIKE pattern that ends with its escape character is an error, raised
+ * before any label is looked at.
+ */
+static void
+bg_check_like_pattern(const char *pattern)
+{
+	size_t		len = strlen(pattern);
+	size_t		n = 0;
+
+	while (n < len && pattern[len - 1 - n] == '\\')
+		n++;
+	if (n % 2 == 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_ESCAPE_SEQUENCE),
+				 errmsg("LIKE pattern must not end with escape character")));
+}
+
+/*
  * bg_cancel_label: cancel the running jobs of this database whose label
  * matches the LIKE pattern and that the caller may act on.  Returns how
  * many were cancelled.
@@ -1980,8 +2012,8 @@ bg_registry_cancel_label(const char *pattern)
 {
 	BgRegistryCall call;
 	SPITupleTable *tt;
-	Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
-	Datum		values[3];
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
 	Oid			caller = GetUserId();	/* before we become the owner */
 	List	   *entries = NIL;
 	ListCell   *lc;
@@ -1989,25 +2021,35 @@ bg_registry_cancel_label(const char *pattern)
 	uint64		i;
 	MemoryContext cxt = CurrentMemoryContext;
 
+	bg_check_like_pattern(pattern);
 	if (!bg_registry_open(&call))
 		return 0;
+	/*
+	 * The pattern is matched in C against the labels of permitted jobs only:
+	 * matched in SQL, over every row, an error LIKE raises part way through
+	 * a label would tell other roles' labels.
+	 */
 	if (strcmp(call.kept, "NULL::bigint") != 0)
 	{
 		values[0] = ObjectIdGetDatum(MyDatabaseId);
 		values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
-		values[2] = CStringGetTextDatum(pattern);
-		tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
-										"WHERE database = $1 AND state = $2 "
-										"AND label LIKE $3 ORDER BY id",
+		tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s, r.label "
+										"FROM %s r WHERE database = $1 AND state = $2 "
+										"AND label IS NOT NULL ORDER BY id",
 										call.kept, call.relname),
-							   3, types, values);
+							   2, types, values);
 		for (i = 0; i < tt->numvals; i++)
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 			BgJobEntry *entry = palloc(sizeof(BgJobEntry));
+			bool		isnull;
 
 			bg_entry_from_tuple(tt->vals[i], tt->tupdesc, entry);
-			if (has_privs_of_role(caller, entry->role))
+			if (has_privs_of_role(caller, entry->role) &&
+				DatumGetBool(DirectFunctionCall2Coll(textlike, DEFAULT_COLLATION_OID,
+													 SPI_getbinval(tt->vals[i], tt->tupdesc,
+																   10, &isnull),
+													 CStringGetTextDatum(pattern))))
 				entries = lappend(entries, entry);
 			MemoryContextSwitchTo(oldcxt);
 		}
@@ -2022,9 +2064,10 @@ bg_registry_cancel_label(const char *pattern)
 }
 
 /*
- * For bg_wait_any: the job of another session with this PID, found and
- * checked as bg_wait finds it (the same errors), its identifier and
- * segment.  Returns whether it has ended, however (lost too).
+ * For bg_wait_any: the job of another session with this PID (or, once
+ * found, with the identifier in *job_id), found and checked the first time
+ * as bg_wait finds it (the same errors); its identifier and segment.
+ * Returns whether it has ended, however (lost, or forgotten, too).
  */
 bool
 bg_registry_job_ended(int pid, int64 *job_id, dsm_handle *segment)
@@ -2032,13 +2075,25 @@ bg_registry_job_ended(int pid, int64 *job_id, dsm_handle *segment)
 	BgJobEntry	entry;
 	BgJobProbe	probe;
 	BgJobStatus status;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
 
-	if (!bg_entry_lookup(pid, &entry))
-		bg_raise_unknown(pid);
-	bg_entry_check_privileges(&entry);
+	/* found once by PID; then by identifier, whatever the PID names now */
+	if (*job_id != 0)
+	{
+		values[0] = Int64GetDatum(*job_id);
+		if (!bg_entry_fetch("id = $1", 1, types, values, &entry))
+			return true;		/* forgotten: it has ended */
+	}
+	else
+	{
+		if (!bg_entry_lookup(pid, &entry))
+			bg_raise_unknown(pid);
+		bg_entry_check_privileges(&entry);
+	}
 	bg_probe(entry.id, entry.segment, &probe);
 	if (!bg_entry_state(&entry, &probe, &status))
-		bg_raise_unknown(pid);	/* forgotten meanwhile */
+		return true;			/* forgotten meanwhile */
 	*job_id = entry.id;
 	*segment = entry.segment;
 	return status != BG_STATUS_RUNNING;

@@ -26,6 +26,10 @@ SELECT bg_wait(:o1);
 SELECT label, state FROM bg_jobs WHERE pid IN (:b1, :b2, :o1) ORDER BY id;
 SELECT bg_detach(:b1), bg_detach(:b2), bg_detach(:o1);
 
+-- a pattern ending with its escape character is refused before any label
+-- is looked at
+SELECT bg_cancel_label('regress-batch\');
+
 -- Bad labels and channel names are refused at launch
 SELECT bg_launch('SELECT 1', label => '');
 SELECT bg_launch('SELECT 1', label => repeat('x', 64));
@@ -64,6 +68,9 @@ SELECT bg_detach(:bad);
 SELECT bg_launch('SELECT bg_progress(NULL)') AS bad \gset
 SELECT regress_try('SELECT bg_wait(' || :bad || ')', :bad);
 SELECT bg_detach(:bad);
+SELECT bg_launch($$SELECT bg_progress(1, E'escape \x1b[2J')$$) AS bad \gset
+SELECT regress_try('SELECT bg_wait(' || :bad || ')', :bad);
+SELECT bg_detach(:bad);
 SELECT bg_launch($$SELECT bg_progress(1, repeat('m', 256))$$) AS bad \gset
 SELECT regress_try('SELECT bg_wait(' || :bad || ')', :bad);
 SELECT bg_detach(:bad);
@@ -89,8 +96,19 @@ SELECT bg_wait_any(ARRAY[:quick, :slow]) = :quick AS ended_counts;
 SELECT bg_wait_any(ARRAY[:slow], '10 ms') IS NULL AS timed_out;
 -- waiting for a job that waits for this session is a deadlock
 SELECT regress_try('SELECT bg_wait_any(ARRAY[' || :slow || '])', :slow);
+-- a timeout of centuries waits (here until the deadlock is found)
+SELECT regress_try('SELECT bg_wait_any(ARRAY[' || :slow || '], ''300000 years'')', :slow);
 SELECT pg_advisory_unlock(4302);
 SELECT bg_wait_any(ARRAY[:slow]) = :slow AS slow_ended;
+-- a PID given twice is waited for once
+SELECT bg_wait_any(ARRAY[:quick, :quick]) = :quick AS duplicates;
+-- a job may not wait for itself
+SELECT bg_launch('SELECT bg_wait_any(ARRAY[pg_backend_pid()])') AS self \gset
+SELECT regress_try('SELECT bg_wait(' || :self || ')', :self);
+SELECT bg_detach(:self);
+SELECT bg_launch('SELECT bg_wait(pg_backend_pid())') AS self \gset
+SELECT regress_try('SELECT bg_wait(' || :self || ')', :self);
+SELECT bg_detach(:self);
 -- bad input, unknown and foreign jobs are errors, as with bg_wait
 SELECT bg_wait_any(NULL);
 SELECT bg_wait_any('{}');
