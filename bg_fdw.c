@@ -212,7 +212,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.max_messages_size",
 							"Largest size of the messages a background job keeps for later reading.",
-							"Past it, the first and the latest messages are kept, each in half of it.",
+							"Past it, the first and the latest messages are kept, each in half of it; it also bounds the notices waiting in a job for a launching session that does not read.",
 							&bg_max_messages_size,
 							1024,
 							0,
@@ -933,7 +933,8 @@ bg_interval_ms(Interval *interval)
 	 * A century is as good as no timeout, and a deadline beyond it could
 	 * overflow a timestamp.
 	 */
-	return ms >= 100.0 * DAYS_PER_YEAR * SECS_PER_DAY * 1000.0 ? -1 : (long) ms;
+	return ms >= Min(100.0 * DAYS_PER_YEAR * SECS_PER_DAY * 1000.0,
+					 (double) LONG_MAX) ? -1 : (long) ms;
 }
 
 /* Finish bg_wait and bg_await: the tag, or the job's error. */
@@ -961,10 +962,7 @@ bg_wait(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
-	if (PG_GETARG_INT32(0) == MyProcPid)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a background job cannot wait for itself")));
+	bg_check_not_self(PG_GETARG_INT32(0));
 	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 	{
 		text	   *tag = bg_registry_wait(PG_GETARG_INT32(0), timeout_ms);

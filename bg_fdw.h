@@ -37,7 +37,6 @@
 #define pg_noreturn pg_attribute_noreturn()
 #endif
 
-/* Magic number that identifies a bg_fdw job segment */
 /*
  * Magic of a job segment's table of contents, changed with every change of
  * the segment's layout (BgJobShared, the keys): a backend still running an
@@ -210,9 +209,9 @@ typedef enum BgWake
 
 /*
  * Columns of 1.1 that the library uses where they exist, so that it serves
- * a 1.0 table until ALTER EXTENSION UPDATE: the size of the job's kept
- * result (NULL: none; 0: only the completion tag, in the row), and its
- * kept messages.
+ * a 1.0 table until ALTER EXTENSION UPDATE, each saying what it holds.
+ * First, the size of the job's kept result (NULL: none; 0: only the
+ * completion tag, in the row).
  */
 #define Anum_bg_job_registry_kept_bytes		15
 /* the job's kept messages (messages.c), NULL where none are kept */
@@ -371,7 +370,7 @@ extern void bg_registry_register(BgJobShared *shared, const char *sql,
 								 dsm_handle handle);
 extern bool bg_registry_finish(BgJobShared *shared, const char *tag,
 							   bool in_job_xact);
-extern void bg_registry_fail(BgJobShared *shared, ErrorData *edata,
+extern int	bg_registry_fail(BgJobShared *shared, ErrorData *edata,
 							 bool discard);
 extern bool bg_registry_record_kept(BgJobShared *shared);
 extern bool bg_registry_outcome(int64 job_id, BgJob *job);
@@ -439,6 +438,7 @@ extern void bg_messages_to_db_encoding(const char *msg, size_t len,
 
 /* in control.c */
 extern void bg_check_name(const char *what, const char *value, int maxlen);
+extern void bg_check_not_self(int pid);
 extern void bg_control_notify(BgJobShared *shared, BgJobStatus status);
 extern void bg_notify_end(const char *channel, int pid, int64 job_id,
 						  BgJobStatus status);

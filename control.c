@@ -150,6 +150,16 @@ bg_progress(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* A job waiting for itself would wait for ever. */
+void
+bg_check_not_self(int pid)
+{
+	if (pid == MyProcPid)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("background job %d cannot wait for itself", pid)));
+}
+
 /*
  * bg_cancel_label(pattern text) RETURNS integer
  *
@@ -241,9 +251,8 @@ bg_wait_any(PG_FUNCTION_ARGS)
 	TimestampTz deadline = 0;
 	TimestampTz check_at;
 	bool		look = true;
-	MemoryContext pass_cxt = AllocSetContextCreate(CurrentMemoryContext,
-												   "bg_fdw wait any",
-												   ALLOCSET_DEFAULT_SIZES);
+	bool		first = true;
+	MemoryContext pass_cxt;
 	MemoryContext oldcxt = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0))
@@ -258,6 +267,8 @@ bg_wait_any(PG_FUNCTION_ARGS)
 			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	}
 
+	pass_cxt = AllocSetContextCreate(CurrentMemoryContext, "bg_fdw wait any",
+									 ALLOCSET_DEFAULT_SIZES);
 	check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DeadlockTimeout);
 	for (;;)
 	{
@@ -265,18 +276,23 @@ bg_wait_any(PG_FUNCTION_ARGS)
 		TimestampTz now;
 		int			ended = -1;
 
-		/* each look leaves its strings behind: keep them to one pass */
+		/*
+		 * Each look leaves its strings behind: keep them to one pass.  The
+		 * first pass looks at every job, so that each is found and checked.
+		 */
 		MemoryContextReset(pass_cxt);
 		MemoryContextSwitchTo(pass_cxt);
-		for (i = 0; i < n && ended < 0; i++)
+		for (i = 0; i < n && (ended < 0 || first); i++)
 		{
-			if (bg_wait_target_ended(&targets[i], look))
+			if (bg_wait_target_ended(&targets[i], look) && ended < 0)
 				ended = i;
 		}
 		MemoryContextSwitchTo(oldcxt);
+		first = false;
 		if (ended >= 0)
 		{
 			bg_wait_release(targets, n);
+			MemoryContextDelete(pass_cxt);
 			PG_RETURN_INT32(targets[ended].pid);
 		}
 		look = false;
@@ -288,6 +304,7 @@ bg_wait_any(PG_FUNCTION_ARGS)
 			if (remaining <= 0)
 			{
 				bg_wait_release(targets, n);
+				MemoryContextDelete(pass_cxt);
 				PG_RETURN_NULL();
 			}
 			wait_ms = Min(wait_ms, remaining);
@@ -301,9 +318,7 @@ bg_wait_any(PG_FUNCTION_ARGS)
 		if (now >= check_at)
 		{
 			check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
-			MemoryContextSwitchTo(pass_cxt);
 			bg_wait_check_deadlock(targets, n);
-			MemoryContextSwitchTo(oldcxt);
 			look = true;
 		}
 	}
@@ -335,10 +350,7 @@ bg_wait_targets(ArrayType *pids, BgWaitTarget **targets)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("PIDs of the background jobs must not be null")));
-		if (pid == MyProcPid)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("a background job cannot wait for itself")));
+		bg_check_not_self(pid);
 		for (j = 0; j < n && (*targets)[j].pid != pid; j++)
 			;
 		if (j == n)
@@ -349,9 +361,10 @@ bg_wait_targets(ArrayType *pids, BgWaitTarget **targets)
 
 /*
  * Has the job ended?  The first look finds it (raising bg_wait's errors)
- * and, for another session's job, registers us to be woken; later, another
- * session's job is looked at only where "look" says (on a wake-up by its
- * slot, or every deadlock_timeout).  A job forgotten meanwhile has ended.
+ * and, for another session's job, registers us to be woken.  Later, a job
+ * holding our slot is asked at every wake-up; one without a slot is looked
+ * up again only where "look" says (every deadlock_timeout).  A job
+ * forgotten meanwhile has ended.
  */
 static bool
 bg_wait_target_ended(BgWaitTarget *t, bool look)
@@ -361,12 +374,9 @@ bg_wait_target_ended(BgWaitTarget *t, bool look)
 
 	if (t->job == NULL && t->job_id == 0 && bg_job_held(t->pid, 0))
 		t->job = bg_job_lookup_attached(t->pid, 0);
+	/* (takes its rows into the spool, so that it never waits for us) */
 	if (t->job != NULL)
-	{
-		/* takes its rows into the spool, so that it never waits for us */
-		(void) bg_job_wait(t->job, 0);
-		return t->job->state != BG_JOB_RUNNING;
-	}
+		return bg_job_wait(t->job, 0);
 	if (t->shared != NULL)
 		return bg_job_get_flag(t->shared, &t->shared->worker_exited);
 	if (!look)

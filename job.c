@@ -398,20 +398,18 @@ bg_job_close_segment(BgJob *job)
  * pool, shared with parallel query, and an unread job must not hold one.
  * Such a job's rows are in its kept file and its outcome in the registry,
  * so it is then read as any other session reads it; the messages still on
- * its queue are relayed first (all of them are in bg_messages too).  Only
- * jobs this session has not started reading are given back, and not in a
- * transaction that reads the registry with one snapshot throughout, which
- * might not show the outcome yet.  A session runs this where it runs
- * bg_fdw code (a launch, bg_segments); an idle one holds its
- * segments meanwhile.  A job is given back only once the registry records
- * its kept result, so that the file is there to read.
+ * its queue are relayed first.  Only jobs this session has not started
+ * reading are given back, and only once the registry records the kept
+ * result, so that the file is there to read.  A session runs this where
+ * it runs bg_fdw code (a launch, bg_segments); an idle one holds its
+ * segments meanwhile.
  */
 void
 bg_jobs_release_ended(void)
 {
 	ListCell   *lc;
 
-	if (!IsTransactionState() || IsolationUsesXactSnapshot())
+	if (!IsTransactionState())
 		return;
 	foreach(lc, bg_jobs)
 	{

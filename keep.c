@@ -678,16 +678,21 @@ bg_keep_attach(BgKeepReader *r, dsm_handle handle)
 		if (dsm_find_mapping(handle) != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("cannot read background job %d while it runs: this session detached it in this transaction",
+					 errmsg("cannot read background job %d while it runs",
 							r->pid),
+					 errdetail("This session detached it in this transaction."),
 					 errhint("Read it once the transaction has committed, or once the job has ended.")));
+		/* all that can fail first: the mapping must not be lost */
+		m = MemoryContextAlloc(TopMemoryContext, sizeof(BgKeepMapping));
+		bg_keep_register_callbacks();
 		seg = dsm_attach(handle);
 		if (seg == NULL)
+		{
+			pfree(m);
 			return false;
+		}
 		/* ours until the transaction ends, whatever errors unwind */
 		dsm_pin_mapping(seg);
-		bg_keep_register_callbacks();
-		m = MemoryContextAlloc(TopMemoryContext, sizeof(BgKeepMapping));
 		m->seg = seg;
 		m->handle = handle;
 		m->refcount = 0;

@@ -144,9 +144,9 @@ bg_messages_keep_start(void)
 
 /*
  * Keep a message the job sends, as the protocol has it ('N' stripped).
- * Called while the message is being sent: it must not fail on a message
- * that is merely large, so the bytes are reserved before anything is
- * copied.
+ * Called while the message is being sent: a message too large to keep is
+ * only counted, before anything is copied, so that it cannot fail the
+ * send.
  */
 void
 bg_messages_keep(const char *msg, size_t len)

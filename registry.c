@@ -944,15 +944,16 @@ bg_registry_tidy_work(BgJobShared *shared, BgOutcome *outcome)
  * Record how the job failed, after its transaction was rolled back.  A job
  * stopped by bg_cancel, or by its launcher giving up, is "cancelled"; a
  * statement_timeout or any other error makes it "failed".  With discard,
- * the job never ran and its row goes.
+ * the job never ran and its row goes.  Returns the state recorded, or -1
+ * if none was.
  */
-void
+int
 bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 {
 	BgOutcome	outcome;
 
 	if (!bg_row_inserted)
-		return;
+		return -1;
 	outcome.status = BG_STATUS_FAILED;
 	outcome.tag = NULL;
 	outcome.edata = edata;
@@ -965,10 +966,10 @@ bg_registry_fail(BgJobShared *shared, ErrorData *edata, bool discard)
 			outcome.status = BG_STATUS_CANCELLED;
 		SpinLockRelease(&shared->mutex);
 	}
-	bg_registry_own_xact(bg_registry_write_outcome, shared, &outcome);
-	/* a launch that failed leaves no job to tell of */
-	if (!discard)
-		bg_control_notify(shared, outcome.status);
+	if (!bg_registry_own_xact(bg_registry_write_outcome, shared, &outcome) ||
+		discard)
+		return -1;
+	return outcome.status;
 }
 
 /*
@@ -2021,6 +2022,8 @@ bg_registry_cancel_label(const char *pattern)
 	uint64		i;
 	MemoryContext cxt = CurrentMemoryContext;
 
+	Datum		pattern_datum = CStringGetTextDatum(pattern);
+
 	bg_check_like_pattern(pattern);
 	if (!bg_registry_open(&call))
 		return 0;
@@ -2049,7 +2052,7 @@ bg_registry_cancel_label(const char *pattern)
 				DatumGetBool(DirectFunctionCall2Coll(textlike, DEFAULT_COLLATION_OID,
 													 SPI_getbinval(tt->vals[i], tt->tupdesc,
 																   10, &isnull),
-													 CStringGetTextDatum(pattern))))
+													 pattern_datum)))
 				entries = lappend(entries, entry);
 			MemoryContextSwitchTo(oldcxt);
 		}
@@ -2458,7 +2461,6 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 	if (!bg_entry_state(&entry, &probe, &status) ||
 		!bg_entry_settle(&entry, &probe))
 		bg_raise_unknown(pid);	/* forgotten meanwhile */
-	status = status == BG_STATUS_RUNNING ? status : entry.status;
 	if (status == BG_STATUS_LOST)
 		bg_raise_lost(&entry);
 	if (status == BG_STATUS_FAILED || status == BG_STATUS_CANCELLED)
@@ -2467,7 +2469,7 @@ bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("result of background job %d was not kept", pid),
-				 errdetail("The job finished, but its worker stopped (a crash, or it was killed) before its result was made durable.")));
+				 errdetail("The job finished, but its worker stopped (a crash, or it was killed) or failed before its result was made durable and recorded.")));
 	kj->id = entry.id;
 	kj->pid = entry.pid;
 	kj->kept_bytes = entry.kept_bytes;

@@ -765,20 +765,12 @@ bg_spill_write_messages(void)
 		if (bg_spill_unpushed_bytes(s, false, &skipped) + sizeof(hdr) +
 			note.len > budget)
 			return false;
+		resetStringInfo(&note);
 	}
 	else
 		skipped = 0;
 	CurrentResourceOwner = bg_spill_owner;
 	file = BufFileCreateFileSet(&s->fileset->fs, BG_MESSAGES_FILE);
-	if (skipped > 0)
-	{
-		/* any index the reader has not seen will do */
-		hdr.index = s->pushed;
-		hdr.len = note.len;
-		BufFileWrite(file, (void *) &hdr, sizeof(hdr));
-		BufFileWrite(file, note.data, note.len);
-	}
-	resetStringInfo(&note);
 	if (s->in_flight && (skipped == 0 || s->flight.data[0] != 'N'))
 	{
 		hdr.index = s->pushed;
@@ -800,6 +792,18 @@ bg_spill_write_messages(void)
 		}
 		memcpy(&hdr, rec, sizeof(hdr));
 		s->backlog_read += sizeof(hdr) + hdr.len;
+	}
+	if (skipped > 0)
+	{
+		/*
+		 * Last, after every index the file holds: a reader that resumes
+		 * after it never skips a message it has not seen.
+		 */
+		bg_spill_dropped_note(&note, skipped, "temp_file_limit");
+		hdr.index = s->next;
+		hdr.len = note.len;
+		BufFileWrite(file, (void *) &hdr, sizeof(hdr));
+		BufFileWrite(file, note.data, note.len);
 	}
 	BufFileExportFileSet(file);
 	BufFileClose(file);

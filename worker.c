@@ -65,6 +65,10 @@ static volatile sig_atomic_t bg_terminate_requested = false;
 /* The job's last transaction committed: nothing may record it as failed */
 static bool bg_committed = false;
 
+/* The state recorded for a job that failed, to NOTIFY once its launch is
+ * decided (a launch that fails leaves no job to tell of), or -1 */
+static int	bg_failed_status = -1;
+
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
 static void bg_worker_before_exit(int code, Datum arg);
@@ -262,13 +266,16 @@ bg_worker_before_exit(int code, Datum arg)
 		edata.message = psprintf("terminating background worker \"%s\" due to administrator command",
 								 BG_WORKER_TYPE);
 		AbortOutOfAnyTransaction();
-		bg_registry_fail(shared, &edata, bg_launch_failed(shared));
+		bg_failed_status = bg_registry_fail(shared, &edata,
+											bg_launch_failed(shared));
 	}
 	if (bg_launch_undecided(shared))
 		bg_worker_await_launch(shared);
 	/* the launch failed, before or after our failure was recorded */
 	if (bg_launch_failed(shared))
 		bg_registry_fail(shared, NULL, true);
+	else if (bg_failed_status >= 0)
+		bg_control_notify(shared, (BgJobStatus) bg_failed_status);
 	bg_spill_messages_exit();
 }
 
@@ -360,6 +367,7 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 {
 	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
 
+	PGPROC	   *waiters[BG_MAX_WAITERS];
 	int			i;
 
 	bg_job_set_flag(shared, &shared->worker_exited, BG_WAKE_NONE);
@@ -367,12 +375,13 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 	ConditionVariableBroadcast(&shared->kept_cv);
 	/* and sessions in bg_wait_any learn that the job has ended */
 	SpinLockAcquire(&shared->mutex);
+	memcpy(waiters, shared->waiters, sizeof(waiters));
+	SpinLockRelease(&shared->mutex);
 	for (i = 0; i < BG_MAX_WAITERS; i++)
 	{
-		if (shared->waiters[i] != NULL)
-			SetLatch(&shared->waiters[i]->procLatch);
+		if (waiters[i] != NULL)
+			SetLatch(&waiters[i]->procLatch);
 	}
-	SpinLockRelease(&shared->mutex);
 }
 
 /*
@@ -407,7 +416,8 @@ bg_worker_failed(BgJobShared *shared)
 	if (!bg_committed)
 	{
 		bg_keep_discard();
-		bg_registry_fail(shared, edata, bg_launch_failed(shared));
+		bg_failed_status = bg_registry_fail(shared, edata,
+											bg_launch_failed(shared));
 	}
 	if (quiet)
 		proc_exit(0);
@@ -671,7 +681,8 @@ bg_worker_keep_durable(BgJobShared *shared)
 		AbortOutOfAnyTransaction();
 		bg_keep_discard();
 		ereport(WARNING,
-				(errmsg("background job %d did not keep its result: %s",
+				(errcode(edata->sqlerrcode),
+				 errmsg("background job %d did not keep its result: %s",
 						MyProcPid, edata->message)));
 	}
 	PG_END_TRY();
