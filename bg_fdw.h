@@ -339,6 +339,7 @@ extern long bg_interval_ms(Interval *interval);
 
 /* in worker.c */
 extern BgJobShared *bg_worker_job(void);
+extern ErrorData *bg_worker_take_error(void);
 
 /* in dest.c */
 extern DestReceiver *bg_create_dest_receiver(shm_mq_handle *mqh,

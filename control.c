@@ -210,12 +210,9 @@ bg_control_notify(BgJobShared *shared, BgJobStatus status)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = bg_worker_take_error();
 
 		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
 		ereport(LOG,
 				(errmsg("background job %d could not notify channel \"%s\": %s",
 						MyProcPid, shared->notify, edata->message)));

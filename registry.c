@@ -903,12 +903,8 @@ bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = bg_worker_take_error();
 
-		MemoryContextSwitchTo(TopMemoryContext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
 		ereport(LOG,
 				(errmsg("could not update the job registry for background job %d: %s",
 						MyProcPid, edata->message)));

@@ -279,6 +279,23 @@ bg_worker_before_exit(int code, Datum arg)
 	bg_spill_messages_exit();
 }
 
+/*
+ * In a PG_CATCH of the worker's bookkeeping after the job's outcome (which
+ * only logs what fails): the error, copied out of the error state, with
+ * whatever transaction it left aborted.
+ */
+ErrorData *
+bg_worker_take_error(void)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	return edata;
+}
+
 /* The shared state of the job this process runs, or NULL in any other */
 BgJobShared *
 bg_worker_job(void)
@@ -673,12 +690,8 @@ bg_worker_keep_durable(BgJobShared *shared)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = bg_worker_take_error();
 
-		MemoryContextSwitchTo(TopMemoryContext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
 		bg_keep_discard();
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
