@@ -105,13 +105,10 @@ is($node->safe_psql('postgres',
 my $quiet = $node->safe_psql('postgres',
 	q{SELECT bg_launch($j$DO $d$BEGIN PERFORM gate('q'); END$d$$j$)},
 	extra_params => [ '-U', 'alice' ]);
-my $w = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
-my $wpid = $w->query_safe('SELECT pg_backend_pid()');
-$w->query_until(qr/waiting/,
-	"\\echo waiting\nSELECT * FROM bg_result($quiet) AS r(command text);\n");
-ok( $node->poll_query_until('postgres',
-		"SELECT wait_event IN ('BgFdwJob', 'Extension') FROM pg_stat_activity WHERE pid = $wpid"),
-	'a reader in another session waits for a running job without rows');
+my $w = start_waiting($node, 'postgres',
+	"SELECT * FROM bg_result($quiet) AS r(command text)",
+	'a reader in another session waits for a running job without rows',
+	'-U', 'alice');
 open_gate($node, 'postgres', 'q');
 is($w->query_safe('SELECT 1'), "DO\n1",
 	'it gets the tag once the job ends, and its next statement runs');

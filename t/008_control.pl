@@ -97,13 +97,8 @@ ok( $node->poll_query_until('postgres',
 my ($ja, $jb) = map {
 	$node->safe_psql('postgres', "SELECT bg_launch(\$\$SELECT gate('$_')\$\$)",
 		extra_params => [ '-U', 'alice' ]) } ('wa', 'wb');
-my $w = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
-my $wpid = $w->query_safe('SELECT pg_backend_pid()');
-$w->query_until(qr/waiting/,
-	"\\echo waiting\nSELECT bg_wait_any(ARRAY[$ja, $jb]);\n");
-ok( $node->poll_query_until('postgres',
-		"SELECT wait_event IN ('BgFdwJob', 'Extension') FROM pg_stat_activity WHERE pid = $wpid"),
-	'bg_wait_any waits in another session');
+my $w = start_waiting($node, 'postgres', "SELECT bg_wait_any(ARRAY[$ja, $jb])",
+	'bg_wait_any waits in another session', '-U', 'alice');
 open_gate($node, 'postgres', 'wb');
 is($w->query_safe('SELECT 1'), "$jb\n1", 'it returns the job that ended first');
 open_gate($node, 'postgres', 'wa');

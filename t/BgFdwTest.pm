@@ -10,7 +10,8 @@ use Exporter 'import';
 use Test::More ();
 use PostgreSQL::Test::Utils ();
 
-our @EXPORT = qw(create_gate open_gate launch_and_kill_reader poll_through_crash);
+our @EXPORT = qw(create_gate open_gate launch_and_kill_reader poll_through_crash
+  start_waiting);
 
 # In a database of a node: a table of open gates, and gate(name), which
 # returns true once that gate is open.  A job calls it where it must wait.
@@ -78,6 +79,22 @@ sub poll_through_crash
 		die $@ unless $@ =~ /Broken pipe/;
 	}
 	return 0;
+}
+
+# Start $sql in a session of its own (@params go to psql) and check, by its
+# wait event, that it waits for a job; returns the session, whose next
+# query_safe gets $sql's output first.
+sub start_waiting
+{
+	my ($node, $db, $sql, $name, @params) = @_;
+	my $session = $node->background_psql($db, extra_params => \@params);
+	my $pid = $session->query_safe('SELECT pg_backend_pid()');
+	$session->query_until(qr/waiting/, "\\echo waiting\n$sql;\n");
+	Test::More::ok(
+		$node->poll_query_until($db,
+			"SELECT wait_event IN ('BgFdwJob', 'Extension') FROM pg_stat_activity WHERE pid = $pid"),
+		$name);
+	return $session;
 }
 
 1;
