@@ -60,6 +60,7 @@ typedef struct BgWaitTarget
 } BgWaitTarget;
 
 static int	bg_wait_targets(ArrayType *pids, BgWaitTarget **targets);
+static void bg_check_printable(const char *what, const char *value);
 static bool bg_wait_target_ended(BgWaitTarget *t, bool look);
 static bool bg_wait_register(BgWaitTarget *t, dsm_handle handle);
 static void bg_wait_unregister(dsm_segment *seg, Datum arg);
@@ -74,8 +75,6 @@ static void bg_wait_check_deadlock(BgWaitTarget *targets, int n);
 void
 bg_check_name(const char *what, const char *value, int maxlen)
 {
-	const unsigned char *p;
-
 	if (*value == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -86,6 +85,15 @@ bg_check_name(const char *what, const char *value, int maxlen)
 				 errmsg("%s of a background job is too long", what),
 				 errdetail("It is %zu bytes; at most %d are allowed.",
 						   strlen(value), maxlen)));
+	bg_check_printable(what, value);
+}
+
+/* No control characters: the text is shown in bg_jobs and in psql. */
+static void
+bg_check_printable(const char *what, const char *value)
+{
+	const unsigned char *p;
+
 	for (p = (const unsigned char *) value; *p; p++)
 	{
 		if (*p < 0x20 || *p == 0x7f)
@@ -134,9 +142,7 @@ bg_progress(PG_FUNCTION_ARGS)
 					 errmsg("progress message is too long"),
 					 errdetail("It is %zu bytes; at most %d are allowed.",
 							   strlen(message), BG_PROGRESS_MESSAGE_LEN - 1)));
-		if (*message != '\0')
-			bg_check_name("progress message", message,
-						  BG_PROGRESS_MESSAGE_LEN - 1);
+		bg_check_printable("progress message", message);
 	}
 
 	SpinLockAcquire(&shared->mutex);
