@@ -588,10 +588,7 @@ bg_open_kept(int pid, int64 job_id)
 		if (r != NULL)
 			return r;
 		/* it ended meanwhile: the registry has its outcome */
-		bg_registry_kept_job(kj.pid, kj.id, &kj);
-		if (kj.running)
-			elog(ERROR, "background job %d is listed as running after its worker exited",
-				 kj.pid);
+		bg_registry_ended_kept_job(kj.pid, kj.id, &kj);
 	}
 	return bg_keep_open(kj.pid, kj.id, kj.kept_bytes, kj.command);
 }
@@ -701,7 +698,7 @@ bg_import_one_work(void *arg)
 		r = bg_keep_open_live(&kj, false);
 	/* (one that ended meanwhile is read as the registry has it now) */
 	if (r == NULL && kj.running)
-		bg_registry_kept_job(kj.pid, kj.id, &kj);
+		bg_registry_ended_kept_job(kj.pid, kj.id, &kj);
 	if (r == NULL)
 		r = bg_keep_open(kj.pid, kj.id, kj.kept_bytes, kj.command);
 

@@ -403,6 +403,7 @@ typedef struct BgKeptJob
 
 extern bool bg_registry_keeps(Oid registry);
 extern void bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj);
+extern void bg_registry_ended_kept_job(int pid, int64 job_id, BgKeptJob *kj);
 extern List *bg_registry_kept_jobs(void);
 extern bytea *bg_registry_messages(int pid, int64 job_id);
 extern void bg_registry_sweep_files(void);

@@ -803,10 +803,7 @@ bg_keep_follow(BgKeepReader *r)
 		return;
 	}
 	ConditionVariableCancelSleep();
-	bg_registry_kept_job(r->pid, r->job_id, &kj);
-	if (kj.running)
-		elog(ERROR, "background job %d is listed as running after its worker exited",
-			 r->pid);
+	bg_registry_ended_kept_job(r->pid, r->job_id, &kj);
 	bg_keep_read_footer(r, kj.kept_bytes);
 	bg_keep_detach(r);
 }

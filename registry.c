@@ -2567,6 +2567,19 @@ bg_kept_interrupted(BgJobEntry *entry, BgJobProbe *probe)
 }
 
 /*
+ * bg_registry_kept_job for a job whose worker has exited: the registry has
+ * its outcome by now.
+ */
+void
+bg_registry_ended_kept_job(int pid, int64 job_id, BgKeptJob *kj)
+{
+	bg_registry_kept_job(pid, job_id, kj);
+	if (kj->running)
+		elog(ERROR, "background job %d is listed as running after its worker exited",
+			 pid);
+}
+
+/*
  * The kept messages of the job with this PID (and identifier, unless 0)
  * the caller may act on, the newest, once it has ended; raises an error if
  * there are none to show.
