@@ -10,68 +10,7 @@ CREATE TABLE t (a int, b text);
 INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, :rows) g;
 VACUUM ANALYZE t;
 
-CREATE OR REPLACE FUNCTION bench_ms(q text) RETURNS float8
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-BEGIN
-  EXECUTE q;
-  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
-END
-$$;
-
--- One case: a query to time; "%s" in it stands for a job launched from
--- "job" just before the clock starts (launch time is then part of it).
-CREATE OR REPLACE FUNCTION bench_case(name text, job text, q text) RETURNS float8
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-  pid int;
-BEGIN
-  IF job IS NOT NULL THEN
-    pid := bg_launch(job, stream => name LIKE '%stream%',
-                     keep => name NOT LIKE '%keep => false%');
-    EXECUTE format(q, pid);
-    PERFORM bg_detach(pid);
-  ELSE
-    EXECUTE q;
-  END IF;
-  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
-END
-$$;
-
-CREATE TEMP TABLE timings (seq serial, name text, ms float8);
-
--- Run every case of a cases table in turn, round after round, into timings.
--- Each case is a transaction of its own, as a client's statement would be:
--- bg_detach frees a job's spool when its transaction commits.
-CREATE OR REPLACE PROCEDURE bench_rounds(cases regclass, rounds int)
-LANGUAGE plpgsql AS $$
-DECLARE
-  c record;
-BEGIN
-  FOR r IN 1..rounds LOOP
-    FOR c IN EXECUTE format('SELECT * FROM %s ORDER BY ord', cases) LOOP
-      INSERT INTO timings (name, ms) VALUES (c.name, bench_case(c.name, c.job, c.q));
-      COMMIT;
-    END LOOP;
-  END LOOP;
-END
-$$;
-
--- Medians of each case in timings, in the order first run, with the ratio
--- to the baseline case.
-CREATE OR REPLACE FUNCTION bench_report(baseline text)
-RETURNS TABLE ("case" text, median_ms numeric, ratio numeric)
-LANGUAGE sql AS $$
-  WITH m AS (
-    SELECT name, min(seq) AS first,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS med
-      FROM timings GROUP BY name)
-  SELECT name, round(med::numeric, 2),
-         round((med / (SELECT med FROM m WHERE name = baseline))::numeric, 2)
-    FROM m ORDER BY first
-$$;
+\ir lib.sql
 
 CREATE TEMP TABLE cases (name text, job text, q text, ord int);
 INSERT INTO cases VALUES
