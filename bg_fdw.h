@@ -22,6 +22,7 @@
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
+#include "port/pg_crc32c.h"
 #include "postmaster/bgworker.h"
 #include "storage/condition_variable.h"
 #include "storage/dsm.h"
@@ -410,6 +411,12 @@ extern void bg_registry_sweep_files(void);
 
 /* in keep.c */
 typedef struct BgKeepWriter BgKeepWriter;
+/* A row's record in a kept file */
+typedef struct BgKeepRecord
+{
+	uint32		len;			/* bytes of the row, or BG_KEEP_FOOTER */
+	pg_crc32c	crc;			/* CRC-32C of the row, or of the footer */
+} BgKeepRecord;
 typedef struct BgKeepReader BgKeepReader;
 extern int	bg_max_result_size;
 extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
@@ -422,6 +429,7 @@ extern void bg_keep_discard(void);
 extern BgKeepReader *bg_keep_open(int pid, int64 job_id, int64 size,
 								  const char *command);
 extern BgKeepReader *bg_keep_open_live(BgKeptJob *kj, bool wait);
+extern int	bg_keep_open_rows(int64 job_id, char *path, off_t *rows_start);
 extern TupleDesc bg_keep_desc(BgKeepReader *r);
 extern bool bg_keep_next(BgKeepReader *r, TupleTableSlot *slot);
 extern void bg_keep_rewind(BgKeepReader *r);
@@ -451,7 +459,9 @@ extern void bg_supervisor_ensure(void);
 extern void bg_supervisor_prepare(void);
 
 /* in spool.c */
-extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb);
+extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,
+								int64 kept_job);
+extern void bg_spool_set_valid(BgSpool *sp, uint64 valid);
 extern void bg_spool_free(BgSpool *sp);
 extern void bg_spool_append(BgSpool *sp, MinimalTuple tuple);
 extern void bg_spool_rewind(BgSpoolReader *rd);

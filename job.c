@@ -7,8 +7,9 @@
  *		  notices and errors.
  *
  * A job's rows arrive once, on a shm_mq.  Every row taken off the queue is
- * appended to the job's spool (spool.c), which outlives transactions and
- * goes to a temporary file past work_mem, so that every scan of the result,
+ * appended to the job's spool (spool.c), which outlives transactions and,
+ * past work_mem, reads the job's kept file (or writes a temporary file, for
+ * a job that keeps none), so that every scan of the result,
  * however many and whenever they run, sees the same rows.  Each scan has
  * its own position in the spool; a scan that has read all of the spool
  * takes the next row off the queue, as CteScan does with its tuplestore.
@@ -160,7 +161,10 @@ bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
 	if (desc)
 		bg_job_set_desc(job, desc);
 
-	job->spool = bg_spool_create(cxt, work_mem);
+	/* past work_mem, a kept result's rows are read from the job's file */
+	job->spool = bg_spool_create(cxt, work_mem,
+								 job->shared->keep && !job->shared->stream ?
+								 job->job_id : 0);
 
 	MemoryContextSwitchTo(oldcxt);
 	return job;
@@ -381,6 +385,8 @@ bg_job_close_segment(BgJob *job)
 	if (job->seg == NULL)
 		return;
 	job->rows = pg_atomic_read_u64(&job->shared->rows);
+	/* the job has ended: what its worker wrote out of its file is final */
+	bg_spool_set_valid(job->spool, pg_atomic_read_u64(&job->shared->kept_valid));
 	shm_mq_detach(job->tuple_mqh);
 	shm_mq_detach(job->message_mqh);
 	dsm_detach(job->seg);
@@ -416,7 +422,7 @@ bg_jobs_release_ended(void)
 		BgJob	   *job = lfirst(lc);
 
 		if (job->seg == NULL || job->released || job->stream ||
-			!job->shared->keep || job->rows_received > 0 ||
+			!job->shared->keep ||
 			job->detach_subid != InvalidSubTransactionId ||
 			bg_job_in_use(job) ||
 			!bg_job_get_flag(job->shared, &job->shared->worker_exited))
@@ -430,6 +436,10 @@ bg_jobs_release_ended(void)
 		{
 			job->released = true;
 			bg_job_close_segment(job);
+			/* its file has every row: the rows this session took go */
+			bg_spool_free(job->spool);
+			job->spool = NULL;
+			job->nreaders = 0;
 		}
 	}
 }
@@ -458,7 +468,8 @@ bg_job_release(BgJob *job)
 	BgJob	   *tomb = MemoryContextAllocZero(TopMemoryContext, sizeof(BgJob));
 	ListCell   *lc;
 
-	bg_spool_free(job->spool);
+	if (job->spool)
+		bg_spool_free(job->spool);
 	bg_job_close_segment(job);
 
 	tomb->pid = job->pid;
@@ -904,6 +915,7 @@ static void
 bg_job_spool(BgJob *job, MinimalTuple tuple)
 {
 	job->spool_broken = true;
+	bg_spool_set_valid(job->spool, pg_atomic_read_u64(&job->shared->kept_valid));
 	bg_spool_append(job->spool, tuple);
 	job->spool_broken = false;
 	job->nspooled++;

@@ -79,7 +79,7 @@
 #define BG_KEEP_MAGIC		"BGFDWKR1"
 #define BG_KEEP_FOOTER		0xFFFFFFFF
 /* rows are written out in blocks of this size */
-#define BG_KEEP_BUFSIZE		(64 * 1024)
+#define BG_KEEP_BUFSIZE		(256 * 1024)
 
 /* Largest kept result of one job, in kB; -1: no limit but temp_file_limit */
 int			bg_max_result_size = 1024 * 1024;
@@ -90,12 +90,6 @@ typedef struct BgKeepFileHeader
 	uint32		cols_len;		/* bytes of the column list that follows */
 	pg_crc32c	cols_crc;		/* its CRC-32C */
 } BgKeepFileHeader;
-
-typedef struct BgKeepRecord
-{
-	uint32		len;			/* bytes of the row, or BG_KEEP_FOOTER */
-	pg_crc32c	crc;			/* CRC-32C of the row, or of the footer */
-} BgKeepRecord;
 
 typedef struct BgKeepFooter
 {
@@ -636,6 +630,41 @@ bg_keep_open_live(BgKeptJob *kj, bool wait)
 	r->rows_end = pg_atomic_read_u64(&r->shared->kept_valid);
 	r->pos = r->rows_start;
 	return r;
+}
+
+/*
+ * For the launching session's spool: open the job's kept file for as long
+ * as the session holds the job, and find where its rows start.  -1 if no
+ * file descriptor is free for it, or the file is gone (the job failed).
+ */
+int
+bg_keep_open_rows(int64 job_id, char *path, off_t *rows_start)
+{
+	BgKeepFileHeader hdr;
+	int			fd;
+
+	bg_keep_path(path, job_id);
+	if (!AcquireExternalFD())
+		return -1;
+	fd = BasicOpenFile(path, O_RDONLY | PG_BINARY);
+	if (fd < 0)
+	{
+		ReleaseExternalFD();
+		return -1;
+	}
+	/* the worker wrote the header out before it sent a row */
+	if (pg_pread(fd, &hdr, sizeof(hdr), 0) != sizeof(hdr) ||
+		memcmp(hdr.magic, BG_KEEP_MAGIC, sizeof(hdr.magic)) != 0)
+	{
+		close(fd);
+		ReleaseExternalFD();
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("kept result in file \"%s\" is damaged", path),
+				 errdetail("Its header is not valid.")));
+	}
+	*rows_start = sizeof(hdr) + hdr.cols_len;
+	return fd;
 }
 
 /*

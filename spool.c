@@ -3,7 +3,8 @@
  * spool.c
  *		  The rows of a job's result, kept in the launching session so that
  *		  the result reads like a table: an append-only log of rows, in
- *		  memory up to work_mem, then in a temporary file.
+ *		  memory up to work_mem, then in the job's kept file or, for a job
+ *		  that keeps none, in a temporary file.
  *
  * A tuplestore would do, but it pallocs, copies and frees every row and
  * writes its file 8kB at a time.  Here a row is copied once, into a block of
@@ -19,6 +20,19 @@
  * row buffer.  The file holds whole rows only, the rest waits in the write
  * buffer.
  *
+ * A job that keeps its result (keep.c) has written every row to its kept
+ * file before the row reached the queue: past work_mem the spool copies no
+ * row to a file of its own, it reads the job's.  It needs only the offset
+ * of each row there, which it counts as rows arrive, and a copy of the rows
+ * the worker has not written out yet (it writes out every 256kB and on its
+ * flush timer): a tail that mirrors the file from the end of what the
+ * worker has published, bounded by the worker's write buffer, and holds the
+ * newest row, which the scan that took it reads next.  The session
+ * holds the file open for as long as the job, so that bg_forget or expiry
+ * of the job's registry row, which remove the file, do not take the rows
+ * from a session that still holds the job.  Without a free file descriptor
+ * the spool writes a file of its own, as for a job that keeps nothing.
+ *
  * Copyright (c) 2026, The bg_fdw Authors
  *
  * IDENTIFICATION
@@ -28,8 +42,11 @@
  */
 #include "postgres.h"
 
+#include <unistd.h>
+
 #include "access/htup_details.h"
 #include "commands/tablespace.h"
+#include "port/pg_crc32c.h"
 #include "storage/fd.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
@@ -38,6 +55,15 @@
 
 #define BG_SPOOL_BLOCK_SIZE		(64 * 1024)
 #define BG_SPOOL_IO_SIZE		(256 * 1024)
+
+/*
+ * Kept files a session holds open at most: the descriptors come from the
+ * budget it shares with postgres_fdw's and dblink's connections.  Past it,
+ * a spool writes a file of its own.
+ */
+#define BG_SPOOL_MAX_KEPT_FDS	16
+
+static int	bg_spool_kept_fds = 0;
 
 struct BgSpool
 {
@@ -56,6 +82,19 @@ struct BgSpool
 	Size		wbuf_used;
 	Size		wbuf_size;
 	int64		nrows;
+	/* rows past memory in the job's kept file, see above */
+	int64		kept_job;		/* the job, or 0 if it keeps no file */
+	int			kept_fd;		/* the file, open, or -1 */
+	char	   *kept_path;
+	uint64		kept_bytes;		/* bytes of the records of the rows so far */
+	off_t		kept_start;		/* file offset of the first row past memory */
+	off_t		kept_end;		/* and of the end of the last row */
+	off_t		kept_valid;		/* bytes of the file the worker has written */
+	char	   *tail;			/* file bytes [tail_off, kept_end), from */
+	Size		tail_head;		/* tail + tail_head */
+	Size		tail_len;
+	Size		tail_size;
+	off_t		tail_off;		/* all before it is written out */
 };
 
 static char *bg_spool_reserve(BgSpool *sp, Size len);
@@ -64,29 +103,62 @@ static void bg_spool_flush(BgSpool *sp);
 static char *bg_spool_read_file(BgSpool *sp, BgSpoolReader *rd, Size need);
 static void bg_spool_unpack(BgSpool *sp, BgSpoolReader *rd, const char *rec,
 							uint32 body, HeapTuple tuple);
+static bool bg_spool_open_kept(BgSpool *sp);
+static void bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple);
+static void bg_spool_trim_tail(BgSpool *sp);
+static void bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple);
+static char *bg_spool_row_buf(BgSpool *sp, BgSpoolReader *rd, Size len);
+static const char *bg_spool_path(BgSpool *sp);
 
 /*
- * A spool in "cxt", keeping up to mem_limit_kb kilobytes of rows in memory.
- * Its file is made when needed and survives transaction ends, like a
+ * A spool under "cxt", keeping up to mem_limit_kb kilobytes of rows in memory,
+ * the later ones in the kept file of job "kept_job" (0: none).  Its file is
+ * opened or made when needed and survives transaction ends, like a
  * tuplestore's with interXact: bg_spool_free closes it.
  */
 BgSpool *
-bg_spool_create(MemoryContext cxt, int mem_limit_kb)
+bg_spool_create(MemoryContext cxt, int mem_limit_kb, int64 kept_job)
 {
 	BgSpool    *sp = MemoryContextAllocZero(cxt, sizeof(BgSpool));
 
-	sp->cxt = cxt;
+	sp->cxt = AllocSetContextCreate(cxt, "bg_fdw spool", ALLOCSET_DEFAULT_SIZES);
 	sp->mem_limit = (Size) mem_limit_kb * 1024;
 	sp->file = -1;
+	sp->kept_job = kept_job;
+	sp->kept_fd = -1;
 	return sp;
 }
 
+/* Close the spool's file and free its memory, and its readers' buffers. */
 void
 bg_spool_free(BgSpool *sp)
 {
 	if (sp->file >= 0)
 		FileClose(sp->file);
-	sp->file = -1;
+	if (sp->kept_fd >= 0)
+	{
+		close(sp->kept_fd);
+		ReleaseExternalFD();
+		bg_spool_kept_fds--;
+	}
+	MemoryContextDelete(sp->cxt);
+	pfree(sp);
+}
+
+/*
+ * The worker has written out the first "valid" bytes of its kept file: the
+ * rows there need no copy in the tail.  Called before each append while
+ * the job's segment is mapped, and with the final size once it has ended.
+ */
+void
+bg_spool_set_valid(BgSpool *sp, uint64 valid)
+{
+	if ((off_t) valid > sp->kept_valid)
+	{
+		sp->kept_valid = (off_t) valid;
+		if (sp->kept_fd >= 0)
+			bg_spool_trim_tail(sp);
+	}
 }
 
 /*
@@ -99,7 +171,11 @@ bg_spool_append(BgSpool *sp, MinimalTuple tuple)
 	Size		len = MINIMAL_TUPLE_OFFSET + tuple->t_len;
 	char	   *dest;
 
-	if (sp->file < 0 && sp->mem_used + MAXALIGN(len) <= sp->mem_limit)
+	if (sp->kept_fd >= 0 ||
+		(sp->file < 0 && sp->mem_used + MAXALIGN(len) > sp->mem_limit &&
+		 bg_spool_open_kept(sp)))
+		bg_spool_append_kept(sp, tuple);
+	else if (sp->file < 0 && sp->mem_used + MAXALIGN(len) <= sp->mem_limit)
 	{
 		dest = bg_spool_reserve(sp, MAXALIGN(len));
 		memset(dest, 0, MINIMAL_TUPLE_OFFSET);
@@ -116,7 +192,92 @@ bg_spool_append(BgSpool *sp, MinimalTuple tuple)
 		memcpy(dest + sizeof(uint32),
 			   (char *) tuple + MINIMAL_TUPLE_DATA_OFFSET, body);
 	}
+	sp->kept_bytes += sizeof(BgKeepRecord) + tuple->t_len;
 	sp->nrows++;
+}
+
+/*
+ * The memory part is full: go on in the job's kept file, if it keeps one
+ * and a file descriptor is free to hold it open.
+ */
+static bool
+bg_spool_open_kept(BgSpool *sp)
+{
+	off_t		rows_start;
+
+	if (sp->kept_job == 0 || bg_spool_kept_fds >= BG_SPOOL_MAX_KEPT_FDS)
+		return false;
+	sp->kept_path = MemoryContextAlloc(sp->cxt, MAXPGPATH);
+	sp->kept_fd = bg_keep_open_rows(sp->kept_job, sp->kept_path, &rows_start);
+	if (sp->kept_fd < 0)
+	{
+		sp->kept_job = 0;
+		return false;
+	}
+	bg_spool_kept_fds++;
+	sp->kept_start = rows_start + sp->kept_bytes;
+	sp->kept_end = sp->kept_start;
+	sp->tail_off = sp->kept_start;
+	return true;
+}
+
+/*
+ * A row past memory is in the kept file at kept_end, or will be once the
+ * worker writes it out: keep a copy in the tail until then.  The newest row
+ * stays there in any case, for the scan that took it off the queue reads it
+ * next: from memory, not with a read of the file for each row.
+ */
+static void
+bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple)
+{
+	BgKeepRecord rec;
+	Size		len = sizeof(rec) + tuple->t_len;
+	char	   *dest;
+
+	bg_spool_trim_tail(sp);
+	if (sp->tail_head + sp->tail_len + len > sp->tail_size)
+	{
+		/* move the tail to the start of its buffer, or grow it */
+		if (sp->tail_len > 0)
+			memmove(sp->tail, sp->tail + sp->tail_head, sp->tail_len);
+		sp->tail_head = 0;
+		if (sp->tail_len + len > sp->tail_size)
+		{
+			Size		size = Max(BG_SPOOL_IO_SIZE, 2 * (sp->tail_len + len));
+			char	   *tail = MemoryContextAllocHuge(sp->cxt, size);
+
+			if (sp->tail)
+			{
+				memcpy(tail, sp->tail, sp->tail_len);
+				pfree(sp->tail);
+			}
+			sp->tail = tail;
+			sp->tail_size = size;
+		}
+	}
+	/* read back from here only, by this session: no CRC */
+	rec.len = tuple->t_len;
+	rec.crc = 0;
+	dest = sp->tail + sp->tail_head + sp->tail_len;
+	memcpy(dest, &rec, sizeof(rec));
+	memcpy(dest + sizeof(rec), tuple, tuple->t_len);
+	sp->tail_len += len;
+	sp->kept_end += len;
+}
+
+/* Drop from the tail the rows the worker has written out. */
+static void
+bg_spool_trim_tail(BgSpool *sp)
+{
+	off_t		upto = Min(sp->kept_valid, sp->kept_end);
+
+	if (upto <= sp->tail_off)
+		return;
+	sp->tail_head += upto - sp->tail_off;
+	sp->tail_len -= upto - sp->tail_off;
+	sp->tail_off = upto;
+	if (sp->tail_len == 0)
+		sp->tail_head = 0;
 }
 
 /* Room for a row of "len" bytes at the end of the memory part. */
@@ -236,7 +397,7 @@ bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 	{
 		/* past the memory part, which is complete once the file exists */
 		rd->in_file = true;
-		rd->offset = 0;
+		rd->offset = sp->kept_fd >= 0 ? sp->kept_start : 0;
 	}
 	if (!rd->in_file)
 	{
@@ -251,6 +412,8 @@ bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 		tuple->t_data = (HeapTupleHeader) data;
 		rd->offset += MAXALIGN(tuple->t_len);
 	}
+	else if (sp->kept_fd >= 0)
+		bg_spool_read_kept(sp, rd, tuple);
 	else
 	{
 		if (rd->offset >= sp->file_size)
@@ -269,6 +432,69 @@ bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 	return true;
 }
 
+/*
+ * The reader's next row past memory, from the job's kept file or the tail,
+ * copied into the reader's buffer as a heap tuple.  The rows were written
+ * by the job's worker as it sent them here: a row read from the file is
+ * checked against what this session counted (its length) and its CRC.
+ */
+static void
+bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
+{
+	BgKeepRecord rec;
+	const char *data;
+	bool		from_file = rd->offset < sp->tail_off;
+
+	if (from_file)
+		data = bg_spool_read_file(sp, rd, sizeof(rec));
+	else
+		data = sp->tail + sp->tail_head + (rd->offset - sp->tail_off);
+	memcpy(&rec, data, sizeof(rec));
+	if (rec.len < SizeofMinimalTupleHeader || rec.len > MaxAllocSize ||
+		rd->offset + (off_t) (sizeof(rec) + rec.len) > sp->kept_end)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
+				 errdetail("A row at offset " INT64_FORMAT " has a wrong length.",
+						   (int64) rd->offset)));
+	if (from_file)
+	{
+		pg_crc32c	crc;
+
+		data = bg_spool_read_file(sp, rd, sizeof(rec) + rec.len);
+		INIT_CRC32C(crc);
+		COMP_CRC32C(crc, data + sizeof(rec), rec.len);
+		FIN_CRC32C(crc);
+		if (!EQ_CRC32C(crc, rec.crc))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
+					 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
+							   (int64) rd->offset)));
+	}
+	tuple->t_len = MINIMAL_TUPLE_OFFSET + rec.len;
+	tuple->t_data = (HeapTupleHeader) bg_spool_row_buf(sp, rd, tuple->t_len);
+	/* the heap header a MinimalTuple lacks reads as zeroes (xmin, ...) */
+	memset(tuple->t_data, 0, MINIMAL_TUPLE_OFFSET);
+	memcpy((char *) tuple->t_data + MINIMAL_TUPLE_OFFSET, data + sizeof(rec),
+		   rec.len);
+	rd->offset += sizeof(rec) + rec.len;
+}
+
+/* The reader's row buffer, of at least len bytes */
+static char *
+bg_spool_row_buf(BgSpool *sp, BgSpoolReader *rd, Size len)
+{
+	if (len > rd->row_size)
+	{
+		if (rd->row_buf)
+			pfree(rd->row_buf);
+		rd->row_size = Max(len, 2 * rd->row_size);
+		rd->row_buf = MemoryContextAllocHuge(sp->cxt, rd->row_size);
+	}
+	return rd->row_buf;
+}
+
 /* Rebuild a row kept in the file as a heap tuple in the reader's buffer. */
 static void
 bg_spool_unpack(BgSpool *sp, BgSpoolReader *rd, const char *rec, uint32 body,
@@ -277,19 +503,19 @@ bg_spool_unpack(BgSpool *sp, BgSpoolReader *rd, const char *rec, uint32 body,
 	Size		len = offsetof(HeapTupleHeaderData, t_infomask2) + body;
 	uint32		t_len = MINIMAL_TUPLE_DATA_OFFSET + body;
 
-	if (len > rd->row_size)
-	{
-		if (rd->row_buf)
-			pfree(rd->row_buf);
-		rd->row_size = Max(len, 2 * rd->row_size);
-		rd->row_buf = MemoryContextAllocHuge(sp->cxt, rd->row_size);
-	}
+	(void) bg_spool_row_buf(sp, rd, len);
 	memset(rd->row_buf, 0, offsetof(HeapTupleHeaderData, t_infomask2));
 	memcpy(rd->row_buf + MINIMAL_TUPLE_OFFSET, &t_len, sizeof(uint32));
 	memcpy(rd->row_buf + offsetof(HeapTupleHeaderData, t_infomask2),
 		   rec + sizeof(uint32), body);
 	tuple->t_len = len;
 	tuple->t_data = (HeapTupleHeader) rd->row_buf;
+}
+
+static const char *
+bg_spool_path(BgSpool *sp)
+{
+	return sp->kept_fd >= 0 ? sp->kept_path : FilePathName(sp->file);
 }
 
 /*
@@ -313,19 +539,28 @@ bg_spool_read_file(BgSpool *sp, BgSpoolReader *rd, Size need)
 		rd->buf_size = Max(need, BG_SPOOL_IO_SIZE);
 		rd->buf = MemoryContextAllocHuge(sp->cxt, rd->buf_size);
 	}
-	got = FileRead(sp->file, rd->buf,
-				   (int) Min(rd->buf_size, (Size) (sp->file_size - off)),
-				   off, WAIT_EVENT_BUFFILE_READ);
+	if (sp->kept_fd >= 0)
+	{
+		/* the kept file, as far as the worker has written it out */
+		pgstat_report_wait_start(WAIT_EVENT_BUFFILE_READ);
+		got = (int) pg_pread(sp->kept_fd, rd->buf,
+							 Min(rd->buf_size, (Size) (sp->tail_off - off)), off);
+		pgstat_report_wait_end();
+	}
+	else
+		got = FileRead(sp->file, rd->buf,
+					   (int) Min(rd->buf_size, (Size) (sp->file_size - off)),
+					   off, WAIT_EVENT_BUFFILE_READ);
 	if (got < 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not read from file \"%s\": %m",
-						FilePathName(sp->file))));
+						bg_spool_path(sp))));
 	if ((Size) got < need)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("could not read from file \"%s\": read only %d of %zu bytes",
-						FilePathName(sp->file), got, need)));
+						bg_spool_path(sp), got, need)));
 	rd->buf_start = off;
 	rd->buf_len = got;
 	return rd->buf;

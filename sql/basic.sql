@@ -172,42 +172,18 @@ COMMIT;
 SELECT bg_detach(:pid);
 SELECT regress_no_workers();
 
--- The spool keeps work_mem of rows in memory and the rest in a file; every
--- scan reads the same rows, wherever each of them is.
+-- The spool keeps work_mem of rows in memory and the rest in a file: the
+-- job's kept file, or one of the session's own for a job that keeps none.
 SET work_mem = '64kB';
-SELECT bg_launch('SELECT g, md5(g::text) AS h FROM generate_series(1, 100000) g') AS pid \gset
-SET enable_hashjoin = off;
-SET enable_mergejoin = off;
-SET enable_material = off;
-BEGIN;
--- the outer row of this nested loop (outer by LATERAL, whatever the job
--- has sent when it is planned) comes from the spool's write buffer, which
--- the other scans below flush and refill while the cursor holds it
-DECLARE n CURSOR FOR
-  SELECT r.g, left(r.h, 8) || '/' || x AS v
-    FROM bg_result_:pid r, LATERAL generate_series(1, 3 + 0 * r.g) x
-   WHERE r.g IN (5000, 99999);
-FETCH 1 FROM n;
-SELECT count(*), sum(g), count(DISTINCT h) FROM bg_result_:pid;
-FETCH ALL FROM n;
-COMMIT;
--- rescans of the inner side, in memory and in the file
-SELECT v.x, r.h FROM (VALUES (1), (1000), (99999)) v(x)
-  JOIN bg_result_:pid r ON r.g = v.x ORDER BY 1;
-RESET enable_hashjoin;
-RESET enable_mergejoin;
-RESET enable_material;
-SELECT count(*) FROM bg_result_:pid a JOIN bg_result_:pid b USING (g) WHERE a.h = b.h;
-SELECT bg_detach(:pid);
--- rows bigger than the spool's blocks and buffers, in its file and (with
--- the default work_mem) in memory
-SELECT bg_launch($$SELECT g, repeat(md5(g::text), 10000) AS big
-                   FROM generate_series(1, 5) g$$) AS pid \gset
-SELECT g, length(big), md5(big) = md5(repeat(md5(g::text), 10000)) AS same
-  FROM bg_result_:pid ORDER BY g;
-SELECT sum(length(big)) FROM bg_result_:pid;
-SELECT bg_detach(:pid);
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set spool_reads :abs_srcdir '/sql/spool_reads.inc'
+\set keep true
+\i :spool_reads
+\set keep false
+\i :spool_reads
 RESET work_mem;
+-- rows bigger than the spool's blocks and buffers (with the default
+-- work_mem) in memory
 SELECT bg_launch($$SELECT g, repeat(md5(g::text), 10000) AS big
                    FROM generate_series(1, 5) g$$) AS pid \gset
 SELECT sum(length(big)), count(DISTINCT md5(big)) FROM bg_result_:pid;

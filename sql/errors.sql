@@ -166,10 +166,12 @@ SELECT regress_dsm_back_to(:dsm_before);
 SELECT count(*) FROM bg_result_:pid;
 SELECT regress_explain('SELECT * FROM bg_result_' || :pid, :pid);
 
--- Keeping the rows fails (temp_file_limit): the result is then known to be
--- incomplete, and says so, instead of serving part of it.
+-- Keeping the rows in this session fails (temp_file_limit): the result is
+-- then known to be incomplete, and says so, instead of serving part of it.
+-- (A job that keeps its result needs no such file: see keep.sql.)
 SET work_mem = '64kB';
-SELECT bg_launch('SELECT g, md5(g::text) FROM generate_series(1, 50000) g') AS pid \gset
+SELECT bg_launch('SELECT g, md5(g::text) FROM generate_series(1, 50000) g',
+                 keep => false) AS pid \gset
 SET temp_file_limit = '256kB';
 SELECT regress_try('SELECT count(*) FROM bg_result_' || :pid, :pid);
 RESET temp_file_limit;

@@ -111,6 +111,26 @@ SELECT kept, kept_bytes, regress_kept_file(:failed_job) AS file
   FROM bg_jobs WHERE pid = :failed;
 SELECT regress_try('SELECT * FROM bg_result(' || :failed || ') AS r(x int)', :failed);
 
+-- The launching session reads the rows of a kept result past work_mem from
+-- the job's file and writes no file of its own (temp_file_limit = 0 allows
+-- none); it holds the file open while it holds the job, so that the rows
+-- stay readable here after bg_forget removed the job for everyone else.
+SET work_mem = '64kB';
+SELECT bg_launch('SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g') AS big \gset
+SELECT md5(string_agg(md5(g::text), '')) AS want FROM generate_series(1, 50000) g \gset
+SET temp_file_limit = 0;
+SELECT count(*), sum(g), md5(string_agg(h, '')) = :'want' AS same FROM bg_result_:big;
+SELECT max(id) AS big_job FROM bg_jobs WHERE pid = :big \gset
+SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE id = %s)', :big_job));
+SELECT bg_forget(:big);
+SELECT count(*) AS listed, regress_kept_file(:big_job) AS file
+  FROM bg_jobs WHERE id = :big_job;
+SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) AS intact
+  FROM bg_result_:big;
+RESET temp_file_limit;
+RESET work_mem;
+SELECT bg_detach(:big);
+
 -- A job keeps the messages it sends (at its own client_min_messages) for
 -- bg_messages, in order, with their fields.  Here the launching session
 -- shows none of those it gets relayed: they come when they come.
