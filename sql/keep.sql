@@ -247,6 +247,14 @@ SELECT * FROM bg_result_:r2;
 SELECT bg_wait(:r2);
 SELECT regress_try('SELECT * FROM bg_result_' || :r3, :r3);
 SELECT bg_detach(:r1), bg_detach(:r2), bg_detach(:r3);
+-- so does a job this session has read in part (a scan that stopped early)
+SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS part \gset
+SELECT g FROM bg_result_:part LIMIT 2;
+SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                           :part)) AS part_kept;
+SELECT regress_poll(format('bg_segments() = %s', :segs_before)) AS partly_read_given_back;
+SELECT count(*), sum(g) FROM bg_result_:part;
+SELECT bg_detach(:part);
 -- a hundred jobs, launched one after the other in one transaction and
 -- never read, hold no segment once ended
 SELECT max(id) AS id_before FROM bg_jobs \gset
