@@ -200,6 +200,16 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_kept_size",
+							"Largest total size of the results the background jobs of the cluster keep.",
+							"A launch that would keep a result once the kept results of all databases take it is refused. -1 means no limit.",
+							&bg_max_kept_size,
+							BG_DEFAULT_MAX_KEPT_KB,
+							-1,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.max_queue_size",
 							"Largest tuple queue a background job may have.",
 							"A launch asking for more, or with a larger \"bg_fdw.queue_size\", is refused.",

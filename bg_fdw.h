@@ -66,6 +66,7 @@
 #define BG_MAX_MESSAGES_SIZE_KB	(256 * 1024)
 /* kept results of one role in one database: 10 GB */
 #define BG_DEFAULT_MAX_KEPT_PER_ROLE_KB	(10 * 1024 * 1024)
+#define BG_DEFAULT_MAX_KEPT_KB			(100 * 1024 * 1024)
 #define BG_MESSAGE_QUEUE_SIZE	16384
 
 /* Bytes of a job's label and of a progress message, with the terminator */
@@ -419,6 +420,8 @@ typedef struct BgKeepRecord
 } BgKeepRecord;
 typedef struct BgKeepReader BgKeepReader;
 extern int	bg_max_result_size;
+extern int	bg_max_kept_size;
+extern void bg_keep_check_cluster(void);
 extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern void bg_keep_publish(BgKeepWriter *w);

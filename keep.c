@@ -53,8 +53,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_extension.h"
 #include "commands/event_trigger.h"
@@ -83,6 +87,9 @@
 
 /* Largest kept result of one job, in kB; -1: no limit but temp_file_limit */
 int			bg_max_result_size = 1024 * 1024;
+
+/* Largest total of the kept results of the cluster, in kB; -1: no limit */
+int			bg_max_kept_size = BG_DEFAULT_MAX_KEPT_KB;
 
 typedef struct BgKeepFileHeader
 {
@@ -162,6 +169,7 @@ PG_FUNCTION_INFO_V1(bg_fdw_drop_start);
 
 static void bg_keep_path(char *path, int64 job_id);
 static void bg_keep_dir(char *path);
+static int64 bg_keep_dir_bytes(const char *dir);
 static void bg_keep_flush(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_put(BgKeepWriter *w, const char *data, Size len);
@@ -203,6 +211,70 @@ bg_keep_path(char *path, int64 job_id)
 
 	bg_keep_dir(dir);
 	snprintf(path, MAXPGPATH, "%s/" INT64_FORMAT, dir, job_id);
+}
+
+/*
+ * Refuse to launch a job that keeps its result while the kept results of
+ * the whole cluster take bg_fdw.max_kept_size: roles each within their own
+ * limit must not fill the disk together.  The files themselves are counted,
+ * in every database's directory, so that running jobs count with what they
+ * wrote so far and nothing needs to be shared between databases.
+ */
+void
+bg_keep_check_cluster(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	int64		total = 0;
+
+	if (bg_max_kept_size < 0)
+		return;
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
+		char	   *dbpath = GetDatabasePath(db->oid, db->dattablespace);
+		char		dir[MAXPGPATH];
+
+		snprintf(dir, MAXPGPATH, "%s/%s", dbpath, BG_KEEP_DIR);
+		total += bg_keep_dir_bytes(dir);
+		pfree(dbpath);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (total >= (int64) bg_max_kept_size * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("kept results of the cluster exceed \"bg_fdw.max_kept_size\" (%dkB)",
+						bg_max_kept_size),
+				 errdetail("The jobs of all databases keep " INT64_FORMAT " bytes.",
+						   total),
+				 errhint("Forget results no longer needed with bg_forget(pid), or launch with keep => false.")));
+}
+
+/* Bytes of the files in a kept results' directory, which may not exist */
+static int64
+bg_keep_dir_bytes(const char *dir)
+{
+	DIR		   *d = AllocateDir(dir);
+	struct dirent *de;
+	int64		total = 0;
+
+	if (d == NULL && errno == ENOENT)
+		return 0;
+	while ((de = ReadDirExtended(d, dir, LOG)) != NULL)
+	{
+		char		path[MAXPGPATH];
+		struct stat st;
+
+		snprintf(path, MAXPGPATH, "%s/%s", dir, de->d_name);
+		if (de->d_name[0] != '.' && stat(path, &st) == 0 && S_ISREG(st.st_mode))
+			total += st.st_size;
+	}
+	FreeDir(d);
+	return total;
 }
 
 /* ----------------------------------------------------------------

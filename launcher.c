@@ -140,7 +140,10 @@ bg_launch(PG_FUNCTION_ARGS)
 	/* segments of ended jobs go back before this one takes another */
 	bg_jobs_release_ended();
 	if (opts.keep)
+	{
 		bg_registry_check_kept(GetUserId());
+		bg_keep_check_cluster();
+	}
 
 	/*
 	 * bg_fdw.max_jobs_per_role: no other launch by the role until ours is

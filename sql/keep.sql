@@ -286,6 +286,17 @@ RESET bg_fdw.max_kept_size_per_role;
 SET ROLE regress_outsider;
 SET bg_fdw.max_kept_size_per_role = -1;
 RESET ROLE;
+-- bg_fdw.max_kept_size bounds what the jobs of all databases keep together,
+-- counted from the files (here this database's, over 1kB)
+SET bg_fdw.max_kept_size = '1kB';
+SELECT regexp_replace(regress_try($$SELECT bg_launch('SELECT 1')$$), 'keep \d+ bytes', 'keep <n> bytes');
+SELECT bg_launch('SELECT 1', keep => false) AS unkept \gset
+SELECT bg_wait(:unkept);
+SELECT bg_detach(:unkept);
+RESET bg_fdw.max_kept_size;
+SET ROLE regress_outsider;
+SET bg_fdw.max_kept_size = -1;
+RESET ROLE;
 
 -- bg_fdw.max_result_size bounds one job's kept result: past it, the job
 -- fails with 53400 and leaves no file; the session goes on
