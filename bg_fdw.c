@@ -200,6 +200,16 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_ended_segments",
+							"Ended background jobs whose segments one session may hold.",
+							"A session holds the segment of an ended job launched with keep => false or in stream mode until it has read the result. A launch past it is refused. -1 means no limit.",
+							&bg_max_ended_segments,
+							BG_DEFAULT_MAX_ENDED_SEGMENTS,
+							-1,
+							INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.max_kept_size",
 							"Largest total size of the results the background jobs of the cluster keep.",
 							"A launch that would keep a result once the kept results of all databases take it is refused. -1 means no limit.",

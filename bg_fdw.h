@@ -67,6 +67,7 @@
 /* kept results of one role in one database: 10 GB */
 #define BG_DEFAULT_MAX_KEPT_PER_ROLE_KB	(10 * 1024 * 1024)
 #define BG_DEFAULT_MAX_KEPT_KB			(100 * 1024 * 1024)
+#define BG_DEFAULT_MAX_ENDED_SEGMENTS	64
 #define BG_MESSAGE_QUEUE_SIZE	16384
 
 /* Bytes of a job's label and of a progress message, with the terminator */
@@ -513,6 +514,8 @@ extern bool bg_job_in_use(BgJob *job);
 extern uint64 bg_job_rows(BgJob *job);
 extern void bg_job_record_detach(BgJob *job);
 extern void bg_jobs_release_ended(void);
+extern int	bg_max_ended_segments;
+extern void bg_jobs_check_ended_segments(void);
 extern bool bg_job_wait(BgJob *job, long timeout_ms);
 extern void bg_job_wait_descriptor(BgJob *job);
 extern void bg_job_wait_registered(BgJob *job);

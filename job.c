@@ -57,6 +57,9 @@ static List *bg_jobs = NIL;
 /* Job segments this backend has mapped, see bg_segment_track */
 static int	bg_segments_mapped = 0;
 
+/* Segments of ended jobs a session may hold; -1: no limit */
+int			bg_max_ended_segments = BG_DEFAULT_MAX_ENDED_SEGMENTS;
+
 /* Rows taken from another job per wait, so that the awaited one comes first */
 #define BG_DRAIN_ROWS	10000
 #define BG_DRAIN_BYTES	(4 * 1024 * 1024)
@@ -442,6 +445,39 @@ bg_jobs_release_ended(void)
 			job->nreaders = 0;
 		}
 	}
+}
+
+/*
+ * Refuse a launch while this session holds bg_fdw.max_ended_segments
+ * segments of ended jobs: those launched with keep => false or in stream
+ * mode whose result it has not read to its end (the others it has just
+ * given back).  Each holds a slot of the server's dynamic shared memory,
+ * which parallel query and every other session share.
+ */
+void
+bg_jobs_check_ended_segments(void)
+{
+	ListCell   *lc;
+	int			ended = 0;
+
+	if (bg_max_ended_segments < 0)
+		return;
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->seg != NULL &&
+			bg_job_get_flag(job->shared, &job->shared->worker_exited))
+			ended++;
+	}
+	if (ended >= bg_max_ended_segments)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many ended background jobs hold shared memory in this session"),
+				 errdetail_plural("The session holds the segment of %d ended job whose result it has not read; \"bg_fdw.max_ended_segments\" is %d.",
+								  "The session holds the segments of %d ended jobs whose results it has not read; \"bg_fdw.max_ended_segments\" is %d.",
+								  ended, ended, bg_max_ended_segments),
+				 errhint("Read those results, or release them with bg_detach(pid); results of jobs launched with keep => true leave shared memory once the job has ended.")));
 }
 
 /*

@@ -139,6 +139,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	bg_check_table_privileges();
 	/* segments of ended jobs go back before this one takes another */
 	bg_jobs_release_ended();
+	bg_jobs_check_ended_segments();
 	if (opts.keep)
 	{
 		bg_registry_check_kept(GetUserId());

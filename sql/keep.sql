@@ -298,6 +298,25 @@ SET ROLE regress_outsider;
 SET bg_fdw.max_kept_size = -1;
 RESET ROLE;
 
+-- bg_fdw.max_ended_segments bounds the segments of ended jobs a session
+-- holds: here two more than this session holds now, taken by a
+-- keep => false job and a stream job left unread
+SELECT regress_no_workers();
+SELECT set_config('bg_fdw.max_ended_segments', (bg_segments() + 2)::text, false) IS NOT NULL AS set;
+SELECT bg_launch('SELECT 1 AS one', keep => false) AS held1 \gset
+SELECT bg_launch('SELECT 2 AS two', stream => true) AS held2 \gset
+SELECT regress_no_workers();
+SELECT regexp_replace(regress_try($$SELECT bg_launch('SELECT 1')$$),
+                      '\d+ ended jobs(.*) is \d+', '<n> ended jobs\1 is <n>') AS refused;
+-- reading a result to its end gives its segment back: the launch passes
+SELECT * FROM bg_result_:held2;
+SELECT bg_launch('SELECT 3 AS three', keep => false) AS held3 \gset
+SELECT bg_detach(:held1), bg_detach(:held2), bg_detach(:held3);
+RESET bg_fdw.max_ended_segments;
+SET ROLE regress_outsider;
+SET bg_fdw.max_ended_segments = -1;
+RESET ROLE;
+
 -- bg_fdw.max_result_size bounds one job's kept result: past it, the job
 -- fails with 53400 and leaves no file; the session goes on
 SET bg_fdw.max_result_size = '64kB';
