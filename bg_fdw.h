@@ -44,7 +44,7 @@
  * older library after new files were installed must not read a newer
  * segment, nor the reverse.  1.0: 0x62676664.
  */
-#define BG_FDW_MAGIC			0x62676611
+#define BG_FDW_MAGIC			0x62676612
 #define BG_FDW_MAGIC_1_0		0x62676664
 
 /* shm_toc keys of a job segment */
@@ -143,6 +143,12 @@ typedef struct BgJobShared
 	ConditionVariable kept_cv;	/* worker broadcasts when kept_valid grows
 								 * and when it exits; those readers sleep on
 								 * it */
+	/* waits the lock manager cannot see, for the wait-for graph (waitgraph.c) */
+	bool		launcher_waiting;	/* launcher sets while it waits for the
+									 * job's rows or outcome */
+	bool		worker_waiting; /* worker sets while it waits for its
+								 * launcher: for its launch, or for room in
+								 * a stream job's queue */
 
 	/* Under the mutex */
 	slock_t		mutex;			/* protects the fields below */
@@ -359,6 +365,14 @@ extern TupleDesc bg_desc_deserialize(StringInfo msg);
 extern bool bg_desc_equal(TupleDesc a, TupleDesc b);
 extern void bg_check_statements(List *raw_list);
 
+/* in waitgraph.c */
+typedef struct BgWaitEdge
+{
+	int			from;			/* this backend waits */
+	int			to;				/* for this one */
+} BgWaitEdge;
+extern void bg_check_wait_cycle(int pid, const char *hint);
+
 /* in handshake.c */
 extern void bg_job_set_flag(BgJobShared *shared, bool *flag, BgWake wake);
 extern bool bg_job_get_flag(BgJobShared *shared, bool *flag);
@@ -388,6 +402,7 @@ extern void bg_registry_sweep(void);
 extern void bg_registry_lock_role(Oid role);
 extern void bg_registry_unlock_role(void);
 extern void bg_registry_check_kept(Oid role);
+extern List *bg_registry_wait_edges(void);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);

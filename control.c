@@ -479,6 +479,8 @@ bg_wait_check_deadlock(BgWaitTarget *targets, int n)
 {
 	int			i;
 
+	const char *hint = _("Wait for the jobs from another session, or outside the transaction that holds the lock.");
+
 	for (i = 0; i < n; i++)
 	{
 		if (bg_blocked_by_me(targets[i].pid))
@@ -487,6 +489,7 @@ bg_wait_check_deadlock(BgWaitTarget *targets, int n)
 					 errmsg("deadlock detected"),
 					 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
 							   targets[i].pid),
-					 errhint("Wait for the jobs from another session, or outside the transaction that holds the lock.")));
+					 errhint("%s", hint)));
+		bg_check_wait_cycle(targets[i].pid, hint);
 	}
 }

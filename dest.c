@@ -84,6 +84,9 @@ static TupleTableSlot *bg_detoast_slot(BgDestReceiver *self,
 static TupleTableSlot *bg_convert_slot(BgDestReceiver *self,
 									   TupleTableSlot *slot);
 static bool bg_receive_slot(TupleTableSlot *slot, DestReceiver *self);
+static shm_mq_result bg_send_row_stream(BgDestReceiver *self,
+										shm_mq_iovec *iov, int iovcnt,
+										bool flush);
 static shm_mq_result bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov,
 								 int iovcnt, bool flush);
 static bool bg_send_stored_tuple(BgDestReceiver *self, TupleTableSlot *slot,
@@ -318,9 +321,36 @@ bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt, bool flush)
 	if (self->detached)
 		return SHM_MQ_DETACHED;
 	if (self->fileset == NULL)
-		return shm_mq_sendv(self->mqh, iov, iovcnt, false, flush);
+		return bg_send_row_stream(self, iov, iovcnt, flush);
 	return bg_spill_send_row(self->mqh, self->fileset, iov, iovcnt, flush) ?
 		SHM_MQ_SUCCESS : SHM_MQ_DETACHED;
+}
+
+/*
+ * A stream job's row waits for room in the queue.  While it does, the
+ * worker waits for its launcher, which the wait-for graph (waitgraph.c)
+ * must know: a shm_mq that would block is offered the row again, whole,
+ * as shm_mq_sendv asks.
+ */
+static shm_mq_result
+bg_send_row_stream(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt,
+				   bool flush)
+{
+	shm_mq_result res = shm_mq_sendv(self->mqh, iov, iovcnt, true, flush);
+
+	if (res != SHM_MQ_WOULD_BLOCK)
+		return res;
+	self->shared->worker_waiting = true;
+	PG_TRY();
+	{
+		res = shm_mq_sendv(self->mqh, iov, iovcnt, false, flush);
+	}
+	PG_FINALLY();
+	{
+		self->shared->worker_waiting = false;
+	}
+	PG_END_TRY();
+	return res;
 }
 
 /*

@@ -688,8 +688,11 @@ bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at)
 	wait_ms = TimestampDifferenceMilliseconds(now, *check_at);
 	if (timeout_ms >= 0 && timeout_ms < wait_ms)
 		wait_ms = timeout_ms;
+	/* for the wait-for graph of other backends (waitgraph.c) */
+	job->shared->launcher_waiting = true;
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 wait_ms, bg_wait_event_job());
+	job->shared->launcher_waiting = false;
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	now = GetCurrentTimestamp();
@@ -746,14 +749,18 @@ bg_drain_error_callback(void *arg)
 static void
 bg_job_check_deadlock(BgJob *job)
 {
+	char	   *hint = psprintf(_("Wait for the job with CALL bg_await(%d), which holds no snapshot or lock while it waits, or from another session."),
+								job->pid);
+
 	if (bg_blocked_by_me(job->pid))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 				 errmsg("deadlock detected"),
 				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
 						   job->pid),
-				 errhint("Wait for the job with CALL bg_await(%d), which holds no snapshot or lock while it waits, or from another session.",
-						 job->pid)));
+				 errhint("%s", hint)));
+	bg_check_wait_cycle(job->pid, hint);
+	pfree(hint);
 }
 
 /*

@@ -866,15 +866,19 @@ bg_keep_reset_mappings(void)
 static void
 bg_keep_sleep(BgKeepReader *r)
 {
-	if (ConditionVariableTimedSleep(&r->shared->kept_cv, DeadlockTimeout,
-									bg_wait_event_job()) &&
-		bg_blocked_by_me(r->pid))
+	const char *hint = _("Read the job's result once it has ended, or outside the transaction that holds the lock.");
+
+	if (!ConditionVariableTimedSleep(&r->shared->kept_cv, DeadlockTimeout,
+									 bg_wait_event_job()))
+		return;
+	if (bg_blocked_by_me(r->pid))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 				 errmsg("deadlock detected"),
 				 errdetail("This session waits for rows of background job %d, which waits for a lock this session holds.",
 						   r->pid),
-				 errhint("Read the job's result once it has ended, or outside the transaction that holds the lock.")));
+				 errhint("%s", hint)));
+	bg_check_wait_cycle(r->pid, hint);
 }
 
 /*

@@ -248,6 +248,9 @@ typedef struct BgJobProbe
 	bool		has_progress;	/* it reported progress: */
 	double		progress;
 	char		progress_message[BG_PROGRESS_MESSAGE_LEN];
+	bool		launcher_waiting;	/* its launcher waits for it */
+	bool		worker_waiting; /* its worker waits for its launcher */
+	int			waiters[BG_MAX_WAITERS];	/* others that wait for it, or 0 */
 } BgJobProbe;
 
 static BgJobStatus bg_status_from_name(const char *name);
@@ -308,6 +311,8 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 						   BgJobStatus *status);
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe);
+static List *bg_wait_edge(List *edges, int from, int to);
+static void bg_registry_wait_check(int pid);
 static bool bg_entry_settle(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_kept_interrupted(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_kept_to_record(BgJobShared *shared, BgJobStatus status);
@@ -1503,6 +1508,8 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 
 		if (shared != NULL && shared->job_id == job_id)
 		{
+			int			i;
+
 			probe->found = true;
 			probe->worker_alive = !bg_job_get_flag(shared,
 												   &shared->worker_exited);
@@ -1514,7 +1521,11 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 			probe->progress = shared->progress;
 			memcpy(probe->progress_message, shared->progress_message,
 				   BG_PROGRESS_MESSAGE_LEN);
+			for (i = 0; i < BG_MAX_WAITERS; i++)
+				probe->waiters[i] = shared->waiters[i] ? shared->waiters[i]->pid : 0;
 			SpinLockRelease(&shared->mutex);
+			probe->launcher_waiting = shared->launcher_waiting;
+			probe->worker_waiting = shared->worker_waiting;
 		}
 	}
 	if (!ours)
@@ -1909,6 +1920,8 @@ text *
 bg_registry_wait(int pid, long timeout_ms)
 {
 	TimestampTz deadline = 0;
+	TimestampTz check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   DeadlockTimeout);
 	long		nap_ms = 1;
 	MemoryContext poll_cxt = AllocSetContextCreate(CurrentMemoryContext,
 												   "bg_fdw wait",
@@ -1960,7 +1973,32 @@ bg_registry_wait(int pid, long timeout_ms)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		nap_ms = Min(nap_ms * 2, 100);
+		if (GetCurrentTimestamp() >= check_at)
+		{
+			bg_registry_wait_check(pid);
+			check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   DeadlockTimeout);
+		}
 	}
+}
+
+/*
+ * bg_wait of a job this session does not hold: a job that waits for us,
+ * directly for a lock we hold or through others, never ends.
+ */
+static void
+bg_registry_wait_check(int pid)
+{
+	const char *hint = _("Wait for the job outside the transaction that holds the lock, or from another session.");
+
+	if (bg_blocked_by_me(pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
+						   pid),
+				 errhint("%s", hint)));
+	bg_check_wait_cycle(pid, hint);
 }
 
 /*
@@ -2353,6 +2391,74 @@ bg_registry_check_kept(Oid role)
 				 errdetail("The role's jobs in this database keep " INT64_FORMAT " bytes.",
 						   total),
 				 errhint("Forget results no longer needed with bg_forget(pid), or launch with keep => false.")));
+}
+
+/*
+ * The waits between backends that only bg_fdw knows of, for the wait-for
+ * graph (waitgraph.c), as a List of BgWaitEdge: for each job of this
+ * database that runs, whether its launching session waits for it, who else
+ * waits for it (bg_wait_any), and whether its worker waits for its
+ * launching session.  Empty without the registry.
+ */
+List *
+bg_registry_wait_edges(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	List	   *edges = NIL;
+	uint64		i;
+
+	if (!bg_registry_open(&call))
+		return NIL;
+	values[0] = ObjectIdGetDatum(MyDatabaseId);
+	values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
+	tt = bg_registry_query(psprintf("SELECT id, pid, launcher_pid, segment FROM %s "
+									"WHERE database = $1 AND state = $2 "
+									"AND segment IS NOT NULL",
+									call.relname),
+						   2, types, values);
+	for (i = 0; i < tt->numvals; i++)
+	{
+		HeapTuple	row = tt->vals[i];
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(row, tt->tupdesc, 1, &isnull));
+		int			worker = DatumGetInt32(SPI_getbinval(row, tt->tupdesc, 2, &isnull));
+		int			launcher = DatumGetInt32(SPI_getbinval(row, tt->tupdesc, 3, &isnull));
+		dsm_handle	seg = (dsm_handle) DatumGetInt64(SPI_getbinval(row, tt->tupdesc, 4, &isnull));
+		BgJobProbe	probe;
+		MemoryContext oldcxt;
+		int			w;
+
+		bg_probe(id, seg, &probe);
+		if (!probe.found || !probe.worker_alive)
+			continue;
+		oldcxt = MemoryContextSwitchTo(cxt);
+		if (probe.launcher_waiting)
+			edges = bg_wait_edge(edges, launcher, worker);
+		if (probe.worker_waiting)
+			edges = bg_wait_edge(edges, worker, launcher);
+		for (w = 0; w < BG_MAX_WAITERS; w++)
+			edges = bg_wait_edge(edges, probe.waiters[w], worker);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	bg_registry_close(&call);
+	return edges;
+}
+
+static List *
+bg_wait_edge(List *edges, int from, int to)
+{
+	BgWaitEdge *e;
+
+	if (from <= 0 || to <= 0)
+		return edges;
+	e = palloc(sizeof(BgWaitEdge));
+	e->from = from;
+	e->to = to;
+	return lappend(edges, e);
 }
 
 /* Release the launch lock, if this session holds one */

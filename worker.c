@@ -471,8 +471,10 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 
 		/* the launcher may be waiting for a message the queue could not take */
 		bg_spill_push_messages();
+		shared->worker_waiting = true;
 		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					   DeadlockTimeout, bg_wait_event_launch());
+		shared->worker_waiting = false;
 		if ((rc & WL_TIMEOUT) && launched)
 			bg_check_launcher_deadlock(shared);
 		ResetLatch(MyLatch);
@@ -488,11 +490,14 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 static void
 bg_check_launcher_deadlock(BgJobShared *shared)
 {
+	const char *hint = _("Launch the job outside the transaction that holds the lock.");
+
 	if (bg_blocked_by_me(shared->launcher_pid))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 				 errmsg("deadlock detected"),
 				 errdetail("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish.")));
+	bg_check_wait_cycle(shared->launcher_pid, hint);
 }
 
 /*

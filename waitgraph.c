@@ -1,0 +1,186 @@
+/*-------------------------------------------------------------------------
+ *
+ * waitgraph.c
+ *		  Deadlocks through other backends: a backend that waits for a job
+ *		  (or a worker that waits for its launcher) follows who waits for
+ *		  whom, transitively, and fails if the chain comes back to it.
+ *
+ * The lock manager's deadlock detector sees lock waits only.  A session
+ * waiting for its job's rows, a session in bg_wait, a worker waiting for its
+ * launch or for room in a stream job's queue wait on latches, so a cycle
+ * through them is invisible to it: S1 reads a job, the job waits for a lock
+ * behind S2's request, S2 waits for a lock S1 holds; all three would wait
+ * for ever.  Every bg_fdw wait checks, every deadlock_timeout, whether what
+ * it waits for waits (directly or through others) for it.
+ *
+ * The edges of the graph:
+ *		- lock waits, as pg_blocking_pids reports them (with the waiters
+ *		  ahead in a lock's queue, which block too);
+ *		- waits for a safe snapshot (SERIALIZABLE READ ONLY DEFERRABLE), as
+ *		  pg_safe_snapshot_blocking_pids reports them;
+ *		- bg_fdw's own waits, which each job publishes in its segment
+ *		  (launcher_waiting, worker_waiting, the bg_wait_any waiters) and the
+ *		  registry lists, for the jobs of this database.
+ *
+ * Each call of pg_blocking_pids is consistent in itself, but a walk over
+ * several calls is not: it may see a cycle that never existed at any one
+ * moment.  So a cycle is acted on only when two consecutive checks of the
+ * same wait see the same one.  What stays invisible: waits on LWLocks,
+ * buffer pins and condition variables outside bg_fdw, jobs of other
+ * databases, and sessions reading another session's kept result.
+ *
+ * Copyright (c) 2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/waitgraph.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
+
+#include "bg_fdw.h"
+
+/* Backends a walk visits at most */
+#define BG_WALK_MAX		64
+
+/* The cycle the previous check saw, from the backend waited for to us */
+static int	bg_seen_path[BG_WALK_MAX + 1];
+static int	bg_seen_len = 0;
+
+static int	bg_find_cycle(int start, int *path);
+static void bg_walk_add(int *nodes, int *parent, int *n, int from, int pid);
+static void bg_walk_add_array(int *nodes, int *parent, int *n, int from,
+							  Datum array);
+
+/*
+ * This backend waits for backend "pid" (a job's worker, or a worker's
+ * launcher).  Raise 40P01 if "pid" waits for us, through any chain of
+ * waits, as seen by this check and the previous one.  The direct case,
+ * "pid" waiting for a lock we hold, callers check first with
+ * bg_blocked_by_me, which needs no second look.
+ */
+void
+bg_check_wait_cycle(int pid, const char *hint)
+{
+	int			path[BG_WALK_MAX + 1];
+	int			len = bg_find_cycle(pid, path);
+	bool		again;
+	StringInfoData detail;
+	int			i;
+
+	again = len > 0 && len == bg_seen_len &&
+		memcmp(path, bg_seen_path, len * sizeof(int)) == 0;
+	bg_seen_len = len;
+	memcpy(bg_seen_path, path, len * sizeof(int));
+	if (!again)
+		return;
+	bg_seen_len = 0;
+
+	initStringInfo(&detail);
+	appendStringInfo(&detail, "Process %d waits for ", path[0]);
+	for (i = 1; i < len; i++)
+		appendStringInfo(&detail, "process %d, which waits for ", path[i]);
+	appendStringInfoString(&detail, "this process.");
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+			 errmsg("deadlock detected"),
+			 errdetail_internal("%s", detail.data),
+			 errhint("%s", hint)));
+}
+
+/*
+ * Walk the waits from "start" breadth first.  If one leads back to this
+ * backend, store the chain (start first, this backend not included) in
+ * "path" and return its length; else 0.
+ */
+static int
+bg_find_cycle(int start, int *path)
+{
+	/* the lock manager's view is large: run where it can all be freed */
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "bg_fdw wait graph",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	List	   *edges = bg_registry_wait_edges();
+	int			nodes[BG_WALK_MAX];
+	int			parent[BG_WALK_MAX];
+	int			n = 0;
+	int			i;
+	int			len = 0;
+
+	bg_walk_add(nodes, parent, &n, -1, start);
+	for (i = 0; i < n && len == 0; i++)
+	{
+		int			first = n;
+		ListCell   *lc;
+		int			j;
+
+		bg_walk_add_array(nodes, parent, &n, i,
+						  DirectFunctionCall1(pg_blocking_pids,
+											  Int32GetDatum(nodes[i])));
+		bg_walk_add_array(nodes, parent, &n, i,
+						  DirectFunctionCall1(pg_safe_snapshot_blocking_pids,
+											  Int32GetDatum(nodes[i])));
+		foreach(lc, edges)
+		{
+			BgWaitEdge *e = lfirst(lc);
+
+			if (e->from == nodes[i])
+				bg_walk_add(nodes, parent, &n, i, e->to);
+		}
+		/* this backend among the new ones: the chain is the way to it */
+		for (j = first; j < n && len == 0; j++)
+		{
+			int			chain[BG_WALK_MAX];
+			int			k;
+
+			if (nodes[j] != MyProcPid)
+				continue;
+			for (k = parent[j]; k >= 0; k = parent[k])
+				chain[len++] = nodes[k];
+			for (k = 0; k < len; k++)
+				path[k] = chain[len - 1 - k];
+		}
+	}
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
+	return len;
+}
+
+/* Visit backend "pid", reached from nodes[from], unless already visited. */
+static void
+bg_walk_add(int *nodes, int *parent, int *n, int from, int pid)
+{
+	int			i;
+
+	if (pid <= 0 || *n >= BG_WALK_MAX)
+		return;
+	for (i = 0; i < *n; i++)
+	{
+		if (nodes[i] == pid)
+			return;
+	}
+	nodes[*n] = pid;
+	parent[*n] = from;
+	(*n)++;
+}
+
+/* Visit each backend of an int4[] of PIDs, reached from nodes[from]. */
+static void
+bg_walk_add_array(int *nodes, int *parent, int *n, int from, Datum array)
+{
+	ArrayType  *a = DatumGetArrayTypeP(array);
+	int32	   *pids = (int32 *) ARR_DATA_PTR(a);
+	int			count = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
+	int			i;
+
+	for (i = 0; i < count; i++)
+		bg_walk_add(nodes, parent, n, from, pids[i]);
+}
