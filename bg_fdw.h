@@ -481,6 +481,7 @@ extern void bg_supervisor_prepare(void);
 extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,
 								int64 kept_job);
 extern void bg_spool_set_valid(BgSpool *sp, uint64 valid);
+extern bool bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid);
 extern void bg_spool_free(BgSpool *sp);
 extern void bg_spool_append(BgSpool *sp, MinimalTuple tuple);
 extern void bg_spool_rewind(BgSpoolReader *rd);

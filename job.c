@@ -84,6 +84,7 @@ static void bg_job_check_deadlock(BgJob *job);
 static void bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup);
 static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
+static void bg_job_release_kept(BgJob *job);
 static void bg_check_spool(BgJob *job);
 static void bg_stream_reread_error(BgJob *job);
 static void bg_job_spool(BgJob *job, MinimalTuple tuple);
@@ -389,7 +390,9 @@ bg_job_close_segment(BgJob *job)
 		return;
 	job->rows = pg_atomic_read_u64(&job->shared->rows);
 	/* the job has ended: what its worker wrote out of its file is final */
-	bg_spool_set_valid(job->spool, pg_atomic_read_u64(&job->shared->kept_valid));
+	if (job->spool)
+		bg_spool_set_valid(job->spool,
+						   pg_atomic_read_u64(&job->shared->kept_valid));
 	shm_mq_detach(job->tuple_mqh);
 	shm_mq_detach(job->message_mqh);
 	dsm_detach(job->seg);
@@ -436,15 +439,37 @@ bg_jobs_release_ended(void)
 			bg_job_close_segment(job);
 		else if (job->state == BG_JOB_FINISHED &&
 				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
-		{
-			job->released = true;
-			bg_job_close_segment(job);
-			/* its file has every row: the rows this session took go */
-			bg_spool_free(job->spool);
-			job->spool = NULL;
-			job->nreaders = 0;
-		}
+			bg_job_release_kept(job);
 	}
+}
+
+/*
+ * An ended job's kept file has every row: let its segment go.  One this
+ * session never read is then read as any other session reads it.  One it
+ * has read in part keeps its spool, which reads the rest from the file it
+ * holds open, so that the rows stay readable here as long as the session
+ * holds the job, even once bg_forget removes the file; if the file cannot
+ * be held open, the job keeps its segment.
+ */
+static void
+bg_job_release_kept(BgJob *job)
+{
+	int64		rows = (int64) pg_atomic_read_u64(&job->shared->rows);
+	uint64		valid = pg_atomic_read_u64(&job->shared->kept_valid);
+
+	if (job->nspooled == 0)
+	{
+		job->released = true;
+		bg_job_close_segment(job);
+		bg_spool_free(job->spool);
+		job->spool = NULL;
+		job->nreaders = 0;
+		return;
+	}
+	if (!bg_spool_adopt_kept(job->spool, rows, valid))
+		return;
+	job->nspooled = rows;
+	bg_job_close_segment(job);
 }
 
 /*
@@ -466,7 +491,8 @@ bg_jobs_check_ended_segments(void)
 	{
 		BgJob	   *job = lfirst(lc);
 
-		if (job->seg != NULL &&
+		/* kept results give their segment back once they can */
+		if (job->seg != NULL && (!job->shared->keep || job->stream) &&
 			bg_job_get_flag(job->shared, &job->shared->worker_exited))
 			ended++;
 	}
@@ -504,9 +530,10 @@ bg_job_release(BgJob *job)
 	BgJob	   *tomb = MemoryContextAllocZero(TopMemoryContext, sizeof(BgJob));
 	ListCell   *lc;
 
+	bg_job_close_segment(job);
 	if (job->spool)
 		bg_spool_free(job->spool);
-	bg_job_close_segment(job);
+	job->spool = NULL;
 
 	tomb->pid = job->pid;
 	tomb->job_id = job->job_id;

@@ -169,6 +169,7 @@ PG_FUNCTION_INFO_V1(bg_fdw_drop_start);
 
 static void bg_keep_path(char *path, int64 job_id);
 static void bg_keep_dir(char *path);
+static int64 bg_keep_cluster_bytes(void);
 static int64 bg_keep_dir_bytes(const char *dir);
 static void bg_keep_flush(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
@@ -218,18 +219,41 @@ bg_keep_path(char *path, int64 job_id)
  * the whole cluster take bg_fdw.max_kept_size: roles each within their own
  * limit must not fill the disk together.  The files themselves are counted,
  * in every database's directory, so that running jobs count with what they
- * wrote so far and nothing needs to be shared between databases.
+ * wrote so far and nothing needs to be shared between databases.  Counting
+ * stats every file, so a session counts at most once a second: launches in
+ * between reuse the count (each job is bounded by bg_fdw.max_result_size).
  */
 void
 bg_keep_check_cluster(void)
+{
+	static TimestampTz counted_at = 0;
+	static int64 total = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (bg_max_kept_size < 0)
+		return;
+	if (now - counted_at >= USECS_PER_SEC)
+	{
+		total = bg_keep_cluster_bytes();
+		counted_at = now;
+	}
+	if (total >= (int64) bg_max_kept_size * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("kept results of the cluster exceed \"bg_fdw.max_kept_size\" (%dkB)",
+						bg_max_kept_size),
+				 errhint("Forget results no longer needed with bg_forget(pid), or launch with keep => false.")));
+}
+
+/* Bytes of the kept results of all databases */
+static int64
+bg_keep_cluster_bytes(void)
 {
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tuple;
 	int64		total = 0;
 
-	if (bg_max_kept_size < 0)
-		return;
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -244,14 +268,7 @@ bg_keep_check_cluster(void)
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
-	if (total >= (int64) bg_max_kept_size * 1024)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("kept results of the cluster exceed \"bg_fdw.max_kept_size\" (%dkB)",
-						bg_max_kept_size),
-				 errdetail("The jobs of all databases keep " INT64_FORMAT " bytes.",
-						   total),
-				 errhint("Forget results no longer needed with bg_forget(pid), or launch with keep => false.")));
+	return total;
 }
 
 /* Bytes of the files in a kept results' directory, which may not exist */

@@ -2201,9 +2201,14 @@ bg_forget(PG_FUNCTION_ARGS)
 		bg_raise_unknown(pid);
 	bg_entry_check_privileges(&entry);
 	bg_probe(entry.id, entry.segment, &probe);
-	/* (nor while its worker records its kept result) */
-	if (bg_entry_state(&entry, &probe, &status) &&
-		(status == BG_STATUS_RUNNING || bg_kept_pending(&entry, &probe)))
+	if (bg_kept_pending(&entry, &probe))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot forget background job %d while its worker records its kept result",
+						pid),
+				 errdetail("The job has finished; its worker is making its kept result durable."),
+				 errhint("Try again in a moment.")));
+	if (bg_entry_state(&entry, &probe, &status) && status == BG_STATUS_RUNNING)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("cannot forget background job %d because it is still running",

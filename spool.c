@@ -265,6 +265,25 @@ bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple)
 	sp->kept_end += len;
 }
 
+/*
+ * The job has ended with "nrows" rows, whose records end at "valid" in its
+ * kept file, and its queue is to go: the rows this session has not taken
+ * off it are read from the file too, from where the taken ones end.  False
+ * if the file cannot be held open (no descriptor to spare, the file gone,
+ * or the rows past memory already in a file of the session's own).
+ */
+bool
+bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid)
+{
+	if (sp->kept_fd < 0 && (sp->file >= 0 || !bg_spool_open_kept(sp)))
+		return false;
+	bg_spool_set_valid(sp, valid);
+	sp->kept_end = (off_t) valid;
+	bg_spool_trim_tail(sp);
+	sp->nrows = nrows;
+	return true;
+}
+
 /* Drop from the tail the rows the worker has written out. */
 static void
 bg_spool_trim_tail(BgSpool *sp)

@@ -247,12 +247,29 @@ SELECT * FROM bg_result_:r2;
 SELECT bg_wait(:r2);
 SELECT regress_try('SELECT * FROM bg_result_' || :r3, :r3);
 SELECT bg_detach(:r1), bg_detach(:r2), bg_detach(:r3);
--- so does a job this session has read in part (a scan that stopped early)
+-- so does a job this session has read in part (a scan that stopped early);
+-- the session goes on reading the rest from the kept file, which it holds
+-- open, so a bg_forget then does not take the rows from it
 SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS part \gset
 SELECT g FROM bg_result_:part LIMIT 2;
 SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
                            :part)) AS part_kept;
 SELECT regress_poll(format('bg_segments() = %s', :segs_before)) AS partly_read_given_back;
+SELECT bg_forget(:part);
+SELECT count(*), sum(g) FROM bg_result_:part;
+SELECT count(*), sum(g) FROM bg_result_:part;
+SELECT bg_detach(:part);
+-- forgotten before the session gave its segment back, the job keeps it:
+-- its rows are then read from the queue, until the end
+SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS part \gset
+SELECT g FROM bg_result_:part LIMIT 2;
+SELECT max(id) AS part_job FROM bg_jobs WHERE pid = :part \gset
+SELECT regress_poll(format($$(SELECT state = 'finished' AND segment IS NULL
+                                FROM bg_job_registry WHERE id = %s)$$, :part_job)) AS part_recorded;
+SELECT bg_forget(:part);
+SELECT bg_segments() = :segs_before + 1 AS segment_kept;
+SELECT count(*), sum(g) FROM bg_result_:part;
+SELECT bg_segments() = :segs_before AS read_and_given_back;
 SELECT count(*), sum(g) FROM bg_result_:part;
 SELECT bg_detach(:part);
 -- a hundred jobs, launched one after the other in one transaction and
