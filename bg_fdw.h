@@ -111,6 +111,12 @@ typedef struct BgJobShared
 								 * it on */
 	bool		role_is_superuser;	/* is outer_user_id a superuser; for the
 									 * worker's SetCurrentRoleId */
+	char		launched_by[NAMEDATALEN];	/* the launching session's
+											 * session_user; the worker shows
+											 * it as bg_fdw.launched_by */
+	bool		connect_as_job_role;	/* worker connects as current_user_id
+										 * (it may log in, or 17+), not as
+										 * authenticated_user_id */
 	pid_t		launcher_pid;	/* pid of the launching backend; worker
 								 * records it and checks it for deadlocks */
 	PGPROC	   *launcher_proc;	/* worker wakes the launcher through it */
@@ -347,6 +353,7 @@ extern bool bg_job_held(int pid, int64 job_id);
 extern long bg_interval_ms(Interval *interval);
 
 /* in worker.c */
+extern char *bg_launched_by;
 extern BgJobShared *bg_worker_job(void);
 extern ErrorData *bg_worker_take_error(void);
 

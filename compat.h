@@ -49,6 +49,16 @@ bg_current_role_is_superuser(void)
 #endif
 }
 
+/*
+ * Flags for a worker that connects as a job's role: on 17 and later it may
+ * connect as a role that cannot log in.
+ */
+#if PG_VERSION_NUM >= 170000
+#define BG_CONNECT_AS_ROLE_FLAGS	BGWORKER_BYPASS_ROLELOGINCHECK
+#else
+#define BG_CONNECT_AS_ROLE_FLAGS	0
+#endif
+
 /* Wrap a received message, which we only read, in a StringInfo. */
 static inline void
 bg_init_read_only_stringinfo(StringInfo str, char *data, int len)

@@ -30,6 +30,7 @@
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaddress.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_foreign_table.h"
 #include "commands/dbcommands.h"
@@ -47,6 +48,7 @@
 #include "utils/memutils.h"
 #include "utils/plancache.h"
 #include "utils/resowner.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "bg_fdw.h"
@@ -74,6 +76,7 @@ static BgJob *bg_start_job(const char *sql, TupleDesc desc,
 						   BgLaunchOptions *opts);
 static dsm_segment *bg_create_segment(const char *sql, TupleDesc desc,
 									  BgLaunchOptions *opts);
+static bool bg_job_role_may_connect(Oid role);
 static int64 bg_new_job_id(void);
 static void bg_launcher_detach(dsm_segment *seg, Datum arg);
 static void bg_job_go(BgJobShared *shared);
@@ -439,6 +442,9 @@ bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	shared->outer_user_id = GetCurrentRoleId();
 	GetUserIdAndSecContext(&shared->current_user_id, &shared->sec_context);
 	shared->role_is_superuser = bg_current_role_is_superuser();
+	shared->connect_as_job_role = bg_job_role_may_connect(shared->current_user_id);
+	strlcpy(shared->launched_by, GetUserNameFromId(GetSessionUserId(), false),
+			NAMEDATALEN);
 	shared->launcher_pid = MyProcPid;
 	shared->launcher_proc = MyProc;
 	shared->launched_at = GetCurrentTimestamp();
@@ -495,6 +501,32 @@ bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 
 	pfree(descbuf.data);
 	return seg;
+}
+
+/*
+ * Does the job's worker connect as the job's role?  Then the rest of the
+ * server sees the job as that role's: pg_stat_activity shows its query only
+ * to roles with that role's privileges, and only they may cancel it (a job
+ * launched by a SECURITY DEFINER function belongs to the function's owner,
+ * not to its caller).  On 17 and later a worker may connect as any role; on
+ * 15 and 16 only as one that may log in, else it connects as the session's
+ * login role and switches, as the session did (README says what the caller
+ * then sees).
+ */
+static bool
+bg_job_role_may_connect(Oid role)
+{
+	HeapTuple	tuple;
+	bool		canlogin;
+
+	if (BG_CONNECT_AS_ROLE_FLAGS != 0)
+		return true;
+	tuple = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	canlogin = ((Form_pg_authid) GETSTRUCT(tuple))->rolcanlogin;
+	ReleaseSysCache(tuple);
+	return canlogin;
 }
 
 /*

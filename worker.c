@@ -54,6 +54,9 @@
 PGDLLEXPORT void bg_worker_main(Datum main_arg);
 
 /* The job's segment, for the worker's exit callback */
+/* bg_fdw.launched_by: in a job, the launching session's session_user */
+char	   *bg_launched_by = NULL;
+
 static dsm_segment *bg_worker_segment = NULL;
 
 /* The job's shared state, in a job's worker; for bg_progress */
@@ -151,13 +154,20 @@ bg_worker_main(Datum main_arg)
 	SpinLockRelease(&shared->mutex);
 
 	/*
-	 * Connect as the session's authenticated user (a NOLOGIN current role
-	 * could not connect), then take on the launcher's settings, role and
-	 * security context, in the order ParallelWorkerMain uses.
+	 * Connect as the job's role where it may (bg_job_role_may_connect),
+	 * else as the session's authenticated user; then take on the launcher's
+	 * settings (its session_authorization among them, so that session_user
+	 * is the launching session's), role and security context, in the order
+	 * ParallelWorkerMain uses.
 	 */
-	BackgroundWorkerInitializeConnectionByOid(shared->database_id,
-											  shared->authenticated_user_id,
-											  0);
+	if (shared->connect_as_job_role)
+		BackgroundWorkerInitializeConnectionByOid(shared->database_id,
+												  shared->current_user_id,
+												  BG_CONNECT_AS_ROLE_FLAGS);
+	else
+		BackgroundWorkerInitializeConnectionByOid(shared->database_id,
+												  shared->authenticated_user_id,
+												  0);
 	SetClientEncoding(GetDatabaseEncoding());
 	/*
 	 * These run before InitPostgres's own exit callbacks abort and close
@@ -203,6 +213,8 @@ bg_worker_main(Datum main_arg)
 	/* with the launcher's client_min_messages and bg_fdw.max_messages_size */
 	if (shared->keep)
 		bg_messages_keep_start();
+	SetConfigOption("bg_fdw.launched_by", shared->launched_by, PGC_INTERNAL,
+					PGC_S_OVERRIDE);
 	SetCurrentRoleId(shared->outer_user_id, shared->role_is_superuser);
 	SetUserIdAndSecContext(shared->current_user_id, shared->sec_context);
 

@@ -113,8 +113,12 @@ GRANT USAGE ON FOREIGN SERVER bg_server TO regress_nologin;
 GRANT CREATE ON SCHEMA public TO regress_nologin;
 CREATE TABLE regress_secret (s text);
 SET ROLE regress_nologin;
-SELECT bg_launch('SELECT current_user, session_user = current_user AS same') AS pid \gset
+SELECT bg_launch(format('SELECT current_user, current_setting(%L) = %L AS launched_by_me',
+                        'bg_fdw.launched_by', session_user)) AS pid \gset
 SELECT * FROM bg_result_:pid;
+-- outside a job, bg_fdw.launched_by is empty, and nobody sets it
+SELECT current_setting('bg_fdw.launched_by') = '' AS empty;
+SELECT regress_try($$SET bg_fdw.launched_by = 'someone'$$);
 -- privileges are checked when the job runs its statement
 SELECT bg_launch('SELECT * FROM regress_secret') AS pid \gset
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
@@ -165,6 +169,39 @@ SELECT * FROM bg_result(:pid) AS r(who text, secrets bigint);
 RESET ROLE;
 -- a superuser has every role's privileges
 SELECT bg_wait(:pid);
+-- The job is its role's to the rest of the server: its worker connects as
+-- the role it runs as (one that may log in; on 17 and later any), so the
+-- caller of a SECURITY DEFINER function that launched it sees neither its
+-- query in pg_stat_activity nor may cancel it; bg_fdw.launched_by tells
+-- the job who launched it.
+CREATE ROLE regress_owner LOGIN;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_owner;
+GRANT USAGE ON FOREIGN SERVER bg_server TO regress_owner;
+GRANT CREATE ON SCHEMA public TO regress_owner;
+DO $$ BEGIN
+  EXECUTE format('GRANT TEMP ON DATABASE %I TO regress_owner', current_database());
+END $$;
+CREATE FUNCTION regress_owner_launch(who text) RETURNS int
+LANGUAGE sql SECURITY DEFINER SET search_path = public
+AS $$ SELECT bg_launch(format(
+  'SELECT pg_advisory_lock_shared(4307)::text AS locked, session_user::text AS s,
+          current_user::text AS c, current_setting(%L) = %L AS launched_by_caller',
+  'bg_fdw.launched_by', who)) $$;
+ALTER FUNCTION regress_owner_launch(text) OWNER TO regress_owner;
+SELECT pg_advisory_lock(4307);
+SET ROLE regress_plain;
+SELECT regress_owner_launch(session_user) AS pid \gset
+RESET ROLE;
+SELECT regress_poll(format('(SELECT wait_event_type = %L FROM pg_stat_activity WHERE pid = %s)',
+                           'Lock', :pid)) AS job_waits;
+SET ROLE regress_plain;
+SELECT usename, query FROM pg_stat_activity WHERE pid = :pid;
+SELECT split_part(regress_try('SELECT pg_cancel_backend(' || :pid || ')'), ':', 1) AS cancel;
+RESET ROLE;
+SELECT pg_advisory_unlock(4307);
+SET ROLE regress_owner;
+SELECT s, c, launched_by_caller FROM bg_result(:pid) AS r(locked text, s text, c text, launched_by_caller boolean);
+RESET ROLE;
 
 -- Jobs are easy to spot in pg_stat_activity
 SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS pid \gset
@@ -213,5 +250,7 @@ DROP SCHEMA regress_imp, regress_imp2 CASCADE;
 RESET client_min_messages;
 
 -- Roles belong to the whole server: leave none behind
-DROP OWNED BY regress_nologin, regress_no_usage, regress_member, regress_plain;
-DROP ROLE regress_nologin, regress_no_usage, regress_member, regress_plain;
+DROP OWNED BY regress_nologin, regress_no_usage, regress_member, regress_plain,
+  regress_owner;
+DROP ROLE regress_nologin, regress_no_usage, regress_member, regress_plain,
+  regress_owner;
