@@ -489,6 +489,8 @@ extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,
 								int64 kept_job);
 extern void bg_spool_set_valid(BgSpool *sp, uint64 valid);
 extern bool bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid);
+extern bool bg_spool_kept_removed(BgSpool *sp);
+extern void bg_spool_unkeep(BgSpool *sp);
 extern void bg_spool_free(BgSpool *sp);
 extern void bg_spool_append(BgSpool *sp, MinimalTuple tuple);
 extern void bg_spool_rewind(BgSpoolReader *rd);

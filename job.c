@@ -85,6 +85,7 @@ static void bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup);
 static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
 static void bg_job_release_kept(BgJob *job);
+static void bg_jobs_unkeep_removed(void);
 static void bg_check_spool(BgJob *job);
 static void bg_stream_reread_error(BgJob *job);
 static void bg_job_spool(BgJob *job, MinimalTuple tuple);
@@ -440,6 +441,55 @@ bg_jobs_release_ended(void)
 		else if (job->state == BG_JOB_FINISHED &&
 				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
 			bg_job_release_kept(job);
+	}
+	bg_jobs_unkeep_removed();
+}
+
+/*
+ * A job this session holds whose kept file was removed (bg_forget, expiry)
+ * while the session held it open: the session keeps the rows in a file of
+ * its own from now on, and the removed file's disk goes back.  A copy that
+ * fails (temp_file_limit) leaves the result readable as it was, until the
+ * next try; it does not fail the caller (a launch, bg_segments).
+ */
+static void
+bg_jobs_unkeep_removed(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+		MemoryContext oldcxt = CurrentMemoryContext;
+		ResourceOwner oldowner = CurrentResourceOwner;
+
+		if (job->state == BG_JOB_DETACHED || job->spool == NULL ||
+			job->seg != NULL || bg_job_in_use(job) ||
+			!bg_spool_kept_removed(job->spool))
+			continue;
+		BeginInternalSubTransaction(NULL);
+		PG_TRY();
+		{
+			bg_spool_unkeep(job->spool);
+			ReleaseCurrentSubTransaction();
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(oldcxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("could not copy the rows of background job %d, whose kept result was forgotten: %s",
+							job->pid, edata->message)));
+			FreeErrorData(edata);
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
 	}
 }
 

@@ -42,10 +42,12 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "access/htup_details.h"
 #include "commands/tablespace.h"
+#include "miscadmin.h"
 #include "port/pg_crc32c.h"
 #include "storage/fd.h"
 #include "utils/memutils.h"
@@ -103,7 +105,9 @@ static void bg_spool_flush(BgSpool *sp);
 static char *bg_spool_read_file(BgSpool *sp, BgSpoolReader *rd, Size need);
 static void bg_spool_unpack(BgSpool *sp, BgSpoolReader *rd, const char *rec,
 							uint32 body, HeapTuple tuple);
+static void bg_spool_append_file(BgSpool *sp, MinimalTuple tuple);
 static bool bg_spool_open_kept(BgSpool *sp);
+static void bg_spool_close_kept(BgSpool *sp);
 static void bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple);
 static void bg_spool_trim_tail(BgSpool *sp);
 static void bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple);
@@ -136,11 +140,7 @@ bg_spool_free(BgSpool *sp)
 	if (sp->file >= 0)
 		FileClose(sp->file);
 	if (sp->kept_fd >= 0)
-	{
-		close(sp->kept_fd);
-		ReleaseExternalFD();
-		bg_spool_kept_fds--;
-	}
+		bg_spool_close_kept(sp);
 	MemoryContextDelete(sp->cxt);
 	pfree(sp);
 }
@@ -184,16 +184,86 @@ bg_spool_append(BgSpool *sp, MinimalTuple tuple)
 			memset(dest + len, 0, MAXALIGN(len) - len);
 	}
 	else
-	{
-		uint32		body = tuple->t_len - MINIMAL_TUPLE_DATA_OFFSET;
-
-		dest = bg_spool_reserve_file(sp, sizeof(uint32) + body);
-		memcpy(dest, &body, sizeof(uint32));
-		memcpy(dest + sizeof(uint32),
-			   (char *) tuple + MINIMAL_TUPLE_DATA_OFFSET, body);
-	}
+		bg_spool_append_file(sp, tuple);
 	sp->kept_bytes += sizeof(BgKeepRecord) + tuple->t_len;
 	sp->nrows++;
+}
+
+/* Write a row to the spool's own file: its length, then its data. */
+static void
+bg_spool_append_file(BgSpool *sp, MinimalTuple tuple)
+{
+	uint32		body = tuple->t_len - MINIMAL_TUPLE_DATA_OFFSET;
+	char	   *dest = bg_spool_reserve_file(sp, sizeof(uint32) + body);
+
+	memcpy(dest, &body, sizeof(uint32));
+	memcpy(dest + sizeof(uint32), (char *) tuple + MINIMAL_TUPLE_DATA_OFFSET,
+		   body);
+}
+
+/* Has the kept file this spool reads been removed (bg_forget, expiry)? */
+bool
+bg_spool_kept_removed(BgSpool *sp)
+{
+	struct stat st;
+
+	return sp->kept_fd >= 0 && fstat(sp->kept_fd, &st) == 0 &&
+		st.st_nlink == 0;
+}
+
+/*
+ * Copy the rows this spool reads from the job's kept file into a file of
+ * its own, and let the kept file go.  For a kept file that was removed:
+ * the session keeps the rows it holds, and the disk the removed file takes,
+ * which no kept-size limit counts any more, is given back; the spool's own
+ * file counts against temp_file_limit.  No reader may be open (positions
+ * are offsets in the kept file), and the job has ended (nothing is
+ * appended).  On error the kept file stays in use and the copy is dropped
+ * at the next attempt.
+ */
+void
+bg_spool_unkeep(BgSpool *sp)
+{
+	BgSpoolReader rd;
+	HeapTupleData tuple;
+	int64		row;
+
+	Assert(sp->kept_fd >= 0);
+	if (sp->file >= 0)
+		FileClose(sp->file);
+	sp->file = -1;
+	sp->file_size = 0;
+	sp->wbuf_used = 0;
+	memset(&rd, 0, sizeof(rd));
+	rd.row = sp->mem_rows;
+	rd.in_file = true;
+	rd.offset = sp->kept_start;
+	for (row = sp->mem_rows; row < sp->nrows; row++)
+	{
+		bg_spool_read_kept(sp, &rd, &tuple);
+		bg_spool_append_file(sp, (MinimalTuple) ((char *) tuple.t_data +
+												 MINIMAL_TUPLE_OFFSET));
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (rd.buf)
+		pfree(rd.buf);
+	if (rd.row_buf)
+		pfree(rd.row_buf);
+	bg_spool_close_kept(sp);
+}
+
+static void
+bg_spool_close_kept(BgSpool *sp)
+{
+	close(sp->kept_fd);
+	ReleaseExternalFD();
+	bg_spool_kept_fds--;
+	sp->kept_fd = -1;
+	sp->kept_job = 0;
+	if (sp->tail)
+		pfree(sp->tail);
+	sp->tail = NULL;
+	sp->tail_size = sp->tail_len = sp->tail_head = 0;
 }
 
 /*

@@ -255,10 +255,16 @@ SELECT g FROM bg_result_:part LIMIT 2;
 SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
                            :part)) AS part_kept;
 SELECT regress_poll(format('bg_segments() = %s', :segs_before)) AS partly_read_given_back;
+SELECT coalesce(sum(size), 0) AS temp_bytes FROM pg_ls_tmpdir();
 SELECT bg_forget(:part);
 SELECT count(*), sum(g) FROM bg_result_:part;
+-- at its next call (a launch, bg_segments) the session copies those rows to
+-- a file of its own, so that the forgotten file's disk goes back
+SELECT bg_segments() = :segs_before AS none;
+SELECT sum(size) > 0 AS own_copy FROM pg_ls_tmpdir();
 SELECT count(*), sum(g) FROM bg_result_:part;
 SELECT bg_detach(:part);
+SELECT coalesce(sum(size), 0) AS temp_bytes FROM pg_ls_tmpdir();
 -- forgotten before the session gave its segment back, the job keeps it:
 -- its rows are then read from the queue, until the end
 SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS part \gset
