@@ -219,3 +219,11 @@ CREATE FUNCTION @extschema@.bg_wait_any(pids integer[], timeout interval DEFAULT
 RETURNS integer
 AS 'MODULE_PATHNAME'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- In a job, the session_user of the session that launched it (of the first
+-- one, for a job launched by a job); NULL elsewhere.  The job connects as
+-- the role it runs as, so audit code asks this, not session_user.
+CREATE FUNCTION @extschema@.bg_launched_by()
+RETURNS name
+AS 'MODULE_PATHNAME'
+LANGUAGE C STABLE PARALLEL RESTRICTED;

@@ -240,14 +240,6 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
-	DefineCustomStringVariable("bg_fdw.launched_by",
-							   "In a background job, the session_user of the session that launched it.",
-							   "Empty outside jobs. The job itself connects as the role it runs as, where it can.",
-							   &bg_launched_by,
-							   "",
-							   PGC_INTERNAL,
-							   GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
-							   NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bg_fdw");
 	bg_keep_init();
 	bg_supervisor_init();

@@ -44,7 +44,7 @@
  * older library after new files were installed must not read a newer
  * segment, nor the reverse.  1.0: 0x62676664.
  */
-#define BG_FDW_MAGIC			0x62676612
+#define BG_FDW_MAGIC			0x62676613
 #define BG_FDW_MAGIC_1_0		0x62676664
 
 /* shm_toc keys of a job segment */
@@ -183,6 +183,9 @@ typedef struct BgJobShared
 	PGPROC	   *waiters[BG_MAX_WAITERS];	/* sessions in bg_wait_any on
 											 * this job, whose latches the
 											 * worker sets when it exits */
+	bool		waiter_any[BG_MAX_WAITERS];	/* that waiter waits for
+											 * another job too: no edge of
+											 * the wait-for graph */
 	bool		kept_recorded;	/* worker sets once the registry records its
 								 * kept result; a session may then give back
 								 * the segment of the job unread */
@@ -262,6 +265,20 @@ typedef enum BgJobStatus
 #define BG_SERVER_NAME			"bg_server"
 
 /* Life of a job as the session that launched it sees it */
+/* The wait-for graph (waitgraph.c) */
+#define BG_WALK_MAX		64		/* backends a walk visits at most */
+typedef struct BgWaitEdge
+{
+	int			from;			/* this backend waits */
+	int			to;				/* for this one */
+} BgWaitEdge;
+/* The chain of waits the previous check of one wait saw, or len 0 */
+typedef struct BgWaitCycle
+{
+	int			len;
+	int			path[BG_WALK_MAX];
+} BgWaitCycle;
+
 typedef enum BgJobState
 {
 	BG_JOB_RUNNING,				/* no outcome received yet */
@@ -342,6 +359,7 @@ typedef struct BgJob
 	ErrorData  *error;			/* the job's error, once failed */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
+	BgWaitCycle cycle;			/* what the last deadlock check saw */
 } BgJob;
 
 /* in bg_fdw.c */
@@ -353,7 +371,7 @@ extern bool bg_job_held(int pid, int64 job_id);
 extern long bg_interval_ms(Interval *interval);
 
 /* in worker.c */
-extern char *bg_launched_by;
+extern const char *bg_worker_launched_by(void);
 extern BgJobShared *bg_worker_job(void);
 extern ErrorData *bg_worker_take_error(void);
 
@@ -372,13 +390,12 @@ extern TupleDesc bg_desc_deserialize(StringInfo msg);
 extern bool bg_desc_equal(TupleDesc a, TupleDesc b);
 extern void bg_check_statements(List *raw_list);
 
+
+
 /* in waitgraph.c */
-typedef struct BgWaitEdge
-{
-	int			from;			/* this backend waits */
-	int			to;				/* for this one */
-} BgWaitEdge;
-extern void bg_check_wait_cycle(int pid, const char *hint);
+extern bool bg_wait_cycle_found(int pid, BgWaitCycle *seen);
+extern void bg_raise_wait_cycle(BgWaitCycle *seen, const char *hint);
+extern void bg_check_wait_cycle(int pid, BgWaitCycle *seen, const char *hint);
 
 /* in handshake.c */
 extern void bg_job_set_flag(BgJobShared *shared, bool *flag, BgWake wake);

@@ -57,6 +57,8 @@ typedef struct BgWaitTarget
 								 * found */
 	dsm_segment *seg;			/* its segment, mapped by us, or NULL */
 	BgJobShared *shared;		/* where we are registered as a waiter */
+	bool		any;			/* one of several jobs waited for */
+	BgWaitCycle cycle;			/* what the last deadlock check saw */
 } BgWaitTarget;
 
 static int	bg_wait_targets(ArrayType *pids, BgWaitTarget **targets);
@@ -66,6 +68,7 @@ static bool bg_wait_register(BgWaitTarget *t, dsm_handle handle);
 static void bg_wait_unregister(dsm_segment *seg, Datum arg);
 static void bg_wait_release(BgWaitTarget *targets, int n);
 static void bg_wait_check_deadlock(BgWaitTarget *targets, int n);
+static void bg_wait_publish(BgWaitTarget *targets, int n, bool waiting);
 
 /*
  * A label, a channel name or a progress message: not empty, at most maxlen
@@ -263,6 +266,8 @@ bg_wait_any(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("PIDs of the background jobs must not be null")));
 	n = bg_wait_targets(PG_GETARG_ARRAYTYPE_P(0), &targets);
+	for (i = 0; i < n; i++)
+		targets[i].any = n > 1;
 	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 	{
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
@@ -312,6 +317,7 @@ bg_wait_any(PG_FUNCTION_ARGS)
 			}
 			wait_ms = Min(wait_ms, remaining);
 		}
+		bg_wait_publish(targets, n, true);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, bg_wait_event_job());
 		ResetLatch(MyLatch);
@@ -324,7 +330,21 @@ bg_wait_any(PG_FUNCTION_ARGS)
 			bg_wait_check_deadlock(targets, n);
 			look = true;
 		}
+		bg_wait_publish(targets, n, false);
 	}
+}
+
+/*
+ * A wait for one job of this session is published in the job's segment for
+ * the wait-for graph (waitgraph.c), as bg_wait's is.  A wait for any of
+ * several is not: the graph knows only waits for all of what they wait for.
+ * An error on the way leaves it set: transaction abort clears it.
+ */
+static void
+bg_wait_publish(BgWaitTarget *targets, int n, bool waiting)
+{
+	if (n == 1 && targets[0].job != NULL && targets[0].job->shared != NULL)
+		targets[0].job->shared->launcher_waiting = waiting;
 }
 
 /* The jobs of the array, each PID once, in order; returns how many. */
@@ -424,6 +444,7 @@ bg_wait_register(BgWaitTarget *t, dsm_handle handle)
 		if (shared->waiters[i] == NULL)
 		{
 			shared->waiters[i] = MyProc;
+			shared->waiter_any[i] = t->any;
 			t->shared = shared;
 			break;
 		}
@@ -471,25 +492,34 @@ bg_wait_release(BgWaitTarget *targets, int n)
 }
 
 /*
- * A job that waits for a lock this session holds never ends while we wait
- * for it: that is a deadlock, as in bg_wait.
+ * A job that waits for this session, for a lock it holds or through others
+ * (waitgraph.c), never ends while we wait for it: when every job waited for
+ * does, that is a deadlock, as in bg_wait.  One that may still end lets the
+ * wait end.
  */
 static void
 bg_wait_check_deadlock(BgWaitTarget *targets, int n)
 {
-	int			i;
-
 	const char *hint = _("Wait for the jobs from another session, or outside the transaction that holds the lock.");
+	int			direct = -1;
+	int			cycle = -1;
+	int			i;
 
 	for (i = 0; i < n; i++)
 	{
 		if (bg_blocked_by_me(targets[i].pid))
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
-					 errmsg("deadlock detected"),
-					 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
-							   targets[i].pid),
-					 errhint("%s", hint)));
-		bg_check_wait_cycle(targets[i].pid, hint);
+			direct = i;
+		else if (bg_wait_cycle_found(targets[i].pid, &targets[i].cycle))
+			cycle = i;
+		else
+			return;
 	}
+	if (direct >= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
+						   targets[direct].pid),
+				 errhint("%s", hint)));
+	bg_raise_wait_cycle(&targets[cycle].cycle, hint);
 }

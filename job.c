@@ -86,6 +86,7 @@ static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
 static void bg_job_release_kept(BgJob *job);
 static void bg_jobs_unkeep_removed(void);
+static void bg_jobs_clear_waiting(void);
 static void bg_check_spool(BgJob *job);
 static void bg_stream_reread_error(BgJob *job);
 static void bg_job_spool(BgJob *job, MinimalTuple tuple);
@@ -765,11 +766,14 @@ bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at)
 	wait_ms = TimestampDifferenceMilliseconds(now, *check_at);
 	if (timeout_ms >= 0 && timeout_ms < wait_ms)
 		wait_ms = timeout_ms;
-	/* for the wait-for graph of other backends (waitgraph.c) */
+	/*
+	 * For the wait-for graph of other backends (waitgraph.c), through our
+	 * own check too: two sessions checking in step must each see the other
+	 * wait.  An error on the way leaves it set: transaction abort clears it.
+	 */
 	job->shared->launcher_waiting = true;
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 wait_ms, bg_wait_event_job());
-	job->shared->launcher_waiting = false;
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	now = GetCurrentTimestamp();
@@ -777,6 +781,22 @@ bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at)
 	{
 		*check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
 		bg_job_check_deadlock(job);
+	}
+	job->shared->launcher_waiting = false;
+}
+
+/* After an error: no job of ours is waited for any more. */
+static void
+bg_jobs_clear_waiting(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->state != BG_JOB_DETACHED && job->shared != NULL)
+			job->shared->launcher_waiting = false;
 	}
 }
 
@@ -836,7 +856,7 @@ bg_job_check_deadlock(BgJob *job)
 				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
 						   job->pid),
 				 errhint("%s", hint)));
-	bg_check_wait_cycle(job->pid, hint);
+	bg_check_wait_cycle(job->pid, &job->cycle, hint);
 	pfree(hint);
 }
 
@@ -1303,6 +1323,8 @@ bg_xact_callback(XactEvent event, void *arg)
 						 errmsg("cannot PREPARE a transaction that has detached a background job")));
 		}
 	}
+	if (event == XACT_EVENT_ABORT)
+		bg_jobs_clear_waiting();
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE)
 	{
@@ -1317,6 +1339,7 @@ bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
+		bg_jobs_clear_waiting();
 		bg_release_readers(mySubid);
 		bg_end_detaches(false, mySubid);
 	}

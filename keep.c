@@ -144,6 +144,7 @@ struct BgKeepReader
 	int64		job_id;
 	dsm_segment *seg;			/* the job's segment, or NULL once ended */
 	BgJobShared *shared;
+	BgWaitCycle cycle;			/* what the last deadlock check saw */
 };
 
 /*
@@ -895,7 +896,7 @@ bg_keep_sleep(BgKeepReader *r)
 				 errdetail("This session waits for rows of background job %d, which waits for a lock this session holds.",
 						   r->pid),
 				 errhint("%s", hint)));
-	bg_check_wait_cycle(r->pid, hint);
+	bg_check_wait_cycle(r->pid, &r->cycle, hint);
 }
 
 /*

@@ -443,7 +443,9 @@ bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	GetUserIdAndSecContext(&shared->current_user_id, &shared->sec_context);
 	shared->role_is_superuser = bg_current_role_is_superuser();
 	shared->connect_as_job_role = bg_job_role_may_connect(shared->current_user_id);
-	strlcpy(shared->launched_by, GetUserNameFromId(GetSessionUserId(), false),
+	/* a job's job was launched by whoever launched the first */
+	strlcpy(shared->launched_by, bg_worker_launched_by() ?
+			bg_worker_launched_by() : GetUserNameFromId(GetSessionUserId(), false),
 			NAMEDATALEN);
 	shared->launcher_pid = MyProcPid;
 	shared->launcher_proc = MyProc;

@@ -312,7 +312,7 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe);
 static List *bg_wait_edge(List *edges, int from, int to);
-static void bg_registry_wait_check(int pid);
+static void bg_registry_wait_check(int pid, BgWaitCycle *cycle);
 static bool bg_entry_settle(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_kept_interrupted(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_kept_to_record(BgJobShared *shared, BgJobStatus status);
@@ -1522,7 +1522,8 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 			memcpy(probe->progress_message, shared->progress_message,
 				   BG_PROGRESS_MESSAGE_LEN);
 			for (i = 0; i < BG_MAX_WAITERS; i++)
-				probe->waiters[i] = shared->waiters[i] ? shared->waiters[i]->pid : 0;
+				probe->waiters[i] = shared->waiters[i] && !shared->waiter_any[i] ?
+					shared->waiters[i]->pid : 0;
 			SpinLockRelease(&shared->mutex);
 			probe->launcher_waiting = shared->launcher_waiting;
 			probe->worker_waiting = shared->worker_waiting;
@@ -1922,6 +1923,7 @@ bg_registry_wait(int pid, long timeout_ms)
 	TimestampTz deadline = 0;
 	TimestampTz check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   DeadlockTimeout);
+	BgWaitCycle cycle = {0};
 	long		nap_ms = 1;
 	MemoryContext poll_cxt = AllocSetContextCreate(CurrentMemoryContext,
 												   "bg_fdw wait",
@@ -1975,7 +1977,7 @@ bg_registry_wait(int pid, long timeout_ms)
 		nap_ms = Min(nap_ms * 2, 100);
 		if (GetCurrentTimestamp() >= check_at)
 		{
-			bg_registry_wait_check(pid);
+			bg_registry_wait_check(pid, &cycle);
 			check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												   DeadlockTimeout);
 		}
@@ -1987,7 +1989,7 @@ bg_registry_wait(int pid, long timeout_ms)
  * directly for a lock we hold or through others, never ends.
  */
 static void
-bg_registry_wait_check(int pid)
+bg_registry_wait_check(int pid, BgWaitCycle *cycle)
 {
 	const char *hint = _("Wait for the job outside the transaction that holds the lock, or from another session.");
 
@@ -1998,7 +2000,7 @@ bg_registry_wait_check(int pid)
 				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
 						   pid),
 				 errhint("%s", hint)));
-	bg_check_wait_cycle(pid, hint);
+	bg_check_wait_cycle(pid, cycle, hint);
 }
 
 /*
@@ -2414,10 +2416,18 @@ bg_registry_wait_edges(void)
 	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2];
 	List	   *edges = NIL;
+	Oid			relid = bg_registry_relid();
 	uint64		i;
 
-	if (!bg_registry_open(&call))
+	/* a wait must not wait for the registry: this look is skipped then */
+	if (!OidIsValid(relid) ||
+		!ConditionalLockRelationOid(relid, AccessShareLock))
 		return NIL;
+	if (!bg_registry_open(&call))
+	{
+		UnlockRelationOid(relid, AccessShareLock);
+		return NIL;
+	}
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
 	tt = bg_registry_query(psprintf("SELECT id, pid, launcher_pid, segment FROM %s "
@@ -2445,11 +2455,13 @@ bg_registry_wait_edges(void)
 			edges = bg_wait_edge(edges, launcher, worker);
 		if (probe.worker_waiting)
 			edges = bg_wait_edge(edges, worker, launcher);
+		/* (a wait for any of several jobs is no edge: see bg_wait_publish) */
 		for (w = 0; w < BG_MAX_WAITERS; w++)
 			edges = bg_wait_edge(edges, probe.waiters[w], worker);
 		MemoryContextSwitchTo(oldcxt);
 	}
 	bg_registry_close(&call);
+	UnlockRelationOid(relid, AccessShareLock);
 	return edges;
 }
 

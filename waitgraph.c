@@ -41,58 +41,68 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/fmgrprotos.h"
 #include "utils/memutils.h"
+#include "utils/wait_event.h"
 
 #include "bg_fdw.h"
 
-/* Backends a walk visits at most */
-#define BG_WALK_MAX		64
-
-/* The cycle the previous check saw, from the backend waited for to us */
-static int	bg_seen_path[BG_WALK_MAX + 1];
-static int	bg_seen_len = 0;
-
 static int	bg_find_cycle(int start, int *path);
+static bool bg_may_wait_in_bg_fdw(int pid);
 static void bg_walk_add(int *nodes, int *parent, int *n, int from, int pid);
 static void bg_walk_add_array(int *nodes, int *parent, int *n, int from,
 							  Datum array);
 
 /*
  * This backend waits for backend "pid" (a job's worker, or a worker's
- * launcher).  Raise 40P01 if "pid" waits for us, through any chain of
- * waits, as seen by this check and the previous one.  The direct case,
+ * launcher).  Does "pid" wait for us, through any chain of waits, as this
+ * check sees it and as the previous check of the same wait ("seen", which
+ * the caller keeps for each thing it waits for) saw it?  The direct case,
  * "pid" waiting for a lock we hold, callers check first with
  * bg_blocked_by_me, which needs no second look.
  */
-void
-bg_check_wait_cycle(int pid, const char *hint)
+bool
+bg_wait_cycle_found(int pid, BgWaitCycle *seen)
 {
-	int			path[BG_WALK_MAX + 1];
+	int			path[BG_WALK_MAX];
 	int			len = bg_find_cycle(pid, path);
 	bool		again;
+
+	again = len > 0 && len == seen->len &&
+		memcmp(path, seen->path, len * sizeof(int)) == 0;
+	seen->len = len;
+	memcpy(seen->path, path, len * sizeof(int));
+	return again;
+}
+
+/* Raise 40P01 for the chain bg_wait_cycle_found found, naming it. */
+void
+bg_raise_wait_cycle(BgWaitCycle *seen, const char *hint)
+{
 	StringInfoData detail;
 	int			i;
 
-	again = len > 0 && len == bg_seen_len &&
-		memcmp(path, bg_seen_path, len * sizeof(int)) == 0;
-	bg_seen_len = len;
-	memcpy(bg_seen_path, path, len * sizeof(int));
-	if (!again)
-		return;
-	bg_seen_len = 0;
-
 	initStringInfo(&detail);
-	appendStringInfo(&detail, "Process %d waits for ", path[0]);
-	for (i = 1; i < len; i++)
-		appendStringInfo(&detail, "process %d, which waits for ", path[i]);
+	appendStringInfo(&detail, "Process %d waits for ", seen->path[0]);
+	for (i = 1; i < seen->len; i++)
+		appendStringInfo(&detail, "process %d, which waits for ", seen->path[i]);
 	appendStringInfoString(&detail, "this process.");
+	seen->len = 0;
 	ereport(ERROR,
 			(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 			 errmsg("deadlock detected"),
 			 errdetail_internal("%s", detail.data),
 			 errhint("%s", hint)));
+}
+
+void
+bg_check_wait_cycle(int pid, BgWaitCycle *seen, const char *hint)
+{
+	if (bg_wait_cycle_found(pid, seen))
+		bg_raise_wait_cycle(seen, hint);
 }
 
 /*
@@ -108,7 +118,8 @@ bg_find_cycle(int start, int *path)
 											  "bg_fdw wait graph",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-	List	   *edges = bg_registry_wait_edges();
+	List	   *edges = NIL;
+	bool		edges_read = false;
 	int			nodes[BG_WALK_MAX];
 	int			parent[BG_WALK_MAX];
 	int			n = 0;
@@ -128,6 +139,12 @@ bg_find_cycle(int start, int *path)
 		bg_walk_add_array(nodes, parent, &n, i,
 						  DirectFunctionCall1(pg_safe_snapshot_blocking_pids,
 											  Int32GetDatum(nodes[i])));
+		/* bg_fdw's own waits cost a look at every job: only when needed */
+		if (!edges_read && bg_may_wait_in_bg_fdw(nodes[i]))
+		{
+			edges = bg_registry_wait_edges();
+			edges_read = true;
+		}
 		foreach(lc, edges)
 		{
 			BgWaitEdge *e = lfirst(lc);
@@ -152,6 +169,24 @@ bg_find_cycle(int start, int *path)
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(cxt);
 	return len;
+}
+
+/*
+ * Might backend "pid" be in one of bg_fdw's own waits: waiting for a job
+ * (or, on 15 and 16, in any extension's wait), for its launch, or for room
+ * in a queue (a stream job's worker)?
+ */
+static bool
+bg_may_wait_in_bg_fdw(int pid)
+{
+	PGPROC	   *proc = BackendPidGetProc(pid);
+	uint32		event;
+
+	if (proc == NULL)
+		return false;
+	event = *(volatile uint32 *) &proc->wait_event_info;
+	return event == bg_wait_event_job() || event == bg_wait_event_launch() ||
+		event == WAIT_EVENT_MQ_SEND;
 }
 
 /* Visit backend "pid", reached from nodes[from], unless already visited. */

@@ -39,6 +39,7 @@
 #include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/portal.h"
@@ -54,9 +55,6 @@
 PGDLLEXPORT void bg_worker_main(Datum main_arg);
 
 /* The job's segment, for the worker's exit callback */
-/* bg_fdw.launched_by: in a job, the launching session's session_user */
-char	   *bg_launched_by = NULL;
-
 static dsm_segment *bg_worker_segment = NULL;
 
 /* The job's shared state, in a job's worker; for bg_progress */
@@ -96,6 +94,38 @@ static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
 									 TupleDesc expected);
 static void bg_completion_tag(char *buf, const QueryCompletion *qc);
 static void bg_send_message(char msgtype, const char *str, TupleDesc desc);
+
+PG_FUNCTION_INFO_V1(bg_launched_by);
+
+/*
+ * In a job, the session_user of the session that launched it (for a job a
+ * job launched, of the first session); NULL elsewhere.
+ */
+const char *
+bg_worker_launched_by(void)
+{
+	return bg_worker_shared ? bg_worker_shared->launched_by : NULL;
+}
+
+/*
+ * bg_launched_by() RETURNS name
+ *
+ * bg_worker_launched_by for SQL: the job connects as the role it runs as,
+ * so its session_user is that role; audit code asks this instead.  Nothing
+ * in a session can make it say anything else.
+ */
+Datum
+bg_launched_by(PG_FUNCTION_ARGS)
+{
+	const char *who = bg_worker_launched_by();
+	Name		name;
+
+	if (who == NULL)
+		PG_RETURN_NULL();
+	name = (Name) palloc0(NAMEDATALEN);
+	namestrcpy(name, who);
+	PG_RETURN_NAME(name);
+}
 
 /*
  * Entry point of a job's background worker.  An error while the job runs is
@@ -213,8 +243,6 @@ bg_worker_main(Datum main_arg)
 	/* with the launcher's client_min_messages and bg_fdw.max_messages_size */
 	if (shared->keep)
 		bg_messages_keep_start();
-	SetConfigOption("bg_fdw.launched_by", shared->launched_by, PGC_INTERNAL,
-					PGC_S_OVERRIDE);
 	SetCurrentRoleId(shared->outer_user_id, shared->role_is_superuser);
 	SetUserIdAndSecContext(shared->current_user_id, shared->sec_context);
 
@@ -502,6 +530,7 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 static void
 bg_check_launcher_deadlock(BgJobShared *shared)
 {
+	static BgWaitCycle cycle;
 	const char *hint = _("Launch the job outside the transaction that holds the lock.");
 
 	if (bg_blocked_by_me(shared->launcher_pid))
@@ -509,7 +538,7 @@ bg_check_launcher_deadlock(BgJobShared *shared)
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 				 errmsg("deadlock detected"),
 				 errdetail("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish.")));
-	bg_check_wait_cycle(shared->launcher_pid, hint);
+	bg_check_wait_cycle(shared->launcher_pid, &cycle, hint);
 }
 
 /*

@@ -113,12 +113,15 @@ GRANT USAGE ON FOREIGN SERVER bg_server TO regress_nologin;
 GRANT CREATE ON SCHEMA public TO regress_nologin;
 CREATE TABLE regress_secret (s text);
 SET ROLE regress_nologin;
-SELECT bg_launch(format('SELECT current_user, current_setting(%L) = %L AS launched_by_me',
-                        'bg_fdw.launched_by', session_user)) AS pid \gset
+SELECT bg_launch(format('SELECT current_user, bg_launched_by() = %L AS launched_by_me',
+                        session_user)) AS pid \gset
 SELECT * FROM bg_result_:pid;
--- outside a job, bg_fdw.launched_by is empty, and nobody sets it
-SELECT current_setting('bg_fdw.launched_by') = '' AS empty;
-SELECT regress_try($$SET bg_fdw.launched_by = 'someone'$$);
+-- a job's job was launched by whoever launched the first
+SELECT bg_launch(format('SELECT * FROM bg_result(bg_launch(%L)) AS r(launched_by_me boolean)',
+  format('SELECT bg_launched_by() = %L AS launched_by_me', session_user))) AS pid \gset
+SELECT * FROM bg_result_:pid;
+-- outside a job, bg_launched_by() is NULL
+SELECT bg_launched_by() IS NULL AS outside;
 -- privileges are checked when the job runs its statement
 SELECT bg_launch('SELECT * FROM regress_secret') AS pid \gset
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
@@ -172,8 +175,8 @@ SELECT bg_wait(:pid);
 -- The job is its role's to the rest of the server: its worker connects as
 -- the role it runs as (one that may log in; on 17 and later any), so the
 -- caller of a SECURITY DEFINER function that launched it sees neither its
--- query in pg_stat_activity nor may cancel it; bg_fdw.launched_by tells
--- the job who launched it.
+-- query in pg_stat_activity nor may cancel it; bg_launched_by() tells the
+-- job who launched it.
 CREATE ROLE regress_owner LOGIN;
 GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_owner;
 GRANT USAGE ON FOREIGN SERVER bg_server TO regress_owner;
@@ -185,8 +188,8 @@ CREATE FUNCTION regress_owner_launch(who text) RETURNS int
 LANGUAGE sql SECURITY DEFINER SET search_path = public
 AS $$ SELECT bg_launch(format(
   'SELECT pg_advisory_lock_shared(4307)::text AS locked, session_user::text AS s,
-          current_user::text AS c, current_setting(%L) = %L AS launched_by_caller',
-  'bg_fdw.launched_by', who)) $$;
+          current_user::text AS c, bg_launched_by() = %L AS launched_by_caller',
+  who)) $$;
 ALTER FUNCTION regress_owner_launch(text) OWNER TO regress_owner;
 SELECT pg_advisory_lock(4307);
 SET ROLE regress_plain;

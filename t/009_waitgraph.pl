@@ -123,6 +123,48 @@ is($node->safe_psql('postgres',
 		"SELECT string_agg(state || ' ' || sqlstate, ', ' ORDER BY id) FROM bg_jobs WHERE id >= (SELECT id FROM bg_jobs WHERE pid = $outer)"),
 	'failed 40P01, failed 40P01', 'both jobs failed with 40P01');
 
+# 5. bg_wait_any of two jobs that each wait for this session (through S2's
+# queued ALTER TABLE): every job waited for is deadlocked.
+$s1->query_safe('BEGIN');
+$s1->query_safe('SELECT count(*) FROM t');
+$s2->query_until(qr/altering again/,
+	"\\echo altering again\nALTER TABLE t ADD COLUMN z int;\n");
+waits_on($s2_pid, 'Lock', 'S2 queues again behind S1');
+my $j1 = $s1->query_safe(q{SELECT bg_launch('SELECT count(*) AS n FROM t')});
+my $j2 = $s1->query_safe(q{SELECT bg_launch('SELECT count(*) AS n FROM t')});
+waits_on($j1, 'Lock', 'a first job queues behind S2');
+waits_on($j2, 'Lock', 'and a second');
+$err = try_query($s1, "SELECT bg_wait_any(ARRAY[$j1, $j2])");
+like($err, qr/ERROR:  deadlock detected/,
+	'waiting for any of two jobs that both wait for this session fails');
+try_query($s1, 'ROLLBACK');
+$s2->{stderr} = '';
+$s2->query_safe('SELECT 1');
+is($s1->query_safe("SELECT bg_wait_any(ARRAY[$j1]) = $j1 AND bg_wait_any(ARRAY[$j2]) = $j2"),
+	't', 'both jobs then end');
+
+# 6. Two sessions, each holding a lock the other's job needs, each waiting
+# for its own job with bg_wait_any: a cycle through both sessions.
+$node->safe_psql('postgres', 'CREATE TABLE t1 (a int); CREATE TABLE t2 (a int)');
+$s1->query_safe('BEGIN');
+$s1->query_safe('LOCK t1');
+$s2->query_safe('BEGIN');
+$s2->query_safe('LOCK t2');
+# (a DO block: describing a query of t2 at launch would wait for S2's lock)
+my $k1 = $s1->query_safe(
+	q{SELECT bg_launch('DO $d$BEGIN PERFORM count(*) FROM t2; END$d$')});
+my $k2 = $s2->query_safe(
+	q{SELECT bg_launch('DO $d$BEGIN PERFORM count(*) FROM t1; END$d$')});
+waits_on($k1, 'Lock', 'the first session\'s job waits for the second session');
+waits_on($k2, 'Lock', 'and the second\'s for the first');
+$s1->query_until(qr/waiting 1/, "\\echo waiting 1\nSELECT bg_wait_any(ARRAY[$k1]);\n");
+$s2->query_until(qr/waiting 2/, "\\echo waiting 2\nSELECT bg_wait_any(ARRAY[$k2]);\n");
+# each ROLLBACK runs once its session's wait has ended, one way or the other
+my $e1 = try_query($s1, 'ROLLBACK');
+my $e2 = try_query($s2, 'ROLLBACK');
+ok($e1 =~ /deadlock detected/ || $e2 =~ /deadlock detected/,
+	'one of the two waits fails with a deadlock, and both end');
+
 $s1->quit;
 $s2->quit;
 is($node->safe_psql('postgres', 'SELECT count(*) FROM bg_jobs WHERE state = \'running\''),
