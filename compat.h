@@ -59,6 +59,13 @@ bg_current_role_is_superuser(void)
 #define BG_CONNECT_AS_ROLE_FLAGS	0
 #endif
 
+/* The wait event of a backend sending to a full shm_mq */
+#if PG_VERSION_NUM >= 170000
+#define BG_WAIT_EVENT_MQ_SEND	WAIT_EVENT_MESSAGE_QUEUE_SEND
+#else
+#define BG_WAIT_EVENT_MQ_SEND	WAIT_EVENT_MQ_SEND
+#endif
+
 /* Wrap a received message, which we only read, in a StringInfo. */
 static inline void
 bg_init_read_only_stringinfo(StringInfo str, char *data, int len)

@@ -49,6 +49,7 @@
 #include "utils/wait_event.h"
 
 #include "bg_fdw.h"
+#include "compat.h"
 
 static int	bg_find_cycle(int start, int *path);
 static bool bg_may_wait_in_bg_fdw(int pid);
@@ -186,7 +187,7 @@ bg_may_wait_in_bg_fdw(int pid)
 		return false;
 	event = *(volatile uint32 *) &proc->wait_event_info;
 	return event == bg_wait_event_job() || event == bg_wait_event_launch() ||
-		event == WAIT_EVENT_MQ_SEND;
+		event == BG_WAIT_EVENT_MQ_SEND;
 }
 
 /* Visit backend "pid", reached from nodes[from], unless already visited. */
