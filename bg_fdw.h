@@ -301,6 +301,7 @@ typedef struct BgSpoolReader
 	Size		buf_size;
 	off_t		buf_start;		/* file offset of buf's first byte */
 	Size		buf_len;		/* bytes in buf */
+	uint32		buf_file;		/* which of the spool's files they are from */
 	char	   *row_buf;		/* the current row, if from the file part */
 	Size		row_size;
 } BgSpoolReader;

@@ -412,11 +412,11 @@ bg_job_close_segment(BgJob *job)
  * pool, shared with parallel query, and an unread job must not hold one.
  * Such a job's rows are in its kept file and its outcome in the registry,
  * so it is then read as any other session reads it; the messages still on
- * its queue are relayed first, and the rows the session took go with its
- * spool.  Only jobs no scan has open are given back, and only once the
- * registry records the kept result, so that the file is there to read.  A session runs this where
- * it runs bg_fdw code (a launch, bg_segments); an idle one holds its
- * segments meanwhile.
+ * its queue are relayed first (bg_job_release_kept says what becomes of
+ * the rows the session took).  Only jobs no scan has open are given back,
+ * and only once the registry records the kept result, so that the file is
+ * there to read.  A session runs this where it runs bg_fdw code (a launch,
+ * bg_segments); an idle one holds its segments meanwhile.
  */
 void
 bg_jobs_release_ended(void)

@@ -97,6 +97,9 @@ struct BgSpool
 	Size		tail_len;
 	Size		tail_size;
 	off_t		tail_off;		/* all before it is written out */
+	uint32		file_no;		/* changes when the rows past memory move to
+								 * another file: readers' buffers then hold
+								 * nothing */
 };
 
 static char *bg_spool_reserve(BgSpool *sp, Size len);
@@ -250,6 +253,7 @@ bg_spool_unkeep(BgSpool *sp)
 	if (rd.row_buf)
 		pfree(rd.row_buf);
 	bg_spool_close_kept(sp);
+	sp->file_no++;
 }
 
 static void
@@ -617,8 +621,8 @@ bg_spool_read_file(BgSpool *sp, BgSpoolReader *rd, Size need)
 	off_t		off = rd->offset;
 	int			got;
 
-	if (rd->buf != NULL && off >= rd->buf_start &&
-		off + need <= rd->buf_start + rd->buf_len)
+	if (rd->buf != NULL && rd->buf_file == sp->file_no &&
+		off >= rd->buf_start && off + need <= rd->buf_start + rd->buf_len)
 		return rd->buf + (off - rd->buf_start);
 
 	if (need > rd->buf_size)
@@ -652,5 +656,6 @@ bg_spool_read_file(BgSpool *sp, BgSpoolReader *rd, Size need)
 						bg_spool_path(sp), got, need)));
 	rd->buf_start = off;
 	rd->buf_len = got;
+	rd->buf_file = sp->file_no;
 	return rd->buf;
 }
