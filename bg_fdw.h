@@ -509,6 +509,7 @@ extern void bg_spool_set_valid(BgSpool *sp, uint64 valid);
 extern bool bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid);
 extern bool bg_spool_kept_removed(BgSpool *sp);
 extern void bg_spool_unkeep(BgSpool *sp);
+extern void bg_spool_unkeep_cleanup(BgSpool *sp, bool done);
 extern void bg_spool_free(BgSpool *sp);
 extern void bg_spool_append(BgSpool *sp, MinimalTuple tuple);
 extern void bg_spool_rewind(BgSpoolReader *rd);

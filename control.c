@@ -503,8 +503,11 @@ bg_wait_check_deadlock(BgWaitTarget *targets, int n)
 	const char *hint = _("Wait for the jobs from another session, or outside the transaction that holds the lock.");
 	int			direct = -1;
 	int			cycle = -1;
+	int			free = 0;
 	int			i;
 
+
+	/* every target, so that each remembers what this check saw */
 	for (i = 0; i < n; i++)
 	{
 		if (bg_blocked_by_me(targets[i].pid))
@@ -512,8 +515,10 @@ bg_wait_check_deadlock(BgWaitTarget *targets, int n)
 		else if (bg_wait_cycle_found(targets[i].pid, &targets[i].cycle))
 			cycle = i;
 		else
-			return;
+			free++;
 	}
+	if (free > 0)
+		return;
 	if (direct >= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),

@@ -458,6 +458,10 @@ bg_jobs_unkeep_removed(void)
 {
 	ListCell   *lc;
 
+	/* (no subtransaction there; the next call copies) */
+	if (IsInParallelMode())
+		return;
+
 	foreach(lc, bg_jobs)
 	{
 		BgJob	   *job = lfirst(lc);
@@ -482,6 +486,13 @@ bg_jobs_unkeep_removed(void)
 			edata = CopyErrorData();
 			FlushErrorState();
 			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(oldcxt);
+			CurrentResourceOwner = oldowner;
+			bg_spool_unkeep_cleanup(job->spool, false);
+			/* a cancel or a timeout is the caller's, not the copy's */
+			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_INSUFFICIENT_RESOURCES &&
+				ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_SYSTEM_ERROR)
+				ReThrowError(edata);
 			ereport(WARNING,
 					(errcode(edata->sqlerrcode),
 					 errmsg("could not copy the rows of background job %d, whose kept result was forgotten: %s",
@@ -542,9 +553,15 @@ bg_jobs_check_ended_segments(void)
 	{
 		BgJob	   *job = lfirst(lc);
 
-		/* kept results give their segment back once they can */
-		if (job->seg != NULL && (!job->shared->keep || job->stream) &&
-			bg_job_get_flag(job->shared, &job->shared->worker_exited))
+		/*
+		 * Kept results give their segment back once recorded, unless a scan
+		 * has them open or the session cannot hold their file open (more
+		 * than 16 read in part): those count.
+		 */
+		if (job->seg != NULL && !bg_job_in_use(job) &&
+			bg_job_get_flag(job->shared, &job->shared->worker_exited) &&
+			(!job->shared->keep || job->stream ||
+			 bg_job_get_flag(job->shared, &job->shared->kept_recorded)))
 			ended++;
 	}
 	if (ended >= bg_max_ended_segments)

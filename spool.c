@@ -100,6 +100,7 @@ struct BgSpool
 	uint32		file_no;		/* changes when the rows past memory move to
 								 * another file: readers' buffers then hold
 								 * nothing */
+	BgSpoolReader copy;			/* bg_spool_unkeep's reader */
 };
 
 static char *bg_spool_reserve(BgSpool *sp, Size len);
@@ -227,33 +228,54 @@ bg_spool_kept_removed(BgSpool *sp)
 void
 bg_spool_unkeep(BgSpool *sp)
 {
-	BgSpoolReader rd;
+	BgSpoolReader *rd = &sp->copy;
 	HeapTupleData tuple;
 	int64		row;
 
-	Assert(sp->kept_fd >= 0);
-	if (sp->file >= 0)
-		FileClose(sp->file);
-	sp->file = -1;
-	sp->file_size = 0;
-	sp->wbuf_used = 0;
-	memset(&rd, 0, sizeof(rd));
-	rd.row = sp->mem_rows;
-	rd.in_file = true;
-	rd.offset = sp->kept_start;
+	Assert(sp->kept_fd >= 0 && sp->file < 0);
+	memset(rd, 0, sizeof(BgSpoolReader));
+	rd->row = sp->mem_rows;
+	rd->in_file = true;
+	rd->offset = sp->kept_start;
 	for (row = sp->mem_rows; row < sp->nrows; row++)
 	{
-		bg_spool_read_kept(sp, &rd, &tuple);
+		bg_spool_read_kept(sp, rd, &tuple);
 		bg_spool_append_file(sp, (MinimalTuple) ((char *) tuple.t_data +
 												 MINIMAL_TUPLE_OFFSET));
 		CHECK_FOR_INTERRUPTS();
 	}
-	if (rd.buf)
-		pfree(rd.buf);
-	if (rd.row_buf)
-		pfree(rd.row_buf);
-	bg_spool_close_kept(sp);
-	sp->file_no++;
+	bg_spool_unkeep_cleanup(sp, true);
+}
+
+/*
+ * After bg_spool_unkeep, done or cut short by an error: free its reader's
+ * buffers; once done, let the kept file go, else drop the partial copy and
+ * its buffer (the kept file is still read, and the next attempt starts
+ * afresh).
+ */
+void
+bg_spool_unkeep_cleanup(BgSpool *sp, bool done)
+{
+	if (sp->copy.buf)
+		pfree(sp->copy.buf);
+	if (sp->copy.row_buf)
+		pfree(sp->copy.row_buf);
+	memset(&sp->copy, 0, sizeof(BgSpoolReader));
+	if (done)
+	{
+		bg_spool_close_kept(sp);
+		sp->file_no++;
+		return;
+	}
+	if (sp->file >= 0)
+		FileClose(sp->file);
+	sp->file = -1;
+	sp->file_size = 0;
+	if (sp->wbuf)
+		pfree(sp->wbuf);
+	sp->wbuf = NULL;
+	sp->wbuf_size = 0;
+	sp->wbuf_used = 0;
 }
 
 static void

@@ -511,12 +511,13 @@ bg_wait_for_launcher(BgJobShared *shared, bool launched)
 
 		/* the launcher may be waiting for a message the queue could not take */
 		bg_spill_push_messages();
+		/* published through our own check too (see bg_job_sleep) */
 		shared->worker_waiting = true;
 		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					   DeadlockTimeout, bg_wait_event_launch());
-		shared->worker_waiting = false;
 		if ((rc & WL_TIMEOUT) && launched)
 			bg_check_launcher_deadlock(shared);
+		shared->worker_waiting = false;
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -259,7 +259,16 @@ SELECT coalesce(sum(size), 0) AS temp_bytes FROM pg_ls_tmpdir();
 SELECT bg_forget(:part);
 SELECT count(*), sum(g) FROM bg_result_:part;
 -- at its next call (a launch, bg_segments) the session copies those rows to
--- a file of its own, so that the forgotten file's disk goes back
+-- a file of its own, so that the forgotten file's disk goes back; a copy
+-- that does not fit (temp_file_limit) is dropped, with a warning, and tried
+-- again at the next call
+SET temp_file_limit = '64kB';
+SET client_min_messages = error;
+SELECT bg_segments() = :segs_before AS none;
+RESET client_min_messages;
+RESET temp_file_limit;
+SELECT coalesce(sum(size), 0) AS temp_bytes FROM pg_ls_tmpdir();
+SELECT count(*), sum(g) FROM bg_result_:part;
 SELECT bg_segments() = :segs_before AS none;
 SELECT sum(size) > 0 AS own_copy FROM pg_ls_tmpdir();
 SELECT count(*), sum(g) FROM bg_result_:part;
@@ -278,6 +287,32 @@ SELECT count(*), sum(g) FROM bg_result_:part;
 SELECT bg_segments() = :segs_before AS read_and_given_back;
 SELECT count(*), sum(g) FROM bg_result_:part;
 SELECT bg_detach(:part);
+-- a session holds at most 16 kept files open: past them, a job read in part
+-- keeps its segment, which bg_fdw.max_ended_segments counts
+CREATE TEMP TABLE regress_parts (p int);
+DO $$
+DECLARE
+  p int;
+BEGIN
+  FOR i IN 1..17 LOOP
+    p := bg_launch('SELECT g FROM generate_series(1, 100000) g');
+    EXECUTE format('SELECT g FROM bg_result_%s LIMIT 1', p);
+    INSERT INTO regress_parts VALUES (p);
+  END LOOP;
+END
+$$;
+SELECT array_agg(p) AS parts FROM regress_parts \gset
+SELECT regress_poll(format($$NOT EXISTS (SELECT FROM bg_job_registry
+                                WHERE pid = ANY (%L) AND (state = 'running' OR segment IS NOT NULL))$$,
+                           :'parts')) AS all_recorded;
+SELECT bg_segments() - :segs_before AS segments_kept;
+SELECT set_config('bg_fdw.max_ended_segments', (bg_segments() - :segs_before)::text, false) IS NOT NULL AS set;
+SELECT regress_try($$SELECT bg_launch('SELECT 1')$$) AS refused;
+RESET bg_fdw.max_ended_segments;
+SELECT sum(n), count(*) FROM unnest(:'parts'::int[]) p,
+  LATERAL bg_result(p) AS r(n int);
+SELECT count(bg_detach(p)) FROM unnest(:'parts'::int[]) p;
+SELECT bg_segments() = :segs_before AS none_left;
 -- a hundred jobs, launched one after the other in one transaction and
 -- never read, hold no segment once ended
 SELECT max(id) AS id_before FROM bg_jobs \gset
