@@ -10,17 +10,7 @@ CREATE EXTENSION IF NOT EXISTS bg_fdw;
 -- a kept result of this size is past the default bound of 1GB
 SET bg_fdw.max_result_size = -1;
 
-DROP TABLE IF EXISTS tw10;
-CREATE TABLE tw10 AS
-  SELECT g::int8 AS c1, g::numeric * 1.5 AS c2, md5(g::text) AS c3,
-         timestamptz '2020-01-01' + g * interval '1 second' AS c4,
-         jsonb_build_object('k', g, 'v', md5(g::text)) AS c5, g % 2 = 0 AS c6,
-         date '2020-01-01' + g % 1000 AS c7, g / 7.0::float8 AS c8, (g % 100)::int2 AS c9,
-         g::int4 AS c10, repeat('x', g % 20) AS c11, g::numeric(12, 2) AS c12,
-         interval '1 hour' * (g % 24) AS c13, (g % 255)::text AS c14, g::float4 AS c15,
-         md5((g + 1)::text)::uuid AS c16, time '00:00' + g % 86400 * interval '1 s' AS c17,
-         g::int8 * 3 AS c18, ('p' || g)::varchar(20) AS c19, g % 3 = 0 AS c20
-    FROM generate_series(1, :rows) g;
+CALL bench_make_wide('tw10', :rows);
 VACUUM ANALYZE tw10;
 CREATE TEMP TABLE cases_wide (name text, job text, q text, ord int);
 INSERT INTO cases_wide VALUES
