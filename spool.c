@@ -550,8 +550,8 @@ bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 /*
  * The reader's next row past memory, from the job's kept file or the tail,
  * copied into the reader's buffer as a heap tuple.  The rows were written
- * by the job's worker as it sent them here: a row read from the file is
- * checked against what this session counted (its length) and its CRC.
+ * by the job's worker as it sent them here: a row read from the file must
+ * end within what this session counted, and match its CRC.
  */
 static void
 bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
