@@ -204,6 +204,13 @@ RESET ROLE;
 SELECT pg_advisory_unlock(4307);
 SET ROLE regress_owner;
 SELECT s, c, launched_by_caller FROM bg_result(:pid) AS r(locked text, s text, c text, launched_by_caller boolean);
+-- connected as its role, a job launched after SET ROLE cannot RESET ROLE or
+-- SET SESSION AUTHORIZATION its way back to the session's role
+SELECT bg_launch('RESET ROLE; SET SESSION AUTHORIZATION DEFAULT;
+                  SELECT current_user::text AS c, session_user::text AS s') AS pid \gset
+SELECT * FROM bg_result_:pid;
+SELECT split_part(regress_try($$SELECT bg_launch('SET SESSION AUTHORIZATION regress_nologin; SELECT 1')$$),
+                  ':', 1) AS other_authorization;
 RESET ROLE;
 
 -- Jobs are easy to spot in pg_stat_activity
