@@ -131,17 +131,18 @@ ALTER TABLE @extschema@.bg_job_registry
   ADD COLUMN progress numeric,
   ADD COLUMN progress_message text;
 
--- bg_launch gains "keep", "label" and "notify".  Its grants, to bg_fdw_user
+-- bg_launch gains "keep", "label", "notify" and "result_table".  Its grants, to bg_fdw_user
 -- and to whoever a superuser granted it since, go to the new declaration.
 CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL,
                                       stream boolean DEFAULT false,
                                       keep boolean DEFAULT true,
                                       label text DEFAULT NULL,
-                                      notify text DEFAULT NULL)
+                                      notify text DEFAULT NULL,
+                                      result_table boolean DEFAULT true)
 RETURNS integer
 AS 'MODULE_PATHNAME'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean, boolean, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.bg_launch(text, integer, boolean, boolean, text, text, boolean) FROM PUBLIC;
 
 DO $$
 DECLARE
@@ -156,7 +157,7 @@ BEGIN
        AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
   LOOP
     EXECUTE pg_catalog.format(
-      'GRANT EXECUTE ON FUNCTION @extschema@.bg_launch(pg_catalog.text, pg_catalog.int4, pg_catalog.bool, pg_catalog.bool, pg_catalog.text, pg_catalog.text) TO %s%s',
+      'GRANT EXECUTE ON FUNCTION @extschema@.bg_launch(pg_catalog.text, pg_catalog.int4, pg_catalog.bool, pg_catalog.bool, pg_catalog.text, pg_catalog.text, pg_catalog.bool) TO %s%s',
       CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
            ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
       CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);

@@ -132,7 +132,8 @@ static bool is_valid_option(const char *option, Oid context);
 static int	bg_parse_pid(const char *value);
 static int64 bg_parse_job_id(const char *value);
 static void bg_table_options(Oid relid, BgTableOptions *opts);
-static void bg_check_table_matches(Relation rel, TupleDesc jdesc, int pid);
+static void bg_check_table_matches(Relation rel, TupleDesc jdesc, int pid,
+								   bool reshaped);
 static BgKeepReader *bg_open_kept(int pid, int64 job_id);
 static Datum bg_result_kept(FunctionCallInfo fcinfo, int pid);
 static void bg_check_definition_list(TupleDesc given, TupleDesc desc, int pid);
@@ -490,45 +491,45 @@ bgExplainForeignScan(ForeignScanState *node, ExplainState *es)
 
 /*
  * Refuse to read a job's rows through a table whose columns lay tuples out
- * differently: that would be garbage, or worse.
+ * differently: that would be garbage, or worse.  reshaped: the job's last
+ * statement returns other columns than bg_launch described, so the table
+ * made at launch no longer matches.
  */
 static void
-bg_check_table_matches(Relation rel, TupleDesc jdesc, int pid)
+bg_check_table_matches(Relation rel, TupleDesc jdesc, int pid, bool reshaped)
 {
 	TupleDesc	tdesc = RelationGetDescr(rel);
+	char	   *detail = NULL;
 	int			i;
 
 	if (bg_desc_equal(tdesc, jdesc))
 		return;
-
 	if (tdesc->natts != jdesc->natts)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("foreign table \"%s\" does not match the result of background job %d",
-						RelationGetRelationName(rel), pid),
-				 errdetail("The table has %d columns, the job's result has %d.",
-						   tdesc->natts, jdesc->natts)));
-	for (i = 0; i < tdesc->natts; i++)
+		detail = psprintf(_("The table has %d columns, the job's result has %d."),
+						  tdesc->natts, jdesc->natts);
+	for (i = 0; detail == NULL && i < tdesc->natts; i++)
 	{
 		Form_pg_attribute ta = TupleDescAttr(tdesc, i);
 		Form_pg_attribute ja = TupleDescAttr(jdesc, i);
 
 		if (ta->attisdropped)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("foreign table \"%s\" does not match the result of background job %d",
-							RelationGetRelationName(rel), pid),
-					 errdetail("The table has a dropped column.")));
-		if (ta->atttypid != ja->atttypid || ta->atttypmod != ja->atttypmod)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("foreign table \"%s\" does not match the result of background job %d",
-							RelationGetRelationName(rel), pid),
-					 errdetail("Column %d \"%s\" has type %s, the job's result has type %s.",
-							   i + 1, NameStr(ta->attname),
-							   format_type_with_typemod(ta->atttypid, ta->atttypmod),
-							   format_type_with_typemod(ja->atttypid, ja->atttypmod))));
+			detail = pstrdup(_("The table has a dropped column."));
+		else if (ta->atttypid != ja->atttypid || ta->atttypmod != ja->atttypmod)
+			detail = psprintf(_("Column %d \"%s\" has type %s, the job's result has type %s."),
+							  i + 1, NameStr(ta->attname),
+							  format_type_with_typemod(ta->atttypid, ta->atttypmod),
+							  format_type_with_typemod(ja->atttypid, ja->atttypmod));
 	}
+	if (reshaped)
+		detail = psprintf("%s %s", detail,
+						  _("The job's last statement returns other columns than bg_launch described: an earlier statement of the job changed them."));
+	ereport(ERROR,
+			(errcode(ERRCODE_DATATYPE_MISMATCH),
+			 errmsg("foreign table \"%s\" does not match the result of background job %d",
+					RelationGetRelationName(rel), pid),
+			 errdetail_internal("%s", detail),
+			 errhint("IMPORT FOREIGN SCHEMA jobs imports a table that matches; bg_result(%d) reads the result through a column definition list.",
+					 pid)));
 }
 
 static void
@@ -550,11 +551,14 @@ bgBeginForeignScan(ForeignScanState *node, int eflags)
 		/* a job of another session, or one this session let go of */
 		state->kept = bg_open_kept(opts.pid, opts.job_id ? opts.job_id :
 								   bg_session_job_id(opts.pid));
-		bg_check_table_matches(rel, bg_keep_desc(state->kept), opts.pid);
+		bg_check_table_matches(rel, bg_keep_desc(state->kept), opts.pid,
+							   false);
 		return;
 	}
 	state->job = bg_job_lookup_attached(opts.pid, opts.job_id);
-	bg_check_table_matches(rel, state->job->desc, opts.pid);
+	bg_job_wait_descriptor(state->job);
+	bg_check_table_matches(rel, state->job->desc, opts.pid,
+						   state->job->reshaped);
 	state->reader = bg_reader_open(state->job, node->ss.ss_ScanTupleSlot);
 }
 
@@ -641,16 +645,30 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 	foreach(lc, bg_session_jobs())
 	{
 		BgJob	   *job = lfirst(lc);
+		char	   *name = psprintf("bg_result_%d", job->pid);
 
+		/* the columns it reported, else those bg_launch described */
+		if (job->state != BG_JOB_DETACHED && !job->described && job->seg != NULL)
+			bg_job_poll_messages(job);
 		if (job->state == BG_JOB_DETACHED || job->state == BG_JOB_FAILED ||
 			job->detach_subid != InvalidSubTransactionId ||
-			job->stream_taken || job->desc == NULL || !bg_job_visible(job))
+			job->stream_taken || !bg_job_visible(job))
 			continue;
-		commands = lappend(commands,
-						   bg_table_definition(psprintf("bg_result_%d", job->pid),
-											   job->pid, job->job_id,
-											   job->desc, server));
 		session_jobs = lappend(session_jobs, job);
+		if (job->desc == NULL)
+		{
+			if (bg_import_wanted(stmt, name))
+				ereport(WARNING,
+						(errmsg("skipping background job %d: its columns are not known yet",
+								job->pid),
+						 errdetail("bg_launch could not describe its last statement, which it has not started yet."),
+						 errhint("Import it once it has, or read it with bg_result(%d) and a column definition list.",
+								 job->pid)));
+			continue;
+		}
+		commands = lappend(commands,
+						   bg_table_definition(name, job->pid, job->job_id,
+											   job->desc, server));
 	}
 	return list_concat(commands, bg_import_kept(stmt, server, session_jobs));
 }
@@ -873,6 +891,7 @@ bg_result(PG_FUNCTION_ARGS)
 		return bg_result_kept(fcinfo, PG_GETARG_INT32(0));
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	bg_job_wait_descriptor(job);
 	bg_check_definition_list(rsinfo->setDesc, job->desc, job->pid);
 
 	slot = MakeSingleTupleTableSlot(rsinfo->setDesc, &TTSOpsHeapTuple);

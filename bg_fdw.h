@@ -44,14 +44,13 @@
  * older library after new files were installed must not read a newer
  * segment, nor the reverse.  1.0: 0x62676664.
  */
-#define BG_FDW_MAGIC			0x62676613
+#define BG_FDW_MAGIC			0x62676614
 #define BG_FDW_MAGIC_1_0		0x62676664
 
 /* shm_toc keys of a job segment */
 #define BG_KEY_SHARED			1
 #define BG_KEY_SQL				2
 #define BG_KEY_GUC				3
-#define BG_KEY_DESC				4
 #define BG_KEY_TUPLE_QUEUE		5
 #define BG_KEY_MESSAGE_QUEUE	6
 #define BG_KEY_FILESET			7
@@ -68,6 +67,8 @@
 #define BG_DEFAULT_MAX_KEPT_PER_ROLE_KB	(10 * 1024 * 1024)
 #define BG_DEFAULT_MAX_KEPT_KB			(100 * 1024 * 1024)
 #define BG_DEFAULT_MAX_ENDED_SEGMENTS	64
+/* How long bg_launch waits for a lock to describe a job's result, in ms */
+#define BG_DESCRIBE_LOCK_TIMEOUT	50
 #define BG_MESSAGE_QUEUE_SIZE	16384
 
 /* Bytes of a job's label and of a progress message, with the terminator */
@@ -347,7 +348,11 @@ typedef struct BgJob
 	uint64		messages_received;	/* messages taken off the message queue */
 	bool		tuples_done;	/* tuple queue detached: all rows received */
 	bool		messages_done;	/* message queue detached */
-	TupleDesc	desc;			/* the result's columns, once known */
+	TupleDesc	desc;			/* the result's columns, once known: as
+								 * described at launch, then as the worker
+								 * reports them */
+	bool		described;		/* the worker reported them: rows follow */
+	bool		reshaped;		/* ... and they are not those described */
 	BgSpool    *spool;			/* every row received so far */
 	int64		nspooled;		/* rows in spool */
 	bool		spool_broken;	/* an append to the spool failed */

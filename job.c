@@ -66,6 +66,7 @@ int			bg_max_ended_segments = BG_DEFAULT_MAX_ENDED_SEGMENTS;
 
 static void bg_segment_untrack(dsm_segment *seg, Datum arg);
 static void bg_job_set_desc(BgJob *job, TupleDesc desc);
+static void bg_job_take_desc(BgJob *job, StringInfo msg);
 static void bg_job_launched(BgJob *job);
 static void bg_job_poll(BgJob *job);
 static void bg_job_read_messages(BgJob *job);
@@ -184,6 +185,32 @@ bg_job_set_desc(BgJob *job, TupleDesc desc)
 
 	job->desc = CreateTupleDescCopy(desc);
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * The worker reached the job's last statement and reports its columns: what
+ * its rows are, which may not be what bg_launch described (an earlier
+ * statement altered a table it reads).  A table made at launch then no
+ * longer matches, and says so when it is read.
+ */
+static void
+bg_job_take_desc(BgJob *job, StringInfo msg)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+	TupleDesc	actual = bg_desc_deserialize(msg);
+
+	MemoryContextSwitchTo(oldcxt);
+	if (job->desc != NULL && !bg_desc_equal(job->desc, actual))
+	{
+		FreeTupleDesc(job->desc);
+		job->desc = NULL;
+		job->reshaped = true;
+	}
+	if (job->desc == NULL)
+		job->desc = actual;
+	else
+		FreeTupleDesc(actual);
+	job->described = true;
 }
 
 /*
@@ -671,13 +698,7 @@ bg_job_handle_message(BgJob *job, StringInfo msg)
 			bg_job_relay(job, msg, msgtype == 'E');
 			break;
 		case BG_MSG_DESCRIPTOR:
-			if (job->desc == NULL)
-			{
-				MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
-
-				bg_job_set_desc(job, bg_desc_deserialize(msg));
-				MemoryContextSwitchTo(oldcxt);
-			}
+			bg_job_take_desc(job, msg);
 			break;
 		case BG_MSG_COMPLETE:
 			if (job->state == BG_JOB_RUNNING)
@@ -839,7 +860,7 @@ bg_job_drain_others(BgJob *waiting)
 	{
 		BgJob	   *job = (BgJob *) lfirst(lc);
 		if (job == waiting || job->seg == NULL || job->stream ||
-			job->desc == NULL || job->tuples_done || job->spool_broken ||
+			!job->described || job->tuples_done || job->spool_broken ||
 			!bg_job_in_use(job))
 			continue;
 		errcallback.arg = job;
@@ -884,7 +905,7 @@ static void
 bg_job_poll(BgJob *job)
 {
 	bg_check_spool(job);
-	if (!job->tuples_done && job->desc != NULL &&
+	if (!job->tuples_done && job->described &&
 		bg_job_take_rows(job, INT_MAX, SIZE_MAX) == SHM_MQ_DETACHED)
 		bg_job_tuples_detached(job);
 	bg_job_read_messages(job);
@@ -982,9 +1003,10 @@ bg_job_wait(BgJob *job, long timeout_ms)
 }
 
 /*
- * bg_launch of several statements: wait until the worker reaches the last
- * one and reports its columns.  A job that fails before that has its error
- * raised here.
+ * Before its rows are read: wait until the worker reaches the job's last
+ * statement and reports its columns, which may not be those bg_launch
+ * described (or it could describe none).  A job that fails before that has
+ * its error raised here.
  */
 void
 bg_job_wait_descriptor(BgJob *job)
@@ -994,7 +1016,7 @@ bg_job_wait_descriptor(BgJob *job)
 	for (;;)
 	{
 		bg_job_read_messages(job);
-		if (job->desc != NULL)
+		if (job->described)
 			return;
 		if (job->state == BG_JOB_FAILED)
 			bg_job_raise_error(job);

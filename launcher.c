@@ -7,10 +7,10 @@
  * parses the job's SQL and describes its result without running it, lays
  * out the segment, starts the worker, creates the result table and, once
  * the worker has listed the job in the registry, hands the job to the
- * session (job.c).  The segment holds a fixed header (BgJobShared), the SQL
- * text, the launcher's GUC state, the expected result descriptor (when the
- * launcher could describe the statement), a shared file set for what the
- * queues cannot take, and two shm_mqs from the worker to the launcher: one
+ * session (job.c).  It never waits for the job's work.  The segment holds a
+ * fixed header (BgJobShared), the SQL text, the launcher's GUC state and
+ * loaded libraries, a shared file set for what the queues cannot take, and
+ * two shm_mqs from the worker to the launcher: one
  * carrying the result rows as MinimalTuples, as parallel query does, the
  * other carrying protocol messages (notices, errors, the descriptor, the
  * outcome), as pqmq.c does for parallel workers.
@@ -56,7 +56,7 @@
 
 PG_FUNCTION_INFO_V1(bg_launch);
 
-static TupleDesc bg_describe(RawStmt *raw, const char *sql);
+static TupleDesc bg_describe_last(List *raw_list, const char *sql);
 static void bg_launch_error_callback(void *arg);
 static int	bg_queue_size_arg(FunctionCallInfo fcinfo);
 /* What bg_launch was asked for besides the SQL */
@@ -67,6 +67,7 @@ typedef struct BgLaunchOptions
 	bool		keep;
 	const char *label;			/* or NULL */
 	const char *notify;			/* or NULL */
+	bool		result_table;	/* make pg_temp.bg_result_<pid> */
 } BgLaunchOptions;
 
 static void bg_launch_options(FunctionCallInfo fcinfo, BgLaunchOptions *opts);
@@ -74,7 +75,7 @@ static int	bg_launch_job(const char *sql, TupleDesc desc,
 						  BgLaunchOptions *opts);
 static BgJob *bg_start_job(const char *sql, TupleDesc desc,
 						   BgLaunchOptions *opts);
-static dsm_segment *bg_create_segment(const char *sql, TupleDesc desc,
+static dsm_segment *bg_create_segment(const char *sql,
 									  BgLaunchOptions *opts);
 static bool bg_job_role_may_connect(Oid role);
 static int64 bg_new_job_id(void);
@@ -87,11 +88,14 @@ static void bg_drop_stale_table(Oid nspid, const char *relname);
 /*
  * bg_launch(sql text, queue_size integer DEFAULT NULL,
  *			 stream boolean DEFAULT false, keep boolean DEFAULT true,
- *			 label text DEFAULT NULL, notify text DEFAULT NULL)
+ *			 label text DEFAULT NULL, notify text DEFAULT NULL,
+ *			 result_table boolean DEFAULT true)
  *			 RETURNS integer
  *
- * Start a background job and return its worker's PID.  The result table
- * pg_temp.bg_result_<pid> exists when this returns.  With "keep", the job
+ * Start a background job and return its worker's PID, at once: it never
+ * waits for the job's work.  The result table pg_temp.bg_result_<pid>
+ * exists when this returns, if the result's columns could be told then
+ * (bg_describe_last) and result_table is true.  With "keep", the job
  * keeps its result for any session (keep.c) until bg_forget or expiry;
  * stream mode keeps nothing.
  *
@@ -130,16 +134,17 @@ bg_launch(PG_FUNCTION_ARGS)
 	bg_check_statements(raw_list);
 
 	/*
-	 * A single statement is described now, as the protocol's Describe does,
-	 * so the table can be created before the job runs.  With several, the
-	 * last one may depend on what the earlier ones do; the worker reports
-	 * its columns when it gets there.
+	 * The last statement is described now, as the protocol's Describe does,
+	 * so that the table can be created before the job runs.  Without a
+	 * table nothing needs its columns, and parse analysis (with its locks)
+	 * is left to the job.
 	 */
-	if (list_length(raw_list) == 1)
-		desc = bg_result_desc(bg_describe(linitial_node(RawStmt, raw_list), sql));
+	if (opts.result_table)
+		desc = bg_describe_last(raw_list, sql);
 	error_context_stack = errcallback.previous;
 
-	bg_check_table_privileges();
+	if (opts.result_table)
+		bg_check_table_privileges();
 	/* segments of ended jobs go back before this one takes another */
 	bg_jobs_release_ended();
 	bg_jobs_check_ended_segments();
@@ -177,27 +182,14 @@ bg_launch_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 {
 	BgJob	   *job = bg_start_job(sql, desc, opts);
 
-	if (desc == NULL)
-	{
-		/*
-		 * The result's columns come once the last statement starts: listed
-		 * before it runs, the job need not hold up other launches of the
-		 * role while its first statements run.
-		 */
-		bg_job_wait_registered(job);
-		bg_registry_unlock_role();
-		bg_job_go(job->shared);
-		bg_job_wait_descriptor(job);
-	}
 	job->stream = opts->stream;
-	bg_create_result_table(job);
+	/* without columns, no table: bg_result and IMPORT read the job */
 	if (desc != NULL)
-	{
-		/* the job may run while we wait; it commits only once attached */
-		bg_job_go(job->shared);
-		bg_job_wait_registered(job);
-		bg_registry_unlock_role();
-	}
+		bg_create_result_table(job);
+	/* the job may run while we wait; it commits only once attached */
+	bg_job_go(job->shared);
+	bg_job_wait_registered(job);
+	bg_registry_unlock_role();
 	bg_job_attach(job);
 	return job->pid;
 }
@@ -218,6 +210,13 @@ bg_describe_work(void *arg)
 	CachedPlanSource *psrc;
 	List	   *querytrees;
 
+	/* (undone with the subtransaction) */
+	if (LockTimeout == 0 || LockTimeout > BG_DESCRIBE_LOCK_TIMEOUT)
+		(void) set_config_option("lock_timeout",
+								 CppAsString2(BG_DESCRIBE_LOCK_TIMEOUT),
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+
 	psrc = CreateCachedPlan(d->raw, d->sql, CreateCommandTag(d->raw->stmt));
 	querytrees = pg_analyze_and_rewrite_fixedparams(d->raw, d->sql, NULL, 0,
 													NULL);
@@ -232,20 +231,41 @@ bg_describe_work(void *arg)
 }
 
 /*
- * Return the columns a statement would produce, or NULL if it produces
- * none, without running it.  Parse analysis locks the relations it reads;
- * doing it in a subtransaction that is rolled back lets those locks go, so
- * that describing a job does not make the launcher block the job.
+ * The columns of the job's result, as its last statement would produce
+ * them now, or NULL if they cannot be told before the job runs.
+ *
+ * bg_launch never waits for the job's work, nor for a lock parse analysis
+ * would wait for (a table someone holds in ACCESS EXCLUSIVE mode): that
+ * wait is cut short at BG_DESCRIBE_LOCK_TIMEOUT, and the job reports the
+ * columns when it gets there.  Parse analysis locks the relations it
+ * reads; doing it in a subtransaction that is rolled back lets those locks
+ * go, so that describing a job does not make the launcher block the job.
+ *
+ * A single statement that cannot be described otherwise is an error, as a
+ * Describe would be.  The last of several may depend on what the others do
+ * (read a table they create): if it cannot be described now, the job
+ * reports its columns when it gets there.  If the others change them (alter
+ * a table it reads), the job's columns win, and the table made now says it
+ * no longer matches when it is read.
  */
 static TupleDesc
-bg_describe(RawStmt *raw, const char *sql)
+bg_describe_last(List *raw_list, const char *sql)
 {
-	BgDescribe	d = {raw, sql, NULL};
+	BgDescribe	d = {llast_node(RawStmt, raw_list), sql, NULL};
 	ErrorData  *edata = bg_rolled_back_call(bg_describe_work, &d);
+	bool		lock_wait;
 
-	if (edata)
+	if (edata == NULL)
+		return bg_result_desc(d.desc);
+	lock_wait = edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
+	/* what analysis finds wrong in a statement is of class 42 */
+	if (!lock_wait &&
+		(list_length(raw_list) == 1 ||
+		 ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION))
 		ReThrowError(edata);
-	return d.desc;
+	FreeErrorData(edata);
+	return NULL;
 }
 
 /*
@@ -287,6 +307,8 @@ bg_launch_options(FunctionCallInfo fcinfo, BgLaunchOptions *opts)
 		opts->notify = text_to_cstring(PG_GETARG_TEXT_PP(5));
 		bg_check_name("notify channel", opts->notify, NAMEDATALEN - 1);
 	}
+	opts->result_table = !(PG_NARGS() > 6 && !PG_ARGISNULL(6) &&
+						   !PG_GETARG_BOOL(6));
 }
 
 /*
@@ -346,7 +368,7 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 								ALLOCSET_DEFAULT_SIZES);
 	oldcxt = MemoryContextSwitchTo(cxt);
 
-	seg = bg_create_segment(sql, desc, opts);
+	seg = bg_create_segment(sql, opts);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -399,10 +421,9 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
  * Lay out a job's segment.  The launcher is the receiver of both queues.
  */
 static dsm_segment *
-bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
+bg_create_segment(const char *sql, BgLaunchOptions *opts)
 {
 	shm_toc_estimator e;
-	StringInfoData descbuf;
 	Size		sql_len = strlen(sql) + 1;
 	Size		guc_len = EstimateGUCStateSpace();
 	Size		library_len = EstimateLibraryStateSpace();
@@ -414,20 +435,15 @@ bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	char	   *space;
 	shm_mq	   *mq;
 
-	initStringInfo(&descbuf);
-	if (desc)
-		bg_desc_serialize(&descbuf, desc);
-
 	shm_toc_initialize_estimator(&e);
 	shm_toc_estimate_chunk(&e, sizeof(BgJobShared));
 	shm_toc_estimate_chunk(&e, sql_len);
 	shm_toc_estimate_chunk(&e, guc_len);
-	shm_toc_estimate_chunk(&e, sizeof(int32) + descbuf.len);
 	shm_toc_estimate_chunk(&e, opts->queue_size);
 	shm_toc_estimate_chunk(&e, BG_MESSAGE_QUEUE_SIZE);
 	shm_toc_estimate_chunk(&e, sizeof(SharedFileSet));
 	shm_toc_estimate_chunk(&e, library_len);
-	shm_toc_estimate_keys(&e, 8);
+	shm_toc_estimate_keys(&e, 7);
 	segsize = shm_toc_estimate(&e);
 
 	seg = dsm_create(segsize, 0);
@@ -479,14 +495,6 @@ bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	SerializeLibraryState(library_len, space);
 	shm_toc_insert(toc, BG_KEY_LIBRARIES, space);
 
-	if (desc)
-	{
-		space = shm_toc_allocate(toc, sizeof(int32) + descbuf.len);
-		*(int32 *) space = descbuf.len;
-		memcpy(space + sizeof(int32), descbuf.data, descbuf.len);
-		shm_toc_insert(toc, BG_KEY_DESC, space);
-	}
-
 	mq = shm_mq_create(shm_toc_allocate(toc, opts->queue_size),
 					   opts->queue_size);
 	shm_mq_set_receiver(mq, MyProc);
@@ -501,7 +509,6 @@ bg_create_segment(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	SharedFileSetInit(fileset, seg);
 	shm_toc_insert(toc, BG_KEY_FILESET, fileset);
 
-	pfree(descbuf.data);
 	return seg;
 }
 

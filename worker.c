@@ -84,14 +84,12 @@ static void bg_check_launcher_deadlock(BgJobShared *shared);
 static void bg_enable_statement_timeout(void);
 static void bg_disable_statement_timeout(void);
 static void bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh,
-						BgJobShared *shared, SharedFileSet *fileset,
-						TupleDesc expected);
+						BgJobShared *shared, SharedFileSet *fileset);
 static void bg_worker_keep_durable(BgJobShared *shared);
 static void bg_worker_committed(BgJobShared *shared, const char *tag,
 								bool recorded);
 static DestReceiver *bg_start_result(Portal portal, shm_mq_handle *mqh,
-									 BgJobShared *shared, SharedFileSet *fileset,
-									 TupleDesc expected);
+									 BgJobShared *shared, SharedFileSet *fileset);
 static void bg_completion_tag(char *buf, const QueryCompletion *qc);
 static void bg_send_message(char msgtype, const char *str, TupleDesc desc);
 
@@ -144,8 +142,6 @@ bg_worker_main(Datum main_arg)
 	shm_mq_handle *mqh;
 	shm_mq_handle *tuple_mqh;
 	SharedFileSet *fileset;
-	char	   *desc_space;
-	TupleDesc	expected = NULL;
 	char	   *sql;
 	char		appname[NAMEDATALEN];
 
@@ -228,17 +224,6 @@ bg_worker_main(Datum main_arg)
 	 * session (notices, errors) is converted back to the database encoding
 	 * on the way (bg_messages_put), and column names go raw.
 	 */
-	desc_space = shm_toc_lookup(toc, BG_KEY_DESC, true);
-	if (desc_space)
-	{
-		StringInfoData buf;
-		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-
-		bg_init_read_only_stringinfo(&buf, desc_space + sizeof(int32),
-									 *(int32 *) desc_space);
-		expected = bg_desc_deserialize(&buf);
-		MemoryContextSwitchTo(oldcxt);
-	}
 	CommitTransactionCommand();
 	/* with the launcher's client_min_messages and bg_fdw.max_messages_size */
 	if (shared->keep)
@@ -259,7 +244,7 @@ bg_worker_main(Datum main_arg)
 		/* the job starts now, not when the worker connected */
 		SetCurrentStatementStartTimestamp();
 		pgstat_report_activity(STATE_RUNNING, sql);
-		bg_exec_sql(sql, tuple_mqh, shared, fileset, expected);
+		bg_exec_sql(sql, tuple_mqh, shared, fileset);
 	}
 	PG_CATCH();
 	{
@@ -356,15 +341,17 @@ bg_worker_detach_at_exit(int code, Datum arg)
 }
 
 /*
- * A launcher waiting for the descriptor of the last statement must get it
- * even if notices of earlier statements filled the message queue, and even
- * if the statement then produces no row for a long time (or, in stream
- * mode, waits on a full tuple queue): push until it is out.
+ * A session waiting for the descriptor of the last statement (to read the
+ * job's rows) must get it even if notices of earlier statements filled the
+ * message queue, and even if the statement then produces no row for a long
+ * time (or, in stream mode, waits on a full tuple queue): push until it is
+ * out, as long as the session waits.  One that is not waiting takes it with
+ * the rows; the job does not wait for it.
  */
 static void
 bg_push_descriptor(BgJobShared *shared)
 {
-	while (bg_spill_messages_pending && bg_launch_undecided(shared))
+	while (bg_spill_messages_pending && shared->launcher_waiting)
 	{
 		bg_spill_push_messages();
 		if (!bg_spill_messages_pending)
@@ -566,7 +553,7 @@ bg_disable_statement_timeout(void)
  */
 static void
 bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
-			SharedFileSet *fileset, TupleDesc expected)
+			SharedFileSet *fileset)
 {
 	MemoryContext stmt_cxt;
 	List	   *parsetree_list;
@@ -640,7 +627,7 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 		PortalStart(portal, NULL, 0, InvalidSnapshot);
 
 		if (last)
-			receiver = bg_start_result(portal, tuple_mqh, shared, fileset, expected);
+			receiver = bg_start_result(portal, tuple_mqh, shared, fileset);
 		else
 			receiver = CreateDestReceiver(DestNone);
 		MemoryContextSwitchTo(oldcxt);
@@ -750,24 +737,19 @@ bg_worker_keep_durable(BgJobShared *shared)
 
 /*
  * Prepare to send the last statement's result: work out the columns the
- * reader sees, check them against what the launcher described, report them,
- * and make the receiver.
+ * reader sees, report them, and make the receiver.  They may not be those
+ * bg_launch described (earlier statements altered a table, or it could
+ * describe none): the job goes on, and its reader takes the ones reported.
  */
 static DestReceiver *
 bg_start_result(Portal portal, shm_mq_handle *mqh, BgJobShared *shared,
-				SharedFileSet *fileset, TupleDesc expected)
+				SharedFileSet *fileset)
 {
 	TupleDesc	actual = portal->tupDesc;
 	TupleDesc	desc = bg_result_desc(actual);
 
-	if (expected && !bg_desc_equal(expected, desc))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("result of the background job changed since it was launched"),
-				 errdetail("The columns the statement returns are not those it was described with when bg_launch ran.")));
 	bg_send_message(BG_MSG_DESCRIPTOR, NULL, desc);
-	if (expected == NULL)
-		bg_push_descriptor(shared);
+	bg_push_descriptor(shared);
 	return bg_create_dest_receiver(mqh, shared, fileset, actual, desc);
 }
 

@@ -4,9 +4,9 @@
 -- The objects the extension makes
 SELECT fdwname FROM pg_foreign_data_wrapper WHERE fdwname = 'bg_fdw';
 SELECT srvname FROM pg_foreign_server WHERE srvname = 'bg_server';
-SELECT has_function_privilege('public', 'bg_launch(text, integer, boolean, boolean, text, text)', 'EXECUTE') AS public_may_launch;
+SELECT has_function_privilege('public', 'bg_launch(text, integer, boolean, boolean, text, text, boolean)', 'EXECUTE') AS public_may_launch;
 SELECT rolcanlogin,
-       has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean, text, text)', 'EXECUTE') AS may_launch,
+       has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean, text, text, boolean)', 'EXECUTE') AS may_launch,
        has_server_privilege('bg_fdw_user', 'bg_server', 'USAGE') AS may_use_server
   FROM pg_roles WHERE rolname = 'bg_fdw_user';
 

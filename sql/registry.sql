@@ -64,10 +64,19 @@ SET client_min_messages = warning;
 SELECT bg_wait(:pid);
 RESET client_min_messages;
 
--- A launch that fails leaves no job listed, once its worker has gone
+-- A launch that fails after its worker started leaves no job listed, once
+-- the worker has gone.  bg_launch waits for its job to be listed: holding
+-- the registry so that it cannot be is a deadlock, which bg_launch reports.
 SELECT count(*) AS jobs_before FROM bg_jobs \gset
-SELECT regress_try($$SELECT bg_launch('SELECT 1/0; SELECT 1')$$);
+BEGIN;
+LOCK TABLE bg_job_registry IN SHARE MODE;
+SELECT split_part(regress_try($$SELECT bg_launch('SELECT 1')$$), ':', 1) AS launch;
+COMMIT;
 SELECT regress_poll('(SELECT count(*) FROM bg_jobs) = ' || :jobs_before) AS no_new_job;
+-- A job that fails in its first statement is launched, and fails
+SELECT bg_launch('SELECT 1/0; SELECT 1') AS pid \gset
+SELECT split_part(regress_try('SELECT bg_wait(' || :pid || ')', :pid), ':', 1) AS outcome;
+SELECT state, sqlstate FROM regress_job(:pid);
 
 -- Detaching, then waiting for or cancelling the job in the same transaction,
 -- whatever the isolation level

@@ -64,11 +64,69 @@ SELECT * FROM bg_result_:pid;
 TRUNCATE regress_m;
 SELECT bg_launch('INSERT INTO regress_m VALUES (7); SELECT count(*) FROM regress_m') AS pid \gset
 SELECT * FROM bg_result_:pid;
--- the last statement may read a table an earlier one creates
+-- the last statement may read a table an earlier one creates: bg_launch
+-- cannot describe it and makes no table; the job reports its columns
 SELECT bg_launch('CREATE TABLE regress_later (k int, v text);
                   INSERT INTO regress_later VALUES (1, ''one''), (2, ''two'');
                   SELECT * FROM regress_later ORDER BY k') AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT * FROM bg_result(:pid) AS r(k int, v text);
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO pg_temp;
 SELECT * FROM bg_result_:pid;
+-- until the job has started its last statement, IMPORT skips it
+SELECT pg_advisory_lock(4402);
+SELECT bg_launch('SELECT pg_advisory_lock(4402); CREATE TABLE regress_later2 AS SELECT 2 AS two;
+                  SELECT * FROM regress_later2') AS pid \gset
+SET client_min_messages = error;  -- (the warning names the job: t/002_launch.pl)
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO pg_temp;
+RESET client_min_messages;
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT pg_advisory_unlock(4402);
+SELECT bg_wait(:pid);
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO pg_temp;
+SELECT * FROM bg_result_:pid;
+-- an earlier statement changes the last one's columns: the job's win, and
+-- the table made at launch says it no longer matches
+CREATE TABLE regress_reshaped (a int);
+INSERT INTO regress_reshaped VALUES (1);
+SELECT bg_launch('ALTER TABLE regress_reshaped ADD b text DEFAULT ''new'';
+                  SELECT * FROM regress_reshaped') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+DROP FOREIGN TABLE bg_result_:pid;
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO pg_temp;
+SELECT * FROM bg_result_:pid;
+SELECT * FROM bg_result(:pid) AS r(a int, b text);
+-- bg_launch never waits for the job's work: a job whose first statement
+-- waits for a lock this session holds is launched, and waits
+SELECT pg_advisory_lock(4401);
+SELECT bg_launch('SELECT pg_advisory_lock(4401); SELECT 42 AS answer') AS pid \gset
+SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :pid || ')') AS job_waits;
+SELECT state FROM bg_jobs WHERE pid = :pid;
+SELECT pg_advisory_unlock(4401);
+SELECT * FROM bg_result_:pid;
+-- result_table => false: no table, no catalog row; bg_wait and bg_result
+-- read the job
+-- (this backend's unflushed counts, which grow inside a transaction block)
+BEGIN;
+SELECT n_tup_ins AS class_ins FROM pg_stat_xact_sys_tables
+ WHERE relid = 'pg_class'::regclass \gset
+SELECT count(bg_wait(bg_launch('INSERT INTO regress_m VALUES (30)', result_table => false)))
+  FROM generate_series(1, 200);
+SELECT n_tup_ins - :class_ins AS class_inserts FROM pg_stat_xact_sys_tables
+ WHERE relid = 'pg_class'::regclass;
+COMMIT;
+SELECT count(*) FROM regress_m WHERE a = 30;
+SELECT bg_launch('SELECT 31 AS a', result_table => false) AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT * FROM bg_result(:pid) AS r(a int);
+-- (a table made at launch is a catalog row)
+BEGIN;
+SELECT n_tup_ins AS class_ins FROM pg_stat_xact_sys_tables
+ WHERE relid = 'pg_class'::regclass \gset
+SELECT bg_wait(bg_launch('SELECT 1')) IS NOT NULL AS waited;
+SELECT n_tup_ins - :class_ins AS class_inserts FROM pg_stat_xact_sys_tables
+ WHERE relid = 'pg_class'::regclass;
+COMMIT;
 -- one transaction: a failure undoes the earlier statements
 SELECT bg_launch('INSERT INTO regress_m VALUES (8); SELECT 1; SELECT 1 / (a - a) FROM regress_m') AS pid \gset
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
@@ -95,7 +153,8 @@ END $$;
 SELECT bg_launch('CALL regress_commits()') AS pid \gset
 SELECT * FROM bg_result_:pid;
 SELECT count(*) FROM regress_m WHERE a IN (20, 21);
-SELECT regress_try($$SELECT bg_launch('VACUUM regress_v; SELECT 1')$$);
+SELECT bg_launch('VACUUM regress_v; SELECT 1') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 SELECT bg_launch('SELECT 1; VACUUM regress_v') AS pid \gset
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 SELECT bg_launch('SELECT 1; CREATE INDEX CONCURRENTLY regress_v_id2 ON regress_v (id)') AS pid \gset

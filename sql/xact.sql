@@ -108,7 +108,7 @@ SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 
 -- The job runs as the current role, with its rights and no more
 CREATE ROLE regress_nologin NOLOGIN;
-GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_nologin;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text, boolean) TO regress_nologin;
 GRANT USAGE ON FOREIGN SERVER bg_server TO regress_nologin;
 GRANT CREATE ON SCHEMA public TO regress_nologin;
 CREATE TABLE regress_secret (s text);
@@ -125,13 +125,14 @@ SELECT bg_launched_by() IS NULL AS outside;
 -- privileges are checked when the job runs its statement
 SELECT bg_launch('SELECT * FROM regress_secret') AS pid \gset
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
--- several statements: the job fails before it reports its columns
-SELECT regress_try($$SELECT bg_launch('SELECT 1; SELECT * FROM regress_secret')$$);
+-- several statements: bg_launch returns, and the job's failure is read
+SELECT bg_launch('SELECT 1; SELECT * FROM regress_secret') AS pid \gset
+SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 RESET ROLE;
 -- what the result table needs is checked before the job starts, so a failed
 -- launch runs nothing, even with several statements
 CREATE ROLE regress_no_usage NOLOGIN;
-GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_no_usage;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text, boolean) TO regress_no_usage;
 GRANT INSERT ON regress_auto TO regress_no_usage;
 SET ROLE regress_no_usage;
 SELECT bg_launch('INSERT INTO regress_auto VALUES (3); SELECT 1');
@@ -178,7 +179,7 @@ SELECT bg_wait(:pid);
 -- query in pg_stat_activity nor may cancel it; bg_launched_by() tells the
 -- job who launched it.
 CREATE ROLE regress_owner LOGIN;
-GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_owner;
+GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text, boolean) TO regress_owner;
 GRANT USAGE ON FOREIGN SERVER bg_server TO regress_owner;
 GRANT CREATE ON SCHEMA public TO regress_owner;
 DO $$ BEGIN
@@ -209,8 +210,9 @@ SELECT s, c, launched_by_caller FROM bg_result(:pid) AS r(locked text, s text, c
 SELECT bg_launch('RESET ROLE; SET SESSION AUTHORIZATION DEFAULT;
                   SELECT current_user::text AS c, session_user::text AS s') AS pid \gset
 SELECT * FROM bg_result_:pid;
-SELECT split_part(regress_try($$SELECT bg_launch('SET SESSION AUTHORIZATION regress_nologin; SELECT 1')$$),
-                  ':', 1) AS other_authorization;
+SELECT bg_launch('SET SESSION AUTHORIZATION regress_nologin; SELECT 1') AS pid \gset
+SELECT split_part(regress_try('SELECT bg_wait(' || :pid || ')', :pid), ':', 1)
+  AS other_authorization;
 RESET ROLE;
 
 -- Jobs are easy to spot in pg_stat_activity

@@ -1,8 +1,9 @@
 # Copyright (c) 2026, The bg_fdw Authors
 #
-# A launch that fails after its job has started (several statements run
-# before the launcher learns the result's columns) must leave no trace: its
-# job is stopped at once and does not commit.
+# A launch that fails after its job has started must leave no trace: its job
+# is stopped at once and does not commit.  bg_launch waits for its job only
+# until the job is listed in the registry; session B makes that wait by
+# holding the registry in SHARE mode.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -23,21 +24,20 @@ $node->safe_psql('postgres', q{
 });
 create_gate($node, 'postgres');
 
-# Session B holds a lock the job's second statement needs.
 my $b = $node->background_psql('postgres');
 
-# A session launches a job that inserts a row and then waits for B's lock;
-# bg_launch waits for the job to reach its last statement.  Returns the
-# session and its PID once the job waits for the lock.
+# A session launches a job that inserts a row; B keeps the job from being
+# listed, so bg_launch waits.  Returns the session and its PID once the job
+# waits for B's lock.
 sub launch_blocked_job
 {
-	$b->query_safe('BEGIN; LOCK TABLE l');
+	$b->query_safe('BEGIN; LOCK TABLE bg_job_registry IN SHARE MODE');
 	my $s = $node->background_psql('postgres', on_error_stop => 0);
 	my $s_pid = $s->query_safe('SELECT pg_backend_pid()');
 	chomp $s_pid;
 	$s->query_until(qr/launching/, q{
 		\echo launching
-		SELECT bg_launch('INSERT INTO t VALUES (1); LOCK TABLE l; SELECT 1');
+		SELECT bg_launch('INSERT INTO t VALUES (1); SELECT 1');
 	});
 	$node->poll_query_until('postgres', q{
 		SELECT count(*) = 1 FROM pg_locks k JOIN pg_stat_activity s USING (pid)
@@ -76,6 +76,46 @@ $b->query_safe('COMMIT');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '0',
 	'and does not commit');
 eval { $e->quit };
+
+# bg_launch never waits for the job's work.  B holds l in ACCESS EXCLUSIVE
+# mode: a job whose first statement waits for it is launched at once, and so
+# is one whose last statement reads l, which bg_launch cannot describe
+# without waiting for B (it makes no table: the job reports its columns).
+$b->query_safe('BEGIN; LOCK TABLE l');
+my $f = $node->background_psql('postgres');
+my $slow = $f->query_safe(
+	q{SELECT bg_launch('LOCK TABLE l; INSERT INTO t VALUES (3); SELECT 3 AS three')});
+my $undescribed = $f->query_safe(q{SELECT bg_launch('SELECT a FROM l')});
+is($f->query_safe("SELECT state FROM bg_jobs WHERE pid = $slow"), 'running',
+	'a job whose first statement waits for a lock is launched at once');
+is($f->query_safe(
+		"SELECT to_regclass('pg_temp.bg_result_$slow') IS NOT NULL, to_regclass('pg_temp.bg_result_$undescribed') IS NULL"),
+	't|t', 'with its table, and one that could not be described without one');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 2 FROM pg_stat_activity
+	 WHERE backend_type = 'bg_fdw worker' AND wait_event_type = 'Lock'}),
+	'both jobs wait for B');
+$f->{stderr} = '';
+$f->query(
+	"IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_$undescribed) FROM SERVER bg_server INTO pg_temp");
+like($f->{stderr},
+	qr/WARNING:  skipping background job $undescribed: its columns are not known yet/,
+	'IMPORT skips the job until it has started its last statement');
+$f->{stderr} = '';
+$b->query_safe('INSERT INTO l VALUES (5); COMMIT');
+is($f->query_safe("SELECT three FROM bg_result_$slow"), '3',
+	'the first job is read through its table');
+$f->query_safe("SELECT bg_wait($slow)");
+is($f->query_safe("SELECT count(*) FROM t WHERE a = 3"), '1',
+	'and did its work');
+is($f->query_safe("SELECT a FROM bg_result($undescribed) AS r(a int)"), '5',
+	'the other is read with bg_result');
+$f->query_safe(
+	"IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_$undescribed) FROM SERVER bg_server INTO pg_temp");
+is($f->query_safe("SELECT a FROM bg_result_$undescribed"), '5',
+	'and through the table IMPORT FOREIGN SCHEMA makes for it');
+$f->quit;
+$node->safe_psql('postgres', 'DELETE FROM t');
 
 # A launch that succeeds commits, even if the session then goes away.
 my $c = $node->background_psql('postgres');

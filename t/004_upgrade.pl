@@ -101,13 +101,13 @@ $node->safe_psql('postgres', 'CREATE ROLE regress_granted');
 $node->safe_psql('old',
 	'GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean) TO regress_granted');
 $node->safe_psql('fresh',
-	'GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text) TO regress_granted');
+	'GRANT EXECUTE ON FUNCTION bg_launch(text, integer, boolean, boolean, text, text, boolean) TO regress_granted');
 
 $node->safe_psql('old', 'ALTER EXTENSION bg_fdw UPDATE');
 is($node->safe_psql('old', q{
-	SELECT has_function_privilege('regress_granted', 'bg_launch(text, integer, boolean, boolean, text, text)', 'EXECUTE'),
-	       has_function_privilege('public', 'bg_launch(text, integer, boolean, boolean, text, text)', 'EXECUTE'),
-	       has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean, text, text)', 'EXECUTE')}),
+	SELECT has_function_privilege('regress_granted', 'bg_launch(text, integer, boolean, boolean, text, text, boolean)', 'EXECUTE'),
+	       has_function_privilege('public', 'bg_launch(text, integer, boolean, boolean, text, text, boolean)', 'EXECUTE'),
+	       has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean, text, text, boolean)', 'EXECUTE')}),
 	't|f|t', 'the update carries the grants of bg_launch over to its new declaration');
 is($node->safe_psql('old', "SELECT extversion FROM pg_extension WHERE extname = 'bg_fdw'"),
 	'1.1', 'ALTER EXTENSION bg_fdw UPDATE reaches 1.1');
@@ -198,7 +198,7 @@ like($stderr,
 $roles->safe_psql('postgres', 'DROP ROLE bg_fdw_user');
 $roles->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
 is($roles->safe_psql('postgres', q{
-	SELECT has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean, text, text)', 'EXECUTE')}),
+	SELECT has_function_privilege('bg_fdw_user', 'bg_launch(text, integer, boolean, boolean, text, text, boolean)', 'EXECUTE')}),
 	't', 'once the role is gone, CREATE EXTENSION makes its own');
 $roles->safe_psql('postgres', 'CREATE DATABASE second');
 $roles->safe_psql('second', 'CREATE EXTENSION bg_fdw');

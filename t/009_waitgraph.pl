@@ -77,18 +77,19 @@ is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $job"),
 	'finished', 'which finishes');
 
 # 2. A SERIALIZABLE transaction that wrote launches a job that waits for a
-# safe snapshot, which waits for that transaction.
+# safe snapshot, which waits for that transaction, and waits for the job.
 $s1->query_safe('BEGIN ISOLATION LEVEL SERIALIZABLE');
 $s1->query_safe('INSERT INTO t VALUES (11)');
-$err = try_query($s1, q{SELECT bg_launch('BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; SELECT count(*) FROM t; COMMIT')});
+$job = $s1->query_safe(q{SELECT bg_launch('BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; SELECT count(*) FROM t; COMMIT')});
+$err = try_query($s1, "SELECT bg_wait($job)");
 like($err, qr/ERROR:  deadlock detected/,
-	'a launch whose job waits for a safe snapshot this transaction holds back fails');
-like($err, qr/DETAIL:  Process \d+ waits for this process\./,
+	'waiting for a job that waits for a safe snapshot this transaction holds back fails');
+like($err, qr/DETAIL:  Process $job waits for this process\./,
 	'saying that the job waits for this session');
 try_query($s1, 'ROLLBACK');
 ok($node->poll_query_until('postgres',
-		q{SELECT NOT EXISTS (SELECT FROM bg_jobs WHERE state = 'running')}),
-	'and no job of it runs on');
+		"SELECT state = 'finished' FROM bg_jobs WHERE pid = $job"),
+	'the job then gets its snapshot and finishes');
 
 # 3. Two jobs of one session: a stream job that updated a row waits for
 # room in its queue, a second job waits for that row, and the session reads
