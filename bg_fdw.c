@@ -661,7 +661,7 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 				ereport(WARNING,
 						(errmsg("skipping background job %d: its columns are not known yet",
 								job->pid),
-						 errdetail("bg_launch could not describe its last statement, which it has not started yet."),
+						 errdetail("bg_launch made no table for it, and it has not reported them yet: it does when it starts its last statement."),
 						 errhint("Import it once it has, or read it with bg_result(%d) and a column definition list.",
 								 job->pid)));
 			continue;

@@ -353,6 +353,9 @@ typedef struct BgJob
 								 * reports them */
 	bool		described;		/* the worker reported them: rows follow */
 	bool		reshaped;		/* ... and they are not those described */
+	bool		awaiting_desc;	/* a reader waits for them */
+	int			desc_missing_column;	/* > 0: that column's type was not */
+	Oid			desc_missing_type;	/* found, and desc is NULL */
 	BgSpool    *spool;			/* every row received so far */
 	int64		nspooled;		/* rows in spool */
 	bool		spool_broken;	/* an append to the spool failed */
@@ -393,6 +396,7 @@ extern void bg_dest_finish_keep(DestReceiver *dest);
 extern TupleDesc bg_result_desc(TupleDesc src);
 extern void bg_desc_serialize(StringInfo buf, TupleDesc desc);
 extern TupleDesc bg_desc_deserialize(StringInfo msg);
+extern int	bg_desc_missing_type(StringInfo msg, Oid *typid);
 extern bool bg_desc_equal(TupleDesc a, TupleDesc b);
 extern void bg_check_statements(List *raw_list);
 

@@ -29,6 +29,8 @@
 #include "access/htup_details.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
 #include "tcop/dest.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -37,6 +39,7 @@
 #include "utils/timestamp.h"
 
 #include "bg_fdw.h"
+#include "compat.h"
 
 /*
  * Rows are handed to the queue in batches (a quarter of the queue) to spare
@@ -329,8 +332,10 @@ bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt, bool flush)
 /*
  * A stream job's row waits for room in the queue.  While it does, the
  * worker waits for its launcher, which the wait-for graph (waitgraph.c)
- * must know: a shm_mq that would block is offered the row again, whole,
- * as shm_mq_sendv asks.
+ * must know; and it keeps pushing its messages out, since its reader takes
+ * no row before it has the result's columns, which are among them.  A
+ * shm_mq that would block is offered the row again, whole, as
+ * shm_mq_sendv asks.
  */
 static shm_mq_result
 bg_send_row_stream(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt,
@@ -343,7 +348,15 @@ bg_send_row_stream(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt,
 	self->shared->worker_waiting = true;
 	PG_TRY();
 	{
-		res = shm_mq_sendv(self->mqh, iov, iovcnt, false, flush);
+		while ((res = shm_mq_sendv(self->mqh, iov, iovcnt, true, flush)) ==
+			   SHM_MQ_WOULD_BLOCK)
+		{
+			bg_spill_push_messages();
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1,
+							 BG_WAIT_EVENT_MQ_SEND);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
 	}
 	PG_FINALLY();
 	{

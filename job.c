@@ -196,9 +196,26 @@ bg_job_set_desc(BgJob *job, TupleDesc desc)
 static void
 bg_job_take_desc(BgJob *job, StringInfo msg)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
-	TupleDesc	actual = bg_desc_deserialize(msg);
+	MemoryContext oldcxt;
+	TupleDesc	actual;
 
+	/*
+	 * A type the job uses that this session cannot find (the worker makes
+	 * the job's own types text, but another session may drop one): the rows
+	 * are taken all the same, so that the job ends here too, and reading
+	 * them says why it cannot be done.
+	 */
+	job->desc_missing_column = bg_desc_missing_type(msg, &job->desc_missing_type);
+	if (job->desc_missing_column > 0)
+	{
+		if (job->desc != NULL)
+			FreeTupleDesc(job->desc);
+		job->desc = NULL;
+		job->described = true;
+		return;
+	}
+	oldcxt = MemoryContextSwitchTo(job->cxt);
+	actual = bg_desc_deserialize(msg);
 	MemoryContextSwitchTo(oldcxt);
 	if (job->desc != NULL && !bg_desc_equal(job->desc, actual))
 	{
@@ -820,7 +837,8 @@ bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at)
 		*check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
 		bg_job_check_deadlock(job);
 	}
-	job->shared->launcher_waiting = false;
+	if (!job->awaiting_desc)
+		job->shared->launcher_waiting = false;
 }
 
 /* After an error: no job of ours is waited for any more. */
@@ -833,6 +851,7 @@ bg_jobs_clear_waiting(void)
 	{
 		BgJob	   *job = lfirst(lc);
 
+		job->awaiting_desc = false;
 		if (job->state != BG_JOB_DETACHED && job->shared != NULL)
 			job->shared->launcher_waiting = false;
 	}
@@ -904,11 +923,17 @@ bg_job_check_deadlock(BgJob *job)
 static void
 bg_job_poll(BgJob *job)
 {
+	bool		described = job->described;
+
 	bg_check_spool(job);
-	if (!job->tuples_done && job->described &&
+	if (!job->tuples_done && described &&
 		bg_job_take_rows(job, INT_MAX, SIZE_MAX) == SHM_MQ_DETACHED)
 		bg_job_tuples_detached(job);
 	bg_job_read_messages(job);
+	/* the columns just came, and the rows behind them may be all there */
+	if (!described && job->described && !job->tuples_done &&
+		bg_job_take_rows(job, INT_MAX, SIZE_MAX) == SHM_MQ_DETACHED)
+		bg_job_tuples_detached(job);
 	if (bg_job_ended(job))
 		bg_job_close_segment(job);
 }
@@ -1013,18 +1038,35 @@ bg_job_wait_descriptor(BgJob *job)
 {
 	TimestampTz check_at = 0;
 
+	/*
+	 * The worker pushes its columns out while we wait for them
+	 * (bg_push_descriptor): we wait between our sleeps too.  An error clears
+	 * it (bg_jobs_clear_waiting).
+	 */
+	job->awaiting_desc = true;
 	for (;;)
 	{
 		bg_job_read_messages(job);
-		if (job->described)
-			return;
-		if (job->state == BG_JOB_FAILED)
-			bg_job_raise_error(job);
-		if (job->state == BG_JOB_FINISHED)
-			elog(ERROR, "background job %d finished without describing its result",
-				 job->pid);
+		if (job->described || job->state == BG_JOB_FAILED ||
+			job->state == BG_JOB_FINISHED)
+			break;
 		bg_job_sleep(job, -1, &check_at);
 	}
+	job->awaiting_desc = false;
+	if (job->shared != NULL)
+		job->shared->launcher_waiting = false;
+	if (!job->described && job->state == BG_JOB_FAILED)
+		bg_job_raise_error(job);
+	if (!job->described)
+		elog(ERROR, "background job %d finished without describing its result",
+			 job->pid);
+	if (job->desc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("cannot read the result of background job %d", job->pid),
+				 errdetail("Its column %d has type %u, which this session cannot find.",
+						   job->desc_missing_column, job->desc_missing_type),
+				 errhint("Another session dropped the type while the job ran.")));
 }
 
 /*

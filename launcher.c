@@ -49,6 +49,7 @@
 #include "utils/plancache.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "bg_fdw.h"
@@ -57,6 +58,8 @@
 PG_FUNCTION_INFO_V1(bg_launch);
 
 static TupleDesc bg_describe_last(List *raw_list, const char *sql);
+static bool bg_describable_after(RawStmt *raw);
+static void bg_check_statement_timeout(void);
 static void bg_launch_error_callback(void *arg);
 static int	bg_queue_size_arg(FunctionCallInfo fcinfo);
 /* What bg_launch was asked for besides the SQL */
@@ -242,30 +245,108 @@ bg_describe_work(void *arg)
  * go, so that describing a job does not make the launcher block the job.
  *
  * A single statement that cannot be described otherwise is an error, as a
- * Describe would be.  The last of several may depend on what the others do
- * (read a table they create): if it cannot be described now, the job
- * reports its columns when it gets there.  If the others change them (alter
- * a table it reads), the job's columns win, and the table made now says it
- * no longer matches when it is read.
+ * Describe would be.  The last of several is described only when the ones
+ * before it leave what it means alone (bg_describable_after), and if that
+ * fails (it depends on what they do all the same) the job reports its
+ * columns when it gets there.  If they change its columns after all (a DO
+ * block alters a table it reads), the job's columns win, and the table
+ * made now says it no longer matches when it is read.
  */
 static TupleDesc
 bg_describe_last(List *raw_list, const char *sql)
 {
 	BgDescribe	d = {llast_node(RawStmt, raw_list), sql, NULL};
-	ErrorData  *edata = bg_rolled_back_call(bg_describe_work, &d);
-	bool		lock_wait;
+	ErrorData  *edata;
+	ListCell   *lc;
+	int			category;
 
+	foreach(lc, raw_list)
+	{
+		if (lfirst(lc) != d.raw && !bg_describable_after(lfirst_node(RawStmt, lc)))
+			return NULL;
+	}
+	if (list_length(raw_list) > 1 &&
+		(IsA(d.raw->stmt, ExecuteStmt) || IsA(d.raw->stmt, FetchStmt)))
+		return NULL;			/* what the job prepared or declared */
+
+	edata = bg_rolled_back_call(bg_describe_work, &d);
 	if (edata == NULL)
 		return bg_result_desc(d.desc);
-	lock_wait = edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
-	/* what analysis finds wrong in a statement is of class 42 */
-	if (!lock_wait &&
+	category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+	/* a cancel, a shortage, a broken system: not the statement's doing */
+	if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
+		edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED &&
 		(list_length(raw_list) == 1 ||
-		 ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION))
+		 category == ERRCODE_OPERATOR_INTERVENTION ||
+		 category == ERRCODE_INSUFFICIENT_RESOURCES ||
+		 category == ERRCODE_PROGRAM_LIMIT_EXCEEDED ||
+		 category == ERRCODE_SYSTEM_ERROR ||
+		 category == ERRCODE_INTERNAL_ERROR))
 		ReThrowError(edata);
 	FreeErrorData(edata);
+	bg_check_statement_timeout();
 	return NULL;
+}
+
+/*
+ * May the job's last statement be described as the launcher sees it, after
+ * this earlier one ran in the job?  Not after one that changes what names
+ * mean (search_path, the role, prepared statements, cursors) or defines
+ * relations and types: the job reports the columns instead.  DML, SET,
+ * transaction control, and DO blocks and procedures (which may do anything,
+ * but are what a job runs its work with) leave the description standing.
+ */
+static bool
+bg_describable_after(RawStmt *raw)
+{
+	VariableSetStmt *set;
+
+	switch (nodeTag(raw->stmt))
+	{
+		case T_SelectStmt:
+		case T_InsertStmt:
+		case T_UpdateStmt:
+		case T_DeleteStmt:
+		case T_MergeStmt:
+		case T_TransactionStmt:
+		case T_VariableShowStmt:
+		case T_DoStmt:
+		case T_CallStmt:
+		case T_LockStmt:
+		case T_NotifyStmt:
+		case T_ExplainStmt:
+		case T_CopyStmt:
+		case T_CheckPointStmt:
+			return true;
+		case T_VariableSetStmt:
+			set = (VariableSetStmt *) raw->stmt;
+			return set->kind != VAR_RESET_ALL &&
+				(set->name == NULL ||
+				 (strcmp(set->name, "search_path") != 0 &&
+				  strcmp(set->name, "role") != 0 &&
+				  strcmp(set->name, "session_authorization") != 0));
+		default:
+			return false;
+	}
+}
+
+/*
+ * Describing gave up on a lock at BG_DESCRIBE_LOCK_TIMEOUT.  A statement
+ * timeout that fell due in the same moment is reported by PostgreSQL as
+ * the lock timeout, and would be lost with it: raise it.  (A cancel that
+ * arrives in that moment is merged with the lock timeout the same way, and
+ * lost; the next one is not.)
+ */
+static void
+bg_check_statement_timeout(void)
+{
+	TimestampTz due = get_timeout_finish_time(STATEMENT_TIMEOUT);
+
+	if (StatementTimeout > 0 && due > GetCurrentStatementStartTimestamp() &&
+		due <= GetCurrentTimestamp())
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling statement due to statement timeout")));
 }
 
 /*

@@ -6,11 +6,11 @@
  *		  serialized form in the job segment and on the message queue, and
  *		  the checks on a job's statements that both sides make.
  *
- * The launcher describes a single statement before the worker runs it; the
- * worker works out the columns again when it runs the last statement and
- * checks that they are those it was launched with.  Both must reach the
- * same answer from the same statement, so the rules live here, apart from
- * the code of either process.
+ * The launcher describes the last statement before the worker runs it, to
+ * make the result table; the worker works out the columns again when it
+ * runs that statement, and reports them: the session reads the rows by
+ * those.  Both follow the same rules, so they live here, apart from the
+ * code of either process.
  *
  * Copyright (c) 2026, The bg_fdw Authors
  *
@@ -21,18 +21,28 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/heap.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "libpq/pqformat.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
 
 #include "bg_fdw.h"
 
 static void bg_unique_name(TupleDesc desc, int attno, NameData *name);
+static bool bg_type_private(Oid typid);
+static bool bg_row_private(Oid relid);
 
 /*
  * Pick a column name no earlier column and no system column uses.  An
@@ -77,9 +87,72 @@ bg_unique_name(TupleDesc desc, int attno, NameData *name)
 }
 
 /*
+ * Could no other session read values of this type?  A type this
+ * transaction created or changed (in a worker: the job's own, until the job
+ * commits) is not there for them, and a temporary one goes with the job's
+ * worker; nor can they read a type built on one.
+ */
+static bool
+bg_type_private(Oid typid)
+{
+	HeapTuple	tup;
+	Form_pg_type typ;
+	bool		private;
+
+	check_stack_depth();
+	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for type %u", typid);
+	typ = (Form_pg_type) GETSTRUCT(tup);
+	private = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)) ||
+		isAnyTempNamespace(typ->typnamespace);
+	if (!private && IsTrueArrayType(typ))
+		private = bg_type_private(typ->typelem);
+	else if (!private && typ->typtype == TYPTYPE_DOMAIN)
+		private = bg_type_private(typ->typbasetype);
+	else if (!private && typ->typtype == TYPTYPE_RANGE)
+		private = bg_type_private(get_range_subtype(typid));
+	else if (!private && typ->typtype == TYPTYPE_MULTIRANGE)
+		private = bg_type_private(get_multirange_range(typid));
+	else if (!private && typ->typtype == TYPTYPE_COMPOSITE &&
+			 OidIsValid(typ->typrelid))
+		private = bg_row_private(typ->typrelid);
+	ReleaseSysCache(tup);
+	return private;
+}
+
+/* The same for the row type of a relation: its columns may have changed */
+static bool
+bg_row_private(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	bool		private;
+	TupleDesc	desc;
+	int			i;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	private = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)) ||
+		((Form_pg_class) GETSTRUCT(tup))->relpersistence == RELPERSISTENCE_TEMP;
+	ReleaseSysCache(tup);
+	if (private)
+		return true;
+	desc = lookup_rowtype_tupdesc(get_rel_type_id(relid), -1);
+	for (i = 0; i < desc->natts && !private; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		private = !att->attisdropped && bg_type_private(att->atttypid);
+	}
+	ReleaseTupleDesc(desc);
+	return private;
+}
+
+/*
  * The columns of a job's result table for a statement that produces "src"
- * (NULL: no rows).  Types that cannot be table columns become text, and
- * names are made unique.
+ * (NULL: no rows).  Types that cannot be table columns become text, and so
+ * do those no other session can read (bg_type_private); names are made
+ * unique.
  */
 TupleDesc
 bg_result_desc(TupleDesc src)
@@ -101,7 +174,8 @@ bg_result_desc(TupleDesc src)
 		Form_pg_attribute att = TupleDescAttr(src, i);
 		Form_pg_attribute dst = TupleDescAttr(desc, i);
 
-		if (get_typtype(att->atttypid) == TYPTYPE_PSEUDO)
+		if (get_typtype(att->atttypid) == TYPTYPE_PSEUDO ||
+			bg_type_private(att->atttypid))
 		{
 			TupleDescInitEntry(desc, i + 1, NameStr(att->attname), TEXTOID, -1, 0);
 			TupleDescInitEntryCollation(desc, i + 1, DEFAULT_COLLATION_OID);
@@ -138,6 +212,30 @@ bg_desc_serialize(StringInfo buf, TupleDesc desc)
 		pq_sendint32(buf, att->atttypmod);
 		pq_sendint32(buf, att->attcollation);
 	}
+}
+
+/*
+ * The first column (from 1) of a descriptor bg_desc_serialize wrote whose
+ * type this process cannot find, with the type in *typid; 0 if there is
+ * none.  The message is not consumed.
+ */
+int
+bg_desc_missing_type(StringInfo msg, Oid *typid)
+{
+	StringInfoData copy = *msg;
+	int			natts = pq_getmsgint(&copy, 2);
+	int			i;
+
+	for (i = 1; i <= natts; i++)
+	{
+		(void) pq_getmsgrawstring(&copy);
+		*typid = pq_getmsgint(&copy, 4);
+		(void) pq_getmsgint(&copy, 4);
+		(void) pq_getmsgint(&copy, 4);
+		if (!SearchSysCacheExists1(TYPEOID, ObjectIdGetDatum(*typid)))
+			return i;
+	}
+	return 0;
 }
 
 /* Read a descriptor bg_desc_serialize wrote, in the current context. */

@@ -89,13 +89,57 @@ SELECT * FROM bg_result_:pid;
 -- the table made at launch says it no longer matches
 CREATE TABLE regress_reshaped (a int);
 INSERT INTO regress_reshaped VALUES (1);
-SELECT bg_launch('ALTER TABLE regress_reshaped ADD b text DEFAULT ''new'';
+SELECT bg_launch('DO $$BEGIN ALTER TABLE regress_reshaped ADD b text DEFAULT ''new''; END$$;
                   SELECT * FROM regress_reshaped') AS pid \gset
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 DROP FOREIGN TABLE bg_result_:pid;
 IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO pg_temp;
 SELECT * FROM bg_result_:pid;
 SELECT * FROM bg_result(:pid) AS r(a int, b text);
+-- after a statement that changes what names mean, or defines relations or
+-- types, the last is not described: no table, and the job's columns
+SELECT bg_launch('ALTER TABLE regress_reshaped ADD c int DEFAULT 3;
+                  SELECT * FROM regress_reshaped') AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT * FROM bg_result(:pid) AS r(a int, b text, c int);
+PREPARE regress_p AS SELECT 1 AS mine;
+SELECT bg_launch('PREPARE regress_p AS SELECT 1 AS x, 2 AS y; EXECUTE regress_p') AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT * FROM bg_result(:pid) AS r(x int, y int);
+DEALLOCATE regress_p;
+-- an error describing the last of several is no error of the launch: the
+-- earlier ones may make it right
+SELECT bg_launch('SET DateStyle = ''DMY''; SELECT ''31/12/2020''::date AS d') AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT * FROM bg_result(:pid) AS r(d date);
+-- a type the job creates is text in its result: no other session could
+-- read it before the job commits
+SELECT bg_launch('CREATE TYPE regress_job_mood AS ENUM (''sad'', ''ok'');
+                  CREATE TEMP TABLE regress_moods (m regress_job_mood, arr regress_job_mood[]);
+                  INSERT INTO regress_moods VALUES (''ok'', ''{sad,ok}'');
+                  SELECT m, arr, regress_moods AS whole FROM regress_moods') AS pid \gset
+SELECT * FROM bg_result(:pid) AS r(m text, arr text, whole text);
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:pid) FROM SERVER bg_server INTO pg_temp;
+SELECT attname, atttypid::regtype FROM pg_attribute
+ WHERE attrelid = ('pg_temp.bg_result_' || :pid)::regclass AND attnum > 0 ORDER BY attnum;
+-- a stream job that sends many notices before its rows is read all the
+-- same: it pushes its messages, among them its columns, while it waits
+SET client_min_messages = error;
+SELECT bg_launch($j$SET client_min_messages = notice;
+  DO $d$BEGIN FOR i IN 1..2000 LOOP RAISE NOTICE '%', repeat('x', 100); END LOOP; END$d$;
+  SELECT g, repeat('y', 1000) AS y FROM generate_series(1, 20000) g$j$,
+  stream => true, queue_size => 65536) AS pid \gset
+SELECT count(*), sum(length(y)) FROM bg_result_:pid;
+RESET client_min_messages;
+-- waiting for a job that has ended does not sleep: with deadlock_timeout
+-- (between checks of the wait) an hour, this would hit statement_timeout
+SELECT bg_launch('SELECT 1') AS pid \gset
+SELECT regress_poll('NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = ' || :pid || ')') AS worker_gone;
+SET deadlock_timeout = '1h';
+SET statement_timeout = '5min';
+SELECT bg_wait(:pid);
+RESET statement_timeout;
+RESET deadlock_timeout;
 -- bg_launch never waits for the job's work: a job whose first statement
 -- waits for a lock this session holds is launched, and waits
 SELECT pg_advisory_lock(4401);
@@ -154,7 +198,7 @@ SELECT bg_launch('CALL regress_commits()') AS pid \gset
 SELECT * FROM bg_result_:pid;
 SELECT count(*) FROM regress_m WHERE a IN (20, 21);
 SELECT bg_launch('VACUUM regress_v; SELECT 1') AS pid \gset
-SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
+SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
 SELECT bg_launch('SELECT 1; VACUUM regress_v') AS pid \gset
 SELECT regress_try('SELECT * FROM bg_result_' || :pid, :pid);
 SELECT bg_launch('SELECT 1; CREATE INDEX CONCURRENTLY regress_v_id2 ON regress_v (id)') AS pid \gset

@@ -209,7 +209,7 @@ SELECT s, c, launched_by_caller FROM bg_result(:pid) AS r(locked text, s text, c
 -- SET SESSION AUTHORIZATION its way back to the session's role
 SELECT bg_launch('RESET ROLE; SET SESSION AUTHORIZATION DEFAULT;
                   SELECT current_user::text AS c, session_user::text AS s') AS pid \gset
-SELECT * FROM bg_result_:pid;
+SELECT * FROM bg_result(:pid) AS r(c text, s text);
 SELECT bg_launch('SET SESSION AUTHORIZATION regress_nologin; SELECT 1') AS pid \gset
 SELECT split_part(regress_try('SELECT bg_wait(' || :pid || ')', :pid), ':', 1)
   AS other_authorization;
