@@ -44,7 +44,7 @@
  * older library after new files were installed must not read a newer
  * segment, nor the reverse.  1.0: 0x62676664.
  */
-#define BG_FDW_MAGIC			0x62676614
+#define BG_FDW_MAGIC			0x62676615
 #define BG_FDW_MAGIC_1_0		0x62676664
 
 /* shm_toc keys of a job segment */
@@ -150,6 +150,11 @@ typedef struct BgJobShared
 	ConditionVariable kept_cv;	/* worker broadcasts when kept_valid grows
 								 * and when it exits; those readers sleep on
 								 * it */
+	pg_atomic_uint64 messages_valid;	/* bytes of whole messages in the
+										 * job's messages file: worker
+										 * writes; bg_messages reads while the
+										 * job runs */
+	pg_atomic_uint64 messages_sent; /* messages the job sent: worker writes */
 	/* waits the lock manager cannot see, for the wait-for graph (waitgraph.c) */
 	bool		launcher_waiting;	/* launcher sets while it waits for the
 									 * job's rows or outcome */
@@ -457,7 +462,7 @@ extern bool bg_registry_keeps(Oid registry);
 extern void bg_registry_kept_job(int pid, int64 job_id, BgKeptJob *kj);
 extern void bg_registry_ended_kept_job(int pid, int64 job_id, BgKeptJob *kj);
 extern List *bg_registry_kept_jobs(void);
-extern bytea *bg_registry_messages(int pid, int64 job_id);
+extern bytea *bg_registry_messages(int pid, int64 job_id, bool *running);
 extern void bg_registry_sweep_files(void);
 
 /* in keep.c */
@@ -490,12 +495,16 @@ extern void bg_keep_close(BgKeepReader *r);
 extern void bg_keep_remove_at_commit(int64 job_id);
 extern void bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg);
 extern void bg_keep_init(void);
+extern void bg_keep_make_dir(void);
+extern void bg_keep_messages_path(char *path, int64 job_id);
 
 /* in messages.c */
 extern int	bg_max_messages_size;
-extern void bg_messages_keep_start(void);
+extern void bg_messages_keep_start(BgJobShared *shared);
 extern void bg_messages_keep(const char *msg, size_t len);
 extern bytea *bg_messages_kept(void);
+extern bytea *bg_messages_live(int64 job_id, uint64 valid, uint64 sent,
+							   bool missing_ok);
 extern void bg_messages_to_db_encoding(const char *msg, size_t len,
 									   StringInfo out);
 

@@ -80,6 +80,8 @@
 #include "bg_fdw.h"
 
 #define BG_KEEP_DIR			"pgsql_tmp_bg_fdw"
+/* after the job id: the messages file of a running job (messages.c) */
+#define BG_KEEP_MESSAGES_SUFFIX	".messages"
 #define BG_KEEP_MAGIC		"BGFDWKR1"
 #define BG_KEEP_FOOTER		0xFFFFFFFF
 /* rows are written out in blocks of this size */
@@ -215,6 +217,17 @@ bg_keep_path(char *path, int64 job_id)
 	snprintf(path, MAXPGPATH, "%s/" INT64_FORMAT, dir, job_id);
 }
 
+/* The messages a running job has sent so far (messages.c) */
+void
+bg_keep_messages_path(char *path, int64 job_id)
+{
+	char		dir[MAXPGPATH];
+
+	bg_keep_dir(dir);
+	snprintf(path, MAXPGPATH, "%s/" INT64_FORMAT BG_KEEP_MESSAGES_SUFFIX,
+			 dir, job_id);
+}
+
 /*
  * Refuse to launch a job that keeps its result while the kept results of
  * the whole cluster take bg_fdw.max_kept_size: roles each within their own
@@ -300,14 +313,10 @@ bg_keep_dir_bytes(const char *dir)
  * ----------------------------------------------------------------
  */
 
-/*
- * Create the job's kept file, with its header, for a result of these columns.
- */
-BgKeepWriter *
-bg_keep_create(BgJobShared *shared, TupleDesc desc)
+/* Create this database's directory of kept results, if need be. */
+void
+bg_keep_make_dir(void)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	BgKeepWriter *w = palloc0(sizeof(BgKeepWriter));
 	char		dir[MAXPGPATH];
 
 	bg_keep_dir(dir);
@@ -327,6 +336,18 @@ bg_keep_create(BgJobShared *shared, TupleDesc desc)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not create directory \"%s\": %m", dir)));
+}
+
+/*
+ * Create the job's kept file, with its header, for a result of these columns.
+ */
+BgKeepWriter *
+bg_keep_create(BgJobShared *shared, TupleDesc desc)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	BgKeepWriter *w = palloc0(sizeof(BgKeepWriter));
+
+	bg_keep_make_dir();
 	bg_keep_path(w->path, shared->job_id);
 	w->buf = palloc(BG_KEEP_BUFSIZE);
 	w->shared = shared;
@@ -1249,7 +1270,8 @@ bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg)
 			continue;
 		errno = 0;
 		id = strtoi64(de->d_name, &end, 10);
-		if (errno == 0 && *end == '\0' && id > 0 && keep != NULL &&
+		if (errno == 0 && id > 0 && keep != NULL &&
+			(*end == '\0' || strcmp(end, BG_KEEP_MESSAGES_SUFFIX) == 0) &&
 			keep(id, arg))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);

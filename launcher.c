@@ -556,6 +556,8 @@ bg_create_segment(const char *sql, BgLaunchOptions *opts)
 		strlcpy(shared->notify, opts->notify, sizeof(shared->notify));
 	pg_atomic_init_u64(&shared->kept_size, 0);
 	pg_atomic_init_u64(&shared->kept_valid, 0);
+	pg_atomic_init_u64(&shared->messages_valid, 0);
+	pg_atomic_init_u64(&shared->messages_sent, 0);
 	ConditionVariableInit(&shared->kept_cv);
 	shared->detached_relid = bg_detached_relid(shared->registry_relid);
 	pg_atomic_init_u64(&shared->rows, 0);

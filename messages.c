@@ -15,6 +15,14 @@
  * a failed or cancelled job keeps its messages too, and bg_forget, expiry
  * and DROP EXTENSION take them along.
  *
+ * While the job runs, each message it keeps is also appended to a file of
+ * its own next to its kept result (<job id>.messages), until that file holds
+ * bg_fdw.max_messages_size; the worker publishes in its segment how many
+ * bytes of it hold whole messages, and how many it sent.  bg_messages of a
+ * running job reads them there, from any session, like tail of nohup's
+ * output file.  The worker removes the file when it exits, once its row
+ * holds the messages; after a crash the sweep of kept files removes it.
+ *
  * The registry's bytea holds the number of messages the job sent, then
  * each kept message: its position among them (from 1), the length of what
  * follows, then its fields as the protocol has them (a code byte and a
@@ -30,11 +38,16 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "funcapi.h"
 #include "lib/ilist.h"
 #include "libpq/pqformat.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -76,6 +89,11 @@ typedef struct BgKeptMessages
 	bool		first_full;		/* a message did not fit among them */
 	dlist_head	latest;			/* then the latest ones, oldest first */
 	Size		latest_bytes;
+	BgJobShared *shared;		/* the job's segment */
+	int			live_fd;		/* the messages file while the job runs, or
+								 * -1 once it is full or failed */
+	uint64		live_bytes;		/* what it holds */
+	char		live_path[MAXPGPATH];
 } BgKeptMessages;
 
 /* NULL unless this process is a job worker that keeps its messages */
@@ -84,10 +102,15 @@ static BgKeptMessages *bg_kept = NULL;
 static void bg_messages_serialize(StringInfo buf, uint64 position,
 								  const char *msg, size_t len);
 static void bg_messages_add_latest(BgKeptMessages *k, StringInfo rec);
+static void bg_messages_live_start(BgKeptMessages *k);
+static void bg_messages_live_write(BgKeptMessages *k, StringInfo rec);
+static void bg_messages_live_stop(BgKeptMessages *k);
+static void bg_messages_live_remove(int code, Datum arg);
 static void bg_messages_put_row(Tuplestorestate *store, TupleDesc desc,
 								uint64 position, StringInfo kept);
 static void bg_messages_put_gap(Tuplestorestate *store, TupleDesc desc,
-								uint64 position, uint64 *expected);
+								uint64 position, uint64 *expected,
+								bool running);
 
 /* ----------------------------------------------------------------
  *		The worker's side
@@ -127,7 +150,7 @@ bg_messages_to_db_encoding(const char *msg, size_t len, StringInfo out)
 
 /* Keep this job's messages from now on, within bg_fdw.max_messages_size. */
 void
-bg_messages_keep_start(void)
+bg_messages_keep_start(BgJobShared *shared)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext,
 											  "bg_fdw kept messages",
@@ -140,6 +163,88 @@ bg_messages_keep_start(void)
 	bg_kept->first.data = MemoryContextAlloc(cxt, 1024);
 	bg_kept->first.maxlen = 1024;
 	resetStringInfo(&bg_kept->first);
+	bg_kept->shared = shared;
+	bg_kept->live_fd = -1;
+	bg_messages_live_start(bg_kept);
+}
+
+/*
+ * Create the file that shows the job's messages while it runs.  Readable by
+ * the server only, like the kept result.  Without it the job runs as well;
+ * bg_messages then shows only how many it sent until it ends.
+ */
+static void
+bg_messages_live_start(BgKeptMessages *k)
+{
+	before_shmem_exit(bg_messages_live_remove, PointerGetDatum(k));
+	if (k->half == 0)
+		return;
+	bg_keep_make_dir();
+	bg_keep_messages_path(k->live_path, k->shared->job_id);
+	if (!AcquireExternalFD())
+		return;
+	k->live_fd = BasicOpenFilePerm(k->live_path,
+								   O_CREAT | O_EXCL | O_WRONLY | PG_BINARY,
+								   S_IRUSR | S_IWUSR);
+	if (k->live_fd < 0)
+	{
+		ReleaseExternalFD();
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", k->live_path)));
+	}
+}
+
+/*
+ * Append a kept message to the messages file, then publish it.  Called
+ * while the message is sent, so it must not fail: a write that fails, or a
+ * file that is full, only stops the file.
+ */
+static void
+bg_messages_live_write(BgKeptMessages *k, StringInfo rec)
+{
+	if (k->shared == NULL)
+		return;
+	if (k->live_fd >= 0)
+	{
+		if (k->live_bytes + rec->len > 2 * (uint64) k->half ||
+			pg_pwrite(k->live_fd, rec->data, rec->len,
+					  (off_t) k->live_bytes) != rec->len)
+			bg_messages_live_stop(k);
+		else
+		{
+			k->live_bytes += rec->len;
+			pg_atomic_write_u64(&k->shared->messages_valid, k->live_bytes);
+		}
+	}
+	pg_atomic_write_u64(&k->shared->messages_sent, k->count);
+}
+
+static void
+bg_messages_live_stop(BgKeptMessages *k)
+{
+	close(k->live_fd);
+	ReleaseExternalFD();
+	k->live_fd = -1;
+}
+
+/*
+ * The worker exits: its row holds the messages now, or it failed before it
+ * could record them (the job is then lost, and its messages with it).
+ */
+static void
+bg_messages_live_remove(int code, Datum arg)
+{
+	BgKeptMessages *k = (BgKeptMessages *) DatumGetPointer(arg);
+
+	/* the segment may go before the last messages: publish no more */
+	k->shared = NULL;
+	if (k->live_fd >= 0)
+		bg_messages_live_stop(k);
+	if (k->live_path[0] != '\0' && unlink(k->live_path) != 0 && errno != ENOENT)
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not remove file \"%s\": %m", k->live_path)));
 }
 
 /*
@@ -160,10 +265,15 @@ bg_messages_keep(const char *msg, size_t len)
 	k->count++;
 	/* a message that could not be kept at all is only counted */
 	if (len + 64 > k->half)
+	{
+		if (k->shared != NULL)
+			pg_atomic_write_u64(&k->shared->messages_sent, k->count);
 		return;
+	}
 	oldcxt = MemoryContextSwitchTo(k->cxt);
 	initStringInfo(&rec);
 	bg_messages_serialize(&rec, k->count, msg, len);
+	bg_messages_live_write(k, &rec);
 	if (!k->first_full && k->first.len + rec.len <= k->half)
 		appendBinaryStringInfo(&k->first, rec.data, rec.len);
 	else
@@ -260,6 +370,58 @@ bg_messages_kept(void)
 	return result;
 }
 
+/*
+ * The messages a running job has sent so far, in the registry's form: the
+ * first "valid" bytes of its messages file, which hold whole messages, and
+ * the count "sent".  NULL if the file is gone (the worker exited
+ * meanwhile: its row holds the messages now), unless missing_ok, which
+ * shows none of them.
+ */
+bytea *
+bg_messages_live(int64 job_id, uint64 valid, uint64 sent, bool missing_ok)
+{
+	char		path[MAXPGPATH];
+	bytea	   *result;
+	uint64		count = pg_hton64(sent);
+	int			fd = -1;
+	ssize_t		nread = 0;
+
+	/* the worker never writes more than a setting of at most 256 MB */
+	if (valid > MaxAllocSize - VARHDRSZ - sizeof(count))
+		elog(ERROR, "messages file of background job " INT64_FORMAT " is %llu bytes",
+			 job_id, (unsigned long long) valid);
+	if (valid > 0)
+	{
+		bg_keep_messages_path(path, job_id);
+		fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+		if (fd < 0 && errno != ENOENT)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not open file \"%s\": %m", path)));
+		if (fd < 0 && !missing_ok)
+			return NULL;
+		if (fd < 0)
+			valid = 0;
+	}
+	result = palloc(VARHDRSZ + sizeof(count) + valid);
+	SET_VARSIZE(result, VARHDRSZ + sizeof(count) + valid);
+	memcpy(VARDATA(result), &count, sizeof(count));
+	if (fd >= 0)
+	{
+		pgstat_report_wait_start(WAIT_EVENT_BUFFILE_READ);
+		nread = pg_pread(fd, VARDATA(result) + sizeof(count), valid, 0);
+		pgstat_report_wait_end();
+		if (nread != (ssize_t) valid)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 nread < 0 ? errmsg("could not read file \"%s\": %m", path) :
+					 errmsg("could not read file \"%s\": read %zd of %llu bytes",
+							path, nread, (unsigned long long) valid)));
+		CloseTransientFile(fd);
+	}
+	return result;
+}
+
 /* ----------------------------------------------------------------
  *		bg_messages(pid)
  * ----------------------------------------------------------------
@@ -279,8 +441,10 @@ Datum
 bg_messages(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		running;
 	bytea	   *kept = bg_registry_messages(PG_GETARG_INT32(0),
-											bg_session_job_id(PG_GETARG_INT32(0)));
+											bg_session_job_id(PG_GETARG_INT32(0)),
+											&running);
 	StringInfoData buf;
 	uint64		expected = 1;
 	uint64		count;
@@ -297,23 +461,25 @@ bg_messages(PG_FUNCTION_ARGS)
 		uint64		position = (uint64) pq_getmsgint64(&buf);
 
 		bg_messages_put_gap(rsinfo->setResult, rsinfo->setDesc, position,
-							&expected);
+							&expected, false);
 		bg_messages_put_row(rsinfo->setResult, rsinfo->setDesc, position,
 							&buf);
 	}
 	bg_messages_put_gap(rsinfo->setResult, rsinfo->setDesc, count + 1,
-						&expected);
+						&expected, running);
 	return (Datum) 0;
 }
 
 /*
  * Before the message at "position" (or after the last one), a row saying
  * how many were not kept, if any; "expected" is the position that follows
- * the last message returned.
+ * the last message returned.  After the last one of a running job, those
+ * are the ones past what its messages file holds: it may keep some of them
+ * still, the latest ones.
  */
 static void
 bg_messages_put_gap(Tuplestorestate *store, TupleDesc desc, uint64 position,
-					uint64 *expected)
+					uint64 *expected, bool running)
 {
 	Datum		values[BG_MESSAGES_NCOLUMNS];
 	bool		nulls[BG_MESSAGES_NCOLUMNS];
@@ -323,7 +489,12 @@ bg_messages_put_gap(Tuplestorestate *store, TupleDesc desc, uint64 position,
 	{
 		memset(nulls, true, sizeof(nulls));
 		nulls[3] = false;
-		values[3] = CStringGetTextDatum(psprintf(ngettext("%llu message was not kept",
+		values[3] = CStringGetTextDatum(running ?
+										psprintf(ngettext("%llu later message is not shown while the job runs",
+														  "%llu later messages are not shown while the job runs",
+														  missing),
+												 (unsigned long long) missing) :
+										psprintf(ngettext("%llu message was not kept",
 														  "%llu messages were not kept",
 														  missing),
 												 (unsigned long long) missing));

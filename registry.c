@@ -245,6 +245,8 @@ typedef struct BgJobProbe
 	uint64		rows;			/* rows sent so far */
 	uint64		kept_size;		/* bytes of its kept file so far */
 	bool		keeps;			/* it keeps its result */
+	uint64		messages_valid; /* bytes of its messages file so far */
+	uint64		messages_sent;	/* messages it sent so far */
 	bool		has_progress;	/* it reported progress: */
 	double		progress;
 	char		progress_message[BG_PROGRESS_MESSAGE_LEN];
@@ -1516,6 +1518,8 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 			probe->rows = pg_atomic_read_u64(&shared->rows);
 			probe->kept_size = pg_atomic_read_u64(&shared->kept_size);
 			probe->keeps = shared->keep;
+			probe->messages_valid = pg_atomic_read_u64(&shared->messages_valid);
+			probe->messages_sent = pg_atomic_read_u64(&shared->messages_sent);
 			SpinLockAcquire(&shared->mutex);
 			probe->has_progress = shared->has_progress;
 			probe->progress = shared->progress;
@@ -2704,39 +2708,60 @@ bg_registry_ended_kept_job(int pid, int64 job_id, BgKeptJob *kj)
 
 /*
  * The kept messages of the job with this PID (and identifier, unless 0)
- * the caller may act on, the newest, once it has ended; raises an error if
- * there are none to show.
+ * the caller may act on, the newest: once it has ended, from its row; while
+ * it runs (*running), those it has sent so far.  Raises an error if there
+ * are none to show.
  */
 bytea *
-bg_registry_messages(int pid, int64 job_id)
+bg_registry_messages(int pid, int64 job_id, bool *running)
 {
 	BgJobEntry	entry;
 	BgJobProbe	probe;
 	BgJobStatus status;
 	bool		was_running;
 	bytea	   *messages = NULL;
+	bool		retried = false;
 
-	bg_entry_permitted(pid, job_id, &entry, &messages);
-	was_running = entry.status == BG_STATUS_RUNNING;
-	bg_probe(entry.id, entry.segment, &probe);
-	if (!bg_entry_state(&entry, &probe, &status))
-		bg_raise_unknown(pid);	/* forgotten meanwhile */
-	/* it ended since: its messages are in its row now */
-	if (was_running && status != BG_STATUS_RUNNING &&
-		status != BG_STATUS_LOST)
-		bg_entry_permitted(pid, entry.id, &entry, &messages);
-	if (status == BG_STATUS_RUNNING)
+	*running = false;
+	for (;;)
+	{
+		bg_entry_permitted(pid, job_id, &entry, &messages);
+		was_running = entry.status == BG_STATUS_RUNNING;
+		bg_probe(entry.id, entry.segment, &probe);
+		if (!bg_entry_state(&entry, &probe, &status))
+			bg_raise_unknown(pid);	/* forgotten meanwhile */
+		/* it ended since: its messages are in its row now */
+		if (was_running && status != BG_STATUS_RUNNING &&
+			status != BG_STATUS_LOST)
+			bg_entry_permitted(pid, entry.id, &entry, &messages);
+		if (status != BG_STATUS_RUNNING || !probe.found || !probe.keeps)
+			break;
+		/* the messages so far, from the file the worker writes */
+		messages = bg_messages_live(entry.id, probe.messages_valid,
+									probe.messages_sent, retried);
+		if (messages != NULL)
+		{
+			*running = true;
+			return messages;
+		}
+		/* the worker removed its file as it exited: look again */
+		job_id = entry.id;
+		retried = true;
+	}
+	/* on a standby, whose rows are the primary's, no segment is found */
+	if (status == BG_STATUS_RUNNING && !probe.found)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("background job %d is still running", pid),
-				 errdetail("A job's messages are kept when it ends; meanwhile the session that launched it receives them."),
 				 errhint("Wait for it with bg_wait(%d), then read them.", pid)));
 	if (status == BG_STATUS_LOST)
 		bg_raise_lost(&entry);
-	if (messages == NULL)
+	if (messages == NULL || status == BG_STATUS_RUNNING)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("messages of background job %d were not kept", pid),
+				 status == BG_STATUS_RUNNING ?
+				 errdetail("Only the session that launched it receives them: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.") :
 				 errdetail("Only the session that launched it received them: it was launched with keep => false, in stream mode, or before the extension was updated to 1.1.")));
 	return messages;
 }

@@ -227,7 +227,7 @@ bg_worker_main(Datum main_arg)
 	CommitTransactionCommand();
 	/* with the launcher's client_min_messages and bg_fdw.max_messages_size */
 	if (shared->keep)
-		bg_messages_keep_start();
+		bg_messages_keep_start(shared);
 	SetCurrentRoleId(shared->outer_user_id, shared->role_is_superuser);
 	SetUserIdAndSecContext(shared->current_user_id, shared->sec_context);
 

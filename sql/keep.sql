@@ -177,10 +177,35 @@ SELECT bg_wait(:none);
 RESET client_min_messages;
 RESET bg_fdw.max_messages_size;
 SELECT position, severity, message FROM bg_messages(:none);
--- errors: a job still running, not kept, unknown, another role's; the
--- setting is a superuser's
+-- while a job runs, the messages it has sent so far (tail of the output
+-- file), here from a job that waits for this session after three (the
+-- notices it relays to this session are not shown)
+SET client_min_messages = error;
 SELECT pg_advisory_lock(4242);
-SELECT bg_launch('SELECT pg_advisory_lock(4242)') AS held \gset
+SELECT bg_launch($j$SET client_min_messages = notice;
+  DO $d$ BEGIN FOR i IN 1..3 LOOP RAISE NOTICE 'so far %', i; END LOOP; END $d$;
+  SELECT pg_advisory_lock(4242)$j$) AS held \gset
+SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :held || ')') AS job_waits;
+SELECT position, severity, message FROM bg_messages(:held);
+SELECT pg_advisory_unlock(4242);
+SELECT bg_wait(:held);
+SELECT position, severity, message FROM bg_messages(:held);
+-- past what the file takes, a running job's later messages are counted
+SELECT pg_advisory_lock(4242);
+SET bg_fdw.max_messages_size = '1kB';
+SELECT bg_launch($j$SET client_min_messages = notice;
+  DO $d$ BEGIN FOR i IN 1..100 LOOP RAISE NOTICE 'message %', i; END LOOP; END $d$;
+  SELECT pg_advisory_lock(4242)$j$) AS held \gset
+RESET bg_fdw.max_messages_size;
+SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :held || ')') AS job_waits;
+SELECT position, severity, message FROM bg_messages(:held);
+SELECT pg_advisory_unlock(4242);
+SELECT bg_wait(:held);
+RESET client_min_messages;
+-- errors: a job that keeps nothing, still running or not, unknown, another
+-- role's; the setting is a superuser's
+SELECT pg_advisory_lock(4242);
+SELECT bg_launch('SELECT pg_advisory_lock(4242)', keep => false) AS held \gset
 SELECT regress_try('SELECT * FROM bg_messages(' || :held || ')', :held);
 SELECT pg_advisory_unlock(4242);
 SELECT bg_wait(:held);

@@ -107,5 +107,36 @@ is($node->safe_psql('postgres', q{
 is($node->safe_psql('postgres', "SELECT count(position) FROM bg_messages($pid)"),
 	$kept, 'the messages outlive the launching session');
 
+# While a job runs, any session with its role's privileges reads the
+# messages it has sent so far, from a file of the job's that goes with its
+# worker, even one that is terminated.
+my $gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(77)');
+my $running = $node->safe_psql('postgres', q{
+	SELECT bg_launch($j$SET client_min_messages = notice;
+	  DO $d$ BEGIN RAISE NOTICE 'first'; RAISE WARNING 'second'; END $d$;
+	  SELECT pg_advisory_lock(77)$j$)}, extra_params => [ '-U', 'alice' ]);
+ok( $node->poll_query_until('postgres',
+		"SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = $running"),
+	'the job waits, having talked');
+is($node->safe_psql('postgres', qq{
+	SELECT string_agg(position || ' ' || severity || ' ' || message, ', ' ORDER BY position)
+	  FROM bg_messages($running)}, extra_params => [ '-U', 'alice' ]),
+	'1 NOTICE first, 2 WARNING second',
+	'another session reads the messages of a running job');
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	"SELECT count(*) FROM bg_messages($running)", extra_params => [ '-U', 'mallory' ]);
+like($stderr, qr/ERROR:  permission denied for background job $running/,
+	'but not a role without the privileges of the job role');
+my $messages_files = q{
+	SELECT count(*) FROM pg_ls_dir((SELECT 'base/' || oid || '/pgsql_tmp_bg_fdw'
+	                                  FROM pg_database WHERE datname = 'postgres')) f
+	 WHERE f LIKE '%.messages'};
+is($node->safe_psql('postgres', $messages_files), '1', 'they are in a file');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($running)");
+ok($node->poll_query_until('postgres', "$messages_files", '0'),
+	'which goes with its worker');
+$gate->quit;
+
 $node->stop;
 done_testing();
