@@ -7,86 +7,47 @@
 -- Each case is timed through the commit of its transaction, as a client in
 -- autocommit would wait for it: a launch commits the creation (and, with
 -- bg_detach, the drop) of its result table.
-CREATE OR REPLACE PROCEDURE bench_launch_1(name text)
+-- One case: run "sql" and commit, timed, as a client in autocommit waits.
+CREATE OR REPLACE PROCEDURE bench_time(name text, sql text)
 LANGUAGE plpgsql AS $$
 DECLARE
   t0 timestamptz := clock_timestamp();
-  pid int;
 BEGIN
-  pid := bg_launch('SELECT 1 AS x');
-  EXECUTE format('SELECT x FROM bg_result_%s', pid);
-  PERFORM bg_detach(pid);
+  EXECUTE sql;
   COMMIT;
   INSERT INTO timings (name, ms) VALUES (name, extract(epoch FROM clock_timestamp() - t0) * 1000);
   COMMIT;
 END
 $$;
-CREATE OR REPLACE PROCEDURE bench_dblink_1()
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-BEGIN
-  PERFORM * FROM dblink(format('host=%s port=%s dbname=%s',
-                               split_part(current_setting('unix_socket_directories'), ',', 1),
-                               current_setting('port'), current_database()),
-                        'SELECT 1') AS r(x int);
-  COMMIT;
-  INSERT INTO timings (name, ms) VALUES ('dblink connect + query + disconnect',
-                                         extract(epoch FROM clock_timestamp() - t0) * 1000);
-  COMMIT;
-END
-$$;
--- The same without a result table: no catalog row is written or dropped.
-CREATE OR REPLACE PROCEDURE bench_launch_no_table()
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-BEGIN
-  PERFORM x FROM bg_result(bg_launch('SELECT 1 AS x', result_table => false)) AS r(x int);
-  COMMIT;
-  INSERT INTO timings (name, ms) VALUES ('bg_launch, result_table => false, + bg_result',
-                                         extract(epoch FROM clock_timestamp() - t0) * 1000);
-  COMMIT;
-END
-$$;
--- The autonomous-transaction pattern: an audit row written by a job the
--- caller waits for, against dblink_exec with its own connection.
 CREATE TABLE IF NOT EXISTS bench_audit (at timestamptz DEFAULT now(), who text);
-CREATE OR REPLACE PROCEDURE bench_audit_1(how text)
-LANGUAGE plpgsql AS $$
-DECLARE
-  t0 timestamptz := clock_timestamp();
-  ins text := 'INSERT INTO bench_audit (who) VALUES (current_user)';
-BEGIN
-  IF how = 'bg_fdw' THEN
-    PERFORM bg_wait(bg_launch(ins, result_table => false));
-  ELSE
-    PERFORM dblink_exec(format('host=%s port=%s dbname=%s',
-                               split_part(current_setting('unix_socket_directories'), ',', 1),
-                               current_setting('port'), current_database()), ins);
-  END IF;
-  COMMIT;
-  INSERT INTO timings (name, ms)
-    VALUES (CASE how WHEN 'bg_fdw' THEN 'audit: bg_wait(bg_launch(INSERT, result_table => false))'
-                     ELSE 'audit: dblink_exec with connect' END,
-            extract(epoch FROM clock_timestamp() - t0) * 1000);
-  COMMIT;
-END
-$$;
 -- The job registry's share: the same launch with the registry table
 -- renamed away, which bg_launch and the worker take as "not installed".
+-- Without a result table no catalog row is written or dropped.  The
+-- audit rows are the autonomous-transaction pattern: a row written by a
+-- job the caller waits for, against dblink_exec with its own connection.
 CREATE OR REPLACE PROCEDURE bench_launch_rounds(n int)
 LANGUAGE plpgsql AS $$
+DECLARE
+  conn text := format('host=%s port=%s dbname=%s',
+                      split_part(current_setting('unix_socket_directories'), ',', 1),
+                      current_setting('port'), current_database());
+  launch text := $q$DO $d$DECLARE p int := bg_launch('SELECT 1 AS x');
+                    BEGIN EXECUTE format('SELECT x FROM bg_result_%s', p); PERFORM bg_detach(p); END $d$ $q$;
+  ins text := 'INSERT INTO bench_audit (who) VALUES (current_user)';
 BEGIN
   FOR r IN 1..n LOOP
-    CALL bench_dblink_1();
-    CALL bench_launch_1('bg_launch + read one row');
-    CALL bench_launch_no_table();
-    CALL bench_audit_1('dblink');
-    CALL bench_audit_1('bg_fdw');
+    CALL bench_time('dblink connect + query + disconnect',
+                    format('SELECT * FROM dblink(%L, %L) AS r(x int)', conn, 'SELECT 1'));
+    CALL bench_time('bg_launch + read one row', launch);
+    CALL bench_time('bg_launch, result_table => false, + bg_result',
+                    $q$SELECT x FROM bg_result(bg_launch('SELECT 1 AS x', result_table => false)) AS r(x int)$q$);
+    CALL bench_time('audit: dblink_exec with connect',
+                    format('SELECT dblink_exec(%L, %L)', conn, ins));
+    CALL bench_time('audit: bg_wait(bg_launch(INSERT, result_table => false))',
+                    format('SELECT bg_wait(bg_launch(%L, result_table => false))', ins));
     ALTER TABLE bg_job_registry RENAME TO bg_job_registry_bench;
     COMMIT;
-    CALL bench_launch_1('the same without the job registry');
+    CALL bench_time('the same without the job registry', launch);
     ALTER TABLE bg_job_registry_bench RENAME TO bg_job_registry;
     COMMIT;
   END LOOP;
