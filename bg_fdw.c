@@ -655,6 +655,15 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 			job->stream_taken || !bg_job_visible(job))
 			continue;
 		session_jobs = lappend(session_jobs, job);
+		if (job->desc == NULL && job->described)
+		{
+			if (bg_import_wanted(stmt, name))
+				ereport(WARNING,
+						(errmsg("skipping background job %d: its column %d has type %u, which this session cannot find",
+								job->pid, job->desc_missing_column,
+								job->desc_missing_type)));
+			continue;
+		}
 		if (job->desc == NULL)
 		{
 			if (bg_import_wanted(stmt, name))

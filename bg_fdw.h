@@ -358,7 +358,6 @@ typedef struct BgJob
 								 * reports them */
 	bool		described;		/* the worker reported them: rows follow */
 	bool		reshaped;		/* ... and they are not those described */
-	bool		awaiting_desc;	/* a reader waits for them */
 	int			desc_missing_column;	/* > 0: that column's type was not */
 	Oid			desc_missing_type;	/* found, and desc is NULL */
 	BgSpool    *spool;			/* every row received so far */
@@ -495,12 +494,14 @@ extern void bg_keep_close(BgKeepReader *r);
 extern void bg_keep_remove_at_commit(int64 job_id);
 extern void bg_keep_sweep(bool (*keep) (int64 job_id, void *arg), void *arg);
 extern void bg_keep_init(void);
-extern void bg_keep_make_dir(void);
+extern bool bg_keep_make_dir(int elevel);
 extern void bg_keep_messages_path(char *path, int64 job_id);
 
 /* in messages.c */
 extern int	bg_max_messages_size;
 extern void bg_messages_keep_start(BgJobShared *shared);
+extern void bg_messages_keep_detached(void);
+extern void bg_messages_at_exit(int code, Datum arg);
 extern void bg_messages_keep(const char *msg, size_t len);
 extern bytea *bg_messages_kept(void);
 extern bytea *bg_messages_live(int64 job_id, uint64 valid, uint64 sent,

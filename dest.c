@@ -87,6 +87,7 @@ static TupleTableSlot *bg_detoast_slot(BgDestReceiver *self,
 static TupleTableSlot *bg_convert_slot(BgDestReceiver *self,
 									   TupleTableSlot *slot);
 static bool bg_receive_slot(TupleTableSlot *slot, DestReceiver *self);
+static void bg_check_reader_deadlock(BgJobShared *shared);
 static shm_mq_result bg_send_row_stream(BgDestReceiver *self,
 										shm_mq_iovec *iov, int iovcnt,
 										bool flush);
@@ -332,11 +333,28 @@ bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt, bool flush)
 /*
  * A stream job's row waits for room in the queue.  While it does, the
  * worker waits for its launcher, which the wait-for graph (waitgraph.c)
- * must know; and it keeps pushing its messages out, since its reader takes
- * no row before it has the result's columns, which are among them.  A
- * shm_mq that would block is offered the row again, whole, as
- * shm_mq_sendv asks.
+ * must know, and which it checks itself every deadlock_timeout: a reader
+ * waiting for a lock the job holds (in an ordinary lock wait, which checks
+ * no edge of ours) would wait for ever.  It keeps pushing its messages out
+ * meanwhile, since its reader takes no row before it has the result's
+ * columns, which are among them.  A shm_mq that would block is offered the
+ * row again, whole, as shm_mq_sendv asks.
  */
+static void
+bg_check_reader_deadlock(BgJobShared *shared)
+{
+	static BgWaitCycle cycle;
+	const char *hint = _("Do not wait for locks a stream job holds while reading it, or launch the job without stream mode.");
+
+	if (bg_blocked_by_me(shared->launcher_pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("The session reading this stream job waits for a lock the job holds, and the job waits for room in its queue."),
+				 errhint("%s", hint)));
+	bg_check_wait_cycle(shared->launcher_pid, &cycle, hint);
+}
+
 static shm_mq_result
 bg_send_row_stream(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt,
 				   bool flush)
@@ -351,11 +369,15 @@ bg_send_row_stream(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt,
 		while ((res = shm_mq_sendv(self->mqh, iov, iovcnt, true, flush)) ==
 			   SHM_MQ_WOULD_BLOCK)
 		{
+			int			rc;
+
 			bg_spill_push_messages();
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1,
-							 BG_WAIT_EVENT_MQ_SEND);
+			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   DeadlockTimeout, BG_WAIT_EVENT_MQ_SEND);
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
+			if (rc & WL_TIMEOUT)
+				bg_check_reader_deadlock(self->shared);
 		}
 	}
 	PG_FINALLY();

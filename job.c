@@ -837,8 +837,7 @@ bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at)
 		*check_at = TimestampTzPlusMilliseconds(now, DeadlockTimeout);
 		bg_job_check_deadlock(job);
 	}
-	if (!job->awaiting_desc)
-		job->shared->launcher_waiting = false;
+	job->shared->launcher_waiting = false;
 }
 
 /* After an error: no job of ours is waited for any more. */
@@ -851,7 +850,6 @@ bg_jobs_clear_waiting(void)
 	{
 		BgJob	   *job = lfirst(lc);
 
-		job->awaiting_desc = false;
 		if (job->state != BG_JOB_DETACHED && job->shared != NULL)
 			job->shared->launcher_waiting = false;
 	}
@@ -1038,12 +1036,6 @@ bg_job_wait_descriptor(BgJob *job)
 {
 	TimestampTz check_at = 0;
 
-	/*
-	 * The worker pushes its columns out while we wait for them
-	 * (bg_push_descriptor): we wait between our sleeps too.  An error clears
-	 * it (bg_jobs_clear_waiting).
-	 */
-	job->awaiting_desc = true;
 	for (;;)
 	{
 		bg_job_read_messages(job);
@@ -1052,9 +1044,6 @@ bg_job_wait_descriptor(BgJob *job)
 			break;
 		bg_job_sleep(job, -1, &check_at);
 	}
-	job->awaiting_desc = false;
-	if (job->shared != NULL)
-		job->shared->launcher_waiting = false;
 	if (!job->described && job->state == BG_JOB_FAILED)
 		bg_job_raise_error(job);
 	if (!job->described)

@@ -313,29 +313,40 @@ bg_keep_dir_bytes(const char *dir)
  * ----------------------------------------------------------------
  */
 
-/* Create this database's directory of kept results, if need be. */
-void
-bg_keep_make_dir(void)
+/*
+ * Create this database's directory of kept results, if need be, durably.
+ * A failure is reported at elevel; below ERROR, false says so.
+ */
+bool
+bg_keep_make_dir(int elevel)
 {
 	char		dir[MAXPGPATH];
+	char	   *dbpath;
+	bool		ok;
 
 	bg_keep_dir(dir);
-	if (MakePGDirectory(dir) == 0)
+	if (MakePGDirectory(dir) != 0)
 	{
-		/*
-		 * A failed fsync fails the job, which discards the file and records
-		 * nothing: ERROR, not the PANIC data files need.
-		 */
-		char	   *dbpath = GetDatabasePath(MyDatabaseId, MyDatabaseTableSpace);
-
-		(void) fsync_fname_ext(dir, true, false, ERROR);
-		(void) fsync_fname_ext(dbpath, true, false, ERROR);
-		pfree(dbpath);
-	}
-	else if (errno != EEXIST)
-		ereport(ERROR,
+		if (errno == EEXIST)
+			return true;
+		ereport(elevel,
 				(errcode_for_file_access(),
 				 errmsg("could not create directory \"%s\": %m", dir)));
+		return false;
+	}
+
+	/*
+	 * A failed fsync fails the job, which discards the file and records
+	 * nothing: ERROR, not the PANIC data files need.  Below ERROR, the
+	 * directory goes, so that the next one to want it makes it again.
+	 */
+	dbpath = GetDatabasePath(MyDatabaseId, MyDatabaseTableSpace);
+	ok = fsync_fname_ext(dir, true, false, elevel) == 0 &&
+		fsync_fname_ext(dbpath, true, false, elevel) == 0;
+	pfree(dbpath);
+	if (!ok)
+		(void) rmdir(dir);
+	return ok;
 }
 
 /*
@@ -347,7 +358,7 @@ bg_keep_create(BgJobShared *shared, TupleDesc desc)
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	BgKeepWriter *w = palloc0(sizeof(BgKeepWriter));
 
-	bg_keep_make_dir();
+	(void) bg_keep_make_dir(ERROR);
 	bg_keep_path(w->path, shared->job_id);
 	w->buf = palloc(BG_KEEP_BUFSIZE);
 	w->shared = shared;
@@ -1208,6 +1219,12 @@ bg_keep_xact_callback(XactEvent event, void *arg)
 
 					/* committed already: a failure can only be logged */
 					bg_keep_path(path, p->job_id);
+					if (unlink(path) != 0 && errno != ENOENT)
+						ereport(WARNING,
+								(errcode_for_file_access(),
+								 errmsg("could not remove file \"%s\": %m", path)));
+					/* that of a job lost while it ran */
+					bg_keep_messages_path(path, p->job_id);
 					if (unlink(path) != 0 && errno != ENOENT)
 						ereport(WARNING,
 								(errcode_for_file_access(),

@@ -59,7 +59,7 @@ PG_FUNCTION_INFO_V1(bg_launch);
 
 static TupleDesc bg_describe_last(List *raw_list, const char *sql);
 static bool bg_describable_after(RawStmt *raw);
-static void bg_check_statement_timeout(void);
+static void bg_check_statement_timeout(TimestampTz started);
 static void bg_launch_error_callback(void *arg);
 static int	bg_queue_size_arg(FunctionCallInfo fcinfo);
 /* What bg_launch was asked for besides the SQL */
@@ -259,6 +259,8 @@ bg_describe_last(List *raw_list, const char *sql)
 	ErrorData  *edata;
 	ListCell   *lc;
 	int			category;
+	TimestampTz started;
+	bool		lock_wait;
 
 	foreach(lc, raw_list)
 	{
@@ -269,13 +271,15 @@ bg_describe_last(List *raw_list, const char *sql)
 		(IsA(d.raw->stmt, ExecuteStmt) || IsA(d.raw->stmt, FetchStmt)))
 		return NULL;			/* what the job prepared or declared */
 
+	started = GetCurrentTimestamp();
 	edata = bg_rolled_back_call(bg_describe_work, &d);
 	if (edata == NULL)
 		return bg_result_desc(d.desc);
 	category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+	lock_wait = edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
 	/* a cancel, a shortage, a broken system: not the statement's doing */
-	if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
-		edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED &&
+	if (!lock_wait &&
 		(list_length(raw_list) == 1 ||
 		 category == ERRCODE_OPERATOR_INTERVENTION ||
 		 category == ERRCODE_INSUFFICIENT_RESOURCES ||
@@ -284,7 +288,8 @@ bg_describe_last(List *raw_list, const char *sql)
 		 category == ERRCODE_INTERNAL_ERROR))
 		ReThrowError(edata);
 	FreeErrorData(edata);
-	bg_check_statement_timeout();
+	if (lock_wait)
+		bg_check_statement_timeout(started);
 	return NULL;
 }
 
@@ -293,8 +298,9 @@ bg_describe_last(List *raw_list, const char *sql)
  * this earlier one ran in the job?  Not after one that changes what names
  * mean (search_path, the role, prepared statements, cursors) or defines
  * relations and types: the job reports the columns instead.  DML, SET,
- * transaction control, and DO blocks and procedures (which may do anything,
- * but are what a job runs its work with) leave the description standing.
+ * transaction control, and DO blocks, procedures and functions (which may
+ * do anything, set_config('search_path', ...) included, but are what a job
+ * runs its work with) leave the description standing.
  */
 static bool
 bg_describable_after(RawStmt *raw)
@@ -304,6 +310,15 @@ bg_describable_after(RawStmt *raw)
 	switch (nodeTag(raw->stmt))
 	{
 		case T_SelectStmt:
+			/* SELECT INTO is a CREATE TABLE AS */
+			return ((SelectStmt *) raw->stmt)->intoClause == NULL;
+		case T_ExplainStmt:
+			{
+				RawStmt		inner = *raw;
+
+				inner.stmt = ((ExplainStmt *) raw->stmt)->query;
+				return bg_describable_after(&inner);
+			}
 		case T_InsertStmt:
 		case T_UpdateStmt:
 		case T_DeleteStmt:
@@ -314,7 +329,6 @@ bg_describable_after(RawStmt *raw)
 		case T_CallStmt:
 		case T_LockStmt:
 		case T_NotifyStmt:
-		case T_ExplainStmt:
 		case T_CopyStmt:
 		case T_CheckPointStmt:
 			return true;
@@ -322,28 +336,28 @@ bg_describable_after(RawStmt *raw)
 			set = (VariableSetStmt *) raw->stmt;
 			return set->kind != VAR_RESET_ALL &&
 				(set->name == NULL ||
-				 (strcmp(set->name, "search_path") != 0 &&
-				  strcmp(set->name, "role") != 0 &&
-				  strcmp(set->name, "session_authorization") != 0));
+				 (pg_strcasecmp(set->name, "search_path") != 0 &&
+				  pg_strcasecmp(set->name, "role") != 0 &&
+				  pg_strcasecmp(set->name, "session_authorization") != 0));
 		default:
 			return false;
 	}
 }
 
 /*
- * Describing gave up on a lock at BG_DESCRIBE_LOCK_TIMEOUT.  A statement
- * timeout that fell due in the same moment is reported by PostgreSQL as
- * the lock timeout, and would be lost with it: raise it.  (A cancel that
+ * Describing, from "started" on, gave up on a lock at
+ * BG_DESCRIBE_LOCK_TIMEOUT.  A statement timeout that fell due meanwhile is
+ * reported by PostgreSQL as the lock timeout, and would be lost with it:
+ * raise it.  (A cancel that
  * arrives in that moment is merged with the lock timeout the same way, and
  * lost; the next one is not.)
  */
 static void
-bg_check_statement_timeout(void)
+bg_check_statement_timeout(TimestampTz started)
 {
 	TimestampTz due = get_timeout_finish_time(STATEMENT_TIMEOUT);
 
-	if (StatementTimeout > 0 && due > GetCurrentStatementStartTimestamp() &&
-		due <= GetCurrentTimestamp())
+	if (StatementTimeout > 0 && due >= started && due <= GetCurrentTimestamp())
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("canceling statement due to statement timeout")));

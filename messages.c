@@ -90,8 +90,10 @@ typedef struct BgKeptMessages
 	dlist_head	latest;			/* then the latest ones, oldest first */
 	Size		latest_bytes;
 	BgJobShared *shared;		/* the job's segment */
+	bool		live_wanted;	/* create it with the next message */
 	int			live_fd;		/* the messages file while the job runs, or
 								 * -1 once it is full or failed */
+	int			live_errno;		/* why it could not be created */
 	uint64		live_bytes;		/* what it holds */
 	char		live_path[MAXPGPATH];
 } BgKeptMessages;
@@ -103,9 +105,9 @@ static void bg_messages_serialize(StringInfo buf, uint64 position,
 								  const char *msg, size_t len);
 static void bg_messages_add_latest(BgKeptMessages *k, StringInfo rec);
 static void bg_messages_live_start(BgKeptMessages *k);
+static void bg_messages_live_create(BgKeptMessages *k);
 static void bg_messages_live_write(BgKeptMessages *k, StringInfo rec);
 static void bg_messages_live_stop(BgKeptMessages *k);
-static void bg_messages_live_remove(int code, Datum arg);
 static void bg_messages_put_row(Tuplestorestate *store, TupleDesc desc,
 								uint64 position, StringInfo kept);
 static void bg_messages_put_gap(Tuplestorestate *store, TupleDesc desc,
@@ -169,18 +171,26 @@ bg_messages_keep_start(BgJobShared *shared)
 }
 
 /*
- * Create the file that shows the job's messages while it runs.  Readable by
- * the server only, like the kept result.  Without it the job runs as well;
- * bg_messages then shows only how many it sent until it ends.
+ * Get ready for the file that shows the job's messages while it runs,
+ * readable by the server only like the kept result: the directory now, the
+ * file with the first message, once the job is in the registry (whose sweep
+ * would take a file it does not name for a leftover).  Without them the job
+ * runs as well; bg_messages then shows only how many it sent until it ends.
  */
 static void
 bg_messages_live_start(BgKeptMessages *k)
 {
-	before_shmem_exit(bg_messages_live_remove, PointerGetDatum(k));
-	if (k->half == 0)
+	if (k->half == 0 || !bg_keep_make_dir(LOG))
 		return;
-	bg_keep_make_dir();
 	bg_keep_messages_path(k->live_path, k->shared->job_id);
+	k->live_wanted = true;
+}
+
+/* Create the file; called while a message is sent, so it must not fail. */
+static void
+bg_messages_live_create(BgKeptMessages *k)
+{
+	k->live_wanted = false;
 	if (!AcquireExternalFD())
 		return;
 	k->live_fd = BasicOpenFilePerm(k->live_path,
@@ -188,10 +198,8 @@ bg_messages_live_start(BgKeptMessages *k)
 								   S_IRUSR | S_IWUSR);
 	if (k->live_fd < 0)
 	{
+		k->live_errno = errno;
 		ReleaseExternalFD();
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("could not create file \"%s\": %m", k->live_path)));
 	}
 }
 
@@ -205,6 +213,8 @@ bg_messages_live_write(BgKeptMessages *k, StringInfo rec)
 {
 	if (k->shared == NULL)
 		return;
+	if (k->live_wanted)
+		bg_messages_live_create(k);
 	if (k->live_fd >= 0)
 	{
 		if (k->live_bytes + rec->len > 2 * (uint64) k->half ||
@@ -228,19 +238,37 @@ bg_messages_live_stop(BgKeptMessages *k)
 	k->live_fd = -1;
 }
 
-/*
- * The worker exits: its row holds the messages now, or it failed before it
- * could record them (the job is then lost, and its messages with it).
- */
-static void
-bg_messages_live_remove(int code, Datum arg)
+/* The job's segment is going: publish nothing more in it. */
+void
+bg_messages_keep_detached(void)
 {
-	BgKeptMessages *k = (BgKeptMessages *) DatumGetPointer(arg);
+	if (bg_kept != NULL)
+		bg_kept->shared = NULL;
+}
 
-	/* the segment may go before the last messages: publish no more */
+/*
+ * before_shmem_exit callback of the worker, run after the one that records
+ * a terminated job's end: the row holds the messages now, or the job is
+ * lost, and its messages with it.
+ */
+void
+bg_messages_at_exit(int code, Datum arg)
+{
+	BgKeptMessages *k = bg_kept;
+
+	if (k == NULL)
+		return;
 	k->shared = NULL;
+	k->live_wanted = false;
 	if (k->live_fd >= 0)
 		bg_messages_live_stop(k);
+	if (k->live_errno != 0)
+	{
+		errno = k->live_errno;
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", k->live_path)));
+	}
 	if (k->live_path[0] != '\0' && unlink(k->live_path) != 0 && errno != ENOENT)
 		ereport(LOG,
 				(errcode_for_file_access(),

@@ -87,10 +87,22 @@ bg_unique_name(TupleDesc desc, int attno, NameData *name)
 }
 
 /*
- * Could no other session read values of this type?  A type this
- * transaction created or changed (in a worker: the job's own, until the job
- * commits) is not there for them, and a temporary one goes with the job's
- * worker; nor can they read a type built on one.
+ * In a job, was this catalog row written by the job's transaction?  Other
+ * sessions do not see it until the job commits.  (In a launching session
+ * such a row is the session's own: the job sees it once the session
+ * commits, or fails.)
+ */
+static bool
+bg_written_by_job(HeapTuple tup)
+{
+	return bg_worker_launched_by() != NULL &&
+		TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
+}
+
+/*
+ * Could no other session read values of this type?  A type the job created
+ * or changed is not there for them until the job commits, and a temporary
+ * one goes with the job's worker; nor can they read a type built on one.
  */
 static bool
 bg_type_private(Oid typid)
@@ -104,8 +116,7 @@ bg_type_private(Oid typid)
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "cache lookup failed for type %u", typid);
 	typ = (Form_pg_type) GETSTRUCT(tup);
-	private = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)) ||
-		isAnyTempNamespace(typ->typnamespace);
+	private = bg_written_by_job(tup) || isAnyTempNamespace(typ->typnamespace);
 	if (!private && IsTrueArrayType(typ))
 		private = bg_type_private(typ->typelem);
 	else if (!private && typ->typtype == TYPTYPE_DOMAIN)
@@ -121,28 +132,33 @@ bg_type_private(Oid typid)
 	return private;
 }
 
-/* The same for the row type of a relation: its columns may have changed */
+/*
+ * The same for the row type of a relation: a temporary one, or one whose
+ * columns the job added, dropped or changed (their pg_attribute rows, not
+ * the relation's, which TRUNCATE or GRANT rewrite too), or of such types.
+ */
 static bool
 bg_row_private(Oid relid)
 {
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	bool		private;
 	TupleDesc	desc;
 	int			i;
+	bool		private = get_rel_persistence(relid) == RELPERSISTENCE_TEMP;
 
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	private = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)) ||
-		((Form_pg_class) GETSTRUCT(tup))->relpersistence == RELPERSISTENCE_TEMP;
-	ReleaseSysCache(tup);
 	if (private)
 		return true;
 	desc = lookup_rowtype_tupdesc(get_rel_type_id(relid), -1);
 	for (i = 0; i < desc->natts && !private; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
+		HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid),
+										  Int16GetDatum(att->attnum));
 
-		private = !att->attisdropped && bg_type_private(att->atttypid);
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for attribute %d of relation %u",
+				 att->attnum, relid);
+		private = bg_written_by_job(tup) ||
+			(!att->attisdropped && bg_type_private(att->atttypid));
+		ReleaseSysCache(tup);
 	}
 	ReleaseTupleDesc(desc);
 	return private;

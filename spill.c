@@ -735,6 +735,7 @@ bg_messages_detach(dsm_segment *seg, Datum arg)
 {
 	bg_messages.mqh = NULL;
 	bg_spill_messages_pending = false;
+	bg_messages_keep_detached();
 }
 
 /*

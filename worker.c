@@ -77,7 +77,6 @@ static bool bg_launch_failed(BgJobShared *shared);
 static bool bg_launch_undecided(BgJobShared *shared);
 static void bg_worker_await_launch(BgJobShared *shared);
 static void bg_worker_detach_at_exit(int code, Datum arg);
-static void bg_push_descriptor(BgJobShared *shared);
 pg_noreturn static void bg_worker_failed(BgJobShared *shared);
 static void bg_wait_for_launcher(BgJobShared *shared, bool launched);
 static void bg_check_launcher_deadlock(BgJobShared *shared);
@@ -200,6 +199,8 @@ bg_worker_main(Datum main_arg)
 	 * things, the detach last: it must happen even if the other is cut short
 	 * by an error (which is FATAL during exit).
 	 */
+	/* (run in the reverse order) */
+	before_shmem_exit(bg_messages_at_exit, (Datum) 0);
 	before_shmem_exit(bg_worker_detach_at_exit, (Datum) 0);
 	before_shmem_exit(bg_worker_before_exit, PointerGetDatum(shared));
 	/*
@@ -338,29 +339,6 @@ bg_worker_detach_at_exit(int code, Datum arg)
 	if (bg_worker_segment != NULL)
 		dsm_detach(bg_worker_segment);
 	bg_worker_segment = NULL;
-}
-
-/*
- * A session waiting for the descriptor of the last statement (to read the
- * job's rows) must get it even if notices of earlier statements filled the
- * message queue, and even if the statement then produces no row for a long
- * time (or, in stream mode, waits on a full tuple queue): push until it is
- * out, as long as the session waits.  One that is not waiting takes it with
- * the rows; the job does not wait for it.
- */
-static void
-bg_push_descriptor(BgJobShared *shared)
-{
-	while (bg_spill_messages_pending && shared->launcher_waiting)
-	{
-		bg_spill_push_messages();
-		if (!bg_spill_messages_pending)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 100, bg_wait_event_launch());
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
 }
 
 /* The launcher gave up before bg_launch returned: nobody got the job's PID */
@@ -748,8 +726,15 @@ bg_start_result(Portal portal, shm_mq_handle *mqh, BgJobShared *shared,
 	TupleDesc	actual = portal->tupDesc;
 	TupleDesc	desc = bg_result_desc(actual);
 
+	/*
+	 * The session reads the rows by these columns.  Out now if the message
+	 * queue has room, but never waiting for it: the job does not wait for
+	 * its reader, nor for the reader's client, to which the reader relays
+	 * the job's notices.  What stays behind goes with the first row, or, in
+	 * a stream job, while it waits for room for one.
+	 */
 	bg_send_message(BG_MSG_DESCRIPTOR, NULL, desc);
-	bg_push_descriptor(shared);
+	bg_spill_push_messages();
 	return bg_create_dest_receiver(mqh, shared, fileset, actual, desc);
 }
 

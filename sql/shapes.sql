@@ -102,6 +102,25 @@ SELECT bg_launch('ALTER TABLE regress_reshaped ADD c int DEFAULT 3;
                   SELECT * FROM regress_reshaped') AS pid \gset
 SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
 SELECT * FROM bg_result(:pid) AS r(a int, b text, c int);
+SELECT bg_launch('SELECT 2 AS a INTO TEMP regress_into; SELECT * FROM regress_into') AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT bg_launch('EXPLAIN ANALYZE CREATE TEMP TABLE regress_into AS SELECT 3 AS a;
+                  SELECT * FROM regress_into') AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+SELECT bg_launch('SET "Search_Path" TO pg_catalog; SELECT 1') AS pid \gset
+SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
+-- a table the job only truncates keeps its row type: the table made at
+-- launch reads it
+SELECT bg_launch('DO $$BEGIN TRUNCATE regress_reshaped; INSERT INTO regress_reshaped VALUES (7, ''seven'', 7); END$$;
+                  SELECT r FROM regress_reshaped r') AS pid \gset
+SELECT * FROM bg_result_:pid;
+-- a statement timeout caught before the launch is not raised again by it
+SET statement_timeout = '100ms';
+DO $$BEGIN
+  BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END;
+  PERFORM bg_detach(bg_launch('DO $x$BEGIN NULL; END$x$; SELECT * FROM regress_created_later'));
+END$$;
+RESET statement_timeout;
 PREPARE regress_p AS SELECT 1 AS mine;
 SELECT bg_launch('PREPARE regress_p AS SELECT 1 AS x, 2 AS y; EXECUTE regress_p') AS pid \gset
 SELECT to_regclass('pg_temp.bg_result_' || :pid) IS NULL AS no_table;
@@ -131,6 +150,21 @@ SELECT bg_launch($j$SET client_min_messages = notice;
   stream => true, queue_size => 65536) AS pid \gset
 SELECT count(*), sum(length(y)) FROM bg_result_:pid;
 RESET client_min_messages;
+-- a stream job waiting for room in its queue while its reader waits for a
+-- lock the job holds: the job sees the deadlock, and fails
+CREATE TABLE regress_acct (id int PRIMARY KEY, bal int);
+INSERT INTO regress_acct SELECT g, 0 FROM generate_series(1, 200) g;
+SET deadlock_timeout = '100ms';
+SELECT bg_launch($$UPDATE regress_acct SET bal = bal + 1 RETURNING id, repeat('p', 100) AS pad$$,
+                 queue_size => 4096, stream => true) AS pid \gset
+SELECT regress_try(format('DO $d$DECLARE r record;
+  BEGIN
+    FOR r IN SELECT id FROM bg_result_%s LOOP
+      UPDATE regress_acct SET bal = bal + 100 WHERE id = r.id;
+    END LOOP;
+  END$d$', :pid), :pid);
+RESET deadlock_timeout;
+SELECT count(*), sum(bal) FROM regress_acct;
 -- waiting for a job that has ended does not sleep: with deadlock_timeout
 -- (between checks of the wait) an hour, this would hit statement_timeout
 SELECT bg_launch('SELECT 1') AS pid \gset
