@@ -410,6 +410,8 @@ extern void bg_check_statements(List *raw_list);
 extern bool bg_wait_cycle_found(int pid, BgWaitCycle *seen);
 extern void bg_raise_wait_cycle(BgWaitCycle *seen, const char *hint);
 extern void bg_check_wait_cycle(int pid, BgWaitCycle *seen, const char *hint);
+extern void bg_check_session_deadlock(int pid, BgWaitCycle *cycle,
+									  const char *detail, const char *hint);
 
 /* in handshake.c */
 extern void bg_job_set_flag(BgJobShared *shared, bool *flag, BgWake wake);

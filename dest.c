@@ -344,15 +344,10 @@ static void
 bg_check_reader_deadlock(BgJobShared *shared)
 {
 	static BgWaitCycle cycle;
-	const char *hint = _("Do not wait for locks a stream job holds while reading it, or launch the job without stream mode.");
 
-	if (bg_blocked_by_me(shared->launcher_pid))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
-				 errmsg("deadlock detected"),
-				 errdetail("The session reading this stream job waits for a lock the job holds, and the job waits for room in its queue."),
-				 errhint("%s", hint)));
-	bg_check_wait_cycle(shared->launcher_pid, &cycle, hint);
+	bg_check_session_deadlock(shared->launcher_pid, &cycle,
+							  _("The session reading this stream job waits for a lock the job holds, and the job waits for room in its queue."),
+							  _("Do not wait for locks a stream job holds while reading it, or launch the job without stream mode."));
 }
 
 static shm_mq_result

@@ -220,3 +220,21 @@ bg_walk_add_array(int *nodes, int *parent, int *n, int from, Datum array)
 	for (i = 0; i < count; i++)
 		bg_walk_add(nodes, parent, n, from, pids[i]);
 }
+
+/*
+ * A worker waits for its session "pid": if that session waits for a lock
+ * this worker holds, raise 40P01 with "detail" at once; else follow the
+ * chain from it (bg_check_wait_cycle).
+ */
+void
+bg_check_session_deadlock(int pid, BgWaitCycle *cycle, const char *detail,
+						  const char *hint)
+{
+	if (bg_blocked_by_me(pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail_internal("%s", detail),
+				 errhint("%s", hint)));
+	bg_check_wait_cycle(pid, cycle, hint);
+}

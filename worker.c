@@ -497,14 +497,10 @@ static void
 bg_check_launcher_deadlock(BgJobShared *shared)
 {
 	static BgWaitCycle cycle;
-	const char *hint = _("Launch the job outside the transaction that holds the lock.");
 
-	if (bg_blocked_by_me(shared->launcher_pid))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
-				 errmsg("deadlock detected"),
-				 errdetail("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish.")));
-	bg_check_wait_cycle(shared->launcher_pid, &cycle, hint);
+	bg_check_session_deadlock(shared->launcher_pid, &cycle,
+							  _("The session launching this background job waits for a lock the job holds, and the job waits for its launch to finish."),
+							  _("Launch the job outside the transaction that holds the lock."));
 }
 
 /*
