@@ -58,6 +58,7 @@
 PG_FUNCTION_INFO_V1(bg_launch);
 
 static TupleDesc bg_describe_last(List *raw_list, const char *sql);
+static bool bg_statement_error(int sqlerrcode);
 static bool bg_describable_after(RawStmt *raw);
 static void bg_check_statement_timeout(TimestampTz started);
 static void bg_launch_error_callback(void *arg);
@@ -258,7 +259,6 @@ bg_describe_last(List *raw_list, const char *sql)
 	BgDescribe	d = {llast_node(RawStmt, raw_list), sql, NULL};
 	ErrorData  *edata;
 	ListCell   *lc;
-	int			category;
 	TimestampTz started;
 	bool		lock_wait;
 
@@ -275,22 +275,36 @@ bg_describe_last(List *raw_list, const char *sql)
 	edata = bg_rolled_back_call(bg_describe_work, &d);
 	if (edata == NULL)
 		return bg_result_desc(d.desc);
-	category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
 	lock_wait = edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
 		edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
-	/* a cancel, a shortage, a broken system: not the statement's doing */
 	if (!lock_wait &&
-		(list_length(raw_list) == 1 ||
-		 category == ERRCODE_OPERATOR_INTERVENTION ||
-		 category == ERRCODE_INSUFFICIENT_RESOURCES ||
-		 category == ERRCODE_PROGRAM_LIMIT_EXCEEDED ||
-		 category == ERRCODE_SYSTEM_ERROR ||
-		 category == ERRCODE_INTERNAL_ERROR))
+		(list_length(raw_list) == 1 || !bg_statement_error(edata->sqlerrcode)))
 		ReThrowError(edata);
 	FreeErrorData(edata);
 	if (lock_wait)
 		bg_check_statement_timeout(started);
 	return NULL;
+}
+
+/*
+ * Could this error of describing a statement be the statement's doing (an
+ * unknown table, a literal that does not read)?  Not a cancel, a shortage,
+ * a limit or a broken system.
+ */
+static bool
+bg_statement_error(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_OPERATOR_INTERVENTION:
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+		case ERRCODE_PROGRAM_LIMIT_EXCEEDED:
+		case ERRCODE_SYSTEM_ERROR:
+		case ERRCODE_INTERNAL_ERROR:
+			return false;
+		default:
+			return true;
+	}
 }
 
 /*
