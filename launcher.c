@@ -473,8 +473,9 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	BgwHandleStatus status;
 	pid_t		pid;
 
+	/* a session may hold many ended jobs: each takes little */
 	cxt = AllocSetContextCreate(CurTransactionContext, "bg_fdw job",
-								ALLOCSET_DEFAULT_SIZES);
+								ALLOCSET_SMALL_SIZES);
 	oldcxt = MemoryContextSwitchTo(cxt);
 
 	seg = bg_create_segment(sql, opts);

@@ -56,6 +56,8 @@
 #include "bg_fdw.h"
 
 #define BG_SPOOL_BLOCK_SIZE		(64 * 1024)
+/* the first block's, doubling up to BG_SPOOL_BLOCK_SIZE */
+#define BG_SPOOL_FIRST_BLOCK_SIZE	1024
 #define BG_SPOOL_IO_SIZE		(256 * 1024)
 
 /*
@@ -129,7 +131,7 @@ bg_spool_create(MemoryContext cxt, int mem_limit_kb, int64 kept_job)
 {
 	BgSpool    *sp = MemoryContextAllocZero(cxt, sizeof(BgSpool));
 
-	sp->cxt = AllocSetContextCreate(cxt, "bg_fdw spool", ALLOCSET_DEFAULT_SIZES);
+	sp->cxt = AllocSetContextCreate(cxt, "bg_fdw spool", ALLOCSET_SMALL_SIZES);
 	sp->mem_limit = (Size) mem_limit_kb * 1024;
 	sp->file = -1;
 	sp->kept_job = kept_job;
@@ -401,6 +403,8 @@ bg_spool_reserve(BgSpool *sp, Size len)
 {
 	char	   *dest;
 	int			last = sp->nblocks - 1;
+	Size		size;
+	char	   *block;
 
 	if (last < 0 || sp->block_used[last] + len > sp->block_size[last])
 	{
@@ -423,10 +427,14 @@ bg_spool_reserve(BgSpool *sp, Size len)
 			}
 			sp->maxblocks = max;
 		}
+		/* small results, as most are, take little of the session's memory */
+		size = Max(Min(BG_SPOOL_BLOCK_SIZE,
+					   BG_SPOOL_FIRST_BLOCK_SIZE << Min(sp->nblocks, 6)), len);
+		block = MemoryContextAllocHuge(sp->cxt, size);
 		last = sp->nblocks++;
-		sp->block_size[last] = Max(BG_SPOOL_BLOCK_SIZE, len);
+		sp->block_size[last] = size;
 		sp->block_used[last] = 0;
-		sp->blocks[last] = MemoryContextAllocHuge(sp->cxt, sp->block_size[last]);
+		sp->blocks[last] = block;
 	}
 	dest = sp->blocks[last] + sp->block_used[last];
 	sp->block_used[last] += len;

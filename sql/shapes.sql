@@ -185,13 +185,18 @@ SELECT * FROM bg_result_:pid;
 -- result_table => false: no table, no catalog row; bg_wait and bg_result
 -- read the job
 -- (this backend's unflushed counts, which grow inside a transaction block)
+-- (and the session holds little memory for each ended job)
 BEGIN;
 SELECT n_tup_ins AS class_ins FROM pg_stat_xact_sys_tables
  WHERE relid = 'pg_class'::regclass \gset
+SELECT coalesce(sum(total_bytes), 0) AS job_mem FROM pg_backend_memory_contexts
+ WHERE name LIKE 'bg_fdw%' \gset
 SELECT count(bg_wait(bg_launch('INSERT INTO regress_m VALUES (30)', result_table => false)))
   FROM generate_series(1, 200);
 SELECT n_tup_ins - :class_ins AS class_inserts FROM pg_stat_xact_sys_tables
  WHERE relid = 'pg_class'::regclass;
+SELECT (sum(total_bytes) - :job_mem) / 200 < 16384 AS little_per_job
+  FROM pg_backend_memory_contexts WHERE name LIKE 'bg_fdw%';
 COMMIT;
 SELECT count(*) FROM regress_m WHERE a = 30;
 SELECT bg_launch('SELECT 31 AS a', result_table => false) AS pid \gset
