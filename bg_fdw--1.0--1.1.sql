@@ -131,6 +131,11 @@ ALTER TABLE @extschema@.bg_job_registry
   ADD COLUMN progress numeric,
   ADD COLUMN progress_message text;
 
+-- The process that ran the job.  The job's name ("pid") is that process's PID
+-- when the job had a new worker; a job handed to a started worker has a name
+-- above any PID.
+ALTER TABLE @extschema@.bg_job_registry ADD COLUMN worker_pid integer;
+
 -- bg_launch gains "keep", "label", "notify" and "result_table".  Its grants, to bg_fdw_user
 -- and to whoever a superuser granted it since, go to the new declaration.
 CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL,
@@ -174,7 +179,7 @@ CREATE TYPE @extschema@.bg_job_info AS (
   state text, launched_at timestamptz, finished_at timestamptz, rows bigint,
   command text, sqlstate text, error text, attached boolean,
   kept boolean, kept_bytes bigint, label text, progress numeric,
-  progress_message text);
+  progress_message text, worker_pid integer);
 
 CREATE FUNCTION @extschema@.bg_job_list()
 RETURNS SETOF @extschema@.bg_job_info
@@ -184,7 +189,7 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE OR REPLACE VIEW @extschema@.bg_jobs AS
   SELECT id, pid, role, database, query, state, launched_at, finished_at,
          rows, command, sqlstate, error, attached, kept, kept_bytes, label,
-         progress, progress_message
+         progress, progress_message, worker_pid
   FROM @extschema@.bg_job_list();
 DROP FUNCTION @extschema@.bg_list_jobs();
 

@@ -1073,16 +1073,14 @@ Datum
 bg_cancel(PG_FUNCTION_ARGS)
 {
 	BgJob	   *job;
-	pid_t		pid;
 
 	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 		PG_RETURN_BOOL(bg_registry_cancel(PG_GETARG_INT32(0)));
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	bg_job_poll_messages(job);
-	if (job->state != BG_JOB_RUNNING || job->shared == NULL ||
-		GetBackgroundWorkerPid(job->handle, &pid) != BGWH_STARTED)
+	if (job->state != BG_JOB_RUNNING || job->shared == NULL)
 		PG_RETURN_BOOL(false);
-	PG_RETURN_BOOL(bg_cancel_shared(job->shared, pid));
+	PG_RETURN_BOOL(bg_cancel_shared(job->shared));
 }
 
 /*

@@ -102,6 +102,10 @@ typedef struct BgJobShared
 	/* Set once by the launcher before the worker starts */
 	int64		job_id;			/* never reused, see bg_new_job_id; everyone
 								 * reads it to tell the job from a later one */
+	int			name;			/* what bg_launch returns and every function
+								 * takes: set for a job handed to a started
+								 * worker (pool.c); 0 for a new worker, whose
+								 * PID names the job */
 	Oid			database_id;	/* worker connects to it */
 	Oid			authenticated_user_id;	/* worker connects as it */
 	Oid			outer_user_id;	/* SET ROLE in effect, or InvalidOid; worker
@@ -166,6 +170,8 @@ typedef struct BgJobShared
 	slock_t		mutex;			/* protects the fields below */
 	PGPROC	   *worker_proc;	/* worker sets it once attached; launcher
 								 * reads it to wake the worker */
+	pid_t		worker_pid;		/* set with worker_proc: whom cancels and the
+								 * wait-for graph address */
 	bool		go;				/* launcher sets: run the statements; worker
 								 * waits for it */
 	bool		launcher_gone;	/* launcher's detach callback sets; worker
@@ -245,6 +251,8 @@ typedef enum BgWake
 #define Anum_bg_job_registry_notify			18
 #define Anum_bg_job_registry_progress		19
 #define Anum_bg_job_registry_progress_message	20
+/* the PID of the process that ran it, which a started worker may reuse */
+#define Anum_bg_job_registry_worker_pid		21
 
 /* Jobs whose launching session detached them, beside the registry */
 #define BG_DETACHED_TABLE					"bg_job_detached"
@@ -386,6 +394,8 @@ extern long bg_interval_ms(Interval *interval);
 /* in worker.c */
 extern const char *bg_worker_launched_by(void);
 extern BgJobShared *bg_worker_job(void);
+extern int	bg_worker_job_name(void);
+extern pid_t bg_shared_worker_pid(BgJobShared *shared);
 extern ErrorData *bg_worker_take_error(void);
 
 /* in dest.c */
@@ -446,7 +456,7 @@ extern List *bg_registry_wait_edges(void);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern void bg_registry_detached(int64 job_id);
-extern bool bg_cancel_shared(BgJobShared *shared, pid_t pid);
+extern bool bg_cancel_shared(BgJobShared *shared);
 
 /* A job whose kept result a session may read, as the registry has it */
 typedef struct BgKeptJob

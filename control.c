@@ -65,6 +65,7 @@ static int	bg_wait_targets(ArrayType *pids, BgWaitTarget **targets);
 static void bg_check_printable(const char *what, const char *value);
 static bool bg_wait_target_ended(BgWaitTarget *t, bool look);
 static bool bg_wait_register(BgWaitTarget *t, dsm_handle handle);
+static pid_t bg_wait_target_worker(BgWaitTarget *t);
 static void bg_wait_unregister(dsm_segment *seg, Datum arg);
 static void bg_wait_release(BgWaitTarget *targets, int n);
 static void bg_wait_check_deadlock(BgWaitTarget *targets, int n);
@@ -163,7 +164,7 @@ bg_progress(PG_FUNCTION_ARGS)
 void
 bg_check_not_self(int pid)
 {
-	if (pid == MyProcPid)
+	if (pid == bg_worker_job_name())
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("background job %d cannot wait for itself", pid)));
@@ -214,7 +215,7 @@ bg_control_notify(BgJobShared *shared, BgJobStatus status)
 	PG_TRY();
 	{
 		StartTransactionCommand();
-		bg_notify_end(shared->notify, MyProcPid, shared->job_id, status);
+		bg_notify_end(shared->notify, shared->name, shared->job_id, status);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -224,7 +225,7 @@ bg_control_notify(BgJobShared *shared, BgJobStatus status)
 		MemoryContextSwitchTo(cxt);
 		ereport(LOG,
 				(errmsg("background job %d could not notify channel \"%s\": %s",
-						MyProcPid, shared->notify, edata->message)));
+						shared->name, shared->notify, edata->message)));
 	}
 	PG_END_TRY();
 }
@@ -491,6 +492,17 @@ bg_wait_release(BgWaitTarget *targets, int n)
 	}
 }
 
+/* The process running a job waited for, where we know it, else 0 */
+static pid_t
+bg_wait_target_worker(BgWaitTarget *t)
+{
+	BgJobShared *shared = t->shared;
+
+	if (shared == NULL && t->job != NULL)
+		shared = t->job->shared;
+	return shared != NULL ? bg_shared_worker_pid(shared) : 0;
+}
+
 /*
  * A job that waits for this session, for a lock it holds or through others
  * (waitgraph.c), never ends while we wait for it: when every job waited for
@@ -506,13 +518,14 @@ bg_wait_check_deadlock(BgWaitTarget *targets, int n)
 	int			free = 0;
 	int			i;
 
-
 	/* every target, so that each remembers what this check saw */
 	for (i = 0; i < n; i++)
 	{
-		if (bg_blocked_by_me(targets[i].pid))
+		pid_t		worker = bg_wait_target_worker(&targets[i]);
+
+		if (bg_blocked_by_me(worker))
 			direct = i;
-		else if (bg_wait_cycle_found(targets[i].pid, &targets[i].cycle))
+		else if (bg_wait_cycle_found(worker, &targets[i].cycle))
 			cycle = i;
 		else
 			free++;

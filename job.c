@@ -903,15 +903,16 @@ bg_job_check_deadlock(BgJob *job)
 {
 	char	   *hint = psprintf(_("Wait for the job with CALL bg_await(%d), which holds no snapshot or lock while it waits, or from another session."),
 								job->pid);
+	pid_t		worker = bg_shared_worker_pid(job->shared);
 
-	if (bg_blocked_by_me(job->pid))
+	if (bg_blocked_by_me(worker))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 				 errmsg("deadlock detected"),
 				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
 						   job->pid),
 				 errhint("%s", hint)));
-	bg_check_wait_cycle(job->pid, &job->cycle, hint);
+	bg_check_wait_cycle(worker, &job->cycle, hint);
 	pfree(hint);
 }
 

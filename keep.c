@@ -917,18 +917,20 @@ static void
 bg_keep_sleep(BgKeepReader *r)
 {
 	const char *hint = _("Read the job's result once it has ended, or outside the transaction that holds the lock.");
+	pid_t		worker;
 
 	if (!ConditionVariableTimedSleep(&r->shared->kept_cv, DeadlockTimeout,
 									 bg_wait_event_job()))
 		return;
-	if (bg_blocked_by_me(r->pid))
+	worker = bg_shared_worker_pid(r->shared);
+	if (bg_blocked_by_me(worker))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 				 errmsg("deadlock detected"),
 				 errdetail("This session waits for rows of background job %d, which waits for a lock this session holds.",
 						   r->pid),
 				 errhint("%s", hint)));
-	bg_check_wait_cycle(r->pid, &r->cycle, hint);
+	bg_check_wait_cycle(worker, &r->cycle, hint);
 }
 
 /*

@@ -148,6 +148,7 @@ typedef enum BgListColumn
 	BG_LIST_LABEL,
 	BG_LIST_PROGRESS,
 	BG_LIST_PROGRESS_MESSAGE,
+	BG_LIST_WORKER_PID,
 	BG_LIST_NCOLUMNS
 } BgListColumn;
 
@@ -169,7 +170,8 @@ static const BgColumn bg_list_columns[BG_LIST_NCOLUMNS] = {
 	[BG_LIST_KEPT_BYTES] = {"kept_bytes", INT8OID},
 	[BG_LIST_LABEL] = {"label", TEXTOID},
 	[BG_LIST_PROGRESS] = {"progress", NUMERICOID},
-	[BG_LIST_PROGRESS_MESSAGE] = {"progress_message", TEXTOID}
+	[BG_LIST_PROGRESS_MESSAGE] = {"progress_message", TEXTOID},
+	[BG_LIST_WORKER_PID] = {"worker_pid", INT4OID}
 };
 
 /*
@@ -242,6 +244,7 @@ typedef struct BgJobProbe
 {
 	bool		found;			/* the segment exists and is this job's */
 	bool		worker_alive;	/* its worker has not exited */
+	pid_t		worker_pid;		/* and is this process */
 	uint64		rows;			/* rows sent so far */
 	uint64		kept_size;		/* bytes of its kept file so far */
 	bool		keeps;			/* it keeps its result */
@@ -314,7 +317,7 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe);
 static List *bg_wait_edge(List *edges, int from, int to);
-static void bg_registry_wait_check(int pid, BgWaitCycle *cycle);
+static void bg_registry_wait_check(int pid, pid_t worker, BgWaitCycle *cycle);
 static bool bg_entry_settle(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_kept_interrupted(BgJobEntry *entry, BgJobProbe *probe);
 static bool bg_kept_to_record(BgJobShared *shared, BgJobStatus status);
@@ -626,7 +629,9 @@ bg_rel_has_kept(Relation rel)
 		bg_rel_has_column(rel, Anum_bg_job_registry_progress, "progress",
 						  NUMERICOID) &&
 		bg_rel_has_column(rel, Anum_bg_job_registry_progress_message,
-						  "progress_message", TEXTOID);
+						  "progress_message", TEXTOID) &&
+		bg_rel_has_column(rel, Anum_bg_job_registry_worker_pid,
+						  "worker_pid", INT4OID);
 }
 
 /*
@@ -673,13 +678,13 @@ bg_registry_open(BgRegistryCall *call)
 	{
 		call->kept = "r.kept_bytes";
 		call->messages = "r.messages";
-		call->control = "r.label, r.progress, r.progress_message";
+		call->control = "r.label, r.progress, r.progress_message, r.worker_pid";
 	}
 	else
 	{
 		call->kept = "NULL::bigint";
 		call->messages = "NULL::bytea";
-		call->control = "NULL::text, NULL::numeric, NULL::text";
+		call->control = "NULL::text, NULL::numeric, NULL::text, NULL::integer";
 	}
 	call->relname = quote_qualified_identifier(get_namespace_name(nspid),
 											   BG_REGISTRY_TABLE);
@@ -825,7 +830,7 @@ bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 #define BG_SET(col, value) \
 	(values[(col) - 1] = (value), nulls[(col) - 1] = false)
 	BG_SET(Anum_bg_job_registry_id, Int64GetDatum(shared->job_id));
-	BG_SET(Anum_bg_job_registry_pid, Int32GetDatum(MyProcPid));
+	BG_SET(Anum_bg_job_registry_pid, Int32GetDatum(shared->name));
 	BG_SET(Anum_bg_job_registry_role, ObjectIdGetDatum(shared->current_user_id));
 	BG_SET(Anum_bg_job_registry_database, ObjectIdGetDatum(shared->database_id));
 	BG_SET(Anum_bg_job_registry_launcher_pid, Int32GetDatum(shared->launcher_pid));
@@ -841,6 +846,8 @@ bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 		BG_SET(Anum_bg_job_registry_label, CStringGetTextDatum(shared->label));
 	if (shared->notify[0] != '\0' && bg_rel_has_kept(rel))
 		BG_SET(Anum_bg_job_registry_notify, CStringGetTextDatum(shared->notify));
+	if (bg_rel_has_kept(rel))
+		BG_SET(Anum_bg_job_registry_worker_pid, Int32GetDatum(MyProcPid));
 #undef BG_SET
 
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
@@ -914,7 +921,7 @@ bg_registry_own_xact(void (*work) (BgJobShared *shared, BgOutcome *outcome),
 
 		ereport(LOG,
 				(errmsg("could not update the job registry for background job %d: %s",
-						MyProcPid, edata->message)));
+						bg_worker_job_name(), edata->message)));
 	}
 	PG_END_TRY();
 	return done;
@@ -1521,6 +1528,7 @@ bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe)
 			probe->messages_valid = pg_atomic_read_u64(&shared->messages_valid);
 			probe->messages_sent = pg_atomic_read_u64(&shared->messages_sent);
 			SpinLockAcquire(&shared->mutex);
+			probe->worker_pid = shared->worker_pid;
 			probe->has_progress = shared->has_progress;
 			probe->progress = shared->progress;
 			memcpy(probe->progress_message, shared->progress_message,
@@ -1811,6 +1819,12 @@ bg_list_put_control(Datum *vals, bool *isnulls, HeapTuple tuple,
 	isnulls[BG_LIST_LABEL] |= !privileged;
 	isnulls[BG_LIST_PROGRESS] |= !privileged;
 	isnulls[BG_LIST_PROGRESS_MESSAGE] |= !privileged;
+	/* a running job's process, as pg_stat_activity shows it to everyone */
+	if (running && probe->found && probe->worker_pid > 0)
+		vals[BG_LIST_WORKER_PID] = Int32GetDatum(probe->worker_pid);
+	else
+		vals[BG_LIST_WORKER_PID] = SPI_getbinval(tuple, desc, 18,
+												 &isnulls[BG_LIST_WORKER_PID]);
 }
 
 /* One row of bg_jobs, from a row of BG_LIST_QUERY */
@@ -1929,6 +1943,7 @@ bg_registry_wait(int pid, long timeout_ms)
 													   DeadlockTimeout);
 	BgWaitCycle cycle = {0};
 	long		nap_ms = 1;
+	pid_t		worker = 0;
 	MemoryContext poll_cxt = AllocSetContextCreate(CurrentMemoryContext,
 												   "bg_fdw wait",
 												   ALLOCSET_SMALL_SIZES);
@@ -1961,6 +1976,7 @@ bg_registry_wait(int pid, long timeout_ms)
 			bg_raise_lost(&entry);
 		if (status != BG_STATUS_RUNNING)
 			bg_entry_raise(&entry);
+		worker = probe.worker_pid;
 
 		if (timeout_ms >= 0)
 		{
@@ -1981,7 +1997,7 @@ bg_registry_wait(int pid, long timeout_ms)
 		nap_ms = Min(nap_ms * 2, 100);
 		if (GetCurrentTimestamp() >= check_at)
 		{
-			bg_registry_wait_check(pid, &cycle);
+			bg_registry_wait_check(pid, worker, &cycle);
 			check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												   DeadlockTimeout);
 		}
@@ -1993,18 +2009,18 @@ bg_registry_wait(int pid, long timeout_ms)
  * directly for a lock we hold or through others, never ends.
  */
 static void
-bg_registry_wait_check(int pid, BgWaitCycle *cycle)
+bg_registry_wait_check(int pid, pid_t worker, BgWaitCycle *cycle)
 {
 	const char *hint = _("Wait for the job outside the transaction that holds the lock, or from another session.");
 
-	if (bg_blocked_by_me(pid))
+	if (bg_blocked_by_me(worker))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
 				 errmsg("deadlock detected"),
 				 errdetail("Background job %d is waiting for a lock or snapshot held by this session, which is waiting for the job.",
 						   pid),
 				 errhint("%s", hint)));
-	bg_check_wait_cycle(pid, cycle, hint);
+	bg_check_wait_cycle(worker, cycle, hint);
 }
 
 /*
@@ -2013,16 +2029,18 @@ bg_registry_wait_check(int pid, BgWaitCycle *cycle)
  * worker has already ended.
  */
 bool
-bg_cancel_shared(BgJobShared *shared, pid_t pid)
+bg_cancel_shared(BgJobShared *shared)
 {
 	bool		exited;
+	pid_t		pid;
 
 	SpinLockAcquire(&shared->mutex);
 	exited = shared->worker_exited || shared->ended;
 	if (!exited)
 		shared->cancel_requested = true;
+	pid = shared->worker_pid;
 	SpinLockRelease(&shared->mutex);
-	return !exited && kill(pid, SIGINT) == 0;
+	return !exited && pid > 0 && kill(pid, SIGINT) == 0;
 }
 
 /*
@@ -2182,7 +2200,7 @@ bg_cancel_entry(BgJobEntry *entry)
 		BgJobShared *shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
 
 		if (shared != NULL && shared->job_id == entry->id)
-			done = bg_cancel_shared(shared, entry->pid);
+			done = bg_cancel_shared(shared);
 	}
 	if (!ours)
 		dsm_detach(seg);
@@ -2444,7 +2462,7 @@ bg_registry_wait_edges(void)
 		HeapTuple	row = tt->vals[i];
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(row, tt->tupdesc, 1, &isnull));
-		int			worker = DatumGetInt32(SPI_getbinval(row, tt->tupdesc, 2, &isnull));
+		int			worker;
 		int			launcher = DatumGetInt32(SPI_getbinval(row, tt->tupdesc, 3, &isnull));
 		dsm_handle	seg = (dsm_handle) DatumGetInt64(SPI_getbinval(row, tt->tupdesc, 4, &isnull));
 		BgJobProbe	probe;
@@ -2455,6 +2473,7 @@ bg_registry_wait_edges(void)
 		if (!probe.found || !probe.worker_alive)
 			continue;
 		oldcxt = MemoryContextSwitchTo(cxt);
+		worker = probe.worker_pid;
 		if (probe.launcher_waiting)
 			edges = bg_wait_edge(edges, launcher, worker);
 		if (probe.worker_waiting)

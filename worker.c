@@ -176,6 +176,9 @@ bg_worker_main(Datum main_arg)
 
 	SpinLockAcquire(&shared->mutex);
 	shared->worker_proc = MyProc;
+	shared->worker_pid = MyProcPid;
+	if (shared->name == 0)
+		shared->name = MyProcPid;
 	SpinLockRelease(&shared->mutex);
 
 	/*
@@ -233,7 +236,7 @@ bg_worker_main(Datum main_arg)
 	SetUserIdAndSecContext(shared->current_user_id, shared->sec_context);
 
 	snprintf(appname, sizeof(appname), "bg_fdw job %d (launcher %d)",
-			 MyProcPid, (int) shared->launcher_pid);
+			 shared->name, (int) shared->launcher_pid);
 	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
 
 	sql = pstrdup(shm_toc_lookup(toc, BG_KEY_SQL, false));
@@ -320,6 +323,25 @@ bg_worker_take_error(void)
 	FlushErrorState();
 	AbortOutOfAnyTransaction();
 	return edata;
+}
+
+/* The name of the job this process runs, or 0 in any other process */
+int
+bg_worker_job_name(void)
+{
+	return bg_worker_job() ? bg_worker_shared->name : 0;
+}
+
+/* The PID of the job's worker, once it has attached, else 0 */
+pid_t
+bg_shared_worker_pid(BgJobShared *shared)
+{
+	pid_t		pid;
+
+	SpinLockAcquire(&shared->mutex);
+	pid = shared->worker_pid;
+	SpinLockRelease(&shared->mutex);
+	return pid;
 }
 
 /* The shared state of the job this process runs, or NULL in any other */
@@ -704,7 +726,7 @@ bg_worker_keep_durable(BgJobShared *shared)
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("background job %d did not keep its result: %s",
-						MyProcPid, edata->message)));
+						shared->name, edata->message)));
 	}
 	PG_END_TRY();
 }

@@ -17,6 +17,8 @@ SELECT bg_wait(:pid);
 SELECT role, database = current_database() AS this_db, query, state, rows,
        command, sqlstate, error, attached, launched_at <= finished_at AS ordered
   FROM regress_job(:pid);
+-- a job with a worker of its own is named by its worker's PID
+SELECT worker_pid = :pid AS named_by_worker FROM regress_job(:pid);
 -- bg_detach: no session holds the result any more
 SELECT bg_detach(:pid);
 SELECT state, attached FROM regress_job(:pid);
@@ -26,6 +28,8 @@ SELECT bg_launch($$SELECT g, repeat('x', 500) FROM generate_series(1, 100000) g$
                  queue_size => 4096, stream => true) AS pid \gset
 SELECT regress_poll('(SELECT rows > 0 FROM regress_job(' || :pid || '))') AS rows_counted;
 SELECT state, finished_at IS NULL AS unfinished, attached FROM regress_job(:pid);
+SELECT a.backend_type, j.worker_pid = j.pid AS named_by_worker
+  FROM regress_job(:pid) j JOIN pg_stat_activity a ON a.pid = j.worker_pid;
 -- bg_cancel makes it "cancelled"
 SELECT bg_cancel(:pid);
 SELECT regress_try('SELECT bg_wait(' || :pid || ')', :pid);
