@@ -94,11 +94,13 @@ ALTER TABLE @extschema@.bg_job_registry
 -- The supervisor, as this server has it: "running", "sweeping" (each
 -- database, once per server start), "idle" (started on demand, it left with
 -- nothing to do), "stopped", or "unavailable" where there is none
--- (PostgreSQL 15 and 16 without shared_preload_libraries).
+-- (PostgreSQL 15 and 16 without shared_preload_libraries); and its pool:
+-- the started workers idle now, the jobs handed to one so far.
 CREATE FUNCTION @extschema@.bg_supervisor(
   OUT state text, OUT pid integer, OUT started_at timestamptz,
   OUT preloaded boolean, OUT starts integer, OUT databases_swept integer,
-  OUT last_sweep timestamptz)
+  OUT last_sweep timestamptz, OUT idle_workers integer,
+  OUT jobs_handed_over bigint)
 RETURNS record
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;

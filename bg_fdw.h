@@ -448,6 +448,7 @@ extern const char *bg_status_name(BgJobStatus status);
 extern Oid	bg_registry_relid(void);
 extern Oid	bg_detached_relid(Oid registry);
 extern void bg_registry_tidy(BgJobShared *shared);
+extern void bg_registry_job_reset(void);
 extern void bg_registry_sweep(void);
 extern void bg_registry_lock_role(Oid role);
 extern void bg_registry_unlock_role(void);
@@ -455,6 +456,7 @@ extern void bg_registry_check_kept(Oid role);
 extern List *bg_registry_wait_edges(void);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
+extern int	bg_registry_highest_name(int floor);
 extern void bg_registry_detached(int64 job_id);
 extern bool bg_cancel_shared(BgJobShared *shared);
 
@@ -514,6 +516,7 @@ extern int	bg_max_messages_size;
 extern void bg_messages_keep_start(BgJobShared *shared);
 extern void bg_messages_keep_detached(void);
 extern void bg_messages_at_exit(int code, Datum arg);
+extern void bg_messages_job_reset(void);
 extern void bg_messages_keep(const char *msg, size_t len);
 extern bytea *bg_messages_kept(void);
 extern bytea *bg_messages_live(int64 job_id, uint64 valid, uint64 sent,
@@ -532,6 +535,25 @@ extern void bg_notify_end(const char *channel, int pid, int64 job_id,
 extern void bg_supervisor_init(void);
 extern void bg_supervisor_ensure(void);
 extern void bg_supervisor_prepare(void);
+extern void *bg_supervisor_pool(void);
+
+/* in pool.c */
+#define BG_WORKER_MAX_JOBS	1000	/* jobs a started worker runs at most */
+typedef struct BgPool BgPool;
+extern bool bg_reuse_workers;
+extern int	bg_max_idle_workers;
+extern int	bg_worker_idle_timeout;
+extern Size bg_pool_size(void);
+extern void bg_pool_init(void *ptr);
+extern int	bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared,
+							  const char *libraries);
+extern void bg_pool_offer(Oid connected_as, Oid job_role, int jobs_run);
+extern bool bg_pool_offered(void);
+extern void bg_pool_reset_session(void);
+extern dsm_handle bg_pool_wait(int64 *job_id);
+extern void bg_pool_taken(BgJobShared *shared);
+extern void bg_pool_not_taken(void);
+extern void bg_pool_counts(int *idle, int64 *handed_over);
 
 /* in spool.c */
 extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,
@@ -555,6 +577,7 @@ extern void bg_spill_redirect_messages(dsm_segment *seg, shm_mq_handle *mqh,
 									   SharedFileSet *fileset);
 extern void bg_spill_push_messages_slow(void);
 extern void bg_spill_messages_exit(void);
+extern void bg_spill_job_reset(void);
 extern bool bg_spill_collect(BgJobShared *shared, SharedFileSet *fileset,
 							 bool rows, uint64 seen,
 							 void (*consume) (void *arg, char *data, uint32 len),

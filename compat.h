@@ -25,11 +25,13 @@
 #include "optimizer/pathnode.h"
 #include "tcop/pquery.h"
 #include "utils/relcache.h"
+#include "utils/backend_status.h"
 #include "utils/wait_event.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_foreign_server.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
+#include "utils/guc_tables.h"
 #if PG_VERSION_NUM >= 170000
 #include "storage/dsm_registry.h"
 #endif
@@ -173,6 +175,45 @@ bg_primary_key_index(Relation rel)
 #else
 	return RelationGetPrimaryKeyIndex(rel);
 #endif
+}
+
+/*
+ * The status of the idx'th backend (from 1) of this transaction's snapshot.
+ * 16.0 had the old function, meant by index (the new one came in 16.1).
+ */
+static inline LocalPgBackendStatus *
+bg_local_beentry(int idx)
+{
+#if PG_VERSION_NUM >= 160001
+	return pgstat_get_local_beentry_by_index(idx);
+#else
+	return pgstat_fetch_stat_local_beentry(idx);
+#endif
+}
+
+/*
+ * Does this process have a custom setting no library defined (a placeholder,
+ * made by SET myapp.x or by restoring a session's settings)?
+ */
+static inline bool
+bg_have_guc_placeholders(void)
+{
+	struct config_generic **vars;
+	int			n;
+	int			i;
+
+#if PG_VERSION_NUM >= 160000
+	vars = get_guc_variables(&n);
+#else
+	vars = get_guc_variables();
+	n = GetNumConfigOptions();
+#endif
+	for (i = 0; i < n; i++)
+	{
+		if (vars[i]->flags & GUC_CUSTOM_PLACEHOLDER)
+			return true;
+	}
+	return false;
 }
 
 /*

@@ -79,6 +79,7 @@ static int	bg_launch_job(const char *sql, TupleDesc desc,
 						  BgLaunchOptions *opts);
 static BgJob *bg_start_job(const char *sql, TupleDesc desc,
 						   BgLaunchOptions *opts);
+static int	bg_hand_over(dsm_segment **seg);
 static dsm_segment *bg_create_segment(const char *sql,
 									  BgLaunchOptions *opts);
 static bool bg_job_role_may_connect(Oid role);
@@ -479,6 +480,14 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	oldcxt = MemoryContextSwitchTo(cxt);
 
 	seg = bg_create_segment(sql, opts);
+	pid = bg_hand_over(&seg);
+	if (pid > 0)
+	{
+		MemoryContextSwitchTo(oldcxt);
+		return bg_job_create(seg, NULL, pid, sql, desc, cxt);
+	}
+	if (seg == NULL)
+		seg = bg_create_segment(sql, opts);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -525,6 +534,27 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 
 	MemoryContextSwitchTo(oldcxt);
 	return bg_job_create(seg, handle, pid, sql, desc, cxt);
+}
+
+/*
+ * Hand the job to an idle worker of the pool (pool.c): its name, or 0 if
+ * none fits.  If the one chosen exited before it attached, the segment is
+ * no good any more (the worker may have attached to its queues): *seg is
+ * detached and NULL, for the caller to lay out another and start a worker.
+ */
+static int
+bg_hand_over(dsm_segment **seg)
+{
+	shm_toc    *toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(*seg));
+	int			name;
+
+	name = bg_pool_hand_over(*seg, shm_toc_lookup(toc, BG_KEY_SHARED, false),
+							 shm_toc_lookup(toc, BG_KEY_LIBRARIES, false));
+	if (name >= 0)
+		return name;
+	dsm_detach(*seg);
+	*seg = NULL;
+	return 0;
 }
 
 /*

@@ -101,6 +101,19 @@ typedef struct BgKeptMessages
 /* NULL unless this process is a job worker that keeps its messages */
 static BgKeptMessages *bg_kept = NULL;
 
+/*
+ * The worker goes on to another job (pool.c): after bg_messages_at_exit,
+ * forget this job's messages.
+ */
+void
+bg_messages_job_reset(void)
+{
+	if (bg_kept == NULL)
+		return;
+	MemoryContextDelete(bg_kept->cxt);
+	bg_kept = NULL;
+}
+
 static void bg_messages_serialize(StringInfo buf, uint64 position,
 								  const char *msg, size_t len);
 static void bg_messages_add_latest(BgKeptMessages *k, StringInfo rec);

@@ -784,6 +784,14 @@ bg_registry_query(const char *sql, int nargs, Oid *types, Datum *values)
  * ----------------------------------------------------------------
  */
 
+/* The worker goes on to another job (pool.c) */
+void
+bg_registry_job_reset(void)
+{
+	bg_row_inserted = false;
+	bg_my_segment = DSM_HANDLE_INVALID;
+}
+
 /*
  * Insert the job's row, before it runs.  A standby cannot write; its jobs
  * are not listed.  bg_launch waits for "registered", so that the job is
@@ -2158,6 +2166,34 @@ bg_registry_job_ended(int pid, int64 *job_id, dsm_handle *segment)
 	*job_id = entry.id;
 	*segment = entry.segment;
 	return status != BG_STATUS_RUNNING;
+}
+
+/*
+ * The highest job name at or above "floor" the registry holds, or 0: names
+ * of jobs handed to started workers (pool.c) must not repeat one.
+ */
+int
+bg_registry_highest_name(int floor)
+{
+	BgRegistryCall call;
+	SPITupleTable *tt;
+	Oid			types[1] = {INT4OID};
+	Datum		values[1];
+	bool		isnull;
+	int			highest = 0;
+	Datum		d;
+
+	if (!bg_registry_open(&call))
+		return 0;
+	values[0] = Int32GetDatum(floor);
+	tt = bg_registry_query(psprintf("SELECT max(pid) FROM %s WHERE pid >= $1",
+									call.relname),
+						   1, types, values);
+	d = SPI_getbinval(tt->vals[0], tt->tupdesc, 1, &isnull);
+	if (!isnull)
+		highest = DatumGetInt32(d);
+	bg_registry_close(&call);
+	return highest;
 }
 
 /* bg_cancel of a job this session does not hold */

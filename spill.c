@@ -447,7 +447,9 @@ bg_spill_redirect_messages(dsm_segment *seg, shm_mq_handle *mqh,
 	bg_messages.mqh = mqh;
 	bg_messages_shared = shared;
 	bg_messages.fileset = fileset;
-	bg_spill_owner = ResourceOwnerCreate(NULL, "bg_fdw kept messages");
+	/* (one for every job a started worker runs) */
+	if (bg_spill_owner == NULL)
+		bg_spill_owner = ResourceOwnerCreate(NULL, "bg_fdw kept messages");
 
 	PqCommMethods = &bg_messages_methods;
 	whereToSendOutput = DestRemote;
@@ -727,6 +729,29 @@ bg_spill_messages_exit(void)
 		return;
 	if (bg_spill_write_messages())
 		bg_spill_mark(bg_messages_shared, false);
+}
+
+/*
+ * The worker goes on to another job (pool.c), its segment detached: start
+ * from nothing, and send messages nowhere until the next job's queue.
+ */
+void
+bg_spill_job_reset(void)
+{
+	BgSpill    *spills[2] = {&bg_rows, &bg_messages};
+	int			i;
+
+	for (i = 0; i < 2; i++)
+	{
+		if (spills[i]->flight.data)
+			pfree(spills[i]->flight.data);
+		if (spills[i]->backlog.data)
+			pfree(spills[i]->backlog.data);
+		memset(spills[i], 0, sizeof(BgSpill));
+	}
+	bg_messages_shared = NULL;
+	bg_spill_messages_pending = false;
+	whereToSendOutput = DestNone;
 }
 
 /* on_dsm_detach callback: the queue is going away, send nothing more */

@@ -108,6 +108,7 @@ static uint32 bg_wait_event_supervisor_id = 0;
 static void bg_supervisor_shmem_request(void);
 static void bg_supervisor_shmem_startup(void);
 static void bg_supervisor_init_state(void *ptr);
+static Size bg_supervisor_size(void);
 static BgSupervisorShared *bg_supervisor_state(void);
 static void bg_supervisor_fill_worker(BackgroundWorker *worker,
 									  const char *function, const char *type,
@@ -149,7 +150,7 @@ bg_supervisor_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(BgSupervisorShared)));
+	RequestAddinShmemSpace(bg_supervisor_size());
 }
 
 static void
@@ -160,7 +161,7 @@ bg_supervisor_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	bg_sup = ShmemInitStruct("bg_fdw supervisor", sizeof(BgSupervisorShared),
+	bg_sup = ShmemInitStruct("bg_fdw supervisor", bg_supervisor_size(),
 							 &found);
 	if (!found)
 		bg_supervisor_init_state(bg_sup);
@@ -174,6 +175,23 @@ bg_supervisor_init_state(void *ptr)
 
 	memset(sup, 0, sizeof(BgSupervisorShared));
 	SpinLockInit(&sup->mutex);
+	bg_pool_init((char *) ptr + MAXALIGN(sizeof(BgSupervisorShared)));
+}
+
+/* The shared state, and after it the pool of idle workers (pool.c) */
+static Size
+bg_supervisor_size(void)
+{
+	return add_size(MAXALIGN(sizeof(BgSupervisorShared)), bg_pool_size());
+}
+
+/* The pool of idle workers, or NULL where there is no shared state */
+void *
+bg_supervisor_pool(void)
+{
+	BgSupervisorShared *sup = bg_supervisor_state();
+
+	return sup ? (char *) sup + MAXALIGN(sizeof(BgSupervisorShared)) : NULL;
 }
 
 /*
@@ -188,8 +206,8 @@ bg_supervisor_state(void)
 
 	if (bg_sup != NULL || bg_sup_preloaded)
 		return bg_sup;
-	bg_sup = bg_named_dsm_segment("bg_fdw supervisor",
-								  sizeof(BgSupervisorShared),
+	bg_sup = bg_named_dsm_segment("bg_fdw supervisor and pool",
+								  bg_supervisor_size(),
 								  bg_supervisor_init_state, &found);
 	return bg_sup;
 }
@@ -498,9 +516,11 @@ bg_supervisor(PG_FUNCTION_ARGS)
 	BgSupervisorShared *sup;
 	BgSupervisorShared copy;
 	TupleDesc	desc;
-	Datum		values[7];
-	bool		nulls[7];
+	Datum		values[9];
+	bool		nulls[9];
 	const char *state;
+	int			idle;
+	int64		handed_over;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -533,6 +553,10 @@ bg_supervisor(PG_FUNCTION_ARGS)
 	values[5] = Int32GetDatum(copy.databases_swept);
 	values[6] = TimestampTzGetDatum(copy.last_sweep);
 	nulls[6] = !copy.sweep_done;
+	bg_pool_counts(&idle, &handed_over);
+	values[7] = Int32GetDatum(idle);
+	values[8] = Int64GetDatum(handed_over);
+	nulls[7] = nulls[8] = (sup == NULL);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

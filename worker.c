@@ -33,6 +33,7 @@
 #include "miscadmin.h"
 #include "parser/analyze.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/shm_toc.h"
@@ -60,6 +61,14 @@ static dsm_segment *bg_worker_segment = NULL;
 /* The job's shared state, in a job's worker; for bg_progress */
 static BgJobShared *bg_worker_shared = NULL;
 
+/* The role the worker connected as, and the jobs it ran (pool.c) */
+static Oid	bg_worker_connected_as = InvalidOid;
+static int	bg_worker_jobs_run = 0;
+
+/* The job's table of contents and its tuple queue */
+static shm_toc *bg_worker_toc = NULL;
+static shm_mq_handle *bg_worker_tuple_mqh = NULL;
+
 /* pg_terminate_backend or shutdown: the job is recorded as failed on exit */
 static volatile sig_atomic_t bg_terminate_requested = false;
 
@@ -70,6 +79,9 @@ static bool bg_committed = false;
  * decided (a launch that fails leaves no job to tell of), or -1 */
 static int	bg_failed_status = -1;
 
+static BgJobShared *bg_worker_attach(dsm_handle handle, int64 job_id);
+static void bg_worker_run(BgJobShared *shared);
+static void bg_worker_end_job(void);
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
 static void bg_worker_before_exit(int code, Datum arg);
@@ -134,33 +146,102 @@ bg_launched_by(PG_FUNCTION_ARGS)
 void
 bg_worker_main(Datum main_arg)
 {
-	dsm_segment *seg;
+	BgJobShared *shared;
+	int64		job_id = 0;
+
+	pqsignal(SIGTERM, bg_worker_sigterm);
+	/* read while idle (pool.c) */
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
+	shared = bg_worker_attach(DatumGetUInt32(main_arg), 0);
+	if (shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not map dynamic shared memory segment of a background job")));
+
+	/*
+	 * Connect as the job's role where it may (bg_job_role_may_connect),
+	 * else as the session's authenticated user; the job then takes on the
+	 * launcher's settings, role and security context (bg_worker_run).
+	 */
+	bg_worker_connected_as = shared->connect_as_job_role ?
+		shared->current_user_id : shared->authenticated_user_id;
+	BackgroundWorkerInitializeConnectionByOid(shared->database_id,
+											  bg_worker_connected_as,
+											  shared->connect_as_job_role ?
+											  BG_CONNECT_AS_ROLE_FLAGS : 0);
+	SetClientEncoding(GetDatabaseEncoding());
+	/*
+	 * These run before InitPostgres's own exit callbacks abort and close
+	 * things, the detach last: it must happen even if the other is cut short
+	 * by an error (which is FATAL during exit).
+	 */
+	/* (run in the reverse order) */
+	before_shmem_exit(bg_messages_at_exit, (Datum) 0);
+	before_shmem_exit(bg_worker_detach_at_exit, (Datum) 0);
+	before_shmem_exit(bg_worker_before_exit, (Datum) 0);
+
+	/*
+	 * A job that ended well leaves its worker to the pool, which may hand it
+	 * another job of the same database and role (pool.c).
+	 */
+	for (;;)
+	{
+		dsm_handle	segment;
+
+		bg_worker_run(shared);
+		bg_worker_jobs_run++;
+		if (!bg_pool_offered() || bg_terminate_requested)
+			break;
+		bg_worker_end_job();
+		segment = bg_pool_wait(&job_id);
+		if (segment == DSM_HANDLE_INVALID)
+			break;
+		shared = bg_worker_attach(segment, job_id);
+		if (shared == NULL)
+		{
+			/* the launcher gave up meanwhile */
+			bg_pool_not_taken();
+			break;
+		}
+		bg_pool_taken(shared);
+	}
+}
+
+/*
+ * Attach to the job's segment and its queues, and tell the launcher we did
+ * (worker_proc).  NULL if the segment is gone or, handed over by the pool,
+ * is not job "job_id"'s (its handle was reused).
+ */
+static BgJobShared *
+bg_worker_attach(dsm_handle handle, int64 job_id)
+{
+	dsm_segment *seg = dsm_attach(handle);
 	shm_toc    *toc;
 	BgJobShared *shared;
 	shm_mq	   *mq;
 	shm_mq_handle *mqh;
-	shm_mq_handle *tuple_mqh;
 	SharedFileSet *fileset;
-	char	   *sql;
-	char		appname[NAMEDATALEN];
 
-	pqsignal(SIGTERM, bg_worker_sigterm);
-	BackgroundWorkerUnblockSignals();
-
-	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
-	bg_worker_segment = seg = dsm_attach(DatumGetUInt32(main_arg));
 	if (seg == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("could not map dynamic shared memory segment of a background job")));
+		return NULL;
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
-	if (toc == NULL)
+	shared = toc ? shm_toc_lookup(toc, BG_KEY_SHARED, true) : NULL;
+	if (shared == NULL || (job_id != 0 && shared->job_id != job_id))
+	{
+		dsm_detach(seg);
+		if (job_id != 0)
+			return NULL;
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("invalid magic number in dynamic shared memory segment of a background job")));
-	shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
+	}
 	on_dsm_detach(seg, bg_worker_exit, PointerGetDatum(shared));
+	bg_worker_segment = seg;
 	bg_worker_shared = shared;
+	bg_worker_toc = toc;
 
 	fileset = shm_toc_lookup(toc, BG_KEY_FILESET, false);
 	SharedFileSetAttach(fileset, seg);
@@ -172,7 +253,7 @@ bg_worker_main(Datum main_arg)
 	bg_spill_redirect_messages(seg, mqh, shared, fileset);
 	mq = shm_toc_lookup(toc, BG_KEY_TUPLE_QUEUE, false);
 	shm_mq_set_sender(mq, MyProc);
-	tuple_mqh = shm_mq_attach(mq, seg, NULL);
+	bg_worker_tuple_mqh = shm_mq_attach(mq, seg, NULL);
 
 	SpinLockAcquire(&shared->mutex);
 	shared->worker_proc = MyProc;
@@ -180,32 +261,25 @@ bg_worker_main(Datum main_arg)
 	if (shared->name == 0)
 		shared->name = MyProcPid;
 	SpinLockRelease(&shared->mutex);
+	return shared;
+}
 
-	/*
-	 * Connect as the job's role where it may (bg_job_role_may_connect),
-	 * else as the session's authenticated user; then take on the launcher's
-	 * settings (its session_authorization among them, so that session_user
-	 * is the launching session's), role and security context, in the order
-	 * ParallelWorkerMain uses.
-	 */
-	if (shared->connect_as_job_role)
-		BackgroundWorkerInitializeConnectionByOid(shared->database_id,
-												  shared->current_user_id,
-												  BG_CONNECT_AS_ROLE_FLAGS);
-	else
-		BackgroundWorkerInitializeConnectionByOid(shared->database_id,
-												  shared->authenticated_user_id,
-												  0);
-	SetClientEncoding(GetDatabaseEncoding());
-	/*
-	 * These run before InitPostgres's own exit callbacks abort and close
-	 * things, the detach last: it must happen even if the other is cut short
-	 * by an error (which is FATAL during exit).
-	 */
-	/* (run in the reverse order) */
-	before_shmem_exit(bg_messages_at_exit, (Datum) 0);
-	before_shmem_exit(bg_worker_detach_at_exit, (Datum) 0);
-	before_shmem_exit(bg_worker_before_exit, PointerGetDatum(shared));
+/*
+ * Run the job: take on the launcher's libraries, settings, role and
+ * security context, in the order ParallelWorkerMain uses, then its
+ * statements.  An error while the job runs is caught only to record the
+ * job's failure (bg_worker_failed) and is then thrown again: with no outer
+ * handler it becomes FATAL, as in a parallel worker, reaches the launcher on
+ * the message queue, and the process exits.  Errors before the job runs
+ * are not caught at all.
+ */
+static void
+bg_worker_run(BgJobShared *shared)
+{
+	shm_toc    *toc = bg_worker_toc;
+	char	   *sql;
+	char		appname[NAMEDATALEN];
+
 	/*
 	 * Some check hooks refuse values a leader may legitimately have, such as
 	 * transaction_read_only = off on a hot standby; like a parallel worker,
@@ -243,20 +317,44 @@ bg_worker_main(Datum main_arg)
 
 	PG_TRY();
 	{
-		bg_registry_register(shared, sql, dsm_segment_handle(seg));
+		bg_registry_register(shared, sql, dsm_segment_handle(bg_worker_segment));
 		bg_wait_for_launcher(shared, false);
 		/* the job starts now, not when the worker connected */
 		SetCurrentStatementStartTimestamp();
 		pgstat_report_activity(STATE_RUNNING, sql);
-		bg_exec_sql(sql, tuple_mqh, shared, fileset);
+		bg_exec_sql(sql, bg_worker_tuple_mqh, shared,
+					shm_toc_lookup(toc, BG_KEY_FILESET, false));
 	}
 	PG_CATCH();
 	{
 		bg_worker_failed(shared);
 	}
 	PG_END_TRY();
+	pfree(sql);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	bg_registry_tidy(shared);
+}
+
+/*
+ * The job ended well and the worker stays: do for it what exiting does
+ * (bg_worker_before_exit and the other exit callbacks), then give the
+ * session the state of a new one for the next job.
+ */
+static void
+bg_worker_end_job(void)
+{
+	bg_worker_before_exit(0, (Datum) 0);
+	bg_worker_detach_at_exit(0, (Datum) 0);
+	bg_messages_at_exit(0, (Datum) 0);
+	bg_messages_job_reset();
+	bg_spill_job_reset();
+	bg_registry_job_reset();
+	bg_worker_shared = NULL;
+	bg_worker_toc = NULL;
+	bg_worker_tuple_mqh = NULL;
+	bg_committed = false;
+	bg_failed_status = -1;
+	bg_pool_reset_session();
 }
 
 static void
@@ -275,8 +373,12 @@ bg_worker_sigterm(SIGNAL_ARGS)
 static void
 bg_worker_before_exit(int code, Datum arg)
 {
-	BgJobShared *shared = (BgJobShared *) DatumGetPointer(arg);
+	BgJobShared *shared = bg_worker_job();
 	bool		ended;
+
+	/* (idle between jobs: pool.c's own callback leaves the pool) */
+	if (shared == NULL)
+		return;
 
 	/* whatever was under way holds no lock while we wait below */
 	AbortOutOfAnyTransaction();
@@ -694,6 +796,9 @@ bg_worker_committed(BgJobShared *shared, const char *tag, bool recorded)
 	bg_job_set_flag(shared, &shared->ended, BG_WAKE_NONE);
 	if (!recorded)
 		(void) bg_registry_finish(shared, tag, false);
+	/* before the launcher can launch again, knowing the outcome */
+	bg_pool_offer(bg_worker_connected_as, shared->current_user_id,
+				  bg_worker_jobs_run + 1);
 	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
 	RESUME_INTERRUPTS();
 }

@@ -9,6 +9,13 @@ CREATE EXTENSION bg_fdw;
 -- it where sql/errors.sql expects (README: "make installcheck")
 SELECT current_setting('max_worker_processes')::int BETWEEN 12 AND 40 AS worker_slots_fit;
 
+-- Every job here starts a worker of its own, which its PID names (the tests
+-- look for it in pg_stat_activity by that PID); reused workers have tests
+-- of their own, in t/010_pool.pl.
+DO $$ BEGIN
+  EXECUTE format('ALTER DATABASE %I SET bg_fdw.reuse_workers = off', current_database());
+END $$;
+
 -- Outcomes that carry a PID or a job identifier are masked so the expected
 -- output does not depend on them.
 CREATE FUNCTION regress_mask(msg text, pid int) RETURNS text

@@ -10,7 +10,7 @@ use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('primary');
 $node->init(allows_streaming => 1);
-$node->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$node->append_conf('postgresql.conf', "max_worker_processes = 16\nbg_fdw.max_idle_workers = 0\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
 
@@ -93,7 +93,7 @@ is(scalar @vacuuming, 1, 'its INFO lines reach the reader, once');
 $node->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($node, 'b', has_streaming => 1);
-$standby->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$standby->append_conf('postgresql.conf', "max_worker_processes = 16\nbg_fdw.max_idle_workers = 0\n");
 $standby->start;
 $node->wait_for_catchup($standby);
 ($ret, $stdout, $stderr) = $standby->psql('postgres',

@@ -15,7 +15,7 @@ use BgFdwTest;
 
 my $node = PostgreSQL::Test::Cluster->new('main');
 $node->init;
-$node->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$node->append_conf('postgresql.conf', "max_worker_processes = 16\nbg_fdw.max_idle_workers = 0\n");
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;

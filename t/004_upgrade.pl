@@ -16,7 +16,7 @@ use BgFdwTest;
 
 my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
-$node->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$node->append_conf('postgresql.conf', "max_worker_processes = 16\nbg_fdw.max_idle_workers = 0\n");
 $node->start;
 
 # Everything the extension is made of, with what defines each object, so
@@ -141,7 +141,7 @@ is($node->safe_psql('old', q{
 # adopted: that user could hand bg_launch to anyone.
 my $roles = PostgreSQL::Test::Cluster->new('roles');
 $roles->init;
-$roles->append_conf('postgresql.conf', "max_worker_processes = 16\n");
+$roles->append_conf('postgresql.conf', "max_worker_processes = 16\nbg_fdw.max_idle_workers = 0\n");
 $roles->start;
 $roles->safe_psql('postgres', q{
 	CREATE ROLE mallory CREATEROLE;

@@ -82,6 +82,7 @@ $pre->init;
 $pre->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'bg_fdw'
 max_worker_processes = 16
+bg_fdw.max_idle_workers = 0
 restart_after_crash = on
 });
 $pre->start;
@@ -112,6 +113,7 @@ my $lazy = PostgreSQL::Test::Cluster->new('not_preloaded');
 $lazy->init;
 $lazy->append_conf('postgresql.conf', qq{
 max_worker_processes = 16
+bg_fdw.max_idle_workers = 0
 restart_after_crash = on
 });
 $lazy->start;

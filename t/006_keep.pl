@@ -20,6 +20,7 @@ my $node = PostgreSQL::Test::Cluster->new('keep');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 max_worker_processes = 16
+bg_fdw.max_idle_workers = 0
 client_connection_check_interval = '100ms'
 });
 $node->start;

@@ -15,7 +15,7 @@ use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('messages');
 $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-$node->append_conf('postgresql.conf', 'max_worker_processes = 16');
+$node->append_conf('postgresql.conf', "max_worker_processes = 16\nbg_fdw.max_idle_workers = 0\n");
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;

@@ -17,6 +17,7 @@ my $node = PostgreSQL::Test::Cluster->new('control');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 max_worker_processes = 16
+bg_fdw.max_idle_workers = 0
 restart_after_crash = on
 });
 $node->start;

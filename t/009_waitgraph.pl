@@ -18,6 +18,7 @@ my $node = PostgreSQL::Test::Cluster->new('waitgraph');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 max_worker_processes = 16
+bg_fdw.max_idle_workers = 0
 deadlock_timeout = '100ms'
 });
 $node->start;
