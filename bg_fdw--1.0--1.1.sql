@@ -138,6 +138,12 @@ ALTER TABLE @extschema@.bg_job_registry
 -- above any PID.
 ALTER TABLE @extschema@.bg_job_registry ADD COLUMN worker_pid integer;
 
+-- What each launch reads, found by index however many jobs are listed: a
+-- role's kept results (bg_fdw.max_kept_size_per_role), and the jobs still
+-- running or recording their result, which alone have a segment.
+CREATE INDEX ON @extschema@.bg_job_registry (role, kept_bytes);
+CREATE INDEX ON @extschema@.bg_job_registry (segment);
+
 -- bg_launch gains "keep", "label", "notify" and "result_table".  Its grants, to bg_fdw_user
 -- and to whoever a superuser granted it since, go to the new declaration.
 CREATE FUNCTION @extschema@.bg_launch(sql text, queue_size integer DEFAULT NULL,

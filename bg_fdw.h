@@ -547,7 +547,9 @@ extern Size bg_pool_size(void);
 extern void bg_pool_init(void *ptr);
 extern int	bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared,
 							  const char *libraries);
-extern void bg_pool_offer(Oid connected_as, Oid job_role, int jobs_run);
+extern void bg_pool_offer(Oid connected_as, bool superuser, Oid job_role,
+						  bool light, int jobs_run);
+extern void bg_pool_make_room(void);
 extern bool bg_pool_offered(void);
 extern void bg_pool_reset_session(void);
 extern dsm_handle bg_pool_wait(int64 *job_id);

@@ -30,6 +30,7 @@
 #include "catalog/pg_database.h"
 #include "catalog/pg_foreign_server.h"
 #include "utils/acl.h"
+#include "replication/slot.h"
 #include "utils/guc.h"
 #include "utils/guc_tables.h"
 #if PG_VERSION_NUM >= 170000
@@ -188,6 +189,28 @@ bg_local_beentry(int idx)
 	return pgstat_get_local_beentry_by_index(idx);
 #else
 	return pgstat_fetch_stat_local_beentry(idx);
+#endif
+}
+
+/* Drop the temporary replication slots this process made */
+static inline void
+bg_replication_slot_cleanup(void)
+{
+#if PG_VERSION_NUM >= 170000
+	ReplicationSlotCleanup(false);
+#else
+	ReplicationSlotCleanup();
+#endif
+}
+
+/* May this role connect to the current database (CONNECT)? */
+static inline AclResult
+bg_database_connect_aclcheck(Oid role)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_aclcheck(DatabaseRelationId, MyDatabaseId, role, ACL_CONNECT);
+#else
+	return pg_database_aclcheck(MyDatabaseId, role, ACL_CONNECT);
 #endif
 }
 

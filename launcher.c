@@ -501,6 +501,8 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	snprintf(worker.bgw_type, BGW_MAXLEN, BG_WORKER_TYPE);
 	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
 	worker.bgw_notify_pid = MyProcPid;
+	/* idle workers must not keep parallel query from its slots */
+	bg_pool_make_room();
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		ereport(ERROR,

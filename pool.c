@@ -52,6 +52,7 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "commands/async.h"
 #include "commands/prepare.h"
@@ -68,9 +69,11 @@
 #include "storage/proc.h"
 #include "storage/spin.h"
 #include "utils/backend_status.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/plancache.h"
 #include "utils/portal.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "bg_fdw.h"
@@ -102,6 +105,8 @@ typedef struct BgIdleWorker
 	Oid			connected_as;
 	Oid			job_role;
 	uint32		libraries;
+	bool		superuser;		/* connected_as was a superuser at connection */
+	bool		light;			/* (ENDING) its job kept no file to sync */
 	TimestampTz idle_since;
 	dsm_handle	segment;		/* the job: set with CLAIMED */
 	int64		job_id;
@@ -137,7 +142,8 @@ static uint32 bg_libraries_hash(const char *state);
 static uint32 bg_my_libraries_hash(void);
 static int	bg_pool_new_name(BgPool *pool);
 static int	bg_pool_claim(BgPool *pool, BgJobShared *shared, uint32 libraries,
-						  dsm_handle segment);
+						  bool superuser, dsm_handle segment);
+static bool bg_pool_may_connect(BgJobShared *shared, bool *superuser);
 static int	bg_pool_await_taken(BgPool *pool, int slot, BgJobShared *shared);
 static bool bg_pool_claim_mine(BgIdleWorker *w, BgJobShared *shared);
 static bool bg_pool_unclaim(BgPool *pool, int slot, BgJobShared *shared);
@@ -151,6 +157,7 @@ static void bg_pool_exit(int code, Datum arg);
 static bool bg_database_lock(bool acquire);
 static bool bg_database_lock_wanted(void);
 static uint32 bg_wait_event_idle(void);
+static void bg_pool_reseed(void);
 
 Size
 bg_pool_size(void)
@@ -228,11 +235,16 @@ bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared, const char *libraries)
 	int			slot;
 	int			outcome;
 
+	bool		superuser;
+
 	if (pool == NULL || bg_max_idle_workers == 0 || !bg_reuse_workers)
+		return 0;
+	/* what connecting would refuse, a started worker must not allow */
+	if (!bg_pool_may_connect(shared, &superuser))
 		return 0;
 	shared->name = bg_pool_new_name(pool);
 	slot = bg_pool_claim(pool, shared, bg_libraries_hash(libraries),
-						 dsm_segment_handle(seg));
+						 superuser, dsm_segment_handle(seg));
 	if (slot >= 0)
 	{
 		PG_TRY();
@@ -255,6 +267,40 @@ bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared, const char *libraries)
 	}
 	shared->name = 0;
 	return 0;
+}
+
+/*
+ * Would a new worker of this job connect?  Its role must still exist, may
+ * log in (unless a worker may connect as any role), and may connect to the
+ * database, which must allow connections: as InitPostgres checks.  Sets
+ * *superuser to whether the role is one now: a worker that connected while
+ * it was (or was not) one has its session authorization decided by that.
+ */
+static bool
+bg_pool_may_connect(BgJobShared *shared, bool *superuser)
+{
+	Oid			role = shared->connect_as_job_role ?
+		shared->current_user_id : shared->authenticated_user_id;
+	bool		check_login = !(shared->connect_as_job_role &&
+								BG_CONNECT_AS_ROLE_FLAGS != 0);
+	HeapTuple	tuple;
+	bool		ok;
+
+	tuple = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	*superuser = ((Form_pg_authid) GETSTRUCT(tuple))->rolsuper;
+	ok = !check_login || ((Form_pg_authid) GETSTRUCT(tuple))->rolcanlogin;
+	ReleaseSysCache(tuple);
+	if (!ok)
+		return false;
+	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(MyDatabaseId));
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	ok = ((Form_pg_database) GETSTRUCT(tuple))->datallowconn;
+	ReleaseSysCache(tuple);
+	return ok && (*superuser ||
+				  bg_database_connect_aclcheck(role) == ACLCHECK_OK);
 }
 
 /*
@@ -292,12 +338,12 @@ bg_pool_new_name(BgPool *pool)
 
 /*
  * Claim the idle worker that fits the job: one waiting, the one idle the
- * shortest time (the others may then time out), else one ending its job.
- * Its entry, or -1.
+ * shortest time (the others may then time out), else one ending a job that
+ * has no kept file to make durable first.  Its entry, or -1.
  */
 static int
 bg_pool_claim(BgPool *pool, BgJobShared *shared, uint32 libraries,
-			  dsm_handle segment)
+			  bool superuser, dsm_handle segment)
 {
 	Oid			connected_as = shared->connect_as_job_role ?
 		shared->current_user_id : shared->authenticated_user_id;
@@ -310,11 +356,13 @@ bg_pool_claim(BgPool *pool, BgJobShared *shared, uint32 libraries,
 	{
 		BgIdleWorker *w = &pool->idle[i];
 
-		if ((w->state != BG_IDLE_WAITING && w->state != BG_IDLE_ENDING) ||
+		if (!(w->state == BG_IDLE_WAITING ||
+			  (w->state == BG_IDLE_ENDING && w->light)) ||
 			w->database_id != shared->database_id ||
 			w->connected_as != connected_as ||
 			w->job_role != shared->current_user_id ||
-			w->libraries != libraries)
+			w->libraries != libraries ||
+			w->superuser != superuser)
 			continue;
 		if (best < 0 ||
 			(w->state == BG_IDLE_WAITING) > (pool->idle[best].state == BG_IDLE_WAITING) ||
@@ -419,6 +467,56 @@ bg_pool_unclaim(BgPool *pool, int slot, BgJobShared *shared)
 	return undone;
 }
 
+/*
+ * A worker is about to be started: if parallel query would then miss
+ * slots, the workers idle the longest leave now, rather than at their next
+ * look around.  (Their slots are free once the postmaster has reaped them.)
+ */
+void
+bg_pool_make_room(void)
+{
+	BgPool	   *pool = bg_pool();
+	PGPROC	   *wake[64];
+	int			nwake = 0;
+	int			missing;
+	int			leaving = 0;
+	bool		idle = false;
+	int			i;
+
+	if (pool == NULL)
+		return;
+	SpinLockAcquire(&pool->mutex);
+	for (i = 0; i < pool->nslots; i++)
+	{
+		idle |= (pool->idle[i].state == BG_IDLE_WAITING);
+		leaving += (pool->idle[i].state == BG_IDLE_LEAVING);
+	}
+	SpinLockRelease(&pool->mutex);
+	if (!idle)
+		return;
+	missing = bg_pool_slots_missing(leaving) + 1;
+	SpinLockAcquire(&pool->mutex);
+	while (missing-- > 0 && nwake < lengthof(wake))
+	{
+		int			oldest = -1;
+
+		for (i = 0; i < pool->nslots; i++)
+		{
+			if (pool->idle[i].state == BG_IDLE_WAITING &&
+				(oldest < 0 ||
+				 pool->idle[i].idle_since < pool->idle[oldest].idle_since))
+				oldest = i;
+		}
+		if (oldest < 0)
+			break;
+		pool->idle[oldest].state = BG_IDLE_LEAVING;
+		wake[nwake++] = pool->idle[oldest].proc;
+	}
+	SpinLockRelease(&pool->mutex);
+	for (i = 0; i < nwake; i++)
+		SetLatch(&wake[i]->procLatch);
+}
+
 /* ----------------------------------------------------------------
  *		The worker's side
  * ----------------------------------------------------------------
@@ -429,11 +527,13 @@ bg_pool_unclaim(BgPool *pool, int slot, BgJobShared *shared)
  * may run another job, list it now, ENDING, so that a launch coming right
  * after the outcome finds it (the worker still has its job's bookkeeping to
  * do).  Not without a pool, nor with temporary tables' state (their buffers
- * fix temp_buffers) or custom settings, nor after BG_WORKER_MAX_JOBS jobs,
- * nor beyond bg_fdw.max_idle_workers.
+ * fix temp_buffers), custom settings or jobs of its own, nor after
+ * BG_WORKER_MAX_JOBS jobs.  "light": the job kept no file, which makes the
+ * worker's bookkeeping short enough for a launch to wait for it.
  */
 void
-bg_pool_offer(Oid connected_as, Oid job_role, int jobs_run)
+bg_pool_offer(Oid connected_as, bool superuser, Oid job_role, bool light,
+			  int jobs_run)
 {
 	BgPool	   *pool = bg_pool();
 	Oid			temp_namespace;
@@ -449,12 +549,21 @@ bg_pool_offer(Oid connected_as, Oid job_role, int jobs_run)
 	/* a custom setting's name would outlive the job: no reset removes it */
 	if (bg_have_guc_placeholders())
 		return;
+	/* nor would the jobs the job launched, which are its session's */
+	if (bg_session_jobs() != NIL)
+		return;
 	if (!bg_pool_exit_registered)
 	{
 		before_shmem_exit(bg_pool_exit, (Datum) 0);
 		bg_pool_exit_registered = true;
 	}
-	bg_pool_list(pool, connected_as, job_role, bg_my_libraries_hash());
+	if (bg_pool_list(pool, connected_as, job_role, bg_my_libraries_hash()))
+	{
+		SpinLockAcquire(&pool->mutex);
+		pool->idle[bg_pool_my_slot].superuser = superuser;
+		pool->idle[bg_pool_my_slot].light = light;
+		SpinLockRelease(&pool->mutex);
+	}
 }
 
 /* Did this worker offer itself for another job? */
@@ -483,11 +592,30 @@ bg_pool_reset_session(void)
 	LockReleaseAll(USER_LOCKMETHOD, true);
 	ResetPlanCache();
 	ResetSequenceCaches();
+	if (MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+	bg_replication_slot_cleanup();
+	bg_pool_reseed();
 	CommitTransactionCommand();
 	SetUserIdAndSecContext(GetSessionUserId(), 0);
 	SetConfigOption("application_name", "bg_fdw idle worker", PGC_USERSET,
 					PGC_S_SESSION);
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * random() as a new session has it, not where setseed() left it: seeded
+ * from strong randomness.
+ */
+static void
+bg_pool_reseed(void)
+{
+	uint32		bits;
+
+	if (!pg_strong_random(&bits, sizeof(bits)))
+		bits = (uint32) MyProcPid ^ (uint32) GetCurrentTimestamp();
+	DirectFunctionCall1(setseed,
+						Float8GetDatum((double) bits / PG_UINT32_MAX * 2.0 - 1.0));
 }
 
 /*
@@ -508,6 +636,8 @@ bg_pool_wait(int64 *job_id)
 		return pool->idle[bg_pool_my_slot].segment;
 	if (!bg_pool_must_leave(pool, idle_since))
 		(void) bg_database_lock(true);
+	/* a cancel while idle is for no job: held, and dropped at the next */
+	HOLD_CANCEL_INTERRUPTS();
 	SpinLockAcquire(&pool->mutex);
 	if (pool->idle[bg_pool_my_slot].state == BG_IDLE_ENDING &&
 		bg_pool_db_locked)
@@ -528,12 +658,14 @@ bg_pool_wait(int64 *job_id)
 		{
 			/* a job runs as any session would: DROP DATABASE then fails */
 			bg_database_lock(false);
+			RESUME_CANCEL_INTERRUPTS();
 			return pool->idle[bg_pool_my_slot].segment;
 		}
 		/* (a claim that comes before we exit is refused by bg_pool_exit) */
 		if (leave && bg_pool_set_leaving(pool))
 		{
 			bg_database_lock(false);
+			RESUME_CANCEL_INTERRUPTS();
 			return DSM_HANDLE_INVALID;
 		}
 		(void) WaitLatch(MyLatch,
@@ -555,7 +687,8 @@ bg_pool_set_leaving(BgPool *pool)
 	bool		leaving = false;
 
 	SpinLockAcquire(&pool->mutex);
-	if (w->state == BG_IDLE_WAITING || w->state == BG_IDLE_ENDING)
+	if (w->state == BG_IDLE_WAITING || w->state == BG_IDLE_ENDING ||
+		w->state == BG_IDLE_LEAVING)
 	{
 		w->state = BG_IDLE_LEAVING;
 		leaving = true;
@@ -579,6 +712,9 @@ bg_pool_take(BgPool *pool, int64 *job_id)
 		taken = true;
 	}
 	SpinLockRelease(&pool->mutex);
+	/* a cancel that came after the last job is none of the next one's */
+	if (taken)
+		QueryCancelPending = false;
 	return taken;
 }
 
@@ -653,7 +789,7 @@ bg_pool_must_leave(BgPool *pool, TimestampTz idle_since)
 	int			leaving = 0;
 	int			i;
 
-	if (ShutdownRequestPending ||
+	if (ShutdownRequestPending || me->state == BG_IDLE_LEAVING ||
 		TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(),
 								   bg_worker_idle_timeout))
 		return true;
@@ -674,7 +810,8 @@ bg_pool_must_leave(BgPool *pool, TimestampTz idle_since)
 			newer++;
 	}
 	SpinLockRelease(&pool->mutex);
-	if (newer >= bg_max_idle_workers || bg_database_lock_wanted())
+	if (newer >= bg_max_idle_workers ||
+		(bg_pool_db_locked && bg_database_lock_wanted()))
 		return true;
 	return older < bg_pool_slots_missing(leaving);
 }

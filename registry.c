@@ -2357,8 +2357,8 @@ bg_registry_lock_role(Oid role)
 	LOCKTAG		tag;
 	BgRegistryCall call;
 	SPITupleTable *tt;
-	Oid			types[3] = {OIDOID, OIDOID, TEXTOID};
-	Datum		values[3];
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2];
 	int			running = 0;
 	uint64		i;
 
@@ -2372,13 +2372,11 @@ bg_registry_lock_role(Oid role)
 	{
 		values[0] = ObjectIdGetDatum(role);
 		values[1] = ObjectIdGetDatum(MyDatabaseId);
-		values[2] = CStringGetTextDatum(bg_status_name(BG_STATUS_RUNNING));
-		/* (a finished job whose worker still records its result counts) */
-		tt = bg_registry_query(psprintf("SELECT id, segment FROM %s WHERE role = $1 "
-										"AND database = $2 AND (state = $3 "
-										"OR segment IS NOT NULL)",
+		/* (a running job has its segment; so does one still recording) */
+		tt = bg_registry_query(psprintf("SELECT id, segment FROM %s WHERE segment IS NOT NULL "
+										"AND role = $1 AND database = $2",
 										call.relname),
-							   3, types, values);
+							   2, types, values);
 		for (i = 0; i < tt->numvals; i++)
 		{
 			BgJobProbe	probe;
@@ -2419,33 +2417,42 @@ bg_registry_check_kept(Oid role)
 	SPITupleTable *tt;
 	Oid			types[2] = {OIDOID, OIDOID};
 	Datum		values[2];
-	int64		total = 0;
+	int64		total;
 	uint64		i;
+	bool		isnull;
 
 	if (bg_max_kept_size_per_role < 0 || !bg_registry_open(&call))
 		return;
 	values[0] = ObjectIdGetDatum(role);
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
-	tt = bg_registry_query(psprintf("SELECT " BG_ENTRY_COLUMNS "%s FROM %s r "
-									"WHERE role = $1 AND database = $2 "
-									"AND (%s IS NOT NULL OR segment IS NOT NULL)",
+	/*
+	 * Read at each launch, so by index, whatever the registry holds: the
+	 * recorded sizes of the role's kept results, then the jobs still
+	 * running or recording theirs, with what they wrote so far.
+	 */
+	tt = bg_registry_query(psprintf("SELECT coalesce(sum(%s), 0)::bigint FROM %s r "
+									"WHERE role = $1 AND %s > 0 AND database = $2 "
+									"AND segment IS NULL",
 									call.kept, call.relname, call.kept),
+						   2, types, values);
+	total = DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 1, &isnull));
+	tt = bg_registry_query(psprintf("SELECT id, segment, coalesce(%s, 0) FROM %s r "
+									"WHERE segment IS NOT NULL AND role = $1 "
+									"AND database = $2",
+									call.kept, call.relname),
 						   2, types, values);
 	for (i = 0; i < tt->numvals; i++)
 	{
-		BgJobEntry	entry;
 		BgJobProbe	probe;
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		dsm_handle	segment = (dsm_handle) DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+		int64		size = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
 
-		bg_entry_from_tuple(tt->vals[i], tt->tupdesc, &entry);
-		/* running, or finished and not yet recorded: what it wrote so far */
-		if (entry.segment != DSM_HANDLE_INVALID)
-		{
-			bg_probe(entry.id, entry.segment, &probe);
-			if (probe.found)
-				entry.kept_bytes = (int64) probe.kept_size;
-		}
-		if (entry.kept_bytes > 0)
-			total += entry.kept_bytes;
+		bg_probe(id, segment, &probe);
+		if (probe.found)
+			size = (int64) probe.kept_size;
+		if (size > 0)
+			total += size;
 	}
 	bg_registry_close(&call);
 	if (total >= (int64) bg_max_kept_size_per_role * 1024)

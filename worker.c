@@ -63,6 +63,7 @@ static BgJobShared *bg_worker_shared = NULL;
 
 /* The role the worker connected as, and the jobs it ran (pool.c) */
 static Oid	bg_worker_connected_as = InvalidOid;
+static bool bg_worker_connected_superuser = false;
 static int	bg_worker_jobs_run = 0;
 
 /* The job's table of contents and its tuple queue */
@@ -293,6 +294,9 @@ bg_worker_run(BgJobShared *shared)
 	 * such as passwordcheck then holds for the job as for its session.
 	 */
 	RestoreLibraryState(shm_toc_lookup(toc, BG_KEY_LIBRARIES, false));
+	/* as connecting found it, which decides SET SESSION AUTHORIZATION */
+	if (bg_worker_jobs_run == 0)
+		bg_worker_connected_superuser = superuser_arg(bg_worker_connected_as);
 	InitializingParallelWorker = true;
 	RestoreGUCState(shm_toc_lookup(toc, BG_KEY_GUC, false));
 	InitializingParallelWorker = false;
@@ -653,6 +657,7 @@ static void
 bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 			SharedFileSet *fileset)
 {
+	MemoryContext job_cxt;
 	MemoryContext stmt_cxt;
 	List	   *parsetree_list;
 	ListCell   *lc;
@@ -661,14 +666,17 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 	bool		recorded = false;
 	char		tag[COMPLETION_TAG_BUFSIZE];
 
-	stmt_cxt = AllocSetContextCreate(TopMemoryContext, "bg_fdw statement",
+	/* gone with the job: a started worker runs one job after another */
+	job_cxt = AllocSetContextCreate(TopMemoryContext, "bg_fdw statements",
+									ALLOCSET_DEFAULT_SIZES);
+	stmt_cxt = AllocSetContextCreate(job_cxt, "bg_fdw statement",
 									 ALLOCSET_DEFAULT_SIZES);
 	debug_query_string = sql;
 
 	StartTransactionCommand();
 	xact_started = true;
 	parsetree_list = pg_parse_query(sql);
-	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextSwitchTo(job_cxt);
 	parsetree_list = copyObject(parsetree_list);
 	use_implicit_block = (list_length(parsetree_list) > 1);
 	bg_check_statements(parsetree_list);
@@ -779,6 +787,8 @@ bg_exec_sql(const char *sql, shm_mq_handle *tuple_mqh, BgJobShared *shared,
 	}
 
 	debug_query_string = NULL;
+	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextDelete(job_cxt);
 }
 
 /*
@@ -797,7 +807,9 @@ bg_worker_committed(BgJobShared *shared, const char *tag, bool recorded)
 	if (!recorded)
 		(void) bg_registry_finish(shared, tag, false);
 	/* before the launcher can launch again, knowing the outcome */
-	bg_pool_offer(bg_worker_connected_as, shared->current_user_id,
+	bg_pool_offer(bg_worker_connected_as, bg_worker_connected_superuser,
+				  shared->current_user_id,
+				  pg_atomic_read_u64(&shared->kept_size) == 0,
 				  bg_worker_jobs_run + 1);
 	bg_send_message(BG_MSG_COMPLETE, tag, NULL);
 	RESUME_INTERRUPTS();

@@ -15,6 +15,9 @@ use BgFdwTest;
 
 my $first_name = 4194305;
 
+# The first random() after setseed(0.42), as any session computes it
+my $seeded;
+
 my $node = PostgreSQL::Test::Cluster->new('pool');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
@@ -31,6 +34,7 @@ $node->safe_psql('postgres', q{
 	CREATE SEQUENCE regress_seq;
 });
 create_gate($node, 'postgres');
+$seeded = (split /\n/, $node->safe_psql('postgres', 'SELECT setseed(0.42); SELECT random()'))[-1];
 
 my $idle_workers = q{SELECT count(*) FROM pg_stat_activity
 	WHERE backend_type = 'bg_fdw worker' AND application_name = 'bg_fdw idle worker'};
@@ -95,7 +99,9 @@ my @isolation = (
 	[ 'advisory locks', q{SELECT pg_advisory_lock(4711); SELECT 'x'},
 	  q{SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory'}, '0' ],
 	[ 'sequence state', q{SELECT nextval('regress_seq'); SELECT 'x'},
-	  q{SELECT currval('regress_seq')::text}, 'ERROR 55000' ]);
+	  q{SELECT currval('regress_seq')::text}, 'ERROR 55000' ],
+	[ 'random() seed', q{SELECT setseed(0.42); SELECT 'x'},
+	  qq{SELECT (random() <> $seeded)::text}, 'true' ]);
 foreach my $case (@isolation)
 {
 	my ($what, $before, $probe, $expected) = @$case;
@@ -111,18 +117,82 @@ is($node->safe_psql('postgres', 'SELECT pg_try_advisory_lock(4711)'), 't',
 
 # What a reset cannot undo makes the worker leave: the next job starts one.
 my @not_reused = (
+	[ 'jobs of the job', q{SELECT bg_wait(bg_launch('SELECT 1', result_table => false)); SELECT 'x'}, 'x' ],
 	[ 'temporary tables', q{CREATE TEMP TABLE regress_t AS SELECT 1; SELECT 'x'}, 'x' ],
 	[ 'custom settings', q{SET regress.custom = 'a'; SELECT 'x'}, 'x' ],
-	[ 'a library loaded', q{LOAD 'auto_explain'; SELECT 'x'}, 'x' ],
 	[ 'an error', q{SELECT (1/0)::text}, 'ERROR 22012' ]);
 foreach my $case (@not_reused)
 {
 	my ($what, $sql, $expected) = @$case;
 	my (undef, $wa, $va) = run_job('postgres', $sql);
 	is($va, $expected, "$what: the job runs");
-	my ($nb, $wb, $vb) = run_job('postgres', q{SELECT 'y'});
-	isnt($wb, $wa, "$what: the next job starts a worker of its own");
-	is($nb, $wb, "$what: named by its PID");
+	ok( $node->poll_query_until('postgres',
+			"SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $wa)"),
+		"$what: its worker leaves");
+	my (undef, $wb, $vb) = run_job('postgres', q{SELECT 'y'});
+	is($vb, 'y', "$what: the next job runs elsewhere");
+}
+
+# A worker that loaded a library fits only sessions that have it loaded.
+{
+	my (undef, $wa, $va) = run_job('postgres', q{LOAD 'auto_explain'; SELECT 'x'});
+	is($va, 'x', 'a library loaded: the job runs');
+	my (undef, $wb, $vb) = run_job('postgres', q{SELECT 'y'});
+	isnt($wb, $wa, 'a library loaded: a session without it gets another worker');
+	my ($rc, $out) = $node->psql('postgres', qq{
+		LOAD 'auto_explain';
+		SELECT bg_launch('SELECT 1', result_table => false) AS p \\gset
+		SELECT bg_wait(:p) IS NOT NULL AND false;
+		SELECT worker_pid FROM bg_jobs WHERE pid = :p;
+	});
+	is((split /\n/, $out)[-1], $wa, 'a library loaded: a session with it gets that worker');
+}
+
+# A cancel that reaches a worker after its job cancels nothing of the next.
+{
+	my (undef, $wc) = run_job('postgres', q{SELECT 'c1'});
+	ok( $node->poll_query_until('postgres',
+			"SELECT application_name = 'bg_fdw idle worker' FROM pg_stat_activity WHERE pid = $wc"),
+		'late cancel: the worker is idle');
+	$node->safe_psql('postgres', "SELECT pg_cancel_backend($wc)");
+	my (undef, $wc2, $vc2) = run_job('postgres', q{SELECT 'c2'});
+	is($wc2, $wc, 'late cancel: the worker stays for the next job');
+	is($vc2, 'c2', 'late cancel: which runs');
+}
+
+# What a new connection would refuse, a started worker refuses too.
+$node->safe_psql('postgres', q{
+	CREATE ROLE regress_super LOGIN SUPERUSER;
+	CREATE ROLE regress_plain LOGIN;
+	GRANT bg_fdw_user TO regress_plain, regress_super;
+	CREATE TABLE regress_secret AS SELECT 'secret' AS s;
+	REVOKE ALL ON regress_secret FROM PUBLIC;
+});
+{
+	my $launch = sub {
+		my ($role, $sql) = @_;
+		my ($rc, $out, $err) = $node->psql('postgres', qq{
+			SELECT bg_launch(\$bgjob\$$sql\$bgjob\$, result_table => false) AS p \\gset
+			SELECT bg_wait(:p);
+			SELECT worker_pid FROM bg_jobs WHERE pid = :p;
+		}, extra_params => [ '-U', $role ]);
+		return ($out, $err);
+	};
+	my ($out) = $launch->('regress_super', 'SELECT 1');
+	my $ws = (split /\n/, $out)[-1];
+	$node->safe_psql('postgres', 'ALTER ROLE regress_super NOSUPERUSER');
+	my ($out2, $err2) = $launch->('regress_super',
+		'SET SESSION AUTHORIZATION postgres; SELECT s FROM regress_secret');
+	like($err2, qr/permission denied to set session authorization/,
+		'a superuser made a plain role gets no superuser worker');
+	($out) = $launch->('regress_plain', 'SELECT 1');
+	$node->safe_psql('postgres', q{
+		REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;
+	});
+	my (undef, $err3) = $launch->('regress_plain', 'SELECT 1');
+	like($err3, qr/permission denied for database/,
+		'a role that may no longer connect gets no started worker');
+	$node->safe_psql('postgres', q{GRANT CONNECT ON DATABASE postgres TO PUBLIC});
 }
 
 # bg_fdw.reuse_workers = off: the session's jobs start workers of their own.
@@ -258,6 +328,8 @@ ok( $node->poll_query_until('postgres',
 		q{SELECT idle_workers = 0 FROM bg_supervisor()}),
 	'and the pool says so');
 $node->stop;
+unlike(slurp_file($node->logfile), qr/you don't own a lock/,
+	'an idle worker asks only about the lock it holds');
 
 # Without preloading: on 17 and later the pool lives in the DSM registry;
 # on 15 and 16 there is none, and every job starts a worker.
