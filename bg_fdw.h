@@ -457,6 +457,7 @@ extern List *bg_registry_wait_edges(void);
 extern text *bg_registry_wait(int pid, long timeout_ms);
 extern bool bg_registry_cancel(int pid);
 extern int	bg_registry_highest_name(int floor);
+extern bool bg_registry_shows_worker(Oid relid);
 extern void bg_registry_detached(int64 job_id);
 extern bool bg_cancel_shared(BgJobShared *shared);
 

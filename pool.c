@@ -60,6 +60,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "replication/origin.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/bufmgr.h"
@@ -104,7 +105,7 @@ typedef struct BgIdleWorker
 	Oid			database_id;	/* what it is: set with WAITING */
 	Oid			connected_as;
 	Oid			job_role;
-	uint32		libraries;
+	uint64		libraries;
 	bool		superuser;		/* connected_as was a superuser at connection */
 	bool		light;			/* (ENDING) its job kept no file to sync */
 	TimestampTz idle_since;
@@ -138,17 +139,17 @@ static bool bg_pool_names_checked = false;
 static uint32 bg_wait_event_idle_id = 0;
 
 static BgPool *bg_pool(void);
-static uint32 bg_libraries_hash(const char *state);
-static uint32 bg_my_libraries_hash(void);
+static uint64 bg_libraries_hash(const char *state);
+static uint64 bg_my_libraries_hash(void);
 static int	bg_pool_new_name(BgPool *pool);
-static int	bg_pool_claim(BgPool *pool, BgJobShared *shared, uint32 libraries,
+static int	bg_pool_claim(BgPool *pool, BgJobShared *shared, uint64 libraries,
 						  bool superuser, dsm_handle segment);
 static bool bg_pool_may_connect(BgJobShared *shared, bool *superuser);
 static int	bg_pool_await_taken(BgPool *pool, int slot, BgJobShared *shared);
 static bool bg_pool_claim_mine(BgIdleWorker *w, BgJobShared *shared);
 static bool bg_pool_unclaim(BgPool *pool, int slot, BgJobShared *shared);
 static bool bg_pool_list(BgPool *pool, Oid connected_as, Oid job_role,
-						 uint32 libraries);
+						 uint64 libraries);
 static bool bg_pool_take(BgPool *pool, int64 *job_id);
 static bool bg_pool_must_leave(BgPool *pool, TimestampTz idle_since);
 static int	bg_pool_slots_missing(int leaving);
@@ -188,28 +189,28 @@ bg_pool(void)
  * An order-free hash of a serialized library state (SerializeLibraryState:
  * names, each ending in a zero byte, then an empty one).
  */
-static uint32
+static uint64
 bg_libraries_hash(const char *state)
 {
-	uint32		hash = 0;
+	uint64		hash = 0;
 
+	/* a sum: the same whatever the order of loading */
 	while (*state != '\0')
 	{
 		size_t		len = strlen(state);
 
-		hash ^= hash_bytes((const unsigned char *) state, (int) len);
-		hash += 1;
+		hash += hash_bytes_extended((const unsigned char *) state, (int) len, 0);
 		state += len + 1;
 	}
 	return hash;
 }
 
-static uint32
+static uint64
 bg_my_libraries_hash(void)
 {
 	Size		len = EstimateLibraryStateSpace();
 	char	   *space = palloc(len);
-	uint32		hash;
+	uint64		hash;
 
 	SerializeLibraryState(len, space);
 	hash = bg_libraries_hash(space);
@@ -238,6 +239,9 @@ bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared, const char *libraries)
 	bool		superuser;
 
 	if (pool == NULL || bg_max_idle_workers == 0 || !bg_reuse_workers)
+		return 0;
+	/* a job name other than a PID needs a registry that shows the PID */
+	if (!bg_registry_shows_worker(shared->registry_relid))
 		return 0;
 	/* what connecting would refuse, a started worker must not allow */
 	if (!bg_pool_may_connect(shared, &superuser))
@@ -342,7 +346,7 @@ bg_pool_new_name(BgPool *pool)
  * has no kept file to make durable first.  Its entry, or -1.
  */
 static int
-bg_pool_claim(BgPool *pool, BgJobShared *shared, uint32 libraries,
+bg_pool_claim(BgPool *pool, BgJobShared *shared, uint64 libraries,
 			  bool superuser, dsm_handle segment)
 {
 	Oid			connected_as = shared->connect_as_job_role ?
@@ -552,6 +556,9 @@ bg_pool_offer(Oid connected_as, bool superuser, Oid job_role, bool light,
 	/* nor would the jobs the job launched, which are its session's */
 	if (bg_session_jobs() != NIL)
 		return;
+	/* nor a replication origin set up for the session */
+	if (replorigin_session_origin != InvalidRepOriginId)
+		return;
 	if (!bg_pool_exit_registered)
 	{
 		before_shmem_exit(bg_pool_exit, (Datum) 0);
@@ -724,7 +731,7 @@ bg_pool_take(BgPool *pool, int64 *job_id)
  * to leave (bg_pool_must_leave): the newest stay.
  */
 static bool
-bg_pool_list(BgPool *pool, Oid connected_as, Oid job_role, uint32 libraries)
+bg_pool_list(BgPool *pool, Oid connected_as, Oid job_role, uint64 libraries)
 {
 	int			listed = 0;
 	int			slot = -1;
@@ -819,31 +826,28 @@ bg_pool_must_leave(BgPool *pool, TimestampTz idle_since)
 /*
  * How many worker slots parallel query would miss: max_parallel_workers
  * less those free when every worker but the parallel ones and those
- * leaving ("leaving", still counted by their backends' status) keeps its
- * slot.  A slot whose worker has exited but not yet been reaped counts as
- * free here; the next look sees the difference.
+ * leaving ("leaving", still running) keeps its slot.  Counted over the
+ * processes, not the backends' status, whose snapshot belongs to the
+ * caller's transaction.  A slot whose worker has exited but not yet been
+ * reaped counts as free here; the next look sees the difference.
  */
 static int
 bg_pool_slots_missing(int leaving)
 {
 	int			used = 0;
-	int			n;
-	int			i;
+	uint32		i;
 
-	pgstat_clear_backend_activity_snapshot();
-	n = pgstat_fetch_stat_numbackends();
-	for (i = 1; i <= n; i++)
+	for (i = 0; i < ProcGlobal->allProcCount; i++)
 	{
-		LocalPgBackendStatus *local = bg_local_beentry(i);
+		pid_t		pid = *(volatile pid_t *) &ProcGlobal->allProcs[i].pid;
 		const char *type;
 
-		if (local == NULL || local->backendStatus.st_backendType != B_BG_WORKER)
+		if (pid == 0)
 			continue;
-		type = GetBackgroundWorkerTypeByPid(local->backendStatus.st_procpid);
-		if (type == NULL || strcmp(type, "parallel worker") != 0)
+		type = GetBackgroundWorkerTypeByPid(pid);
+		if (type != NULL && strcmp(type, "parallel worker") != 0)
 			used++;
 	}
-	pgstat_clear_backend_activity_snapshot();
 	return max_parallel_workers - (max_worker_processes - (used - leaving));
 }
 

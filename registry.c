@@ -305,6 +305,11 @@ static void bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome);
 static bool bg_delete_if_free(Relation rel, ItemPointer tid);
 static void bg_delete_detach_mark(Relation det, Datum id);
 static Oid	bg_finished_at_index(Relation rel);
+static Oid	bg_registry_index(Relation rel, AttrNumber first, AttrNumber second);
+static int64 bg_registry_role_jobs(Oid role, int *running);
+static bool bg_registry_row_of(Relation rel, HeapTuple tuple, Oid role,
+							   AttrNumber null);
+static int64 bg_registry_int8(Relation rel, HeapTuple tuple, AttrNumber column);
 static void bg_registry_delete(int64 job_id);
 static TimestampTz bg_retention_horizon(void);
 static void bg_probe(int64 job_id, dsm_handle handle, BgJobProbe *probe);
@@ -632,6 +637,26 @@ bg_rel_has_kept(Relation rel)
 						  "progress_message", TEXTOID) &&
 		bg_rel_has_column(rel, Anum_bg_job_registry_worker_pid,
 						  "worker_pid", INT4OID);
+}
+
+/*
+ * Does the registry show the process that runs a job (worker_pid, 1.1)?
+ * Only then may a job be named otherwise than by its worker's PID.
+ */
+bool
+bg_registry_shows_worker(Oid relid)
+{
+	Relation	rel;
+	bool		shows;
+
+	if (!OidIsValid(relid))
+		return false;
+	rel = try_table_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return false;
+	shows = bg_rel_has_kept(rel);
+	table_close(rel, AccessShareLock);
+	return shows;
 }
 
 /*
@@ -1445,16 +1470,29 @@ bg_delete_detach_mark(Relation det, Datum id)
 static Oid
 bg_finished_at_index(Relation rel)
 {
+	return bg_registry_index(rel, Anum_bg_job_registry_finished_at,
+							 InvalidAttrNumber);
+}
+
+/*
+ * The registry's index on exactly these columns (the second one may be
+ * InvalidAttrNumber), or InvalidOid.
+ */
+static Oid
+bg_registry_index(Relation rel, AttrNumber first, AttrNumber second)
+{
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
 	Oid			found = InvalidOid;
+	int			natts = second == InvalidAttrNumber ? 1 : 2;
 
 	foreach(lc, indexes)
 	{
 		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
 
-		if (index->rd_index->indnatts == 1 &&
-			index->rd_index->indkey.values[0] == Anum_bg_job_registry_finished_at)
+		if (index->rd_index->indnatts == natts &&
+			index->rd_index->indkey.values[0] == first &&
+			(natts == 1 || index->rd_index->indkey.values[1] == second))
 			found = lfirst_oid(lc);
 		index_close(index, AccessShareLock);
 	}
@@ -2042,13 +2080,23 @@ bg_cancel_shared(BgJobShared *shared)
 	bool		exited;
 	pid_t		pid;
 
+	bool		sent = false;
+
+	/*
+	 * The signal goes out under the mutex: the worker marks the job ended
+	 * under it, and a started worker may then take another job, which a
+	 * late signal would cancel (pool.c drops those that came before).
+	 */
 	SpinLockAcquire(&shared->mutex);
 	exited = shared->worker_exited || shared->ended;
-	if (!exited)
-		shared->cancel_requested = true;
 	pid = shared->worker_pid;
+	if (!exited && pid > 0)
+	{
+		shared->cancel_requested = true;
+		sent = (kill(pid, SIGINT) == 0);
+	}
 	SpinLockRelease(&shared->mutex);
-	return !exited && pid > 0 && kill(pid, SIGINT) == 0;
+	return sent;
 }
 
 /*
@@ -2355,12 +2403,7 @@ void
 bg_registry_lock_role(Oid role)
 {
 	LOCKTAG		tag;
-	BgRegistryCall call;
-	SPITupleTable *tt;
-	Oid			types[2] = {OIDOID, OIDOID};
-	Datum		values[2];
 	int			running = 0;
-	uint64		i;
 
 	if (bg_max_jobs_per_role < 0 || RecoveryInProgress())
 		return;
@@ -2368,29 +2411,7 @@ bg_registry_lock_role(Oid role)
 	(void) LockAcquire(&tag, ExclusiveLock, true, false);
 	bg_launch_locked_role = role;
 
-	if (bg_registry_open(&call))
-	{
-		values[0] = ObjectIdGetDatum(role);
-		values[1] = ObjectIdGetDatum(MyDatabaseId);
-		/* (a running job has its segment; so does one still recording) */
-		tt = bg_registry_query(psprintf("SELECT id, segment FROM %s WHERE segment IS NOT NULL "
-										"AND role = $1 AND database = $2",
-										call.relname),
-							   2, types, values);
-		for (i = 0; i < tt->numvals; i++)
-		{
-			BgJobProbe	probe;
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-			Datum		seg = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
-
-			bg_probe(id, isnull ? DSM_HANDLE_INVALID : (dsm_handle) DatumGetInt64(seg),
-					 &probe);
-			if (probe.found && probe.worker_alive)
-				running++;
-		}
-		bg_registry_close(&call);
-	}
+	(void) bg_registry_role_jobs(role, &running);
 
 	if (running >= bg_max_jobs_per_role)
 		ereport(ERROR,
@@ -2404,6 +2425,113 @@ bg_registry_lock_role(Oid role)
 }
 
 /*
+ * What a launch checks of its role's jobs in this database: the bytes their
+ * kept results take (running jobs and those still recording theirs with
+ * what they wrote so far), returned, and, if "running" is given, how many
+ * run.  Read at each launch, so through the registry's indexes, whatever it
+ * holds: on (role, kept_bytes) the recorded results, on (segment) the jobs
+ * that still have a segment, running or recording.  A 1.0 registry keeps
+ * nothing and lacks the indexes: its rows are all read for running jobs.
+ */
+static int64
+bg_registry_role_jobs(Oid role, int *running)
+{
+	Oid			relid = bg_registry_relid();
+	Relation	rel;
+	Oid			kept_index;
+	Oid			segment_index;
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	int64		total = 0;
+
+	if (running)
+		*running = 0;
+	if (!OidIsValid(relid) ||
+		(rel = try_table_open(relid, AccessShareLock)) == NULL)
+		return 0;
+	bg_check_layout(rel, bg_registry_columns, Natts_bg_job_registry);
+	kept_index = bg_registry_index(rel, Anum_bg_job_registry_role,
+								   Anum_bg_job_registry_kept_bytes);
+	segment_index = bg_registry_index(rel, Anum_bg_job_registry_segment,
+									  InvalidAttrNumber);
+	if (bg_rel_has_kept(rel) && OidIsValid(kept_index))
+	{
+		ScanKeyInit(&keys[0], Anum_bg_job_registry_role, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(role));
+		ScanKeyInit(&keys[1], Anum_bg_job_registry_kept_bytes, BTGreaterStrategyNumber, F_INT8GT,
+					Int64GetDatum(0));
+		scan = systable_beginscan(rel, kept_index, true, NULL, 2, keys);
+		while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+		{
+			if (bg_registry_row_of(rel, tuple, role, Anum_bg_job_registry_segment))
+				total += bg_registry_int8(rel, tuple, Anum_bg_job_registry_kept_bytes);
+		}
+		systable_endscan(scan);
+	}
+
+	/* (a heap scan cannot search for NOT NULL: it is checked below) */
+	ScanKeyEntryInitialize(&keys[0], SK_ISNULL | SK_SEARCHNOTNULL,
+						   Anum_bg_job_registry_segment,
+						   InvalidStrategy, InvalidOid, InvalidOid, InvalidOid,
+						   (Datum) 0);
+	scan = systable_beginscan(rel, segment_index, OidIsValid(segment_index),
+							  NULL, OidIsValid(segment_index) ? 1 : 0, keys);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		BgJobProbe	probe;
+		int64		size;
+
+		if (!bg_registry_row_of(rel, tuple, role, InvalidAttrNumber) ||
+			heap_attisnull(tuple, Anum_bg_job_registry_segment,
+						   RelationGetDescr(rel)))
+			continue;
+		bg_probe(bg_registry_int8(rel, tuple, Anum_bg_job_registry_id),
+				 (dsm_handle) bg_registry_int8(rel, tuple, Anum_bg_job_registry_segment),
+				 &probe);
+		size = probe.found ? (int64) probe.kept_size :
+			bg_rel_has_kept(rel) ?
+			bg_registry_int8(rel, tuple, Anum_bg_job_registry_kept_bytes) : 0;
+		total += Max(size, 0);
+		if (running && probe.found && probe.worker_alive)
+			(*running)++;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return total;
+}
+
+/*
+ * Is this registry row one of the role's in this database (and, if "null"
+ * is a column, is that column NULL)?
+ */
+static bool
+bg_registry_row_of(Relation rel, HeapTuple tuple, Oid role, AttrNumber null)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		isnull;
+
+	if (DatumGetObjectId(heap_getattr(tuple, Anum_bg_job_registry_role, desc,
+									  &isnull)) != role ||
+		DatumGetObjectId(heap_getattr(tuple, Anum_bg_job_registry_database,
+									  desc, &isnull)) != MyDatabaseId)
+		return false;
+	if (null != InvalidAttrNumber)
+		(void) heap_getattr(tuple, null, desc, &isnull);
+	return null == InvalidAttrNumber || isnull;
+}
+
+/* An int8 column of a registry row, 0 if NULL */
+static int64
+bg_registry_int8(Relation rel, HeapTuple tuple, AttrNumber column)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tuple, column, RelationGetDescr(rel), &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+/*
  * Refuse to launch a job that keeps its result while the role's kept
  * results in this database already take bg_fdw.max_kept_size_per_role: a
  * role must not fill the disk with results it never forgets.  A running job
@@ -2413,48 +2541,11 @@ bg_registry_lock_role(Oid role)
 void
 bg_registry_check_kept(Oid role)
 {
-	BgRegistryCall call;
-	SPITupleTable *tt;
-	Oid			types[2] = {OIDOID, OIDOID};
-	Datum		values[2];
 	int64		total;
-	uint64		i;
-	bool		isnull;
 
-	if (bg_max_kept_size_per_role < 0 || !bg_registry_open(&call))
+	if (bg_max_kept_size_per_role < 0)
 		return;
-	values[0] = ObjectIdGetDatum(role);
-	values[1] = ObjectIdGetDatum(MyDatabaseId);
-	/*
-	 * Read at each launch, so by index, whatever the registry holds: the
-	 * recorded sizes of the role's kept results, then the jobs still
-	 * running or recording theirs, with what they wrote so far.
-	 */
-	tt = bg_registry_query(psprintf("SELECT coalesce(sum(%s), 0)::bigint FROM %s r "
-									"WHERE role = $1 AND %s > 0 AND database = $2 "
-									"AND segment IS NULL",
-									call.kept, call.relname, call.kept),
-						   2, types, values);
-	total = DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 1, &isnull));
-	tt = bg_registry_query(psprintf("SELECT id, segment, coalesce(%s, 0) FROM %s r "
-									"WHERE segment IS NOT NULL AND role = $1 "
-									"AND database = $2",
-									call.kept, call.relname),
-						   2, types, values);
-	for (i = 0; i < tt->numvals; i++)
-	{
-		BgJobProbe	probe;
-		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-		dsm_handle	segment = (dsm_handle) DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
-		int64		size = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
-
-		bg_probe(id, segment, &probe);
-		if (probe.found)
-			size = (int64) probe.kept_size;
-		if (size > 0)
-			total += size;
-	}
-	bg_registry_close(&call);
+	total = bg_registry_role_jobs(role, NULL);
 	if (total >= (int64) bg_max_kept_size_per_role * 1024)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),

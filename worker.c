@@ -66,6 +66,9 @@ static Oid	bg_worker_connected_as = InvalidOid;
 static bool bg_worker_connected_superuser = false;
 static int	bg_worker_jobs_run = 0;
 
+/* What the job's queues need while it runs (pool.c: per job) */
+static MemoryContext bg_worker_job_cxt = NULL;
+
 /* The job's table of contents and its tuple queue */
 static shm_toc *bg_worker_toc = NULL;
 static shm_mq_handle *bg_worker_tuple_mqh = NULL;
@@ -225,13 +228,21 @@ bg_worker_attach(dsm_handle handle, int64 job_id)
 	shm_mq	   *mq;
 	shm_mq_handle *mqh;
 	SharedFileSet *fileset;
+	MemoryContext oldcxt;
 
 	if (seg == NULL)
 		return NULL;
+	/* the queue handles go with the job: a started worker runs many */
+	bg_worker_job_cxt = AllocSetContextCreate(TopMemoryContext, "bg_fdw job",
+											  ALLOCSET_SMALL_SIZES);
+	oldcxt = MemoryContextSwitchTo(bg_worker_job_cxt);
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
 	shared = toc ? shm_toc_lookup(toc, BG_KEY_SHARED, true) : NULL;
 	if (shared == NULL || (job_id != 0 && shared->job_id != job_id))
 	{
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextDelete(bg_worker_job_cxt);
+		bg_worker_job_cxt = NULL;
 		dsm_detach(seg);
 		if (job_id != 0)
 			return NULL;
@@ -255,6 +266,8 @@ bg_worker_attach(dsm_handle handle, int64 job_id)
 	mq = shm_toc_lookup(toc, BG_KEY_TUPLE_QUEUE, false);
 	shm_mq_set_sender(mq, MyProc);
 	bg_worker_tuple_mqh = shm_mq_attach(mq, seg, NULL);
+
+	MemoryContextSwitchTo(oldcxt);
 
 	SpinLockAcquire(&shared->mutex);
 	shared->worker_proc = MyProc;
@@ -356,6 +369,8 @@ bg_worker_end_job(void)
 	bg_worker_shared = NULL;
 	bg_worker_toc = NULL;
 	bg_worker_tuple_mqh = NULL;
+	MemoryContextDelete(bg_worker_job_cxt);
+	bg_worker_job_cxt = NULL;
 	bg_committed = false;
 	bg_failed_status = -1;
 	bg_pool_reset_session();

@@ -32,6 +32,7 @@ $node->safe_psql('postgres', q{
 	CREATE EXTENSION bg_fdw;
 	CREATE ROLE regress_other;
 	CREATE SEQUENCE regress_seq;
+	SELECT pg_replication_origin_create('regress_origin');
 });
 create_gate($node, 'postgres');
 $seeded = (split /\n/, $node->safe_psql('postgres', 'SELECT setseed(0.42); SELECT random()'))[-1];
@@ -120,6 +121,7 @@ my @not_reused = (
 	[ 'jobs of the job', q{SELECT bg_wait(bg_launch('SELECT 1', result_table => false)); SELECT 'x'}, 'x' ],
 	[ 'temporary tables', q{CREATE TEMP TABLE regress_t AS SELECT 1; SELECT 'x'}, 'x' ],
 	[ 'custom settings', q{SET regress.custom = 'a'; SELECT 'x'}, 'x' ],
+	[ 'a replication origin', q{SELECT pg_replication_origin_session_setup('regress_origin'); SELECT 'x'}, 'x' ],
 	[ 'an error', q{SELECT (1/0)::text}, 'ERROR 22012' ]);
 foreach my $case (@not_reused)
 {
