@@ -395,6 +395,14 @@ extern long bg_interval_ms(Interval *interval);
 extern const char *bg_worker_launched_by(void);
 extern BgJobShared *bg_worker_job(void);
 extern int	bg_worker_job_name(void);
+
+/* The role a job's worker connects as (bg_job_role_may_connect) */
+static inline Oid
+bg_job_connect_role(BgJobShared *shared)
+{
+	return shared->connect_as_job_role ? shared->current_user_id :
+		shared->authenticated_user_id;
+}
 extern pid_t bg_shared_worker_pid(BgJobShared *shared);
 extern ErrorData *bg_worker_take_error(void);
 

@@ -283,8 +283,7 @@ bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared, const char *libraries)
 static bool
 bg_pool_may_connect(BgJobShared *shared, bool *superuser)
 {
-	Oid			role = shared->connect_as_job_role ?
-		shared->current_user_id : shared->authenticated_user_id;
+	Oid			role = bg_job_connect_role(shared);
 	bool		check_login = !(shared->connect_as_job_role &&
 								BG_CONNECT_AS_ROLE_FLAGS != 0);
 	HeapTuple	tuple;
@@ -349,8 +348,7 @@ static int
 bg_pool_claim(BgPool *pool, BgJobShared *shared, uint64 libraries,
 			  bool superuser, dsm_handle segment)
 {
-	Oid			connected_as = shared->connect_as_job_role ?
-		shared->current_user_id : shared->authenticated_user_id;
+	Oid			connected_as = bg_job_connect_role(shared);
 	int			best = -1;
 	PGPROC	   *proc = NULL;
 	int			i;

@@ -170,8 +170,7 @@ bg_worker_main(Datum main_arg)
 	 * else as the session's authenticated user; the job then takes on the
 	 * launcher's settings, role and security context (bg_worker_run).
 	 */
-	bg_worker_connected_as = shared->connect_as_job_role ?
-		shared->current_user_id : shared->authenticated_user_id;
+	bg_worker_connected_as = bg_job_connect_role(shared);
 	BackgroundWorkerInitializeConnectionByOid(shared->database_id,
 											  bg_worker_connected_as,
 											  shared->connect_as_job_role ?
