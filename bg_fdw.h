@@ -548,7 +548,6 @@ extern void *bg_supervisor_pool(void);
 
 /* in pool.c */
 #define BG_WORKER_MAX_JOBS	1000	/* jobs a started worker runs at most */
-typedef struct BgPool BgPool;
 extern bool bg_reuse_workers;
 extern int	bg_max_idle_workers;
 extern int	bg_worker_idle_timeout;

@@ -115,14 +115,14 @@ typedef struct BgIdleWorker
 	BgIdleState claimed_from;	/* ENDING or WAITING, for an undo */
 } BgIdleWorker;
 
-struct BgPool
+typedef struct BgPool
 {
 	slock_t		mutex;
 	int			nslots;
 	pg_atomic_uint32 next_name; /* the next name, less BG_FIRST_JOB_NAME */
 	pg_atomic_uint64 handed_over;	/* jobs handed to idle workers */
 	BgIdleWorker idle[FLEXIBLE_ARRAY_MEMBER];
-};
+} BgPool;
 
 bool		bg_reuse_workers = true;
 int			bg_max_idle_workers = 4;
@@ -141,6 +141,7 @@ static uint32 bg_wait_event_idle_id = 0;
 static BgPool *bg_pool(void);
 static uint64 bg_libraries_hash(const char *state);
 static uint64 bg_my_libraries_hash(void);
+static void bg_pool_check_names(BgPool *pool);
 static int	bg_pool_new_name(BgPool *pool);
 static int	bg_pool_claim(BgPool *pool, BgJobShared *shared, uint64 libraries,
 						  bool superuser, dsm_handle segment);
@@ -235,7 +236,6 @@ bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared, const char *libraries)
 	BgPool	   *pool = bg_pool();
 	int			slot;
 	int			outcome;
-
 	bool		superuser;
 
 	if (pool == NULL || bg_max_idle_workers == 0 || !bg_reuse_workers)
@@ -246,7 +246,7 @@ bg_pool_hand_over(dsm_segment *seg, BgJobShared *shared, const char *libraries)
 	/* what connecting would refuse, a started worker must not allow */
 	if (!bg_pool_may_connect(shared, &superuser))
 		return 0;
-	shared->name = bg_pool_new_name(pool);
+	bg_pool_check_names(pool);
 	slot = bg_pool_claim(pool, shared, bg_libraries_hash(libraries),
 						 superuser, dsm_segment_handle(seg));
 	if (slot >= 0)
@@ -307,27 +307,37 @@ bg_pool_may_connect(BgJobShared *shared, bool *superuser)
 }
 
 /*
- * A name for a job handed over.  A session's first one comes after every
- * name its database's registry holds, which may come from before a restart.
+ * A session's first hand-over moves the name counter past every name its
+ * database's registry holds, which may come from before a restart.
+ */
+static void
+bg_pool_check_names(BgPool *pool)
+{
+	int			highest;
+	uint32		past;
+	uint32		next;
+
+	if (bg_pool_names_checked)
+		return;
+	highest = bg_registry_highest_name(BG_FIRST_JOB_NAME);
+	past = highest >= BG_FIRST_JOB_NAME ?
+		(uint32) (highest - BG_FIRST_JOB_NAME + 1) % BG_JOB_NAMES : 0;
+	next = pg_atomic_read_u32(&pool->next_name);
+	while (next < past &&
+		   !pg_atomic_compare_exchange_u32(&pool->next_name, &next, past))
+		;
+	bg_pool_names_checked = true;
+}
+
+/*
+ * A name for a job handed over, taken as it is claimed (so that a launch
+ * that starts a worker uses none), before the worker can see the claim.
  */
 static int
 bg_pool_new_name(BgPool *pool)
 {
-	uint32		next;
+	uint32		next = pg_atomic_fetch_add_u32(&pool->next_name, 1);
 
-	if (!bg_pool_names_checked)
-	{
-		int			highest = bg_registry_highest_name(BG_FIRST_JOB_NAME);
-		uint32		past = highest >= BG_FIRST_JOB_NAME ?
-			(uint32) (highest - BG_FIRST_JOB_NAME + 1) % BG_JOB_NAMES : 0;
-
-		next = pg_atomic_read_u32(&pool->next_name);
-		while (next < past &&
-			   !pg_atomic_compare_exchange_u32(&pool->next_name, &next, past))
-			;
-		bg_pool_names_checked = true;
-	}
-	next = pg_atomic_fetch_add_u32(&pool->next_name, 1);
 	/* after 2^31 names or so the counter starts over */
 	if (next >= BG_JOB_NAMES)
 	{
@@ -376,6 +386,7 @@ bg_pool_claim(BgPool *pool, BgJobShared *shared, uint64 libraries,
 	{
 		BgIdleWorker *w = &pool->idle[best];
 
+		shared->name = bg_pool_new_name(pool);
 		w->claimed_from = w->state;
 		w->state = BG_IDLE_CLAIMED;
 		w->segment = segment;
