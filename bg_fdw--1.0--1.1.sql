@@ -94,13 +94,16 @@ ALTER TABLE @extschema@.bg_job_registry
 -- The supervisor, as this server has it: "running", "sweeping" (each
 -- database, once per server start), "idle" (started on demand, it left with
 -- nothing to do), "stopped", or "unavailable" where there is none
--- (PostgreSQL 15 and 16 without shared_preload_libraries); and its pool:
--- the started workers idle now, the jobs handed to one so far.
+-- (PostgreSQL 15 and 16 without shared_preload_libraries); its pool: the
+-- started workers idle now, the jobs handed to one so far; and its queue
+-- (NULL where bg_fdw is not preloaded): the jobs waiting for a worker slot
+-- now, the jobs started from the queue so far.
 CREATE FUNCTION @extschema@.bg_supervisor(
   OUT state text, OUT pid integer, OUT started_at timestamptz,
   OUT preloaded boolean, OUT starts integer, OUT databases_swept integer,
   OUT last_sweep timestamptz, OUT idle_workers integer,
-  OUT jobs_handed_over bigint)
+  OUT jobs_handed_over bigint, OUT queued_jobs integer,
+  OUT jobs_dequeued bigint)
 RETURNS record
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;

@@ -143,6 +143,9 @@ static bool bg_import_wanted(ImportForeignSchemaStmt *stmt, const char *name);
 static List *bg_import_one(List *commands, const char *name, BgKeptJob *kj,
 						   ForeignServer *server);
 static void bg_drop_job_tables(BgJob *job);
+static void bg_detach_queued(int name);
+static List *bg_import_queued(ImportForeignSchemaStmt *stmt,
+							  ForeignServer *server, List *session_jobs);
 static char *bg_describe_types(TupleDesc desc);
 static char *bg_table_definition(const char *name, int pid, int64 job_id,
 								 TupleDesc desc, ForeignServer *server);
@@ -198,6 +201,46 @@ _PG_init(void)
 							INT_MAX,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_jobs",
+							"Background jobs that may run at once in the cluster.",
+							"-1 means as many as worker slots allow. Where bg_fdw is preloaded, the jobs beyond wait in the queue.",
+							&bg_max_jobs,
+							-1,
+							-1,
+							INT_MAX,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_queued_jobs",
+							"Background jobs that may wait in the queue for a worker slot.",
+							"0 queues none: a launch that finds no free slot fails.",
+							&bg_max_queued_jobs,
+							256,
+							0,
+							1024,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_queued_jobs_per_role",
+							"Background jobs of one role that may wait in the queue.",
+							NULL,
+							&bg_max_queued_jobs_per_role,
+							64,
+							0,
+							1024,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_queued_size",
+							"Shared memory the queued background jobs' SQL and settings may take.",
+							NULL,
+							&bg_max_queued_size,
+							64 * 1024,
+							64,
+							MAX_KILOBYTES,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.queue_size",
 							"Size of a background job's tuple queue when bg_launch is given none.",
@@ -707,7 +750,61 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 						   bg_table_definition(name, job->pid, job->job_id,
 											   job->desc, server));
 	}
-	return list_concat(commands, bg_import_kept(stmt, server, session_jobs));
+	commands = list_concat(commands, bg_import_kept(stmt, server, session_jobs));
+	return list_concat(commands, bg_import_queued(stmt, server, session_jobs));
+}
+
+/*
+ * Tables for the queued jobs (queue.c) the caller may read, with the
+ * columns bg_launch described; a job it could not describe is left out,
+ * with a warning, until it runs.
+ */
+static List *
+bg_import_queued(ImportForeignSchemaStmt *stmt, ForeignServer *server,
+				 List *session_jobs)
+{
+	List	   *commands = NIL;
+	ListCell   *lc;
+
+	foreach(lc, bg_queue_list(true))
+	{
+		BgQueuedInfo *info = lfirst(lc);
+		char	   *name = psprintf("bg_result_%d", info->name);
+		StringInfoData msg;
+		Oid			typid;
+		ListCell   *lc2;
+
+		if (info->cancelled || info->sql == NULL ||
+			!bg_import_wanted(stmt, name))
+			continue;
+		foreach(lc2, session_jobs)
+		{
+			if (((BgJob *) lfirst(lc2))->pid == info->name)
+				break;
+		}
+		if (lc2 != NULL)
+			continue;
+		if (info->desc_msg == NULL)
+		{
+			ereport(WARNING,
+					(errmsg("skipping background job %d: its columns are not known yet",
+							info->name),
+					 errdetail("It waits in the queue, and bg_launch could not describe its result."),
+					 errhint("Import it once it has started its last statement.")));
+			continue;
+		}
+		msg.data = info->desc_msg;
+		msg.len = info->desc_len;
+		msg.maxlen = info->desc_len + 1;
+		msg.cursor = 0;
+		if (bg_desc_missing_type(&msg, &typid) > 0)
+			continue;
+		commands = lappend(commands,
+						   bg_table_definition(name, info->name, info->job_id,
+											   bg_desc_deserialize(&msg),
+											   server));
+	}
+	return commands;
 }
 
 /*
@@ -1135,8 +1232,15 @@ bg_job_held(int pid, int64 job_id)
 Datum
 bg_detach(PG_FUNCTION_ARGS)
 {
-	BgJob	   *job = bg_job_lookup(PG_GETARG_INT32(0), 0, false);
+	BgJob	   *job = bg_job_lookup(PG_GETARG_INT32(0), 0, true);
 
+	if (job == NULL && bg_queued_launch(PG_GETARG_INT32(0), false) != 0)
+	{
+		bg_detach_queued(PG_GETARG_INT32(0));
+		PG_RETURN_VOID();
+	}
+	if (job == NULL)
+		job = bg_job_lookup(PG_GETARG_INT32(0), 0, false);
 	bg_job_check_privileges(job);
 	if (job->state == BG_JOB_DETACHED ||
 		job->detach_subid != InvalidSubTransactionId)
@@ -1157,6 +1261,23 @@ bg_detach(PG_FUNCTION_ARGS)
 	bg_registry_detached(job->job_id);
 	bg_job_record_detach(job);
 	PG_RETURN_VOID();
+}
+
+/*
+ * bg_detach of a job this session queued (queue.c), which it never held:
+ * its tables go, and it is marked detached for bg_jobs.
+ */
+static void
+bg_detach_queued(int name)
+{
+	BgJob		job;
+
+	memset(&job, 0, sizeof(job));
+	job.pid = name;
+	job.job_id = bg_queued_launch(name, false);
+	bg_drop_job_tables(&job);
+	bg_registry_detached(job.job_id);
+	(void) bg_queued_launch(name, true);
 }
 
 /*

@@ -545,8 +545,12 @@ extern void bg_supervisor_init(void);
 extern void bg_supervisor_ensure(void);
 extern void bg_supervisor_prepare(void);
 extern void *bg_supervisor_pool(void);
+extern void *bg_supervisor_queue(void);
+extern void bg_supervisor_wake(void);
 
 /* in pool.c */
+/* Names of jobs handed to started workers or queued: above any PID (PID_MAX_LIMIT) */
+#define BG_FIRST_JOB_NAME	4194305
 #define BG_WORKER_MAX_JOBS	1000	/* jobs a started worker runs at most */
 extern bool bg_reuse_workers;
 extern int	bg_max_idle_workers;
@@ -564,6 +568,64 @@ extern dsm_handle bg_pool_wait(int64 *job_id);
 extern void bg_pool_taken(BgJobShared *shared);
 extern void bg_pool_not_taken(void);
 extern void bg_pool_counts(int *idle, int64 *handed_over);
+extern int	bg_pool_take_name(void);
+extern int	bg_pool_running_jobs(void);
+extern void bg_pool_make_room_for_queue(void);
+
+/* in launcher.c: what a job's segment holds, apart from its queues */
+typedef struct BgLaunchParts
+{
+	BgJobShared shared;			/* the launcher's half */
+	const char *sql;
+	Size		sql_len;		/* with the terminator */
+	const char *guc;
+	Size		guc_len;
+	const char *libraries;
+	Size		library_len;
+	int			queue_size;
+} BgLaunchParts;
+extern dsm_segment *bg_segment_layout(BgLaunchParts *parts, bool launcher);
+
+/* in queue.c */
+extern int	bg_max_jobs;
+extern int	bg_max_queued_jobs;
+extern int	bg_max_queued_jobs_per_role;
+extern int	bg_max_queued_size;
+
+/* A queued job, as bg_queue_find and bg_queue_list see it */
+typedef struct BgQueuedInfo
+{
+	int			name;
+	int64		job_id;
+	Oid			role;
+	TimestampTz launched_at;
+	bool		cancelled;
+	TimestampTz cancelled_at;
+	bool		starting;		/* its worker is being started */
+	uint64		seq;
+	char	   *sql;			/* bg_queue_list, for the role's members */
+	char	   *label;
+	char	   *desc_msg;		/* the described columns (bg_desc_serialize) */
+	int			desc_len;
+} BgQueuedInfo;
+
+extern Size bg_queue_size(void);
+extern void bg_queue_init(void *ptr);
+extern int	bg_queue_waiting(void);
+extern bool bg_queue_available(BgJobShared *shared);
+extern int	bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc);
+extern bool bg_queue_find(int name, int64 job_id, BgQueuedInfo *info);
+pg_noreturn extern void bg_queue_raise_cancelled(int name);
+extern void bg_queue_await_start(int name, int64 job_id);
+extern bool bg_queue_cancel(int name);
+extern List *bg_queue_list(bool desc);
+extern void bg_queued_launch_remember(int name, int64 job_id);
+extern int64 bg_queued_launch(int name, bool forget);
+extern bool bg_queue_start_jobs(void);
+extern bool bg_queue_claim(int slot, int64 job_id, BgJobShared *shared);
+extern dsm_segment *bg_queue_segment(void);
+extern bool bg_queue_started(BgJobShared *shared);
+extern void bg_queue_counts(int *queued, int64 *started);
 
 /* in spool.c */
 extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,

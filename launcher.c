@@ -78,16 +78,20 @@ static void bg_launch_options(FunctionCallInfo fcinfo, BgLaunchOptions *opts);
 static int	bg_launch_job(const char *sql, TupleDesc desc,
 						  BgLaunchOptions *opts);
 static BgJob *bg_start_job(const char *sql, TupleDesc desc,
-						   BgLaunchOptions *opts);
+						   BgLaunchOptions *opts, int *queued,
+						   int64 *queued_id);
+static void bg_no_slot(BgJobShared *shared, bool max_jobs);
 static int	bg_hand_over(dsm_segment **seg);
 static dsm_segment *bg_create_segment(const char *sql,
 									  BgLaunchOptions *opts);
+static void bg_segment_queue(dsm_segment *seg, shm_toc *toc, uint64 key,
+							 Size size, bool launcher);
 static bool bg_job_role_may_connect(Oid role);
 static int64 bg_new_job_id(void);
 static void bg_launcher_detach(dsm_segment *seg, Datum arg);
 static void bg_job_go(BgJobShared *shared);
 static void bg_check_table_privileges(void);
-static void bg_create_result_table(BgJob *job);
+static void bg_create_result_table(int pid, int64 job_id, TupleDesc desc);
 static void bg_drop_stale_table(Oid nspid, const char *relname);
 
 /*
@@ -185,12 +189,21 @@ bg_launch(PG_FUNCTION_ARGS)
 static int
 bg_launch_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 {
-	BgJob	   *job = bg_start_job(sql, desc, opts);
+	int			queued = 0;
+	int64		queued_id = 0;
+	BgJob	   *job = bg_start_job(sql, desc, opts, &queued, &queued_id);
 
+	/* queued: read like another session's job, once it runs (queue.c) */
+	if (job == NULL)
+	{
+		if (desc != NULL)
+			bg_create_result_table(queued, queued_id, desc);
+		return queued;
+	}
 	job->stream = opts->stream;
 	/* without columns, no table: bg_result and IMPORT read the job */
 	if (desc != NULL)
-		bg_create_result_table(job);
+		bg_create_result_table(job->pid, job->job_id, job->desc);
 	/* the job may run while we wait; it commits only once attached */
 	bg_job_go(job->shared);
 	bg_job_wait_registered(job);
@@ -464,15 +477,20 @@ bg_queue_size_arg(FunctionCallInfo fcinfo)
  * adopts it for the session.
  */
 static BgJob *
-bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
+bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
+			 int *queued, int64 *queued_id)
 {
 	MemoryContext cxt;
 	MemoryContext oldcxt;
 	dsm_segment *seg;
+	BgJobShared *shared;
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	BgwHandleStatus status;
 	pid_t		pid;
+	bool		queueable;
+	bool		over;
+	bool		wait;
 
 	/* a session may hold many ended jobs: each takes little */
 	cxt = AllocSetContextCreate(CurTransactionContext, "bg_fdw job",
@@ -480,14 +498,26 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	oldcxt = MemoryContextSwitchTo(cxt);
 
 	seg = bg_create_segment(sql, opts);
-	pid = bg_hand_over(&seg);
-	if (pid > 0)
+	shared = shm_toc_lookup(shm_toc_attach(BG_FDW_MAGIC,
+										   dsm_segment_address(seg)),
+							BG_KEY_SHARED, false);
+	queueable = bg_queue_available(shared);
+	over = bg_max_jobs >= 0 && bg_pool_running_jobs() >= bg_max_jobs;
+	if (over && !queueable)
+		bg_no_slot(shared, true);
+	/* jobs queued before this one go first */
+	wait = queueable && (over || bg_queue_waiting() > 0);
+	if (!wait)
 	{
-		MemoryContextSwitchTo(oldcxt);
-		return bg_job_create(seg, NULL, pid, sql, desc, cxt);
+		pid = bg_hand_over(&seg);
+		if (pid > 0)
+		{
+			MemoryContextSwitchTo(oldcxt);
+			return bg_job_create(seg, NULL, pid, sql, desc, cxt);
+		}
+		if (seg == NULL)
+			seg = bg_create_segment(sql, opts);
 	}
-	if (seg == NULL)
-		seg = bg_create_segment(sql, opts);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -501,15 +531,27 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	snprintf(worker.bgw_type, BGW_MAXLEN, BG_WORKER_TYPE);
 	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
 	worker.bgw_notify_pid = MyProcPid;
-	/* idle workers must not keep parallel query from its slots */
-	bg_pool_make_room();
+	if (!wait)
+	{
+		/* idle workers must not keep parallel query from its slots */
+		bg_pool_make_room();
+	}
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg("could not register background process for a background job"),
-				 errdetail("All background worker slots are in use."),
-				 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor).")));
+	if (wait || !RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		shared = shm_toc_lookup(shm_toc_attach(BG_FDW_MAGIC,
+											   dsm_segment_address(seg)),
+								BG_KEY_SHARED, false);
+		if (!queueable)
+			bg_no_slot(shared, false);
+		/* the queue holds a copy of what the segment holds */
+		*queued = bg_queue_push(seg, opts->queue_size, desc);
+		*queued_id = shared->job_id;
+		dsm_detach(seg);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextDelete(cxt);
+		return NULL;
+	}
 
 	/* cancelled meanwhile, the worker must not start later */
 	PG_TRY();
@@ -539,6 +581,34 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 }
 
 /*
+ * The job can start no worker now, nor wait in the queue for one: no slot
+ * is free, or ("max_jobs") bg_fdw.max_jobs jobs run.
+ */
+static void
+bg_no_slot(BgJobShared *shared, bool max_jobs)
+{
+	bool		queue = (bg_supervisor_queue() != NULL);
+
+	if (max_jobs)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many background jobs"),
+				 errdetail("\"bg_fdw.max_jobs\" is %d.", bg_max_jobs),
+				 errhint(bg_supervisor_queue() == NULL ?
+						 "Wait for a job to end; with bg_fdw in \"shared_preload_libraries\", jobs wait in a queue instead." :
+						 "Wait for a job to end; a job launched with keep => false or in stream mode is not queued.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+			 errmsg("could not register background process for a background job"),
+			 errdetail("All background worker slots are in use."),
+			 !queue ?
+			 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor); with bg_fdw in \"shared_preload_libraries\", jobs wait in a queue for a free slot instead.") :
+			 shared->keep ?
+			 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor).") :
+			 errhint("A job launched with keep => false or in stream mode is not queued: launch it with keep => true to have it wait for a slot.")));
+}
+
+/*
  * Hand the job to an idle worker of the pool (pool.c): its name, or 0 if
  * none fits.  If the one chosen exited before it attached, the segment is
  * no good any more (the worker may have attached to its queues): *seg is
@@ -560,39 +630,16 @@ bg_hand_over(dsm_segment **seg)
 }
 
 /*
- * Lay out a job's segment.  The launcher is the receiver of both queues.
+ * Lay out a job's segment, from this session's state.  The launcher is the
+ * receiver of both queues.
  */
 static dsm_segment *
 bg_create_segment(const char *sql, BgLaunchOptions *opts)
 {
-	shm_toc_estimator e;
-	Size		sql_len = strlen(sql) + 1;
-	Size		guc_len = EstimateGUCStateSpace();
-	Size		library_len = EstimateLibraryStateSpace();
-	Size		segsize;
-	dsm_segment *seg;
-	shm_toc    *toc;
-	BgJobShared *shared;
-	SharedFileSet *fileset;
+	BgLaunchParts parts;
+	BgJobShared *shared = &parts.shared;
 	char	   *space;
-	shm_mq	   *mq;
 
-	shm_toc_initialize_estimator(&e);
-	shm_toc_estimate_chunk(&e, sizeof(BgJobShared));
-	shm_toc_estimate_chunk(&e, sql_len);
-	shm_toc_estimate_chunk(&e, guc_len);
-	shm_toc_estimate_chunk(&e, opts->queue_size);
-	shm_toc_estimate_chunk(&e, BG_MESSAGE_QUEUE_SIZE);
-	shm_toc_estimate_chunk(&e, sizeof(SharedFileSet));
-	shm_toc_estimate_chunk(&e, library_len);
-	shm_toc_estimate_keys(&e, 7);
-	segsize = shm_toc_estimate(&e);
-
-	seg = dsm_create(segsize, 0);
-	bg_segment_track(seg);
-	toc = shm_toc_create(BG_FDW_MAGIC, dsm_segment_address(seg), segsize);
-
-	shared = shm_toc_allocate(toc, sizeof(BgJobShared));
 	memset(shared, 0, sizeof(BgJobShared));
 	shared->job_id = bg_new_job_id();
 	shared->database_id = MyDatabaseId;
@@ -615,45 +662,115 @@ bg_create_segment(const char *sql, BgLaunchOptions *opts)
 		strlcpy(shared->label, opts->label, sizeof(shared->label));
 	if (opts->notify)
 		strlcpy(shared->notify, opts->notify, sizeof(shared->notify));
+	shared->detached_relid = bg_detached_relid(shared->registry_relid);
+
+	parts.sql = sql;
+	parts.sql_len = strlen(sql) + 1;
+	parts.guc_len = EstimateGUCStateSpace();
+	space = palloc(parts.guc_len);
+	SerializeGUCState(parts.guc_len, space);
+	parts.guc = space;
+	/* the libraries this session loaded: their hooks apply to the job too */
+	parts.library_len = EstimateLibraryStateSpace();
+	space = palloc(parts.library_len);
+	SerializeLibraryState(parts.library_len, space);
+	parts.libraries = space;
+	parts.queue_size = opts->queue_size;
+	return bg_segment_layout(&parts, true);
+}
+
+/*
+ * Lay out a job's segment from its parts: in the launching session
+ * ("launcher"), which receives from both queues, or in the worker of a
+ * queued job (queue.c), where nobody does: the job reads as one whose
+ * launcher has gone, and readers follow its kept file.
+ */
+dsm_segment *
+bg_segment_layout(BgLaunchParts *parts, bool launcher)
+{
+	shm_toc_estimator e;
+	Size		segsize;
+	dsm_segment *seg;
+	shm_toc    *toc;
+	BgJobShared *shared;
+	SharedFileSet *fileset;
+	char	   *space;
+
+	shm_toc_initialize_estimator(&e);
+	shm_toc_estimate_chunk(&e, sizeof(BgJobShared));
+	shm_toc_estimate_chunk(&e, parts->sql_len);
+	shm_toc_estimate_chunk(&e, parts->guc_len);
+	shm_toc_estimate_chunk(&e, parts->queue_size);
+	shm_toc_estimate_chunk(&e, BG_MESSAGE_QUEUE_SIZE);
+	shm_toc_estimate_chunk(&e, sizeof(SharedFileSet));
+	shm_toc_estimate_chunk(&e, parts->library_len);
+	shm_toc_estimate_keys(&e, 7);
+	segsize = shm_toc_estimate(&e);
+
+	seg = dsm_create(segsize, 0);
+	if (launcher)
+		bg_segment_track(seg);
+	toc = shm_toc_create(BG_FDW_MAGIC, dsm_segment_address(seg), segsize);
+
+	shared = shm_toc_allocate(toc, sizeof(BgJobShared));
+	memcpy(shared, &parts->shared, sizeof(BgJobShared));
+	pg_atomic_init_u64(&shared->rows, 0);
 	pg_atomic_init_u64(&shared->kept_size, 0);
 	pg_atomic_init_u64(&shared->kept_valid, 0);
 	pg_atomic_init_u64(&shared->messages_valid, 0);
 	pg_atomic_init_u64(&shared->messages_sent, 0);
 	ConditionVariableInit(&shared->kept_cv);
-	shared->detached_relid = bg_detached_relid(shared->registry_relid);
-	pg_atomic_init_u64(&shared->rows, 0);
 	SpinLockInit(&shared->mutex);
 	shm_toc_insert(toc, BG_KEY_SHARED, shared);
-	on_dsm_detach(seg, bg_launcher_detach, PointerGetDatum(shared));
+	if (launcher)
+		on_dsm_detach(seg, bg_launcher_detach, PointerGetDatum(shared));
+	else
+	{
+		/* nobody to say "go", nor to launch: it was launched when queued */
+		shared->launcher_proc = NULL;
+		shared->launcher_pid = 0;
+		shared->go = true;
+		shared->launched = true;
+	}
 
-	space = shm_toc_allocate(toc, sql_len);
-	memcpy(space, sql, sql_len);
+	space = shm_toc_allocate(toc, parts->sql_len);
+	memcpy(space, parts->sql, parts->sql_len);
 	shm_toc_insert(toc, BG_KEY_SQL, space);
 
-	space = shm_toc_allocate(toc, guc_len);
-	SerializeGUCState(guc_len, space);
+	space = shm_toc_allocate(toc, parts->guc_len);
+	memcpy(space, parts->guc, parts->guc_len);
 	shm_toc_insert(toc, BG_KEY_GUC, space);
 
-	/* the libraries this session loaded: their hooks apply to the job too */
-	space = shm_toc_allocate(toc, library_len);
-	SerializeLibraryState(library_len, space);
+	space = shm_toc_allocate(toc, parts->library_len);
+	memcpy(space, parts->libraries, parts->library_len);
 	shm_toc_insert(toc, BG_KEY_LIBRARIES, space);
 
-	mq = shm_mq_create(shm_toc_allocate(toc, opts->queue_size),
-					   opts->queue_size);
-	shm_mq_set_receiver(mq, MyProc);
-	shm_toc_insert(toc, BG_KEY_TUPLE_QUEUE, mq);
-
-	mq = shm_mq_create(shm_toc_allocate(toc, BG_MESSAGE_QUEUE_SIZE),
-					   BG_MESSAGE_QUEUE_SIZE);
-	shm_mq_set_receiver(mq, MyProc);
-	shm_toc_insert(toc, BG_KEY_MESSAGE_QUEUE, mq);
+	bg_segment_queue(seg, toc, BG_KEY_TUPLE_QUEUE, parts->queue_size, launcher);
+	bg_segment_queue(seg, toc, BG_KEY_MESSAGE_QUEUE, BG_MESSAGE_QUEUE_SIZE,
+					 launcher);
 
 	fileset = shm_toc_allocate(toc, sizeof(SharedFileSet));
 	SharedFileSetInit(fileset, seg);
 	shm_toc_insert(toc, BG_KEY_FILESET, fileset);
 
 	return seg;
+}
+
+/*
+ * One of the segment's queues from the worker.  Without a launcher, its
+ * receiving end is left detached from the start, so that the worker sends
+ * nothing there and waits for nobody.
+ */
+static void
+bg_segment_queue(dsm_segment *seg, shm_toc *toc, uint64 key, Size size,
+				 bool launcher)
+{
+	shm_mq	   *mq = shm_mq_create(shm_toc_allocate(toc, size), size);
+
+	shm_mq_set_receiver(mq, MyProc);
+	shm_toc_insert(toc, key, mq);
+	if (!launcher)
+		shm_mq_detach(shm_mq_attach(mq, seg, NULL));
 }
 
 /*
@@ -755,15 +872,15 @@ bg_check_table_privileges(void)
 }
 
 /*
- * Create pg_temp.bg_result_<pid> for the job.  Where no table can be
- * created (a read-only transaction, a hot standby) the job still runs and
- * bg_result(pid) reads it.
+ * Create pg_temp.bg_result_<pid> for the job, with the columns "desc".
+ * Where no table can be created (a read-only transaction, a hot standby)
+ * the job still runs and bg_result(pid) reads it.
  */
 static void
-bg_create_result_table(BgJob *job)
+bg_create_result_table(int pid, int64 job_id, TupleDesc desc)
 {
 	CreateForeignTableStmt *stmt;
-	char	   *relname = psprintf("bg_result_%d", job->pid);
+	char	   *relname = psprintf("bg_result_%d", pid);
 	List	   *cols = NIL;
 	ObjectAddress address;
 	int			i;
@@ -776,9 +893,9 @@ bg_create_result_table(BgJob *job)
 		return;
 	}
 
-	for (i = 0; i < job->desc->natts; i++)
+	for (i = 0; i < desc->natts; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(job->desc, i);
+		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		cols = lappend(cols, makeColumnDef(NameStr(att->attname),
 										   att->atttypid, att->atttypmod,
@@ -792,10 +909,10 @@ bg_create_result_table(BgJob *job)
 	stmt->base.oncommit = ONCOMMIT_NOOP;
 	stmt->servername = BG_SERVER_NAME;
 	stmt->options = list_make2(makeDefElem("pid",
-										   (Node *) makeString(psprintf("%d", job->pid)),
+										   (Node *) makeString(psprintf("%d", pid)),
 										   -1),
 							   makeDefElem("job",
-										   (Node *) makeString(psprintf(INT64_FORMAT, job->job_id)),
+										   (Node *) makeString(psprintf(INT64_FORMAT, job_id)),
 										   -1));
 
 	bg_drop_stale_table(LookupCreationNamespace("pg_temp"), relname);

@@ -80,8 +80,6 @@
 #include "bg_fdw.h"
 #include "compat.h"
 
-/* Names of jobs handed to started workers: above any PID (PID_MAX_LIMIT) */
-#define BG_FIRST_JOB_NAME	4194305
 #define BG_JOB_NAMES		((uint32) (PG_INT32_MAX - BG_FIRST_JOB_NAME + 1))
 
 /* An idle worker looks around this often (ms) */
@@ -160,6 +158,7 @@ static bool bg_database_lock(bool acquire);
 static bool bg_database_lock_wanted(void);
 static uint32 bg_wait_event_idle(void);
 static void bg_pool_reseed(void);
+static void bg_pool_send_away(BgPool *pool, int count);
 
 Size
 bg_pool_size(void)
@@ -349,6 +348,53 @@ bg_pool_new_name(BgPool *pool)
 	return BG_FIRST_JOB_NAME + (int) next;
 }
 
+/* A name for a queued job (queue.c) */
+int
+bg_pool_take_name(void)
+{
+	BgPool	   *pool = bg_pool();
+
+	bg_pool_check_names(pool);
+	return bg_pool_new_name(pool);
+}
+
+/*
+ * Jobs running now, for bg_fdw.max_jobs: bg_fdw's workers less those idle
+ * or leaving.  Counted over the processes, as bg_pool_slots_missing does.
+ */
+int
+bg_pool_running_jobs(void)
+{
+	BgPool	   *pool = bg_pool();
+	int			workers = 0;
+	int			idle = 0;
+	uint32		i;
+
+	for (i = 0; i < ProcGlobal->allProcCount; i++)
+	{
+		pid_t		pid = *(volatile pid_t *) &ProcGlobal->allProcs[i].pid;
+		const char *type;
+
+		if (pid == 0)
+			continue;
+		type = GetBackgroundWorkerTypeByPid(pid);
+		if (type != NULL && strcmp(type, BG_WORKER_TYPE) == 0)
+			workers++;
+	}
+	if (pool == NULL)
+		return workers;
+	SpinLockAcquire(&pool->mutex);
+	for (i = 0; i < pool->nslots; i++)
+	{
+		BgIdleState st = pool->idle[i].state;
+
+		idle += (st == BG_IDLE_WAITING || st == BG_IDLE_ENDING ||
+				 st == BG_IDLE_LEAVING);
+	}
+	SpinLockRelease(&pool->mutex);
+	return Max(workers - idle, 0);
+}
+
 /*
  * Claim the idle worker that fits the job: one waiting, the one idle the
  * shortest time (the others may then time out), else one ending a job that
@@ -489,9 +535,6 @@ void
 bg_pool_make_room(void)
 {
 	BgPool	   *pool = bg_pool();
-	PGPROC	   *wake[64];
-	int			nwake = 0;
-	int			missing;
 	int			leaving = 0;
 	bool		idle = false;
 	int			i;
@@ -507,9 +550,32 @@ bg_pool_make_room(void)
 	SpinLockRelease(&pool->mutex);
 	if (!idle)
 		return;
-	missing = bg_pool_slots_missing(leaving) + 1;
+	bg_pool_send_away(pool, bg_pool_slots_missing(leaving) + 1);
+}
+
+/*
+ * Jobs wait in the queue for worker slots (queue.c): as many idle workers
+ * leave, the longest idle first.
+ */
+void
+bg_pool_make_room_for_queue(void)
+{
+	BgPool	   *pool = bg_pool();
+
+	if (pool != NULL)
+		bg_pool_send_away(pool, bg_queue_waiting());
+}
+
+/* The "count" workers idle the longest leave now. */
+static void
+bg_pool_send_away(BgPool *pool, int count)
+{
+	PGPROC	   *wake[64];
+	int			nwake = 0;
+	int			i;
+
 	SpinLockAcquire(&pool->mutex);
-	while (missing-- > 0 && nwake < lengthof(wake))
+	while (count-- > 0 && nwake < lengthof(wake))
 	{
 		int			oldest = -1;
 
@@ -922,6 +988,9 @@ bg_pool_exit(int code, Datum arg)
 	bg_pool_my_slot = -1;
 	if (claimer != NULL)
 		SetLatch(&claimer->procLatch);
+	/* its slot may go to a queued job */
+	if (bg_queue_waiting() > 0)
+		bg_supervisor_wake();
 }
 
 /*

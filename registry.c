@@ -337,6 +337,8 @@ static void bg_list_put_control(Datum *vals, bool *isnulls, HeapTuple tuple,
 static void bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 						HeapTuple tuple, TupleDesc desc, BgJobEntry *entry,
 						BgJobProbe *probe, Oid caller);
+static void bg_list_put_queued(ReturnSetInfo *rsinfo, int *map, Datum dbname,
+							   BgQueuedInfo *info, Oid caller);
 static void bg_entry_raise(BgJobEntry *entry);
 static void bg_raise_lost(BgJobEntry *entry);
 pg_noreturn static void bg_raise_unknown(int pid);
@@ -1721,6 +1723,8 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	int		   *map;
 	Datum		dbname;
 	uint64		i;
+	List	   *queued;
+	ListCell   *lc;
 
 	bg_supervisor_ensure();
 
@@ -1728,6 +1732,8 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 	map = bg_list_map(rsinfo->setDesc);
 	dbname = DirectFunctionCall1(namein,
 								 CStringGetDatum(get_database_name(MyDatabaseId)));
+	/* before the registry: a job leaves the queue once it is listed there */
+	queued = bg_queue_list(false);
 	if (!bg_registry_open(&call))
 		return (Datum) 0;
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
@@ -1767,9 +1773,84 @@ bg_list_jobs(PG_FUNCTION_ARGS)
 		}
 		bg_list_put(rsinfo, map, dbname, tuple, tt->tupdesc, &entry, &probe,
 					caller);
+		foreach(lc, queued)
+		{
+			if (((BgQueuedInfo *) lfirst(lc))->job_id == entry.id)
+				queued = foreach_delete_current(queued, lc);
+		}
 	}
 	bg_registry_close(&call);
+	foreach(lc, queued)
+		bg_list_put_queued(rsinfo, map, dbname, lfirst(lc), caller);
 	return (Datum) 0;
+}
+
+/*
+ * One row of bg_jobs for a job waiting in the queue: "queued", or
+ * "cancelled" once bg_cancel reached it there.
+ */
+static void
+bg_list_put_queued(ReturnSetInfo *rsinfo, int *map, Datum dbname,
+				   BgQueuedInfo *info, Oid caller)
+{
+	Datum		vals[BG_LIST_NCOLUMNS];
+	bool		isnulls[BG_LIST_NCOLUMNS];
+	TupleDesc	outdesc = rsinfo->setDesc;
+	Datum	   *out = palloc(outdesc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(outdesc->natts * sizeof(bool));
+	bool		privileged = has_privs_of_role(caller, info->role);
+	int			i;
+
+	memset(vals, 0, sizeof(vals));
+	for (i = 0; i < BG_LIST_NCOLUMNS; i++)
+		isnulls[i] = true;
+	vals[BG_LIST_ID] = Int64GetDatum(info->job_id);
+	vals[BG_LIST_PID] = Int32GetDatum(info->name);
+	vals[BG_LIST_ROLE] = ObjectIdGetDatum(info->role);
+	vals[BG_LIST_DATABASE] = dbname;
+	vals[BG_LIST_STATE] = CStringGetTextDatum(info->cancelled ? "cancelled" :
+											  "queued");
+	vals[BG_LIST_LAUNCHED_AT] = TimestampTzGetDatum(info->launched_at);
+	vals[BG_LIST_ATTACHED] = BoolGetDatum(false);
+	vals[BG_LIST_KEPT] = BoolGetDatum(false);
+	isnulls[BG_LIST_ID] = isnulls[BG_LIST_PID] = isnulls[BG_LIST_ROLE] =
+		isnulls[BG_LIST_DATABASE] = isnulls[BG_LIST_STATE] =
+		isnulls[BG_LIST_LAUNCHED_AT] = isnulls[BG_LIST_ATTACHED] =
+		isnulls[BG_LIST_KEPT] = false;
+	if (info->cancelled)
+	{
+		vals[BG_LIST_FINISHED_AT] = TimestampTzGetDatum(info->cancelled_at);
+		isnulls[BG_LIST_FINISHED_AT] = false;
+	}
+	if (privileged)
+	{
+		vals[BG_LIST_ROWS] = Int64GetDatum(0);
+		isnulls[BG_LIST_ROWS] = false;
+		if (info->sql)
+		{
+			vals[BG_LIST_QUERY_TEXT] = CStringGetTextDatum(info->sql);
+			isnulls[BG_LIST_QUERY_TEXT] = false;
+		}
+		if (info->label)
+		{
+			vals[BG_LIST_LABEL] = CStringGetTextDatum(info->label);
+			isnulls[BG_LIST_LABEL] = false;
+		}
+		if (info->cancelled)
+		{
+			vals[BG_LIST_SQLSTATE] = CStringGetTextDatum("57014");
+			vals[BG_LIST_ERROR] = CStringGetTextDatum("canceling statement due to user request");
+			isnulls[BG_LIST_SQLSTATE] = isnulls[BG_LIST_ERROR] = false;
+		}
+	}
+	for (i = 0; i < outdesc->natts; i++)
+	{
+		out[i] = map[i] < 0 ? (Datum) 0 : vals[map[i]];
+		nulls[i] = map[i] < 0 ? true : isnulls[map[i]];
+	}
+	tuplestore_putvalues(rsinfo->setResult, outdesc, out, nulls);
+	pfree(out);
+	pfree(nulls);
 }
 
 /*
@@ -2002,17 +2083,28 @@ bg_registry_wait(int pid, long timeout_ms)
 		BgJobEntry	entry;
 		BgJobProbe	probe;
 		BgJobStatus status;
+		BgQueuedInfo queued;
 
 		/* each look leaves its strings behind: keep them to one look */
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(poll_cxt);
 		MemoryContextSwitchTo(poll_cxt);
-		if (!bg_entry_lookup(pid, &entry))
-			bg_raise_unknown(pid);
-		bg_entry_check_privileges(&entry);
-		bg_probe(entry.id, entry.segment, &probe);
-		if (!bg_entry_state(&entry, &probe, &status))
-			bg_raise_unknown(pid);	/* forgotten meanwhile */
+		if (bg_queue_find(pid, 0, &queued))
+		{
+			if (queued.cancelled)
+				bg_queue_raise_cancelled(pid);
+			status = BG_STATUS_RUNNING;
+			memset(&probe, 0, sizeof(probe));
+		}
+		else
+		{
+			if (!bg_entry_lookup(pid, &entry))
+				bg_raise_unknown(pid);
+			bg_entry_check_privileges(&entry);
+			bg_probe(entry.id, entry.segment, &probe);
+			if (!bg_entry_state(&entry, &probe, &status))
+				bg_raise_unknown(pid);	/* forgotten meanwhile */
+		}
 		if (status == BG_STATUS_FINISHED)
 		{
 			MemoryContextSwitchTo(oldcxt);
@@ -2041,7 +2133,7 @@ bg_registry_wait(int pid, long timeout_ms)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		nap_ms = Min(nap_ms * 2, 100);
-		if (GetCurrentTimestamp() >= check_at)
+		if (GetCurrentTimestamp() >= check_at && worker != 0)
 		{
 			bg_registry_wait_check(pid, worker, &cycle);
 			check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -2194,7 +2286,15 @@ bg_registry_job_ended(int pid, int64 *job_id, dsm_handle *segment)
 	BgJobStatus status;
 	Oid			types[1] = {INT8OID};
 	Datum		values[1];
+	BgQueuedInfo queued;
 
+	/* queued: not ended, unless cancelled there */
+	if (bg_queue_find(pid, *job_id, &queued))
+	{
+		*job_id = queued.job_id;
+		*segment = DSM_HANDLE_INVALID;
+		return queued.cancelled;
+	}
 	/* found once by PID; then by identifier, whatever the PID names now */
 	if (*job_id != 0)
 	{
@@ -2250,6 +2350,8 @@ bg_registry_cancel(int pid)
 {
 	BgJobEntry	entry;
 
+	if (bg_queue_cancel(pid))
+		return true;
 	if (!bg_entry_lookup(pid, &entry))
 		bg_raise_unknown(pid);
 	bg_entry_check_privileges(&entry);
@@ -2304,7 +2406,14 @@ bg_forget(PG_FUNCTION_ARGS)
 	BgJobEntry	entry;
 	BgJobProbe	probe;
 	BgJobStatus status;
+	BgQueuedInfo queued;
 
+	if (bg_queue_find(pid, 0, &queued))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot forget background job %d because it is queued",
+						pid),
+				 errhint("Cancel it with bg_cancel(), or wait for it with bg_wait().")));
 	if (!bg_entry_lookup(pid, &entry))
 		bg_raise_unknown(pid);
 	bg_entry_check_privileges(&entry);
@@ -2672,7 +2781,20 @@ bg_entry_permitted(int pid, int64 job_id, BgJobEntry *entry, bytea **messages)
 	bool		found = false;
 	MemoryContext cxt = CurrentMemoryContext;
 	uint64		i;
+	BgQueuedInfo queued;
 
+	/* a reader of a queued job follows it once it runs */
+	if (messages == NULL)
+		bg_queue_await_start(pid, job_id);
+	else if (bg_queue_find(pid, job_id, &queued))
+	{
+		if (queued.cancelled)
+			bg_queue_raise_cancelled(pid);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("background job %d has not started yet", pid),
+				 errdetail("It waits in the queue for a worker slot, and has sent no message.")));
+	}
 	if (!bg_registry_open(&call))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

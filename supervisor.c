@@ -72,6 +72,9 @@ PGDLLEXPORT void bg_sweep_main(Datum main_arg);
  */
 #define BG_SUPERVISOR_START_PATIENCE_MS	10000
 
+/* The longest the supervisor waits before it tries a queued job again */
+#define BG_SUPERVISOR_RETRY_MAX_MS	1000
+
 /*
  * The supervisor's shared state.  Its fields are written under the mutex,
  * by the processes each comment names.
@@ -81,6 +84,7 @@ typedef struct BgSupervisorShared
 	slock_t		mutex;
 	pid_t		pid;			/* the running supervisor, or 0: it sets and
 								 * clears it */
+	PGPROC	   *proc;			/* set with pid: bg_supervisor_wake */
 	TimestampTz started_at;		/* when it started; set with pid */
 	TimestampTz start_requested_at; /* a start on demand is under way since:
 									 * the starter sets it, the supervisor
@@ -176,13 +180,50 @@ bg_supervisor_init_state(void *ptr)
 	memset(sup, 0, sizeof(BgSupervisorShared));
 	SpinLockInit(&sup->mutex);
 	bg_pool_init((char *) ptr + MAXALIGN(sizeof(BgSupervisorShared)));
+	bg_queue_init((char *) ptr + MAXALIGN(sizeof(BgSupervisorShared)) +
+				  MAXALIGN(bg_pool_size()));
 }
 
-/* The shared state, and after it the pool of idle workers (pool.c) */
+/*
+ * The shared state, after it the pool of idle workers (pool.c), then the
+ * queue of jobs waiting for a slot (queue.c)
+ */
 static Size
 bg_supervisor_size(void)
 {
-	return add_size(MAXALIGN(sizeof(BgSupervisorShared)), bg_pool_size());
+	return add_size(add_size(MAXALIGN(sizeof(BgSupervisorShared)),
+							 MAXALIGN(bg_pool_size())),
+					bg_queue_size());
+}
+
+/*
+ * The queue, or NULL where there is none: it needs a supervisor that is
+ * always there, which only preloading gives.
+ */
+void *
+bg_supervisor_queue(void)
+{
+	BgSupervisorShared *sup = bg_sup_preloaded ? bg_supervisor_state() : NULL;
+
+	return sup ? (char *) sup + MAXALIGN(sizeof(BgSupervisorShared)) +
+		MAXALIGN(bg_pool_size()) : NULL;
+}
+
+/* Tell the supervisor that queued jobs may start (a slot may be free) */
+void
+bg_supervisor_wake(void)
+{
+	BgSupervisorShared *sup = bg_supervisor_state();
+	PGPROC	   *proc = NULL;
+
+	if (sup == NULL)
+		return;
+	SpinLockAcquire(&sup->mutex);
+	if (sup->pid != 0)
+		proc = sup->proc;
+	SpinLockRelease(&sup->mutex);
+	if (proc != NULL)
+		SetLatch(&proc->procLatch);
 }
 
 /* The pool of idle workers, or NULL where there is no shared state */
@@ -288,6 +329,7 @@ void
 bg_supervisor_main(Datum main_arg)
 {
 	BgSupervisorShared *sup;
+	long		nap_ms = 1;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -303,8 +345,24 @@ bg_supervisor_main(Datum main_arg)
 	bg_supervisor_sweep(sup);
 	while (!ShutdownRequestPending && bg_supervisor_stays())
 	{
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 bg_wait_event_supervisor());
+		/*
+		 * A queued job that found no free slot is tried again soon: a slot
+		 * frees when the postmaster reaps a worker, which tells only the
+		 * process that started it.
+		 */
+		if (bg_queue_start_jobs())
+		{
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 nap_ms, bg_wait_event_supervisor());
+			nap_ms = Min(nap_ms * 2, BG_SUPERVISOR_RETRY_MAX_MS);
+		}
+		else
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+							 bg_wait_event_supervisor());
+			nap_ms = 1;
+		}
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -352,6 +410,7 @@ bg_supervisor_claim(BgSupervisorShared *sup)
 	if (sup->pid == other && (bg_sup_preloaded || !sup->sweep_done))
 	{
 		sup->pid = MyProcPid;
+		sup->proc = MyProc;
 		sup->started_at = now;
 		sup->start_requested_at = 0;
 		sup->starts++;
@@ -516,8 +575,10 @@ bg_supervisor(PG_FUNCTION_ARGS)
 	BgSupervisorShared *sup;
 	BgSupervisorShared copy;
 	TupleDesc	desc;
-	Datum		values[9];
-	bool		nulls[9];
+	Datum		values[11];
+	bool		nulls[11];
+	int			queued;
+	int64		dequeued;
 	const char *state;
 	int			idle;
 	int64		handed_over;
@@ -557,6 +618,10 @@ bg_supervisor(PG_FUNCTION_ARGS)
 	values[7] = Int32GetDatum(idle);
 	values[8] = Int64GetDatum(handed_over);
 	nulls[7] = nulls[8] = (sup == NULL);
+	bg_queue_counts(&queued, &dequeued);
+	values[9] = Int32GetDatum(queued);
+	values[10] = Int64GetDatum(dequeued);
+	nulls[9] = nulls[10] = (bg_supervisor_queue() == NULL);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

@@ -54,6 +54,7 @@
 
 /* found by the postmaster by name */
 PGDLLEXPORT void bg_worker_main(Datum main_arg);
+PGDLLEXPORT void bg_queued_main(Datum main_arg);
 
 /* The job's segment, for the worker's exit callback */
 static dsm_segment *bg_worker_segment = NULL;
@@ -83,8 +84,13 @@ static bool bg_committed = false;
  * decided (a launch that fails leaves no job to tell of), or -1 */
 static int	bg_failed_status = -1;
 
+static void bg_worker_signals(void);
+static void bg_worker_connect(BgJobShared *shared);
+static void bg_worker_serve(BgJobShared *shared);
 static BgJobShared *bg_worker_attach(dsm_handle handle, int64 job_id);
+static BgJobShared *bg_worker_adopt(dsm_segment *seg, int64 job_id);
 static void bg_worker_run(BgJobShared *shared);
+pg_noreturn static void bg_worker_cancelled_in_queue(BgJobShared *shared);
 static void bg_worker_end_job(void);
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
@@ -151,25 +157,55 @@ void
 bg_worker_main(Datum main_arg)
 {
 	BgJobShared *shared;
-	int64		job_id = 0;
 
-	pqsignal(SIGTERM, bg_worker_sigterm);
-	/* read while idle (pool.c) */
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
-
+	bg_worker_signals();
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
 	shared = bg_worker_attach(DatumGetUInt32(main_arg), 0);
 	if (shared == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("could not map dynamic shared memory segment of a background job")));
+	bg_worker_connect(shared);
+	bg_worker_serve(shared);
+}
 
-	/*
-	 * Connect as the job's role where it may (bg_job_role_may_connect),
-	 * else as the session's authenticated user; the job then takes on the
-	 * launcher's settings, role and security context (bg_worker_run).
-	 */
+/*
+ * Entry point of the worker the supervisor starts for a queued job
+ * (queue.c): the job's segment is laid out here, from the queue's copy,
+ * once connected; from then on the job runs as any other.
+ */
+void
+bg_queued_main(Datum main_arg)
+{
+	BgJobShared launched;
+	int64		job_id;
+
+	bg_worker_signals();
+	memcpy(&job_id, MyBgworkerEntry->bgw_extra, sizeof(int64));
+	if (!bg_queue_claim(DatumGetInt32(main_arg), job_id, &launched))
+		proc_exit(0);
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
+	bg_worker_connect(&launched);
+	bg_worker_serve(bg_worker_adopt(bg_queue_segment(), 0));
+}
+
+static void
+bg_worker_signals(void)
+{
+	pqsignal(SIGTERM, bg_worker_sigterm);
+	/* read while idle (pool.c) */
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+}
+
+/*
+ * Connect as the job's role where it may (bg_job_role_may_connect), else
+ * as the session's authenticated user; the job then takes on the
+ * launcher's settings, role and security context (bg_worker_run).
+ */
+static void
+bg_worker_connect(BgJobShared *shared)
+{
 	bg_worker_connected_as = bg_job_connect_role(shared);
 	BackgroundWorkerInitializeConnectionByOid(shared->database_id,
 											  bg_worker_connected_as,
@@ -185,11 +221,17 @@ bg_worker_main(Datum main_arg)
 	before_shmem_exit(bg_messages_at_exit, (Datum) 0);
 	before_shmem_exit(bg_worker_detach_at_exit, (Datum) 0);
 	before_shmem_exit(bg_worker_before_exit, (Datum) 0);
+}
 
-	/*
-	 * A job that ended well leaves its worker to the pool, which may hand it
-	 * another job of the same database and role (pool.c).
-	 */
+/*
+ * Run the job, then, while the pool offers this worker another job of the
+ * same database and role (pool.c), that one.
+ */
+static void
+bg_worker_serve(BgJobShared *shared)
+{
+	int64		job_id = 0;
+
 	for (;;)
 	{
 		dsm_handle	segment;
@@ -222,6 +264,16 @@ static BgJobShared *
 bg_worker_attach(dsm_handle handle, int64 job_id)
 {
 	dsm_segment *seg = dsm_attach(handle);
+
+	if (seg == NULL)
+		return NULL;
+	return bg_worker_adopt(seg, job_id);
+}
+
+/* bg_worker_attach, of a segment mapped already */
+static BgJobShared *
+bg_worker_adopt(dsm_segment *seg, int64 job_id)
+{
 	shm_toc    *toc;
 	BgJobShared *shared;
 	shm_mq	   *mq;
@@ -229,8 +281,6 @@ bg_worker_attach(dsm_handle handle, int64 job_id)
 	SharedFileSet *fileset;
 	MemoryContext oldcxt;
 
-	if (seg == NULL)
-		return NULL;
 	/* the queue handles go with the job: a started worker runs many */
 	bg_worker_job_cxt = AllocSetContextCreate(TopMemoryContext, "bg_fdw job",
 											  ALLOCSET_SMALL_SIZES);
@@ -325,8 +375,12 @@ bg_worker_run(BgJobShared *shared)
 	SetCurrentRoleId(shared->outer_user_id, shared->role_is_superuser);
 	SetUserIdAndSecContext(shared->current_user_id, shared->sec_context);
 
-	snprintf(appname, sizeof(appname), "bg_fdw job %d (launcher %d)",
-			 shared->name, (int) shared->launcher_pid);
+	if (shared->launcher_pid != 0)
+		snprintf(appname, sizeof(appname), "bg_fdw job %d (launcher %d)",
+				 shared->name, (int) shared->launcher_pid);
+	else
+		snprintf(appname, sizeof(appname), "bg_fdw job %d (queued)",
+				 shared->name);
 	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
 
 	sql = pstrdup(shm_toc_lookup(toc, BG_KEY_SQL, false));
@@ -334,6 +388,9 @@ bg_worker_run(BgJobShared *shared)
 	PG_TRY();
 	{
 		bg_registry_register(shared, sql, dsm_segment_handle(bg_worker_segment));
+		/* a queued job is found in the registry from now on */
+		if (bg_queue_started(shared))
+			bg_worker_cancelled_in_queue(shared);
 		bg_wait_for_launcher(shared, false);
 		/* the job starts now, not when the worker connected */
 		SetCurrentStatementStartTimestamp();
@@ -349,6 +406,20 @@ bg_worker_run(BgJobShared *shared)
 	pfree(sql);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	bg_registry_tidy(shared);
+}
+
+/* The job was cancelled while it waited in the queue: it runs nothing. */
+static void
+bg_worker_cancelled_in_queue(BgJobShared *shared)
+{
+	SpinLockAcquire(&shared->mutex);
+	shared->cancel_requested = true;
+	SpinLockRelease(&shared->mutex);
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("canceling statement due to user request"),
+			 errdetail("Background job %d was cancelled before it started.",
+					   shared->name)));
 }
 
 /*
@@ -535,6 +606,9 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 	int			i;
 
 	bg_job_set_flag(shared, &shared->worker_exited, BG_WAKE_NONE);
+	/* its slot may go to a queued job */
+	if (bg_queue_waiting() > 0)
+		bg_supervisor_wake();
 	/* readers following the kept file now find the outcome in the registry */
 	ConditionVariableBroadcast(&shared->kept_cv);
 	/* and sessions in bg_wait_any learn that the job has ended */

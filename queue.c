@@ -1,0 +1,929 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *		  Jobs that wait for a worker slot: a launch that finds none free (or
+ *		  bg_fdw.max_jobs reached) is queued, and bg_launch returns at once.
+ *
+ * The queue lives beside the supervisor's state (supervisor.c) and needs a
+ * supervisor that is always there to start its jobs as slots free up: it
+ * exists where bg_fdw is preloaded.  A queued job holds no DSM segment: what
+ * its segment would hold (the launcher's half of BgJobShared, the SQL, the
+ * settings, the libraries, and the columns bg_launch described) is copied
+ * into a DSA area of bg_fdw's own, within bg_fdw.max_queued_size, and the
+ * queue's entries are bounded by bg_fdw.max_queued_jobs and, for each role,
+ * bg_fdw.max_queued_jobs_per_role.
+ *
+ * An entry's life, under the queue's mutex:
+ *
+ *		launcher:   WAITING, with a name from the pool's counter (pool.c)
+ *		supervisor: STARTING, once it registered a worker for it
+ *		worker:     sets worker_pid, lays out the job's segment from the
+ *		            entry, lists the job in the registry, then FREE
+ *
+ * A queued job is read like a job of another session: from the file that
+ * keeps its result (so only jobs that keep theirs are queued), following it
+ * as it grows.  Until its worker has listed it in the registry, readers and
+ * waiters find it here, and sleep on the queue's condition variable.  A
+ * queued job cancelled is marked so; the worker the supervisor starts for it
+ * in its turn records it as cancelled without running anything.  A queued
+ * job lives in shared memory only: a server restart drops it.
+ *
+ * Copyright (c) 2026, The bg_fdw Authors
+ *
+ * IDENTIFICATION
+ *		  bg_fdw/queue.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
+#include "storage/shm_toc.h"
+#include "storage/spin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/dsa.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "bg_fdw.h"
+#include "compat.h"
+
+/* Entries of the queue: the most bg_fdw.max_queued_jobs may ask for */
+#define BG_QUEUE_SLOTS		1024
+
+typedef enum BgQueuedState
+{
+	BG_QUEUED_FREE,				/* the entry is nobody's */
+	BG_QUEUED_WAITING,			/* the job waits for a slot */
+	BG_QUEUED_STARTING			/* a worker was registered for it */
+} BgQueuedState;
+
+/* What a queued job's segment will hold, in the DSA area */
+typedef struct BgQueuedData
+{
+	BgJobShared shared;			/* the launcher's half */
+	int			queue_size;
+	Size		sql_len;		/* each with its terminator, where it has one */
+	Size		guc_len;
+	Size		library_len;
+	Size		desc_len;		/* 0: bg_launch described no columns */
+	char		data[FLEXIBLE_ARRAY_MEMBER];	/* sql, guc, libraries, desc */
+} BgQueuedData;
+
+typedef struct BgQueued
+{
+	BgQueuedState state;
+	int			name;
+	int64		job_id;
+	uint64		seq;			/* launch order */
+	Oid			database_id;
+	Oid			role;			/* the role the job runs as */
+	TimestampTz launched_at;
+	bool		cancelled;		/* bg_cancel asked: it runs nothing */
+	TimestampTz cancelled_at;
+	pid_t		worker_pid;		/* the worker the supervisor started, once
+								 * it has claimed the entry */
+	dsa_pointer data;			/* BgQueuedData */
+	Size		size;
+} BgQueued;
+
+typedef struct BgQueue
+{
+	slock_t		mutex;
+	uint64		next_seq;
+	int			waiting;		/* entries WAITING */
+	Size		bytes;			/* of all entries' data */
+	int64		started;		/* jobs started from the queue */
+	int			tranche_id;
+	LWLock		area_lock;		/* creating the area */
+	bool		area_made;		/* the first queued job made the area */
+	dsa_handle	area;
+	ConditionVariable cv;		/* an entry left the queue or was cancelled */
+	BgQueued	jobs[BG_QUEUE_SLOTS];
+} BgQueue;
+
+int			bg_max_jobs = -1;
+int			bg_max_queued_jobs = 256;
+int			bg_max_queued_jobs_per_role = 64;
+int			bg_max_queued_size = 64 * 1024;
+
+/* This process's mapping of the area */
+static dsa_area *bg_queue_dsa = NULL;
+
+/* The entry this worker was started for, until its job is listed */
+static int	bg_queue_my_slot = -1;
+static int64 bg_queue_my_job = 0;
+
+/* Jobs this session queued and has not detached: (name, job id) */
+typedef struct BgQueuedLaunch
+{
+	int			name;
+	int64		job_id;
+} BgQueuedLaunch;
+static List *bg_queued_launches = NIL;
+
+static uint32 bg_wait_event_queued_id = 0;
+
+static BgQueue *bg_queue(void);
+static dsa_area *bg_queue_area(BgQueue *q);
+static int	bg_queue_find_slot(BgQueue *q, int name, int64 job_id);
+static void bg_queue_check_caps(BgQueue *q, Oid role, Size size);
+static void bg_queue_read_data(BgQueue *q, int slot, BgQueuedInfo *info,
+							   bool desc);
+static bool bg_queue_cancelled(BgQueue *q, int slot);
+static void bg_queue_free_data(BgQueue *q, int slot);
+static void bg_queue_release(BgQueue *q, int slot);
+static void bg_queue_reap(BgQueue *q);
+static uint32 bg_wait_event_queued(void);
+
+Size
+bg_queue_size(void)
+{
+	return sizeof(BgQueue);
+}
+
+void
+bg_queue_init(void *ptr)
+{
+	BgQueue    *q = (BgQueue *) ptr;
+
+	memset(q, 0, sizeof(BgQueue));
+	SpinLockInit(&q->mutex);
+	q->tranche_id = LWLockNewTrancheId();
+	LWLockInitialize(&q->area_lock, q->tranche_id);
+	ConditionVariableInit(&q->cv);
+}
+
+/* The queue, or NULL where jobs are not queued (bg_fdw not preloaded) */
+static BgQueue *
+bg_queue(void)
+{
+	return (BgQueue *) bg_supervisor_queue();
+}
+
+/*
+ * The area that holds queued jobs' data, created by the first process to
+ * queue one, and pinned: it outlives every process that maps it.  Map it
+ * before taking area_lock: this takes it too.
+ */
+static dsa_area *
+bg_queue_area(BgQueue *q)
+{
+	MemoryContext oldcxt;
+
+	if (bg_queue_dsa != NULL)
+		return bg_queue_dsa;
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	LWLockRegisterTranche(q->tranche_id, "bg_fdw queue");
+	LWLockAcquire(&q->area_lock, LW_EXCLUSIVE);
+	if (!q->area_made)
+	{
+		bg_queue_dsa = dsa_create(q->tranche_id);
+		dsa_pin(bg_queue_dsa);
+		q->area = dsa_get_handle(bg_queue_dsa);
+		q->area_made = true;
+	}
+	else
+		bg_queue_dsa = dsa_attach(q->area);
+	dsa_pin_mapping(bg_queue_dsa);
+	LWLockRelease(&q->area_lock);
+	MemoryContextSwitchTo(oldcxt);
+	return bg_queue_dsa;
+}
+
+/* Entries WAITING: cheap, for those who would wake the supervisor */
+int
+bg_queue_waiting(void)
+{
+	BgQueue    *q = bg_queue();
+	int			waiting;
+
+	if (q == NULL)
+		return 0;
+	SpinLockAcquire(&q->mutex);
+	waiting = q->waiting;
+	SpinLockRelease(&q->mutex);
+	return waiting;
+}
+
+/* ----------------------------------------------------------------
+ *		The launcher's side
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * May this launch be queued?  Where the queue exists and is not turned off,
+ * for a job that keeps its result: a queued job is read from its kept file.
+ */
+bool
+bg_queue_available(BgJobShared *shared)
+{
+	return bg_queue() != NULL && bg_max_queued_jobs > 0 && shared->keep &&
+		!shared->stream && bg_registry_shows_worker(shared->registry_relid);
+}
+
+/*
+ * Queue the job laid out in "seg" (which the caller then detaches): copy
+ * what its segment holds, and the columns bg_launch described, into the
+ * area.  Returns the job's name; the supervisor starts it in its turn.
+ */
+int
+bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
+{
+	BgQueue    *q = bg_queue();
+	shm_toc    *toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
+	BgJobShared *shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
+	const char *sql = shm_toc_lookup(toc, BG_KEY_SQL, false);
+	const char *guc = shm_toc_lookup(toc, BG_KEY_GUC, false);
+	const char *libraries = shm_toc_lookup(toc, BG_KEY_LIBRARIES, false);
+	StringInfoData descbuf;
+	Size		guc_len = EstimateGUCStateSpace();
+	Size		library_len = EstimateLibraryStateSpace();
+	Size		sql_len = strlen(sql) + 1;
+	Size		size;
+	dsa_area   *area = bg_queue_area(q);
+	dsa_pointer dp;
+	BgQueuedData *data;
+	char	   *p;
+	int			slot;
+	int			name;
+
+	initStringInfo(&descbuf);
+	if (desc != NULL)
+		bg_desc_serialize(&descbuf, desc);
+	size = offsetof(BgQueuedData, data) + sql_len + guc_len + library_len +
+		descbuf.len;
+	bg_queue_check_caps(q, shared->current_user_id, size);
+
+	dp = dsa_allocate_extended(area, size, DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(dp))
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of shared memory for queued background jobs")));
+	data = dsa_get_address(area, dp);
+	memcpy(&data->shared, shared, sizeof(BgJobShared));
+	data->queue_size = queue_size;
+	data->sql_len = sql_len;
+	data->guc_len = guc_len;
+	data->library_len = library_len;
+	data->desc_len = descbuf.len;
+	p = data->data;
+	memcpy(p, sql, sql_len);
+	p += sql_len;
+	memcpy(p, guc, guc_len);
+	p += guc_len;
+	memcpy(p, libraries, library_len);
+	p += library_len;
+	memcpy(p, descbuf.data, descbuf.len);
+	pfree(descbuf.data);
+
+	name = bg_pool_take_name();
+	data->shared.name = name;
+
+	/* caps checked again under the mutex: others may have queued since */
+	SpinLockAcquire(&q->mutex);
+	slot = bg_queue_find_slot(q, 0, 0);
+	if (slot >= 0)
+	{
+		BgQueued   *e = &q->jobs[slot];
+
+		memset(e, 0, sizeof(BgQueued));
+		e->state = BG_QUEUED_WAITING;
+		e->name = name;
+		e->job_id = shared->job_id;
+		e->seq = q->next_seq++;
+		e->database_id = shared->database_id;
+		e->role = shared->current_user_id;
+		e->launched_at = shared->launched_at;
+		e->data = dp;
+		e->size = size;
+		q->waiting++;
+		q->bytes += size;
+	}
+	SpinLockRelease(&q->mutex);
+	if (slot < 0)
+	{
+		dsa_free(area, dp);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many queued background jobs"),
+				 errdetail("The queue has no free entry.")));
+	}
+	bg_queued_launch_remember(name, shared->job_id);
+	bg_supervisor_wake();
+	return name;
+}
+
+/*
+ * The queue's caps: bg_fdw.max_queued_jobs entries and
+ * bg_fdw.max_queued_size bytes in all, bg_fdw.max_queued_jobs_per_role
+ * entries of one role.  What a role queues never grows shared state beyond
+ * them.
+ */
+static void
+bg_queue_check_caps(BgQueue *q, Oid role, Size size)
+{
+	int			total = 0;
+	int			of_role = 0;
+	Size		bytes;
+	int			i;
+
+	SpinLockAcquire(&q->mutex);
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		if (q->jobs[i].state == BG_QUEUED_FREE)
+			continue;
+		total++;
+		of_role += (q->jobs[i].role == role);
+	}
+	bytes = q->bytes;
+	SpinLockRelease(&q->mutex);
+
+	if (total >= bg_max_queued_jobs)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many queued background jobs"),
+				 errdetail("No worker slot is free, and %d jobs wait for one; \"bg_fdw.max_queued_jobs\" is %d.",
+						   total, bg_max_queued_jobs),
+				 errhint("Wait for jobs to end, or ask a superuser to raise \"max_worker_processes\".")));
+	if (of_role >= bg_max_queued_jobs_per_role)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many queued background jobs for role \"%s\"",
+						GetUserNameFromId(role, false)),
+				 errdetail("No worker slot is free, and the role has %d jobs waiting for one; \"bg_fdw.max_queued_jobs_per_role\" is %d.",
+						   of_role, bg_max_queued_jobs_per_role),
+				 errhint("Wait for jobs to end, or cancel queued ones with bg_cancel().")));
+	if (bytes + size > (Size) bg_max_queued_size * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("queued background jobs would exceed \"bg_fdw.max_queued_size\" (%d kB)",
+						bg_max_queued_size),
+				 errdetail("No worker slot is free; queued jobs take %zu bytes, and this one %zu.",
+						   bytes, size),
+				 errhint("Wait for jobs to end, or launch a shorter job.")));
+}
+
+/*
+ * A free entry (name 0), or the entry of a job by name and, unless 0,
+ * identifier.  Under the mutex.
+ */
+static int
+bg_queue_find_slot(BgQueue *q, int name, int64 job_id)
+{
+	int			i;
+
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		BgQueued   *e = &q->jobs[i];
+
+		if (name == 0 ? e->state == BG_QUEUED_FREE :
+			(e->state != BG_QUEUED_FREE && e->name == name &&
+			 e->database_id == MyDatabaseId &&
+			 (job_id == 0 || e->job_id == job_id)))
+			return i;
+	}
+	return -1;
+}
+
+/* ----------------------------------------------------------------
+ *		Other sessions: finding, waiting for, cancelling a queued job
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * The queued job of this database with this name (and identifier, unless
+ * 0), copied into *info; false if there is none.  Raises the permission
+ * error for a caller without the privileges of the job's role.
+ */
+bool
+bg_queue_find(int name, int64 job_id, BgQueuedInfo *info)
+{
+	BgQueue    *q = bg_queue();
+	int			slot;
+
+	if (q == NULL || name < BG_FIRST_JOB_NAME)
+		return false;
+	SpinLockAcquire(&q->mutex);
+	slot = bg_queue_find_slot(q, name, job_id);
+	if (slot >= 0)
+	{
+		BgQueued   *e = &q->jobs[slot];
+
+		info->name = e->name;
+		info->job_id = e->job_id;
+		info->role = e->role;
+		info->launched_at = e->launched_at;
+		info->cancelled = e->cancelled;
+		info->cancelled_at = e->cancelled_at;
+		info->starting = (e->state == BG_QUEUED_STARTING);
+	}
+	SpinLockRelease(&q->mutex);
+	if (slot < 0)
+		return false;
+	if (!has_privs_of_role(GetUserId(), info->role))
+		bg_permission_denied(name, info->role);
+	return true;
+}
+
+/* The error of a job cancelled while it was queued */
+void
+bg_queue_raise_cancelled(int name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("canceling statement due to user request"),
+			 errdetail("Background job %d was cancelled before it started.", name),
+			 errcontext("background job %d", name)));
+}
+
+/*
+ * Wait until the queued job has been listed in the registry (or cancelled):
+ * its readers follow it from then on.  Returns at once if it is not queued.
+ */
+void
+bg_queue_await_start(int name, int64 job_id)
+{
+	BgQueue    *q = bg_queue();
+	BgQueuedInfo info;
+
+	if (!bg_queue_find(name, job_id, &info))
+		return;
+	for (;;)
+	{
+		if (info.cancelled)
+			bg_queue_raise_cancelled(name);
+		ConditionVariableSleep(&q->cv, bg_wait_event_queued());
+		if (!bg_queue_find(name, info.job_id, &info))
+			break;
+	}
+	ConditionVariableCancelSleep();
+}
+
+/*
+ * bg_cancel of a queued job: it will run nothing.  False if it is not
+ * queued; the caller then finds it in the registry.
+ */
+bool
+bg_queue_cancel(int name)
+{
+	BgQueue    *q = bg_queue();
+	BgQueuedInfo info;
+	int			slot;
+
+	if (!bg_queue_find(name, 0, &info))
+		return false;
+	SpinLockAcquire(&q->mutex);
+	slot = bg_queue_find_slot(q, name, info.job_id);
+	if (slot >= 0 && !q->jobs[slot].cancelled)
+	{
+		q->jobs[slot].cancelled = true;
+		q->jobs[slot].cancelled_at = GetCurrentTimestamp();
+	}
+	SpinLockRelease(&q->mutex);
+	ConditionVariableBroadcast(&q->cv);
+	return slot >= 0;
+}
+
+/*
+ * Copy the SQL, label and (with "desc") the described columns of a waiting
+ * job into *info.  Its data goes once its worker has laid out its segment:
+ * it is read under the area's lock, which that takes exclusively.
+ */
+static void
+bg_queue_read_data(BgQueue *q, int slot, BgQueuedInfo *info, bool desc)
+{
+	dsa_area   *area = bg_queue_area(q);
+	dsa_pointer dp;
+
+	LWLockAcquire(&q->area_lock, LW_SHARED);
+	SpinLockAcquire(&q->mutex);
+	dp = q->jobs[slot].job_id == info->job_id ? q->jobs[slot].data :
+		InvalidDsaPointer;
+	SpinLockRelease(&q->mutex);
+	if (DsaPointerIsValid(dp))
+	{
+		BgQueuedData *data = dsa_get_address(area, dp);
+
+		info->sql = pstrdup(data->data);
+		info->label = data->shared.label[0] ? pstrdup(data->shared.label) : NULL;
+		if (desc && data->desc_len > 0)
+		{
+			StringInfoData msg;
+
+			initStringInfo(&msg);
+			appendBinaryStringInfo(&msg, data->data + data->sql_len +
+								   data->guc_len + data->library_len,
+								   data->desc_len);
+			info->desc_msg = msg.data;
+			info->desc_len = msg.len;
+		}
+	}
+	LWLockRelease(&q->area_lock);
+}
+
+/*
+ * The queued jobs of this database, for bg_jobs and IMPORT FOREIGN SCHEMA:
+ * a list of BgQueuedInfo, in launch order, with each job's SQL, label and
+ * (with "desc") described columns for callers with the privileges of its
+ * role, while it waits.
+ */
+List *
+bg_queue_list(bool desc)
+{
+	BgQueue    *q = bg_queue();
+	BgQueued   *copy;
+	int		   *slots;
+	List	   *result = NIL;
+	int			n = 0;
+	int			i;
+
+	if (q == NULL)
+		return NIL;
+	copy = palloc(sizeof(BgQueued) * BG_QUEUE_SLOTS);
+	slots = palloc(sizeof(int) * BG_QUEUE_SLOTS);
+	SpinLockAcquire(&q->mutex);
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		if (q->jobs[i].state != BG_QUEUED_FREE &&
+			q->jobs[i].database_id == MyDatabaseId)
+		{
+			slots[n] = i;
+			copy[n++] = q->jobs[i];
+		}
+	}
+	SpinLockRelease(&q->mutex);
+
+	for (i = 0; i < n; i++)
+	{
+		BgQueuedInfo *info = palloc0(sizeof(BgQueuedInfo));
+		ListCell   *lc;
+		int			pos = 0;
+
+		info->name = copy[i].name;
+		info->job_id = copy[i].job_id;
+		info->role = copy[i].role;
+		info->launched_at = copy[i].launched_at;
+		info->cancelled = copy[i].cancelled;
+		info->cancelled_at = copy[i].cancelled_at;
+		info->starting = copy[i].state == BG_QUEUED_STARTING;
+		info->seq = copy[i].seq;
+		if (has_privs_of_role(GetUserId(), info->role))
+			bg_queue_read_data(q, slots[i], info, desc);
+		foreach(lc, result)
+		{
+			if (((BgQueuedInfo *) lfirst(lc))->seq > info->seq)
+				break;
+			pos++;
+		}
+		result = list_insert_nth(result, pos, info);
+	}
+	pfree(copy);
+	pfree(slots);
+	return result;
+}
+
+/* ----------------------------------------------------------------
+ *		The session's own queued jobs, for bg_detach
+ * ----------------------------------------------------------------
+ */
+
+void
+bg_queued_launch_remember(int name, int64 job_id)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	BgQueuedLaunch *l = palloc(sizeof(BgQueuedLaunch));
+
+	l->name = name;
+	l->job_id = job_id;
+	bg_queued_launches = lappend(bg_queued_launches, l);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * The identifier of a job this session queued with this name, which it
+ * has not detached, or 0; "forget" drops it from the session's list.
+ */
+int64
+bg_queued_launch(int name, bool forget)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_queued_launches)
+	{
+		BgQueuedLaunch *l = lfirst(lc);
+		int64		job_id = l->job_id;
+
+		if (l->name != name)
+			continue;
+		if (forget)
+		{
+			bg_queued_launches = foreach_delete_current(bg_queued_launches, lc);
+			pfree(l);
+		}
+		return job_id;
+	}
+	return 0;
+}
+
+/* ----------------------------------------------------------------
+ *		The supervisor's side
+ * ----------------------------------------------------------------
+ */
+
+/* What the supervisor knows of the workers it registered, by entry */
+typedef struct BgQueueStart
+{
+	int64		job_id;
+	BackgroundWorkerHandle *handle;
+} BgQueueStart;
+static BgQueueStart *bg_queue_starts = NULL;
+
+/*
+ * Start workers for waiting jobs, the oldest first, while slots are free
+ * and bg_fdw.max_jobs allows; notice workers that ended before they listed
+ * their job.  Returns true if a job still waits for a slot: the supervisor
+ * then tries again soon.
+ */
+bool
+bg_queue_start_jobs(void)
+{
+	BgQueue    *q = bg_queue();
+
+	if (q == NULL)
+		return false;
+	if (bg_queue_starts == NULL)
+		bg_queue_starts = MemoryContextAllocZero(TopMemoryContext,
+												 sizeof(BgQueueStart) * BG_QUEUE_SLOTS);
+	bg_queue_reap(q);
+	for (;;)
+	{
+		int			oldest = -1;
+		int64		job_id;
+		int			name;
+		int			i;
+		BackgroundWorker worker;
+		BackgroundWorkerHandle *handle;
+
+		SpinLockAcquire(&q->mutex);
+		for (i = 0; i < BG_QUEUE_SLOTS; i++)
+		{
+			if (q->jobs[i].state == BG_QUEUED_WAITING &&
+				(oldest < 0 || q->jobs[i].seq < q->jobs[oldest].seq))
+				oldest = i;
+		}
+		if (oldest >= 0)
+		{
+			job_id = q->jobs[oldest].job_id;
+			name = q->jobs[oldest].name;
+		}
+		SpinLockRelease(&q->mutex);
+		if (oldest < 0)
+			return false;
+		/* a cancelled job is recorded by its worker, which runs nothing */
+		if (bg_max_jobs >= 0 && bg_pool_running_jobs() >= bg_max_jobs &&
+			!bg_queue_cancelled(q, oldest))
+			return true;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+			BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_ConsistentState;
+		worker.bgw_restart_time = BGW_NEVER_RESTART;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "bg_fdw");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "bg_queued_main");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "bg_fdw queued job %d", name);
+		snprintf(worker.bgw_type, BGW_MAXLEN, BG_WORKER_TYPE);
+		worker.bgw_main_arg = Int32GetDatum(oldest);
+		memcpy(worker.bgw_extra, &job_id, sizeof(int64));
+		worker.bgw_notify_pid = MyProcPid;
+		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		{
+			/* idle workers give their slots to queued jobs */
+			bg_pool_make_room_for_queue();
+			return true;
+		}
+		SpinLockAcquire(&q->mutex);
+		if (q->jobs[oldest].state == BG_QUEUED_WAITING &&
+			q->jobs[oldest].job_id == job_id)
+		{
+			q->jobs[oldest].state = BG_QUEUED_STARTING;
+			q->waiting--;
+		}
+		SpinLockRelease(&q->mutex);
+		if (bg_queue_starts[oldest].handle != NULL)
+			pfree(bg_queue_starts[oldest].handle);
+		bg_queue_starts[oldest].job_id = job_id;
+		bg_queue_starts[oldest].handle = handle;
+	}
+}
+
+/* Has bg_cancel reached the entry? */
+static bool
+bg_queue_cancelled(BgQueue *q, int slot)
+{
+	bool		cancelled;
+
+	SpinLockAcquire(&q->mutex);
+	cancelled = q->jobs[slot].cancelled;
+	SpinLockRelease(&q->mutex);
+	return cancelled;
+}
+
+/* Free an entry's data, if it still has any (see bg_queue_read_data) */
+static void
+bg_queue_free_data(BgQueue *q, int slot)
+{
+	dsa_area   *area = bg_queue_area(q);
+	dsa_pointer dp;
+
+	LWLockAcquire(&q->area_lock, LW_EXCLUSIVE);
+	SpinLockAcquire(&q->mutex);
+	dp = q->jobs[slot].data;
+	q->jobs[slot].data = InvalidDsaPointer;
+	q->bytes -= q->jobs[slot].size;
+	q->jobs[slot].size = 0;
+	SpinLockRelease(&q->mutex);
+	if (DsaPointerIsValid(dp))
+		dsa_free(area, dp);
+	LWLockRelease(&q->area_lock);
+}
+
+/* The entry leaves the queue: wake those who wait for it */
+static void
+bg_queue_release(BgQueue *q, int slot)
+{
+	bg_queue_free_data(q, slot);
+	SpinLockAcquire(&q->mutex);
+	q->jobs[slot].state = BG_QUEUED_FREE;
+	SpinLockRelease(&q->mutex);
+	ConditionVariableBroadcast(&q->cv);
+}
+
+/*
+ * Workers the supervisor registered that ended before they listed their
+ * job: one that never took its entry (it could not be started) leaves the
+ * job waiting for the next slot; one that took it and failed (its database
+ * or role was dropped meanwhile) could record nothing, and the job is
+ * dropped with a message in the server log.
+ */
+static void
+bg_queue_reap(BgQueue *q)
+{
+	int			i;
+
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		BgQueueStart *st = &bg_queue_starts[i];
+		pid_t		pid;
+		bool		mine;
+		pid_t		worker_pid = 0;
+		int			name = 0;
+
+		if (st->handle == NULL)
+			continue;
+		SpinLockAcquire(&q->mutex);
+		mine = q->jobs[i].state == BG_QUEUED_STARTING &&
+			q->jobs[i].job_id == st->job_id;
+		if (mine)
+		{
+			worker_pid = q->jobs[i].worker_pid;
+			name = q->jobs[i].name;
+		}
+		SpinLockRelease(&q->mutex);
+		if (mine &&
+			GetBackgroundWorkerPid(st->handle, &pid) != BGWH_STOPPED)
+			continue;
+		pfree(st->handle);
+		st->handle = NULL;
+		if (!mine)
+			continue;
+		if (worker_pid == 0)
+		{
+			SpinLockAcquire(&q->mutex);
+			q->jobs[i].state = BG_QUEUED_WAITING;
+			q->waiting++;
+			SpinLockRelease(&q->mutex);
+			continue;
+		}
+		ereport(LOG,
+				(errmsg("queued background job %d was dropped: its worker exited before it could list the job",
+						name),
+				 errhint("More details may be available in the server log.")));
+		bg_queue_release(q, i);
+	}
+}
+
+/* ----------------------------------------------------------------
+ *		The worker's side
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * In the worker the supervisor started for the job in entry "slot": take
+ * the entry, copying the launcher's half of the job's shared state into
+ * *shared.  False if the entry is not (any more) that job's.
+ */
+bool
+bg_queue_claim(int slot, int64 job_id, BgJobShared *shared)
+{
+	BgQueue    *q = bg_queue();
+	bool		ok;
+
+	if (q == NULL || slot < 0 || slot >= BG_QUEUE_SLOTS)
+		return false;
+	SpinLockAcquire(&q->mutex);
+	ok = q->jobs[slot].state == BG_QUEUED_STARTING &&
+		q->jobs[slot].job_id == job_id && q->jobs[slot].worker_pid == 0;
+	if (ok)
+		q->jobs[slot].worker_pid = MyProcPid;
+	SpinLockRelease(&q->mutex);
+	if (!ok)
+		return false;
+	bg_queue_my_slot = slot;
+	bg_queue_my_job = job_id;
+	/* (the entry's data stays until we free it) */
+	memcpy(shared, dsa_get_address(bg_queue_area(q), q->jobs[slot].data),
+		   sizeof(BgJobShared));
+	return true;
+}
+
+/*
+ * Lay out the segment of the job this worker took (connected to its
+ * database by now), as its launcher would have, with nobody at the
+ * receiving end of its queues; the entry's data then goes.
+ */
+dsm_segment *
+bg_queue_segment(void)
+{
+	BgQueue    *q = bg_queue();
+	BgQueuedData *data;
+	BgLaunchParts parts;
+	dsm_segment *seg;
+
+	/* (the entry's data stays until we free it) */
+	data = dsa_get_address(bg_queue_area(q), q->jobs[bg_queue_my_slot].data);
+	memcpy(&parts.shared, &data->shared, sizeof(BgJobShared));
+	parts.sql = data->data;
+	parts.sql_len = data->sql_len;
+	parts.guc = data->data + data->sql_len;
+	parts.guc_len = data->guc_len;
+	parts.libraries = parts.guc + data->guc_len;
+	parts.library_len = data->library_len;
+	parts.queue_size = data->queue_size;
+	seg = bg_segment_layout(&parts, false);
+	bg_queue_free_data(q, bg_queue_my_slot);
+	return seg;
+}
+
+/*
+ * The job this worker took from the queue is listed in the registry: its
+ * entry goes, and from now on it is found there.  True if it was cancelled
+ * while queued: the worker then records it so, running nothing.
+ */
+bool
+bg_queue_started(BgJobShared *shared)
+{
+	BgQueue    *q = bg_queue();
+	bool		cancelled;
+
+	if (bg_queue_my_slot < 0 || shared->job_id != bg_queue_my_job)
+		return false;
+	SpinLockAcquire(&q->mutex);
+	cancelled = q->jobs[bg_queue_my_slot].cancelled;
+	q->started++;
+	SpinLockRelease(&q->mutex);
+	bg_queue_release(q, bg_queue_my_slot);
+	bg_queue_my_slot = -1;
+	bg_queue_my_job = 0;
+	return cancelled;
+}
+
+/* For bg_supervisor(): jobs waiting, and started from the queue so far */
+void
+bg_queue_counts(int *queued, int64 *started)
+{
+	BgQueue    *q = bg_queue();
+	int			i;
+
+	*queued = 0;
+	*started = 0;
+	if (q == NULL)
+		return;
+	SpinLockAcquire(&q->mutex);
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+		*queued += (q->jobs[i].state != BG_QUEUED_FREE);
+	*started = q->started;
+	SpinLockRelease(&q->mutex);
+}
+
+/* What a reader of a queued job waits under: "BgFdwQueued" */
+static uint32
+bg_wait_event_queued(void)
+{
+	return bg_wait_event_cached("BgFdwQueued", &bg_wait_event_queued_id);
+}

@@ -1,0 +1,197 @@
+# Copyright (c) 2026, The bg_fdw Authors
+#
+# Jobs that find no free worker slot, or bg_fdw.max_jobs running, wait in
+# the queue (queue.c): bg_launch returns at once, with a name above any PID;
+# the supervisor starts them in launch order as slots free up; a queued job
+# is listed, waited for, read (from any session), imported, cancelled and
+# detached like any other; the queue's caps hold; a restart drops it.
+use strict;
+use warnings;
+use lib 't';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use BgFdwTest;
+
+my $first_name = 4194305;
+
+my $node = PostgreSQL::Test::Cluster->new('queue');
+$node->init;
+# 12 slots: the supervisor and the logical replication launcher take two
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'bg_fdw'
+max_worker_processes = 12
+max_parallel_workers = 0
+bg_fdw.max_idle_workers = 0
+});
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bg_fdw;
+	CREATE ROLE regress_user LOGIN;
+	GRANT bg_fdw_user TO regress_user;
+	GRANT CREATE ON SCHEMA public TO regress_user;
+	GRANT TEMP ON DATABASE postgres TO regress_user;
+});
+create_gate($node, 'postgres');
+$node->safe_psql('postgres', q{GRANT SELECT ON gates TO PUBLIC});
+# the sweep after start takes a slot of its own until it is done
+ok( $node->poll_query_until('postgres',
+		q{SELECT state = 'running' FROM bg_supervisor()}),
+	'the supervisor runs');
+
+# 30 jobs on 10 free slots, from one session: each waits at the gate.
+my $session = $node->background_psql('postgres');
+my @names;
+for my $i (1 .. 30)
+{
+	push @names, $session->query_safe(
+		"SELECT bg_launch(\$\$SELECT $i AS i, gate('many') AS g FROM generate_series(1, $i)\$\$)");
+}
+my $names = join(',', @names);
+is( $node->safe_psql('postgres', qq{
+		SELECT count(*) FILTER (WHERE state IN ('running', 'queued'))
+		FROM bg_jobs WHERE pid IN ($names)}),
+	'30', 'every launch returned at once: its job runs or is queued');
+my $queued = $node->safe_psql('postgres',
+	"SELECT count(*) FROM bg_jobs WHERE state = 'queued' AND pid IN ($names)");
+cmp_ok($queued, '>=', 19, 'the jobs beyond the free slots are queued');
+is( $node->safe_psql('postgres', qq{
+		SELECT bool_and(pid >= $first_name AND worker_pid IS NULL AND query LIKE 'SELECT % AS i%')
+		FROM bg_jobs WHERE state = 'queued'}),
+	't', 'a queued job has a name above any PID, no worker yet, and its query');
+is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
+	$queued, 'bg_supervisor counts them');
+is( $session->query_safe(
+		"SELECT count(*) FROM pg_class WHERE relname IN (SELECT 'bg_result_' || unnest(ARRAY[$names]))"),
+	'30', 'each has its result table at once');
+
+# A reader of a queued job, in another session, waits until it runs.
+my $last = $names[-1];
+my $reader = $node->background_psql('postgres');
+my $reader_pid = $reader->query_safe('SELECT pg_backend_pid()');
+$reader->query_until(qr/reading/,
+	"\\echo reading\nSELECT sum(i) FROM bg_result($last) AS r(i int, g boolean);\n");
+ok( $node->poll_query_until('postgres',
+		"SELECT wait_event IN ('BgFdwQueued', 'Extension') FROM pg_stat_activity WHERE pid = $reader_pid"),
+	'a reader of a queued job waits for it');
+
+# IMPORT FOREIGN SCHEMA in another session brings in a queued job's table.
+$node->safe_psql('postgres', qq{
+	CREATE SCHEMA imported;
+	IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_$last) FROM SERVER bg_server INTO imported;
+});
+is( $node->safe_psql('postgres', qq{
+		SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+		FROM pg_attribute WHERE attrelid = 'imported.bg_result_$last'::regclass AND attnum > 0}),
+	'i integer, g boolean', 'IMPORT FOREIGN SCHEMA makes the table of a queued job');
+
+# Cancelled while queued, a job runs nothing and says so.
+my $cancelled = $names[-2];
+is($node->safe_psql('postgres', "SELECT bg_cancel($cancelled)"), 't',
+	'bg_cancel of a queued job');
+is( $node->safe_psql('postgres',
+		"SELECT state || ' ' || sqlstate || ' ' || (finished_at IS NOT NULL) FROM bg_jobs WHERE pid = $cancelled"),
+	'cancelled 57014 true', 'bg_jobs shows it cancelled at once');
+my ($rc, $out, $err) = $node->psql('postgres', "SELECT bg_wait($cancelled)");
+like($err, qr/canceling statement due to user request/,
+	'bg_wait of it raises the cancel');
+
+# Detached while queued: its table goes.
+my $detached = $names[-3];
+$session->query_safe("SELECT bg_detach($detached)");
+is( $session->query_safe(
+		"SELECT count(*) FROM pg_class WHERE relname = 'bg_result_$detached'"),
+	'0', 'bg_detach of a queued job drops its table');
+
+# Open the gate: every job runs, in turn, and every result reads whole.
+open_gate($node, 'postgres', 'many');
+my $reader_out = $reader->query_safe('SELECT 1');
+like($reader_out, qr/^\Q@{[30 * 30]}\E\n1$/m,
+	'the reader read the queued job once it ran');
+$reader->quit;
+my @expected;
+my @got;
+for my $i (1 .. 30)
+{
+	next if $names[ $i - 1 ] == $cancelled;
+	my $n = $names[ $i - 1 ];
+	push @expected, "$i:" . ($i * $i);
+	push @got, $session->query_safe(
+		"SELECT bg_wait($n); SELECT '$i:' || coalesce(sum(i), 0) FROM bg_result($n) AS r(i int, g boolean)");
+}
+s/^SELECT \d+\n//s for @got;
+is(join(' ', @got), join(' ', @expected), 'all 29 jobs ran and read whole');
+is( $node->safe_psql('postgres', "SELECT sum(i) FROM imported.bg_result_$last"),
+	30 * 30, 'the imported table reads the job');
+is( $node->safe_psql('postgres', qq{
+		SELECT state || ' ' || sqlstate FROM bg_jobs WHERE pid = $cancelled}),
+	'cancelled 57014', 'the cancelled job is recorded cancelled');
+($rc, $out, $err) = $node->psql('postgres', "SELECT * FROM bg_result($cancelled) AS r(i int, g boolean)");
+like($err, qr/canceling statement due to user request/,
+	'reading the cancelled job raises the cancel');
+ok( $node->poll_query_until('postgres',
+		q{SELECT queued_jobs = 0 AND jobs_dequeued >= 19 FROM bg_supervisor()}),
+	'the queue is empty, the jobs were started from it');
+$session->quit;
+
+# bg_fdw.max_jobs: the launch beyond it waits in the queue though slots
+# are free; one that keeps nothing is refused.
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 1');
+$node->reload;
+ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_jobs') = '1'}),
+	'bg_fdw.max_jobs set');
+$session = $node->background_psql('postgres');
+my $one = $session->query_safe(q{SELECT bg_launch($$SELECT gate('max')$$)});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' FROM bg_jobs WHERE pid = $one"),
+	'one job runs');
+my $two = $session->query_safe(q{SELECT bg_launch($$SELECT 'two'$$)});
+is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $two"),
+	'queued', 'the second waits in the queue');
+($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT bg_launch('SELECT 1', keep => false)});
+like($err, qr/too many background jobs.*\n.*"bg_fdw.max_jobs" is 1/,
+	'a job that keeps nothing is refused, not queued');
+open_gate($node, 'postgres', 'max');
+is( $session->query_safe(
+		"SELECT bg_wait($two); SELECT v FROM bg_result($two) AS r(v text)"),
+	"SELECT 1\ntwo", 'the queued job runs once the first has ended');
+
+# The queue's caps, here per role.
+$node->append_conf('postgresql.conf', 'bg_fdw.max_queued_jobs_per_role = 2');
+$node->reload;
+ok( $node->poll_query_until('postgres',
+		q{SELECT current_setting('bg_fdw.max_queued_jobs_per_role') = '2'}),
+	'bg_fdw.max_queued_jobs_per_role set');
+my $user = $node->background_psql('postgres', extra_params => [ '-U', 'regress_user' ]);
+$one = $user->query_safe(q{SELECT bg_launch($$SELECT gate('caps')$$)});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' FROM bg_jobs WHERE pid = $one"),
+	'a job of the role runs');
+$user->query_safe(q{SELECT bg_launch('SELECT 2')}) for 1 .. 2;
+($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT bg_launch('SELECT 3')}, extra_params => [ '-U', 'regress_user' ]);
+like($err, qr/too many queued background jobs for role "regress_user"/,
+	'a role cannot queue beyond bg_fdw.max_queued_jobs_per_role');
+is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
+	'2', 'and nothing of the refused launch stays queued');
+
+# A restart drops the queued jobs; names stay above those the registry holds.
+my @left = split /\n/, $node->safe_psql('postgres',
+	"SELECT pid FROM bg_jobs WHERE state = 'queued' ORDER BY pid");
+$user->quit;
+$session->quit;
+$node->restart;
+($rc, $out, $err) = $node->psql('postgres', "SELECT bg_wait($left[0])");
+like($err, qr/background job $left[0] does not exist/,
+	'a restart drops queued jobs');
+my $highest = $node->safe_psql('postgres', 'SELECT max(pid) FROM bg_job_registry');
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 0');
+$node->reload;
+ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_jobs') = '0'}),
+	'bg_fdw.max_jobs 0');
+my $after = $node->safe_psql('postgres', q{SELECT bg_launch('SELECT 1')});
+cmp_ok($after, '>', $highest, 'a name after a restart is above every name listed');
+
+$node->stop;
+done_testing();
