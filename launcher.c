@@ -196,8 +196,18 @@ bg_launch_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 	/* queued: read like another session's job, once it runs (queue.c) */
 	if (job == NULL)
 	{
-		if (desc != NULL)
-			bg_create_result_table(queued, queued_id, desc);
+		PG_TRY();
+		{
+			if (desc != NULL)
+				bg_create_result_table(queued, queued_id, desc);
+		}
+		PG_CATCH();
+		{
+			bg_queue_drop(queued, queued_id);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		bg_queue_launched(queued, queued_id);
 		return queued;
 	}
 	job->stream = opts->stream;

@@ -41,6 +41,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/condition_variable.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shm_toc.h"
 #include "storage/spin.h"
 #include "utils/acl.h"
@@ -83,6 +84,10 @@ typedef struct BgQueued
 	Oid			database_id;
 	Oid			role;			/* the role the job runs as */
 	TimestampTz launched_at;
+	bool		held;			/* its bg_launch has not returned yet: not
+								 * started, and dropped if its launcher
+								 * fails or exits first */
+	pid_t		launcher_pid;
 	bool		cancelled;		/* bg_cancel asked: it runs nothing */
 	TimestampTz cancelled_at;
 	pid_t		worker_pid;		/* the worker the supervisor started, once
@@ -138,6 +143,7 @@ static bool bg_queue_cancelled(BgQueue *q, int slot);
 static void bg_queue_free_data(BgQueue *q, int slot);
 static void bg_queue_release(BgQueue *q, int slot);
 static void bg_queue_reap(BgQueue *q);
+static void bg_queue_drop_orphans(BgQueue *q);
 static uint32 bg_wait_event_queued(void);
 
 Size
@@ -284,7 +290,7 @@ bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
 	name = bg_pool_take_name();
 	data->shared.name = name;
 
-	/* caps checked again under the mutex: others may have queued since */
+	/* (launches at the same moment may each pass a cap by one) */
 	SpinLockAcquire(&q->mutex);
 	slot = bg_queue_find_slot(q, 0, 0);
 	if (slot >= 0)
@@ -299,6 +305,8 @@ bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
 		e->database_id = shared->database_id;
 		e->role = shared->current_user_id;
 		e->launched_at = shared->launched_at;
+		e->held = true;
+		e->launcher_pid = MyProcPid;
 		e->data = dp;
 		e->size = size;
 		q->waiting++;
@@ -313,9 +321,42 @@ bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
 				 errmsg("too many queued background jobs"),
 				 errdetail("The queue has no free entry.")));
 	}
-	bg_queued_launch_remember(name, shared->job_id);
-	bg_supervisor_wake();
 	return name;
+}
+
+/*
+ * bg_launch of a queued job succeeded: the job may start.  (Before, it had
+ * its result table made, which may fail: bg_queue_drop then.)
+ */
+void
+bg_queue_launched(int name, int64 job_id)
+{
+	BgQueue    *q = bg_queue();
+	int			slot;
+
+	SpinLockAcquire(&q->mutex);
+	slot = bg_queue_find_slot(q, name, job_id);
+	if (slot >= 0)
+		q->jobs[slot].held = false;
+	SpinLockRelease(&q->mutex);
+	bg_queued_launch_remember(name, job_id);
+	bg_supervisor_wake();
+}
+
+/* bg_launch of a queued job failed: nobody got its name, it goes */
+void
+bg_queue_drop(int name, int64 job_id)
+{
+	BgQueue    *q = bg_queue();
+	int			slot;
+
+	SpinLockAcquire(&q->mutex);
+	slot = bg_queue_find_slot(q, name, job_id);
+	if (slot >= 0)
+		q->waiting--;
+	SpinLockRelease(&q->mutex);
+	if (slot >= 0)
+		bg_queue_release(q, slot);
 }
 
 /*
@@ -660,6 +701,7 @@ bg_queue_start_jobs(void)
 		bg_queue_starts = MemoryContextAllocZero(TopMemoryContext,
 												 sizeof(BgQueueStart) * BG_QUEUE_SLOTS);
 	bg_queue_reap(q);
+	bg_queue_drop_orphans(q);
 	for (;;)
 	{
 		int			oldest = -1;
@@ -672,7 +714,7 @@ bg_queue_start_jobs(void)
 		SpinLockAcquire(&q->mutex);
 		for (i = 0; i < BG_QUEUE_SLOTS; i++)
 		{
-			if (q->jobs[i].state == BG_QUEUED_WAITING &&
+			if (q->jobs[i].state == BG_QUEUED_WAITING && !q->jobs[i].held &&
 				(oldest < 0 || q->jobs[i].seq < q->jobs[oldest].seq))
 				oldest = i;
 		}
@@ -815,6 +857,37 @@ bg_queue_reap(BgQueue *q)
 						name),
 				 errhint("More details may be available in the server log.")));
 		bg_queue_release(q, i);
+	}
+}
+
+/*
+ * Jobs whose launcher exited (FATAL) before its bg_launch returned: nobody
+ * got their names, and they go.
+ */
+static void
+bg_queue_drop_orphans(BgQueue *q)
+{
+	int			i;
+
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		pid_t		launcher = 0;
+
+		SpinLockAcquire(&q->mutex);
+		if (q->jobs[i].state == BG_QUEUED_WAITING && q->jobs[i].held)
+			launcher = q->jobs[i].launcher_pid;
+		SpinLockRelease(&q->mutex);
+		if (launcher == 0 || BackendPidGetProc(launcher) != NULL)
+			continue;
+		SpinLockAcquire(&q->mutex);
+		if (q->jobs[i].state == BG_QUEUED_WAITING && q->jobs[i].held &&
+			q->jobs[i].launcher_pid == launcher)
+			q->waiting--;
+		else
+			launcher = 0;
+		SpinLockRelease(&q->mutex);
+		if (launcher != 0)
+			bg_queue_release(q, i);
 	}
 }
 

@@ -193,5 +193,17 @@ ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_job
 my $after = $node->safe_psql('postgres', q{SELECT bg_launch('SELECT 1')});
 cmp_ok($after, '>', $highest, 'a name after a restart is above every name listed');
 
+# A launch that fails after its job was queued (its result table cannot be
+# made) leaves nothing queued.
+my $next = $after + 1;
+($rc, $out, $err) = $node->psql('postgres', qq{
+	CREATE TEMP TABLE bg_result_$next (x int);
+	SELECT bg_launch('SELECT 1');});
+like($err, qr/relation "bg_result_$next" already exists/,
+	'a launch whose table cannot be made fails');
+is( $node->safe_psql('postgres',
+		q{SELECT string_agg(pid::text, ',') FROM bg_jobs WHERE state = 'queued'}),
+	$after, 'and its job does not stay queued');
+
 $node->stop;
 done_testing();
