@@ -72,6 +72,8 @@ typedef struct BgLaunchOptions
 	const char *label;			/* or NULL */
 	const char *notify;			/* or NULL */
 	bool		result_table;	/* make pg_temp.bg_result_<pid> */
+	bool		role_at_limit;	/* the role runs bg_fdw.max_jobs_per_role
+								 * jobs: the job is queued */
 } BgLaunchOptions;
 
 static void bg_launch_options(FunctionCallInfo fcinfo, BgLaunchOptions *opts);
@@ -165,11 +167,15 @@ bg_launch(PG_FUNCTION_ARGS)
 
 	/*
 	 * bg_fdw.max_jobs_per_role: no other launch by the role until ours is
-	 * listed.  The lock is a session's: whatever fails, release it.
+	 * listed (or queued, where the role runs as many as that already).  The
+	 * lock is a session's: whatever fails, release it.
 	 */
 	PG_TRY();
 	{
-		bg_registry_lock_role(GetUserId());
+		opts.role_at_limit =
+			bg_registry_lock_role(GetUserId(),
+								  bg_queue_possible(opts.keep, opts.stream,
+													bg_registry_relid()));
 		pid = bg_launch_job(sql, desc, &opts);
 	}
 	PG_FINALLY();
@@ -512,7 +518,8 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 										   dsm_segment_address(seg)),
 							BG_KEY_SHARED, false);
 	queueable = bg_queue_available(shared);
-	over = bg_max_jobs >= 0 && bg_pool_running_jobs() >= bg_max_jobs;
+	over = opts->role_at_limit ||
+		(bg_max_jobs >= 0 && bg_pool_running_jobs() >= bg_max_jobs);
 	if (over && !queueable)
 		bg_no_slot(shared, true);
 	/* jobs queued before this one go first */

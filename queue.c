@@ -89,6 +89,10 @@ typedef struct BgQueued
 								 * fails or exits first */
 	pid_t		launcher_pid;
 	bool		cancelled;		/* bg_cancel asked: it runs nothing */
+	bool		deferred;		/* its role ran bg_fdw.max_jobs_per_role
+								 * jobs when its worker looked: not started
+								 * again before a job has ended since */
+	uint64		deferred_at;	/* "ended" then */
 	TimestampTz cancelled_at;
 	pid_t		worker_pid;		/* the worker the supervisor started, once
 								 * it has claimed the entry */
@@ -100,7 +104,9 @@ typedef struct BgQueue
 {
 	slock_t		mutex;
 	uint64		next_seq;
-	int			waiting;		/* entries WAITING */
+	int			waiting;		/* entries WAITING, but deferred ones */
+	int			deferred;		/* deferred ones */
+	uint64		ended;			/* jobs ended (bg_queue_job_ended) */
 	Size		bytes;			/* of all entries' data */
 	int64		started;		/* jobs started from the queue */
 	int			tranche_id;
@@ -144,6 +150,7 @@ static void bg_queue_free_data(BgQueue *q, int slot);
 static void bg_queue_release(BgQueue *q, int slot);
 static void bg_queue_reap(BgQueue *q);
 static void bg_queue_drop_orphans(BgQueue *q);
+static void bg_queue_set_starting(BgQueue *q, int slot, bool starting);
 static uint32 bg_wait_event_queued(void);
 
 Size
@@ -228,8 +235,16 @@ bg_queue_waiting(void)
 bool
 bg_queue_available(BgJobShared *shared)
 {
-	return bg_queue() != NULL && bg_max_queued_jobs > 0 && shared->keep &&
-		!shared->stream && bg_registry_shows_worker(shared->registry_relid);
+	return bg_queue_possible(shared->keep, shared->stream,
+							 shared->registry_relid);
+}
+
+/* bg_queue_available, before the job's segment is laid out */
+bool
+bg_queue_possible(bool keep, bool stream, Oid registry)
+{
+	return bg_queue() != NULL && bg_max_queued_jobs > 0 && keep && !stream &&
+		bg_registry_keeps(registry) && bg_registry_shows_worker(registry);
 }
 
 /*
@@ -714,8 +729,11 @@ bg_queue_start_jobs(void)
 		SpinLockAcquire(&q->mutex);
 		for (i = 0; i < BG_QUEUE_SLOTS; i++)
 		{
-			if (q->jobs[i].state == BG_QUEUED_WAITING && !q->jobs[i].held &&
-				(oldest < 0 || q->jobs[i].seq < q->jobs[oldest].seq))
+			BgQueued   *e = &q->jobs[i];
+
+			if (e->state == BG_QUEUED_WAITING && !e->held &&
+				(!e->deferred || e->cancelled || e->deferred_at != q->ended) &&
+				(oldest < 0 || e->seq < q->jobs[oldest].seq))
 				oldest = i;
 		}
 		if (oldest >= 0)
@@ -743,25 +761,47 @@ bg_queue_start_jobs(void)
 		worker.bgw_main_arg = Int32GetDatum(oldest);
 		memcpy(worker.bgw_extra, &job_id, sizeof(int64));
 		worker.bgw_notify_pid = MyProcPid;
+		/* STARTING first: the worker may look before we are back */
+		bg_queue_set_starting(q, oldest, true);
 		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		{
+			bg_queue_set_starting(q, oldest, false);
 			/* idle workers give their slots to queued jobs */
 			bg_pool_make_room_for_queue();
 			return true;
 		}
-		SpinLockAcquire(&q->mutex);
-		if (q->jobs[oldest].state == BG_QUEUED_WAITING &&
-			q->jobs[oldest].job_id == job_id)
-		{
-			q->jobs[oldest].state = BG_QUEUED_STARTING;
-			q->waiting--;
-		}
-		SpinLockRelease(&q->mutex);
 		if (bg_queue_starts[oldest].handle != NULL)
 			pfree(bg_queue_starts[oldest].handle);
 		bg_queue_starts[oldest].job_id = job_id;
 		bg_queue_starts[oldest].handle = handle;
 	}
+}
+
+/*
+ * The supervisor registers a worker for a WAITING entry: STARTING; or, if
+ * that fails, WAITING again.
+ */
+static void
+bg_queue_set_starting(BgQueue *q, int slot, bool starting)
+{
+	BgQueued   *e = &q->jobs[slot];
+
+	SpinLockAcquire(&q->mutex);
+	if (starting)
+	{
+		e->state = BG_QUEUED_STARTING;
+		if (e->deferred)
+			q->deferred--;
+		else
+			q->waiting--;
+		e->deferred = false;
+	}
+	else
+	{
+		e->state = BG_QUEUED_WAITING;
+		q->waiting++;
+	}
+	SpinLockRelease(&q->mutex);
 }
 
 /* Has bg_cancel reached the entry? */
@@ -974,6 +1014,72 @@ bg_queue_started(BgJobShared *shared)
 	bg_queue_my_slot = -1;
 	bg_queue_my_job = 0;
 	return cancelled;
+}
+
+/*
+ * Jobs ended so far: a worker about to check its role's jobs against
+ * bg_fdw.max_jobs_per_role reads it first, for bg_queue_defer.
+ */
+uint64
+bg_queue_ended_count(void)
+{
+	BgQueue    *q = bg_queue();
+	uint64		ended;
+
+	if (q == NULL)
+		return 0;
+	SpinLockAcquire(&q->mutex);
+	ended = q->ended;
+	SpinLockRelease(&q->mutex);
+	return ended;
+}
+
+/*
+ * The job this worker took may not run yet: its role runs
+ * bg_fdw.max_jobs_per_role jobs in its database.  It waits again, and is
+ * not started before a job has ended since "seen" (an ended count read
+ * before the role's jobs were counted), so that none ending meanwhile is
+ * missed.
+ */
+void
+bg_queue_defer(uint64 seen)
+{
+	BgQueue    *q = bg_queue();
+	BgQueued   *e = &q->jobs[bg_queue_my_slot];
+
+	SpinLockAcquire(&q->mutex);
+	if (e->state == BG_QUEUED_STARTING && e->job_id == bg_queue_my_job)
+	{
+		e->state = BG_QUEUED_WAITING;
+		e->worker_pid = 0;
+		e->deferred = true;
+		e->deferred_at = seen;
+		q->deferred++;
+	}
+	SpinLockRelease(&q->mutex);
+	bg_queue_my_slot = -1;
+	bg_queue_my_job = 0;
+	bg_supervisor_wake();
+}
+
+/*
+ * A job's worker has ended it (its segment goes): a job deferred for its
+ * role's limit may start now, and a slot may be free for a queued one.
+ */
+void
+bg_queue_job_ended(void)
+{
+	BgQueue    *q = bg_queue();
+	bool		wake;
+
+	if (q == NULL)
+		return;
+	SpinLockAcquire(&q->mutex);
+	q->ended++;
+	wake = q->waiting > 0 || q->deferred > 0;
+	SpinLockRelease(&q->mutex);
+	if (wake)
+		bg_supervisor_wake();
 }
 
 /* For bg_supervisor(): jobs waiting, and started from the queue so far */

@@ -2504,33 +2504,38 @@ static Oid	bg_launch_locked_role = InvalidOid;
 
 /*
  * Lock out other launches by the role until ours is registered, and refuse
- * it if the role already runs bg_fdw.max_jobs_per_role jobs here.  Without
- * a limit no lock is taken.  bg_registry_unlock_role releases it, as soon as
- * the job is listed.
+ * it if the role already runs bg_fdw.max_jobs_per_role jobs here, unless
+ * "may_queue": then return true, and the job waits in the queue (queue.c)
+ * until one of them ends.  Without a limit no lock is taken.
+ * bg_registry_unlock_role releases it, as soon as the job is listed.
  */
-void
-bg_registry_lock_role(Oid role)
+bool
+bg_registry_lock_role(Oid role, bool may_queue)
 {
 	LOCKTAG		tag;
 	int			running = 0;
 
 	if (bg_max_jobs_per_role < 0 || RecoveryInProgress())
-		return;
+		return false;
 	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, AuthIdRelationId, role, 0);
 	(void) LockAcquire(&tag, ExclusiveLock, true, false);
 	bg_launch_locked_role = role;
 
 	(void) bg_registry_role_jobs(role, &running);
 
-	if (running >= bg_max_jobs_per_role)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many background jobs for role \"%s\"",
-						GetUserNameFromId(role, false)),
-				 errdetail_plural("The role runs %d job in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
-								  "The role runs %d jobs in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
-								  running, running, bg_max_jobs_per_role),
-				 errhint("Wait for a job to end, or cancel one with bg_cancel().")));
+	if (running < bg_max_jobs_per_role)
+		return false;
+	if (may_queue)
+		return true;
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("too many background jobs for role \"%s\"",
+					GetUserNameFromId(role, false)),
+			 errdetail_plural("The role runs %d job in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
+							  "The role runs %d jobs in this database; \"bg_fdw.max_jobs_per_role\" is %d.",
+							  running, running, bg_max_jobs_per_role),
+			 errhint("Wait for a job to end, or cancel one with bg_cancel().")));
+	return false;				/* keep compiler quiet */
 }
 
 /*

@@ -85,6 +85,7 @@ static bool bg_committed = false;
 static int	bg_failed_status = -1;
 
 static void bg_worker_signals(void);
+static bool bg_worker_role_at_limit(BgJobShared *launched);
 static void bg_worker_connect(BgJobShared *shared);
 static void bg_worker_serve(BgJobShared *shared);
 static BgJobShared *bg_worker_attach(dsm_handle handle, int64 job_id);
@@ -186,7 +187,33 @@ bg_queued_main(Datum main_arg)
 		proc_exit(0);
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
 	bg_worker_connect(&launched);
+	if (bg_worker_role_at_limit(&launched))
+		proc_exit(0);
 	bg_worker_serve(bg_worker_adopt(bg_queue_segment(), 0));
+}
+
+/*
+ * Does the role of the queued job this worker took already run
+ * bg_fdw.max_jobs_per_role jobs in the database?  Then the job waits
+ * again.  Otherwise the role's lock, which launches take too, is held
+ * until the job is listed (bg_worker_run).
+ */
+static bool
+bg_worker_role_at_limit(BgJobShared *launched)
+{
+	uint64		seen = bg_queue_ended_count();
+	bool		over;
+
+	if (!OidIsValid(launched->registry_relid))
+		return false;
+	StartTransactionCommand();
+	over = bg_registry_lock_role(launched->current_user_id, true);
+	CommitTransactionCommand();
+	if (!over)
+		return false;
+	bg_registry_unlock_role();
+	bg_queue_defer(seen);
+	return true;
 }
 
 static void
@@ -389,6 +416,7 @@ bg_worker_run(BgJobShared *shared)
 	{
 		bg_registry_register(shared, sql, dsm_segment_handle(bg_worker_segment));
 		/* a queued job is found in the registry from now on */
+		bg_registry_unlock_role();
 		if (bg_queue_started(shared))
 			bg_worker_cancelled_in_queue(shared);
 		bg_wait_for_launcher(shared, false);
@@ -607,8 +635,7 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 
 	bg_job_set_flag(shared, &shared->worker_exited, BG_WAKE_NONE);
 	/* its slot may go to a queued job */
-	if (bg_queue_waiting() > 0)
-		bg_supervisor_wake();
+	bg_queue_job_ended();
 	/* readers following the kept file now find the outcome in the registry */
 	ConditionVariableBroadcast(&shared->kept_cv);
 	/* and sessions in bg_wait_any learn that the job has ended */

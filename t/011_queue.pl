@@ -134,6 +134,37 @@ ok( $node->poll_query_until('postgres',
 	'the queue is empty, the jobs were started from it');
 $session->quit;
 
+# bg_fdw.max_jobs_per_role counts running jobs: a launch over it is queued,
+# and starts once one of the role's jobs has ended; other roles' jobs do not
+# wait behind it.
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs_per_role = 1');
+$node->reload;
+ok( $node->poll_query_until('postgres',
+		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '1'}),
+	'bg_fdw.max_jobs_per_role set');
+my $role_session = $node->background_psql('postgres', extra_params => [ '-U', 'regress_user' ]);
+my $first = $role_session->query_safe(q{SELECT bg_launch($$SELECT gate('role')$$)});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' FROM bg_jobs WHERE pid = $first"),
+	'the role runs one job');
+my $second = $role_session->query_safe(q{SELECT bg_launch($$SELECT 'second'$$)});
+is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $second"),
+	'queued', 'its second job is queued, not refused');
+is( $node->safe_psql('postgres', q{SELECT bg_wait(bg_launch($$SELECT 'other'$$))}),
+	'SELECT 1', 'another role runs a job meanwhile');
+is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $second"),
+	'queued', 'the second job still waits for the first');
+open_gate($node, 'postgres', 'role');
+is( $role_session->query_safe(
+		"SELECT bg_wait($second); SELECT v FROM bg_result($second) AS r(v text)"),
+	"SELECT 1\nsecond", 'once the first ended, the second runs');
+$role_session->quit;
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs_per_role = -1');
+$node->reload;
+ok( $node->poll_query_until('postgres',
+		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '-1'}),
+	'bg_fdw.max_jobs_per_role reset');
+
 # bg_fdw.max_jobs: the launch beyond it waits in the queue though slots
 # are free; one that keeps nothing is refused.
 $node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 1');
