@@ -174,6 +174,7 @@ bg_launch(PG_FUNCTION_ARGS)
 	{
 		opts.role_at_limit =
 			bg_registry_lock_role(GetUserId(),
+								  bg_max_jobs_per_role >= 0 &&
 								  bg_queue_possible(opts.keep, opts.stream,
 													bg_registry_relid()));
 		pid = bg_launch_job(sql, desc, &opts);
@@ -504,7 +505,6 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 	BackgroundWorkerHandle *handle;
 	BgwHandleStatus status;
 	pid_t		pid;
-	bool		queueable;
 	bool		over;
 	bool		wait;
 
@@ -517,13 +517,12 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 	shared = shm_toc_lookup(shm_toc_attach(BG_FDW_MAGIC,
 										   dsm_segment_address(seg)),
 							BG_KEY_SHARED, false);
-	queueable = bg_queue_available(shared);
 	over = opts->role_at_limit ||
 		(bg_max_jobs >= 0 && bg_pool_running_jobs() >= bg_max_jobs);
-	if (over && !queueable)
-		bg_no_slot(shared, true);
 	/* jobs queued before this one go first */
-	wait = queueable && (over || bg_queue_waiting() > 0);
+	wait = (over || bg_queue_waiting() > 0) && bg_queue_available(shared);
+	if (over && !wait)
+		bg_no_slot(shared, true);
 	if (!wait)
 	{
 		pid = bg_hand_over(&seg);
@@ -559,7 +558,7 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 		shared = shm_toc_lookup(shm_toc_attach(BG_FDW_MAGIC,
 											   dsm_segment_address(seg)),
 								BG_KEY_SHARED, false);
-		if (!queueable)
+		if (!wait && !bg_queue_available(shared))
 			bg_no_slot(shared, false);
 		/* the queue holds a copy of what the segment holds */
 		*queued = bg_queue_push(seg, opts->queue_size, desc);
