@@ -2269,6 +2269,18 @@ bg_registry_cancel_label(const char *pattern)
 		if (bg_cancel_entry((BgJobEntry *) lfirst(lc)))
 			n++;
 	}
+	/* and the queued ones (bg_queue_list reads labels of permitted jobs) */
+	foreach(lc, bg_queue_list(false))
+	{
+		BgQueuedInfo *info = lfirst(lc);
+
+		if (info->label != NULL && !info->cancelled &&
+			DatumGetBool(DirectFunctionCall2Coll(textlike, DEFAULT_COLLATION_OID,
+												 CStringGetTextDatum(info->label),
+												 pattern_datum)) &&
+			bg_queue_cancel(info->name))
+			n++;
+	}
 	return n;
 }
 

@@ -179,6 +179,12 @@ ok( $node->poll_query_until('postgres',
 my $two = $session->query_safe(q{SELECT bg_launch($$SELECT 'two'$$)});
 is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $two"),
 	'queued', 'the second waits in the queue');
+my $labelled = $session->query_safe(
+	q{SELECT bg_launch('SELECT 3', label => 'regress_queued')});
+is( $node->safe_psql('postgres', q{SELECT bg_cancel_label('regress_%')}),
+	'1', 'bg_cancel_label cancels a queued job');
+is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $labelled"),
+	'cancelled', 'which is cancelled at once');
 ($rc, $out, $err) = $node->psql('postgres',
 	q{SELECT bg_launch('SELECT 1', keep => false)});
 like($err, qr/too many background jobs.*\n.*"bg_fdw.max_jobs" is 1/,
