@@ -1172,6 +1172,17 @@ bg_await(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("PID of the background job must not be null")));
+	bg_check_not_self(PG_GETARG_INT32(0));
+	/* a job this session does not hold (queued, another's): as bg_wait */
+	if (!bg_job_held(PG_GETARG_INT32(0), 0))
+	{
+		if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect_ext failed");
+		SPI_commit();
+		(void) bg_registry_wait(PG_GETARG_INT32(0), -1);
+		SPI_finish();
+		PG_RETURN_VOID();
+	}
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
 	pid = job->pid;
 	job_id = job->job_id;

@@ -156,8 +156,8 @@ is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $second"
 	'queued', 'the second job still waits for the first');
 open_gate($node, 'postgres', 'role');
 is( $role_session->query_safe(
-		"SELECT bg_wait($second); SELECT v FROM bg_result($second) AS r(v text)"),
-	"SELECT 1\nsecond", 'once the first ended, the second runs');
+		"CALL bg_await($second); SELECT v FROM bg_result($second) AS r(v text)"),
+	"second", 'once the first ended, the second runs (CALL bg_await waits for it)');
 $role_session->quit;
 $node->append_conf('postgresql.conf', 'bg_fdw.max_jobs_per_role = -1');
 $node->reload;
