@@ -242,6 +242,16 @@ _PG_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_queued_size_per_role",
+							"Shared memory the queued background jobs of one role may take.",
+							NULL,
+							&bg_max_queued_size_per_role,
+							16 * 1024,
+							64,
+							MAX_KILOBYTES,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.queue_size",
 							"Size of a background job's tuple queue when bg_launch is given none.",
 							NULL,
@@ -1173,8 +1183,8 @@ bg_await(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("PID of the background job must not be null")));
 	bg_check_not_self(PG_GETARG_INT32(0));
-	/* a job this session does not hold (queued, another's): as bg_wait */
-	if (!bg_job_held(PG_GETARG_INT32(0), 0))
+	/* a job this session never held (queued, another's): as bg_wait */
+	if (bg_job_lookup(PG_GETARG_INT32(0), 0, true) == NULL)
 	{
 		if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect_ext failed");
@@ -1244,10 +1254,16 @@ Datum
 bg_detach(PG_FUNCTION_ARGS)
 {
 	BgJob	   *job = bg_job_lookup(PG_GETARG_INT32(0), 0, true);
+	bool		detached;
 
-	if (job == NULL && bg_queued_launch(PG_GETARG_INT32(0), false) != 0)
+	if (job == NULL && bg_queued_launch(PG_GETARG_INT32(0), &detached) != 0)
 	{
-		bg_detach_queued(PG_GETARG_INT32(0));
+		if (detached)
+			ereport(NOTICE,
+					(errmsg("background job %d is already detached, skipping",
+							PG_GETARG_INT32(0))));
+		else
+			bg_detach_queued(PG_GETARG_INT32(0));
 		PG_RETURN_VOID();
 	}
 	if (job == NULL)
@@ -1282,13 +1298,14 @@ static void
 bg_detach_queued(int name)
 {
 	BgJob		job;
+	bool		detached;
 
 	memset(&job, 0, sizeof(job));
 	job.pid = name;
-	job.job_id = bg_queued_launch(name, false);
+	job.job_id = bg_queued_launch(name, &detached);
 	bg_drop_job_tables(&job);
 	bg_registry_detached(job.job_id);
-	(void) bg_queued_launch(name, true);
+	bg_queued_launch_detach(name);
 }
 
 /*

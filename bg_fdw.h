@@ -591,6 +591,7 @@ extern int	bg_max_jobs;
 extern int	bg_max_queued_jobs;
 extern int	bg_max_queued_jobs_per_role;
 extern int	bg_max_queued_size;
+extern int	bg_max_queued_size_per_role;
 
 /* A queued job, as bg_queue_find and bg_queue_list see it */
 typedef struct BgQueuedInfo
@@ -614,6 +615,7 @@ extern void bg_queue_init(void *ptr);
 extern int	bg_queue_waiting(void);
 extern bool bg_queue_available(BgJobShared *shared);
 extern bool bg_queue_possible(bool keep, bool stream, Oid registry);
+extern bool bg_queue_in_job(void);
 extern uint64 bg_queue_ended_count(void);
 extern void bg_queue_defer(uint64 seen);
 extern void bg_queue_job_ended(void);
@@ -626,9 +628,11 @@ extern void bg_queue_await_start(int name, int64 job_id);
 extern bool bg_queue_cancel(int name);
 extern List *bg_queue_list(bool desc);
 extern void bg_queued_launch_remember(int name, int64 job_id);
-extern int64 bg_queued_launch(int name, bool forget);
+extern int64 bg_queued_launch(int name, bool *detached);
+extern void bg_queued_launch_detach(int name);
 extern bool bg_queue_start_jobs(void);
-extern bool bg_queue_claim(int slot, int64 job_id, BgJobShared *shared);
+extern bool bg_queue_claim(int slot, BgJobShared *shared);
+extern int	bg_jobs_running(void);
 extern dsm_segment *bg_queue_segment(void);
 extern bool bg_queue_started(BgJobShared *shared);
 extern void bg_queue_counts(int *queued, int64 *started);

@@ -82,7 +82,7 @@ static int	bg_launch_job(const char *sql, TupleDesc desc,
 static BgJob *bg_start_job(const char *sql, TupleDesc desc,
 						   BgLaunchOptions *opts, int *queued,
 						   int64 *queued_id);
-static void bg_no_slot(BgJobShared *shared, bool max_jobs);
+static void bg_no_slot(BgLaunchOptions *opts, bool max_jobs);
 static int	bg_hand_over(dsm_segment **seg);
 static dsm_segment *bg_create_segment(const char *sql,
 									  BgLaunchOptions *opts);
@@ -518,11 +518,11 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 										   dsm_segment_address(seg)),
 							BG_KEY_SHARED, false);
 	over = opts->role_at_limit ||
-		(bg_max_jobs >= 0 && bg_pool_running_jobs() >= bg_max_jobs);
+		(bg_max_jobs >= 0 && bg_jobs_running() >= bg_max_jobs);
 	/* jobs queued before this one go first */
 	wait = (over || bg_queue_waiting() > 0) && bg_queue_available(shared);
 	if (over && !wait)
-		bg_no_slot(shared, true);
+		bg_no_slot(opts, true);
 	if (!wait)
 	{
 		pid = bg_hand_over(&seg);
@@ -559,7 +559,7 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 											   dsm_segment_address(seg)),
 								BG_KEY_SHARED, false);
 		if (!wait && !bg_queue_available(shared))
-			bg_no_slot(shared, false);
+			bg_no_slot(opts, false);
 		/* the queue holds a copy of what the segment holds */
 		*queued = bg_queue_push(seg, opts->queue_size, desc);
 		*queued_id = shared->job_id;
@@ -601,27 +601,31 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
  * is free, or ("max_jobs") bg_fdw.max_jobs jobs run.
  */
 static void
-bg_no_slot(BgJobShared *shared, bool max_jobs)
+bg_no_slot(BgLaunchOptions *opts, bool max_jobs)
 {
-	bool		queue = (bg_supervisor_queue() != NULL);
+	const char *why;
 
+	if (bg_supervisor_queue() == NULL)
+		why = _("With bg_fdw in \"shared_preload_libraries\", jobs wait in a queue for a free slot instead.");
+	else if (bg_queue_in_job())
+		why = _("A job launched by a background job is not queued.");
+	else if (!opts->keep || opts->stream)
+		why = _("A job launched with keep => false or in stream mode is not queued: launch it with keep => true to have it wait for a slot.");
+	else
+		why = NULL;				/* the queue is off, or the registry is 1.0's */
 	if (max_jobs)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many background jobs"),
 				 errdetail("\"bg_fdw.max_jobs\" is %d.", bg_max_jobs),
-				 errhint(bg_supervisor_queue() == NULL ?
-						 "Wait for a job to end; with bg_fdw in \"shared_preload_libraries\", jobs wait in a queue instead." :
-						 "Wait for a job to end; a job launched with keep => false or in stream mode is not queued.")));
+				 why ? errhint("Wait for a job to end. %s", why) :
+				 errhint("Wait for a job to end.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 			 errmsg("could not register background process for a background job"),
 			 errdetail("All background worker slots are in use."),
-			 !queue ?
-			 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor); with bg_fdw in \"shared_preload_libraries\", jobs wait in a queue for a free slot instead.") :
-			 shared->keep ?
-			 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor).") :
-			 errhint("A job launched with keep => false or in stream mode is not queued: launch it with keep => true to have it wait for a slot.")));
+			 why ? errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor). %s", why) :
+			 errhint("You may need to increase \"max_worker_processes\" (each running job takes one slot, shared with parallel query and the bg_fdw supervisor).")));
 }
 
 /*

@@ -37,9 +37,11 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/condition_variable.h"
+#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/procarray.h"
 #include "storage/shm_toc.h"
@@ -94,6 +96,8 @@ typedef struct BgQueued
 								 * again before a job has ended since */
 	uint64		deferred_at;	/* "ended" then */
 	TimestampTz cancelled_at;
+	uint32		attempt;		/* workers registered for it so far: only
+								 * the latest may claim it */
 	pid_t		worker_pid;		/* the worker the supervisor started, once
 								 * it has claimed the entry */
 	dsa_pointer data;			/* BgQueuedData */
@@ -104,7 +108,8 @@ typedef struct BgQueue
 {
 	slock_t		mutex;
 	uint64		next_seq;
-	int			waiting;		/* entries WAITING, but deferred ones */
+	int			waiting;		/* entries WAITING, but deferred and held
+								 * ones */
 	int			deferred;		/* deferred ones */
 	uint64		ended;			/* jobs ended (bg_queue_job_ended) */
 	Size		bytes;			/* of all entries' data */
@@ -121,6 +126,7 @@ int			bg_max_jobs = -1;
 int			bg_max_queued_jobs = 256;
 int			bg_max_queued_jobs_per_role = 64;
 int			bg_max_queued_size = 64 * 1024;
+int			bg_max_queued_size_per_role = 16 * 1024;
 
 /* This process's mapping of the area */
 static dsa_area *bg_queue_dsa = NULL;
@@ -129,11 +135,13 @@ static dsa_area *bg_queue_dsa = NULL;
 static int	bg_queue_my_slot = -1;
 static int64 bg_queue_my_job = 0;
 
-/* Jobs this session queued and has not detached: (name, job id) */
+/* Jobs this session queued: (name, job id), and whether it detached them */
 typedef struct BgQueuedLaunch
 {
 	int			name;
 	int64		job_id;
+	bool		detached;
+	bool		pending;		/* detached in this transaction */
 } BgQueuedLaunch;
 static List *bg_queued_launches = NIL;
 
@@ -142,15 +150,18 @@ static uint32 bg_wait_event_queued_id = 0;
 static BgQueue *bg_queue(void);
 static dsa_area *bg_queue_area(BgQueue *q);
 static int	bg_queue_find_slot(BgQueue *q, int name, int64 job_id);
-static void bg_queue_check_caps(BgQueue *q, Oid role, Size size);
+static int	bg_queue_reserve(BgQueue *q, Oid role, Size size);
+static dsa_pointer bg_queue_copy(BgQueue *q, shm_toc *toc, int queue_size,
+								 StringInfo descbuf, Size size, int name);
+static void bg_queue_exit_callback(void);
+static void bg_queue_launcher_exit(int code, Datum arg);
+static void bg_queued_launch_xact(XactEvent event, void *arg);
 static void bg_queue_read_data(BgQueue *q, int slot, BgQueuedInfo *info,
 							   bool desc);
 static bool bg_queue_cancelled(BgQueue *q, int slot);
-static void bg_queue_free_data(BgQueue *q, int slot);
-static void bg_queue_release(BgQueue *q, int slot);
+static void bg_queue_release(BgQueue *q, int slot, bool *cancelled);
 static void bg_queue_reap(BgQueue *q);
 static void bg_queue_drop_orphans(BgQueue *q);
-static void bg_queue_set_starting(BgQueue *q, int slot, bool starting);
 static uint32 bg_wait_event_queued(void);
 
 Size
@@ -230,7 +241,8 @@ bg_queue_waiting(void)
 
 /*
  * May this launch be queued?  Where the queue exists and is not turned off,
- * for a job that keeps its result: a queued job is read from its kept file.
+ * for a job that keeps its result (a queued job is read from its kept
+ * file), launched by a session, not by a job.
  */
 bool
 bg_queue_available(BgJobShared *shared)
@@ -244,13 +256,26 @@ bool
 bg_queue_possible(bool keep, bool stream, Oid registry)
 {
 	return bg_queue() != NULL && bg_max_queued_jobs > 0 && keep && !stream &&
-		bg_registry_keeps(registry) && bg_registry_shows_worker(registry);
+		!bg_queue_in_job() && bg_registry_keeps(registry) &&
+		bg_registry_shows_worker(registry);
+}
+
+/*
+ * Is this a job launching a job?  Its launch is not queued: a job that
+ * waits for the jobs it launches, holding its slot, would wait for ever
+ * once every slot is held so.  It fails for want of a slot, as in 1.0.
+ */
+bool
+bg_queue_in_job(void)
+{
+	return bg_worker_job() != NULL;
 }
 
 /*
  * Queue the job laid out in "seg" (which the caller then detaches): copy
  * what its segment holds, and the columns bg_launch described, into the
- * area.  Returns the job's name; the supervisor starts it in its turn.
+ * area.  Returns the job's name; the job is held until bg_queue_launched,
+ * then the supervisor starts it in its turn.
  */
 int
 bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
@@ -258,85 +283,86 @@ bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
 	BgQueue    *q = bg_queue();
 	shm_toc    *toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
 	BgJobShared *shared = shm_toc_lookup(toc, BG_KEY_SHARED, false);
-	const char *sql = shm_toc_lookup(toc, BG_KEY_SQL, false);
-	const char *guc = shm_toc_lookup(toc, BG_KEY_GUC, false);
-	const char *libraries = shm_toc_lookup(toc, BG_KEY_LIBRARIES, false);
 	StringInfoData descbuf;
-	Size		guc_len = EstimateGUCStateSpace();
-	Size		library_len = EstimateLibraryStateSpace();
-	Size		sql_len = strlen(sql) + 1;
 	Size		size;
-	dsa_area   *area = bg_queue_area(q);
-	dsa_pointer dp;
-	BgQueuedData *data;
-	char	   *p;
+	dsa_pointer dp = InvalidDsaPointer;
 	int			slot;
 	int			name;
 
 	initStringInfo(&descbuf);
 	if (desc != NULL)
 		bg_desc_serialize(&descbuf, desc);
-	size = offsetof(BgQueuedData, data) + sql_len + guc_len + library_len +
-		descbuf.len;
-	bg_queue_check_caps(q, shared->current_user_id, size);
-
-	dp = dsa_allocate_extended(area, size, DSA_ALLOC_NO_OOM);
-	if (!DsaPointerIsValid(dp))
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of shared memory for queued background jobs")));
-	data = dsa_get_address(area, dp);
-	memcpy(&data->shared, shared, sizeof(BgJobShared));
-	data->queue_size = queue_size;
-	data->sql_len = sql_len;
-	data->guc_len = guc_len;
-	data->library_len = library_len;
-	data->desc_len = descbuf.len;
-	p = data->data;
-	memcpy(p, sql, sql_len);
-	p += sql_len;
-	memcpy(p, guc, guc_len);
-	p += guc_len;
-	memcpy(p, libraries, library_len);
-	p += library_len;
-	memcpy(p, descbuf.data, descbuf.len);
+	size = offsetof(BgQueuedData, data) +
+		strlen(shm_toc_lookup(toc, BG_KEY_SQL, false)) + 1 +
+		EstimateGUCStateSpace() + EstimateLibraryStateSpace() + descbuf.len;
+	/* what may fail comes before anything is taken, or undoes it */
+	name = bg_pool_take_name();
+	(void) bg_queue_area(q);
+	bg_queue_exit_callback();
+	slot = bg_queue_reserve(q, shared->current_user_id, size);
+	PG_TRY();
+	{
+		dp = bg_queue_copy(q, toc, queue_size, &descbuf, size, name);
+	}
+	PG_CATCH();
+	{
+		bg_queue_release(q, slot, NULL);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	pfree(descbuf.data);
 
-	name = bg_pool_take_name();
-	data->shared.name = name;
-
-	/* (launches at the same moment may each pass a cap by one) */
 	SpinLockAcquire(&q->mutex);
-	slot = bg_queue_find_slot(q, 0, 0);
-	if (slot >= 0)
 	{
 		BgQueued   *e = &q->jobs[slot];
 
-		memset(e, 0, sizeof(BgQueued));
-		e->state = BG_QUEUED_WAITING;
 		e->name = name;
 		e->job_id = shared->job_id;
 		e->seq = q->next_seq++;
 		e->database_id = shared->database_id;
-		e->role = shared->current_user_id;
 		e->launched_at = shared->launched_at;
-		e->held = true;
-		e->launcher_pid = MyProcPid;
 		e->data = dp;
-		e->size = size;
-		q->waiting++;
-		q->bytes += size;
 	}
 	SpinLockRelease(&q->mutex);
-	if (slot < 0)
-	{
-		dsa_free(area, dp);
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many queued background jobs"),
-				 errdetail("The queue has no free entry.")));
-	}
 	return name;
+}
+
+/*
+ * Copy what the job's segment holds into the area: its data for the
+ * worker, named "name".
+ */
+static dsa_pointer
+bg_queue_copy(BgQueue *q, shm_toc *toc, int queue_size, StringInfo descbuf,
+			  Size size, int name)
+{
+	const char *sql = shm_toc_lookup(toc, BG_KEY_SQL, false);
+	dsa_pointer dp;
+	BgQueuedData *data;
+	char	   *p;
+
+	dp = dsa_allocate_extended(bg_queue_area(q), size, DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(dp))
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of shared memory for queued background jobs")));
+	data = dsa_get_address(bg_queue_area(q), dp);
+	memcpy(&data->shared, shm_toc_lookup(toc, BG_KEY_SHARED, false),
+		   sizeof(BgJobShared));
+	data->shared.name = name;
+	data->queue_size = queue_size;
+	data->sql_len = strlen(sql) + 1;
+	data->guc_len = EstimateGUCStateSpace();
+	data->library_len = EstimateLibraryStateSpace();
+	data->desc_len = descbuf->len;
+	p = data->data;
+	memcpy(p, sql, data->sql_len);
+	p += data->sql_len;
+	memcpy(p, shm_toc_lookup(toc, BG_KEY_GUC, false), data->guc_len);
+	p += data->guc_len;
+	memcpy(p, shm_toc_lookup(toc, BG_KEY_LIBRARIES, false), data->library_len);
+	p += data->library_len;
+	memcpy(p, descbuf->data, descbuf->len);
+	return dp;
 }
 
 /*
@@ -351,8 +377,11 @@ bg_queue_launched(int name, int64 job_id)
 
 	SpinLockAcquire(&q->mutex);
 	slot = bg_queue_find_slot(q, name, job_id);
-	if (slot >= 0)
+	if (slot >= 0 && q->jobs[slot].held)
+	{
 		q->jobs[slot].held = false;
+		q->waiting++;
+	}
 	SpinLockRelease(&q->mutex);
 	bg_queued_launch_remember(name, job_id);
 	bg_supervisor_wake();
@@ -367,37 +396,101 @@ bg_queue_drop(int name, int64 job_id)
 
 	SpinLockAcquire(&q->mutex);
 	slot = bg_queue_find_slot(q, name, job_id);
-	if (slot >= 0)
-		q->waiting--;
 	SpinLockRelease(&q->mutex);
 	if (slot >= 0)
-		bg_queue_release(q, slot);
+		bg_queue_release(q, slot, NULL);
 }
 
 /*
- * The queue's caps: bg_fdw.max_queued_jobs entries and
- * bg_fdw.max_queued_size bytes in all, bg_fdw.max_queued_jobs_per_role
- * entries of one role.  What a role queues never grows shared state beyond
- * them.
+ * before_shmem_exit callback of a session that queued a job: one whose
+ * bg_launch did not return (the session was terminated meanwhile) goes.
  */
 static void
-bg_queue_check_caps(BgQueue *q, Oid role, Size size)
+bg_queue_launcher_exit(int code, Datum arg)
+{
+	BgQueue    *q = bg_queue();
+	int			i;
+
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		bool		mine;
+
+		SpinLockAcquire(&q->mutex);
+		mine = q->jobs[i].state == BG_QUEUED_WAITING && q->jobs[i].held &&
+			q->jobs[i].launcher_pid == MyProcPid;
+		SpinLockRelease(&q->mutex);
+		if (mine)
+			bg_queue_release(q, i, NULL);
+	}
+}
+
+static void
+bg_queue_exit_callback(void)
+{
+	static bool registered = false;
+
+	if (!registered)
+		before_shmem_exit(bg_queue_launcher_exit, (Datum) 0);
+	registered = true;
+}
+
+/*
+ * Take an entry for a job of "role" whose data takes "size" bytes, within
+ * the queue's caps: bg_fdw.max_queued_jobs entries and
+ * bg_fdw.max_queued_size bytes in all, bg_fdw.max_queued_jobs_per_role
+ * entries and bg_fdw.max_queued_size_per_role bytes of one role.  They are
+ * checked and the entry and its bytes taken in one step, so that launches
+ * at the same moment cannot pass them together.  The entry is held, listed
+ * nowhere, until bg_queue_push fills it.
+ */
+static int
+bg_queue_reserve(BgQueue *q, Oid role, Size size)
 {
 	int			total = 0;
 	int			of_role = 0;
+	Size		role_bytes = 0;
 	Size		bytes;
+	int			slot = -1;
 	int			i;
 
 	SpinLockAcquire(&q->mutex);
 	for (i = 0; i < BG_QUEUE_SLOTS; i++)
 	{
 		if (q->jobs[i].state == BG_QUEUED_FREE)
+		{
+			if (slot < 0)
+				slot = i;
 			continue;
+		}
 		total++;
-		of_role += (q->jobs[i].role == role);
+		if (q->jobs[i].role == role)
+		{
+			of_role++;
+			role_bytes += q->jobs[i].size;
+		}
 	}
 	bytes = q->bytes;
+	if (total < bg_max_queued_jobs && of_role < bg_max_queued_jobs_per_role &&
+		bytes + size <= (Size) bg_max_queued_size * 1024 &&
+		role_bytes + size <= (Size) bg_max_queued_size_per_role * 1024 &&
+		slot >= 0)
+	{
+		BgQueued   *e = &q->jobs[slot];
+
+		memset(e, 0, sizeof(BgQueued));
+		e->state = BG_QUEUED_WAITING;
+		e->held = true;
+		e->role = role;
+		e->launcher_pid = MyProcPid;
+		e->data = InvalidDsaPointer;
+		e->size = size;
+		q->bytes += size;
+	}
+	else
+		slot = -1;
 	SpinLockRelease(&q->mutex);
+	if (slot >= 0)
+		return slot;
 
 	if (total >= bg_max_queued_jobs)
 		ereport(ERROR,
@@ -414,14 +507,23 @@ bg_queue_check_caps(BgQueue *q, Oid role, Size size)
 				 errdetail("No worker slot is free, and the role has %d jobs waiting for one; \"bg_fdw.max_queued_jobs_per_role\" is %d.",
 						   of_role, bg_max_queued_jobs_per_role),
 				 errhint("Wait for jobs to end, or cancel queued ones with bg_cancel().")));
-	if (bytes + size > (Size) bg_max_queued_size * 1024)
+	if (role_bytes + size > (Size) bg_max_queued_size_per_role * 1024)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("queued background jobs would exceed \"bg_fdw.max_queued_size\" (%d kB)",
-						bg_max_queued_size),
-				 errdetail("No worker slot is free; queued jobs take %zu bytes, and this one %zu.",
-						   bytes, size),
+				 errmsg("queued background jobs of role \"%s\" would exceed \"bg_fdw.max_queued_size_per_role\" (%d kB)",
+						GetUserNameFromId(role, false),
+						bg_max_queued_size_per_role),
+				 errdetail("No worker slot is free; the role's queued jobs take %zu bytes, and this one %zu.",
+						   role_bytes, size),
 				 errhint("Wait for jobs to end, or launch a shorter job.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("queued background jobs would exceed \"bg_fdw.max_queued_size\" (%d kB)",
+					bg_max_queued_size),
+			 errdetail("No worker slot is free; queued jobs take %zu bytes, and this one %zu.",
+					   bytes, size),
+			 errhint("Wait for jobs to end, or launch a shorter job.")));
+	return -1;					/* keep compiler quiet */
 }
 
 /*
@@ -656,34 +758,76 @@ bg_queued_launch_remember(int name, int64 job_id)
 
 	l->name = name;
 	l->job_id = job_id;
+	l->detached = false;
+	l->pending = false;
 	bg_queued_launches = lappend(bg_queued_launches, l);
 	MemoryContextSwitchTo(oldcxt);
 }
 
 /*
- * The identifier of a job this session queued with this name, which it
- * has not detached, or 0; "forget" drops it from the session's list.
+ * The identifier of the newest job this session queued with this name, or
+ * 0; *detached says whether bg_detach let it go.
  */
 int64
-bg_queued_launch(int name, bool forget)
+bg_queued_launch(int name, bool *detached)
 {
-	ListCell   *lc;
+	int			i;
 
-	foreach(lc, bg_queued_launches)
+	for (i = list_length(bg_queued_launches) - 1; i >= 0; i--)
 	{
-		BgQueuedLaunch *l = lfirst(lc);
-		int64		job_id = l->job_id;
+		BgQueuedLaunch *l = list_nth(bg_queued_launches, i);
 
 		if (l->name != name)
 			continue;
-		if (forget)
-		{
-			bg_queued_launches = foreach_delete_current(bg_queued_launches, lc);
-			pfree(l);
-		}
-		return job_id;
+		*detached = l->detached;
+		return l->job_id;
 	}
+	*detached = false;
 	return 0;
+}
+
+/* bg_detach of a job this session queued: undone if the transaction aborts */
+void
+bg_queued_launch_detach(int name)
+{
+	static bool registered = false;
+	int			i;
+
+	if (!registered)
+		RegisterXactCallback(bg_queued_launch_xact, NULL);
+	registered = true;
+	for (i = list_length(bg_queued_launches) - 1; i >= 0; i--)
+	{
+		BgQueuedLaunch *l = list_nth(bg_queued_launches, i);
+
+		if (l->name == name)
+		{
+			l->detached = true;
+			l->pending = true;
+			return;
+		}
+	}
+}
+
+static void
+bg_queued_launch_xact(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT &&
+		event != XACT_EVENT_PREPARE && event != XACT_EVENT_ABORT &&
+		event != XACT_EVENT_PARALLEL_ABORT)
+		return;
+	foreach(lc, bg_queued_launches)
+	{
+		BgQueuedLaunch *l = lfirst(lc);
+
+		if (!l->pending)
+			continue;
+		l->pending = false;
+		if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+			l->detached = false;
+	}
 }
 
 /* ----------------------------------------------------------------
@@ -691,13 +835,26 @@ bg_queued_launch(int name, bool forget)
  * ----------------------------------------------------------------
  */
 
-/* What the supervisor knows of the workers it registered, by entry */
+/* A worker this supervisor registered for an entry */
 typedef struct BgQueueStart
 {
 	int64		job_id;
+	uint32		attempt;
 	BackgroundWorkerHandle *handle;
 } BgQueueStart;
 static BgQueueStart *bg_queue_starts = NULL;
+
+/* What the supervisor passes its worker in bgw_extra */
+typedef struct BgQueueStartArg
+{
+	int64		job_id;
+	uint32		attempt;
+} BgQueueStartArg;
+
+static int	bg_queue_next(BgQueue *q);
+static bool bg_queue_set_starting(BgQueue *q, int slot, BgQueueStartArg *arg,
+								  int *name);
+static void bg_queue_set_waiting(BgQueue *q, int slot, BgQueueStartArg *arg);
 
 /*
  * Start workers for waiting jobs, the oldest first, while slots are free
@@ -719,35 +876,21 @@ bg_queue_start_jobs(void)
 	bg_queue_drop_orphans(q);
 	for (;;)
 	{
-		int			oldest = -1;
-		int64		job_id;
-		int			name;
-		int			i;
+		int			oldest = bg_queue_next(q);
+		BgQueueStartArg arg;
 		BackgroundWorker worker;
 		BackgroundWorkerHandle *handle;
+		int			name;
 
-		SpinLockAcquire(&q->mutex);
-		for (i = 0; i < BG_QUEUE_SLOTS; i++)
-		{
-			BgQueued   *e = &q->jobs[i];
-
-			if (e->state == BG_QUEUED_WAITING && !e->held &&
-				(!e->deferred || e->cancelled || e->deferred_at != q->ended) &&
-				(oldest < 0 || e->seq < q->jobs[oldest].seq))
-				oldest = i;
-		}
-		if (oldest >= 0)
-		{
-			job_id = q->jobs[oldest].job_id;
-			name = q->jobs[oldest].name;
-		}
-		SpinLockRelease(&q->mutex);
 		if (oldest < 0)
 			return false;
 		/* a cancelled job is recorded by its worker, which runs nothing */
-		if (bg_max_jobs >= 0 && bg_pool_running_jobs() >= bg_max_jobs &&
+		if (bg_max_jobs >= 0 && bg_jobs_running() >= bg_max_jobs &&
 			!bg_queue_cancelled(q, oldest))
 			return true;
+		/* STARTING first: the worker may look before we are back */
+		if (!bg_queue_set_starting(q, oldest, &arg, &name))
+			continue;
 
 		memset(&worker, 0, sizeof(worker));
 		worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -759,46 +902,92 @@ bg_queue_start_jobs(void)
 		snprintf(worker.bgw_name, BGW_MAXLEN, "bg_fdw queued job %d", name);
 		snprintf(worker.bgw_type, BGW_MAXLEN, BG_WORKER_TYPE);
 		worker.bgw_main_arg = Int32GetDatum(oldest);
-		memcpy(worker.bgw_extra, &job_id, sizeof(int64));
+		memcpy(worker.bgw_extra, &arg, sizeof(arg));
 		worker.bgw_notify_pid = MyProcPid;
-		/* STARTING first: the worker may look before we are back */
-		bg_queue_set_starting(q, oldest, true);
 		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		{
-			bg_queue_set_starting(q, oldest, false);
+			bg_queue_set_waiting(q, oldest, &arg);
 			/* idle workers give their slots to queued jobs */
 			bg_pool_make_room_for_queue();
 			return true;
 		}
 		if (bg_queue_starts[oldest].handle != NULL)
 			pfree(bg_queue_starts[oldest].handle);
-		bg_queue_starts[oldest].job_id = job_id;
+		bg_queue_starts[oldest].job_id = arg.job_id;
+		bg_queue_starts[oldest].attempt = arg.attempt;
 		bg_queue_starts[oldest].handle = handle;
 	}
 }
 
-/*
- * The supervisor registers a worker for a WAITING entry: STARTING; or, if
- * that fails, WAITING again.
- */
-static void
-bg_queue_set_starting(BgQueue *q, int slot, bool starting)
+/* The waiting entry to start next, or -1 */
+static int
+bg_queue_next(BgQueue *q)
 {
-	BgQueued   *e = &q->jobs[slot];
+	int			oldest = -1;
+	int			i;
 
 	SpinLockAcquire(&q->mutex);
-	if (starting)
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		BgQueued   *e = &q->jobs[i];
+
+		if (e->state == BG_QUEUED_WAITING && !e->held &&
+			(!e->deferred || e->cancelled || e->deferred_at != q->ended) &&
+			(oldest < 0 || e->seq < q->jobs[oldest].seq))
+			oldest = i;
+	}
+	SpinLockRelease(&q->mutex);
+	return oldest;
+}
+
+/*
+ * The supervisor registers a worker for a WAITING entry: STARTING, with a
+ * new attempt number, which *arg gets.  False if the entry changed
+ * meanwhile.
+ */
+static bool
+bg_queue_set_starting(BgQueue *q, int slot, BgQueueStartArg *arg, int *name)
+{
+	BgQueued   *e = &q->jobs[slot];
+	bool		ok;
+
+	SpinLockAcquire(&q->mutex);
+	ok = e->state == BG_QUEUED_WAITING && !e->held;
+	if (ok)
 	{
 		e->state = BG_QUEUED_STARTING;
+		e->worker_pid = 0;
+		e->attempt++;
 		if (e->deferred)
 			q->deferred--;
 		else
 			q->waiting--;
 		e->deferred = false;
+		arg->job_id = e->job_id;
+		arg->attempt = e->attempt;
+		*name = e->name;
 	}
-	else
+	SpinLockRelease(&q->mutex);
+	return ok;
+}
+
+/*
+ * The entry's worker could not be registered, or (a new supervisor) one
+ * registered before is not known to have taken it: WAITING again, unless
+ * it changed meanwhile.  (A late worker of that attempt finds it is not its
+ * own any more.)
+ */
+static void
+bg_queue_set_waiting(BgQueue *q, int slot, BgQueueStartArg *arg)
+{
+	BgQueued   *e = &q->jobs[slot];
+
+	SpinLockAcquire(&q->mutex);
+	if (e->state == BG_QUEUED_STARTING && e->job_id == arg->job_id &&
+		e->attempt == arg->attempt && e->worker_pid == 0)
 	{
 		e->state = BG_QUEUED_WAITING;
+		e->attempt++;
 		q->waiting++;
 	}
 	SpinLockRelease(&q->mutex);
@@ -816,42 +1005,74 @@ bg_queue_cancelled(BgQueue *q, int slot)
 	return cancelled;
 }
 
-/* Free an entry's data, if it still has any (see bg_queue_read_data) */
-static void
-bg_queue_free_data(BgQueue *q, int slot)
+/*
+ * Jobs running now, for bg_fdw.max_jobs: bg_fdw's workers at work, and
+ * queued jobs whose worker was registered but has not taken them yet.
+ */
+int
+bg_jobs_running(void)
 {
+	BgQueue    *q = bg_queue();
+	int			starting = 0;
+	int			i;
+
+	if (q != NULL)
+	{
+		SpinLockAcquire(&q->mutex);
+		for (i = 0; i < BG_QUEUE_SLOTS; i++)
+			starting += (q->jobs[i].state == BG_QUEUED_STARTING &&
+						 q->jobs[i].worker_pid == 0);
+		SpinLockRelease(&q->mutex);
+	}
+	return bg_pool_running_jobs() + starting;
+}
+
+/*
+ * The entry leaves the queue: FREE, its data and bytes given back, those
+ * who wait for it woken.  *cancelled, if given, says whether bg_cancel
+ * reached it first: read in the same step, so that a cancel either lands
+ * before it leaves or finds it gone (and the job in the registry).
+ */
+static void
+bg_queue_release(BgQueue *q, int slot, bool *cancelled)
+{
+	BgQueued   *e = &q->jobs[slot];
 	dsa_area   *area = bg_queue_area(q);
 	dsa_pointer dp;
 
-	LWLockAcquire(&q->area_lock, LW_EXCLUSIVE);
 	SpinLockAcquire(&q->mutex);
-	dp = q->jobs[slot].data;
-	q->jobs[slot].data = InvalidDsaPointer;
-	q->bytes -= q->jobs[slot].size;
-	q->jobs[slot].size = 0;
+	if (cancelled)
+		*cancelled = e->cancelled;
+	if (e->state == BG_QUEUED_WAITING && !e->held)
+	{
+		if (e->deferred)
+			q->deferred--;
+		else
+			q->waiting--;
+	}
+	e->state = BG_QUEUED_FREE;
+	dp = e->data;
+	e->data = InvalidDsaPointer;
+	q->bytes -= e->size;
+	e->size = 0;
 	SpinLockRelease(&q->mutex);
+	/* readers of the data hold the lock shared (bg_queue_read_data) */
 	if (DsaPointerIsValid(dp))
+	{
+		LWLockAcquire(&q->area_lock, LW_EXCLUSIVE);
 		dsa_free(area, dp);
-	LWLockRelease(&q->area_lock);
-}
-
-/* The entry leaves the queue: wake those who wait for it */
-static void
-bg_queue_release(BgQueue *q, int slot)
-{
-	bg_queue_free_data(q, slot);
-	SpinLockAcquire(&q->mutex);
-	q->jobs[slot].state = BG_QUEUED_FREE;
-	SpinLockRelease(&q->mutex);
+		LWLockRelease(&q->area_lock);
+	}
 	ConditionVariableBroadcast(&q->cv);
 }
 
 /*
- * Workers the supervisor registered that ended before they listed their
- * job: one that never took its entry (it could not be started) leaves the
- * job waiting for the next slot; one that took it and failed (its database
- * or role was dropped meanwhile) could record nothing, and the job is
- * dropped with a message in the server log.
+ * Entries STARTING whose worker ended before it listed the job.  One whose
+ * worker never took it (it could not be started) waits for the next slot;
+ * one whose worker took it and failed (its database or role was dropped
+ * meanwhile) could record nothing, and the job is dropped with a message
+ * in the server log.  An entry STARTING that this supervisor did not start
+ * (its predecessor did, and exited) is looked at through its worker's PID.
  */
 static void
 bg_queue_reap(BgQueue *q)
@@ -861,48 +1082,50 @@ bg_queue_reap(BgQueue *q)
 	for (i = 0; i < BG_QUEUE_SLOTS; i++)
 	{
 		BgQueueStart *st = &bg_queue_starts[i];
+		BgQueued	e;
 		pid_t		pid;
-		bool		mine;
-		pid_t		worker_pid = 0;
-		int			name = 0;
+		bool		ours;
 
-		if (st->handle == NULL)
-			continue;
 		SpinLockAcquire(&q->mutex);
-		mine = q->jobs[i].state == BG_QUEUED_STARTING &&
-			q->jobs[i].job_id == st->job_id;
-		if (mine)
-		{
-			worker_pid = q->jobs[i].worker_pid;
-			name = q->jobs[i].name;
-		}
+		e = q->jobs[i];
 		SpinLockRelease(&q->mutex);
-		if (mine &&
-			GetBackgroundWorkerPid(st->handle, &pid) != BGWH_STOPPED)
-			continue;
-		pfree(st->handle);
-		st->handle = NULL;
-		if (!mine)
-			continue;
-		if (worker_pid == 0)
+		ours = st->handle != NULL && e.state == BG_QUEUED_STARTING &&
+			e.job_id == st->job_id && e.attempt == st->attempt;
+		if (st->handle != NULL && !ours)
 		{
-			SpinLockAcquire(&q->mutex);
-			q->jobs[i].state = BG_QUEUED_WAITING;
-			q->waiting++;
-			SpinLockRelease(&q->mutex);
+			pfree(st->handle);
+			st->handle = NULL;
+		}
+		if (e.state != BG_QUEUED_STARTING)
+			continue;
+		if (ours)
+		{
+			if (GetBackgroundWorkerPid(st->handle, &pid) != BGWH_STOPPED)
+				continue;
+			pfree(st->handle);
+			st->handle = NULL;
+		}
+		else if (e.worker_pid != 0 && BackendPidGetProc(e.worker_pid) != NULL)
+			continue;
+		if (e.worker_pid == 0)
+		{
+			BgQueueStartArg arg = {e.job_id, e.attempt};
+
+			bg_queue_set_waiting(q, i, &arg);
 			continue;
 		}
 		ereport(LOG,
 				(errmsg("queued background job %d was dropped: its worker exited before it could list the job",
-						name),
+						e.name),
 				 errhint("More details may be available in the server log.")));
-		bg_queue_release(q, i);
+		bg_queue_release(q, i, NULL);
 	}
 }
 
 /*
- * Jobs whose launcher exited (FATAL) before its bg_launch returned: nobody
- * got their names, and they go.
+ * Jobs whose launcher exited before its bg_launch returned, without its
+ * exit callback (bg_queue_launcher_exit): nobody got their names, and they
+ * go.
  */
 static void
 bg_queue_drop_orphans(BgQueue *q)
@@ -917,17 +1140,8 @@ bg_queue_drop_orphans(BgQueue *q)
 		if (q->jobs[i].state == BG_QUEUED_WAITING && q->jobs[i].held)
 			launcher = q->jobs[i].launcher_pid;
 		SpinLockRelease(&q->mutex);
-		if (launcher == 0 || BackendPidGetProc(launcher) != NULL)
-			continue;
-		SpinLockAcquire(&q->mutex);
-		if (q->jobs[i].state == BG_QUEUED_WAITING && q->jobs[i].held &&
-			q->jobs[i].launcher_pid == launcher)
-			q->waiting--;
-		else
-			launcher = 0;
-		SpinLockRelease(&q->mutex);
-		if (launcher != 0)
-			bg_queue_release(q, i);
+		if (launcher != 0 && BackendPidGetProc(launcher) == NULL)
+			bg_queue_release(q, i, NULL);
 	}
 }
 
@@ -939,29 +1153,37 @@ bg_queue_drop_orphans(BgQueue *q)
 /*
  * In the worker the supervisor started for the job in entry "slot": take
  * the entry, copying the launcher's half of the job's shared state into
- * *shared.  False if the entry is not (any more) that job's.
+ * *shared.  False if the entry is not (any more) this attempt's.
  */
 bool
-bg_queue_claim(int slot, int64 job_id, BgJobShared *shared)
+bg_queue_claim(int slot, BgJobShared *shared)
 {
 	BgQueue    *q = bg_queue();
+	BgQueueStartArg arg;
+	dsa_pointer dp = InvalidDsaPointer;
 	bool		ok;
 
 	if (q == NULL || slot < 0 || slot >= BG_QUEUE_SLOTS)
 		return false;
+	memcpy(&arg, MyBgworkerEntry->bgw_extra, sizeof(arg));
+	(void) bg_queue_area(q);
 	SpinLockAcquire(&q->mutex);
 	ok = q->jobs[slot].state == BG_QUEUED_STARTING &&
-		q->jobs[slot].job_id == job_id && q->jobs[slot].worker_pid == 0;
+		q->jobs[slot].job_id == arg.job_id &&
+		q->jobs[slot].attempt == arg.attempt &&
+		q->jobs[slot].worker_pid == 0;
 	if (ok)
+	{
 		q->jobs[slot].worker_pid = MyProcPid;
+		dp = q->jobs[slot].data;
+	}
 	SpinLockRelease(&q->mutex);
 	if (!ok)
 		return false;
 	bg_queue_my_slot = slot;
-	bg_queue_my_job = job_id;
+	bg_queue_my_job = arg.job_id;
 	/* (the entry's data stays until we free it) */
-	memcpy(shared, dsa_get_address(bg_queue_area(q), q->jobs[slot].data),
-		   sizeof(BgJobShared));
+	memcpy(shared, dsa_get_address(bg_queue_area(q), dp), sizeof(BgJobShared));
 	return true;
 }
 
@@ -974,12 +1196,14 @@ dsm_segment *
 bg_queue_segment(void)
 {
 	BgQueue    *q = bg_queue();
+	BgQueued   *e = &q->jobs[bg_queue_my_slot];
 	BgQueuedData *data;
 	BgLaunchParts parts;
 	dsm_segment *seg;
+	dsa_pointer dp;
 
 	/* (the entry's data stays until we free it) */
-	data = dsa_get_address(bg_queue_area(q), q->jobs[bg_queue_my_slot].data);
+	data = dsa_get_address(bg_queue_area(q), e->data);
 	memcpy(&parts.shared, &data->shared, sizeof(BgJobShared));
 	parts.sql = data->data;
 	parts.sql_len = data->sql_len;
@@ -989,7 +1213,15 @@ bg_queue_segment(void)
 	parts.library_len = data->library_len;
 	parts.queue_size = data->queue_size;
 	seg = bg_segment_layout(&parts, false);
-	bg_queue_free_data(q, bg_queue_my_slot);
+
+	/* its bytes count until the entry goes */
+	LWLockAcquire(&q->area_lock, LW_EXCLUSIVE);
+	SpinLockAcquire(&q->mutex);
+	dp = e->data;
+	e->data = InvalidDsaPointer;
+	SpinLockRelease(&q->mutex);
+	dsa_free(bg_queue_area(q), dp);
+	LWLockRelease(&q->area_lock);
 	return seg;
 }
 
@@ -1006,11 +1238,10 @@ bg_queue_started(BgJobShared *shared)
 
 	if (bg_queue_my_slot < 0 || shared->job_id != bg_queue_my_job)
 		return false;
+	bg_queue_release(q, bg_queue_my_slot, &cancelled);
 	SpinLockAcquire(&q->mutex);
-	cancelled = q->jobs[bg_queue_my_slot].cancelled;
 	q->started++;
 	SpinLockRelease(&q->mutex);
-	bg_queue_release(q, bg_queue_my_slot);
 	bg_queue_my_slot = -1;
 	bg_queue_my_job = 0;
 	return cancelled;

@@ -179,11 +179,9 @@ void
 bg_queued_main(Datum main_arg)
 {
 	BgJobShared launched;
-	int64		job_id;
 
 	bg_worker_signals();
-	memcpy(&job_id, MyBgworkerEntry->bgw_extra, sizeof(int64));
-	if (!bg_queue_claim(DatumGetInt32(main_arg), job_id, &launched))
+	if (!bg_queue_claim(DatumGetInt32(main_arg), &launched))
 		proc_exit(0);
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "bg_fdw worker");
 	bg_worker_connect(&launched);

@@ -96,12 +96,20 @@ my ($rc, $out, $err) = $node->psql('postgres', "SELECT bg_wait($cancelled)");
 like($err, qr/canceling statement due to user request/,
 	'bg_wait of it raises the cancel');
 
-# Detached while queued: its table goes.
+# Detached while queued: its table goes, when the transaction commits.
 my $detached = $names[-3];
+$session->query_safe("BEGIN; SELECT bg_detach($detached); ROLLBACK");
+is( $session->query_safe(
+		"SELECT count(*) FROM pg_class WHERE relname = 'bg_result_$detached'"),
+	'1', 'bg_detach of a queued job rolled back leaves its table');
 $session->query_safe("SELECT bg_detach($detached)");
 is( $session->query_safe(
 		"SELECT count(*) FROM pg_class WHERE relname = 'bg_result_$detached'"),
 	'0', 'bg_detach of a queued job drops its table');
+$session->query("SELECT bg_detach($detached)");
+like($session->{stderr}, qr/background job $detached is already detached, skipping/,
+	'detaching it again says so');
+$session->{stderr} = '';
 
 # Open the gate: every job runs, in turn, and every result reads whole.
 open_gate($node, 'postgres', 'many');
@@ -176,9 +184,33 @@ my $one = $session->query_safe(q{SELECT bg_launch($$SELECT gate('max')$$)});
 ok( $node->poll_query_until('postgres',
 		"SELECT state = 'running' FROM bg_jobs WHERE pid = $one"),
 	'one job runs');
-my $two = $session->query_safe(q{SELECT bg_launch($$SELECT 'two'$$)});
-is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $two"),
-	'queued', 'the second waits in the queue');
+my $two = $session->query_safe(q{SELECT bg_launch($$SELECT gate('max'), 'two'$$)});
+my $three = $session->query_safe(q{SELECT bg_launch($$SELECT gate('max'), 'three'$$)});
+is( $node->safe_psql('postgres', "SELECT string_agg(state, ',') FROM bg_jobs WHERE pid IN ($two, $three)"),
+	'queued,queued', 'the next ones wait in the queue');
+
+# The supervisor killed: the one the postmaster starts again takes over.
+my $old_sup = $node->safe_psql('postgres', 'SELECT pid FROM bg_supervisor()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_sup)");
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' AND pid <> $old_sup FROM bg_supervisor()"),
+	'a killed supervisor is started again');
+
+# bg_fdw.max_jobs raised to 2: exactly one more starts.
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 2');
+$node->reload;
+ok( $node->poll_query_until('postgres', qq{
+		SELECT count(*) FILTER (WHERE state = 'running') = 2
+		   AND count(*) FILTER (WHERE state = 'queued') = 1
+		FROM bg_jobs WHERE pid IN ($one, $two, $three)}),
+	'bg_fdw.max_jobs raised: the new supervisor starts one more queued job');
+is( $node->safe_psql('postgres', qq{
+		SELECT string_agg(state, ',' ORDER BY id) FROM bg_jobs WHERE pid IN ($one, $two, $three)}),
+	'running,running,queued', 'in launch order, and no more than bg_fdw.max_jobs');
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 1');
+$node->reload;
+ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_jobs') = '1'}),
+	'bg_fdw.max_jobs 1 again');
 my $labelled = $session->query_safe(
 	q{SELECT bg_launch('SELECT 3', label => 'regress_queued')});
 is( $node->safe_psql('postgres', q{SELECT bg_cancel_label('regress_%')}),
@@ -191,8 +223,15 @@ like($err, qr/too many background jobs.*\n.*"bg_fdw.max_jobs" is 1/,
 	'a job that keeps nothing is refused, not queued');
 open_gate($node, 'postgres', 'max');
 is( $session->query_safe(
-		"SELECT bg_wait($two); SELECT v FROM bg_result($two) AS r(v text)"),
-	"SELECT 1\ntwo", 'the queued job runs once the first has ended');
+		"SELECT bg_wait($three); SELECT v FROM bg_result($three) AS r(g boolean, v text)"),
+	"SELECT 1\nthree", 'the queued jobs run once the first have ended');
+
+# A job's own launch is not queued: a job waiting for the jobs it launches,
+# holding its slot, would wait for ever once every slot is held so.
+($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT bg_wait(bg_launch($$SELECT bg_wait(bg_launch('SELECT 1'))$$))});
+like($err, qr/too many background jobs.*\n.*\n.*A job launched by a background job is not queued/,
+	'a job launching a job past bg_fdw.max_jobs fails, it does not queue');
 
 # The queue's caps, here per role.
 $node->append_conf('postgresql.conf', 'bg_fdw.max_queued_jobs_per_role = 2');
