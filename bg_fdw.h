@@ -622,6 +622,7 @@ extern void bg_queue_job_ended(void);
 extern int	bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc);
 extern void bg_queue_launched(int name, int64 job_id);
 extern void bg_queue_drop(int name, int64 job_id);
+extern void bg_queue_drop_database(void);
 extern bool bg_queue_find(int name, int64 job_id, BgQueuedInfo *info);
 pg_noreturn extern void bg_queue_raise_cancelled(int name);
 extern void bg_queue_await_start(int name, int64 job_id);

@@ -1213,7 +1213,10 @@ bg_keep_xact_callback(XactEvent event, void *arg)
 				bg_keep_pending = p->next;
 				if ((event == XACT_EVENT_COMMIT ||
 					 event == XACT_EVENT_PARALLEL_COMMIT) && p->job_id == 0)
+				{
 					bg_keep_sweep(NULL, NULL);
+					bg_queue_drop_database();
+				}
 				else if (event == XACT_EVENT_COMMIT ||
 						 event == XACT_EVENT_PARALLEL_COMMIT)
 				{

@@ -402,6 +402,32 @@ bg_queue_drop(int name, int64 job_id)
 }
 
 /*
+ * The extension was dropped in this database (keep.c, at commit): its
+ * queued jobs go with their registry, which nothing can read any more.
+ * (Those already starting run, unlisted, as running jobs do.)
+ */
+void
+bg_queue_drop_database(void)
+{
+	BgQueue    *q = bg_queue();
+	int			i;
+
+	if (q == NULL)
+		return;
+	for (i = 0; i < BG_QUEUE_SLOTS; i++)
+	{
+		bool		ours;
+
+		SpinLockAcquire(&q->mutex);
+		ours = q->jobs[i].state == BG_QUEUED_WAITING && !q->jobs[i].held &&
+			q->jobs[i].database_id == MyDatabaseId;
+		SpinLockRelease(&q->mutex);
+		if (ours)
+			bg_queue_release(q, i, NULL);
+	}
+}
+
+/*
  * before_shmem_exit callback of a session that queued a job: one whose
  * bg_launch did not return (the session was terminated meanwhile) goes.
  */

@@ -281,5 +281,15 @@ is( $node->safe_psql('postgres',
 		q{SELECT string_agg(pid::text, ',') FROM bg_jobs WHERE state = 'queued'}),
 	$after, 'and its job does not stay queued');
 
+# DROP EXTENSION takes the database's queued jobs with it.
+is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
+	'1', 'a job is queued');
+$node->safe_psql('postgres', q{
+	DROP EXTENSION bg_fdw CASCADE;
+	CREATE EXTENSION bg_fdw;
+});
+is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
+	'0', 'DROP EXTENSION drops the queued jobs of its database');
+
 $node->stop;
 done_testing();
