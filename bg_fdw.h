@@ -585,6 +585,8 @@ typedef struct BgLaunchParts
 	int			queue_size;
 } BgLaunchParts;
 extern dsm_segment *bg_segment_layout(BgLaunchParts *parts, bool launcher);
+extern void bg_job_worker(BackgroundWorker *worker, const char *function,
+						  Datum arg);
 
 /* in queue.c */
 extern int	bg_max_jobs;

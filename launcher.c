@@ -535,18 +535,10 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 			seg = bg_create_segment(sql, opts);
 	}
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
-		BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_ConsistentState;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "bg_fdw");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "bg_worker_main");
+	bg_job_worker(&worker, "bg_worker_main",
+				  UInt32GetDatum(dsm_segment_handle(seg)));
 	snprintf(worker.bgw_name, BGW_MAXLEN, "bg_fdw job launched by PID %d",
 			 MyProcPid);
-	snprintf(worker.bgw_type, BGW_MAXLEN, BG_WORKER_TYPE);
-	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
-	worker.bgw_notify_pid = MyProcPid;
 	if (!wait)
 	{
 		/* idle workers must not keep parallel query from its slots */
@@ -594,6 +586,25 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 
 	MemoryContextSwitchTo(oldcxt);
 	return bg_job_create(seg, handle, pid, sql, desc, cxt);
+}
+
+/*
+ * A job's worker, started at "function" with "arg", which tells this
+ * process when it starts and ends.
+ */
+void
+bg_job_worker(BackgroundWorker *worker, const char *function, Datum arg)
+{
+	memset(worker, 0, sizeof(BackgroundWorker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS |
+		BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_ConsistentState;
+	worker->bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "bg_fdw");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker->bgw_type, BGW_MAXLEN, BG_WORKER_TYPE);
+	worker->bgw_main_arg = arg;
+	worker->bgw_notify_pid = MyProcPid;
 }
 
 /*

@@ -159,6 +159,7 @@ static bool bg_database_lock_wanted(void);
 static uint32 bg_wait_event_idle(void);
 static void bg_pool_reseed(void);
 static void bg_pool_send_away(BgPool *pool, int count);
+static int	bg_count_workers(const char *type, bool same);
 
 Size
 bg_pool_size(void)
@@ -366,21 +367,10 @@ int
 bg_pool_running_jobs(void)
 {
 	BgPool	   *pool = bg_pool();
-	int			workers = 0;
+	int			workers = bg_count_workers(BG_WORKER_TYPE, true);
 	int			idle = 0;
-	uint32		i;
+	int			i;
 
-	for (i = 0; i < ProcGlobal->allProcCount; i++)
-	{
-		pid_t		pid = *(volatile pid_t *) &ProcGlobal->allProcs[i].pid;
-		const char *type;
-
-		if (pid == 0)
-			continue;
-		type = GetBackgroundWorkerTypeByPid(pid);
-		if (type != NULL && strcmp(type, BG_WORKER_TYPE) == 0)
-			workers++;
-	}
 	if (pool == NULL)
 		return workers;
 	SpinLockAcquire(&pool->mutex);
@@ -899,6 +889,31 @@ bg_pool_must_leave(BgPool *pool, TimestampTz idle_since)
 }
 
 /*
+ * Background workers running now of type "type" (with "same"), or of any
+ * other type.  Counted over the processes, not the backends' status, whose
+ * snapshot belongs to the caller's transaction.
+ */
+static int
+bg_count_workers(const char *type, bool same)
+{
+	int			n = 0;
+	uint32		i;
+
+	for (i = 0; i < ProcGlobal->allProcCount; i++)
+	{
+		pid_t		pid = *(volatile pid_t *) &ProcGlobal->allProcs[i].pid;
+		const char *t;
+
+		if (pid == 0)
+			continue;
+		t = GetBackgroundWorkerTypeByPid(pid);
+		if (t != NULL && (strcmp(t, type) == 0) == same)
+			n++;
+	}
+	return n;
+}
+
+/*
  * How many worker slots parallel query would miss: max_parallel_workers
  * less those free when every worker but the parallel ones and those
  * leaving ("leaving", still running) keeps its slot.  Counted over the
@@ -909,20 +924,8 @@ bg_pool_must_leave(BgPool *pool, TimestampTz idle_since)
 static int
 bg_pool_slots_missing(int leaving)
 {
-	int			used = 0;
-	uint32		i;
+	int			used = bg_count_workers("parallel worker", false);
 
-	for (i = 0; i < ProcGlobal->allProcCount; i++)
-	{
-		pid_t		pid = *(volatile pid_t *) &ProcGlobal->allProcs[i].pid;
-		const char *type;
-
-		if (pid == 0)
-			continue;
-		type = GetBackgroundWorkerTypeByPid(pid);
-		if (type != NULL && strcmp(type, "parallel worker") != 0)
-			used++;
-	}
 	return max_parallel_workers - (max_worker_processes - (used - leaving));
 }
 

@@ -918,18 +918,9 @@ bg_queue_start_jobs(void)
 		if (!bg_queue_set_starting(q, oldest, &arg, &name))
 			continue;
 
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
-			BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_ConsistentState;
-		worker.bgw_restart_time = BGW_NEVER_RESTART;
-		snprintf(worker.bgw_library_name, BGW_MAXLEN, "bg_fdw");
-		snprintf(worker.bgw_function_name, BGW_MAXLEN, "bg_queued_main");
+		bg_job_worker(&worker, "bg_queued_main", Int32GetDatum(oldest));
 		snprintf(worker.bgw_name, BGW_MAXLEN, "bg_fdw queued job %d", name);
-		snprintf(worker.bgw_type, BGW_MAXLEN, BG_WORKER_TYPE);
-		worker.bgw_main_arg = Int32GetDatum(oldest);
 		memcpy(worker.bgw_extra, &arg, sizeof(arg));
-		worker.bgw_notify_pid = MyProcPid;
 		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		{
 			bg_queue_set_waiting(q, oldest, &arg);

@@ -337,6 +337,8 @@ static void bg_list_put_control(Datum *vals, bool *isnulls, HeapTuple tuple,
 static void bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 						HeapTuple tuple, TupleDesc desc, BgJobEntry *entry,
 						BgJobProbe *probe, Oid caller);
+static void bg_list_emit(ReturnSetInfo *rsinfo, int *map, Datum *vals,
+						 bool *isnulls);
 static void bg_list_put_queued(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 							   BgQueuedInfo *info, Oid caller);
 static void bg_entry_raise(BgJobEntry *entry);
@@ -1795,9 +1797,6 @@ bg_list_put_queued(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 {
 	Datum		vals[BG_LIST_NCOLUMNS];
 	bool		isnulls[BG_LIST_NCOLUMNS];
-	TupleDesc	outdesc = rsinfo->setDesc;
-	Datum	   *out = palloc(outdesc->natts * sizeof(Datum));
-	bool	   *nulls = palloc(outdesc->natts * sizeof(bool));
 	bool		privileged = has_privs_of_role(caller, info->role);
 	int			i;
 
@@ -1843,14 +1842,7 @@ bg_list_put_queued(ReturnSetInfo *rsinfo, int *map, Datum dbname,
 			isnulls[BG_LIST_SQLSTATE] = isnulls[BG_LIST_ERROR] = false;
 		}
 	}
-	for (i = 0; i < outdesc->natts; i++)
-	{
-		out[i] = map[i] < 0 ? (Datum) 0 : vals[map[i]];
-		nulls[i] = map[i] < 0 ? true : isnulls[map[i]];
-	}
-	tuplestore_putvalues(rsinfo->setResult, outdesc, out, nulls);
-	pfree(out);
-	pfree(nulls);
+	bg_list_emit(rsinfo, map, vals, isnulls);
 }
 
 /*
@@ -1954,6 +1946,25 @@ bg_list_put_control(Datum *vals, bool *isnulls, HeapTuple tuple,
 												 &isnulls[BG_LIST_WORKER_PID]);
 }
 
+/* Put a row of bg_jobs, its columns in the order of the SQL declaration */
+static void
+bg_list_emit(ReturnSetInfo *rsinfo, int *map, Datum *vals, bool *isnulls)
+{
+	TupleDesc	outdesc = rsinfo->setDesc;
+	Datum	   *out = palloc(outdesc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(outdesc->natts * sizeof(bool));
+	int			i;
+
+	for (i = 0; i < outdesc->natts; i++)
+	{
+		out[i] = map[i] < 0 ? (Datum) 0 : vals[map[i]];
+		nulls[i] = map[i] < 0 ? true : isnulls[map[i]];
+	}
+	tuplestore_putvalues(rsinfo->setResult, outdesc, out, nulls);
+	pfree(out);
+	pfree(nulls);
+}
+
 /* One row of bg_jobs, from a row of BG_LIST_QUERY */
 static void
 bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
@@ -1961,14 +1972,10 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
 {
 	Datum		vals[BG_LIST_NCOLUMNS];
 	bool		isnulls[BG_LIST_NCOLUMNS];
-	TupleDesc	outdesc = rsinfo->setDesc;
-	Datum	   *out = palloc(outdesc->natts * sizeof(Datum));
-	bool	   *nulls = palloc(outdesc->natts * sizeof(bool));
 	bool		privileged = has_privs_of_role(caller, entry->role);
 	bool		running = (entry->status == BG_STATUS_RUNNING);
 	BgJobStatus status = entry->status;
 	bool		isnull;
-	int			i;
 
 	memset(isnulls, 0, sizeof(isnulls));
 	vals[BG_LIST_ID] = Int64GetDatum(entry->id);
@@ -2007,14 +2014,7 @@ bg_list_put(ReturnSetInfo *rsinfo, int *map, Datum dbname, HeapTuple tuple,
 	bg_list_put_kept(vals, isnulls, entry, status, probe, privileged);
 	bg_list_put_control(vals, isnulls, tuple, desc, running, probe, privileged);
 
-	for (i = 0; i < outdesc->natts; i++)
-	{
-		out[i] = map[i] < 0 ? (Datum) 0 : vals[map[i]];
-		nulls[i] = map[i] < 0 ? true : isnulls[map[i]];
-	}
-	tuplestore_putvalues(rsinfo->setResult, outdesc, out, nulls);
-	pfree(out);
-	pfree(nulls);
+	bg_list_emit(rsinfo, map, vals, isnulls);
 }
 
 /* ----------------------------------------------------------------
