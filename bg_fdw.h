@@ -568,7 +568,7 @@ extern dsm_handle bg_pool_wait(int64 *job_id);
 extern void bg_pool_taken(BgJobShared *shared);
 extern void bg_pool_not_taken(void);
 extern void bg_pool_counts(int *idle, int64 *handed_over);
-extern int	bg_pool_take_name(void);
+extern int	bg_pool_take_name(int floor);
 extern int	bg_pool_running_jobs(void);
 extern void bg_pool_make_room_for_queue(void);
 

@@ -140,6 +140,7 @@ static BgPool *bg_pool(void);
 static uint64 bg_libraries_hash(const char *state);
 static uint64 bg_my_libraries_hash(void);
 static void bg_pool_check_names(BgPool *pool);
+static void bg_pool_names_past(BgPool *pool, int name);
 static int	bg_pool_new_name(BgPool *pool);
 static int	bg_pool_claim(BgPool *pool, BgJobShared *shared, uint64 libraries,
 						  bool superuser, dsm_handle segment);
@@ -314,19 +315,27 @@ static void
 bg_pool_check_names(BgPool *pool)
 {
 	int			highest;
-	uint32		past;
-	uint32		next;
 
 	if (bg_pool_names_checked)
 		return;
 	highest = bg_registry_highest_name(BG_FIRST_JOB_NAME);
-	past = highest >= BG_FIRST_JOB_NAME ?
-		(uint32) (highest - BG_FIRST_JOB_NAME + 1) % BG_JOB_NAMES : 0;
+	bg_pool_names_past(pool, highest);
+	bg_pool_names_checked = true;
+}
+
+/* Move the name counter past "name", if it is not yet */
+static void
+bg_pool_names_past(BgPool *pool, int name)
+{
+	uint32		past;
+	uint32		next;
+
+	past = name >= BG_FIRST_JOB_NAME ?
+		(uint32) (name - BG_FIRST_JOB_NAME + 1) % BG_JOB_NAMES : 0;
 	next = pg_atomic_read_u32(&pool->next_name);
 	while (next < past &&
 		   !pg_atomic_compare_exchange_u32(&pool->next_name, &next, past))
 		;
-	bg_pool_names_checked = true;
 }
 
 /*
@@ -349,13 +358,14 @@ bg_pool_new_name(BgPool *pool)
 	return BG_FIRST_JOB_NAME + (int) next;
 }
 
-/* A name for a queued job (queue.c) */
+/* A name for a queued job (queue.c), "floor" or above */
 int
-bg_pool_take_name(void)
+bg_pool_take_name(int floor)
 {
 	BgPool	   *pool = bg_pool();
 
 	bg_pool_check_names(pool);
+	bg_pool_names_past(pool, floor - 1);
 	return bg_pool_new_name(pool);
 }
 

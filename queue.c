@@ -41,6 +41,7 @@
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/condition_variable.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/procarray.h"
@@ -57,6 +58,16 @@
 
 /* Entries of the queue: the most bg_fdw.max_queued_jobs may ask for */
 #define BG_QUEUE_SLOTS		1024
+
+/*
+ * Names of queued jobs never reach the registry before they run, and a
+ * restart drops the queue: so that none is given again after a restart,
+ * the names handed out are reserved ahead in blocks, the end of the block
+ * kept in this file of the data directory, made durable before a name of
+ * the block is handed out.
+ */
+#define BG_NAMES_FILE		"bg_fdw.names"
+#define BG_NAMES_BLOCK		1000
 
 typedef enum BgQueuedState
 {
@@ -116,6 +127,11 @@ typedef struct BgQueue
 	int64		started;		/* jobs started from the queue */
 	int			tranche_id;
 	LWLock		area_lock;		/* creating the area */
+	LWLock		names_lock;		/* reserving names (BG_NAMES_FILE) */
+	bool		names_loaded;	/* names_floor was read from the file */
+	int			names_floor;	/* names below it may have been handed out
+								 * before the server started */
+	int			names_end;		/* names below it are reserved */
 	bool		area_made;		/* the first queued job made the area */
 	dsa_handle	area;
 	ConditionVariable cv;		/* an entry left the queue or was cancelled */
@@ -151,6 +167,9 @@ static BgQueue *bg_queue(void);
 static dsa_area *bg_queue_area(BgQueue *q);
 static int	bg_queue_find_slot(BgQueue *q, int name, int64 job_id);
 static int	bg_queue_reserve(BgQueue *q, Oid role, Size size);
+static int	bg_queue_take_name(BgQueue *q);
+static int	bg_queue_read_names(void);
+static void bg_queue_write_names(int32 end);
 static dsa_pointer bg_queue_copy(BgQueue *q, shm_toc *toc, int queue_size,
 								 StringInfo descbuf, Size size, int name);
 static void bg_queue_exit_callback(void);
@@ -179,6 +198,7 @@ bg_queue_init(void *ptr)
 	SpinLockInit(&q->mutex);
 	q->tranche_id = LWLockNewTrancheId();
 	LWLockInitialize(&q->area_lock, q->tranche_id);
+	LWLockInitialize(&q->names_lock, q->tranche_id);
 	ConditionVariableInit(&q->cv);
 }
 
@@ -296,7 +316,7 @@ bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
 		strlen(shm_toc_lookup(toc, BG_KEY_SQL, false)) + 1 +
 		EstimateGUCStateSpace() + EstimateLibraryStateSpace() + descbuf.len;
 	/* what may fail comes before anything is taken, or undoes it */
-	name = bg_pool_take_name();
+	name = bg_queue_take_name(q);
 	(void) bg_queue_area(q);
 	bg_queue_exit_callback();
 	slot = bg_queue_reserve(q, shared->current_user_id, size);
@@ -325,6 +345,95 @@ bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc)
 	}
 	SpinLockRelease(&q->mutex);
 	return name;
+}
+
+/*
+ * A name for a queued job, from the pool's counter, never one handed out
+ * before a restart: past the names the file reserved then, and within those
+ * it reserves now.
+ */
+static int
+bg_queue_take_name(BgQueue *q)
+{
+	int			floor;
+	int			name;
+
+	(void) bg_queue_area(q);	/* (registers the tranche's name) */
+	LWLockAcquire(&q->names_lock, LW_EXCLUSIVE);
+	if (!q->names_loaded)
+	{
+		q->names_floor = q->names_end = bg_queue_read_names();
+		q->names_loaded = true;
+	}
+	floor = q->names_floor;
+	LWLockRelease(&q->names_lock);
+
+	name = bg_pool_take_name(floor);
+	LWLockAcquire(&q->names_lock, LW_EXCLUSIVE);
+	if (name >= q->names_end)
+	{
+		int			end = name >= PG_INT32_MAX - BG_NAMES_BLOCK ?
+			PG_INT32_MAX : name + BG_NAMES_BLOCK;
+
+		bg_queue_write_names(end);
+		q->names_end = end;
+	}
+	LWLockRelease(&q->names_lock);
+	return name;
+}
+
+/* The end of the names reserved before, as the file has it, or 0 */
+static int
+bg_queue_read_names(void)
+{
+	int			fd = OpenTransientFile(BG_NAMES_FILE, O_RDONLY | PG_BINARY);
+	int32		end = 0;
+
+	if (fd < 0)
+	{
+		if (errno != ENOENT)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not open file \"%s\": %m", BG_NAMES_FILE)));
+		return 0;
+	}
+	if (read(fd, &end, sizeof(end)) != sizeof(end))
+		end = 0;				/* torn: written by no complete reservation */
+	CloseTransientFile(fd);
+	return end;
+}
+
+/* Reserve the names below "end", durably, before any is handed out */
+static void
+bg_queue_write_names(int32 end)
+{
+	char		tmp[MAXPGPATH];
+	int			fd;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", BG_NAMES_FILE);
+	fd = OpenTransientFile(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", tmp)));
+	errno = 0;
+	if (write(fd, &end, sizeof(end)) != sizeof(end))
+	{
+		if (errno == 0)
+			errno = ENOSPC;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", tmp)));
+	}
+	if (pg_fsync(fd) != 0)
+		ereport(data_sync_elevel(ERROR),
+				(errcode_for_file_access(),
+				 errmsg("could not fsync file \"%s\": %m", tmp)));
+	if (CloseTransientFile(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close file \"%s\": %m", tmp)));
+	(void) durable_rename(tmp, BG_NAMES_FILE, ERROR);
 }
 
 /*

@@ -268,6 +268,8 @@ ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_job
 	'bg_fdw.max_jobs 0');
 my $after = $node->safe_psql('postgres', q{SELECT bg_launch('SELECT 1')});
 cmp_ok($after, '>', $highest, 'a name after a restart is above every name listed');
+cmp_ok($after, '>', $left[-1],
+	'and above every name a queued job had before the restart');
 
 # A launch that fails after its job was queued (its result table cannot be
 # made) leaves nothing queued.
