@@ -36,7 +36,8 @@ BEGIN
 EXCEPTION WHEN OTHERS OR query_canceled THEN
   GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
     det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT, ctx = PG_EXCEPTION_CONTEXT;
-  RETURN regress_mask(st || ': ' || msg
+  -- the SQLSTATE stays unmasked: a job's PID may happen to equal it
+  RETURN st || ': ' || regress_mask(msg
     || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
     || coalesce(E'\nHINT: ' || nullif(hnt, ''), '')
     || coalesce(E'\nCONTEXT: ' || (SELECT string_agg(l, ' / ')
