@@ -620,7 +620,8 @@ extern bool bg_queue_possible(bool keep, bool stream, Oid registry);
 extern bool bg_queue_in_job(void);
 extern uint64 bg_queue_ended_count(void);
 extern void bg_queue_defer(uint64 seen);
-extern void bg_queue_job_ended(void);
+extern void bg_queue_job_ended(Oid database_id, Oid role);
+extern void bg_queue_undefer_all(void);
 extern int	bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc);
 extern void bg_queue_launched(int name, int64 job_id);
 extern void bg_queue_drop(int name, int64 job_id);
@@ -630,9 +631,15 @@ pg_noreturn extern void bg_queue_raise_cancelled(int name);
 extern void bg_queue_await_start(int name, int64 job_id);
 extern bool bg_queue_cancel(int name);
 extern List *bg_queue_list(bool desc);
-extern void bg_queued_launch_remember(int name, int64 job_id);
+extern void bg_queued_launch_remember(int name, int64 job_id, Oid role);
+extern void bg_jobs_register_callbacks(void);
 extern int64 bg_queued_launch(int name, bool *detached);
 extern void bg_queued_launch_detach(int name);
+extern void bg_queued_launch_end_detaches(bool commit,
+										  SubTransactionId from_subid);
+extern void bg_queued_launch_subcommit(SubTransactionId mySubid,
+									   SubTransactionId parentSubid);
+extern bool bg_queued_launch_detaching(void);
 extern bool bg_queue_start_jobs(void);
 extern bool bg_queue_claim(int slot, BgJobShared *shared);
 extern int	bg_jobs_running(void);

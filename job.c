@@ -231,22 +231,32 @@ bg_job_take_desc(BgJob *job, StringInfo msg)
 }
 
 /*
+ * The session's transaction callbacks and exit callback, once: for the
+ * jobs it holds, and for the bg_detach calls of those it queued (queue.c).
+ */
+void
+bg_jobs_register_callbacks(void)
+{
+	static bool callbacks_registered = false;
+
+	if (callbacks_registered)
+		return;
+	RegisterXactCallback(bg_xact_callback, NULL);
+	RegisterSubXactCallback(bg_subxact_callback, NULL);
+	before_shmem_exit(bg_session_exit, (Datum) 0);
+	callbacks_registered = true;
+}
+
+/*
  * The launch succeeded: the job now belongs to the session, whatever
  * becomes of the launching transaction.
  */
 void
 bg_job_attach(BgJob *job)
 {
-	static bool callbacks_registered = false;
 	MemoryContext oldcxt;
 
-	if (!callbacks_registered)
-	{
-		RegisterXactCallback(bg_xact_callback, NULL);
-		RegisterSubXactCallback(bg_subxact_callback, NULL);
-		before_shmem_exit(bg_session_exit, (Datum) 0);
-		callbacks_registered = true;
-	}
+	bg_jobs_register_callbacks();
 
 	MemoryContextSetParent(job->cxt, TopMemoryContext);
 	dsm_pin_mapping(job->seg);
@@ -1385,14 +1395,14 @@ bg_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_PRE_PREPARE)
 	{
 		ListCell   *lc;
+		bool		detaching = bg_queued_launch_detaching();
 
 		foreach(lc, bg_jobs)
-		{
-			if (((BgJob *) lfirst(lc))->detach_subid != InvalidSubTransactionId)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has detached a background job")));
-		}
+			detaching |= ((BgJob *) lfirst(lc))->detach_subid != InvalidSubTransactionId;
+		if (detaching)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that has detached a background job")));
 	}
 	if (event == XACT_EVENT_ABORT)
 		bg_jobs_clear_waiting();
@@ -1401,6 +1411,8 @@ bg_xact_callback(XactEvent event, void *arg)
 	{
 		bg_release_readers(InvalidSubTransactionId);
 		bg_end_detaches(event == XACT_EVENT_COMMIT, InvalidSubTransactionId);
+		bg_queued_launch_end_detaches(event == XACT_EVENT_COMMIT,
+									  InvalidSubTransactionId);
 	}
 }
 
@@ -1413,6 +1425,7 @@ bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		bg_jobs_clear_waiting();
 		bg_release_readers(mySubid);
 		bg_end_detaches(false, mySubid);
+		bg_queued_launch_end_detaches(false, mySubid);
 	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
@@ -1426,5 +1439,6 @@ bg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			if (job->detach_subid == mySubid)
 				job->detach_subid = parentSubid;
 		}
+		bg_queued_launch_subcommit(mySubid, parentSubid);
 	}
 }

@@ -104,8 +104,8 @@ typedef struct BgQueued
 	bool		cancelled;		/* bg_cancel asked: it runs nothing */
 	bool		deferred;		/* its role ran bg_fdw.max_jobs_per_role
 								 * jobs when its worker looked: not started
-								 * again before a job has ended since */
-	uint64		deferred_at;	/* "ended" then */
+								 * again before a job of the role ends in
+								 * its database (bg_queue_job_ended) */
 	TimestampTz cancelled_at;
 	uint32		attempt;		/* workers registered for it so far: only
 								 * the latest may claim it */
@@ -115,6 +115,15 @@ typedef struct BgQueued
 	Size		size;
 } BgQueued;
 
+/* Whose job ended, for bg_queue_defer */
+typedef struct BgQueueEnd
+{
+	Oid			database_id;
+	Oid			role;
+} BgQueueEnd;
+
+#define BG_QUEUE_ENDS		64
+
 typedef struct BgQueue
 {
 	slock_t		mutex;
@@ -123,6 +132,7 @@ typedef struct BgQueue
 								 * ones */
 	int			deferred;		/* deferred ones */
 	uint64		ended;			/* jobs ended (bg_queue_job_ended) */
+	BgQueueEnd	ends[BG_QUEUE_ENDS];	/* the latest: ended n at n % size */
 	Size		bytes;			/* of all entries' data */
 	int64		started;		/* jobs started from the queue */
 	int			tranche_id;
@@ -151,13 +161,14 @@ static dsa_area *bg_queue_dsa = NULL;
 static int	bg_queue_my_slot = -1;
 static int64 bg_queue_my_job = 0;
 
-/* Jobs this session queued: (name, job id), and whether it detached them */
+/* Jobs this session queued, and whether it detached them */
 typedef struct BgQueuedLaunch
 {
 	int			name;
 	int64		job_id;
-	bool		detached;
-	bool		pending;		/* detached in this transaction */
+	Oid			role;			/* the role the job runs as */
+	bool		detached;		/* by a committed bg_detach */
+	SubTransactionId detach_subid;	/* bg_detach'ed in this (sub)transaction */
 } BgQueuedLaunch;
 static List *bg_queued_launches = NIL;
 
@@ -174,13 +185,15 @@ static dsa_pointer bg_queue_copy(BgQueue *q, shm_toc *toc, int queue_size,
 								 StringInfo descbuf, Size size, int name);
 static void bg_queue_exit_callback(void);
 static void bg_queue_launcher_exit(int code, Datum arg);
-static void bg_queued_launch_xact(XactEvent event, void *arg);
 static void bg_queue_read_data(BgQueue *q, int slot, BgQueuedInfo *info,
 							   bool desc);
 static bool bg_queue_cancelled(BgQueue *q, int slot);
 static void bg_queue_release(BgQueue *q, int slot, bool *cancelled);
 static void bg_queue_reap(BgQueue *q);
 static void bg_queue_drop_orphans(BgQueue *q);
+static bool bg_process_alive(pid_t pid);
+static BgQueued *bg_queue_mine(BgQueue *q);
+static void bg_queue_undefer(BgQueue *q, BgQueued *e);
 static uint32 bg_wait_event_queued(void);
 
 Size
@@ -483,6 +496,7 @@ bg_queue_launched(int name, int64 job_id)
 {
 	BgQueue    *q = bg_queue();
 	int			slot;
+	Oid			role = GetUserId();	/* as the job's, at its launch */
 
 	SpinLockAcquire(&q->mutex);
 	slot = bg_queue_find_slot(q, name, job_id);
@@ -491,8 +505,10 @@ bg_queue_launched(int name, int64 job_id)
 		q->jobs[slot].held = false;
 		q->waiting++;
 	}
+	if (slot >= 0)
+		role = q->jobs[slot].role;
 	SpinLockRelease(&q->mutex);
-	bg_queued_launch_remember(name, job_id);
+	bg_queued_launch_remember(name, job_id, role);
 	bg_supervisor_wake();
 }
 
@@ -631,31 +647,31 @@ bg_queue_reserve(BgQueue *q, Oid role, Size size)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many queued background jobs"),
-				 errdetail("No worker slot is free, and %d jobs wait for one; \"bg_fdw.max_queued_jobs\" is %d.",
+				 errdetail("The job could not start at once, and %d jobs wait to start; \"bg_fdw.max_queued_jobs\" is %d.",
 						   total, bg_max_queued_jobs),
-				 errhint("Wait for jobs to end, or ask a superuser to raise \"max_worker_processes\".")));
+				 errhint("Wait for jobs to end, or ask a superuser to raise \"bg_fdw.max_queued_jobs\".")));
 	if (of_role >= bg_max_queued_jobs_per_role)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many queued background jobs for role \"%s\"",
 						GetUserNameFromId(role, false)),
-				 errdetail("No worker slot is free, and the role has %d jobs waiting for one; \"bg_fdw.max_queued_jobs_per_role\" is %d.",
+				 errdetail("The job could not start at once, and the role has %d jobs waiting to start; \"bg_fdw.max_queued_jobs_per_role\" is %d.",
 						   of_role, bg_max_queued_jobs_per_role),
-				 errhint("Wait for jobs to end, or cancel queued ones with bg_cancel().")));
+				 errhint("Wait for jobs to end. A queued job cancelled with bg_cancel() counts until a worker slot frees to record its cancel.")));
 	if (role_bytes + size > (Size) bg_max_queued_size_per_role * 1024)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("queued background jobs of role \"%s\" would exceed \"bg_fdw.max_queued_size_per_role\" (%d kB)",
 						GetUserNameFromId(role, false),
 						bg_max_queued_size_per_role),
-				 errdetail("No worker slot is free; the role's queued jobs take %zu bytes, and this one %zu.",
+				 errdetail("The job could not start at once; the role's queued jobs take %zu bytes, and this one %zu.",
 						   role_bytes, size),
 				 errhint("Wait for jobs to end, or launch a shorter job.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("queued background jobs would exceed \"bg_fdw.max_queued_size\" (%d kB)",
 					bg_max_queued_size),
-			 errdetail("No worker slot is free; queued jobs take %zu bytes, and this one %zu.",
+			 errdetail("The job could not start at once; queued jobs take %zu bytes, and this one %zu.",
 					   bytes, size),
 			 errhint("Wait for jobs to end, or launch a shorter job.")));
 	return -1;					/* keep compiler quiet */
@@ -776,9 +792,13 @@ bg_queue_cancel(int name)
 	{
 		q->jobs[slot].cancelled = true;
 		q->jobs[slot].cancelled_at = GetCurrentTimestamp();
+		/* its worker records the cancel, whatever its role runs */
+		bg_queue_undefer(q, &q->jobs[slot]);
 	}
 	SpinLockRelease(&q->mutex);
 	ConditionVariableBroadcast(&q->cv);
+	if (slot >= 0)
+		bg_supervisor_wake();
 	return slot >= 0;
 }
 
@@ -842,7 +862,8 @@ bg_queue_list(bool desc)
 	SpinLockAcquire(&q->mutex);
 	for (i = 0; i < BG_QUEUE_SLOTS; i++)
 	{
-		if (q->jobs[i].state != BG_QUEUED_FREE &&
+		/* (a held job's launch has not returned, and may yet fail) */
+		if (q->jobs[i].state != BG_QUEUED_FREE && !q->jobs[i].held &&
 			q->jobs[i].database_id == MyDatabaseId)
 		{
 			slots[n] = i;
@@ -886,83 +907,119 @@ bg_queue_list(bool desc)
  */
 
 void
-bg_queued_launch_remember(int name, int64 job_id)
+bg_queued_launch_remember(int name, int64 job_id, Oid role)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	BgQueuedLaunch *l = palloc(sizeof(BgQueuedLaunch));
+	MemoryContext oldcxt;
+	BgQueuedLaunch *l;
 
+	bg_jobs_register_callbacks();
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	l = palloc(sizeof(BgQueuedLaunch));
 	l->name = name;
 	l->job_id = job_id;
+	l->role = role;
 	l->detached = false;
-	l->pending = false;
+	l->detach_subid = InvalidSubTransactionId;
 	bg_queued_launches = lappend(bg_queued_launches, l);
 	MemoryContextSwitchTo(oldcxt);
 }
 
-/*
- * The identifier of the newest job this session queued with this name, or
- * 0; *detached says whether bg_detach let it go.
- */
-int64
-bg_queued_launch(int name, bool *detached)
+/* The newest job this session queued with this name, or NULL */
+static BgQueuedLaunch *
+bg_queued_launch_find(int name)
 {
 	int			i;
 
-	for (i = list_length(bg_queued_launches) - 1; i >= 0; i--)
-	{
-		BgQueuedLaunch *l = list_nth(bg_queued_launches, i);
-
-		if (l->name != name)
-			continue;
-		*detached = l->detached;
-		return l->job_id;
-	}
-	*detached = false;
-	return 0;
-}
-
-/* bg_detach of a job this session queued: undone if the transaction aborts */
-void
-bg_queued_launch_detach(int name)
-{
-	static bool registered = false;
-	int			i;
-
-	if (!registered)
-		RegisterXactCallback(bg_queued_launch_xact, NULL);
-	registered = true;
 	for (i = list_length(bg_queued_launches) - 1; i >= 0; i--)
 	{
 		BgQueuedLaunch *l = list_nth(bg_queued_launches, i);
 
 		if (l->name == name)
-		{
-			l->detached = true;
-			l->pending = true;
-			return;
-		}
+			return l;
 	}
+	return NULL;
 }
 
-static void
-bg_queued_launch_xact(XactEvent event, void *arg)
+/*
+ * The identifier of the newest job this session queued with this name, or
+ * 0; *detached says whether bg_detach let it go (in this transaction, or
+ * one committed).
+ */
+int64
+bg_queued_launch(int name, bool *detached)
+{
+	BgQueuedLaunch *l = bg_queued_launch_find(name);
+
+	*detached = l != NULL &&
+		(l->detached || l->detach_subid != InvalidSubTransactionId);
+	return l != NULL ? l->job_id : 0;
+}
+
+/*
+ * bg_detach of a job this session queued: for a caller with the privileges
+ * of the job's role, as for any job; undone if the (sub)transaction aborts.
+ */
+void
+bg_queued_launch_detach(int name)
+{
+	BgQueuedLaunch *l = bg_queued_launch_find(name);
+
+	Assert(l != NULL);
+	if (!has_privs_of_role(GetUserId(), l->role))
+		bg_permission_denied(name, l->role);
+	l->detach_subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * The transaction or subtransaction "from_subid" (and those below it) ends:
+ * its bg_detach calls of queued jobs hold if it commits, and are forgotten
+ * if it aborts.  (job.c's transaction callbacks call this.)
+ */
+void
+bg_queued_launch_end_detaches(bool commit, SubTransactionId from_subid)
 {
 	ListCell   *lc;
 
-	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT &&
-		event != XACT_EVENT_PREPARE && event != XACT_EVENT_ABORT &&
-		event != XACT_EVENT_PARALLEL_ABORT)
-		return;
 	foreach(lc, bg_queued_launches)
 	{
 		BgQueuedLaunch *l = lfirst(lc);
 
-		if (!l->pending)
+		if (l->detach_subid == InvalidSubTransactionId ||
+			l->detach_subid < from_subid)
 			continue;
-		l->pending = false;
-		if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-			l->detached = false;
+		l->detached |= commit;
+		l->detach_subid = InvalidSubTransactionId;
 	}
+}
+
+/* A committed subtransaction's bg_detach calls belong to its parent now */
+void
+bg_queued_launch_subcommit(SubTransactionId mySubid,
+						   SubTransactionId parentSubid)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_queued_launches)
+	{
+		BgQueuedLaunch *l = lfirst(lc);
+
+		if (l->detach_subid == mySubid)
+			l->detach_subid = parentSubid;
+	}
+}
+
+/* Has the transaction detached a queued job?  (PREPARE refuses it.) */
+bool
+bg_queued_launch_detaching(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_queued_launches)
+	{
+		if (((BgQueuedLaunch *) lfirst(lc))->detach_subid != InvalidSubTransactionId)
+			return true;
+	}
+	return false;
 }
 
 /* ----------------------------------------------------------------
@@ -1045,11 +1102,29 @@ bg_queue_start_jobs(void)
 	}
 }
 
-/* The waiting entry to start next, or -1 */
+/* What bg_queue_next reads of an entry */
+typedef struct BgQueueLook
+{
+	bool		eligible;		/* WAITING, may be started now */
+	bool		blocks;			/* its role's younger jobs wait behind it */
+	uint64		seq;
+	Oid			database_id;
+	Oid			role;
+} BgQueueLook;
+
+/*
+ * The waiting entry to start next, or -1: the oldest that is not held, nor
+ * deferred (unless cancelled: its worker only records that).  Under
+ * bg_fdw.max_jobs_per_role, one of a role's jobs starts only once its older
+ * jobs there have started or been cancelled, so that they start in launch
+ * order: not while an older one is deferred, or has a worker that has not
+ * yet counted the role's jobs.
+ */
 static int
 bg_queue_next(BgQueue *q)
 {
-	int			oldest = -1;
+	BgQueueLook *look = palloc(sizeof(BgQueueLook) * BG_QUEUE_SLOTS);
+	bool		per_role = bg_max_jobs_per_role >= 0;
 	int			i;
 
 	SpinLockAcquire(&q->mutex);
@@ -1057,13 +1132,44 @@ bg_queue_next(BgQueue *q)
 	{
 		BgQueued   *e = &q->jobs[i];
 
-		if (e->state == BG_QUEUED_WAITING && !e->held &&
-			(!e->deferred || e->cancelled || e->deferred_at != q->ended) &&
-			(oldest < 0 || e->seq < q->jobs[oldest].seq))
-			oldest = i;
+		look[i].eligible = e->state == BG_QUEUED_WAITING && !e->held &&
+			(!e->deferred || e->cancelled);
+		look[i].blocks = per_role && !e->cancelled &&
+			((e->state == BG_QUEUED_WAITING && e->deferred) ||
+			 e->state == BG_QUEUED_STARTING);
+		look[i].seq = e->seq;
+		look[i].database_id = e->database_id;
+		look[i].role = e->role;
 	}
 	SpinLockRelease(&q->mutex);
-	return oldest;
+
+	for (;;)
+	{
+		int			oldest = -1;
+		bool		blocked = false;
+
+		for (i = 0; i < BG_QUEUE_SLOTS; i++)
+		{
+			if (look[i].eligible &&
+				(oldest < 0 || look[i].seq < look[oldest].seq))
+				oldest = i;
+		}
+		if (oldest < 0 || !per_role)
+		{
+			pfree(look);
+			return oldest;
+		}
+		for (i = 0; i < BG_QUEUE_SLOTS && !blocked; i++)
+			blocked = look[i].blocks && look[i].seq < look[oldest].seq &&
+				look[i].database_id == look[oldest].database_id &&
+				look[i].role == look[oldest].role;
+		if (!blocked)
+		{
+			pfree(look);
+			return oldest;
+		}
+		look[oldest].eligible = false;
+	}
 }
 
 /*
@@ -1231,7 +1337,7 @@ bg_queue_reap(BgQueue *q)
 			pfree(st->handle);
 			st->handle = NULL;
 		}
-		else if (e.worker_pid != 0 && BackendPidGetProc(e.worker_pid) != NULL)
+		else if (e.worker_pid != 0 && bg_process_alive(e.worker_pid))
 			continue;
 		if (e.worker_pid == 0)
 		{
@@ -1269,6 +1375,24 @@ bg_queue_drop_orphans(BgQueue *q)
 		if (launcher != 0 && BackendPidGetProc(launcher) == NULL)
 			bg_queue_release(q, i, NULL);
 	}
+}
+
+/*
+ * Is a process of the server running with this PID?  Through the PGPROCs,
+ * where a worker has one from its start: the backends' array lists it only
+ * once it has connected, and an entry's worker claims it before.
+ */
+static bool
+bg_process_alive(pid_t pid)
+{
+	uint32		i;
+
+	for (i = 0; i < ProcGlobal->allProcCount; i++)
+	{
+		if (*(volatile pid_t *) &ProcGlobal->allProcs[i].pid == pid)
+			return kill(pid, 0) == 0 || errno != ESRCH;
+	}
+	return false;
 }
 
 /* ----------------------------------------------------------------
@@ -1322,14 +1446,17 @@ dsm_segment *
 bg_queue_segment(void)
 {
 	BgQueue    *q = bg_queue();
-	BgQueued   *e = &q->jobs[bg_queue_my_slot];
+	BgQueued   *e = bg_queue_mine(q);
 	BgQueuedData *data;
 	BgLaunchParts parts;
 	dsm_segment *seg;
 	dsa_pointer dp;
 
 	/* (the entry's data stays until we free it) */
-	data = dsa_get_address(bg_queue_area(q), e->data);
+	SpinLockAcquire(&q->mutex);
+	dp = e->data;
+	SpinLockRelease(&q->mutex);
+	data = dsa_get_address(bg_queue_area(q), dp);
 	memcpy(&parts.shared, &data->shared, sizeof(BgJobShared));
 	parts.sql = data->data;
 	parts.sql_len = data->sql_len;
@@ -1352,6 +1479,27 @@ bg_queue_segment(void)
 }
 
 /*
+ * The entry this worker claimed, still its own: a supervisor takes an entry
+ * back only from a worker that has exited, so this cannot fail but by a
+ * fault, which it reports rather than act on another job's entry.
+ */
+static BgQueued *
+bg_queue_mine(BgQueue *q)
+{
+	BgQueued   *e = &q->jobs[bg_queue_my_slot];
+	bool		mine;
+
+	SpinLockAcquire(&q->mutex);
+	mine = e->state == BG_QUEUED_STARTING && e->job_id == bg_queue_my_job &&
+		e->worker_pid == MyProcPid;
+	SpinLockRelease(&q->mutex);
+	if (!mine)
+		elog(ERROR, "queue entry %d of background job was taken from its worker",
+			 bg_queue_my_slot);
+	return e;
+}
+
+/*
  * The job this worker took from the queue is listed in the registry: its
  * entry goes, and from now on it is found there.  True if it was cancelled
  * while queued: the worker then records it so, running nothing.
@@ -1361,15 +1509,21 @@ bg_queue_started(BgJobShared *shared)
 {
 	BgQueue    *q = bg_queue();
 	bool		cancelled;
+	bool		wake;
 
 	if (bg_queue_my_slot < 0 || shared->job_id != bg_queue_my_job)
 		return false;
+	(void) bg_queue_mine(q);
 	bg_queue_release(q, bg_queue_my_slot, &cancelled);
 	SpinLockAcquire(&q->mutex);
 	q->started++;
+	wake = q->waiting > 0;
 	SpinLockRelease(&q->mutex);
 	bg_queue_my_slot = -1;
 	bg_queue_my_job = 0;
+	/* its role's next job may have waited behind it (bg_queue_next) */
+	if (wake)
+		bg_supervisor_wake();
 	return cancelled;
 }
 
@@ -1393,25 +1547,35 @@ bg_queue_ended_count(void)
 
 /*
  * The job this worker took may not run yet: its role runs
- * bg_fdw.max_jobs_per_role jobs in its database.  It waits again, and is
- * not started before a job has ended since "seen" (an ended count read
- * before the role's jobs were counted), so that none ending meanwhile is
- * missed.
+ * bg_fdw.max_jobs_per_role jobs in its database.  It waits again, deferred:
+ * not started before a job of the role ends there.  If one did since "seen"
+ * (an ended count read before the role's jobs were counted), the count may
+ * have missed it, and bg_queue_job_ended this entry: it is then tried again
+ * at once instead.  (So too if more jobs ended than are remembered.)
  */
 void
 bg_queue_defer(uint64 seen)
 {
 	BgQueue    *q = bg_queue();
 	BgQueued   *e = &q->jobs[bg_queue_my_slot];
+	bool		missed;
+	uint64		n;
 
 	SpinLockAcquire(&q->mutex);
-	if (e->state == BG_QUEUED_STARTING && e->job_id == bg_queue_my_job)
+	missed = q->ended - seen > BG_QUEUE_ENDS;
+	for (n = seen; n < q->ended && !missed; n++)
+		missed = q->ends[n % BG_QUEUE_ENDS].database_id == e->database_id &&
+			q->ends[n % BG_QUEUE_ENDS].role == e->role;
+	if (e->state == BG_QUEUED_STARTING && e->job_id == bg_queue_my_job &&
+		e->worker_pid == MyProcPid)
 	{
 		e->state = BG_QUEUED_WAITING;
 		e->worker_pid = 0;
-		e->deferred = true;
-		e->deferred_at = seen;
-		q->deferred++;
+		e->deferred = !missed;
+		if (e->deferred)
+			q->deferred++;
+		else
+			q->waiting++;
 	}
 	SpinLockRelease(&q->mutex);
 	bg_queue_my_slot = -1;
@@ -1419,24 +1583,71 @@ bg_queue_defer(uint64 seen)
 	bg_supervisor_wake();
 }
 
+/* A deferred entry may be started again.  Under the mutex. */
+static void
+bg_queue_undefer(BgQueue *q, BgQueued *e)
+{
+	if (e->state != BG_QUEUED_WAITING || !e->deferred)
+		return;
+	e->deferred = false;
+	q->deferred--;
+	if (!e->held)
+		q->waiting++;
+}
+
 /*
- * A job's worker has ended it (its segment goes): a job deferred for its
- * role's limit may start now, and a slot may be free for a queued one.
+ * A job's worker has ended it (its segment goes): a slot may be free for a
+ * queued job, and the oldest job deferred for bg_fdw.max_jobs_per_role of
+ * the same role and database may start.  Only that one: in launch order,
+ * and without a worker started for each deferred job at each job's end.
  */
 void
-bg_queue_job_ended(void)
+bg_queue_job_ended(Oid database_id, Oid role)
 {
 	BgQueue    *q = bg_queue();
+	BgQueued   *oldest = NULL;
 	bool		wake;
+	int			i;
 
 	if (q == NULL)
 		return;
 	SpinLockAcquire(&q->mutex);
+	q->ends[q->ended % BG_QUEUE_ENDS].database_id = database_id;
+	q->ends[q->ended % BG_QUEUE_ENDS].role = role;
 	q->ended++;
-	wake = q->waiting > 0 || q->deferred > 0;
+	for (i = 0; q->deferred > 0 && i < BG_QUEUE_SLOTS; i++)
+	{
+		BgQueued   *e = &q->jobs[i];
+
+		if (e->state == BG_QUEUED_WAITING && e->deferred &&
+			e->database_id == database_id && e->role == role &&
+			(oldest == NULL || e->seq < oldest->seq))
+			oldest = e;
+	}
+	if (oldest != NULL)
+		bg_queue_undefer(q, oldest);
+	wake = q->waiting > 0;
 	SpinLockRelease(&q->mutex);
 	if (wake)
 		bg_supervisor_wake();
+}
+
+/*
+ * The settings were reloaded (the supervisor): bg_fdw.max_jobs_per_role may
+ * have been raised, and every deferred job may be tried again.
+ */
+void
+bg_queue_undefer_all(void)
+{
+	BgQueue    *q = bg_queue();
+	int			i;
+
+	if (q == NULL)
+		return;
+	SpinLockAcquire(&q->mutex);
+	for (i = 0; q->deferred > 0 && i < BG_QUEUE_SLOTS; i++)
+		bg_queue_undefer(q, &q->jobs[i]);
+	SpinLockRelease(&q->mutex);
 }
 
 /* For bg_supervisor(): jobs waiting, and started from the queue so far */

@@ -369,6 +369,8 @@ bg_supervisor_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			/* bg_fdw.max_jobs_per_role may have been raised */
+			bg_queue_undefer_all();
 		}
 	}
 	/* a preloaded supervisor that leaves otherwise is restarted */

@@ -633,7 +633,7 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 
 	bg_job_set_flag(shared, &shared->worker_exited, BG_WAKE_NONE);
 	/* its slot may go to a queued job */
-	bg_queue_job_ended();
+	bg_queue_job_ended(shared->database_id, shared->current_user_id);
 	/* readers following the kept file now find the outcome in the registry */
 	ConditionVariableBroadcast(&shared->kept_cv);
 	/* and sessions in bg_wait_any learn that the job has ended */

@@ -102,7 +102,26 @@ $session->query_safe("BEGIN; SELECT bg_detach($detached); ROLLBACK");
 is( $session->query_safe(
 		"SELECT count(*) FROM pg_class WHERE relname = 'bg_result_$detached'"),
 	'1', 'bg_detach of a queued job rolled back leaves its table');
-$session->query_safe("SELECT bg_detach($detached)");
+$session->query_safe(
+	"BEGIN; SAVEPOINT s; SELECT bg_detach($detached); ROLLBACK TO SAVEPOINT s; COMMIT");
+is( $session->query_safe(
+		"SELECT count(*) FROM pg_class WHERE relname = 'bg_result_$detached'"),
+	'1', 'bg_detach of a queued job rolled back to a savepoint leaves its table');
+$session->query_safe(q{
+	CREATE FUNCTION pg_temp.detach_as_user(n int) RETURNS text
+	LANGUAGE plpgsql AS $$
+	BEGIN
+	  SET LOCAL ROLE regress_user;
+	  PERFORM bg_detach(n);
+	  RETURN 'detached';
+	EXCEPTION WHEN insufficient_privilege THEN
+	  RETURN SQLERRM;
+	END $$});
+is( $session->query_safe("SELECT pg_temp.detach_as_user($detached)"),
+	"permission denied for background job $detached",
+	'bg_detach of a queued job needs the privileges of its role');
+$session->query_safe(
+	"BEGIN; SAVEPOINT s; SELECT bg_detach($detached); RELEASE SAVEPOINT s; COMMIT");
 is( $session->query_safe(
 		"SELECT count(*) FROM pg_class WHERE relname = 'bg_result_$detached'"),
 	'0', 'bg_detach of a queued job drops its table');
@@ -166,6 +185,29 @@ open_gate($node, 'postgres', 'role');
 is( $role_session->query_safe(
 		"CALL bg_await($second); SELECT v FROM bg_result($second) AS r(v text)"),
 	"second", 'once the first ended, the second runs (CALL bg_await waits for it)');
+
+# Jobs deferred for the role's limit start in launch order, one per job of
+# the role that ends, and all may start again when the limit is raised.
+$first = $role_session->query_safe(q{SELECT bg_launch($$SELECT gate('role1')$$)});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' FROM bg_jobs WHERE pid = $first"),
+	'the role runs one job again');
+$second = $role_session->query_safe(q{SELECT bg_launch($$SELECT gate('role2')$$)});
+my $third = $role_session->query_safe(q{SELECT bg_launch($$SELECT 'third'$$)});
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs_per_role = 2');
+$node->reload;
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' FROM bg_jobs WHERE pid = $second"),
+	'bg_fdw.max_jobs_per_role raised: the oldest deferred job starts');
+is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $third"),
+	'queued', 'the next waits while the role runs two');
+open_gate($node, 'postgres', 'role1');
+is( $role_session->query_safe(
+		"CALL bg_await($third); SELECT v FROM bg_result($third) AS r(v text)"),
+	"third", 'once one of the two ended, the next runs');
+open_gate($node, 'postgres', 'role2');
+is( $role_session->query_safe("SELECT bg_wait($second)"), 'SELECT 1',
+	'and the other ends');
 $role_session->quit;
 $node->append_conf('postgresql.conf', 'bg_fdw.max_jobs_per_role = -1');
 $node->reload;
