@@ -458,6 +458,10 @@ extern Oid	bg_detached_relid(Oid registry);
 extern void bg_registry_tidy(BgJobShared *shared);
 extern void bg_registry_job_reset(void);
 extern void bg_registry_sweep(void);
+extern void bg_registry_record_unstarted(int64 job_id, int name, Oid role,
+										 TimestampTz launched_at,
+										 const char *sql, const char *label,
+										 const char *notify);
 extern bool bg_registry_lock_role(Oid role, bool may_queue);
 extern void bg_registry_unlock_role(void);
 extern void bg_registry_check_kept(Oid role);
@@ -625,6 +629,9 @@ extern void bg_queue_undefer_all(void);
 extern int	bg_queue_push(dsm_segment *seg, int queue_size, TupleDesc desc);
 extern void bg_queue_launched(int name, int64 job_id);
 extern void bg_queue_drop(int name, int64 job_id);
+extern void bg_queue_record(int name, int64 job_id);
+extern List *bg_queue_sweep_records(void);
+extern void bg_queue_forget_records(List *databases);
 extern void bg_queue_drop_database(void);
 extern bool bg_queue_find(int name, int64 job_id, BgQueuedInfo *info);
 pg_noreturn extern void bg_queue_raise_cancelled(int name);

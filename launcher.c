@@ -207,6 +207,8 @@ bg_launch_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts)
 		{
 			if (desc != NULL)
 				bg_create_result_table(queued, queued_id, desc);
+			/* so that a restart cannot leave its outcome unknown */
+			bg_queue_record(queued, queued_id);
 		}
 		PG_CATCH();
 		{

@@ -26,7 +26,8 @@
  * waiters find it here, and sleep on the queue's condition variable.  A
  * queued job cancelled is marked so; the worker the supervisor starts for it
  * in its turn records it as cancelled without running anything.  A queued
- * job lives in shared memory only: a server restart drops it.
+ * job lives in shared memory, which a restart clears: a record of it in the
+ * data directory lets the sweep after the restart list it as cancelled.
  *
  * Copyright (c) 2026, The bg_fdw Authors
  *
@@ -68,6 +69,30 @@
  */
 #define BG_NAMES_FILE		"bg_fdw.names"
 #define BG_NAMES_BLOCK		1000
+
+/*
+ * A queued job's outcome must be known after a restart too: each job, once
+ * its bg_launch has returned, has a record in this directory of the data
+ * directory (a file named after its identifier), removed when it leaves the
+ * queue, before its entry is freed.  The sweep of each database after a
+ * restart lists the jobs whose records remain as cancelled, with the reason
+ * (bg_queue_sweep_records).
+ */
+#define BG_QUEUE_DIR		"bg_fdw.queue"
+#define BG_QUEUE_RECORD_MAGIC	0x42475131	/* "BGQ1" */
+
+typedef struct BgQueueRecord
+{
+	uint32		magic;
+	Oid			database_id;
+	Oid			role;
+	int32		name;
+	int64		job_id;
+	TimestampTz launched_at;
+	char		label[BG_LABEL_LEN];
+	char		notify[NAMEDATALEN];
+	uint32		sql_len;		/* the SQL follows, unterminated */
+} BgQueueRecord;
 
 typedef enum BgQueuedState
 {
@@ -115,7 +140,7 @@ typedef struct BgQueued
 	Size		size;
 } BgQueued;
 
-/* Whose job ended, for bg_queue_defer */
+/* Whose job ended, for bg_queue_defer; InvalidOid: the settings were reloaded */
 typedef struct BgQueueEnd
 {
 	Oid			database_id;
@@ -192,6 +217,12 @@ static void bg_queue_release(BgQueue *q, int slot, bool *cancelled);
 static void bg_queue_reap(BgQueue *q);
 static void bg_queue_drop_orphans(BgQueue *q);
 static bool bg_process_alive(pid_t pid);
+static void bg_queue_record_path(char *path, int64 job_id);
+static void bg_queue_unrecord(int64 job_id);
+static bool bg_queue_has_job(int64 job_id);
+static char *bg_queue_read_record(const char *path, BgQueueRecord *rec);
+static bool bg_queue_next_record(DIR *dir, char *path, BgQueueRecord *rec,
+								 char **sql);
 static BgQueued *bg_queue_mine(BgQueue *q);
 static void bg_queue_undefer(BgQueue *q, BgQueued *e);
 static uint32 bg_wait_event_queued(void);
@@ -1271,6 +1302,13 @@ bg_queue_release(BgQueue *q, int slot, bool *cancelled)
 	BgQueued   *e = &q->jobs[slot];
 	dsa_area   *area = bg_queue_area(q);
 	dsa_pointer dp;
+	int64		job_id;
+
+	/* its record goes first: a sweep takes one without an entry as stale */
+	SpinLockAcquire(&q->mutex);
+	job_id = e->job_id;
+	SpinLockRelease(&q->mutex);
+	bg_queue_unrecord(job_id);
 
 	SpinLockAcquire(&q->mutex);
 	if (cancelled)
@@ -1564,8 +1602,13 @@ bg_queue_defer(uint64 seen)
 	SpinLockAcquire(&q->mutex);
 	missed = q->ended - seen > BG_QUEUE_ENDS;
 	for (n = seen; n < q->ended && !missed; n++)
-		missed = q->ends[n % BG_QUEUE_ENDS].database_id == e->database_id &&
-			q->ends[n % BG_QUEUE_ENDS].role == e->role;
+	{
+		BgQueueEnd *end = &q->ends[n % BG_QUEUE_ENDS];
+
+		/* (a reload, bg_queue_undefer_all, may have raised the limit) */
+		missed = !OidIsValid(end->database_id) ||
+			(end->database_id == e->database_id && end->role == e->role);
+	}
 	if (e->state == BG_QUEUED_STARTING && e->job_id == bg_queue_my_job &&
 		e->worker_pid == MyProcPid)
 	{
@@ -1647,6 +1690,10 @@ bg_queue_undefer_all(void)
 	SpinLockAcquire(&q->mutex);
 	for (i = 0; q->deferred > 0 && i < BG_QUEUE_SLOTS; i++)
 		bg_queue_undefer(q, &q->jobs[i]);
+	/* and a worker counting with the old limit now does not defer its job */
+	q->ends[q->ended % BG_QUEUE_ENDS].database_id = InvalidOid;
+	q->ends[q->ended % BG_QUEUE_ENDS].role = InvalidOid;
+	q->ended++;
 	SpinLockRelease(&q->mutex);
 }
 
@@ -1666,6 +1713,249 @@ bg_queue_counts(int *queued, int64 *started)
 		*queued += (q->jobs[i].state != BG_QUEUED_FREE);
 	*started = q->started;
 	SpinLockRelease(&q->mutex);
+}
+
+/* ----------------------------------------------------------------
+ *		Records of queued jobs, for after a restart
+ * ----------------------------------------------------------------
+ */
+
+static void
+bg_queue_record_path(char *path, int64 job_id)
+{
+	snprintf(path, MAXPGPATH, "%s/" INT64_FORMAT, BG_QUEUE_DIR, job_id);
+}
+
+/*
+ * Write the record of a queued job whose bg_launch is about to return.  It
+ * is not fsync'ed: it outlives a restart or a crash of the server, which
+ * is what drops the queue, not one of the operating system (then the job
+ * is forgotten, as it was never listed).
+ */
+void
+bg_queue_record(int name, int64 job_id)
+{
+	BgQueue    *q = bg_queue();
+	BgQueueRecord rec;
+	StringInfoData buf;
+	char		path[MAXPGPATH];
+	dsa_pointer dp = InvalidDsaPointer;
+	int			slot;
+	int			fd;
+
+	memset(&rec, 0, sizeof(rec));
+	initStringInfo(&buf);
+	LWLockAcquire(&q->area_lock, LW_SHARED);
+	SpinLockAcquire(&q->mutex);
+	slot = bg_queue_find_slot(q, name, job_id);
+	if (slot >= 0)
+		dp = q->jobs[slot].data;
+	SpinLockRelease(&q->mutex);
+	if (DsaPointerIsValid(dp))
+	{
+		BgQueuedData *data = dsa_get_address(bg_queue_area(q), dp);
+
+		rec.magic = BG_QUEUE_RECORD_MAGIC;
+		rec.database_id = data->shared.database_id;
+		rec.role = data->shared.current_user_id;
+		rec.name = name;
+		rec.job_id = job_id;
+		rec.launched_at = data->shared.launched_at;
+		strlcpy(rec.label, data->shared.label, sizeof(rec.label));
+		strlcpy(rec.notify, data->shared.notify, sizeof(rec.notify));
+		rec.sql_len = strlen(data->data);
+		appendBinaryStringInfo(&buf, (char *) &rec, sizeof(rec));
+		appendBinaryStringInfo(&buf, data->data, rec.sql_len);
+	}
+	LWLockRelease(&q->area_lock);
+	if (buf.len == 0)
+		elog(ERROR, "queued background job %d has no entry", name);
+
+	if (MakePGDirectory(BG_QUEUE_DIR) < 0 && errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", BG_QUEUE_DIR)));
+	bg_queue_record_path(path, job_id);
+	fd = OpenTransientFile(path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", path)));
+	errno = 0;
+	if (write(fd, buf.data, buf.len) != buf.len)
+	{
+		if (errno == 0)
+			errno = ENOSPC;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", path)));
+	}
+	if (CloseTransientFile(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close file \"%s\": %m", path)));
+	pfree(buf.data);
+}
+
+/* The job left the queue: its record goes, if it has one */
+static void
+bg_queue_unrecord(int64 job_id)
+{
+	char		path[MAXPGPATH];
+
+	if (job_id == 0)
+		return;
+	bg_queue_record_path(path, job_id);
+	if (unlink(path) != 0 && errno != ENOENT)
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("could not remove file \"%s\": %m", path)));
+}
+
+/* Is a job with this identifier in the queue now? */
+static bool
+bg_queue_has_job(int64 job_id)
+{
+	BgQueue    *q = bg_queue();
+	bool		found = false;
+	int			i;
+
+	if (q == NULL)
+		return false;
+	SpinLockAcquire(&q->mutex);
+	for (i = 0; i < BG_QUEUE_SLOTS && !found; i++)
+		found = q->jobs[i].state != BG_QUEUED_FREE && q->jobs[i].job_id == job_id;
+	SpinLockRelease(&q->mutex);
+	return found;
+}
+
+/*
+ * Read a record into *rec; returns its SQL, or NULL if the file is gone
+ * (its job left the queue meanwhile) or torn.
+ */
+static char *
+bg_queue_read_record(const char *path, BgQueueRecord *rec)
+{
+	int			fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	char	   *sql = NULL;
+
+	if (fd < 0)
+	{
+		if (errno != ENOENT)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not open file \"%s\": %m", path)));
+		return NULL;
+	}
+	if (read(fd, rec, sizeof(*rec)) == sizeof(*rec) &&
+		rec->magic == BG_QUEUE_RECORD_MAGIC && rec->sql_len < MaxAllocSize)
+	{
+		sql = palloc(rec->sql_len + 1);
+		if (read(fd, sql, rec->sql_len) == rec->sql_len)
+			sql[rec->sql_len] = '\0';
+		else
+		{
+			pfree(sql);
+			sql = NULL;
+		}
+		rec->label[sizeof(rec->label) - 1] = '\0';
+		rec->notify[sizeof(rec->notify) - 1] = '\0';
+	}
+	CloseTransientFile(fd);
+	return sql;
+}
+
+/*
+ * The next record in "dir" of a job not in the queue now (one left from
+ * before the server started): its path, and its SQL, or NULL if it is torn
+ * (the operating system crashed).  False at the end of the directory.
+ */
+static bool
+bg_queue_next_record(DIR *dir, char *path, BgQueueRecord *rec, char **sql)
+{
+	struct dirent *de;
+
+	while ((de = ReadDir(dir, BG_QUEUE_DIR)) != NULL)
+	{
+		char	   *end;
+		int64		job_id;
+
+		errno = 0;
+		job_id = strtoi64(de->d_name, &end, 10);
+		if (errno != 0 || *end != '\0' || end == de->d_name ||
+			bg_queue_has_job(job_id))
+			continue;
+		bg_queue_record_path(path, job_id);
+		*sql = bg_queue_read_record(path, rec);
+		/* (gone meanwhile: it was a job's that left the queue) */
+		if (*sql == NULL && access(path, F_OK) != 0)
+			continue;
+		if (*sql != NULL && rec->job_id != job_id)
+			*sql = NULL;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * In the sweep of a database after the server started (supervisor.c): the
+ * records of this database's jobs that were queued when the server stopped
+ * (none in the queue now has its identifier) are listed in the registry as
+ * cancelled, with the reason.  Returns the paths of the records done with,
+ * to remove once that has committed.  A torn record is removed, with a
+ * message in the server log.
+ */
+List *
+bg_queue_sweep_records(void)
+{
+	DIR		   *dir = AllocateDir(BG_QUEUE_DIR);
+	List	   *done = NIL;
+	char		path[MAXPGPATH];
+	BgQueueRecord rec;
+	char	   *sql;
+
+	if (dir == NULL && errno == ENOENT)
+		return NIL;
+	while (bg_queue_next_record(dir, path, &rec, &sql))
+	{
+		if (sql == NULL)
+			ereport(LOG,
+					(errmsg("removing torn record \"%s\" of a queued background job", path)));
+		else if (rec.database_id != MyDatabaseId)
+			continue;
+		else
+			bg_registry_record_unstarted(rec.job_id, rec.name, rec.role,
+										 rec.launched_at, sql, rec.label,
+										 rec.notify);
+		done = lappend(done, pstrdup(path));
+	}
+	FreeDir(dir);
+	return done;
+}
+
+/*
+ * The supervisor, once every database is swept: the records of databases
+ * that were not (they were dropped) go, but those of jobs queued now.
+ */
+void
+bg_queue_forget_records(List *databases)
+{
+	DIR		   *dir = AllocateDir(BG_QUEUE_DIR);
+	char		path[MAXPGPATH];
+	BgQueueRecord rec;
+	char	   *sql;
+
+	if (dir == NULL && errno == ENOENT)
+		return;
+	while (bg_queue_next_record(dir, path, &rec, &sql))
+	{
+		if (sql != NULL && !list_member_oid(databases, rec.database_id) &&
+			unlink(path) != 0 && errno != ENOENT)
+			ereport(WARNING,
+					(errcode_for_file_access(),
+					 errmsg("could not remove file \"%s\": %m", path)));
+	}
+	FreeDir(dir);
 }
 
 /* What a reader of a queued job waits under: "BgFdwQueued" */

@@ -822,6 +822,21 @@ bg_registry_job_reset(void)
 }
 
 /*
+ * A row for "rel", every column NULL: those a later version added stay so.
+ */
+static void
+bg_blank_row(Relation rel, Datum **values, bool **nulls)
+{
+	int			natts = RelationGetDescr(rel)->natts;
+	int			i;
+
+	*values = palloc0(natts * sizeof(Datum));
+	*nulls = palloc(natts * sizeof(bool));
+	for (i = 0; i < natts; i++)
+		(*nulls)[i] = true;
+}
+
+/*
  * Insert the job's row, before it runs.  A standby cannot write; its jobs
  * are not listed.  bg_launch waits for "registered", so that the job is
  * listed by the time it returns.
@@ -850,20 +865,13 @@ static void
 bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 {
 	Relation	rel = bg_registry_open_rel(shared->registry_relid);
-	int			natts;
 	Datum	   *values;
 	bool	   *nulls;
 	HeapTuple	tuple;
-	int			i;
 
 	if (rel == NULL)
 		return;
-	/* columns a later version added stay NULL */
-	natts = RelationGetDescr(rel)->natts;
-	values = palloc0(natts * sizeof(Datum));
-	nulls = palloc(natts * sizeof(bool));
-	for (i = 0; i < natts; i++)
-		nulls[i] = true;
+	bg_blank_row(rel, &values, &nulls);
 #define BG_SET(col, value) \
 	(values[(col) - 1] = (value), nulls[(col) - 1] = false)
 	BG_SET(Anum_bg_job_registry_id, Int64GetDatum(shared->job_id));
@@ -891,6 +899,69 @@ bg_registry_insert(BgJobShared *shared, const char *sql, dsm_handle handle)
 	CatalogTupleInsert(rel, tuple);
 	table_close(rel, NoLock);
 	bg_row_inserted = true;
+}
+
+/*
+ * A queued job that never started, the server having restarted first
+ * (queue.c): list it as cancelled, with the reason, and tell its channel,
+ * unless its worker listed it already.  The row is what its worker would
+ * have written, had it found the job cancelled.
+ */
+void
+bg_registry_record_unstarted(int64 job_id, int name, Oid role,
+							 TimestampTz launched_at, const char *sql,
+							 const char *label, const char *notify)
+{
+	Oid			relid = bg_registry_relid();
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	bool		listed;
+	Datum	   *values;
+	bool	   *nulls;
+
+	if (!OidIsValid(relid) || RecoveryInProgress() ||
+		(rel = bg_registry_open_rel(relid)) == NULL)
+		return;
+	ScanKeyInit(&key, Anum_bg_job_registry_id, BTEqualStrategyNumber, F_INT8EQ,
+				Int64GetDatum(job_id));
+	scan = systable_beginscan(rel, bg_primary_key_index(rel), true, NULL, 1, &key);
+	listed = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	if (listed || !bg_rel_has_kept(rel))
+	{
+		table_close(rel, RowExclusiveLock);
+		return;
+	}
+	bg_blank_row(rel, &values, &nulls);
+#define BG_SET(col, value) \
+	(values[(col) - 1] = (value), nulls[(col) - 1] = false)
+	BG_SET(Anum_bg_job_registry_id, Int64GetDatum(job_id));
+	BG_SET(Anum_bg_job_registry_pid, Int32GetDatum(name));
+	BG_SET(Anum_bg_job_registry_role, ObjectIdGetDatum(role));
+	BG_SET(Anum_bg_job_registry_database, ObjectIdGetDatum(MyDatabaseId));
+	BG_SET(Anum_bg_job_registry_launcher_pid, Int32GetDatum(0));
+	BG_SET(Anum_bg_job_registry_query, CStringGetTextDatum(sql));
+	BG_SET(Anum_bg_job_registry_state,
+		   CStringGetTextDatum(bg_status_name(BG_STATUS_CANCELLED)));
+	BG_SET(Anum_bg_job_registry_launched_at, TimestampTzGetDatum(launched_at));
+	BG_SET(Anum_bg_job_registry_finished_at,
+		   TimestampTzGetDatum(GetCurrentTimestamp()));
+	BG_SET(Anum_bg_job_registry_rows, Int64GetDatum(0));
+	BG_SET(Anum_bg_job_registry_sqlstate,
+		   CStringGetTextDatum(unpack_sql_state(ERRCODE_ADMIN_SHUTDOWN)));
+	BG_SET(Anum_bg_job_registry_error,
+		   CStringGetTextDatum(psprintf(_("background job %d was cancelled: the server restarted before it started"),
+										name)));
+	if (label[0] != '\0')
+		BG_SET(Anum_bg_job_registry_label, CStringGetTextDatum(label));
+	if (notify[0] != '\0')
+		BG_SET(Anum_bg_job_registry_notify, CStringGetTextDatum(notify));
+#undef BG_SET
+	CatalogTupleInsert(rel, heap_form_tuple(RelationGetDescr(rel), values, nulls));
+	table_close(rel, NoLock);
+	if (notify[0] != '\0')
+		bg_notify_end(notify, name, job_id, BG_STATUS_CANCELLED);
 }
 
 /*
@@ -2476,21 +2547,14 @@ bg_registry_detached(int64 job_id)
 {
 	Oid			relid = bg_detached_relid(bg_registry_relid());
 	Relation	rel;
-	int			natts;
 	Datum	   *values;
 	bool	   *nulls;
-	int			i;
 
 	if (XactReadOnly || RecoveryInProgress() || !OidIsValid(relid))
 		return;
 	rel = table_open(relid, RowExclusiveLock);
 	bg_check_layout(rel, bg_detached_columns, Natts_bg_job_detached);
-	/* columns a later version added stay NULL */
-	natts = RelationGetDescr(rel)->natts;
-	values = palloc0(natts * sizeof(Datum));
-	nulls = palloc(natts * sizeof(bool));
-	for (i = 0; i < natts; i++)
-		nulls[i] = true;
+	bg_blank_row(rel, &values, &nulls);
 	values[Anum_bg_job_detached_id - 1] = Int64GetDatum(job_id);
 	nulls[Anum_bg_job_detached_id - 1] = false;
 	CatalogTupleInsert(rel, heap_form_tuple(RelationGetDescr(rel), values, nulls));

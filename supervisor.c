@@ -480,6 +480,7 @@ bg_supervisor_sweep(BgSupervisorShared *sup)
 		sup->databases_swept++;
 		SpinLockRelease(&sup->mutex);
 	}
+	bg_queue_forget_records(databases);
 	SpinLockAcquire(&sup->mutex);
 	sup->sweep_done = true;
 	sup->last_sweep = GetCurrentTimestamp();
@@ -553,6 +554,8 @@ void
 bg_sweep_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
+	List	   *records;
+	ListCell   *lc;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -563,6 +566,19 @@ bg_sweep_main(Datum main_arg)
 	StartTransactionCommand();
 	bg_registry_sweep();
 	CommitTransactionCommand();
+
+	/* jobs that were queued when the server stopped are cancelled */
+	StartTransactionCommand();
+	records = bg_queue_sweep_records();
+	CommitTransactionCommand();
+	foreach(lc, records)
+	{
+		if (unlink((char *) lfirst(lc)) != 0 && errno != ENOENT)
+			ereport(WARNING,
+					(errcode_for_file_access(),
+					 errmsg("could not remove file \"%s\": %m",
+							(char *) lfirst(lc))));
+	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	proc_exit(0);
 }

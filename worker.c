@@ -204,6 +204,12 @@ bg_worker_role_at_limit(BgJobShared *launched)
 
 	if (!OidIsValid(launched->registry_relid))
 		return false;
+	/* the limit as the supervisor knows it, once it has seen a reload */
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
 	StartTransactionCommand();
 	over = bg_registry_lock_role(launched->current_user_id, true);
 	CommitTransactionCommand();

@@ -4,7 +4,7 @@
 # the queue (queue.c): bg_launch returns at once, with a name above any PID;
 # the supervisor starts them in launch order as slots free up; a queued job
 # is listed, waited for, read (from any session), imported, cancelled and
-# detached like any other; the queue's caps hold; a restart drops it.
+# detached like any other; the queue's caps hold; a restart cancels it.
 use strict;
 use warnings;
 use lib 't';
@@ -23,6 +23,7 @@ shared_preload_libraries = 'bg_fdw'
 max_worker_processes = 12
 max_parallel_workers = 0
 bg_fdw.max_idle_workers = 0
+restart_after_crash = on
 });
 $node->start;
 $node->safe_psql('postgres', q{
@@ -294,15 +295,33 @@ like($err, qr/too many queued background jobs for role "regress_user"/,
 is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
 	'2', 'and nothing of the refused launch stays queued');
 
-# A restart drops the queued jobs; names stay above those the registry holds.
+# A restart cancels the queued jobs, which any session then finds so, with
+# the reason; names stay above those the registry holds.
 my @left = split /\n/, $node->safe_psql('postgres',
 	"SELECT pid FROM bg_jobs WHERE state = 'queued' ORDER BY pid");
+my $left_query = $node->safe_psql('postgres', "SELECT query FROM bg_jobs WHERE pid = $left[0]");
+my $records = $node->data_dir . '/bg_fdw.queue';
+opendir(my $dh, $records) or die "could not open $records: $!";
+is(scalar(grep { /^\d+$/ } readdir($dh)), scalar(@left),
+	'each queued job has a record in the data directory');
+closedir($dh);
 $user->quit;
 $session->quit;
 $node->restart;
+my $left = join(',', @left);
+ok( $node->poll_query_until('postgres', qq{
+		SELECT count(*) = @{[ scalar(@left) ]} FROM bg_jobs
+		WHERE pid IN ($left) AND state = 'cancelled'}),
+	'after a restart, the jobs that were queued are listed cancelled');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT bg_wait($left[0])");
-like($err, qr/background job $left[0] does not exist/,
-	'a restart drops queued jobs');
+like($err, qr/background job $left[0] was cancelled: the server restarted before it started/,
+	'bg_wait of one says why');
+is( $node->safe_psql('postgres', qq{
+		SELECT sqlstate || ' ' || query FROM bg_jobs WHERE pid = $left[0]}),
+	"57P01 $left_query", 'with its SQLSTATE and query');
+opendir($dh, $records) or die "could not open $records: $!";
+is(scalar(grep { /^\d+$/ } readdir($dh)), 0, 'and their records are gone');
+closedir($dh);
 my $highest = $node->safe_psql('postgres', 'SELECT max(pid) FROM bg_job_registry');
 $node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 0');
 $node->reload;
@@ -325,7 +344,17 @@ is( $node->safe_psql('postgres',
 		q{SELECT string_agg(pid::text, ',') FROM bg_jobs WHERE state = 'queued'}),
 	$after, 'and its job does not stay queued');
 
+# A crash restart cancels the queued jobs too.
+my $victim = $node->background_psql('postgres');
+my $victim_pid = $victim->query_safe('SELECT pg_backend_pid()');
+kill 'KILL', $victim_pid;
+ok( poll_through_crash($node,
+		"SELECT state = 'cancelled' FROM bg_jobs WHERE pid = $after"),
+	'after a crash restart, the job that was queued is listed cancelled');
+eval { $victim->quit };
+
 # DROP EXTENSION takes the database's queued jobs with it.
+$node->safe_psql('postgres', q{SELECT bg_launch('SELECT 1')});
 is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
 	'1', 'a job is queued');
 $node->safe_psql('postgres', q{
