@@ -97,13 +97,17 @@ ALTER TABLE @extschema@.bg_job_registry
 -- (PostgreSQL 15 and 16 without shared_preload_libraries); its pool: the
 -- started workers idle now, the jobs handed to one so far; and its queue
 -- (NULL where bg_fdw is not preloaded): the jobs waiting for a worker slot
--- now, the jobs started from the queue so far.
+-- now, the jobs started from the queue so far; and what the cluster-wide
+-- quotas count now: running jobs (bg_fdw.max_jobs), the bytes of the queued
+-- jobs (bg_fdw.max_queued_size; NULL without a queue), and the bytes of the
+-- kept results of all databases (bg_fdw.max_kept_size).
 CREATE FUNCTION @extschema@.bg_supervisor(
   OUT state text, OUT pid integer, OUT started_at timestamptz,
   OUT preloaded boolean, OUT starts integer, OUT databases_swept integer,
   OUT last_sweep timestamptz, OUT idle_workers integer,
   OUT jobs_handed_over bigint, OUT queued_jobs integer,
-  OUT jobs_dequeued bigint)
+  OUT jobs_dequeued bigint, OUT running_jobs integer,
+  OUT queued_bytes bigint, OUT kept_bytes bigint)
 RETURNS record
 AS 'MODULE_PATHNAME'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;

@@ -503,6 +503,7 @@ typedef struct BgKeepReader BgKeepReader;
 extern int	bg_max_result_size;
 extern int	bg_max_kept_size;
 extern void bg_keep_check_cluster(void);
+extern int64 bg_keep_cluster_bytes(void);
 extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern void bg_keep_publish(BgKeepWriter *w);
@@ -652,7 +653,7 @@ extern bool bg_queue_claim(int slot, BgJobShared *shared);
 extern int	bg_jobs_running(void);
 extern dsm_segment *bg_queue_segment(void);
 extern bool bg_queue_started(BgJobShared *shared);
-extern void bg_queue_counts(int *queued, int64 *started);
+extern void bg_queue_counts(int *queued, int64 *started, int64 *bytes);
 
 /* in spool.c */
 extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,

@@ -172,7 +172,6 @@ PG_FUNCTION_INFO_V1(bg_fdw_drop_start);
 
 static void bg_keep_path(char *path, int64 job_id);
 static void bg_keep_dir(char *path);
-static int64 bg_keep_cluster_bytes(void);
 static int64 bg_keep_dir_bytes(const char *dir);
 static void bg_keep_flush(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
@@ -259,8 +258,8 @@ bg_keep_check_cluster(void)
 				 errhint("Forget results no longer needed with bg_forget(pid), or launch with keep => false.")));
 }
 
-/* Bytes of the kept results of all databases */
-static int64
+/* Bytes of the kept results of all databases, running jobs' included */
+int64
 bg_keep_cluster_bytes(void)
 {
 	Relation	rel;

@@ -1699,19 +1699,21 @@ bg_queue_undefer_all(void)
 
 /* For bg_supervisor(): jobs waiting, and started from the queue so far */
 void
-bg_queue_counts(int *queued, int64 *started)
+bg_queue_counts(int *queued, int64 *started, int64 *bytes)
 {
 	BgQueue    *q = bg_queue();
 	int			i;
 
 	*queued = 0;
 	*started = 0;
+	*bytes = 0;
 	if (q == NULL)
 		return;
 	SpinLockAcquire(&q->mutex);
 	for (i = 0; i < BG_QUEUE_SLOTS; i++)
 		*queued += (q->jobs[i].state != BG_QUEUED_FREE);
 	*started = q->started;
+	*bytes = (int64) q->bytes;
 	SpinLockRelease(&q->mutex);
 }
 

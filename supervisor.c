@@ -593,10 +593,11 @@ bg_supervisor(PG_FUNCTION_ARGS)
 	BgSupervisorShared *sup;
 	BgSupervisorShared copy;
 	TupleDesc	desc;
-	Datum		values[11];
-	bool		nulls[11];
+	Datum		values[14];
+	bool		nulls[14];
 	int			queued;
 	int64		dequeued;
+	int64		queued_bytes;
 	const char *state;
 	int			idle;
 	int64		handed_over;
@@ -636,10 +637,15 @@ bg_supervisor(PG_FUNCTION_ARGS)
 	values[7] = Int32GetDatum(idle);
 	values[8] = Int64GetDatum(handed_over);
 	nulls[7] = nulls[8] = (sup == NULL);
-	bg_queue_counts(&queued, &dequeued);
+	bg_queue_counts(&queued, &dequeued, &queued_bytes);
 	values[9] = Int32GetDatum(queued);
 	values[10] = Int64GetDatum(dequeued);
 	nulls[9] = nulls[10] = (bg_supervisor_queue() == NULL);
+	/* what the cluster-wide quotas count */
+	values[11] = Int32GetDatum(bg_jobs_running());
+	values[12] = Int64GetDatum(queued_bytes);
+	nulls[12] = nulls[9];
+	values[13] = Int64GetDatum(bg_keep_cluster_bytes());
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

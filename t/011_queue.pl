@@ -62,6 +62,11 @@ is( $node->safe_psql('postgres', qq{
 	't', 'a queued job has a name above any PID, no worker yet, and its query');
 is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
 	$queued, 'bg_supervisor counts them');
+ok( $node->poll_query_until('postgres', q{
+		SELECT running_jobs = (SELECT count(*) FROM bg_jobs WHERE state = 'running')
+		   AND running_jobs = 30 - queued_jobs AND queued_bytes > 0
+		FROM bg_supervisor()}),
+	'bg_supervisor counts the running jobs and the bytes queued');
 is( $session->query_safe(
 		"SELECT count(*) FROM pg_class WHERE relname IN (SELECT 'bg_result_' || unnest(ARRAY[$names]))"),
 	'30', 'each has its result table at once');
@@ -158,7 +163,7 @@ is( $node->safe_psql('postgres', qq{
 like($err, qr/canceling statement due to user request/,
 	'reading the cancelled job raises the cancel');
 ok( $node->poll_query_until('postgres',
-		q{SELECT queued_jobs = 0 AND jobs_dequeued >= 19 FROM bg_supervisor()}),
+		q{SELECT queued_jobs = 0 AND queued_bytes = 0 AND jobs_dequeued >= 19 FROM bg_supervisor()}),
 	'the queue is empty, the jobs were started from it');
 $session->quit;
 
