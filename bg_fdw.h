@@ -552,6 +552,7 @@ extern void bg_supervisor_prepare(void);
 extern void *bg_supervisor_pool(void);
 extern void *bg_supervisor_queue(void);
 extern void bg_supervisor_wake(void);
+extern bool bg_supervisor_started(void);
 
 /* in pool.c */
 /* Names of jobs handed to started workers or queued: above any PID (PID_MAX_LIMIT) */
@@ -575,6 +576,7 @@ extern void bg_pool_not_taken(void);
 extern void bg_pool_counts(int *idle, int64 *handed_over);
 extern int	bg_pool_take_name(int floor);
 extern int	bg_pool_running_jobs(void);
+extern int	bg_count_workers(const char *type, bool same);
 extern void bg_pool_make_room_for_queue(void);
 
 /* in launcher.c: what a job's segment holds, apart from its queues */

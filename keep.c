@@ -234,7 +234,8 @@ bg_keep_messages_path(char *path, int64 job_id)
  * in every database's directory, so that running jobs count with what they
  * wrote so far and nothing needs to be shared between databases.  Counting
  * stats every file, so a session counts at most once a second: launches in
- * between reuse the count (each job is bounded by bg_fdw.max_result_size).
+ * between reuse a count under the limit (each job is bounded by
+ * bg_fdw.max_result_size).
  */
 void
 bg_keep_check_cluster(void)
@@ -245,7 +246,9 @@ bg_keep_check_cluster(void)
 
 	if (bg_max_kept_size < 0)
 		return;
-	if (now - counted_at >= USECS_PER_SEC)
+	/* a count over the limit is never reused: a launch after bg_forget */
+	if (now - counted_at >= USECS_PER_SEC ||
+		total >= (int64) bg_max_kept_size * 1024)
 	{
 		total = bg_keep_cluster_bytes();
 		counted_at = now;

@@ -626,6 +626,8 @@ bg_no_slot(BgLaunchOptions *opts, bool max_jobs)
 		why = _("A job launched with keep => false or in stream mode is not queued: launch it with keep => true to have it wait for a slot.");
 	else if (bg_max_queued_jobs <= 0)
 		why = _("The queue is off: jobs wait in it for a slot when \"bg_fdw.max_queued_jobs\" is above 0.");
+	else if (!bg_supervisor_started())
+		why = _("Jobs wait in the queue once the bg_fdw supervisor, which starts them, has started: see the server log.");
 	else
 		why = NULL;				/* the queue is off, or the registry is 1.0's */
 	if (max_jobs)

@@ -160,7 +160,6 @@ static bool bg_database_lock_wanted(void);
 static uint32 bg_wait_event_idle(void);
 static void bg_pool_reseed(void);
 static void bg_pool_send_away(BgPool *pool, int count);
-static int	bg_count_workers(const char *type, bool same);
 
 Size
 bg_pool_size(void)
@@ -903,7 +902,7 @@ bg_pool_must_leave(BgPool *pool, TimestampTz idle_since)
  * other type.  Counted over the processes, not the backends' status, whose
  * snapshot belongs to the caller's transaction.
  */
-static int
+int
 bg_count_workers(const char *type, bool same)
 {
 	int			n = 0;

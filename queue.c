@@ -306,7 +306,8 @@ bg_queue_waiting(void)
 /*
  * May this launch be queued?  Where the queue exists and is not turned off,
  * for a job that keeps its result (a queued job is read from its kept
- * file), launched by a session, not by a job.
+ * file), launched by a session, not by a job, while a supervisor has
+ * started to serve the queue.
  */
 bool
 bg_queue_available(BgJobShared *shared)
@@ -320,8 +321,8 @@ bool
 bg_queue_possible(bool keep, bool stream, Oid registry)
 {
 	return bg_queue() != NULL && bg_max_queued_jobs > 0 && keep && !stream &&
-		!bg_queue_in_job() && bg_registry_keeps(registry) &&
-		bg_registry_shows_worker(registry);
+		!bg_queue_in_job() && bg_supervisor_started() &&
+		bg_registry_keeps(registry) && bg_registry_shows_worker(registry);
 }
 
 /*

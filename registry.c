@@ -2726,17 +2726,33 @@ bg_registry_int8(Relation rel, HeapTuple tuple, AttrNumber column)
  * results in this database already take bg_fdw.max_kept_size_per_role: a
  * role must not fill the disk with results it never forgets.  A running job
  * counts with what it has written so far; jobs launched at once may each
- * pass, each then bounded by bg_fdw.max_result_size.
+ * pass, each then bounded by bg_fdw.max_result_size.  Counting reads every
+ * kept result of the role, so a session that found the role under the
+ * limit trusts that for a second (as bg_keep_check_cluster does): launches
+ * in a loop then read them once a second, not once each.  A count over the
+ * limit is never reused, so a launch after bg_forget counts again.
  */
 void
 bg_registry_check_kept(Oid role)
 {
-	int64		total;
+	static TimestampTz counted_at = 0;
+	static Oid	counted_role = InvalidOid;
+	static Oid	counted_db = InvalidOid;
+	static int64 total = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	int64		limit = (int64) bg_max_kept_size_per_role * 1024;
 
 	if (bg_max_kept_size_per_role < 0)
 		return;
+	if (role == counted_role && MyDatabaseId == counted_db &&
+		now - counted_at < USECS_PER_SEC && total < limit)
+		return;
+	counted_role = InvalidOid;
 	total = bg_registry_role_jobs(role, NULL);
-	if (total >= (int64) bg_max_kept_size_per_role * 1024)
+	counted_at = now;
+	counted_role = role;
+	counted_db = MyDatabaseId;
+	if (total >= limit)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("kept results of role \"%s\" exceed \"bg_fdw.max_kept_size_per_role\" (%dkB)",

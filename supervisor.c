@@ -16,11 +16,14 @@
  * registry.c, bg_registry_tidy).
  *
  * Work that needs a database runs in short-lived workers it starts for that
- * database, as the autovacuum launcher hands work to its workers.  Today
- * that is the sweep each database gets once after the supervisor starts
- * (after a server start or a crash restart): jobs left "running" by a worker
- * that is gone are recorded as "lost", with the time, so that they expire,
- * and ended jobs past bg_fdw.job_retention are deleted.
+ * database, as the autovacuum launcher hands work to its workers: the sweep
+ * each database gets once after the supervisor starts (after a server start
+ * or a crash restart), in which jobs left "running" by a worker that is gone
+ * are recorded as "lost", with the time, so that they expire, and ended
+ * jobs past bg_fdw.job_retention are deleted with their kept results; and,
+ * where the supervisor stays (preloaded), the same sweep again every
+ * bg_fdw.job_retention (between 10 seconds and an hour apart), so that
+ * results expire in a database where no job ends.
  *
  * Copyright (c) 2026, The bg_fdw Authors
  *
@@ -75,6 +78,23 @@ PGDLLEXPORT void bg_sweep_main(Datum main_arg);
 /* The longest the supervisor waits before it tries a queued job again */
 #define BG_SUPERVISOR_RETRY_MAX_MS	1000
 
+/* Expiry rounds are bg_fdw.job_retention apart, within these bounds */
+#define BG_EXPIRY_MIN_MS	(10 * 1000L)
+#define BG_EXPIRY_MAX_MS	(3600 * 1000L)
+
+/*
+ * The supervisor's expiry round: the databases it has still to sweep, the
+ * sweep running now, and when the next round is due.  Its own memory.
+ */
+typedef struct BgExpiryRound
+{
+	List	   *databases;
+	BackgroundWorkerHandle *sweep;
+	TimestampTz next;
+} BgExpiryRound;
+
+static BgExpiryRound bg_expiry;
+
 /*
  * The supervisor's shared state.  Its fields are written under the mutex,
  * by the processes each comment names.
@@ -121,8 +141,12 @@ static bool bg_supervisor_claim(BgSupervisorShared *sup);
 static bool bg_supervisor_stays(void);
 static void bg_supervisor_release(int code, Datum arg);
 static void bg_supervisor_sweep(BgSupervisorShared *sup);
-static List *bg_supervisor_databases(void);
+static List *bg_supervisor_databases(bool all);
 static bool bg_supervisor_sweep_database(Oid dboid);
+static BackgroundWorkerHandle *bg_supervisor_start_sweep(Oid dboid);
+static long bg_supervisor_expire(BgSupervisorShared *sup);
+static void bg_supervisor_schedule_expiry(void);
+static void bg_supervisor_await_workers(void);
 static uint32 bg_wait_event_supervisor(void);
 
 /*
@@ -343,8 +367,12 @@ bg_supervisor_main(Datum main_arg)
 	before_shmem_exit(bg_supervisor_release, PointerGetDatum(sup));
 
 	bg_supervisor_sweep(sup);
+	bg_supervisor_schedule_expiry();
 	while (!ShutdownRequestPending && bg_supervisor_stays())
 	{
+		long		timeout = -1;
+		long		expiry;
+
 		/*
 		 * A queued job that found no free slot is tried again soon: a slot
 		 * frees when the postmaster reaps a worker, which tells only the
@@ -352,17 +380,18 @@ bg_supervisor_main(Datum main_arg)
 		 */
 		if (bg_queue_start_jobs())
 		{
-			(void) WaitLatch(MyLatch,
-							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 nap_ms, bg_wait_event_supervisor());
+			timeout = nap_ms;
 			nap_ms = Min(nap_ms * 2, BG_SUPERVISOR_RETRY_MAX_MS);
 		}
 		else
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-							 bg_wait_event_supervisor());
 			nap_ms = 1;
-		}
+		expiry = bg_supervisor_expire(sup);
+		if (expiry >= 0 && (timeout < 0 || expiry < timeout))
+			timeout = expiry;
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
+						 (timeout >= 0 ? WL_TIMEOUT : 0),
+						 timeout, bg_wait_event_supervisor());
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -371,10 +400,63 @@ bg_supervisor_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			/* bg_fdw.max_jobs_per_role may have been raised */
 			bg_queue_undefer_all();
+			/* and bg_fdw.job_retention shortened */
+			bg_supervisor_schedule_expiry();
 		}
 	}
+	if (ShutdownRequestPending)
+		bg_supervisor_await_workers();
 	/* a preloaded supervisor that leaves otherwise is restarted */
 	proc_exit(bg_supervisor_stays() ? 1 : 0);
+}
+
+/*
+ * At a clean shutdown, leave after bg_fdw's other workers: the postmaster
+ * asks them all to stop at once, and job workers may still be recording
+ * their outcome.  It tells the supervisor of none of their exits, so look
+ * again every 100 ms.
+ */
+static void
+bg_supervisor_await_workers(void)
+{
+	int			first = -1;
+	int			n;
+
+	while ((n = bg_count_workers(BG_WORKER_TYPE, true) +
+			bg_count_workers(BG_SWEEP_TYPE, true)) > 0)
+	{
+		if (first < 0)
+			first = n;
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100L, bg_wait_event_supervisor());
+		ResetLatch(MyLatch);
+	}
+	if (first > 0)
+		ereport(LOG,
+				(errmsg_plural("bg_fdw supervisor shutting down after %d worker of bg_fdw exited",
+							   "bg_fdw supervisor shutting down after %d workers of bg_fdw exited",
+							   first, first)));
+}
+
+/*
+ * Is the supervisor there to start queued jobs?  Where bg_fdw is preloaded,
+ * once it has started: a supervisor the postmaster could not register
+ * (other preloaded workers took every slot) never starts, and a launch must
+ * not wait for it in the queue.
+ */
+bool
+bg_supervisor_started(void)
+{
+	BgSupervisorShared *sup = bg_supervisor_state();
+	int			starts;
+
+	if (sup == NULL)
+		return false;
+	SpinLockAcquire(&sup->mutex);
+	starts = sup->starts;
+	SpinLockRelease(&sup->mutex);
+	return starts > 0;
 }
 
 /*
@@ -453,7 +535,7 @@ bg_supervisor_sweep(BgSupervisorShared *sup)
 	SpinLockRelease(&sup->mutex);
 	if (done)
 		return;
-	databases = bg_supervisor_databases();
+	databases = bg_supervisor_databases(false);
 	foreach(lc, databases)
 	{
 		Oid			dboid = lfirst_oid(lc);
@@ -480,7 +562,7 @@ bg_supervisor_sweep(BgSupervisorShared *sup)
 		sup->databases_swept++;
 		SpinLockRelease(&sup->mutex);
 	}
-	bg_queue_forget_records(databases);
+	bg_queue_forget_records(bg_supervisor_databases(true));
 	SpinLockAcquire(&sup->mutex);
 	sup->sweep_done = true;
 	sup->last_sweep = GetCurrentTimestamp();
@@ -489,10 +571,10 @@ bg_supervisor_sweep(BgSupervisorShared *sup)
 
 /*
  * The databases to sweep, read from the shared catalog: those a worker can
- * connect to, templates aside.
+ * connect to, templates aside; or, with "all", every database.
  */
 static List *
-bg_supervisor_databases(void)
+bg_supervisor_databases(bool all)
 {
 	List	   *result = NIL;
 	Relation	rel;
@@ -510,7 +592,7 @@ bg_supervisor_databases(void)
 		MemoryContext old;
 
 		/* a sweep of a template would hold up CREATE DATABASE */
-		if (!db->datallowconn || db->datistemplate)
+		if (!all && (!db->datallowconn || db->datistemplate))
 			continue;
 		old = MemoryContextSwitchTo(cxt);
 		result = lappend_oid(result, db->oid);
@@ -529,20 +611,98 @@ bg_supervisor_databases(void)
 static bool
 bg_supervisor_sweep_database(Oid dboid)
 {
+	BackgroundWorkerHandle *handle = bg_supervisor_start_sweep(dboid);
+	pid_t		pid;
+
+	if (handle == NULL)
+		return false;
+	/* stopped already: it ran, or could not connect (the database went) */
+	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+		(void) WaitForBackgroundWorkerShutdown(handle);
+	pfree(handle);
+	return true;
+}
+
+/* Start the sweep of a database; NULL if no worker slot is free */
+static BackgroundWorkerHandle *
+bg_supervisor_start_sweep(Oid dboid)
+{
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
-	pid_t		pid;
 
 	bg_supervisor_fill_worker(&worker, "bg_sweep_main", BG_SWEEP_TYPE,
 							  ObjectIdGetDatum(dboid));
 	snprintf(worker.bgw_name, BGW_MAXLEN, "bg_fdw sweep of database %u", dboid);
 	worker.bgw_notify_pid = MyProcPid;
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-		return false;
-	/* stopped already: it ran, or could not connect (the database went) */
-	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
-		(void) WaitForBackgroundWorkerShutdown(handle);
-	return true;
+		return NULL;
+	return handle;
+}
+
+/*
+ * The next expiry round is due bg_fdw.job_retention from now, bounded, or
+ * sooner if it was due sooner already.
+ */
+static void
+bg_supervisor_schedule_expiry(void)
+{
+	int64		ms = (int64) bg_job_retention * 1000;
+	TimestampTz next;
+
+	ms = Max(ms, BG_EXPIRY_MIN_MS);
+	ms = Min(ms, BG_EXPIRY_MAX_MS);
+	next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+	if (bg_expiry.next == 0 || next < bg_expiry.next)
+		bg_expiry.next = next;
+}
+
+/*
+ * Go on with the expiry round, where the supervisor stays: when one is due
+ * and bg_fdw.job_retention expires anything, sweep each database in turn,
+ * one worker at a time, without waiting for it (the postmaster wakes the
+ * supervisor when it stops).  Returns how long the supervisor may sleep, in
+ * ms, or -1 for as long as it likes.
+ */
+static long
+bg_supervisor_expire(BgSupervisorShared *sup)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	pid_t		pid;
+	Oid			dboid;
+
+	if (!bg_supervisor_stays())
+		return -1;
+	if (bg_expiry.sweep != NULL)
+	{
+		if (GetBackgroundWorkerPid(bg_expiry.sweep, &pid) != BGWH_STOPPED)
+			return -1;
+		pfree(bg_expiry.sweep);
+		bg_expiry.sweep = NULL;
+		SpinLockAcquire(&sup->mutex);
+		sup->databases_swept++;
+		if (bg_expiry.databases == NIL)
+			sup->last_sweep = now;
+		SpinLockRelease(&sup->mutex);
+	}
+	if (bg_expiry.databases == NIL)
+	{
+		if (now < bg_expiry.next)
+			return (long) ((bg_expiry.next - now + 999) / 1000);
+		bg_expiry.next = 0;
+		bg_supervisor_schedule_expiry();
+		if (bg_job_retention < 0)
+			return bg_supervisor_expire(sup);
+		bg_expiry.databases = bg_supervisor_databases(false);
+		if (bg_expiry.databases == NIL)
+			return bg_supervisor_expire(sup);
+	}
+	dboid = linitial_oid(bg_expiry.databases);
+	bg_expiry.sweep = bg_supervisor_start_sweep(dboid);
+	/* no free slot: try again in a second, and say nothing (it recurs) */
+	if (bg_expiry.sweep == NULL)
+		return BG_SUPERVISOR_RETRY_MAX_MS;
+	bg_expiry.databases = list_delete_first(bg_expiry.databases);
+	return -1;
 }
 
 /*

@@ -15,6 +15,20 @@ use FindBin;
 use lib $FindBin::RealBin;
 use BgFdwTest;
 
+# The kept file of the job named "pid", relative to the data directory
+sub kept_path
+{
+	my ($node, $pid) = @_;
+	return $node->safe_psql('postgres', qq{
+		SELECT format('base/%s/pgsql_tmp_bg_fdw/%s', d.oid, j.id)
+		FROM bg_job_registry j, pg_database d
+		WHERE j.pid = $pid AND d.datname = current_database()
+		ORDER BY j.id DESC LIMIT 1});
+}
+
+# The kept file of the job running at the crash that had written rows
+my $partial;
+
 # Jobs running when the server crashes, one of them with rows kept in files
 # by a session that never read them; returns their PIDs.
 sub jobs_then_crash
@@ -29,10 +43,15 @@ sub jobs_then_crash
 	  or die 'the job with kept rows did not finish';
 	my @pids = (split /\n/, $node->safe_psql('postgres', q{
 		SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS a \gset
-		SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS b \gset
+		SELECT bg_launch($$SELECT g FROM generate_series(1, 20) g WHERE g <= 10 OR hang()$$) AS b \gset
 		SELECT bg_detach(:a), bg_detach(:b);
 		SELECT :a UNION ALL SELECT :b;
 	}))[-2, -1];
+	$node->poll_query_until('postgres', "SELECT rows = 10 FROM bg_jobs WHERE pid = $pids[1]")
+	  or die 'the job writing rows did not write them';
+	$partial = kept_path($node, $pids[1]);
+	is($node->safe_psql('postgres', "SELECT (pg_stat_file('$partial', true)).size IS NOT NULL"),
+		't', 'a running job writes its kept rows to its file');
 	isnt($node->safe_psql('postgres',
 			q{SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp', true, false)}),
 		'0', 'rows nobody read are kept in files');
@@ -63,6 +82,9 @@ sub lost_and_expired
 	is($node->safe_psql('postgres',
 			q{SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp', true, false)}),
 		'0', "$how: no file is left");
+	ok( $node->poll_query_until('postgres',
+			"SELECT (pg_stat_file('$partial', true)).size IS NULL"),
+		"$how: the kept file the running job wrote to is gone");
 	$node->safe_psql('postgres', q{
 		SET bg_fdw.job_retention = 0;
 		SELECT bg_launch('SELECT 1') AS p \gset
@@ -72,6 +94,10 @@ sub lost_and_expired
 			"SELECT count(*) = 0 FROM bg_job_registry WHERE pid IN ($list)"),
 		"$how: they expire by bg_fdw.job_retention");
 }
+
+# A job's condition that holds it for ever
+my $hang = q{CREATE FUNCTION hang() RETURNS boolean LANGUAGE plpgsql
+	AS $$BEGIN PERFORM pg_sleep('infinity'); RETURN true; END$$};
 
 my $supervisors = q{SELECT count(*) FROM pg_stat_activity
 	WHERE backend_type = 'bg_fdw supervisor'};
@@ -86,7 +112,7 @@ bg_fdw.max_idle_workers = 0
 restart_after_crash = on
 });
 $pre->start;
-$pre->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
+$pre->safe_psql('postgres', "CREATE EXTENSION bg_fdw; $hang");
 ok( $pre->poll_query_until('postgres',
 		q{SELECT state || ' ' || preloaded FROM bg_supervisor()}, 'running true'),
 	'preloaded: the supervisor runs from server start');
@@ -103,10 +129,56 @@ ok( $pre->poll_query_until('postgres',
 		"SELECT state = 'running' AND pid <> $sup FROM bg_supervisor()"),
 	'preloaded: a supervisor killed with SIGKILL is back after the crash restart');
 lost_and_expired($pre, 'preloaded', @pids);
+
+# Preloaded, ended jobs and their kept results expire in a database where no
+# job ends: the supervisor sweeps each database every bg_fdw.job_retention.
+$pre->safe_psql('postgres', "ALTER SYSTEM SET bg_fdw.job_retention = '10s'");
+$pre->reload;
+my $old = (split /\n/, $pre->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT 1 AS one') AS p \gset
+	SELECT bg_wait(:p);
+	SELECT bg_detach(:p);
+	SELECT :p;
+}))[-1];
+my $old_file = kept_path($pre, $old);
+is($pre->safe_psql('postgres', "SELECT (pg_stat_file('$old_file', true)).size IS NOT NULL"),
+	't', 'preloaded: an ended job keeps its result');
+ok( $pre->poll_query_until('postgres', qq{
+		SELECT (pg_stat_file('$old_file', true)).size IS NULL
+		   AND NOT EXISTS (SELECT FROM bg_job_registry WHERE pid = $old)}),
+	'preloaded: the supervisor expires it and its kept result, no job ending');
+$pre->safe_psql('postgres', 'ALTER SYSTEM RESET bg_fdw.job_retention');
+$pre->reload;
+
+# A clean shutdown: the supervisor leaves after the job workers.
+$pre->safe_psql('postgres', q{
+	SELECT bg_launch($$SELECT pg_sleep('infinity')$$) AS p \gset
+	SELECT bg_detach(:p);
+});
 my $offset = -s $pre->logfile;
 $pre->stop;
-unlike(slurp_file($pre->logfile, $offset), qr/terminated by signal/,
+my $log = slurp_file($pre->logfile, $offset);
+unlike($log, qr/terminated by signal/,
 	'preloaded: the server stops cleanly with its supervisor');
+like($log, qr/bg_fdw supervisor shutting down after \d+ workers? of bg_fdw exited/,
+	'preloaded: the supervisor leaves after the job workers');
+
+# Preloaded, but the supervisor could not be registered (no worker slot at
+# all): a launch that finds no slot is refused, never queued to wait for it.
+my $noslot = PostgreSQL::Test::Cluster->new('no_slot');
+$noslot->init;
+$noslot->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'bg_fdw'
+max_worker_processes = 0
+});
+$noslot->start;
+$noslot->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
+is($noslot->safe_psql('postgres', 'SELECT state FROM bg_supervisor()'),
+	'stopped', 'no slot: the supervisor is stopped');
+my ($rc, $out, $err) = $noslot->psql('postgres', q{SELECT bg_launch('SELECT 1')});
+like($err, qr/could not register background process.*HINT:.*once the bg_fdw supervisor, which starts them, has started/s,
+	'no slot: a launch is refused, with a hint, not queued');
+$noslot->stop;
 
 # Not preloaded.
 my $lazy = PostgreSQL::Test::Cluster->new('not_preloaded');
@@ -117,7 +189,7 @@ bg_fdw.max_idle_workers = 0
 restart_after_crash = on
 });
 $lazy->start;
-$lazy->safe_psql('postgres', 'CREATE EXTENSION bg_fdw');
+$lazy->safe_psql('postgres', "CREATE EXTENSION bg_fdw; $hang");
 if ($lazy->pg_version >= 17)
 {
 	# the first call starts it; racing calls start no second one
