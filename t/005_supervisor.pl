@@ -163,6 +163,26 @@ unlike($log, qr/terminated by signal/,
 like($log, qr/bg_fdw supervisor shutting down after \d+ workers? of bg_fdw exited/,
 	'preloaded: the supervisor leaves after the job workers');
 
+# Preloaded, the kept files of an extension dropped where its event trigger
+# does not run (session_replication_role = replica) go with the drop: the
+# library is loaded in every session.
+$pre->start;
+$pre->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT 1 AS one') AS p \gset
+	SELECT bg_wait(:p);
+});
+my $kept_dir = $pre->safe_psql('postgres',
+	q{SELECT format('base/%s/pgsql_tmp_bg_fdw', oid) FROM pg_database WHERE datname = 'postgres'});
+my $kept_files = qq{SELECT count(*) FROM pg_ls_dir('$kept_dir', true, false)};
+isnt($pre->safe_psql('postgres', $kept_files), '0', 'preloaded: a job keeps its result');
+$pre->safe_psql('postgres', q{
+	SET session_replication_role = replica;
+	DROP EXTENSION bg_fdw CASCADE;
+});
+ok($pre->poll_query_until('postgres', $kept_files, '0'),
+	'preloaded: a drop its event trigger did not see removes the kept files');
+$pre->stop;
+
 # Preloaded, but the supervisor could not be registered (no worker slot at
 # all): a launch that finds no slot is refused, never queued to wait for it.
 my $noslot = PostgreSQL::Test::Cluster->new('no_slot');
