@@ -376,6 +376,8 @@ typedef struct BgJob
 	SubTransactionId detach_subid;	/* bg_detach pending commit, or 0 */
 	bool		released;		/* ended, its segment given back: its rows
 								 * are read from its kept file */
+	uint64		seq;			/* launch order in the session */
+	bool		quiet;			/* in the session's list of quiet jobs */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
 	BgReader  **readers;		/* array of nreaders */
@@ -663,6 +665,7 @@ extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,
 extern void bg_spool_set_valid(BgSpool *sp, uint64 valid);
 extern bool bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid);
 extern bool bg_spool_kept_removed(BgSpool *sp);
+extern bool bg_spool_holds_kept(BgSpool *sp);
 extern void bg_spool_unkeep(BgSpool *sp);
 extern void bg_spool_unkeep_cleanup(BgSpool *sp, bool done);
 extern void bg_spool_free(BgSpool *sp);
@@ -702,6 +705,7 @@ extern BgJob *bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle,
 							MemoryContext cxt);
 extern void bg_job_attach(BgJob *job);
 extern List *bg_session_jobs(void);
+extern bool bg_session_has_jobs(void);
 extern int64 bg_session_job_id(int pid);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);

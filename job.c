@@ -51,8 +51,18 @@
 
 PG_FUNCTION_INFO_V1(bg_segments);
 
-/* Jobs launched by this session, oldest first; cells in TopMemoryContext */
+/*
+ * Jobs launched by this session; cells in TopMemoryContext.  bg_jobs holds
+ * those that may still need the session's attention (a segment, a spool,
+ * readers, a detach to carry out), bg_jobs_quiet those that cannot any more
+ * (detached, or released with no detach pending): the loops that run at each
+ * launch and at each transaction's end walk bg_jobs only, so that a session
+ * holding thousands of ended jobs does not pay for them each time.  "seq"
+ * orders them across both.
+ */
 static List *bg_jobs = NIL;
+static List *bg_jobs_quiet = NIL;
+static uint64 bg_jobs_seq = 0;
 
 /* Job segments this backend has mapped, see bg_segment_track */
 static int	bg_segments_mapped = 0;
@@ -261,9 +271,69 @@ bg_job_attach(BgJob *job)
 	MemoryContextSetParent(job->cxt, TopMemoryContext);
 	dsm_pin_mapping(job->seg);
 	bg_job_launched(job);
+	job->seq = ++bg_jobs_seq;
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	bg_jobs = lappend(bg_jobs, job);
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Can the job need nothing more of the session's loops?  Its segment is
+ * gone (never to come back), nothing reads it, no detach is pending, and
+ * its spool, if any, holds no kept file that bg_forget could remove.  A
+ * reader or a detach wakes it (bg_job_wake).
+ */
+static bool
+bg_job_quiet(BgJob *job)
+{
+	return job->state == BG_JOB_DETACHED ||
+		(job->seg == NULL && !bg_job_in_use(job) &&
+		 job->detach_subid == InvalidSubTransactionId &&
+		 (job->spool == NULL || !bg_spool_holds_kept(job->spool)));
+}
+
+/* Move the jobs that have become quiet out of bg_jobs */
+static void
+bg_jobs_settle(void)
+{
+	ListCell   *lc;
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (!bg_job_quiet(job))
+			continue;
+		job->quiet = true;
+		bg_jobs_quiet = lappend(bg_jobs_quiet, job);
+		bg_jobs = foreach_delete_current(bg_jobs, lc);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* A quiet job that is to be read or detached needs the loops again */
+static void
+bg_job_wake(BgJob *job)
+{
+	MemoryContext oldcxt;
+
+	if (!job->quiet)
+		return;
+	job->quiet = false;
+	bg_jobs_quiet = list_delete_ptr(bg_jobs_quiet, job);
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	bg_jobs = lappend(bg_jobs, job);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static int
+bg_job_seq_cmp(const ListCell *a, const ListCell *b)
+{
+	uint64		sa = ((BgJob *) lfirst(a))->seq;
+	uint64		sb = ((BgJob *) lfirst(b))->seq;
+
+	return sa < sb ? -1 : sa > sb ? 1 : 0;
 }
 
 /*
@@ -296,11 +366,41 @@ bg_session_job_id(int pid)
 	return job->job_id;
 }
 
-/* This session's jobs, oldest first (tombstones of detached ones too) */
+/*
+ * This session's jobs, oldest first (tombstones of detached ones too), in a
+ * list of the caller's.
+ */
 List *
 bg_session_jobs(void)
 {
-	return bg_jobs;
+	List	   *all = list_concat_copy(bg_jobs, bg_jobs_quiet);
+
+	list_sort(all, bg_job_seq_cmp);
+	return all;
+}
+
+bool
+bg_session_has_jobs(void)
+{
+	return bg_jobs != NIL || bg_jobs_quiet != NIL;
+}
+
+/* The newest job of "jobs" with this PID (and identifier, if not 0) */
+static BgJob *
+bg_job_find(List *jobs, int pid, int64 job_id)
+{
+	BgJob	   *found = NULL;
+	ListCell   *lc;
+
+	foreach(lc, jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->pid == pid && (job_id == 0 || job->job_id == job_id) &&
+			(found == NULL || job->seq > found->seq))
+			found = job;
+	}
+	return found;
 }
 
 /*
@@ -310,16 +410,13 @@ bg_session_jobs(void)
 BgJob *
 bg_job_lookup(int pid, int64 job_id, bool missing_ok)
 {
-	int			i;
+	BgJob	   *live = bg_job_find(bg_jobs, pid, job_id);
+	BgJob	   *quiet = bg_job_find(bg_jobs_quiet, pid, job_id);
 	const char *type;
 
-	for (i = list_length(bg_jobs) - 1; i >= 0; i--)
-	{
-		BgJob	   *job = list_nth(bg_jobs, i);
-
-		if (job->pid == pid && (job_id == 0 || job->job_id == job_id))
-			return job;
-	}
+	if (live != NULL || quiet != NULL)
+		return (quiet == NULL || (live != NULL && live->seq > quiet->seq)) ?
+			live : quiet;
 	if (missing_ok)
 		return NULL;
 
@@ -498,6 +595,7 @@ bg_jobs_release_ended(void)
 			bg_job_release_kept(job);
 	}
 	bg_jobs_unkeep_removed();
+	bg_jobs_settle();
 }
 
 /*
@@ -640,6 +738,7 @@ bg_job_record_detach(BgJob *job)
 	Assert(job->state != BG_JOB_DETACHED);
 	Assert(!bg_job_in_use(job));
 	job->detach_subid = GetCurrentSubTransactionId();
+	bg_job_wake(job);
 }
 
 /*
@@ -659,6 +758,7 @@ bg_job_release(BgJob *job)
 
 	tomb->pid = job->pid;
 	tomb->job_id = job->job_id;
+	tomb->seq = job->seq;
 	tomb->state = BG_JOB_DETACHED;
 	foreach(lc, bg_jobs)
 	{
@@ -1204,6 +1304,7 @@ bg_reader_open(BgJob *job, TupleTableSlot *slot)
 	if (job->stream && (job->stream_taken || bg_job_in_use(job)))
 		bg_stream_reread_error(job);
 	rd->in_use = true;
+	bg_job_wake(job);
 	rd->nread = 0;
 	rd->subid = GetCurrentSubTransactionId();
 	rd->slot = slot;
@@ -1413,6 +1514,7 @@ bg_xact_callback(XactEvent event, void *arg)
 		bg_end_detaches(event == XACT_EVENT_COMMIT, InvalidSubTransactionId);
 		bg_queued_launch_end_detaches(event == XACT_EVENT_COMMIT,
 									  InvalidSubTransactionId);
+		bg_jobs_settle();
 	}
 }
 

@@ -628,7 +628,7 @@ bg_pool_offer(Oid connected_as, bool superuser, Oid job_role, bool light,
 	if (bg_have_guc_placeholders())
 		return;
 	/* nor would the jobs the job launched, which are its session's */
-	if (bg_session_jobs() != NIL)
+	if (bg_session_has_jobs())
 		return;
 	/* nor a replication origin set up for the session */
 	if (replorigin_session_origin != InvalidRepOriginId)

@@ -573,16 +573,37 @@ bg_extension_find(Oid *nspid)
 
 /*
  * The registry table of the extension installed in this database, or
- * InvalidOid if the extension is not installed.
+ * InvalidOid if the extension is not installed.  A launch asks several
+ * times and pg_extension has no syscache: the last answer stands while a
+ * relation of that OID still has the registry's name and schema (a dropped
+ * extension takes its table with it; a renamed registry is not one).
  */
 Oid
 bg_registry_relid(void)
 {
+	static Oid	cached_relid = InvalidOid;
+	static Oid	cached_nspid = InvalidOid;
 	Oid			nspid;
+	HeapTuple	tuple;
 
+	if (OidIsValid(cached_relid) &&
+		HeapTupleIsValid(tuple = SearchSysCache1(RELOID,
+												 ObjectIdGetDatum(cached_relid))))
+	{
+		Form_pg_class form = (Form_pg_class) GETSTRUCT(tuple);
+		bool		same = form->relnamespace == cached_nspid &&
+			strcmp(NameStr(form->relname), BG_REGISTRY_TABLE) == 0;
+
+		ReleaseSysCache(tuple);
+		if (same)
+			return cached_relid;
+	}
+	cached_relid = InvalidOid;
 	if (!bg_extension_find(&nspid))
 		return InvalidOid;
-	return get_relname_relid(BG_REGISTRY_TABLE, nspid);
+	cached_relid = get_relname_relid(BG_REGISTRY_TABLE, nspid);
+	cached_nspid = nspid;
+	return cached_relid;
 }
 
 /*
@@ -2746,7 +2767,19 @@ bg_registry_check_kept(Oid role)
 		return;
 	if (role == counted_role && MyDatabaseId == counted_db &&
 		now - counted_at < USECS_PER_SEC && total < limit)
+	{
+		/* what a count would have found wrong with the table, all the same */
+		Oid			relid = bg_registry_relid();
+		Relation	rel;
+
+		if (OidIsValid(relid) &&
+			(rel = try_table_open(relid, AccessShareLock)) != NULL)
+		{
+			bg_check_layout(rel, bg_registry_columns, Natts_bg_job_registry);
+			table_close(rel, AccessShareLock);
+		}
 		return;
+	}
 	counted_role = InvalidOid;
 	total = bg_registry_role_jobs(role, NULL);
 	counted_at = now;

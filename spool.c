@@ -207,6 +207,13 @@ bg_spool_append_file(BgSpool *sp, MinimalTuple tuple)
 		   body);
 }
 
+/* Does the spool hold the job's kept file open, to read rows from it? */
+bool
+bg_spool_holds_kept(BgSpool *sp)
+{
+	return sp->kept_fd >= 0;
+}
+
 /* Has the kept file this spool reads been removed (bg_forget, expiry)? */
 bool
 bg_spool_kept_removed(BgSpool *sp)

@@ -95,6 +95,9 @@ typedef struct BgExpiryRound
 
 static BgExpiryRound bg_expiry;
 
+/* Did the postmaster ask the supervisor to stop (a shutdown)? */
+static volatile sig_atomic_t bg_supervisor_shutdown = false;
+
 /*
  * The supervisor's shared state.  Its fields are written under the mutex,
  * by the processes each comment names.
@@ -147,6 +150,7 @@ static BackgroundWorkerHandle *bg_supervisor_start_sweep(Oid dboid);
 static long bg_supervisor_expire(BgSupervisorShared *sup);
 static void bg_supervisor_schedule_expiry(void);
 static void bg_supervisor_await_workers(void);
+static void bg_supervisor_catch_sigterm(void);
 static uint32 bg_wait_event_supervisor(void);
 
 /*
@@ -355,7 +359,7 @@ bg_supervisor_main(Datum main_arg)
 	BgSupervisorShared *sup;
 	long		nap_ms = 1;
 
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	bg_supervisor_catch_sigterm();
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
@@ -404,10 +408,41 @@ bg_supervisor_main(Datum main_arg)
 			bg_supervisor_schedule_expiry();
 		}
 	}
-	if (ShutdownRequestPending)
+	if (bg_supervisor_shutdown)
 		bg_supervisor_await_workers();
 	/* a preloaded supervisor that leaves otherwise is restarted */
 	proc_exit(bg_supervisor_stays() ? 1 : 0);
+}
+
+/*
+ * SIGTERM, as SignalHandlerForShutdownRequest takes it, noting whether the
+ * postmaster sent it: at a shutdown the supervisor waits for bg_fdw's other
+ * workers, but one terminated on its own (pg_terminate_backend) leaves at
+ * once, to be started again.
+ */
+static void
+bg_supervisor_sigterm(int signo, siginfo_t *info, void *context)
+{
+	int			save_errno = errno;
+
+	if (info != NULL && info->si_pid == PostmasterPid)
+		bg_supervisor_shutdown = true;
+	ShutdownRequestPending = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+static void
+bg_supervisor_catch_sigterm(void)
+{
+	struct sigaction act;
+
+	memset(&act, 0, sizeof(act));
+	act.sa_sigaction = bg_supervisor_sigterm;
+	sigemptyset(&act.sa_mask);
+	act.sa_flags = SA_RESTART | SA_SIGINFO;
+	if (sigaction(SIGTERM, &act, NULL) < 0)
+		pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 }
 
 /*
