@@ -261,6 +261,20 @@ SET client_min_messages = warning;
 DROP SCHEMA regress_imp, regress_imp2 CASCADE;
 RESET client_min_messages;
 
+-- A job read to its end and set aside by the session (its segment gone) is
+-- read again by a cursor whose transaction aborts: the abort closes that
+-- reader too, so the job can then be detached, and other launches go on
+SELECT bg_launch('SELECT g FROM generate_series(1, 3) g', keep => false) AS again \gset
+SELECT bg_wait(:again);
+SELECT sum(g) FROM bg_result_:again;
+SELECT bg_wait(bg_launch('SELECT 1', result_table => false));
+BEGIN;
+DECLARE again CURSOR FOR SELECT g FROM bg_result_:again;
+FETCH 2 FROM again;
+ROLLBACK;
+SELECT bg_detach(:again);
+SELECT attached FROM bg_jobs WHERE pid = :again;
+
 -- Roles belong to the whole server: leave none behind
 DROP OWNED BY regress_nologin, regress_no_usage, regress_member, regress_plain,
   regress_owner;
