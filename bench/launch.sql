@@ -20,11 +20,9 @@ BEGIN
 END
 $$;
 CREATE TABLE IF NOT EXISTS bench_audit (at timestamptz DEFAULT now(), who text);
--- The job registry's share: the same launch with the registry table
--- renamed away, which bg_launch and the worker take as "not installed".
--- Without a result table no catalog row is written or dropped.  The
--- audit rows are the autonomous-transaction pattern: a row written by a
--- job the caller waits for, against dblink_exec with its own connection.
+-- Without a result table no catalog row is written or dropped.  The audit
+-- rows are the autonomous-transaction pattern: a row written by a job the
+-- caller waits for, against dblink_exec with its own connection.
 CREATE OR REPLACE PROCEDURE bench_launch_rounds(n int)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -45,10 +43,31 @@ BEGIN
                     format('SELECT dblink_exec(%L, %L)', conn, ins));
     CALL bench_time('audit: bg_wait(bg_launch(INSERT, result_table => false))',
                     format('SELECT bg_wait(bg_launch(%L, result_table => false))', ins));
+  END LOOP;
+END
+$$;
+-- The job registry's share, in rounds of their own: the same launch with
+-- the registry table renamed away, which bg_launch and the worker take as
+-- "not installed" (no job is kept, listed or handed to an idle worker, so
+-- each starts a process, whose start and exit would weigh on the other
+-- cases).  A rename makes every cache that knows the registry load again:
+-- one launch after each, untimed, so that neither case pays for the other.
+CREATE OR REPLACE PROCEDURE bench_registry_rounds(n int)
+LANGUAGE plpgsql AS $$
+DECLARE
+  launch text := $q$DO $d$DECLARE p int := bg_launch('SELECT 1 AS x');
+                    BEGIN EXECUTE format('SELECT x FROM bg_result_%s', p); PERFORM bg_detach(p); END $d$ $q$;
+BEGIN
+  FOR r IN 1..n LOOP
+    CALL bench_time('registry: bg_launch + read one row', launch);
     ALTER TABLE bg_job_registry RENAME TO bg_job_registry_bench;
     COMMIT;
-    CALL bench_time('the same without the job registry', launch);
+    EXECUTE launch;
+    COMMIT;
+    CALL bench_time('registry: the same without the job registry', launch);
     ALTER TABLE bg_job_registry_bench RENAME TO bg_job_registry;
+    COMMIT;
+    EXECUTE launch;
     COMMIT;
   END LOOP;
 END
@@ -56,11 +75,16 @@ $$;
 CREATE TEMP TABLE IF NOT EXISTS timings (seq serial, name text, ms float8);
 TRUNCATE timings;
 CALL bench_launch_rounds(200);
+CALL bench_registry_rounds(50);
 \echo
 \echo Launch latency, median of 200:title
 SELECT "case", median_ms, ratio AS ratio_to_dblink
   FROM bench_report('dblink connect + query + disconnect')
- WHERE "case" NOT LIKE 'audit:%';
+ WHERE "case" NOT LIKE 'audit:%' AND "case" NOT LIKE 'registry:%';
 SELECT "case", median_ms, ratio AS ratio_to_dblink_exec
   FROM bench_report('audit: dblink_exec with connect')
  WHERE "case" LIKE 'audit:%';
+\echo The share of the job registry, median of 50
+SELECT "case", median_ms, ratio AS ratio_to_with_registry
+  FROM bench_report('registry: bg_launch + read one row')
+ WHERE "case" LIKE 'registry:%';
