@@ -307,6 +307,9 @@ static void bg_delete_detach_mark(Relation det, Datum id);
 static Oid	bg_finished_at_index(Relation rel);
 static Oid	bg_registry_index(Relation rel, AttrNumber first, AttrNumber second);
 static int64 bg_registry_role_jobs(Oid role, int *running);
+static bool bg_registry_lock_row(Relation rel, ItemPointer tid,
+								 HeapTuple locked, Buffer *buffer);
+static void bg_registry_clear_stale_segments(Relation rel);
 static bool bg_registry_row_of(Relation rel, HeapTuple tuple, Oid role,
 							   AttrNumber null);
 static int64 bg_registry_int8(Relation rel, HeapTuple tuple, AttrNumber column);
@@ -1422,7 +1425,84 @@ bg_registry_mark_lost(Oid relid)
 			bg_registry_set_lost(rel, &tuple->t_self, now);
 	}
 	systable_endscan(scan);
+	bg_registry_clear_stale_segments(rel);
 	table_close(rel, NoLock);
+}
+
+/*
+ * Lock a row the scan found, unless it changed since or someone holds it: a
+ * sweep never waits for a session.  The caller releases *buffer.
+ */
+static bool
+bg_registry_lock_row(Relation rel, ItemPointer tid, HeapTuple locked,
+					 Buffer *buffer)
+{
+	TM_FailureData tmfd;
+
+	locked->t_self = *tid;
+	if (heap_lock_tuple(rel, locked, GetCurrentCommandId(true),
+						LockTupleExclusive, LockWaitSkip, false,
+						buffer, &tmfd) == TM_Ok)
+		return true;
+	if (BufferIsValid(*buffer))
+		ReleaseBuffer(*buffer);
+	return false;
+}
+
+/*
+ * Ended jobs whose worker stopped before it recorded their kept result (a
+ * crash, or a failure in that last step) still name their segment, which is
+ * gone, and whose handle a later segment may take: forget the handle, and
+ * the file, never recorded as kept.  A worker alive is still recording.
+ */
+static void
+bg_registry_clear_stale_segments(Relation rel)
+{
+	Oid			index = bg_registry_index(rel, Anum_bg_job_registry_segment,
+										  InvalidAttrNumber);
+	TupleDesc	desc = RelationGetDescr(rel);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	if (!OidIsValid(index) || !bg_rel_has_kept(rel))
+		return;
+	ScanKeyEntryInitialize(&key, SK_ISNULL | SK_SEARCHNOTNULL,
+						   Anum_bg_job_registry_segment, InvalidStrategy,
+						   InvalidOid, InvalidOid, InvalidOid, (Datum) 0);
+	scan = systable_beginscan(rel, index, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		int64		id = bg_registry_int8(rel, tuple, Anum_bg_job_registry_id);
+		BgJobProbe	probe;
+		HeapTupleData locked;
+		Buffer		buffer;
+		Datum	   *values;
+		bool	   *nulls;
+		bool	   *replace;
+
+		if (heap_attisnull(tuple, Anum_bg_job_registry_finished_at, desc) ||
+			heap_attisnull(tuple, Anum_bg_job_registry_segment, desc))
+			continue;
+		bg_probe(id, (dsm_handle) bg_registry_int8(rel, tuple,
+												   Anum_bg_job_registry_segment),
+				 &probe);
+		if ((probe.found && probe.worker_alive) ||
+			!bg_registry_lock_row(rel, &tuple->t_self, &locked, &buffer))
+			continue;
+		values = palloc0(desc->natts * sizeof(Datum));
+		nulls = palloc0(desc->natts * sizeof(bool));
+		replace = palloc0(desc->natts * sizeof(bool));
+		replace[Anum_bg_job_registry_segment - 1] = true;
+		nulls[Anum_bg_job_registry_segment - 1] = true;
+		/* a size recorded meanwhile stays, with its file */
+		if (heap_attisnull(&locked, Anum_bg_job_registry_kept_bytes, desc))
+			bg_keep_remove_at_commit(id);
+		CatalogTupleUpdate(rel, &tuple->t_self,
+						   heap_modify_tuple(&locked, desc, values, nulls, replace));
+		ReleaseBuffer(buffer);
+	}
+	systable_endscan(scan);
 }
 
 /*
@@ -1439,20 +1519,10 @@ bg_registry_set_lost(Relation rel, ItemPointer tid, TimestampTz now)
 	bool	   *replace = palloc0(natts * sizeof(bool));
 	HeapTupleData locked;
 	Buffer		buffer;
-	TM_FailureData tmfd;
-	TM_Result	result;
 	HeapTuple	newtup;
 
-	locked.t_self = *tid;
-	result = heap_lock_tuple(rel, &locked, GetCurrentCommandId(true),
-							 LockTupleExclusive, LockWaitSkip, false,
-							 &buffer, &tmfd);
-	if (result != TM_Ok)
-	{
-		if (BufferIsValid(buffer))
-			ReleaseBuffer(buffer);
+	if (!bg_registry_lock_row(rel, tid, &locked, &buffer))
 		return;
-	}
 	replace[Anum_bg_job_registry_state - 1] = true;
 	values[Anum_bg_job_registry_state - 1] =
 		CStringGetTextDatum(bg_status_name(BG_STATUS_LOST));

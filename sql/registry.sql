@@ -261,6 +261,24 @@ SELECT bg_detach(:pid);
 DROP TABLE regress_gates, regress_work;
 DROP FUNCTION regress_gate();
 
+-- A finished job whose worker stopped before it recorded its kept result
+-- (a crash between the two steps, made here by hand) still names its
+-- segment, which is gone: the next job's end forgets the handle, and the
+-- file that was never recorded as kept
+SELECT bg_launch('SELECT 1 AS one') AS stale \gset
+SELECT bg_wait(:stale);
+SELECT bg_detach(:stale);
+SELECT format('base/%s/pgsql_tmp_bg_fdw/%s', d.oid, r.id) AS stale_file
+  FROM bg_job_registry r, pg_database d
+ WHERE r.pid = :stale AND d.datname = current_database() \gset
+SELECT (pg_stat_file(:'stale_file', true)).size IS NOT NULL AS kept_file;
+UPDATE bg_job_registry SET segment = 1234567, kept_bytes = NULL WHERE pid = :stale;
+SELECT bg_wait(bg_launch('SELECT 1', result_table => false));
+SELECT regress_poll(format('(SELECT segment IS NULL FROM bg_job_registry WHERE pid = %s)', :stale))
+  AS handle_forgotten;
+SELECT state, kept_bytes, kept FROM bg_jobs WHERE pid = :stale;
+SELECT regress_poll(format('(pg_stat_file(%L, true)).size IS NULL', :'stale_file')) AS file_gone;
+
 SELECT regress_no_workers();
 DROP TABLE regress_child, regress_parent;
 DROP FUNCTION regress_job(int);
