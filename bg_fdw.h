@@ -505,7 +505,7 @@ typedef struct BgKeepReader BgKeepReader;
 extern int	bg_max_result_size;
 extern int	bg_max_kept_size;
 extern void bg_keep_check_cluster(void);
-extern int64 bg_keep_cluster_bytes(void);
+extern int64 bg_keep_cluster_bytes(bool fresh);
 extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern void bg_keep_publish(BgKeepWriter *w);

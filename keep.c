@@ -173,6 +173,7 @@ PG_FUNCTION_INFO_V1(bg_fdw_drop_start);
 static void bg_keep_path(char *path, int64 job_id);
 static void bg_keep_dir(char *path);
 static int64 bg_keep_dir_bytes(const char *dir);
+static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_put(BgKeepWriter *w, const char *data, Size len);
@@ -240,19 +241,14 @@ bg_keep_messages_path(char *path, int64 job_id)
 void
 bg_keep_check_cluster(void)
 {
-	static TimestampTz counted_at = 0;
-	static int64 total = 0;
-	TimestampTz now = GetCurrentTimestamp();
+	int64		total;
 
 	if (bg_max_kept_size < 0)
 		return;
+	total = bg_keep_cluster_bytes(false);
 	/* a count over the limit is never reused: a launch after bg_forget */
-	if (now - counted_at >= USECS_PER_SEC ||
-		total >= (int64) bg_max_kept_size * 1024)
-	{
-		total = bg_keep_cluster_bytes();
-		counted_at = now;
-	}
+	if (total >= (int64) bg_max_kept_size * 1024)
+		total = bg_keep_cluster_bytes(true);
 	if (total >= (int64) bg_max_kept_size * 1024)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -261,9 +257,29 @@ bg_keep_check_cluster(void)
 				 errhint("Forget results no longer needed with bg_forget(pid), or launch with keep => false.")));
 }
 
-/* Bytes of the kept results of all databases, running jobs' included */
+/*
+ * Bytes of the kept results of all databases, running jobs' included, as a
+ * count of at most a second ago unless "fresh": counting stats every file,
+ * and any role may ask (bg_supervisor()).
+ */
 int64
-bg_keep_cluster_bytes(void)
+bg_keep_cluster_bytes(bool fresh)
+{
+	static TimestampTz counted_at = 0;
+	static int64 total = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (fresh || counted_at == 0 || now - counted_at >= USECS_PER_SEC)
+	{
+		total = bg_keep_count_cluster();
+		counted_at = now;
+	}
+	return total;
+}
+
+/* Count the bytes of the kept results of all databases */
+static int64
+bg_keep_count_cluster(void)
 {
 	Relation	rel;
 	TableScanDesc scan;

@@ -840,7 +840,7 @@ bg_supervisor(PG_FUNCTION_ARGS)
 	values[11] = Int32GetDatum(bg_jobs_running());
 	values[12] = Int64GetDatum(queued_bytes);
 	nulls[12] = nulls[9];
-	values[13] = Int64GetDatum(bg_keep_cluster_bytes());
+	values[13] = Int64GetDatum(bg_keep_cluster_bytes(false));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
