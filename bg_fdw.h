@@ -460,6 +460,7 @@ extern Oid	bg_detached_relid(Oid registry);
 extern void bg_registry_tidy(BgJobShared *shared);
 extern void bg_registry_job_reset(void);
 extern void bg_registry_sweep(void);
+extern bool bg_registry_try_lock(void);
 extern void bg_registry_record_unstarted(int64 job_id, int name, Oid role,
 										 TimestampTz launched_at,
 										 const char *sql, const char *label,
@@ -580,6 +581,7 @@ extern int	bg_pool_take_name(int floor);
 extern int	bg_pool_running_jobs(void);
 extern int	bg_count_workers(const char *type, bool same);
 extern void bg_pool_make_room_for_queue(void);
+extern void bg_pool_make_room_for(int count);
 
 /* in launcher.c: what a job's segment holds, apart from its queues */
 typedef struct BgLaunchParts

@@ -559,10 +559,17 @@ bg_pool_make_room(void)
 void
 bg_pool_make_room_for_queue(void)
 {
+	bg_pool_make_room_for(bg_queue_waiting());
+}
+
+/* The supervisor needs "count" slots: as many idle workers leave. */
+void
+bg_pool_make_room_for(int count)
+{
 	BgPool	   *pool = bg_pool();
 
-	if (pool != NULL)
-		bg_pool_send_away(pool, bg_queue_waiting());
+	if (pool != NULL && count > 0)
+		bg_pool_send_away(pool, count);
 }
 
 /* The "count" workers idle the longest leave now. */

@@ -1335,6 +1335,27 @@ bg_registry_usable(BgJobShared *shared)
 }
 
 /*
+ * For the sweep, which never waits for a session: lock the registry and the
+ * table of detached jobs as writing them does, unless someone holds a lock
+ * in the way (an open transaction's LOCK TABLE, VACUUM FULL, ALTER TABLE).
+ * False if so; true also where the extension is not installed.
+ */
+bool
+bg_registry_try_lock(void)
+{
+	Oid			relid = bg_registry_relid();
+	Oid			detached;
+
+	if (!OidIsValid(relid))
+		return true;
+	if (!ConditionalLockRelationOid(relid, RowExclusiveLock))
+		return false;
+	detached = get_relname_relid(BG_DETACHED_TABLE, get_rel_namespace(relid));
+	return !OidIsValid(detached) ||
+		ConditionalLockRelationOid(detached, RowExclusiveLock);
+}
+
+/*
  * The sweep of this database, run by a worker the supervisor starts: jobs
  * left running by a worker that is gone are recorded as lost, and old ones
  * expire.

@@ -42,7 +42,9 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/stratnum.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -56,6 +58,7 @@
 #include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -151,6 +154,7 @@ static long bg_supervisor_expire(BgSupervisorShared *sup);
 static void bg_supervisor_schedule_expiry(void);
 static void bg_supervisor_await_workers(void);
 static void bg_supervisor_catch_sigterm(void);
+static bool bg_supervisor_database_exists(Oid dboid);
 static uint32 bg_wait_event_supervisor(void);
 
 /*
@@ -658,6 +662,28 @@ bg_supervisor_sweep_database(Oid dboid)
 	return true;
 }
 
+/* Does the database still exist?  (Read from the shared catalog.) */
+static bool
+bg_supervisor_database_exists(Oid dboid)
+{
+	Relation	rel;
+	ScanKeyData key;
+	TableScanDesc scan;
+	bool		found;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_database_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(dboid));
+	scan = table_beginscan_catalog(rel, 1, &key);
+	found = HeapTupleIsValid(heap_getnext(scan, ForwardScanDirection));
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
+}
+
 /* Start the sweep of a database; NULL if no worker slot is free */
 static BackgroundWorkerHandle *
 bg_supervisor_start_sweep(Oid dboid)
@@ -684,6 +710,9 @@ bg_supervisor_schedule_expiry(void)
 	int64		ms = (int64) bg_job_retention * 1000;
 	TimestampTz next;
 
+	/* -1 here may be another value in a database (ALTER DATABASE ... SET) */
+	if (bg_job_retention < 0)
+		ms = BG_EXPIRY_MAX_MS;
 	ms = Max(ms, BG_EXPIRY_MIN_MS);
 	ms = Min(ms, BG_EXPIRY_MAX_MS);
 	next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
@@ -725,17 +754,27 @@ bg_supervisor_expire(BgSupervisorShared *sup)
 			return (long) ((bg_expiry.next - now + 999) / 1000);
 		bg_expiry.next = 0;
 		bg_supervisor_schedule_expiry();
-		if (bg_job_retention < 0)
-			return bg_supervisor_expire(sup);
 		bg_expiry.databases = bg_supervisor_databases(false);
 		if (bg_expiry.databases == NIL)
 			return bg_supervisor_expire(sup);
 	}
 	dboid = linitial_oid(bg_expiry.databases);
+	/* a database dropped since the round began is not swept */
+	if (!bg_supervisor_database_exists(dboid))
+	{
+		bg_expiry.databases = list_delete_first(bg_expiry.databases);
+		return bg_supervisor_expire(sup);
+	}
 	bg_expiry.sweep = bg_supervisor_start_sweep(dboid);
-	/* no free slot: try again in a second, and say nothing (it recurs) */
+	/*
+	 * No free slot: an idle worker leaves to make one, as for a queued job,
+	 * and the sweep is tried again in a second (without a word: it recurs).
+	 */
 	if (bg_expiry.sweep == NULL)
+	{
+		bg_pool_make_room_for(1);
 		return BG_SUPERVISOR_RETRY_MAX_MS;
+	}
 	bg_expiry.databases = list_delete_first(bg_expiry.databases);
 	return -1;
 }
@@ -759,12 +798,21 @@ bg_sweep_main(Datum main_arg)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	if (!bg_registry_try_lock())
+	{
+		ereport(LOG,
+				(errmsg("skipping the bg_fdw sweep of database \"%s\": its job registry is locked",
+						get_database_name(MyDatabaseId)),
+				 errdetail("The next sweep tries again.")));
+		AbortCurrentTransaction();
+		proc_exit(0);
+	}
 	bg_registry_sweep();
 	CommitTransactionCommand();
 
 	/* jobs that were queued when the server stopped are cancelled */
 	StartTransactionCommand();
-	records = bg_queue_sweep_records();
+	records = bg_registry_try_lock() ? bg_queue_sweep_records() : NIL;
 	CommitTransactionCommand();
 	foreach(lc, records)
 	{

@@ -143,6 +143,21 @@ my $old = (split /\n/, $pre->safe_psql('postgres', q{
 my $old_file = kept_path($pre, $old);
 is($pre->safe_psql('postgres', "SELECT (pg_stat_file('$old_file', true)).size IS NOT NULL"),
 	't', 'preloaded: an ended job keeps its result');
+# A sweep never waits for a session: with the registry locked it gives up,
+# says so, and the next one does the work.
+my $locker = $pre->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE bg_job_registry IN SHARE MODE');
+my $lock_offset = -s $pre->logfile;
+ok( $pre->wait_for_log(
+		qr/skipping the bg_fdw sweep of database "postgres": its job registry is locked/,
+		$lock_offset),
+	'preloaded: a sweep that finds the registry locked gives up, and says so');
+ok( $pre->poll_query_until('postgres', q{
+		SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bg_fdw sweep'}),
+	'preloaded: and leaves no sweep waiting');
+is($pre->safe_psql('postgres', "SELECT count(*) FROM bg_job_registry WHERE pid = $old"),
+	'1', 'preloaded: the job is still there meanwhile');
+$locker->quit;
 ok( $pre->poll_query_until('postgres', qq{
 		SELECT (pg_stat_file('$old_file', true)).size IS NULL
 		   AND NOT EXISTS (SELECT FROM bg_job_registry WHERE pid = $old)}),
