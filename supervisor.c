@@ -471,11 +471,12 @@ bg_supervisor_await_workers(void)
 						 100L, bg_wait_event_supervisor());
 		ResetLatch(MyLatch);
 	}
-	if (first > 0)
-		ereport(LOG,
-				(errmsg_plural("bg_fdw supervisor shutting down after %d worker of bg_fdw exited",
-							   "bg_fdw supervisor shutting down after %d workers of bg_fdw exited",
-							   first, first)));
+	ereport(LOG,
+			(errmsg("bg_fdw supervisor shutting down"),
+			 first > 0 ?
+			 errdetail_plural("It waited for %d other worker of bg_fdw to exit.",
+							  "It waited for %d other workers of bg_fdw to exit.",
+							  first, first) : 0));
 }
 
 /*
