@@ -155,8 +155,6 @@ ok( $pre->wait_for_log(
 ok( $pre->poll_query_until('postgres', q{
 		SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bg_fdw sweep'}),
 	'preloaded: and leaves no sweep waiting');
-is($pre->safe_psql('postgres', "SELECT count(*) FROM bg_job_registry WHERE pid = $old"),
-	'1', 'preloaded: the job is still there meanwhile');
 $locker->quit;
 ok( $pre->poll_query_until('postgres', qq{
 		SELECT (pg_stat_file('$old_file', true)).size IS NULL
