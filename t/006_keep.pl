@@ -166,9 +166,10 @@ ok( $node->poll_query_until('postgres',
 		"SELECT state = 'lost' AND NOT kept FROM bg_jobs WHERE pid = $running"),
 	'the running job is recorded as lost, with nothing kept');
 ok(file_gone("$dir/$running_job"), 'and its partial file is gone');
-is( $node->safe_psql('postgres', q{
+# (a result is recorded as kept just after its job's outcome: poll)
+ok( $node->poll_query_until('postgres', q{
 		SELECT kept_bytes = (SELECT sum(kept_bytes) FROM bg_jobs) FROM bg_supervisor()}),
-	't', 'bg_supervisor() counts the bytes of the kept results');
+	'bg_supervisor() counts the bytes of the kept results');
 
 # bg_forget removes the file; the table then says the job is gone.
 $node->safe_psql('postgres', "SELECT bg_forget($pid)", extra_params => [ '-U', 'alice' ]);
@@ -220,10 +221,10 @@ my $other = $node->safe_psql('postgres',
 	"SELECT oid FROM pg_database WHERE datname = 'other'");
 ok(scalar(glob($node->data_dir . "/base/$other/pgsql_tmp_bg_fdw/*")),
 	'a job of another database keeps its result there');
-is( $node->safe_psql('other', q{
+ok( $node->poll_query_until('other', q{
 		SELECT s.kept_bytes = j.sum AND j.sum > 0
 		FROM bg_supervisor() s, (SELECT sum(kept_bytes) FROM bg_jobs) j}),
-	't', 'bg_supervisor() counts them in every database');
+	'bg_supervisor() counts them in every database');
 $node->safe_psql('postgres', 'DROP DATABASE other');
 ok(!-e $node->data_dir . "/base/$other", 'DROP DATABASE removes them');
 
