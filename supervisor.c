@@ -470,6 +470,7 @@ bg_supervisor_await_workers(void)
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 100L, bg_wait_event_supervisor());
 		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
 	}
 	ereport(LOG,
 			(errmsg("bg_fdw supervisor shutting down"),
