@@ -69,6 +69,13 @@ bg_current_role_is_superuser(void)
 #define BG_WAIT_EVENT_MQ_SEND	WAIT_EVENT_MQ_SEND
 #endif
 
+/* What SendProcSignal takes to find a backend's slot at once */
+#if PG_VERSION_NUM >= 170000
+#define bg_proc_signal_id(proc)	GetNumberFromPGProc(proc)
+#else
+#define bg_proc_signal_id(proc)	((proc)->backendId)
+#endif
+
 /* Wrap a received message, which we only read, in a StringInfo. */
 static inline void
 bg_init_read_only_stringinfo(StringInfo str, char *data, int len)

@@ -80,6 +80,7 @@ static void bg_job_take_desc(BgJob *job, StringInfo msg);
 static void bg_job_launched(BgJob *job);
 static void bg_job_poll(BgJob *job);
 static void bg_job_read_messages(BgJob *job);
+static void bg_job_take_queued_messages(BgJob *job);
 static void bg_job_handle_message(BgJob *job, StringInfo msg);
 static void bg_job_relay(BgJob *job, StringInfo msg, bool is_error);
 static void bg_job_lost(BgJob *job);
@@ -95,6 +96,8 @@ static void bg_job_check_deadlock(BgJob *job);
 static void bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup);
 static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
+static bool bg_job_releasable(BgJob *job);
+static void bg_jobs_release_at_commit(void);
 static void bg_job_release_kept(BgJob *job);
 static void bg_jobs_unkeep_removed(void);
 static void bg_jobs_clear_waiting(void);
@@ -558,6 +561,20 @@ bg_job_close_segment(BgJob *job)
 }
 
 /*
+ * Could the job's segment go?  It kept its result, it has ended, and
+ * nothing in this session uses the segment or is about to detach it.
+ */
+static bool
+bg_job_releasable(BgJob *job)
+{
+	return job->seg != NULL && !job->released && !job->stream &&
+		job->shared->keep &&
+		job->detach_subid == InvalidSubTransactionId &&
+		!bg_job_in_use(job) &&
+		bg_job_get_flag(job->shared, &job->shared->worker_exited);
+}
+
+/*
  * Give back the segments of jobs that have ended and kept their result,
  * whether or not this session read them: DSM segments are a server-wide
  * pool, shared with parallel query, and an unread job must not hold one.
@@ -566,8 +583,8 @@ bg_job_close_segment(BgJob *job)
  * its queue are relayed first (bg_job_release_kept says what becomes of
  * the rows the session took).  Only jobs no scan has open are given back,
  * and only once the registry records the kept result, so that the file is
- * there to read.  A session runs this where it runs bg_fdw code (a launch,
- * bg_segments); an idle one holds its segments meanwhile.
+ * there to read.  A launch and bg_segments run this; each commit runs the
+ * part that needs neither a catalog nor a file (bg_jobs_release_at_commit).
  */
 void
 bg_jobs_release_ended(void)
@@ -580,11 +597,7 @@ bg_jobs_release_ended(void)
 	{
 		BgJob	   *job = lfirst(lc);
 
-		if (job->seg == NULL || job->released || job->stream ||
-			!job->shared->keep ||
-			job->detach_subid != InvalidSubTransactionId ||
-			bg_job_in_use(job) ||
-			!bg_job_get_flag(job->shared, &job->shared->worker_exited))
+		if (!bg_job_releasable(job))
 			continue;
 		bg_job_read_messages(job);
 		/* a failed job has its error here, and no rows */
@@ -596,6 +609,37 @@ bg_jobs_release_ended(void)
 	}
 	bg_jobs_unkeep_removed();
 	bg_jobs_settle();
+}
+
+/*
+ * At each commit, give back what bg_jobs_release_ended can without a
+ * catalog or a file: the segments of ended jobs that kept their result,
+ * have all their messages on their queue and were never read (or failed).
+ * A worker whose job ends wakes its idle session (bg_worker_wake_launcher)
+ * into an empty transaction that commits here, so that an idle session
+ * holds no segment of such a job; a busy one gives it back at its next
+ * commit.  This runs in whatever transaction commits, so it does nothing
+ * that can fail: the rest waits for the session's next bg_fdw call.
+ */
+static void
+bg_jobs_release_at_commit(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (!bg_job_releasable(job) || job->nspooled > 0 ||
+			bg_job_get_flag(job->shared, &job->shared->messages_kept))
+			continue;
+		bg_job_take_queued_messages(job);
+		if (job->state == BG_JOB_FAILED)
+			bg_job_close_segment(job);
+		else if (job->state == BG_JOB_FINISHED &&
+				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
+			bg_job_release_kept(job);
+	}
 }
 
 /*
@@ -807,6 +851,27 @@ bg_job_read_messages(BgJob *job)
 				bg_job_lost(job);
 			return;
 		}
+		job->messages_received++;
+		bg_init_read_only_stringinfo(&msg, data, nbytes);
+		bg_job_handle_message(job, &msg);
+	}
+}
+
+/*
+ * Take the messages on the queue of a job whose worker has exited, and
+ * nothing else: those it could not put there, and its outcome when it sent
+ * none, are for bg_job_read_messages, which a detached queue sends there.
+ */
+static void
+bg_job_take_queued_messages(BgJob *job)
+{
+	Size		nbytes;
+	void	   *data;
+	StringInfoData msg;
+
+	while (!job->messages_done &&
+		   shm_mq_receive(job->message_mqh, &nbytes, &data, true) == SHM_MQ_SUCCESS)
+	{
 		job->messages_received++;
 		bg_init_read_only_stringinfo(&msg, data, nbytes);
 		bg_job_handle_message(job, &msg);
@@ -1505,6 +1570,8 @@ bg_xact_callback(XactEvent event, void *arg)
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("cannot PREPARE a transaction that has detached a background job")));
 	}
+	if (event == XACT_EVENT_PRE_COMMIT)
+		bg_jobs_release_at_commit();
 	if (event == XACT_EVENT_ABORT)
 		bg_jobs_clear_waiting();
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||

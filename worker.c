@@ -36,6 +36,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/procsignal.h"
 #include "storage/shm_toc.h"
 #include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
@@ -95,6 +96,7 @@ pg_noreturn static void bg_worker_cancelled_in_queue(BgJobShared *shared);
 static void bg_worker_end_job(void);
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
+static void bg_worker_wake_launcher(BgJobShared *shared);
 static void bg_worker_before_exit(int code, Datum arg);
 static bool bg_launch_failed(BgJobShared *shared);
 static bool bg_launch_undecided(BgJobShared *shared);
@@ -651,6 +653,34 @@ bg_worker_exit(dsm_segment *seg, Datum arg)
 		if (waiters[i] != NULL)
 			SetLatch(&waiters[i]->procLatch);
 	}
+	bg_worker_wake_launcher(shared);
+}
+
+/*
+ * The launching session may give back its mapping of the segment of a job
+ * that kept its result, now that the job has ended; but an idle session
+ * runs no code of ours until its client speaks.  A catchup interrupt makes
+ * an idle backend start and commit an empty transaction (sinval.c), and
+ * bg_fdw's commit callback in it lets the segment go (job.c); a busy
+ * backend only takes it up once idle, and lets the segment go at its next
+ * commit anyway.  The slot is checked against the PID, so a session that
+ * has just ended is not mistaken for another.
+ */
+static void
+bg_worker_wake_launcher(BgJobShared *shared)
+{
+	PGPROC	   *proc;
+	pid_t		pid;
+
+	if (!shared->keep || shared->stream)
+		return;
+	SpinLockAcquire(&shared->mutex);
+	proc = shared->launcher_gone ? NULL : shared->launcher_proc;
+	pid = shared->launcher_pid;
+	SpinLockRelease(&shared->mutex);
+	if (proc != NULL)
+		(void) SendProcSignal(pid, PROCSIG_CATCHUP_INTERRUPT,
+							  bg_proc_signal_id(proc));
 }
 
 /*

@@ -118,18 +118,20 @@ is(join(',', @notices[0, 9999, 19999]), '1,10000,20000', 'in order');
 $c->{stderr} = '';
 $c->query_safe('RESET bg_fdw.max_messages_size');
 
-# Kept rows live as long as someone can read them: the session's end
-# removes them.
+# Rows of a job launched with keep => false that its queue could not take
+# live in files as long as someone can read them: the session's end removes
+# them.  (A kept result's session reads its file instead, and lets these go
+# with the segment once the job has ended.)
 my $kept = q{SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp', true, false) d
 	WHERE d LIKE 'pgsql_tmp%fileset'};
-$pid = $c->query_safe(q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g')});
+$pid = $c->query_safe(q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g', keep => false)});
 chomp $pid;
 job_end($pid);
 isnt($node->safe_psql('postgres', $kept), '0', 'rows are kept aside for the session');
 $c->query_safe("SELECT bg_detach($pid)");
 ok($node->poll_query_until('postgres', "SELECT ($kept) = 0"),
 	'and removed when the session detaches the job');
-$pid = $c->query_safe(q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g')});
+$pid = $c->query_safe(q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g', keep => false)});
 chomp $pid;
 job_end($pid);
 isnt($node->safe_psql('postgres', $kept), '0', 'rows are kept aside again');

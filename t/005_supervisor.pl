@@ -29,14 +29,15 @@ sub kept_path
 # The kept file of the job running at the crash that had written rows
 my $partial;
 
-# Jobs running when the server crashes, one of them with rows kept in files
-# by a session that never read them; returns their PIDs.
+# Jobs running when the server crashes, one of them (keep => false) with
+# rows kept in files for a session that never read them; returns their
+# PIDs.
 sub jobs_then_crash
 {
 	my ($node, $victim) = @_;
 	my $s = $node->background_psql('postgres');
 	my $kept = $s->query_safe(
-		q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g')});
+		q{SELECT bg_launch('SELECT g FROM generate_series(1, 200000) g', keep => false)});
 	chomp $kept;
 	$node->poll_query_until('postgres',
 		"SELECT state = 'finished' FROM bg_jobs WHERE pid = $kept")

@@ -202,6 +202,45 @@ is($node->safe_psql('postgres', q{
 	SELECT bg_segments();
 }), "1000\n0", '1,000 launch/ROLLBACK cycles leave their session with no segment');
 
+# An idle session holds no segment of a job that ended while it was idle:
+# ten rounds of ten jobs, launched and left unread, end at a gate opened
+# while their session waits for its client.  Each segment is a file in
+# /dev/shm (posix, no min_dynamic_shared_memory), seen from outside.
+my $idle = $node->background_psql('postgres');
+my $idle_backend = $idle->query_safe('SELECT pg_backend_pid()');
+chomp $idle_backend;
+my ($jobs_seen, $mapped, $gone, $still_idle, $sums) = (0, 0, 0, 0, '');
+for my $round (1 .. 10)
+{
+	my $pids = $idle->query_safe(qq{
+		SELECT string_agg(bg_launch(\$\$SELECT g FROM generate_series(1, 100) g
+		                              WHERE gate('idle$round')\$\$)::text, ',')
+		FROM generate_series(1, 10)});
+	chomp $pids;
+	my @handles = split /\n/, $node->safe_psql('postgres', qq{
+		SELECT segment FROM bg_job_registry
+		WHERE pid IN ($pids) AND state = 'running' AND segment IS NOT NULL});
+	$jobs_seen += @handles;
+	$mapped += grep { -e "/dev/shm/PostgreSQL.$_" } @handles;
+	open_gate($node, 'postgres', "idle$round");
+	$gone += grep { file_gone("/dev/shm/PostgreSQL.$_") } @handles;
+	$still_idle += $node->safe_psql('postgres', qq{
+		SELECT count(*) FROM pg_stat_activity
+		WHERE pid = $idle_backend AND state = 'idle'});
+	my $sum = $idle->query_safe(qq{
+		SELECT sum(r.g) FROM unnest('{$pids}'::int[]) p,
+		  LATERAL bg_result(p) AS r(g int)});
+	chomp $sum;
+	$sums .= "$sum ";
+}
+is($jobs_seen, 100, 'a hundred jobs run, each with a segment of its own');
+is($mapped, 100, 'each segment is a file in /dev/shm while its job runs');
+is($gone, 100, 'each goes once its job ends, its session idle and unread');
+is($still_idle, 10, 'the session was idle meanwhile');
+is($sums, '50500 ' x 10, 'the session then reads every result whole');
+is($idle->query_safe('SELECT bg_segments()'), '0', 'and maps no segment');
+$idle->quit;
+
 # DROP EXTENSION and DROP DATABASE take the files with them.
 $node->safe_psql('postgres', q{
 	SELECT bg_launch('SELECT 1 AS one') AS p \gset
