@@ -143,6 +143,8 @@ static bool bg_import_wanted(ImportForeignSchemaStmt *stmt, const char *name);
 static List *bg_import_one(List *commands, const char *name, BgKeptJob *kj,
 						   ForeignServer *server);
 static void bg_drop_job_tables(BgJob *job);
+pg_noreturn static void bg_detach_in_use(int pid);
+static bool bg_table_in_use(Oid relid);
 static void bg_detach_queued(int name);
 static List *bg_import_queued(ImportForeignSchemaStmt *stmt,
 							  ForeignServer *server, List *session_jobs);
@@ -630,10 +632,12 @@ bgBeginForeignScan(ForeignScanState *node, int eflags)
 	if (!bg_job_held(opts.pid, opts.job_id))
 	{
 		/* a job of another session, or one this session let go of */
+		BgJob	   *own = bg_job_lookup(opts.pid, opts.job_id, true);
+
 		state->kept = bg_open_kept(opts.pid, opts.job_id ? opts.job_id :
 								   bg_session_job_id(opts.pid));
 		bg_check_table_matches(rel, bg_keep_desc(state->kept), opts.pid,
-							   false);
+							   own != NULL && own->reshaped);
 		return;
 	}
 	state->job = bg_job_lookup_attached(opts.pid, opts.job_id);
@@ -1143,6 +1147,16 @@ bg_wait(PG_FUNCTION_ARGS)
 	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 		timeout_ms = bg_interval_ms(PG_GETARG_INTERVAL_P(1));
 	bg_check_not_self(PG_GETARG_INT32(0));
+	/* a job of ours whose segment went: we took its outcome before it did */
+	job = bg_job_lookup(PG_GETARG_INT32(0), 0, true);
+	if (job != NULL && job->released &&
+		job->detach_subid == InvalidSubTransactionId &&
+		(job->state == BG_JOB_FINISHED || job->state == BG_JOB_FAILED))
+	{
+		bg_job_check_privileges(job);
+		bg_job_take_deferred(job);
+		PG_RETURN_TEXT_P(bg_outcome(job));
+	}
 	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 	{
 		text	   *tag = bg_registry_wait(PG_GETARG_INT32(0), timeout_ms);
@@ -1240,6 +1254,8 @@ bg_job_held(int pid, int64 job_id)
 {
 	BgJob	   *job = bg_job_lookup(pid, job_id, true);
 
+	if (job != NULL && bg_job_visible(job))
+		bg_job_take_deferred(job);
 	return job != NULL && job->state != BG_JOB_DETACHED && !job->released &&
 		job->detach_subid == InvalidSubTransactionId;
 }
@@ -1278,11 +1294,7 @@ bg_detach(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	}
 	if (bg_job_in_use(job))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("cannot detach background job %d because its result is being read",
-						job->pid),
-				 errhint("Close the cursors and end the queries that read it first.")));
+		bg_detach_in_use(job->pid);
 
 	bg_drop_job_tables(job);
 	bg_registry_detached(job->job_id);
@@ -1308,8 +1320,37 @@ bg_detach_queued(int name)
 	bg_queued_launch_detach(name);
 }
 
+static void
+bg_detach_in_use(int pid)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("cannot detach background job %d because its result is being read",
+					pid),
+			 errhint("Close the cursors and end the queries that read it first.")));
+}
+
 /*
- * Drop the tables in this session's temporary schema that read the job.
+ * Is a scan of the table open in this session?  One that reads the job's
+ * kept file, as it does once the session let the job's segment go, is not
+ * among the job's readers.
+ */
+static bool
+bg_table_in_use(Oid relid)
+{
+	Relation	rel = RelationIdGetRelation(relid);
+	bool		in_use;
+
+	if (!RelationIsValid(rel))
+		return false;
+	in_use = rel->rd_refcnt > 1;
+	RelationClose(rel);
+	return in_use;
+}
+
+/*
+ * Drop the tables in this session's temporary schema that read the job,
+ * for its detach.
  */
 static void
 bg_drop_job_tables(BgJob *job)
@@ -1335,6 +1376,8 @@ bg_drop_job_tables(BgJob *job)
 		if (opts.pid != job->pid ||
 			(opts.job_id != 0 && opts.job_id != job->job_id))
 			continue;
+		if (bg_table_in_use(ft->ftrelid))
+			bg_detach_in_use(job->pid);
 		ObjectAddressSet(object, RelationRelationId, ft->ftrelid);
 		add_exact_object_address(&object, objects);
 	}

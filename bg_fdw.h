@@ -380,6 +380,11 @@ typedef struct BgJob
 	bool		quiet;			/* in the session's list of quiet jobs */
 	char	   *command_tag;	/* completion tag, once finished */
 	ErrorData  *error;			/* the job's error, once failed */
+	List	   *deferred;		/* messages a commit took off the queue, to
+								 * handle where the session next deals with
+								 * the job (bg_jobs_release_at_commit) */
+	bool		commit_kept;	/* a commit took its messages and still
+								 * could not let its segment go */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 	BgWaitCycle cycle;			/* what the last deadlock check saw */
@@ -712,6 +717,7 @@ extern int64 bg_session_job_id(int pid);
 extern BgJob *bg_job_lookup(int pid, int64 job_id, bool missing_ok);
 extern BgJob *bg_job_lookup_attached(int pid, int64 job_id);
 extern void bg_job_check_privileges(BgJob *job);
+extern void bg_job_take_deferred(BgJob *job);
 pg_noreturn extern void bg_permission_denied(int pid, Oid role);
 extern bool bg_job_visible(BgJob *job);
 extern void bg_job_poll_messages(BgJob *job);

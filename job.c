@@ -40,6 +40,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/shm_toc.h"
+#include "storage/sinval.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -63,6 +64,8 @@ PG_FUNCTION_INFO_V1(bg_segments);
 static List *bg_jobs = NIL;
 static List *bg_jobs_quiet = NIL;
 static uint64 bg_jobs_seq = 0;
+/* jobs a commit could have let go when bg_jobs_release_at_commit ran */
+static int	bg_jobs_exited_at_commit = 0;
 
 /* Job segments this backend has mapped, see bg_segment_track */
 static int	bg_segments_mapped = 0;
@@ -98,6 +101,9 @@ static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
 static bool bg_job_releasable(BgJob *job);
 static void bg_jobs_release_at_commit(void);
+static bool bg_job_commit_releasable(BgJob *job);
+static int	bg_jobs_count_commit_releasable(void);
+static void bg_jobs_rearm_wake(bool committed);
 static void bg_job_release_kept(BgJob *job);
 static void bg_jobs_unkeep_removed(void);
 static void bg_jobs_clear_waiting(void);
@@ -292,6 +298,7 @@ bg_job_quiet(BgJob *job)
 	return job->state == BG_JOB_DETACHED ||
 		(job->seg == NULL && !bg_job_in_use(job) &&
 		 job->detach_subid == InvalidSubTransactionId &&
+		 job->deferred == NIL &&
 		 (job->spool == NULL || !bg_spool_holds_kept(job->spool)));
 }
 
@@ -597,6 +604,7 @@ bg_jobs_release_ended(void)
 	{
 		BgJob	   *job = lfirst(lc);
 
+		bg_job_take_deferred(job);
 		if (!bg_job_releasable(job))
 			continue;
 		bg_job_read_messages(job);
@@ -630,8 +638,7 @@ bg_jobs_release_at_commit(void)
 	{
 		BgJob	   *job = lfirst(lc);
 
-		if (!bg_job_releasable(job) || job->nspooled > 0 ||
-			bg_job_get_flag(job->shared, &job->shared->messages_kept))
+		if (!bg_job_commit_releasable(job))
 			continue;
 		bg_job_take_queued_messages(job);
 		if (job->state == BG_JOB_FAILED)
@@ -639,6 +646,72 @@ bg_jobs_release_at_commit(void)
 		else if (job->state == BG_JOB_FINISHED &&
 				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
 			bg_job_release_kept(job);
+		else
+			job->commit_kept = true;
+	}
+	bg_jobs_exited_at_commit = bg_jobs_count_commit_releasable();
+}
+
+/*
+ * Could the next commit let the job's segment go?  That is, is it worth
+ * waking the session for?
+ */
+static bool
+bg_job_commit_releasable(BgJob *job)
+{
+	return bg_job_releasable(job) && job->nspooled == 0 && !job->commit_kept &&
+		!bg_job_get_flag(job->shared, &job->shared->messages_kept);
+}
+
+static int
+bg_jobs_count_commit_releasable(void)
+{
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, bg_jobs)
+		n += bg_job_commit_releasable(lfirst(lc)) ? 1 : 0;
+	return n;
+}
+
+/*
+ * At a transaction's end, ask for another wake if a job's segment could go
+ * and the commit did not let it: the transaction aborted, or the job ended
+ * after bg_jobs_release_at_commit looked.  Anything that takes in the
+ * invalidation messages consumes the wake its worker sent, so it may be
+ * gone.  An idle session then commits an empty transaction at once; one
+ * idle in a transaction block waits for its end.
+ */
+static void
+bg_jobs_rearm_wake(bool committed)
+{
+	int			n = bg_jobs_count_commit_releasable();
+
+	if (n > (committed ? bg_jobs_exited_at_commit : 0))
+	{
+		catchupInterruptPending = true;
+		SetLatch(MyLatch);
+	}
+	bg_jobs_exited_at_commit = 0;
+}
+
+/*
+ * Handle the messages a commit took off the job's queue but left for now
+ * (notices, the result's description): a notice is passed on where the
+ * session next deals with the job or launches one, as it would have been
+ * had the session read it there.
+ */
+void
+bg_job_take_deferred(BgJob *job)
+{
+	while (job->deferred != NIL)
+	{
+		StringInfo	msg = linitial(job->deferred);
+
+		job->deferred = list_delete_first(job->deferred);
+		bg_job_handle_message(job, msg);
+		pfree(msg->data);
+		pfree(msg);
 	}
 }
 
@@ -861,6 +934,9 @@ bg_job_read_messages(BgJob *job)
  * Take the messages on the queue of a job whose worker has exited, and
  * nothing else: those it could not put there, and its outcome when it sent
  * none, are for bg_job_read_messages, which a detached queue sends there.
+ * Only the outcome is handled now; the rest waits in "deferred", for a
+ * notice sent now could fail the commit (a character the client encoding
+ * lacks), and a description needs the catalog.
  */
 static void
 bg_job_take_queued_messages(BgJob *job)
@@ -873,8 +949,21 @@ bg_job_take_queued_messages(BgJob *job)
 		   shm_mq_receive(job->message_mqh, &nbytes, &data, true) == SHM_MQ_SUCCESS)
 	{
 		job->messages_received++;
-		bg_init_read_only_stringinfo(&msg, data, nbytes);
-		bg_job_handle_message(job, &msg);
+		if (nbytes > 0 &&
+			(((char *) data)[0] == BG_MSG_COMPLETE || ((char *) data)[0] == 'E'))
+		{
+			bg_init_read_only_stringinfo(&msg, data, nbytes);
+			bg_job_handle_message(job, &msg);
+		}
+		else
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+			StringInfo	copy = makeStringInfo();
+
+			appendBinaryStringInfo(copy, data, nbytes);
+			job->deferred = lappend(job->deferred, copy);
+			MemoryContextSwitchTo(oldcxt);
+		}
 	}
 }
 
@@ -1571,7 +1660,13 @@ bg_xact_callback(XactEvent event, void *arg)
 					 errmsg("cannot PREPARE a transaction that has detached a background job")));
 	}
 	if (event == XACT_EVENT_PRE_COMMIT)
+	{
+		HOLD_INTERRUPTS();
 		bg_jobs_release_at_commit();
+		RESUME_INTERRUPTS();
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		bg_jobs_rearm_wake(event == XACT_EVENT_COMMIT);
 	if (event == XACT_EVENT_ABORT)
 		bg_jobs_clear_waiting();
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||

@@ -115,11 +115,16 @@ SELECT regress_try('SELECT * FROM bg_result(' || :failed || ') AS r(x int)', :fa
 -- the job's file and writes no file of its own (temp_file_limit = 0 allows
 -- none); it holds the file open while it holds the job, so that the rows
 -- stay readable here after bg_forget removed the job for everyone else.
+-- (It reads the job before a commit: at a commit, or while the session is
+-- idle, an ended job nobody read lets its segment go, and is then read from
+-- the kept file as in any other session.)
 SET work_mem = '64kB';
-SELECT bg_launch('SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g') AS big \gset
 SELECT md5(string_agg(md5(g::text), '')) AS want FROM generate_series(1, 50000) g \gset
+BEGIN;
+SELECT bg_launch('SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g') AS big \gset
 SET temp_file_limit = 0;
 SELECT count(*), sum(g), md5(string_agg(h, '')) = :'want' AS same FROM bg_result_:big;
+COMMIT;
 SELECT max(id) AS big_job FROM bg_jobs WHERE pid = :big \gset
 SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE id = %s)', :big_job));
 SELECT bg_forget(:big);
@@ -275,8 +280,10 @@ SELECT bg_detach(:r1), bg_detach(:r2), bg_detach(:r3);
 -- so does a job this session has read in part (a scan that stopped early);
 -- the session goes on reading the rest from the kept file, which it holds
 -- open, so a bg_forget then does not take the rows from it
+BEGIN;
 SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS part \gset
 SELECT g FROM bg_result_:part LIMIT 2;
+COMMIT;
 SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
                            :part)) AS part_kept;
 SELECT regress_poll(format('bg_segments() = %s', :segs_before)) AS partly_read_given_back;
@@ -301,8 +308,10 @@ SELECT bg_detach(:part);
 SELECT coalesce(sum(size), 0) AS temp_bytes FROM pg_ls_tmpdir();
 -- forgotten before the session gave its segment back, the job keeps it:
 -- its rows are then read from the queue, until the end
+BEGIN;
 SELECT bg_launch('SELECT g FROM generate_series(1, 100000) g') AS part \gset
 SELECT g FROM bg_result_:part LIMIT 2;
+COMMIT;
 SELECT max(id) AS part_job FROM bg_jobs WHERE pid = :part \gset
 SELECT regress_poll(format($$(SELECT state = 'finished' AND segment IS NULL
                                 FROM bg_job_registry WHERE id = %s)$$, :part_job)) AS part_recorded;

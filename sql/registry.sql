@@ -271,6 +271,9 @@ SELECT bg_detach(:stale);
 SELECT format('base/%s/pgsql_tmp_bg_fdw/%s', d.oid, r.id) AS stale_file
   FROM bg_job_registry r, pg_database d
  WHERE r.pid = :stale AND d.datname = current_database() \gset
+-- (once the job has recorded its kept result, which follows its outcome)
+SELECT regress_poll(format('(SELECT kept_bytes IS NOT NULL FROM bg_job_registry WHERE pid = %s)', :stale))
+  AS recorded;
 SELECT (pg_stat_file(:'stale_file', true)).size IS NOT NULL AS kept_file;
 UPDATE bg_job_registry SET segment = 1234567, kept_bytes = NULL WHERE pid = :stale;
 SELECT bg_wait(bg_launch('SELECT 1', result_table => false));

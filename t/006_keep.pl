@@ -239,6 +239,36 @@ is($gone, 100, 'each goes once its job ends, its session idle and unread');
 is($still_idle, 10, 'the session was idle meanwhile');
 is($sums, '50500 ' x 10, 'the session then reads every result whole');
 is($idle->query_safe('SELECT bg_segments()'), '0', 'and maps no segment');
+# A notice left on the queue is passed on where the session next deals with
+# the job, as if it had read it there, not at whatever statement comes first.
+my $noisy = $idle->query_safe(q{
+	SELECT bg_launch($$SELECT gate('noisy'); DO 'BEGIN RAISE NOTICE ''job says hi''; END'$$)});
+chomp $noisy;
+my ($noisy_handle) = $node->safe_psql('postgres', qq{
+	SELECT segment FROM bg_job_registry WHERE pid = $noisy AND state = 'running'});
+open_gate($node, 'postgres', 'noisy');
+ok(file_gone("/dev/shm/PostgreSQL.$noisy_handle"), 'a job raising a notice ends, its session idle');
+$idle->{stderr} = '';
+$idle->query('SELECT 1');
+is($idle->{stderr}, '', 'another statement gets no notice of it');
+$idle->query("SELECT bg_wait($noisy)");
+like($idle->{stderr}, qr/NOTICE:  job says hi/, 'its wait does');
+$idle->{stderr} = '';
+# Idle inside a transaction block, the session keeps the segment of a job
+# that ends meanwhile; once the block rolls back, it lets it go unasked.
+my $inblock = $idle->query_safe(q{SELECT bg_launch($$SELECT gate('inblock')$$)});
+chomp $inblock;
+my ($inblock_handle) = $node->safe_psql('postgres', qq{
+	SELECT segment FROM bg_job_registry WHERE pid = $inblock AND state = 'running'});
+$idle->query_safe('BEGIN');
+open_gate($node, 'postgres', 'inblock');
+ok( $node->poll_query_until('postgres', qq{
+		SELECT kept_bytes IS NOT NULL FROM bg_job_registry WHERE pid = $inblock}),
+	'a job ends while its session is idle in a transaction block');
+ok(-e "/dev/shm/PostgreSQL.$inblock_handle", 'the block keeps its segment');
+$idle->query_safe('ROLLBACK');
+ok(file_gone("/dev/shm/PostgreSQL.$inblock_handle"),
+	'the segment goes once the block has rolled back');
 $idle->quit;
 
 # DROP EXTENSION and DROP DATABASE take the files with them.
