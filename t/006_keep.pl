@@ -209,7 +209,7 @@ is($node->safe_psql('postgres', q{
 my $idle = $node->background_psql('postgres');
 my $idle_backend = $idle->query_safe('SELECT pg_backend_pid()');
 chomp $idle_backend;
-my ($jobs_seen, $mapped, $gone, $still_idle, $sums) = (0, 0, 0, 0, '');
+my ($jobs_seen, $mapped, $gone, $still_idle, $read_sums) = (0, 0, 0, 0, '');
 for my $round (1 .. 10)
 {
 	my $pids = $idle->query_safe(qq{
@@ -231,13 +231,13 @@ for my $round (1 .. 10)
 		SELECT sum(r.g) FROM unnest('{$pids}'::int[]) p,
 		  LATERAL bg_result(p) AS r(g int)});
 	chomp $sum;
-	$sums .= "$sum ";
+	$read_sums .= "$sum ";
 }
 is($jobs_seen, 100, 'a hundred jobs run, each with a segment of its own');
 is($mapped, 100, 'each segment is a file in /dev/shm while its job runs');
 is($gone, 100, 'each goes once its job ends, its session idle and unread');
 is($still_idle, 10, 'the session was idle meanwhile');
-is($sums, '50500 ' x 10, 'the session then reads every result whole');
+is($read_sums, '50500 ' x 10, 'the session then reads every result whole');
 is($idle->query_safe('SELECT bg_segments()'), '0', 'and maps no segment');
 # A notice left on the queue is passed on where the session next deals with
 # the job, as if it had read it there, not at whatever statement comes first.
