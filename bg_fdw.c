@@ -733,6 +733,8 @@ bgImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 		char	   *name = psprintf("bg_result_%d", job->pid);
 
 		/* the columns it reported, else those bg_launch described */
+		if (job->state != BG_JOB_DETACHED && bg_job_visible(job))
+			bg_job_take_deferred(job);
 		if (job->state != BG_JOB_DETACHED && !job->described && job->seg != NULL)
 			bg_job_poll_messages(job);
 		if (job->state == BG_JOB_DETACHED || job->state == BG_JOB_FAILED ||

@@ -640,14 +640,14 @@ bg_jobs_release_at_commit(void)
 
 		if (!bg_job_commit_releasable(job))
 			continue;
+		/* tried once: an error here must not bring the next commit back */
+		job->commit_kept = true;
 		bg_job_take_queued_messages(job);
 		if (job->state == BG_JOB_FAILED)
 			bg_job_close_segment(job);
 		else if (job->state == BG_JOB_FINISHED &&
 				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
 			bg_job_release_kept(job);
-		else
-			job->commit_kept = true;
 	}
 	bg_jobs_exited_at_commit = bg_jobs_count_commit_releasable();
 }
@@ -897,6 +897,8 @@ bg_job_release(BgJob *job)
 static void
 bg_job_read_messages(BgJob *job)
 {
+	/* first those a commit took off the queue and left for now */
+	bg_job_take_deferred(job);
 	while (!job->messages_done)
 	{
 		Size		nbytes;
@@ -1665,8 +1667,6 @@ bg_xact_callback(XactEvent event, void *arg)
 		bg_jobs_release_at_commit();
 		RESUME_INTERRUPTS();
 	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-		bg_jobs_rearm_wake(event == XACT_EVENT_COMMIT);
 	if (event == XACT_EVENT_ABORT)
 		bg_jobs_clear_waiting();
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
@@ -1676,6 +1676,9 @@ bg_xact_callback(XactEvent event, void *arg)
 		bg_end_detaches(event == XACT_EVENT_COMMIT, InvalidSubTransactionId);
 		bg_queued_launch_end_detaches(event == XACT_EVENT_COMMIT,
 									  InvalidSubTransactionId);
+		/* (once readers are closed and detaches undone) */
+		if (event != XACT_EVENT_PREPARE)
+			bg_jobs_rearm_wake(event == XACT_EVENT_COMMIT);
 		bg_jobs_settle();
 	}
 }

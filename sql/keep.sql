@@ -364,6 +364,17 @@ $$;
 SELECT regress_poll(format('bg_segments() = %s', :segs_before)) AS hundred_segments_given_back;
 SELECT count(*) AS hundred_jobs FROM bg_jobs
  WHERE id > :id_before AND attached AND state = 'finished' AND kept;
+-- a job launched with no result table and let go at a commit before any
+-- read is imported with the columns it reported
+SELECT bg_launch('SELECT 7 AS seven, ''x''::text AS ex', result_table => false) AS rt \gset
+SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                           :rt)) AS rt_kept;
+CREATE SCHEMA regress_rt;
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:rt) FROM SERVER bg_server INTO regress_rt;
+SELECT * FROM regress_rt.bg_result_:rt;
+SELECT bg_detach(:rt);
+DROP FOREIGN TABLE regress_rt.bg_result_:rt;
+DROP SCHEMA regress_rt;
 
 -- bg_fdw.max_kept_size_per_role bounds what one role keeps in a database: a
 -- launch that would keep more is refused; keep => false is not
