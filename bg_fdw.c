@@ -1152,8 +1152,7 @@ bg_wait(PG_FUNCTION_ARGS)
 	/* a job of ours whose segment went: we took its outcome before it did */
 	job = bg_job_lookup(PG_GETARG_INT32(0), 0, true);
 	if (job != NULL && job->released &&
-		job->detach_subid == InvalidSubTransactionId &&
-		(job->state == BG_JOB_FINISHED || job->state == BG_JOB_FAILED))
+		job->detach_subid == InvalidSubTransactionId)
 	{
 		bg_job_check_privileges(job);
 		bg_job_take_deferred(job);

@@ -383,8 +383,8 @@ typedef struct BgJob
 	List	   *deferred;		/* messages a commit took off the queue, to
 								 * handle where the session next deals with
 								 * the job (bg_jobs_release_at_commit) */
-	bool		commit_kept;	/* a commit took its messages and still
-								 * could not let its segment go */
+	bool		commit_tried;	/* a commit took its messages to let its
+								 * segment go: none tries again */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 	BgWaitCycle cycle;			/* what the last deadlock check saw */

@@ -64,8 +64,6 @@ PG_FUNCTION_INFO_V1(bg_segments);
 static List *bg_jobs = NIL;
 static List *bg_jobs_quiet = NIL;
 static uint64 bg_jobs_seq = 0;
-/* jobs a commit could have let go when bg_jobs_release_at_commit ran */
-static int	bg_jobs_exited_at_commit = 0;
 
 /* Job segments this backend has mapped, see bg_segment_track */
 static int	bg_segments_mapped = 0;
@@ -101,9 +99,9 @@ static bool bg_job_ended(BgJob *job);
 static void bg_job_close_segment(BgJob *job);
 static bool bg_job_releasable(BgJob *job);
 static void bg_jobs_release_at_commit(void);
+static void bg_job_let_go(BgJob *job);
 static bool bg_job_commit_releasable(BgJob *job);
-static int	bg_jobs_count_commit_releasable(void);
-static void bg_jobs_rearm_wake(bool committed);
+static void bg_jobs_rearm_wake(void);
 static void bg_job_release_kept(BgJob *job);
 static void bg_jobs_unkeep_removed(void);
 static void bg_jobs_clear_waiting(void);
@@ -608,12 +606,7 @@ bg_jobs_release_ended(void)
 		if (!bg_job_releasable(job))
 			continue;
 		bg_job_read_messages(job);
-		/* a failed job has its error here, and no rows */
-		if (job->state == BG_JOB_FAILED)
-			bg_job_close_segment(job);
-		else if (job->state == BG_JOB_FINISHED &&
-				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
-			bg_job_release_kept(job);
+		bg_job_let_go(job);
 	}
 	bg_jobs_unkeep_removed();
 	bg_jobs_settle();
@@ -641,15 +634,25 @@ bg_jobs_release_at_commit(void)
 		if (!bg_job_commit_releasable(job))
 			continue;
 		/* tried once: an error here must not bring the next commit back */
-		job->commit_kept = true;
+		job->commit_tried = true;
 		bg_job_take_queued_messages(job);
-		if (job->state == BG_JOB_FAILED)
-			bg_job_close_segment(job);
-		else if (job->state == BG_JOB_FINISHED &&
-				 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
-			bg_job_release_kept(job);
+		bg_job_let_go(job);
 	}
-	bg_jobs_exited_at_commit = bg_jobs_count_commit_releasable();
+}
+
+/*
+ * The messages of an ended job that kept its result have been taken: let
+ * its segment go if it failed (its error is here, and it has no rows) or
+ * its kept result is recorded.
+ */
+static void
+bg_job_let_go(BgJob *job)
+{
+	if (job->state == BG_JOB_FAILED)
+		bg_job_close_segment(job);
+	else if (job->state == BG_JOB_FINISHED &&
+			 bg_job_get_flag(job->shared, &job->shared->kept_recorded))
+		bg_job_release_kept(job);
 }
 
 /*
@@ -659,19 +662,8 @@ bg_jobs_release_at_commit(void)
 static bool
 bg_job_commit_releasable(BgJob *job)
 {
-	return bg_job_releasable(job) && job->nspooled == 0 && !job->commit_kept &&
+	return bg_job_releasable(job) && job->nspooled == 0 && !job->commit_tried &&
 		!bg_job_get_flag(job->shared, &job->shared->messages_kept);
-}
-
-static int
-bg_jobs_count_commit_releasable(void)
-{
-	ListCell   *lc;
-	int			n = 0;
-
-	foreach(lc, bg_jobs)
-		n += bg_job_commit_releasable(lfirst(lc)) ? 1 : 0;
-	return n;
 }
 
 /*
@@ -680,19 +672,23 @@ bg_jobs_count_commit_releasable(void)
  * after bg_jobs_release_at_commit looked.  Anything that takes in the
  * invalidation messages consumes the wake its worker sent, so it may be
  * gone.  An idle session then commits an empty transaction at once; one
- * idle in a transaction block waits for its end.
+ * idle in a transaction block waits for its end.  That commit tries each
+ * job once (commit_tried), so the wakes come to an end.
  */
 static void
-bg_jobs_rearm_wake(bool committed)
+bg_jobs_rearm_wake(void)
 {
-	int			n = bg_jobs_count_commit_releasable();
+	ListCell   *lc;
 
-	if (n > (committed ? bg_jobs_exited_at_commit : 0))
+	foreach(lc, bg_jobs)
 	{
-		catchupInterruptPending = true;
-		SetLatch(MyLatch);
+		if (bg_job_commit_releasable(lfirst(lc)))
+		{
+			catchupInterruptPending = true;
+			SetLatch(MyLatch);
+			return;
+		}
 	}
-	bg_jobs_exited_at_commit = 0;
 }
 
 /*
@@ -1678,7 +1674,7 @@ bg_xact_callback(XactEvent event, void *arg)
 									  InvalidSubTransactionId);
 		/* (once readers are closed and detaches undone) */
 		if (event != XACT_EVENT_PREPARE)
-			bg_jobs_rearm_wake(event == XACT_EVENT_COMMIT);
+			bg_jobs_rearm_wake();
 		bg_jobs_settle();
 	}
 }
