@@ -367,8 +367,8 @@ SELECT count(*) AS hundred_jobs FROM bg_jobs
 -- a job launched with no result table and let go at a commit before any
 -- read is imported with the columns it reported
 SELECT bg_launch('SELECT 7 AS seven, ''x''::text AS ex', result_table => false) AS rt \gset
-SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
-                           :rt)) AS rt_kept;
+SELECT regress_poll(format('(SELECT state = %L AND kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                           'finished', :rt)) AS rt_kept;
 CREATE SCHEMA regress_rt;
 IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:rt) FROM SERVER bg_server INTO regress_rt;
 SELECT * FROM regress_rt.bg_result_:rt;
