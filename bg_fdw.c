@@ -294,6 +294,16 @@ _PG_init(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("bg_fdw.max_held_segments_per_role",
+							"Segments the sessions of one role may hold for background jobs that keep nothing for other sessions.",
+							"A job launched with keep => false or in stream mode has its segment held by its session while it runs and until its result has been read. A launch past it is refused. -1 means no limit.",
+							&bg_max_held_segments_per_role,
+							BG_DEFAULT_MAX_HELD_SEGMENTS_PER_ROLE,
+							-1,
+							INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.max_kept_size",
 							"Largest total size of the results the background jobs of the cluster keep.",
 							"A launch that would keep a result once the kept results of all databases take it is refused. -1 means no limit.",

@@ -67,6 +67,7 @@
 #define BG_DEFAULT_MAX_KEPT_PER_ROLE_KB	(10 * 1024 * 1024)
 #define BG_DEFAULT_MAX_KEPT_KB			(100 * 1024 * 1024)
 #define BG_DEFAULT_MAX_ENDED_SEGMENTS	64
+#define BG_DEFAULT_MAX_HELD_SEGMENTS_PER_ROLE	64
 /* How long bg_launch waits for a lock to describe a job's result, in ms */
 #define BG_DESCRIBE_LOCK_TIMEOUT	50
 #define BG_MESSAGE_QUEUE_SIZE	16384
@@ -385,6 +386,9 @@ typedef struct BgJob
 								 * the job (bg_jobs_release_at_commit) */
 	bool		commit_tried;	/* a commit took its messages to let its
 								 * segment go: none tries again */
+	int			held_slot;		/* > 0: the role's slot its segment takes
+								 * (bg_fdw.max_held_segments_per_role);
+								 * -1: it lost it at an abort */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 	BgWaitCycle cycle;			/* what the last deadlock check saw */
@@ -728,6 +732,9 @@ extern void bg_job_record_detach(BgJob *job);
 extern void bg_jobs_release_ended(void);
 extern int	bg_max_ended_segments;
 extern void bg_jobs_check_ended_segments(void);
+extern int	bg_max_held_segments_per_role;
+extern void bg_held_slot_take(Oid role);
+extern void bg_held_slot_drop_pending(void);
 extern bool bg_job_wait(BgJob *job, long timeout_ms);
 extern void bg_job_wait_descriptor(BgJob *job);
 extern void bg_job_wait_registered(BgJob *job);

@@ -23,6 +23,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "optimizer/pathnode.h"
+#include "storage/lock.h"
 #include "tcop/pquery.h"
 #include "utils/relcache.h"
 #include "utils/backend_status.h"
@@ -141,6 +142,20 @@ bg_wait_event_cached(const char *name, uint32 *cache)
 	if (*cache == 0)
 		*cache = bg_wait_event_lookup(name);
 	return *cache;
+}
+
+/*
+ * Take a session lock if it is free, without waiting and without raising an
+ * error when the lock table is full (18 added whether to log a failure).
+ */
+static inline LockAcquireResult
+bg_lock_try_quietly(const LOCKTAG *tag, LOCKMODE mode)
+{
+#if PG_VERSION_NUM >= 180000
+	return LockAcquireExtended(tag, mode, true, true, false, NULL, false);
+#else
+	return LockAcquireExtended(tag, mode, true, true, false, NULL);
+#endif
 }
 
 /* A sender waiting for room in a shm_mq (renamed in 17) */

@@ -39,6 +39,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/shm_toc.h"
 #include "storage/sinval.h"
 #include "utils/acl.h"
@@ -71,6 +72,13 @@ static int	bg_segments_mapped = 0;
 /* Segments of ended jobs a session may hold; -1: no limit */
 int			bg_max_ended_segments = BG_DEFAULT_MAX_ENDED_SEGMENTS;
 
+/* Segments a role's sessions may hold for jobs that keep nothing; -1: no limit */
+int			bg_max_held_segments_per_role = BG_DEFAULT_MAX_HELD_SEGMENTS_PER_ROLE;
+
+/* The slot a launch in progress took (bg_held_slot_take), and its role */
+static int	bg_held_slot_pending = 0;
+static Oid	bg_held_slot_pending_role = InvalidOid;
+
 /* Rows taken from another job per wait, so that the awaited one comes first */
 #define BG_DRAIN_ROWS	10000
 #define BG_DRAIN_BYTES	(4 * 1024 * 1024)
@@ -100,6 +108,10 @@ static void bg_job_close_segment(BgJob *job);
 static bool bg_job_releasable(BgJob *job);
 static void bg_jobs_release_at_commit(void);
 static void bg_job_let_go(BgJob *job);
+static void bg_held_slot_release(BgJob *job);
+static void bg_held_slots_abort(void);
+static void bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
+								 bool isTopLevel, void *arg);
 static bool bg_job_commit_releasable(BgJob *job);
 static void bg_jobs_rearm_wake(void);
 static void bg_job_release_kept(BgJob *job);
@@ -259,6 +271,7 @@ bg_jobs_register_callbacks(void)
 	if (callbacks_registered)
 		return;
 	RegisterXactCallback(bg_xact_callback, NULL);
+	RegisterResourceReleaseCallback(bg_held_slots_retake, NULL);
 	RegisterSubXactCallback(bg_subxact_callback, NULL);
 	before_shmem_exit(bg_session_exit, (Datum) 0);
 	callbacks_registered = true;
@@ -278,6 +291,10 @@ bg_job_attach(BgJob *job)
 	MemoryContextSetParent(job->cxt, TopMemoryContext);
 	dsm_pin_mapping(job->seg);
 	bg_job_launched(job);
+	/* the slot its launch took (bg_held_slot_take) is the job's now */
+	Assert(bg_held_slot_pending == 0 || bg_held_slot_pending_role == job->role);
+	job->held_slot = bg_held_slot_pending;
+	bg_held_slot_pending = 0;
 	job->seq = ++bg_jobs_seq;
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	bg_jobs = lappend(bg_jobs, job);
@@ -558,6 +575,7 @@ bg_job_close_segment(BgJob *job)
 	shm_mq_detach(job->message_mqh);
 	dsm_detach(job->seg);
 	job->seg = NULL;
+	bg_held_slot_release(job);
 	job->shared = NULL;
 	job->tuple_mqh = NULL;
 	job->message_mqh = NULL;
@@ -797,6 +815,213 @@ bg_job_release_kept(BgJob *job)
 		return;
 	job->nspooled = rows;
 	bg_job_close_segment(job);
+}
+
+/* ----------------------------------------------------------------
+ *		bg_fdw.max_held_segments_per_role
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * A job launched with keep => false or in stream mode has nowhere but its
+ * segment to keep its rows, so its session holds the segment from launch
+ * until it has read the result (or detached the job), however long ago the
+ * job ended: each takes one of the server's DSM slots, which parallel query
+ * and every other session share.  So that no role takes them all, however
+ * many sessions it opens, each such segment takes one of the role's
+ * numbered slots: a session lock on a tag of its own, taken without
+ * waiting.  The lock manager counts them across the server, pg_locks shows
+ * them, and a session's exit, however it ends, gives them back.
+ *
+ * The tag is of the kind once reserved for contrib/userlock, in the
+ * default lock method rather than the advisory one, so that
+ * pg_advisory_unlock_all() and DISCARD ALL leave it alone.  A top-level
+ * abort releases every session lock of that method, though: the slots are
+ * taken again right after (bg_held_slots_retake), with no user code in
+ * between.  A slot another session takes in that instant leaves the job
+ * without one, and the session launches no such job until it has a slot
+ * again for each it holds.
+ */
+#define BG_HELD_SLOT_TAG_FIELD4	0x4267	/* "Bg" */
+
+/* The slots need taking again once the aborting transaction's locks go */
+static bool bg_held_slots_lost = false;
+
+static void
+bg_held_slot_tag(LOCKTAG *tag, Oid role, int slot)
+{
+	tag->locktag_field1 = InvalidOid;
+	tag->locktag_field2 = role;
+	tag->locktag_field3 = (uint32) slot;
+	tag->locktag_field4 = BG_HELD_SLOT_TAG_FIELD4;
+	tag->locktag_type = LOCKTAG_USERLOCK;
+	tag->locktag_lockmethodid = DEFAULT_LOCKMETHOD;
+}
+
+/* Does this session already hold the role's slot? */
+static bool
+bg_held_slot_mine(Oid role, int slot)
+{
+	ListCell   *lc;
+
+	if (bg_held_slot_pending == slot && bg_held_slot_pending_role == role)
+		return true;
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->held_slot == slot && job->role == role)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Take a free slot of the role that this session does not hold yet, and
+ * return its number, or 0 if every slot up to the limit is taken.
+ */
+static int
+bg_held_slot_find(Oid role)
+{
+	int			slot;
+
+	for (slot = 1; slot <= bg_max_held_segments_per_role; slot++)
+	{
+		LOCKTAG		tag;
+		LockAcquireResult res;
+
+		if (bg_held_slot_mine(role, slot))
+			continue;
+		bg_held_slot_tag(&tag, role, slot);
+		res = LockAcquire(&tag, ExclusiveLock, true, true);
+		if (res == LOCKACQUIRE_OK)
+			return slot;
+		if (res != LOCKACQUIRE_NOT_AVAIL)
+			LockRelease(&tag, ExclusiveLock, true);
+	}
+	return 0;
+}
+
+/*
+ * A launch of a job that keeps nothing for other sessions takes a free slot
+ * of its role, or is refused; so is it while a job of the session lost its
+ * slot and none is free for it.  The slot is the launch's until
+ * bg_job_attach hands it to the job; a launch that fails gives it back
+ * (bg_held_slot_drop_pending).
+ */
+void
+bg_held_slot_take(Oid role)
+{
+	ListCell   *lc;
+	int			slot = 1;
+
+	Assert(bg_held_slot_pending == 0);
+	if (bg_max_held_segments_per_role < 0)
+		return;
+	/* the callbacks give the slots back at exit */
+	bg_jobs_register_callbacks();
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+
+		if (job->held_slot < 0 && job->seg != NULL &&
+			(slot = bg_held_slot_find(job->role)) > 0)
+			job->held_slot = slot;
+		if (slot == 0)
+			break;
+	}
+	if (slot > 0)
+		slot = bg_held_slot_find(role);
+	if (slot > 0)
+	{
+		bg_held_slot_pending = slot;
+		bg_held_slot_pending_role = role;
+		return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("too many background jobs of role \"%s\" hold shared memory",
+					GetUserNameFromId(role, false)),
+			 errdetail_plural("Sessions of the role hold the segment of %d job launched with keep => false or in stream mode, running or not read to its end; \"bg_fdw.max_held_segments_per_role\" is %d.",
+							  "Sessions of the role hold the segments of %d jobs launched with keep => false or in stream mode, running or not read to their end; \"bg_fdw.max_held_segments_per_role\" is %d.",
+							  bg_max_held_segments_per_role,
+							  bg_max_held_segments_per_role,
+							  bg_max_held_segments_per_role),
+			 errhint("Read those results, or release them with bg_detach(pid); a job launched with keep => true leaves shared memory once it has ended.")));
+}
+
+/* The launch failed: the slot it took is free again. */
+void
+bg_held_slot_drop_pending(void)
+{
+	LOCKTAG		tag;
+
+	if (bg_held_slot_pending == 0)
+		return;
+	bg_held_slot_tag(&tag, bg_held_slot_pending_role, bg_held_slot_pending);
+	LockRelease(&tag, ExclusiveLock, true);
+	bg_held_slot_pending = 0;
+}
+
+/* The job's segment is let go: so is its slot. */
+static void
+bg_held_slot_release(BgJob *job)
+{
+	LOCKTAG		tag;
+
+	if (job->held_slot > 0)
+	{
+		bg_held_slot_tag(&tag, job->role, job->held_slot);
+		LockRelease(&tag, ExclusiveLock, true);
+	}
+	job->held_slot = 0;
+}
+
+/*
+ * At a top-level abort (XACT_EVENT_ABORT), before the lock manager lets go
+ * of every session lock.
+ */
+static void
+bg_held_slots_abort(void)
+{
+	ListCell   *lc;
+
+	if (proc_exit_inprogress)
+		return;
+	foreach(lc, bg_jobs)
+		bg_held_slots_lost |= ((BgJob *) lfirst(lc))->held_slot > 0;
+}
+
+/*
+ * Resource release callback: once an aborting transaction's locks are
+ * gone, take the jobs' slots again.  Nothing here may fail, nor wait.
+ */
+static void
+bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
+					 bool isTopLevel, void *arg)
+{
+	ListCell   *lc;
+
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || isCommit || !isTopLevel ||
+		!bg_held_slots_lost)
+		return;
+	bg_held_slots_lost = false;
+	foreach(lc, bg_jobs)
+	{
+		BgJob	   *job = lfirst(lc);
+		LOCKTAG		tag;
+		LockAcquireResult res;
+
+		if (job->held_slot <= 0)
+			continue;
+		bg_held_slot_tag(&tag, job->role, job->held_slot);
+		res = bg_lock_try_quietly(&tag, ExclusiveLock);
+		/* (held still, if this abort did not get as far as the locks) */
+		if (res == LOCKACQUIRE_ALREADY_HELD || res == LOCKACQUIRE_ALREADY_CLEAR)
+			LockRelease(&tag, ExclusiveLock, true);
+		else if (res != LOCKACQUIRE_OK)
+			job->held_slot = -1;
+	}
 }
 
 /*
@@ -1664,7 +1889,10 @@ bg_xact_callback(XactEvent event, void *arg)
 		RESUME_INTERRUPTS();
 	}
 	if (event == XACT_EVENT_ABORT)
+	{
 		bg_jobs_clear_waiting();
+		bg_held_slots_abort();
+	}
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE)
 	{

@@ -177,10 +177,14 @@ bg_launch(PG_FUNCTION_ARGS)
 								  bg_max_jobs_per_role >= 0 &&
 								  bg_queue_possible(opts.keep, opts.stream,
 													bg_registry_relid()));
+		/* its segment outlives the job: bg_fdw.max_held_segments_per_role */
+		if (!opts.keep || !bg_registry_keeps(bg_registry_relid()))
+			bg_held_slot_take(GetUserId());
 		pid = bg_launch_job(sql, desc, &opts);
 	}
 	PG_FINALLY();
 	{
+		bg_held_slot_drop_pending();
 		bg_registry_unlock_role();
 	}
 	PG_END_TRY();

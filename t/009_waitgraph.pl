@@ -94,11 +94,16 @@ ok($node->poll_query_until('postgres',
 
 # 3. Two jobs of one session: a stream job that updated a row waits for
 # room in its queue, a second job waits for that row, and the session reads
-# the second.
+# the second.  The stream job checks for the cycle too, and whichever checks
+# first fails, as with the lock manager's deadlock_timeout: the job gets a
+# far longer one (a job runs with its launcher's settings), so that the
+# session is the one to fail here.
+$s1->query_safe(q{SET deadlock_timeout = '1h'});
 my $a = $s1->query_safe(q{
 	SELECT bg_launch($$WITH u AS (UPDATE r SET v = v + 1 WHERE id = 1 RETURNING v)
 	                   SELECT g FROM u, generate_series(1, 100000) g$$,
 	                 stream => true)});
+$s1->query_safe('RESET deadlock_timeout');
 waits_on($a, 'IPC', 'the stream job waits for room in its queue');
 my $b = $s1->query_safe(q{SELECT bg_launch('UPDATE r SET v = v + 10 WHERE id = 1')});
 waits_on($b, 'Lock', 'the second job waits for the row the first holds');

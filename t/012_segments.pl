@@ -1,0 +1,139 @@
+# Copyright (c) 2026, The bg_fdw Authors
+#
+# bg_fdw.max_held_segments_per_role: the segments the sessions of one role
+# hold for jobs that keep nothing for other sessions (keep => false, stream
+# mode), running or not read to their end, are bounded across all its
+# sessions.  A slot goes back when its result is read, when its job is
+# detached, when its session ends however it ends, and when the launch that
+# took it fails.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('segments');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+max_worker_processes = 16
+bg_fdw.max_held_segments_per_role = 3
+});
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION bg_fdw;
+	CREATE ROLE alice LOGIN IN ROLE bg_fdw_user;
+	CREATE ROLE bob LOGIN IN ROLE bg_fdw_user;
+});
+
+# The slots a role's sessions hold, as pg_locks shows them
+sub slots
+{
+	my ($role) = @_;
+	return $node->safe_psql('postgres', qq{
+		SELECT count(*) FROM pg_locks
+		 WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
+		   AND classid = '$role'::regrole::oid AND granted});
+}
+
+# Alice holds two segments in one session and one in another: a job of
+# each kind, left unread
+my $a1 = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'alice' ]);
+my $a2 = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'alice' ]);
+my $streamed = $a1->query_safe(
+	q{SELECT bg_launch('SELECT g FROM generate_series(1, 10) g', stream => true)});
+my $unkept = $a1->query_safe(
+	q{SELECT bg_launch('SELECT 1 AS one', keep => false)});
+$a2->query_safe(q{SELECT bg_launch('SELECT 2 AS two', keep => false)});
+is(slots('alice'), '3', 'three jobs that keep nothing take three slots of the role');
+
+# The fourth is refused, in either session and in a third
+my ($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT bg_launch('SELECT 3', stream => true)},
+	extra_params => [ '-U', 'alice' ]);
+like($err,
+	qr/ERROR:  too many background jobs of role "alice" hold shared memory\nDETAIL:  Sessions of the role hold the segments of 3 jobs launched with keep => false or in stream mode, running or not read to their end; "bg_fdw.max_held_segments_per_role" is 3.\nHINT:  Read those results, or release them with bg_detach\(pid\); a job launched with keep => true leaves shared memory once it has ended./,
+	'a launch past the role\'s limit is refused from another session');
+($rc, $out, $err) = $node->psql('postgres', q{
+	\\set VERBOSITY verbose
+	SELECT bg_launch('SELECT 3', keep => false)},
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/ERROR:  53400:/, 'with SQLSTATE 53400');
+is( $node->safe_psql('postgres',
+		q{SELECT count(*) FROM bg_result(bg_launch('SELECT 4 AS four')) AS r(four int)},
+		extra_params => [ '-U', 'alice' ]),
+	'1', 'a job that keeps its result takes no slot');
+
+# Another role has slots of its own
+my $b = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'bob' ]);
+$b->query_safe(q{SELECT bg_launch('SELECT 1', stream => true)}) for 1 .. 3;
+is(slots('bob'), '3', 'another role takes slots of its own');
+$b->quit;
+ok($node->poll_query_until('postgres', q{
+		SELECT count(*) = 0 FROM pg_locks
+		 WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
+		   AND classid = 'bob'::regrole::oid}),
+	'a session that ends gives its slots back');
+
+# Reading a result to its end gives its slot back: a launch passes again
+is($a1->query_safe("SELECT count(*) FROM bg_result_$streamed"), '10',
+	'the stream job is read to its end');
+is(slots('alice'), '2', 'which gives its slot back');
+$a2->query_safe(q{SELECT bg_launch('SELECT 6 AS six', stream => true)});
+is(slots('alice'), '3', 'so the next launch passes');
+
+# So does bg_detach, and a session killed
+$a1->query_safe("SELECT bg_detach($unkept)");
+is(slots('alice'), '2', 'a job detached gives its slot back');
+my $a2_pid = $a2->query_safe('SELECT pg_backend_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($a2_pid)");
+$a2->quit;
+ok($node->poll_query_until('postgres', q{
+		SELECT count(*) = 0 FROM pg_locks
+		 WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
+		   AND classid = 'alice'::regrole::oid}),
+	'a session terminated gives its slots back');
+
+# A launch that fails after it took its slot (no job may start) gives it
+# back: more such failures than the role has slots leave none taken
+$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 0');
+$node->reload;
+ok($node->poll_query_until('postgres',
+		q{SELECT current_setting('bg_fdw.max_jobs') = '0'}),
+	'bg_fdw.max_jobs 0');
+my $failed = 0;
+foreach my $i (1 .. 5)
+{
+	($rc, $out, $err) = $node->psql('postgres', q{
+		BEGIN;
+		SELECT bg_launch('SELECT 1', stream => true);
+		SELECT bg_launch('SELECT 1', keep => false);
+		COMMIT;},
+		extra_params => [ '-U', 'alice' ]);
+	$failed++ if $err =~ /ERROR:  too many background jobs\n/;
+}
+is($failed, 5, 'launches fail while no job may start');
+$a1->query_until(qr/launched/, q{
+	DO $$BEGIN
+	  FOR i IN 1..5 LOOP
+	    BEGIN
+	      PERFORM bg_launch('SELECT 1', stream => true);
+	    EXCEPTION WHEN configuration_limit_exceeded THEN
+	    END;
+	  END LOOP;
+	END$$;
+	\echo launched
+});
+is(slots('alice'), '0', 'and leave no slot taken');
+$node->adjust_conf('postgresql.conf', 'bg_fdw.max_jobs', '-1');
+$node->reload;
+ok($node->poll_query_until('postgres',
+		q{SELECT current_setting('bg_fdw.max_jobs') = '-1'}),
+	'bg_fdw.max_jobs -1');
+$a1->query_safe(q{SELECT bg_launch('SELECT 1', stream => true)}) for 1 .. 3;
+is(slots('alice'), '3', 'all the role\'s slots can be taken again');
+$a1->quit;
+
+done_testing();
