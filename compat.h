@@ -158,6 +158,17 @@ bg_lock_try_quietly(const LOCKTAG *tag, LOCKMODE mode)
 #endif
 }
 
+/* Does this backend hold the lock in this mode (17 added "or stronger")? */
+static inline bool
+bg_lock_held_by_me(const LOCKTAG *tag, LOCKMODE mode)
+{
+#if PG_VERSION_NUM >= 170000
+	return LockHeldByMe(tag, mode, false);
+#else
+	return LockHeldByMe(tag, mode);
+#endif
+}
+
 /* A sender waiting for room in a shm_mq (renamed in 17) */
 static inline uint32
 bg_wait_event_mq_send(void)

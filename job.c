@@ -109,7 +109,7 @@ static bool bg_job_releasable(BgJob *job);
 static void bg_jobs_release_at_commit(void);
 static void bg_job_let_go(BgJob *job);
 static void bg_held_slot_release(BgJob *job);
-static void bg_held_slots_abort(void);
+static void bg_held_slots_keep(bool aborting);
 static void bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 								 bool isTopLevel, void *arg);
 static bool bg_job_commit_releasable(BgJob *job);
@@ -829,33 +829,36 @@ bg_job_release_kept(BgJob *job)
  * job ended: each takes one of the server's DSM slots, which parallel query
  * and every other session share.  So that no role takes them all, however
  * many sessions it opens, each such segment takes one of the role's
- * numbered slots: a session lock on a tag of its own, taken without
- * waiting.  The lock manager counts them across the server, pg_locks shows
- * them, and a session's exit, however it ends, gives them back.
+ * numbered slots, which the lock manager counts across the server, and
+ * which a session's exit, however it ends, gives back.
  *
- * The tag is of the kind once reserved for contrib/userlock, in the
- * default lock method rather than the advisory one, so that
- * pg_advisory_unlock_all() and DISCARD ALL leave it alone.  A top-level
- * abort releases every session lock of that method, though: the slots are
- * taken again right after (bg_held_slots_retake), with no user code in
- * between.  A slot another session takes in that instant leaves the job
- * without one, and the session launches no such job until it has a slot
- * again for each it holds.
+ * A slot is two session locks on tags of bg_fdw's own (in no database, so
+ * that no SQL names them), each taken without waiting, and a session takes
+ * a slot only when it gets both.  One is of the default lock method, which
+ * a top-level abort releases; the other is of the advisory method, which
+ * pg_advisory_unlock_all() and DISCARD ALL release.  Nothing releases both
+ * at once, and the holder takes back what one released before the other can
+ * go: the advisory lock at the end of every transaction (before an abort's
+ * locks go), the other right after an abort's locks have gone.  So a slot
+ * is never free while its holder holds its segment.
  */
-#define BG_HELD_SLOT_TAG_FIELD4	0x4267	/* "Bg" */
+#define BG_HELD_SLOT_TAG_FIELD4	0x4267	/* "Bg"; SQL's advisory locks use 1, 2 */
+#define BG_HELD_SLOT_RETRIES	1000	/* 100 us apart */
 
-/* The slots need taking again once the aborting transaction's locks go */
+/* The default-method locks need taking again once an abort's locks go */
 static bool bg_held_slots_lost = false;
 
 static void
-bg_held_slot_tag(LOCKTAG *tag, Oid role, int slot)
+bg_held_slot_tags(LOCKTAG *abort_proof, LOCKTAG *unlock_proof, Oid role,
+				  int slot)
 {
-	tag->locktag_field1 = InvalidOid;
-	tag->locktag_field2 = role;
-	tag->locktag_field3 = (uint32) slot;
-	tag->locktag_field4 = BG_HELD_SLOT_TAG_FIELD4;
-	tag->locktag_type = LOCKTAG_USERLOCK;
-	tag->locktag_lockmethodid = DEFAULT_LOCKMETHOD;
+	/* released by pg_advisory_unlock_all(), not by an abort */
+	SET_LOCKTAG_ADVISORY(*abort_proof, InvalidOid, role, (uint32) slot,
+						 BG_HELD_SLOT_TAG_FIELD4);
+	/* released by an abort, not by pg_advisory_unlock_all() */
+	*unlock_proof = *abort_proof;
+	unlock_proof->locktag_type = LOCKTAG_USERLOCK;
+	unlock_proof->locktag_lockmethodid = DEFAULT_LOCKMETHOD;
 }
 
 /* Does this session already hold the role's slot? */
@@ -877,6 +880,27 @@ bg_held_slot_mine(Oid role, int slot)
 }
 
 /*
+ * Take a lock this session may hold already: true if it holds it now,
+ * once, as before.  Never waits, never fails.
+ */
+static bool
+bg_held_slot_lock(const LOCKTAG *tag)
+{
+	LockAcquireResult res = bg_lock_try_quietly(tag, ExclusiveLock);
+
+	if (res == LOCKACQUIRE_ALREADY_HELD || res == LOCKACQUIRE_ALREADY_CLEAR)
+		LockRelease(tag, ExclusiveLock, true);
+	return res != LOCKACQUIRE_NOT_AVAIL;
+}
+
+static void
+bg_held_slot_unlock(const LOCKTAG *tag)
+{
+	if (bg_lock_held_by_me(tag, ExclusiveLock))
+		LockRelease(tag, ExclusiveLock, true);
+}
+
+/*
  * Take a free slot of the role that this session does not hold yet, and
  * return its number, or 0 if every slot up to the limit is taken.
  */
@@ -887,17 +911,18 @@ bg_held_slot_find(Oid role)
 
 	for (slot = 1; slot <= bg_max_held_segments_per_role; slot++)
 	{
-		LOCKTAG		tag;
-		LockAcquireResult res;
+		LOCKTAG		abort_proof;
+		LOCKTAG		unlock_proof;
 
 		if (bg_held_slot_mine(role, slot))
 			continue;
-		bg_held_slot_tag(&tag, role, slot);
-		res = LockAcquire(&tag, ExclusiveLock, true, true);
-		if (res == LOCKACQUIRE_OK)
+		bg_held_slot_tags(&abort_proof, &unlock_proof, role, slot);
+		if (bg_lock_try_quietly(&unlock_proof, ExclusiveLock) != LOCKACQUIRE_OK)
+			continue;
+		if (bg_lock_try_quietly(&abort_proof, ExclusiveLock) == LOCKACQUIRE_OK)
 			return slot;
-		if (res != LOCKACQUIRE_NOT_AVAIL)
-			LockRelease(&tag, ExclusiveLock, true);
+		/* its holder is between an unlock and taking it back */
+		LockRelease(&unlock_proof, ExclusiveLock, true);
 	}
 	return 0;
 }
@@ -905,9 +930,9 @@ bg_held_slot_find(Oid role)
 /*
  * A launch of a job that keeps nothing for other sessions takes a free slot
  * of its role, or is refused; so is it while a job of the session lost its
- * slot and none is free for it.  The slot is the launch's until
- * bg_job_attach hands it to the job; a launch that fails gives it back
- * (bg_held_slot_drop_pending).
+ * slot (bg_held_slots_retake) and none is free for it.  The slot is the
+ * launch's until bg_job_attach hands it to the job; a launch that fails
+ * gives it back (bg_held_slot_drop_pending).
  */
 void
 bg_held_slot_take(Oid role)
@@ -942,24 +967,29 @@ bg_held_slot_take(Oid role)
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("too many background jobs of role \"%s\" hold shared memory",
 					GetUserNameFromId(role, false)),
-			 errdetail_plural("Sessions of the role hold the segment of %d job launched with keep => false or in stream mode, running or not read to its end; \"bg_fdw.max_held_segments_per_role\" is %d.",
-							  "Sessions of the role hold the segments of %d jobs launched with keep => false or in stream mode, running or not read to their end; \"bg_fdw.max_held_segments_per_role\" is %d.",
-							  bg_max_held_segments_per_role,
-							  bg_max_held_segments_per_role,
-							  bg_max_held_segments_per_role),
+			 errdetail("Sessions of the role hold the segments of as many jobs launched with keep => false or in stream mode, running or not read to their end, as \"bg_fdw.max_held_segments_per_role\" allows (%d).",
+					   bg_max_held_segments_per_role),
 			 errhint("Read those results, or release them with bg_detach(pid); a job launched with keep => true leaves shared memory once it has ended.")));
+}
+
+static void
+bg_held_slot_free(Oid role, int slot)
+{
+	LOCKTAG		abort_proof;
+	LOCKTAG		unlock_proof;
+
+	bg_held_slot_tags(&abort_proof, &unlock_proof, role, slot);
+	bg_held_slot_unlock(&unlock_proof);
+	bg_held_slot_unlock(&abort_proof);
 }
 
 /* The launch failed: the slot it took is free again. */
 void
 bg_held_slot_drop_pending(void)
 {
-	LOCKTAG		tag;
-
 	if (bg_held_slot_pending == 0)
 		return;
-	bg_held_slot_tag(&tag, bg_held_slot_pending_role, bg_held_slot_pending);
-	LockRelease(&tag, ExclusiveLock, true);
+	bg_held_slot_free(bg_held_slot_pending_role, bg_held_slot_pending);
 	bg_held_slot_pending = 0;
 }
 
@@ -967,34 +997,50 @@ bg_held_slot_drop_pending(void)
 static void
 bg_held_slot_release(BgJob *job)
 {
-	LOCKTAG		tag;
-
 	if (job->held_slot > 0)
-	{
-		bg_held_slot_tag(&tag, job->role, job->held_slot);
-		LockRelease(&tag, ExclusiveLock, true);
-	}
+		bg_held_slot_free(job->role, job->held_slot);
 	job->held_slot = 0;
 }
 
 /*
- * At a top-level abort (XACT_EVENT_ABORT), before the lock manager lets go
- * of every session lock.
+ * At the end of every transaction (at an abort, before the lock manager
+ * lets go of its session locks of the default method), take back the
+ * advisory half of each slot, which pg_advisory_unlock_all() or DISCARD
+ * ALL may have released: the other half kept it from anyone else.  An
+ * abort then takes the other half back (bg_held_slots_retake).
  */
 static void
-bg_held_slots_abort(void)
+bg_held_slots_keep(bool aborting)
 {
 	ListCell   *lc;
 
 	if (proc_exit_inprogress)
 		return;
 	foreach(lc, bg_jobs)
-		bg_held_slots_lost |= ((BgJob *) lfirst(lc))->held_slot > 0;
+	{
+		BgJob	   *job = lfirst(lc);
+		LOCKTAG		abort_proof;
+		LOCKTAG		unlock_proof;
+
+		if (job->held_slot <= 0)
+			continue;
+		bg_held_slot_tags(&abort_proof, &unlock_proof, job->role,
+						  job->held_slot);
+		if (!bg_held_slot_lock(&abort_proof) && aborting)
+		{
+			/* (the lock table is full): the abort frees the other half */
+			job->held_slot = -1;
+			continue;
+		}
+		bg_held_slots_lost |= aborting;
+	}
 }
 
 /*
  * Resource release callback: once an aborting transaction's locks are
- * gone, take the jobs' slots again.  Nothing here may fail, nor wait.
+ * gone, take back the other half of each slot.  Another session may hold
+ * it for an instant, while it finds the advisory half taken: try again a
+ * little later.  Nothing here may fail.
  */
 static void
 bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
@@ -1009,18 +1055,21 @@ bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 	foreach(lc, bg_jobs)
 	{
 		BgJob	   *job = lfirst(lc);
-		LOCKTAG		tag;
-		LockAcquireResult res;
+		LOCKTAG		abort_proof;
+		LOCKTAG		unlock_proof;
+		int			tries = 0;
 
 		if (job->held_slot <= 0)
 			continue;
-		bg_held_slot_tag(&tag, job->role, job->held_slot);
-		res = bg_lock_try_quietly(&tag, ExclusiveLock);
-		/* (held still, if this abort did not get as far as the locks) */
-		if (res == LOCKACQUIRE_ALREADY_HELD || res == LOCKACQUIRE_ALREADY_CLEAR)
-			LockRelease(&tag, ExclusiveLock, true);
-		else if (res != LOCKACQUIRE_OK)
-			job->held_slot = -1;
+		bg_held_slot_tags(&abort_proof, &unlock_proof, job->role,
+						  job->held_slot);
+		while (!bg_held_slot_lock(&unlock_proof) &&
+			   ++tries < BG_HELD_SLOT_RETRIES)
+			pg_usleep(100);
+		if (tries < BG_HELD_SLOT_RETRIES)
+			continue;
+		bg_held_slot_unlock(&abort_proof);
+		job->held_slot = -1;
 	}
 }
 
@@ -1889,10 +1938,10 @@ bg_xact_callback(XactEvent event, void *arg)
 		RESUME_INTERRUPTS();
 	}
 	if (event == XACT_EVENT_ABORT)
-	{
 		bg_jobs_clear_waiting();
-		bg_held_slots_abort();
-	}
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
+		event == XACT_EVENT_PREPARE)
+		bg_held_slots_keep(event == XACT_EVENT_ABORT);
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE)
 	{

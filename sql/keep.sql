@@ -423,18 +423,22 @@ RESET ROLE;
 -- bg_fdw.max_held_segments_per_role bounds the segments all sessions of a
 -- role hold for jobs that keep nothing for other sessions, running or not
 -- read to their end (t/012 has several sessions): each takes a slot of the
--- role, a session lock in no database that pg_locks shows; neither an
--- error nor pg_advisory_unlock_all() gives it back
+-- role, two session locks in no database that pg_locks shows: an abort
+-- releases one, pg_advisory_unlock_all() the other, and the session takes
+-- either back before the other can go
 SELECT regress_no_workers();
 SET bg_fdw.max_held_segments_per_role = 2;
 SELECT bg_launch('SELECT 1 AS one', keep => false) AS held1 \gset
 SELECT bg_launch('SELECT 2 AS two', stream => true) AS held2 \gset
 SELECT 1 / 0;
+BEGIN;
 SELECT pg_advisory_unlock_all();
-SELECT objid AS slot, mode FROM pg_locks
- WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
+SELECT 1 / 0;
+ROLLBACK;
+SELECT objid AS slot, locktype, mode FROM pg_locks
+ WHERE database = 0 AND objsubid = 16999
    AND classid = current_user::regrole::oid AND pid = pg_backend_pid()
- ORDER BY objid;
+ ORDER BY objid, locktype;
 SELECT replace(regress_try($$SELECT bg_launch('SELECT 3', stream => true)$$),
                current_user, '<superuser>') AS refused;
 -- a job that keeps its result takes none
@@ -444,8 +448,7 @@ SELECT * FROM bg_result_:held2;
 SELECT bg_launch('SELECT 3 AS three', keep => false) AS held3 \gset
 SELECT bg_detach(:held1), bg_detach(:held3);
 SELECT count(*) AS slots_left FROM pg_locks
- WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
-   AND pid = pg_backend_pid();
+ WHERE database = 0 AND objsubid = 16999 AND pid = pg_backend_pid();
 RESET bg_fdw.max_held_segments_per_role;
 
 -- bg_fdw.max_result_size bounds one job's kept result: past it, the job

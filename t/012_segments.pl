@@ -35,6 +35,27 @@ sub slots
 		   AND classid = '$role'::regrole::oid AND granted});
 }
 
+# Run a query that fails in a session; returns its error
+sub try_query
+{
+	my ($session, $sql) = @_;
+	$session->{stderr} = '';
+	$session->query($sql);
+	my $err = $session->{stderr};
+	$session->{stderr} = '';
+	return $err;
+}
+
+# Both halves of each slot this session holds
+sub halves
+{
+	my ($session) = @_;
+	return $session->query_safe(q{
+		SELECT string_agg(locktype || ' ' || objid, ', ' ORDER BY objid, locktype)
+		  FROM pg_locks
+		 WHERE database = 0 AND objsubid = 16999 AND pid = pg_backend_pid()});
+}
+
 # Alice holds two segments in one session and one in another: a job of
 # each kind, left unread
 my $a1 = $node->background_psql('postgres', on_error_stop => 0,
@@ -53,7 +74,7 @@ my ($rc, $out, $err) = $node->psql('postgres',
 	q{SELECT bg_launch('SELECT 3', stream => true)},
 	extra_params => [ '-U', 'alice' ]);
 like($err,
-	qr/ERROR:  too many background jobs of role "alice" hold shared memory\nDETAIL:  Sessions of the role hold the segments of 3 jobs launched with keep => false or in stream mode, running or not read to their end; "bg_fdw.max_held_segments_per_role" is 3.\nHINT:  Read those results, or release them with bg_detach\(pid\); a job launched with keep => true leaves shared memory once it has ended./,
+	qr/ERROR:  too many background jobs of role "alice" hold shared memory\nDETAIL:  Sessions of the role hold the segments of as many jobs launched with keep => false or in stream mode, running or not read to their end, as "bg_fdw.max_held_segments_per_role" allows \(3\).\nHINT:  Read those results, or release them with bg_detach\(pid\); a job launched with keep => true leaves shared memory once it has ended./,
 	'a launch past the role\'s limit is refused from another session');
 ($rc, $out, $err) = $node->psql('postgres', q{
 	\\set VERBOSITY verbose
@@ -76,6 +97,57 @@ ok($node->poll_query_until('postgres', q{
 		 WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
 		   AND classid = 'bob'::regrole::oid}),
 	'a session that ends gives its slots back');
+
+# pg_advisory_unlock_all() releases one half of a slot, an abort the other,
+# and the session takes back either before the other can go: even both in
+# one transaction give no slot away
+is(halves($a2), 'advisory 3, userlock 3', 'a slot is two locks');
+$a2->query_safe('BEGIN');
+$a2->query_safe('SELECT pg_advisory_unlock_all()');
+is(halves($a2), 'userlock 3', 'pg_advisory_unlock_all() releases one');
+($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT bg_launch('SELECT 3', stream => true)},
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/too many background jobs of role "alice"/,
+	'the other keeps the slot from another session');
+like(try_query($a2, 'SELECT 1 / 0'), qr/division by zero/, 'an error');
+try_query($a2, 'ROLLBACK');
+is(halves($a2), 'advisory 3, userlock 3',
+	'and after an abort the session holds both again');
+$a2->query_safe('DISCARD ALL');
+is(halves($a2), 'advisory 3, userlock 3', 'as it does after DISCARD ALL');
+
+# A session that aborts over and over while another launches in a loop:
+# whatever the interleaving, no launch finds the slot free
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION steal(n int) RETURNS int LANGUAGE plpgsql AS $$
+	DECLARE
+	  got int := 0;
+	BEGIN
+	  FOR i IN 1..n LOOP
+	    BEGIN
+	      PERFORM bg_detach(bg_launch('SELECT 1', stream => true,
+	                                  result_table => false));
+	      got := got + 1;
+	    EXCEPTION WHEN configuration_limit_exceeded THEN
+	    END;
+	  END LOOP;
+	  RETURN got;
+	END
+	$$;
+	GRANT EXECUTE ON FUNCTION steal(int) TO alice;
+});
+my $thief = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'alice' ]);
+$thief->query_until(qr/stealing/, "\\echo stealing\nSELECT steal(5000);\n");
+# (a ROLLBACK aborts as an error does, with nothing on stderr)
+$a2->query_until(qr/aborted/,
+	("BEGIN;\nSELECT pg_advisory_unlock_all();\nROLLBACK;\n" x 300)
+	  . "\\echo aborted\n");
+is((split /\n/, $thief->query_safe('SELECT 0'))[0], '0',
+	'no launch took a slot of a session that aborted 300 times');
+is(halves($a2), 'advisory 3, userlock 3', 'which holds both halves still');
+$thief->quit;
 
 # Reading a result to its end gives its slot back: a launch passes again
 is($a1->query_safe("SELECT count(*) FROM bg_result_$streamed"), '10',
