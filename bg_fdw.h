@@ -387,8 +387,7 @@ typedef struct BgJob
 	bool		commit_tried;	/* a commit took its messages to let its
 								 * segment go: none tries again */
 	int			held_slot;		/* > 0: the role's slot its segment takes
-								 * (bg_fdw.max_held_segments_per_role);
-								 * -1: it lost it at an abort */
+								 * (bg_fdw.max_held_segments_per_role) */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 	BgWaitCycle cycle;			/* what the last deadlock check saw */

@@ -110,6 +110,7 @@ static void bg_jobs_release_at_commit(void);
 static void bg_job_let_go(BgJob *job);
 static void bg_held_slot_release(BgJob *job);
 static void bg_held_slots_keep(bool aborting);
+static void bg_job_give_up(BgJob *job);
 static void bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 								 bool isTopLevel, void *arg);
 static bool bg_job_commit_releasable(BgJob *job);
@@ -372,6 +373,13 @@ bg_session_exit(int code, Datum arg)
 {
 	ListCell   *lc;
 
+	/*
+	 * The slots first, which nothing else gives back at exit (an idle
+	 * session's exit runs no abort), whatever becomes of the rest.
+	 */
+	bg_held_slot_drop_pending();
+	foreach(lc, bg_jobs)
+		bg_held_slot_release((BgJob *) lfirst(lc));
 	foreach(lc, bg_jobs)
 		bg_job_close_segment((BgJob *) lfirst(lc));
 }
@@ -843,7 +851,7 @@ bg_job_release_kept(BgJob *job)
  * is never free while its holder holds its segment.
  */
 #define BG_HELD_SLOT_TAG_FIELD4	0x4267	/* "Bg"; SQL's advisory locks use 1, 2 */
-#define BG_HELD_SLOT_RETRIES	1000	/* 100 us apart */
+#define BG_HELD_SLOT_RETRIES	1000	/* 100 us apart, for all slots */
 
 /* The default-method locks need taking again once an abort's locks go */
 static bool bg_held_slots_lost = false;
@@ -913,12 +921,19 @@ bg_held_slot_find(Oid role)
 	{
 		LOCKTAG		abort_proof;
 		LOCKTAG		unlock_proof;
+		LockAcquireResult res;
 
 		if (bg_held_slot_mine(role, slot))
 			continue;
 		bg_held_slot_tags(&abort_proof, &unlock_proof, role, slot);
-		if (bg_lock_try_quietly(&unlock_proof, ExclusiveLock) != LOCKACQUIRE_OK)
+		/* (a full lock table is an error here, not a slot taken) */
+		res = LockAcquire(&unlock_proof, ExclusiveLock, true, true);
+		if (res != LOCKACQUIRE_OK)
+		{
+			if (res != LOCKACQUIRE_NOT_AVAIL)
+				LockRelease(&unlock_proof, ExclusiveLock, true);
 			continue;
+		}
 		if (bg_lock_try_quietly(&abort_proof, ExclusiveLock) == LOCKACQUIRE_OK)
 			return slot;
 		/* its holder is between an unlock and taking it back */
@@ -929,47 +944,31 @@ bg_held_slot_find(Oid role)
 
 /*
  * A launch of a job that keeps nothing for other sessions takes a free slot
- * of its role, or is refused; so is it while a job of the session lost its
- * slot (bg_held_slots_retake) and none is free for it.  The slot is the
- * launch's until bg_job_attach hands it to the job; a launch that fails
- * gives it back (bg_held_slot_drop_pending).
+ * of its role, or is refused.  The slot is the launch's until bg_job_attach
+ * hands it to the job; a launch that fails gives it back
+ * (bg_held_slot_drop_pending).
  */
 void
 bg_held_slot_take(Oid role)
 {
-	ListCell   *lc;
-	int			slot = 1;
+	int			slot;
 
 	Assert(bg_held_slot_pending == 0);
 	if (bg_max_held_segments_per_role < 0)
 		return;
 	/* the callbacks give the slots back at exit */
 	bg_jobs_register_callbacks();
-	foreach(lc, bg_jobs)
-	{
-		BgJob	   *job = lfirst(lc);
-
-		if (job->held_slot < 0 && job->seg != NULL &&
-			(slot = bg_held_slot_find(job->role)) > 0)
-			job->held_slot = slot;
-		if (slot == 0)
-			break;
-	}
-	if (slot > 0)
-		slot = bg_held_slot_find(role);
-	if (slot > 0)
-	{
-		bg_held_slot_pending = slot;
-		bg_held_slot_pending_role = role;
-		return;
-	}
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("too many background jobs of role \"%s\" hold shared memory",
-					GetUserNameFromId(role, false)),
-			 errdetail("Sessions of the role hold the segments of as many jobs launched with keep => false or in stream mode, running or not read to their end, as \"bg_fdw.max_held_segments_per_role\" allows (%d).",
-					   bg_max_held_segments_per_role),
-			 errhint("Read those results, or release them with bg_detach(pid); a job launched with keep => true leaves shared memory once it has ended.")));
+	slot = bg_held_slot_find(role);
+	if (slot == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many background jobs of role \"%s\" hold shared memory",
+						GetUserNameFromId(role, false)),
+				 errdetail("Sessions of the role hold the segments of as many jobs launched with keep => false or in stream mode, running or not read to their end, as \"bg_fdw.max_held_segments_per_role\" allows (%d).",
+						   bg_max_held_segments_per_role),
+				 errhint("Read those results, or release them with bg_detach(pid); a job launched with keep => true leaves shared memory once it has ended.")));
+	bg_held_slot_pending = slot;
+	bg_held_slot_pending_role = role;
 }
 
 static void
@@ -1003,6 +1002,36 @@ bg_held_slot_release(BgJob *job)
 }
 
 /*
+ * The session cannot take back half of the job's slot (the shared lock
+ * table is full), and the other half is about to go: rather than hold a
+ * segment no slot counts, it gives the segment up, and with it what the
+ * segment held of the result.  Reading the job then says so.  The job
+ * itself runs on, as bg_jobs shows.  Runs at an abort: nothing may fail.
+ */
+static void
+bg_job_give_up(BgJob *job)
+{
+	if (job->state != BG_JOB_FAILED)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+		ErrorData  *edata = palloc0(sizeof(ErrorData));
+
+		edata->elevel = ERROR;
+		edata->sqlerrcode = ERRCODE_OUT_OF_MEMORY;
+		edata->message = psprintf("result of background job %d was given up",
+								  job->pid);
+		edata->detail = pstrdup("The shared lock table was full when the session had to take back the job's slot of \"bg_fdw.max_held_segments_per_role\", so it let the job's segment go.  The job ran on: bg_jobs shows how it ended.");
+		edata->hint = pstrdup("Increase \"max_locks_per_transaction\".");
+		edata->context = psprintf("background job %d", job->pid);
+		edata->domain = TEXTDOMAIN;
+		job->error = edata;
+		job->state = BG_JOB_FAILED;
+		MemoryContextSwitchTo(oldcxt);
+	}
+	bg_job_close_segment(job);
+}
+
+/*
  * At the end of every transaction (at an abort, before the lock manager
  * lets go of its session locks of the default method), take back the
  * advisory half of each slot, which pg_advisory_unlock_all() or DISCARD
@@ -1026,13 +1055,10 @@ bg_held_slots_keep(bool aborting)
 			continue;
 		bg_held_slot_tags(&abort_proof, &unlock_proof, job->role,
 						  job->held_slot);
-		if (!bg_held_slot_lock(&abort_proof) && aborting)
-		{
-			/* (the lock table is full): the abort frees the other half */
-			job->held_slot = -1;
-			continue;
-		}
-		bg_held_slots_lost |= aborting;
+		if (bg_held_slot_lock(&abort_proof))
+			bg_held_slots_lost |= aborting;
+		else if (aborting)
+			bg_job_give_up(job);	/* the abort would free the slot */
 	}
 }
 
@@ -1047,6 +1073,7 @@ bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 					 bool isTopLevel, void *arg)
 {
 	ListCell   *lc;
+	int			tries = 0;	/* for all the slots: an abort waits 0.1 s at most */
 
 	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || isCommit || !isTopLevel ||
 		!bg_held_slots_lost)
@@ -1057,7 +1084,6 @@ bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 		BgJob	   *job = lfirst(lc);
 		LOCKTAG		abort_proof;
 		LOCKTAG		unlock_proof;
-		int			tries = 0;
 
 		if (job->held_slot <= 0)
 			continue;
@@ -1066,10 +1092,8 @@ bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 		while (!bg_held_slot_lock(&unlock_proof) &&
 			   ++tries < BG_HELD_SLOT_RETRIES)
 			pg_usleep(100);
-		if (tries < BG_HELD_SLOT_RETRIES)
-			continue;
-		bg_held_slot_unlock(&abort_proof);
-		job->held_slot = -1;
+		if (tries >= BG_HELD_SLOT_RETRIES)
+			bg_job_give_up(job);
 	}
 }
 
@@ -1941,14 +1965,13 @@ bg_xact_callback(XactEvent event, void *arg)
 		bg_jobs_clear_waiting();
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE)
-		bg_held_slots_keep(event == XACT_EVENT_ABORT);
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
-		event == XACT_EVENT_PREPARE)
 	{
 		bg_release_readers(InvalidSubTransactionId);
 		bg_end_detaches(event == XACT_EVENT_COMMIT, InvalidSubTransactionId);
 		bg_queued_launch_end_detaches(event == XACT_EVENT_COMMIT,
 									  InvalidSubTransactionId);
+		/* (with no reader left to lose a segment it gives up) */
+		bg_held_slots_keep(event == XACT_EVENT_ABORT);
 		/* (once readers are closed and detaches undone) */
 		if (event != XACT_EVENT_PREPARE)
 			bg_jobs_rearm_wake();

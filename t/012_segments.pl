@@ -208,4 +208,29 @@ $a1->query_safe(q{SELECT bg_launch('SELECT 1', stream => true)}) for 1 .. 3;
 is(slots('alice'), '3', 'all the role\'s slots can be taken again');
 $a1->quit;
 
+# A session that cannot take back half of a slot, because the shared lock
+# table is full, gives up the job's segment rather than hold one that no
+# slot counts; reading the job then says so
+my $c = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'alice' ]);
+my $given = $c->query_safe(
+	q{SELECT bg_launch('SELECT g FROM generate_series(1, 10) g', stream => true)});
+is(halves($c), 'advisory 1, userlock 1', 'a session holds a slot');
+$c->query_safe('BEGIN');
+$c->query_safe('SELECT pg_advisory_unlock_all()');
+like(
+	try_query($c, q{DO $$BEGIN
+		FOR i IN 1..100000000 LOOP PERFORM pg_advisory_xact_lock(i); END LOOP;
+	END$$}),
+	qr/ERROR:  out of shared memory/,
+	'the lock table fills up in the transaction that released one half');
+try_query($c, 'ROLLBACK');
+is(halves($c), '', 'the abort leaves the session neither half of the slot');
+is($c->query_safe('SELECT bg_segments()'), '0', 'nor the job\'s segment');
+like(try_query($c, "SELECT count(*) FROM bg_result_$given"),
+	qr/ERROR:  result of background job $given was given up\nDETAIL:  The shared lock table was full/,
+	'reading the job says its result was given up');
+is(slots('alice'), '0', 'and the role holds no slot');
+$c->quit;
+
 done_testing();
