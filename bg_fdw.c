@@ -1248,6 +1248,9 @@ bg_cancel(PG_FUNCTION_ARGS)
 	if (!bg_job_held(PG_GETARG_INT32(0), 0))
 		PG_RETURN_BOOL(bg_registry_cancel(PG_GETARG_INT32(0)));
 	job = bg_job_lookup_attached(PG_GETARG_INT32(0), 0);
+	/* one whose segment the session gave up runs on: the registry knows */
+	if (job->given_up)
+		PG_RETURN_BOOL(bg_registry_cancel(PG_GETARG_INT32(0)));
 	bg_job_poll_messages(job);
 	if (job->state != BG_JOB_RUNNING || job->shared == NULL)
 		PG_RETURN_BOOL(false);

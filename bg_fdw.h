@@ -388,6 +388,8 @@ typedef struct BgJob
 								 * segment go: none tries again */
 	int			held_slot;		/* > 0: the role's slot its segment takes
 								 * (bg_fdw.max_held_segments_per_role) */
+	bool		given_up;		/* its segment went for want of its slot
+								 * (bg_job_give_up): it failed here */
 	BgReader  **readers;		/* array of nreaders */
 	int			nreaders;		/* allocated length of readers */
 	BgWaitCycle cycle;			/* what the last deadlock check saw */

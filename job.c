@@ -111,6 +111,7 @@ static void bg_job_let_go(BgJob *job);
 static void bg_held_slot_release(BgJob *job);
 static void bg_held_slots_keep(bool aborting);
 static void bg_job_give_up(BgJob *job);
+static void bg_job_given_up_error(BgJob *job);
 static void bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 								 bool isTopLevel, void *arg);
 static bool bg_job_commit_releasable(BgJob *job);
@@ -572,23 +573,31 @@ bg_job_launched(BgJob *job)
 static void
 bg_job_close_segment(BgJob *job)
 {
-	if (job->seg == NULL)
+	dsm_segment *seg = job->seg;
+	shm_mq_handle *tuple_mqh = job->tuple_mqh;
+	shm_mq_handle *message_mqh = job->message_mqh;
+
+	if (seg == NULL)
+	{
+		bg_held_slot_release(job);
 		return;
+	}
 	job->rows = pg_atomic_read_u64(&job->shared->rows);
 	/* the job has ended: what its worker wrote out of its file is final */
 	if (job->spool)
 		bg_spool_set_valid(job->spool,
 						   pg_atomic_read_u64(&job->shared->kept_valid));
-	shm_mq_detach(job->tuple_mqh);
-	shm_mq_detach(job->message_mqh);
-	dsm_detach(job->seg);
+	/* (forgotten first: an error below, at an abort, must not come back here) */
 	job->seg = NULL;
-	bg_held_slot_release(job);
 	job->shared = NULL;
 	job->tuple_mqh = NULL;
 	job->message_mqh = NULL;
 	job->tuples_done = true;
 	job->messages_done = true;
+	shm_mq_detach(tuple_mqh);
+	shm_mq_detach(message_mqh);
+	dsm_detach(seg);
+	bg_held_slot_release(job);
 }
 
 /*
@@ -1011,24 +1020,32 @@ bg_held_slot_release(BgJob *job)
 static void
 bg_job_give_up(BgJob *job)
 {
-	if (job->state != BG_JOB_FAILED)
+	/* (its error is made when it is raised: nothing is allocated here) */
+	if (!bg_job_ended(job))
 	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
-		ErrorData  *edata = palloc0(sizeof(ErrorData));
-
-		edata->elevel = ERROR;
-		edata->sqlerrcode = ERRCODE_OUT_OF_MEMORY;
-		edata->message = psprintf("result of background job %d was given up",
-								  job->pid);
-		edata->detail = pstrdup("The shared lock table was full when the session had to take back the job's slot of \"bg_fdw.max_held_segments_per_role\", so it let the job's segment go.  The job ran on: bg_jobs shows how it ended.");
-		edata->hint = pstrdup("Increase \"max_locks_per_transaction\".");
-		edata->context = psprintf("background job %d", job->pid);
-		edata->domain = TEXTDOMAIN;
-		job->error = edata;
+		job->given_up = true;
 		job->state = BG_JOB_FAILED;
-		MemoryContextSwitchTo(oldcxt);
 	}
 	bg_job_close_segment(job);
+}
+
+/* The error of a job whose result the session gave up (bg_job_give_up) */
+static void
+bg_job_given_up_error(BgJob *job)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+	ErrorData  *edata = palloc0(sizeof(ErrorData));
+
+	edata->elevel = ERROR;
+	edata->sqlerrcode = ERRCODE_OUT_OF_MEMORY;
+	edata->message = psprintf("result of background job %d was given up",
+							  job->pid);
+	edata->detail = pstrdup("The shared lock table was full when the session had to take back the job's slot of \"bg_fdw.max_held_segments_per_role\", so it let the job's segment go.  The job ran on: bg_jobs shows how it ended.");
+	edata->hint = pstrdup("Increase \"max_locks_per_transaction\".");
+	edata->context = psprintf("background job %d", job->pid);
+	edata->domain = TEXTDOMAIN;
+	job->error = edata;
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /*
@@ -1084,15 +1101,16 @@ bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 		BgJob	   *job = lfirst(lc);
 		LOCKTAG		abort_proof;
 		LOCKTAG		unlock_proof;
+		bool		taken;
 
 		if (job->held_slot <= 0)
 			continue;
 		bg_held_slot_tags(&abort_proof, &unlock_proof, job->role,
 						  job->held_slot);
-		while (!bg_held_slot_lock(&unlock_proof) &&
+		while (!(taken = bg_held_slot_lock(&unlock_proof)) &&
 			   ++tries < BG_HELD_SLOT_RETRIES)
 			pg_usleep(100);
-		if (tries >= BG_HELD_SLOT_RETRIES)
+		if (!taken)
 			bg_job_give_up(job);
 	}
 }
@@ -1353,7 +1371,9 @@ bg_job_lost(BgJob *job)
 void
 bg_job_raise_error(BgJob *job)
 {
-	Assert(job->state == BG_JOB_FAILED && job->error != NULL);
+	Assert(job->state == BG_JOB_FAILED);
+	if (job->error == NULL && job->given_up)
+		bg_job_given_up_error(job);
 	ThrowErrorData(job->error);
 	/* ThrowErrorData returns only for levels below ERROR */
 	elog(ERROR, "background job %d failed", job->pid);
