@@ -207,6 +207,11 @@ ok($node->poll_query_until('postgres',
 $a1->query_safe(q{SELECT bg_launch('SELECT 1', stream => true)}) for 1 .. 3;
 is(slots('alice'), '3', 'all the role\'s slots can be taken again');
 $a1->quit;
+ok($node->poll_query_until('postgres', q{
+		SELECT count(*) = 0 FROM pg_locks
+		 WHERE database = 0 AND objsubid = 16999
+		   AND classid = 'alice'::regrole::oid}),
+	'and the session that held them ends');
 
 # A session that cannot take back half of a slot, because the shared lock
 # table is full, gives up the job's segment rather than hold one that no
