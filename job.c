@@ -112,6 +112,8 @@ static void bg_held_slot_release(BgJob *job);
 static void bg_held_slots_keep(bool aborting);
 static void bg_job_give_up(BgJob *job);
 static void bg_job_given_up_error(BgJob *job);
+static void bg_job_set_error(BgJob *job, int sqlerrcode, const char *message,
+							 const char *detail, const char *hint);
 static void bg_held_slots_retake(ResourceReleasePhase phase, bool isCommit,
 								 bool isTopLevel, void *arg);
 static bool bg_job_commit_releasable(BgJob *job);
@@ -1033,19 +1035,11 @@ bg_job_give_up(BgJob *job)
 static void
 bg_job_given_up_error(BgJob *job)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
-	ErrorData  *edata = palloc0(sizeof(ErrorData));
-
-	edata->elevel = ERROR;
-	edata->sqlerrcode = ERRCODE_OUT_OF_MEMORY;
-	edata->message = psprintf("result of background job %d was given up",
-							  job->pid);
-	edata->detail = pstrdup("The shared lock table was full when the session had to take back the job's slot of \"bg_fdw.max_held_segments_per_role\", so it let the job's segment go.  The job ran on: bg_jobs shows how it ended.");
-	edata->hint = pstrdup("Increase \"max_locks_per_transaction\".");
-	edata->context = psprintf("background job %d", job->pid);
-	edata->domain = TEXTDOMAIN;
-	job->error = edata;
-	MemoryContextSwitchTo(oldcxt);
+	bg_job_set_error(job, ERRCODE_OUT_OF_MEMORY,
+					 psprintf("result of background job %d was given up",
+							  job->pid),
+					 "The shared lock table was full when the session had to take back the job's slot of \"bg_fdw.max_held_segments_per_role\", so it let the job's segment go.  The job ran on: bg_jobs shows how it ended.",
+					 "Increase \"max_locks_per_transaction\".");
 }
 
 /*
@@ -1352,18 +1346,30 @@ bg_job_relay(BgJob *job, StringInfo msg, bool is_error)
 static void
 bg_job_lost(BgJob *job)
 {
+	bg_job_set_error(job, ERRCODE_CONNECTION_FAILURE,
+					 psprintf("background job %d terminated without reporting its outcome",
+							  job->pid),
+					 "Its worker process was terminated or crashed; whether its work was committed is unknown.",
+					 NULL);
+	job->state = BG_JOB_FAILED;
+}
+
+/* An error of the session's own about the job, kept to raise at each read */
+static void
+bg_job_set_error(BgJob *job, int sqlerrcode, const char *message,
+				 const char *detail, const char *hint)
+{
 	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
 	ErrorData  *edata = palloc0(sizeof(ErrorData));
 
 	edata->elevel = ERROR;
-	edata->sqlerrcode = ERRCODE_CONNECTION_FAILURE;
-	edata->message = psprintf("background job %d terminated without reporting its outcome",
-							  job->pid);
-	edata->detail = pstrdup("Its worker process was terminated or crashed; whether its work was committed is unknown.");
+	edata->sqlerrcode = sqlerrcode;
+	edata->message = pstrdup(message);
+	edata->detail = pstrdup(detail);
+	edata->hint = hint ? pstrdup(hint) : NULL;
 	edata->context = psprintf("background job %d", job->pid);
 	edata->domain = TEXTDOMAIN;
 	job->error = edata;
-	job->state = BG_JOB_FAILED;
 	MemoryContextSwitchTo(oldcxt);
 }
 
