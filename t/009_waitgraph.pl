@@ -30,17 +30,6 @@ $node->safe_psql('postgres', q{
 	INSERT INTO r VALUES (1, 0);
 });
 
-# Run $sql in a background session, returning its error output alone.
-sub try_query
-{
-	my ($session, $sql) = @_;
-	$session->{stderr} = '';
-	$session->query($sql);
-	my $err = $session->{stderr};
-	$session->{stderr} = '';
-	return $err;
-}
-
 # Poll until backend $pid waits under a wait event of type $type.
 sub waits_on
 {

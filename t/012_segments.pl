@@ -11,6 +11,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use BgFdwTest;
 
 my $node = PostgreSQL::Test::Cluster->new('segments');
 $node->init;
@@ -35,15 +38,15 @@ sub slots
 		   AND classid = '$role'::regrole::oid AND granted});
 }
 
-# Run a query that fails in a session; returns its error
-sub try_query
+# Poll until a role's sessions hold no half of any slot (a session that
+# ended gives them back as it exits, just after its client goes)
+sub slots_gone
 {
-	my ($session, $sql) = @_;
-	$session->{stderr} = '';
-	$session->query($sql);
-	my $err = $session->{stderr};
-	$session->{stderr} = '';
-	return $err;
+	my ($role) = @_;
+	return $node->poll_query_until('postgres', qq{
+		SELECT count(*) = 0 FROM pg_locks
+		 WHERE database = 0 AND objsubid = 16999
+		   AND classid = '$role'::regrole::oid});
 }
 
 # Both halves of each slot this session holds
@@ -92,11 +95,7 @@ my $b = $node->background_psql('postgres', on_error_stop => 0,
 $b->query_safe(q{SELECT bg_launch('SELECT 1', stream => true)}) for 1 .. 3;
 is(slots('bob'), '3', 'another role takes slots of its own');
 $b->quit;
-ok($node->poll_query_until('postgres', q{
-		SELECT count(*) = 0 FROM pg_locks
-		 WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
-		   AND classid = 'bob'::regrole::oid}),
-	'a session that ends gives its slots back');
+ok(slots_gone('bob'), 'a session that ends gives its slots back');
 
 # pg_advisory_unlock_all() releases one half of a slot, an abort the other,
 # and the session takes back either before the other can go: even both in
@@ -162,11 +161,7 @@ is(slots('alice'), '2', 'a job detached gives its slot back');
 my $a2_pid = $a2->query_safe('SELECT pg_backend_pid()');
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($a2_pid)");
 $a2->quit;
-ok($node->poll_query_until('postgres', q{
-		SELECT count(*) = 0 FROM pg_locks
-		 WHERE locktype = 'userlock' AND database = 0 AND objsubid = 16999
-		   AND classid = 'alice'::regrole::oid}),
-	'a session terminated gives its slots back');
+ok(slots_gone('alice'), 'a session terminated gives its slots back');
 
 # A launch that fails after it took its slot (no job may start) gives it
 # back: more such failures than the role has slots leave none taken
@@ -207,11 +202,7 @@ ok($node->poll_query_until('postgres',
 $a1->query_safe(q{SELECT bg_launch('SELECT 1', stream => true)}) for 1 .. 3;
 is(slots('alice'), '3', 'all the role\'s slots can be taken again');
 $a1->quit;
-ok($node->poll_query_until('postgres', q{
-		SELECT count(*) = 0 FROM pg_locks
-		 WHERE database = 0 AND objsubid = 16999
-		   AND classid = 'alice'::regrole::oid}),
-	'and the session that held them ends');
+ok(slots_gone('alice'), 'and the session that held them ends');
 
 # A session that cannot take back half of a slot, because the shared lock
 # table is full, gives up the job's segment rather than hold one that no

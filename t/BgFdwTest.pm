@@ -11,7 +11,7 @@ use Test::More ();
 use PostgreSQL::Test::Utils ();
 
 our @EXPORT = qw(create_gate open_gate launch_and_kill_reader poll_through_crash
-  start_waiting);
+  start_waiting try_query);
 
 # In a database of a node: a table of open gates, and gate(name), which
 # returns true once that gate is open.  A job calls it where it must wait.
@@ -95,6 +95,18 @@ sub start_waiting
 			"SELECT wait_event IN ('BgFdwJob', 'Extension') FROM pg_stat_activity WHERE pid = $pid"),
 		$name);
 	return $session;
+}
+
+# Run $sql, which may fail, in a background session; returns its stderr (the
+# error), leaving the session's stderr empty for the next query_safe.
+sub try_query
+{
+	my ($session, $sql) = @_;
+	$session->{stderr} = '';
+	$session->query($sql);
+	my $err = $session->{stderr};
+	$session->{stderr} = '';
+	return $err;
 }
 
 1;
