@@ -87,6 +87,24 @@
 /* rows are written out in blocks of this size */
 #define BG_KEEP_BUFSIZE		(256 * 1024)
 
+/*
+ * A kept result is written once and read mostly through the job's queue,
+ * so its pages are of little use in the kernel's page cache, where a large
+ * one would push out the database's own.  As PostgreSQL's bulk writes go
+ * through a small ring of buffers, the writer asks the kernel to start
+ * writing back every BG_KEEP_WRITEBACK_AFTER bytes it writes (as
+ * backend_flush_after does), and drops from the cache what lies more than
+ * BG_KEEP_CACHED behind the end, once written back.  The kernel then reuses
+ * the same few pages for the whole file instead of taking new ones for
+ * every block, which is most of what writing the file costs where fresh
+ * memory is slow to come by (a virtual machine whose host takes back freed
+ * memory), and the fsync at the end has little left to write.  Results
+ * within BG_KEEP_CACHED stay cached whole, and readers that follow the job
+ * read what it wrote last.
+ */
+#define BG_KEEP_WRITEBACK_AFTER	(1024 * 1024)
+#define BG_KEEP_CACHED		(32 * 1024 * 1024)
+
 /* Largest kept result of one job, in kB; -1: no limit but temp_file_limit */
 int			bg_max_result_size = 1024 * 1024;
 
@@ -112,6 +130,7 @@ struct BgKeepWriter
 	File		file;			/* the file, open for the writer's life */
 	char		path[MAXPGPATH];
 	off_t		written;		/* bytes in the file */
+	off_t		writeback;		/* bytes whose writeback was started */
 	char	   *buf;			/* bytes not yet written */
 	Size		buf_len;
 	uint64		rows;
@@ -175,6 +194,7 @@ static void bg_keep_dir(char *path);
 static int64 bg_keep_dir_bytes(const char *dir);
 static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
+static void bg_keep_writeback(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_put(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_check_limit(BgKeepWriter *w, Size more);
@@ -506,6 +526,7 @@ bg_keep_flush(BgKeepWriter *w)
 	}
 	w->written += w->buf_len;
 	w->buf_len = 0;
+	bg_keep_writeback(w);
 	pg_atomic_write_u64(&w->shared->kept_size, (uint64) w->written);
 	/* what readers may read: whole records, written out */
 	if ((uint64) Min(w->record_end, w->written) >
@@ -515,6 +536,36 @@ bg_keep_flush(BgKeepWriter *w)
 							(uint64) Min(w->record_end, w->written));
 		ConditionVariableBroadcast(&w->shared->kept_cv);
 	}
+}
+
+/*
+ * Start the writeback of what was written since the last time, and drop
+ * from the cache what was written back long enough ago; see
+ * BG_KEEP_CACHED.  Pages still dirty or under writeback stay where they
+ * are: the kernel drops only clean ones, so nothing waits for the disk.
+ */
+static void
+bg_keep_writeback(BgKeepWriter *w)
+{
+	off_t		from = w->writeback;
+
+	if (w->written - from < BG_KEEP_WRITEBACK_AFTER)
+		return;
+	FileWriteback(w->file, from, w->written - from, WAIT_EVENT_DATA_FILE_FLUSH);
+	w->writeback = w->written;
+#ifdef USE_POSIX_FADVISE
+	if (w->writeback > BG_KEEP_CACHED)
+	{
+		off_t		start = Max(from - BG_KEEP_CACHED, 0);
+		int			fd = FileGetRawDesc(w->file);
+
+		/* only advice: a failure changes nothing but the cache */
+		if (fd >= 0)
+			(void) posix_fadvise(fd, start,
+								 w->writeback - BG_KEEP_CACHED - start,
+								 POSIX_FADV_DONTNEED);
+	}
+#endif
 }
 
 /*

@@ -127,6 +127,31 @@ is($b->query_safe('MOVE FORWARD ALL IN c; FETCH BACKWARD 1 FROM c'), '50000',
 $b->query_safe('COMMIT');
 $b->quit;
 
+# A result larger than what its writer leaves in the kernel's cache (the
+# last 32MB): what was dropped is read back from disk, every row of it, by
+# another session and by the launching session's rescans.
+my $s = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+my $big = $s->query_safe(q{SELECT bg_launch($$SELECT g, md5(g::text) AS h
+	FROM generate_series(1, 1000000) g$$)});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $big"),
+	'a job keeps a result of a million rows');
+cmp_ok($node->safe_psql('postgres',
+	"SELECT kept_bytes FROM bg_jobs WHERE pid = $big"), '>', 48 * 1024 * 1024,
+	'larger than the part left in the cache');
+my $big_sums = 'SELECT count(*), sum(g), count(DISTINCT h), max(h)';
+my $big_expected = $node->safe_psql('postgres',
+	"$big_sums FROM (SELECT g, md5(g::text) AS h FROM generate_series(1, 1000000) g) s");
+is($node->safe_psql('postgres',
+	"$big_sums FROM bg_result($big) AS r(g int, h text)",
+	extra_params => [ '-U', 'alice' ]), $big_expected,
+	'another session reads every row of it');
+is($s->query_safe(qq{SET work_mem = '64kB';
+	SELECT count(*) FROM (VALUES (1), (2), (3)) v(n),
+	  LATERAL (SELECT g FROM bg_result_$big WHERE g % 250000 = n OFFSET 0) r}),
+	'12', 'the launching session rescans it from the file');
+$s->quit;
+
 # Others may not read it.
 my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	"SELECT count(*) FROM bg_result($pid) AS r(g int, twice int, hash text)",
