@@ -295,8 +295,8 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("bg_fdw.max_held_segments_per_role",
-							"Segments the sessions of one role may hold for background jobs that keep nothing for other sessions.",
-							"A job launched with keep => false or in stream mode has its segment held by its session while it runs and until its result has been read. A launch past it is refused. -1 means no limit.",
+							"Segments the sessions of one role may hold for background jobs.",
+							"A session holds a job's segment while the job runs, and past its end until the result has been read for a job launched with keep => false or in stream mode. A launch past it is refused. -1 means no limit.",
 							&bg_max_held_segments_per_role,
 							BG_DEFAULT_MAX_HELD_SEGMENTS_PER_ROLE,
 							-1,

@@ -72,7 +72,7 @@ static int	bg_segments_mapped = 0;
 /* Segments of ended jobs a session may hold; -1: no limit */
 int			bg_max_ended_segments = BG_DEFAULT_MAX_ENDED_SEGMENTS;
 
-/* Segments a role's sessions may hold for jobs that keep nothing; -1: no limit */
+/* Segments a role's sessions may hold for their jobs; -1: no limit */
 int			bg_max_held_segments_per_role = BG_DEFAULT_MAX_HELD_SEGMENTS_PER_ROLE;
 
 /* The slot a launch in progress took (bg_held_slot_take), and its role */
@@ -812,8 +812,11 @@ bg_jobs_unkeep_removed(void)
  * session never read is then read as any other session reads it.  One it
  * has read in part keeps its spool, which reads the rest from the file it
  * holds open, so that the rows stay readable here as long as the session
- * holds the job, even once bg_forget removes the file; if the file cannot
- * be held open, the job keeps its segment.
+ * holds the job, even once bg_forget removes the file.  If the file cannot
+ * be held open (the session holds as many as it may), the job is read as
+ * any other session reads it too: a segment must not stay for that.  Only
+ * a file already removed leaves the rows nowhere but on the queue: then
+ * the job keeps its segment.
  */
 static void
 bg_job_release_kept(BgJob *job)
@@ -821,19 +824,20 @@ bg_job_release_kept(BgJob *job)
 	int64		rows = (int64) pg_atomic_read_u64(&job->shared->rows);
 	uint64		valid = pg_atomic_read_u64(&job->shared->kept_valid);
 
-	if (job->nspooled == 0)
+	if (job->nspooled > 0 && bg_spool_adopt_kept(job->spool, rows, valid))
 	{
-		job->released = true;
+		job->nspooled = rows;
 		bg_job_close_segment(job);
-		bg_spool_free(job->spool);
-		job->spool = NULL;
-		job->nreaders = 0;
 		return;
 	}
-	if (!bg_spool_adopt_kept(job->spool, rows, valid))
+	if (job->nspooled > 0 && !bg_keep_exists(job->job_id))
 		return;
-	job->nspooled = rows;
+	job->released = true;
 	bg_job_close_segment(job);
+	bg_spool_free(job->spool);
+	job->spool = NULL;
+	job->nspooled = 0;
+	job->nreaders = 0;
 }
 
 /* ----------------------------------------------------------------
@@ -842,14 +846,17 @@ bg_job_release_kept(BgJob *job)
  */
 
 /*
- * A job launched with keep => false or in stream mode has nowhere but its
- * segment to keep its rows, so its session holds the segment from launch
- * until it has read the result (or detached the job), however long ago the
- * job ended: each takes one of the server's DSM slots, which parallel query
- * and every other session share.  So that no role takes them all, however
- * many sessions it opens, each such segment takes one of the role's
- * numbered slots, which the lock manager counts across the server, and
- * which a session's exit, however it ends, gives back.
+ * A session holds the segment of each job it launched while the job runs,
+ * and past its end for as long as it needs it: a job launched with keep =>
+ * false or in stream mode has nowhere else to keep its rows, until the
+ * session has read them (or detached the job); a job that keeps its result
+ * while a scan has it open, or once its kept file was forgotten.  Each is
+ * one of the server's DSM slots, which parallel query and every other
+ * session share.  So that no role takes them all, however many sessions it
+ * opens, each such segment takes one of the role's numbered slots, from
+ * the launch until the session lets the segment go; the lock manager
+ * counts them across the server, and a session's exit, however it ends,
+ * gives them back.
  *
  * A slot is two session locks on tags of bg_fdw's own (in no database, so
  * that no SQL names them), each taken without waiting, and a session takes
@@ -954,8 +961,7 @@ bg_held_slot_find(Oid role)
 }
 
 /*
- * A launch of a job that keeps nothing for other sessions takes a free slot
- * of its role, or is refused.  The slot is the launch's until bg_job_attach
+ * A launch takes a free slot of its role, or is refused.  The slot is the launch's until bg_job_attach
  * hands it to the job; a launch that fails gives it back
  * (bg_held_slot_drop_pending).
  */
@@ -975,7 +981,7 @@ bg_held_slot_take(Oid role)
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many background jobs of role \"%s\" hold shared memory",
 						GetUserNameFromId(role, false)),
-				 errdetail("Sessions of the role hold the segments of as many jobs launched with keep => false or in stream mode, running or not read to their end, as \"bg_fdw.max_held_segments_per_role\" allows (%d).",
+				 errdetail("Sessions of the role hold the segments of as many jobs, running or not read to their end, as \"bg_fdw.max_held_segments_per_role\" allows (%d).",
 						   bg_max_held_segments_per_role),
 				 errhint("Read those results, or release them with bg_detach(pid); a job launched with keep => true leaves shared memory once it has ended.")));
 	bg_held_slot_pending = slot;

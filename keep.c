@@ -163,7 +163,9 @@ struct BgKeepReader
 	bool		command_done;	/* the tag row was returned */
 	/* while the job runs, the reader follows its file */
 	int64		job_id;
-	dsm_segment *seg;			/* the job's segment, or NULL once ended */
+	bool		live;			/* the job's end is not known yet */
+	dsm_handle	handle;			/* its segment */
+	dsm_segment *seg;			/* mapped, while waiting for more rows */
 	BgJobShared *shared;
 	BgWaitCycle cycle;			/* what the last deadlock check saw */
 };
@@ -209,6 +211,8 @@ static void bg_keep_reset_mappings(void);
 static void bg_keep_register_callbacks(void);
 static void bg_keep_sleep(BgKeepReader *r);
 static void bg_keep_follow(BgKeepReader *r);
+static void bg_keep_catch_up(BgKeepReader *r);
+static void bg_keep_ended(BgKeepReader *r);
 static char *bg_keep_read(BgKeepReader *r, off_t offset, Size len);
 static void bg_keep_read_header(BgKeepReader *r);
 static void bg_keep_check_types(BgKeepReader *r, StringInfo cols);
@@ -715,6 +719,17 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 	return r;
 }
 
+/* Is the job's kept file there (not removed by bg_forget, expiry)? */
+bool
+bg_keep_exists(int64 job_id)
+{
+	char		path[MAXPGPATH];
+	struct stat st;
+
+	bg_keep_path(path, job_id);
+	return stat(path, &st) == 0;
+}
+
 /*
  * Open the file of a kept result, or raise the error of one that is gone;
  * with missing_ok, false if it is gone.
@@ -774,7 +789,7 @@ bg_keep_read_footer(BgKeepReader *r, int64 size)
  * Open the kept result of a job that is still running, to follow it as it
  * grows, like tail -f: rows are read up to what the worker has published,
  * then the reader waits for more, until the job ends.  The job's segment
- * stays mapped meanwhile, released by bg_keep_close.  With "wait", wait
+ * is mapped only while the reader waits (bg_keep_catch_up).  With "wait", wait
  * for the job to start its last statement (until then there are no
  * columns); without, that is an error.  NULL if the job has ended
  * meanwhile: the registry then has its outcome.
@@ -820,6 +835,9 @@ bg_keep_open_live(BgKeptJob *kj, bool wait)
 	bg_keep_read_header(r);
 	r->rows_end = pg_atomic_read_u64(&r->shared->kept_valid);
 	r->pos = r->rows_start;
+	r->live = true;
+	r->handle = kj->segment;
+	bg_keep_detach(r);
 	return r;
 }
 
@@ -1004,14 +1022,11 @@ bg_keep_sleep(BgKeepReader *r)
 
 /*
  * The reader has read all the worker has published: wait for more, or for
- * the job to end.  Once it has, the registry has its outcome: a failed job
- * raises its error; a finished one has its footer, which says where its
- * rows end.
+ * the job to end.
  */
 static void
 bg_keep_follow(BgKeepReader *r)
 {
-	BgKeptJob	kj;
 	uint64		valid = pg_atomic_read_u64(&r->shared->kept_valid);
 
 	if (valid > (uint64) r->rows_end)
@@ -1029,9 +1044,44 @@ bg_keep_follow(BgKeepReader *r)
 		return;
 	}
 	ConditionVariableCancelSleep();
+	bg_keep_detach(r);
+	bg_keep_ended(r);
+}
+
+/*
+ * The reader has read all the worker had published: map the job's segment
+ * while it waits for more, or until it learns that the job has ended.  It
+ * holds the mapping only inside this call, never between rows: a reader
+ * left idle (a cursor in a transaction nobody ends) must not keep alive
+ * the segment of a job that has ended meanwhile, since DSM slots are a
+ * server-wide pool, and followers are counted nowhere else.
+ */
+static void
+bg_keep_catch_up(BgKeepReader *r)
+{
+	if (!bg_keep_attach(r, r->handle))
+	{
+		/* gone: the worker has exited, its launcher let go of it */
+		bg_keep_ended(r);
+		return;
+	}
+	while (r->pos >= r->rows_end && r->seg != NULL)
+		bg_keep_follow(r);
+	bg_keep_detach(r);
+}
+
+/*
+ * The job has ended: the registry has its outcome.  A failed job raises its
+ * error; a finished one has its footer, which says where its rows end.
+ */
+static void
+bg_keep_ended(BgKeepReader *r)
+{
+	BgKeptJob	kj;
+
+	r->live = false;
 	bg_registry_ended_kept_job(r->pid, r->job_id, &kj);
 	bg_keep_read_footer(r, kj.kept_bytes);
-	bg_keep_detach(r);
 }
 
 static void
@@ -1169,8 +1219,8 @@ bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
 		ExecStoreVirtualTuple(slot);
 		return true;
 	}
-	while (r->pos >= r->rows_end && r->seg != NULL)
-		bg_keep_follow(r);
+	while (r->pos >= r->rows_end && r->live)
+		bg_keep_catch_up(r);
 	if (r->pos >= r->rows_end)
 		return false;
 	if (r->pos + sizeof(rec) > r->rows_end)

@@ -177,9 +177,8 @@ bg_launch(PG_FUNCTION_ARGS)
 								  bg_max_jobs_per_role >= 0 &&
 								  bg_queue_possible(opts.keep, opts.stream,
 													bg_registry_relid()));
-		/* its segment outlives the job: bg_fdw.max_held_segments_per_role */
-		if (!opts.keep || !bg_registry_keeps(bg_registry_relid()))
-			bg_held_slot_take(GetUserId());
+		/* the session holds its segment: bg_fdw.max_held_segments_per_role */
+		bg_held_slot_take(GetUserId());
 		pid = bg_launch_job(sql, desc, &opts);
 	}
 	PG_FINALLY();

@@ -322,7 +322,8 @@ SELECT bg_segments() = :segs_before AS read_and_given_back;
 SELECT count(*), sum(g) FROM bg_result_:part;
 SELECT bg_detach(:part);
 -- a session holds at most 16 kept files open: past them, a job read in part
--- keeps its segment, which bg_fdw.max_ended_segments counts
+-- lets its segment go all the same, and is read from its file as other
+-- sessions read it
 CREATE TEMP TABLE regress_parts (p int);
 DO $$
 DECLARE
@@ -340,9 +341,7 @@ SELECT regress_poll(format($$NOT EXISTS (SELECT FROM bg_job_registry
                                 WHERE pid = ANY (%L) AND (state = 'running' OR segment IS NOT NULL))$$,
                            :'parts')) AS all_recorded;
 SELECT bg_segments() - :segs_before AS segments_kept;
-SELECT set_config('bg_fdw.max_ended_segments', (bg_segments() - :segs_before)::text, false) IS NOT NULL AS set;
-SELECT regress_try($$SELECT bg_launch('SELECT 1')$$) AS refused;
-RESET bg_fdw.max_ended_segments;
+SELECT count(*) AS jobs_held FROM bg_jobs WHERE pid = ANY (:'parts') AND attached;
 SELECT sum(n), count(*) FROM unnest(:'parts'::int[]) p,
   LATERAL bg_result(p) AS r(n int);
 SELECT count(bg_detach(p)) FROM unnest(:'parts'::int[]) p;
@@ -421,11 +420,11 @@ SET bg_fdw.max_ended_segments = -1;
 RESET ROLE;
 
 -- bg_fdw.max_held_segments_per_role bounds the segments all sessions of a
--- role hold for jobs that keep nothing for other sessions, running or not
--- read to their end (t/012 has several sessions): each takes a slot of the
--- role, two session locks in no database that pg_locks shows: an abort
--- releases one, pg_advisory_unlock_all() the other, and the session takes
--- either back before the other can go
+-- role hold for their jobs, running or, for jobs that keep nothing for
+-- other sessions, not read to their end (t/012 has several sessions): each
+-- takes a slot of the role, two session locks in no database that pg_locks
+-- shows: an abort releases one, pg_advisory_unlock_all() the other, and the
+-- session takes either back before the other can go
 SELECT regress_no_workers();
 SET bg_fdw.max_held_segments_per_role = 2;
 SELECT bg_launch('SELECT 1 AS one', keep => false) AS held1 \gset
@@ -441,12 +440,21 @@ SELECT objid AS slot, locktype, mode FROM pg_locks
  ORDER BY objid, locktype;
 SELECT replace(regress_try($$SELECT bg_launch('SELECT 3', stream => true)$$),
                current_user, '<superuser>') AS refused;
--- a job that keeps its result takes none
-SELECT count(*) FROM bg_result(bg_launch('SELECT 4 AS four')) AS r(four int);
+-- a job that keeps its result takes one too
+SELECT replace(regress_try($$SELECT bg_launch('SELECT 4 AS four')$$),
+               current_user, '<superuser>') AS refused_kept;
 -- reading a result to its end gives the slot back, as does bg_detach
 SELECT * FROM bg_result_:held2;
 SELECT bg_launch('SELECT 3 AS three', keep => false) AS held3 \gset
 SELECT bg_detach(:held1), bg_detach(:held3);
+SELECT count(*) AS slots_left FROM pg_locks
+ WHERE database = 0 AND objsubid = 16999 AND pid = pg_backend_pid();
+-- one that keeps its result gives it back once it has ended and no scan
+-- has it open, read or not
+SELECT count(*) FROM bg_result(bg_launch('SELECT 4 AS four')) AS r(four int);
+SELECT bg_launch('SELECT 5 AS five') AS unread \gset
+SELECT bg_wait(:unread);
+SELECT bg_segments();
 SELECT count(*) AS slots_left FROM pg_locks
  WHERE database = 0 AND objsubid = 16999 AND pid = pg_backend_pid();
 RESET bg_fdw.max_held_segments_per_role;

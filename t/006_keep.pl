@@ -296,6 +296,31 @@ ok(file_gone("/dev/shm/PostgreSQL.$inblock_handle"),
 	'the segment goes once the block has rolled back');
 $idle->quit;
 
+# A reader in another session maps a running job's segment only while it
+# waits for rows: left idle with its cursor open in a transaction, it does
+# not keep alive the segment of a job that has ended meanwhile.
+my $followed = $node->safe_psql('postgres', q{
+	SELECT bg_launch($$SELECT g FROM generate_series(1, 200000) g
+	                   WHERE g <= 10 OR gate('followed')$$)},
+	extra_params => [ '-U', 'alice' ]);
+my ($followed_handle) = $node->safe_psql('postgres', qq{
+	SELECT segment FROM bg_job_registry WHERE pid = $followed AND state = 'running'});
+my $follower = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+$follower->query_safe(qq{
+	CREATE FOREIGN TABLE reports.followed (g int)
+	  SERVER bg_server OPTIONS (pid '$followed');
+	BEGIN;
+	DECLARE c SCROLL CURSOR FOR SELECT g FROM reports.followed});
+is($follower->query_safe('FETCH 10 FROM c'), join("\n", 1 .. 10),
+	'a reader in another session follows a running job');
+open_gate($node, 'postgres', 'followed');
+ok(file_gone("/dev/shm/PostgreSQL.$followed_handle"),
+	'the job ends and its segment goes, its reader idle in its transaction');
+is($follower->query_safe('MOVE FORWARD ALL IN c; FETCH BACKWARD 1 FROM c'),
+	'200000', 'the reader then reads the rest from the file');
+$follower->query_safe('COMMIT');
+$follower->quit;
+
 # DROP EXTENSION and DROP DATABASE take the files with them.
 $node->safe_psql('postgres', q{
 	SELECT bg_launch('SELECT 1 AS one') AS p \gset

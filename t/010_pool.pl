@@ -98,7 +98,8 @@ my @isolation = (
 	[ 'cursors', q{BEGIN; DECLARE regress_c CURSOR WITH HOLD FOR SELECT 1; COMMIT; SELECT 'x'},
 	  q{SELECT count(*)::text FROM pg_cursors}, '0' ],
 	[ 'advisory locks', q{SELECT pg_advisory_lock(4711); SELECT 'x'},
-	  q{SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory'}, '0' ],
+	  q{SELECT count(*)::text FROM pg_locks
+	    WHERE locktype = 'advisory' AND pid = pg_backend_pid()}, '0' ],
 	[ 'sequence state', q{SELECT nextval('regress_seq'); SELECT 'x'},
 	  q{SELECT currval('regress_seq')::text}, 'ERROR 55000' ],
 	[ 'random() seed', q{SELECT setseed(0.42); SELECT 'x'},

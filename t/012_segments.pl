@@ -1,11 +1,11 @@
 # Copyright (c) 2026, The bg_fdw Authors
 #
 # bg_fdw.max_held_segments_per_role: the segments the sessions of one role
-# hold for jobs that keep nothing for other sessions (keep => false, stream
-# mode), running or not read to their end, are bounded across all its
-# sessions.  A slot goes back when its result is read, when its job is
-# detached, when its session ends however it ends, and when the launch that
-# took it fails.
+# hold for their jobs, running or, for jobs that keep nothing for other
+# sessions (keep => false, stream mode), not read to their end, are bounded
+# across all its sessions.  A slot goes back when its result is read, when
+# its job is detached, when a job that keeps its result ends, when its
+# session ends however it ends, and when the launch that took it fails.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -77,17 +77,17 @@ my ($rc, $out, $err) = $node->psql('postgres',
 	q{SELECT bg_launch('SELECT 3', stream => true)},
 	extra_params => [ '-U', 'alice' ]);
 like($err,
-	qr/ERROR:  too many background jobs of role "alice" hold shared memory\nDETAIL:  Sessions of the role hold the segments of as many jobs launched with keep => false or in stream mode, running or not read to their end, as "bg_fdw.max_held_segments_per_role" allows \(3\).\nHINT:  Read those results, or release them with bg_detach\(pid\); a job launched with keep => true leaves shared memory once it has ended./,
+	qr/ERROR:  too many background jobs of role "alice" hold shared memory\nDETAIL:  Sessions of the role hold the segments of as many jobs, running or not read to their end, as "bg_fdw.max_held_segments_per_role" allows \(3\).\nHINT:  Read those results, or release them with bg_detach\(pid\); a job launched with keep => true leaves shared memory once it has ended./,
 	'a launch past the role\'s limit is refused from another session');
 ($rc, $out, $err) = $node->psql('postgres', q{
 	\\set VERBOSITY verbose
 	SELECT bg_launch('SELECT 3', keep => false)},
 	extra_params => [ '-U', 'alice' ]);
 like($err, qr/ERROR:  53400:/, 'with SQLSTATE 53400');
-is( $node->safe_psql('postgres',
-		q{SELECT count(*) FROM bg_result(bg_launch('SELECT 4 AS four')) AS r(four int)},
-		extra_params => [ '-U', 'alice' ]),
-	'1', 'a job that keeps its result takes no slot');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT bg_launch('SELECT 4 AS four')},
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/ERROR:  too many background jobs of role "alice"/,
+	'as is one that keeps its result: it takes a slot too');
 
 # Another role has slots of its own
 my $b = $node->background_psql('postgres', on_error_stop => 0,
@@ -162,6 +162,19 @@ my $a2_pid = $a2->query_safe('SELECT pg_backend_pid()');
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($a2_pid)");
 $a2->quit;
 ok(slots_gone('alice'), 'a session terminated gives its slots back');
+
+# A job that keeps its result holds its slot while it runs, and gives it
+# back once it has ended, its session idle and the result unread
+my $gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(4242)');
+my $kept = $a1->query_safe(q{SELECT bg_launch('SELECT pg_advisory_xact_lock(4242)')});
+is(slots('alice'), '1', 'a job that keeps its result takes a slot while it runs');
+$gate->query_safe('SELECT pg_advisory_unlock(4242)');
+$gate->quit;
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $kept"),
+	'it ends');
+ok(slots_gone('alice'), 'and its slot goes back, unread');
 
 # A launch that fails after it took its slot (no job may start) gives it
 # back: more such failures than the role has slots leave none taken
