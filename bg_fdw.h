@@ -527,7 +527,6 @@ extern void bg_keep_discard(void);
 extern BgKeepReader *bg_keep_open(int pid, int64 job_id, int64 size,
 								  const char *command);
 extern BgKeepReader *bg_keep_open_live(BgKeptJob *kj, bool wait);
-extern bool bg_keep_exists(int64 job_id);
 extern int	bg_keep_open_rows(int64 job_id, char *path, off_t *rows_start);
 extern TupleDesc bg_keep_desc(BgKeepReader *r);
 extern bool bg_keep_next(BgKeepReader *r, TupleTableSlot *slot);

@@ -812,11 +812,9 @@ bg_jobs_unkeep_removed(void)
  * session never read is then read as any other session reads it.  One it
  * has read in part keeps its spool, which reads the rest from the file it
  * holds open, so that the rows stay readable here as long as the session
- * holds the job, even once bg_forget removes the file.  If the file cannot
- * be held open (the session holds as many as it may), the job is read as
- * any other session reads it too: a segment must not stay for that.  Only
- * a file already removed leaves the rows nowhere but on the queue: then
- * the job keeps its segment.
+ * holds the job, even once bg_forget removes the file; if the file cannot
+ * be held open, the job keeps its segment, and with it its slot of
+ * bg_fdw.max_held_segments_per_role.
  */
 static void
 bg_job_release_kept(BgJob *job)
@@ -824,20 +822,19 @@ bg_job_release_kept(BgJob *job)
 	int64		rows = (int64) pg_atomic_read_u64(&job->shared->rows);
 	uint64		valid = pg_atomic_read_u64(&job->shared->kept_valid);
 
-	if (job->nspooled > 0 && bg_spool_adopt_kept(job->spool, rows, valid))
+	if (job->nspooled == 0)
 	{
-		job->nspooled = rows;
+		job->released = true;
 		bg_job_close_segment(job);
+		bg_spool_free(job->spool);
+		job->spool = NULL;
+		job->nreaders = 0;
 		return;
 	}
-	if (job->nspooled > 0 && !bg_keep_exists(job->job_id))
+	if (!bg_spool_adopt_kept(job->spool, rows, valid))
 		return;
-	job->released = true;
+	job->nspooled = rows;
 	bg_job_close_segment(job);
-	bg_spool_free(job->spool);
-	job->spool = NULL;
-	job->nspooled = 0;
-	job->nreaders = 0;
 }
 
 /* ----------------------------------------------------------------

@@ -166,6 +166,7 @@ struct BgKeepReader
 	bool		live;			/* the job's end is not known yet */
 	dsm_handle	handle;			/* its segment */
 	dsm_segment *seg;			/* mapped, while waiting for more rows */
+	uint64		mapping;		/* the serial of that mapping */
 	BgJobShared *shared;
 	BgWaitCycle cycle;			/* what the last deadlock check saw */
 };
@@ -547,27 +548,37 @@ bg_keep_flush(BgKeepWriter *w)
  * from the cache what was written back long enough ago; see
  * BG_KEEP_CACHED.  Pages still dirty or under writeback stay where they
  * are: the kernel drops only clean ones, so nothing waits for the disk.
+ *
+ * Not FileWriteback: a failure there is a PANIC unless data_sync_retry is
+ * on, since for the database's own files it means data lost; for a kept
+ * file the fsync at the end tells (bg_keep_sync), and only the job's kept
+ * result is lost.  Both calls are advice whose failures change nothing else.
  */
 static void
 bg_keep_writeback(BgKeepWriter *w)
 {
 	off_t		from = w->writeback;
+	int			fd;
 
 	if (w->written - from < BG_KEEP_WRITEBACK_AFTER)
 		return;
-	FileWriteback(w->file, from, w->written - from, WAIT_EVENT_DATA_FILE_FLUSH);
 	w->writeback = w->written;
+	/* (fd.c may have closed it meanwhile, to stay within max_files_per_process) */
+	fd = FileGetRawDesc(w->file);
+	if (fd < 0 || !enableFsync)
+		return;
+#ifdef HAVE_SYNC_FILE_RANGE
+	pgstat_report_wait_start(WAIT_EVENT_DATA_FILE_FLUSH);
+	(void) sync_file_range(fd, from, w->writeback - from, SYNC_FILE_RANGE_WRITE);
+	pgstat_report_wait_end();
+#endif
 #ifdef USE_POSIX_FADVISE
 	if (w->writeback > BG_KEEP_CACHED)
 	{
 		off_t		start = Max(from - BG_KEEP_CACHED, 0);
-		int			fd = FileGetRawDesc(w->file);
 
-		/* only advice: a failure changes nothing but the cache */
-		if (fd >= 0)
-			(void) posix_fadvise(fd, start,
-								 w->writeback - BG_KEEP_CACHED - start,
-								 POSIX_FADV_DONTNEED);
+		(void) posix_fadvise(fd, start, w->writeback - BG_KEEP_CACHED - start,
+							 POSIX_FADV_DONTNEED);
 	}
 #endif
 }
@@ -717,17 +728,6 @@ bg_keep_open(int pid, int64 job_id, int64 size, const char *command)
 	bg_keep_read_footer(r, size);
 	r->pos = r->rows_start;
 	return r;
-}
-
-/* Is the job's kept file there (not removed by bg_forget, expiry)? */
-bool
-bg_keep_exists(int64 job_id)
-{
-	char		path[MAXPGPATH];
-	struct stat st;
-
-	bg_keep_path(path, job_id);
-	return stat(path, &st) == 0;
 }
 
 /*
@@ -886,10 +886,15 @@ typedef struct BgKeepMapping
 	dsm_segment *seg;
 	dsm_handle	handle;
 	int			refcount;
+	uint64		serial;			/* which readers hold it: never reused */
+	SubTransactionId subid;		/* mapped in it: its abort lets it go */
 	struct BgKeepMapping *next;
 } BgKeepMapping;
 
 static BgKeepMapping *bg_keep_mappings = NULL;
+static uint64 bg_keep_mapping_serial = 0;
+
+static void bg_keep_unmap(BgKeepMapping **prev);
 
 /* Map the job's segment, if it is still this job's. */
 static bool
@@ -934,12 +939,15 @@ bg_keep_attach(BgKeepReader *r, dsm_handle handle)
 		m->seg = seg;
 		m->handle = handle;
 		m->refcount = 0;
+		m->serial = ++bg_keep_mapping_serial;
+		m->subid = GetCurrentSubTransactionId();
 		m->next = bg_keep_mappings;
 		bg_keep_mappings = m;
 		bg_segment_track(seg);
 	}
 	m->refcount++;
 	r->seg = m->seg;
+	r->mapping = m->serial;
 	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(r->seg));
 	if (toc != NULL)
 		shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
@@ -953,9 +961,9 @@ bg_keep_attach(BgKeepReader *r, dsm_handle handle)
 }
 
 /*
- * Let go of the job's segment.  A sleep prepared on its condition variable
- * is cancelled first: the backend's record of it must not outlive the
- * mapping.
+ * Let go of the job's segment.  The mapping is found by its serial: one an
+ * abort let go of meanwhile is not there any more, whatever reused its
+ * memory.
  */
 static void
 bg_keep_detach(BgKeepReader *r)
@@ -965,13 +973,26 @@ bg_keep_detach(BgKeepReader *r)
 
 	if (r->seg == NULL)
 		return;
-	ConditionVariableCancelSleep();
-	while ((m = *prev) != NULL && m->seg != r->seg)
+	while ((m = *prev) != NULL && m->serial != r->mapping)
 		prev = &m->next;
 	r->seg = NULL;
 	r->shared = NULL;
-	if (m == NULL || --m->refcount > 0)
-		return;
+	r->mapping = 0;
+	if (m != NULL && --m->refcount == 0)
+		bg_keep_unmap(prev);
+}
+
+/*
+ * Unmap a mapping and forget it.  A sleep prepared on a condition variable
+ * is cancelled first: the backend's record of it must not outlive the
+ * mapping.
+ */
+static void
+bg_keep_unmap(BgKeepMapping **prev)
+{
+	BgKeepMapping *m = *prev;
+
+	ConditionVariableCancelSleep();
 	*prev = m->next;
 	dsm_detach(m->seg);
 	pfree(m);
@@ -984,15 +1005,33 @@ bg_keep_detach(BgKeepReader *r)
 static void
 bg_keep_reset_mappings(void)
 {
+	while (bg_keep_mappings != NULL)
+		bg_keep_unmap(&bg_keep_mappings);
+}
+
+/*
+ * A subtransaction ends.  Readers map a segment only while they wait
+ * (bg_keep_catch_up), so one that maps it in a subtransaction that aborts
+ * was unwound by the error: the mapping must not stay until the top-level
+ * transaction ends, which may be never while a session sits idle in it.
+ */
+static void
+bg_keep_subxact_mappings(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid)
+{
+	BgKeepMapping **prev = &bg_keep_mappings;
 	BgKeepMapping *m;
 
-	if (bg_keep_mappings != NULL)
-		ConditionVariableCancelSleep();
-	while ((m = bg_keep_mappings) != NULL)
+	while ((m = *prev) != NULL)
 	{
-		bg_keep_mappings = m->next;
-		dsm_detach(m->seg);
-		pfree(m);
+		if (m->subid == mySubid && event == SUBXACT_EVENT_ABORT_SUB)
+		{
+			bg_keep_unmap(prev);
+			continue;
+		}
+		if (m->subid == mySubid && event == SUBXACT_EVENT_COMMIT_SUB)
+			m->subid = parentSubid;
+		prev = &m->next;
 	}
 }
 
@@ -1371,6 +1410,7 @@ bg_keep_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	BgKeepPending **prev = &bg_keep_pending;
 	BgKeepPending *p;
 
+	bg_keep_subxact_mappings(event, mySubid, parentSubid);
 	while ((p = *prev) != NULL)
 	{
 		if (p->nestlevel >= level && event == SUBXACT_EVENT_ABORT_SUB)

@@ -322,8 +322,7 @@ SELECT bg_segments() = :segs_before AS read_and_given_back;
 SELECT count(*), sum(g) FROM bg_result_:part;
 SELECT bg_detach(:part);
 -- a session holds at most 16 kept files open: past them, a job read in part
--- lets its segment go all the same, and is read from its file as other
--- sessions read it
+-- keeps its segment, which bg_fdw.max_ended_segments counts
 CREATE TEMP TABLE regress_parts (p int);
 DO $$
 DECLARE
@@ -341,7 +340,9 @@ SELECT regress_poll(format($$NOT EXISTS (SELECT FROM bg_job_registry
                                 WHERE pid = ANY (%L) AND (state = 'running' OR segment IS NOT NULL))$$,
                            :'parts')) AS all_recorded;
 SELECT bg_segments() - :segs_before AS segments_kept;
-SELECT count(*) AS jobs_held FROM bg_jobs WHERE pid = ANY (:'parts') AND attached;
+SELECT set_config('bg_fdw.max_ended_segments', (bg_segments() - :segs_before)::text, false) IS NOT NULL AS set;
+SELECT regress_try($$SELECT bg_launch('SELECT 1')$$) AS refused;
+RESET bg_fdw.max_ended_segments;
 SELECT sum(n), count(*) FROM unnest(:'parts'::int[]) p,
   LATERAL bg_result(p) AS r(n int);
 SELECT count(bg_detach(p)) FROM unnest(:'parts'::int[]) p;

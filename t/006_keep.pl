@@ -305,7 +305,8 @@ my $followed = $node->safe_psql('postgres', q{
 	extra_params => [ '-U', 'alice' ]);
 my ($followed_handle) = $node->safe_psql('postgres', qq{
 	SELECT segment FROM bg_job_registry WHERE pid = $followed AND state = 'running'});
-my $follower = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+my $follower = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'alice' ]);
 $follower->query_safe(qq{
 	CREATE FOREIGN TABLE reports.followed (g int)
 	  SERVER bg_server OPTIONS (pid '$followed');
@@ -318,6 +319,29 @@ ok(file_gone("/dev/shm/PostgreSQL.$followed_handle"),
 	'the job ends and its segment goes, its reader idle in its transaction');
 is($follower->query_safe('MOVE FORWARD ALL IN c; FETCH BACKWARD 1 FROM c'),
 	'200000', 'the reader then reads the rest from the file');
+$follower->query_safe('COMMIT');
+
+# One whose wait an error cuts short in a subtransaction lets the segment go
+# with it, though its transaction goes on.
+my $waited = $node->safe_psql('postgres', q{
+	SELECT bg_launch($$SELECT g FROM generate_series(1, 1000) g
+	                   WHERE g <= 10 OR gate('waited')$$)},
+	extra_params => [ '-U', 'alice' ]);
+$follower->query_safe(qq{
+	CREATE FOREIGN TABLE reports.waited (g int)
+	  SERVER bg_server OPTIONS (pid '$waited');
+	BEGIN;
+	SAVEPOINT s;
+	SET LOCAL statement_timeout = '100ms'});
+like(try_query($follower, 'SELECT count(*) FROM reports.waited'),
+	qr/canceling statement due to statement timeout/,
+	'a reader waiting in a savepoint for rows of a running job times out');
+$follower->query_safe('ROLLBACK TO s');
+is($follower->query_safe('SELECT bg_segments()'), '0',
+	'the rollback to the savepoint lets the job\'s segment go');
+open_gate($node, 'postgres', 'waited');
+is($follower->query_safe('SELECT count(*), sum(g) FROM reports.waited'),
+	'1000|500500', 'and the transaction then reads the job to its end');
 $follower->query_safe('COMMIT');
 $follower->quit;
 

@@ -369,5 +369,13 @@ $node->safe_psql('postgres', q{
 is( $node->safe_psql('postgres', q{SELECT queued_jobs FROM bg_supervisor()}),
 	'0', 'DROP EXTENSION drops the queued jobs of its database');
 
+# A launch that is queued holds no segment, so it takes no slot of
+# bg_fdw.max_held_segments_per_role: it passes however few the role has.
+my $unslotted = $node->safe_psql('postgres', q{
+	SET bg_fdw.max_held_segments_per_role = 0;
+	SELECT bg_launch('SELECT 1')});
+is($node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $unslotted"),
+	'queued', 'a launch queued passes when its role may hold no segment');
+
 $node->stop;
 done_testing();
