@@ -847,8 +847,9 @@ bg_job_release_kept(BgJob *job)
  * and past its end for as long as it needs it: a job launched with keep =>
  * false or in stream mode has nowhere else to keep its rows, until the
  * session has read them (or detached the job); a job that keeps its result
- * while a scan has it open, or once its kept file was forgotten.  Each is
- * one of the server's DSM slots, which parallel query and every other
+ * while a scan has it open, while read in part with no kept file held open
+ * for it (bg_job_release_kept), or once its kept file was forgotten.  Each
+ * is one of the server's DSM slots, which parallel query and every other
  * session share.  So that no role takes them all, however many sessions it
  * opens, each such segment takes one of the role's numbered slots, from
  * the launch until the session lets the segment go; the lock manager
@@ -958,9 +959,9 @@ bg_held_slot_find(Oid role)
 }
 
 /*
- * A launch takes a free slot of its role, or is refused.  The slot is the launch's until bg_job_attach
- * hands it to the job; a launch that fails gives it back
- * (bg_held_slot_drop_pending).
+ * A launch takes a free slot of its role, or is refused.  The slot is the
+ * launch's until bg_job_attach hands it to the job; a launch that fails
+ * gives it back (bg_held_slot_drop_pending).
  */
 void
 bg_held_slot_take(Oid role)

@@ -563,7 +563,7 @@ bg_keep_writeback(BgKeepWriter *w)
 	if (w->written - from < BG_KEEP_WRITEBACK_AFTER)
 		return;
 	w->writeback = w->written;
-	/* (fd.c may have closed it meanwhile, to stay within max_files_per_process) */
+	/* (closed meanwhile by fd.c, to stay within max_files_per_process) */
 	fd = FileGetRawDesc(w->file);
 	if (fd < 0 || !enableFsync)
 		return;

@@ -526,15 +526,14 @@ bg_start_job(const char *sql, TupleDesc desc, BgLaunchOptions *opts,
 	wait = (over || bg_queue_waiting() > 0) && bg_queue_available(shared);
 	if (over && !wait)
 		bg_no_slot(opts, true);
-	/*
-	 * The session holds the segment of a job that starts now (one queued
-	 * holds none): bg_fdw.max_held_segments_per_role.  A launch queued
-	 * after all, for want of a worker slot, gives it back (bg_launch).
-	 */
-	if (!wait)
-		bg_held_slot_take(GetUserId());
 	if (!wait)
 	{
+		/*
+		 * The session holds the segment of a job that starts now (one queued
+		 * holds none): bg_fdw.max_held_segments_per_role.  A launch queued
+		 * after all, for want of a worker slot, gives it back (bg_launch).
+		 */
+		bg_held_slot_take(GetUserId());
 		pid = bg_hand_over(&seg);
 		if (pid > 0)
 		{
