@@ -105,6 +105,19 @@
 #define BG_KEEP_WRITEBACK_AFTER	(1024 * 1024)
 #define BG_KEEP_CACHED		(32 * 1024 * 1024)
 
+/*
+ * The CRC-32C instruction of x86-64 takes three cycles to give its result
+ * but can start one every cycle: the CRCs of three rows computed side by
+ * side take the time of one, where the CRCs of a wide result computed one
+ * after the other cost the worker a quarter of what stream mode costs it in
+ * all.  So rows that fit in the write buffer get their CRC when it is
+ * written out, three at a time (bg_keep_sum).
+ */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define BG_KEEP_CRC_X3
+#include <nmmintrin.h>
+#endif
+
 /* Largest kept result of one job, in kB; -1: no limit but temp_file_limit */
 int			bg_max_result_size = 1024 * 1024;
 
@@ -137,6 +150,9 @@ struct BgKeepWriter
 	int64		limit;			/* bytes a job may keep, or -1 */
 	bool		limit_is_temp;	/* the limit is temp_file_limit's */
 	off_t		record_end;		/* end of the last whole record appended */
+	/* records in buf[unsummed, unsummed_end) have no CRC yet */
+	Size		unsummed;
+	Size		unsummed_end;
 	BgJobShared *shared;		/* where sizes are published */
 };
 
@@ -197,6 +213,12 @@ static void bg_keep_dir(char *path);
 static int64 bg_keep_dir_bytes(const char *dir);
 static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
+static void bg_keep_sum(char *p, char *end);
+static uint32 bg_keep_record_len(const char *rec);
+static void bg_keep_sum_one(char *rec);
+#ifdef BG_KEEP_CRC_X3
+static void bg_keep_sum_x3(char *rec[3]);
+#endif
 static void bg_keep_writeback(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_put(BgKeepWriter *w, const char *data, Size len);
@@ -516,6 +538,8 @@ bg_keep_flush(BgKeepWriter *w)
 
 	if (w->buf_len == 0)
 		return;
+	bg_keep_sum(w->buf + w->unsummed, w->buf + w->unsummed_end);
+	w->unsummed = w->unsummed_end = 0;
 	errno = 0;
 	n = FileWrite(w->file, w->buf, (int) w->buf_len, w->written,
 				  WAIT_EVENT_BUFFILE_WRITE);
@@ -594,7 +618,11 @@ bg_keep_publish(BgKeepWriter *w)
 		bg_keep_flush(w);
 }
 
-/* Keep one row, given as pieces of a MinimalTuple. */
+/*
+ * Keep one row, given as pieces of a MinimalTuple.  A row that fits in the
+ * buffer gets its CRC when the buffer is written out (bg_keep_sum); one
+ * that does not, now.
+ */
 void
 bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 {
@@ -602,20 +630,147 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 	int			i;
 
 	rec.len = 0;
-	INIT_CRC32C(rec.crc);
 	for (i = 0; i < iovcnt; i++)
-	{
 		rec.len += iov[i].len;
-		COMP_CRC32C(rec.crc, iov[i].data, iov[i].len);
-	}
-	FIN_CRC32C(rec.crc);
 	bg_keep_check_limit(w, sizeof(rec) + rec.len);
-	bg_keep_put(w, (char *) &rec, sizeof(rec));
-	for (i = 0; i < iovcnt; i++)
-		bg_keep_put(w, iov[i].data, iov[i].len);
+	if (sizeof(rec) + rec.len <= BG_KEEP_BUFSIZE - w->buf_len)
+	{
+		char	   *p = w->buf + w->buf_len;
+
+		rec.crc = 0;
+		memcpy(p, &rec, sizeof(rec));
+		p += sizeof(rec);
+		for (i = 0; i < iovcnt; i++)
+		{
+			memcpy(p, iov[i].data, iov[i].len);
+			p += iov[i].len;
+		}
+		w->buf_len += sizeof(rec) + rec.len;
+		w->unsummed_end = w->buf_len;
+	}
+	else
+	{
+		INIT_CRC32C(rec.crc);
+		for (i = 0; i < iovcnt; i++)
+			COMP_CRC32C(rec.crc, iov[i].data, iov[i].len);
+		FIN_CRC32C(rec.crc);
+		bg_keep_put(w, (char *) &rec, sizeof(rec));
+		for (i = 0; i < iovcnt; i++)
+			bg_keep_put(w, iov[i].data, iov[i].len);
+		/* what the buffer holds now is this row's end */
+		w->unsummed = w->unsummed_end = w->buf_len;
+	}
 	w->rows++;
 	w->record_end = w->written + w->buf_len;
 }
+
+/*
+ * Fill in the CRCs of the records from p to end, three at a time where the
+ * CPU can.
+ */
+static void
+bg_keep_sum(char *p, char *end)
+{
+#ifdef BG_KEEP_CRC_X3
+	static int	have_sse42 = -1;
+
+	if (have_sse42 < 0)
+		have_sse42 = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+	if (have_sse42)
+	{
+		while (p < end)
+		{
+			char	   *rec[3];
+			int			n;
+
+			for (n = 0; n < 3 && p < end; n++)
+			{
+				rec[n] = p;
+				p += sizeof(BgKeepRecord) + bg_keep_record_len(p);
+			}
+			if (n == 3)
+				bg_keep_sum_x3(rec);
+			else
+				while (n > 0)
+					bg_keep_sum_one(rec[--n]);
+		}
+		return;
+	}
+#endif
+	while (p < end)
+	{
+		bg_keep_sum_one(p);
+		p += sizeof(BgKeepRecord) + bg_keep_record_len(p);
+	}
+}
+
+/* The length of a record in the buffer, where it need not be aligned */
+static inline uint32
+bg_keep_record_len(const char *rec)
+{
+	uint32		len;
+
+	memcpy(&len, rec + offsetof(BgKeepRecord, len), sizeof(len));
+	return len;
+}
+
+/* Fill in the CRC of one record. */
+static void
+bg_keep_sum_one(char *rec)
+{
+	pg_crc32c	crc;
+
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, rec + sizeof(BgKeepRecord), bg_keep_record_len(rec));
+	FIN_CRC32C(crc);
+	memcpy(rec + offsetof(BgKeepRecord, crc), &crc, sizeof(crc));
+}
+
+#ifdef BG_KEEP_CRC_X3
+/*
+ * Fill in the CRCs of three records side by side, as far as the shortest
+ * goes, then finish each alone.  The same CRC-32C as COMP_CRC32C computes,
+ * whose SSE 4.2 form runs the same instruction on the same running value.
+ */
+__attribute__((target("sse4.2")))
+static void
+bg_keep_sum_x3(char *rec[3])
+{
+	uint32		len[3];
+	const char *d[3];
+	uint64		c[3];
+	uint32		words;
+	uint32		i;
+	int			k;
+
+	for (k = 0; k < 3; k++)
+	{
+		len[k] = bg_keep_record_len(rec[k]);
+		d[k] = rec[k] + sizeof(BgKeepRecord);
+		c[k] = 0xFFFFFFFF;		/* INIT_CRC32C */
+	}
+	words = Min(len[0], Min(len[1], len[2])) / 8;
+	for (i = 0; i < words; i++)
+	{
+		uint64		v[3];
+
+		memcpy(&v[0], d[0] + i * 8, 8);
+		memcpy(&v[1], d[1] + i * 8, 8);
+		memcpy(&v[2], d[2] + i * 8, 8);
+		c[0] = _mm_crc32_u64(c[0], v[0]);
+		c[1] = _mm_crc32_u64(c[1], v[1]);
+		c[2] = _mm_crc32_u64(c[2], v[2]);
+	}
+	for (k = 0; k < 3; k++)
+	{
+		pg_crc32c	crc = (pg_crc32c) c[k];
+
+		COMP_CRC32C(crc, d[k] + words * 8, len[k] - words * 8);
+		FIN_CRC32C(crc);
+		memcpy(rec[k] + offsetof(BgKeepRecord, crc), &crc, sizeof(crc));
+	}
+}
+#endif
 
 /*
  * Every row is kept: write the footer.  Returns the file's size.  The file

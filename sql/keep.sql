@@ -56,14 +56,15 @@ COMMIT;
 CREATE FOREIGN TABLE regress_reports.by_hand (id int, frac numeric, pad text)
   SERVER bg_server OPTIONS (pid :'pid', job :'job');
 SELECT max(id) FROM regress_reports.by_hand;
--- long rows, read while a filter allocates between them
-SELECT bg_launch($$SELECT g AS id, repeat(chr(65 + g % 26), 20000 + g) AS pad
+-- long rows, some longer than the worker's write buffer, read while a
+-- filter allocates between them
+SELECT bg_launch($$SELECT g AS id, repeat(chr(65 + g % 26), 20000 + g + (g % 10 = 0)::int * 300000) AS pad
                    FROM generate_series(1, 50) g$$) AS long \gset
 SELECT bg_wait(:long);
 SELECT bg_detach(:long);
 CREATE FOREIGN TABLE regress_reports.long (id int, pad text)
   SERVER bg_server OPTIONS (pid :'long');
-SELECT count(*) FILTER (WHERE pad = repeat(chr(65 + id % 26), 20000 + id)) AS intact,
+SELECT count(*) FILTER (WHERE pad = repeat(chr(65 + id % 26), 20000 + id + (id % 10 = 0)::int * 300000)) AS intact,
        min(xmin::text) AS xmin
   FROM regress_reports.long WHERE lower(pad) IS NOT NULL;
 -- one whose columns do not match is an error, not garbage
