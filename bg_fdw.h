@@ -317,6 +317,8 @@ typedef struct BgSpoolReader
 	off_t		buf_start;		/* file offset of buf's first byte */
 	Size		buf_len;		/* bytes in buf */
 	uint32		buf_file;		/* which of the spool's files they are from */
+	off_t		checked_to;		/* kept rows in buf before it match their
+								 * CRCs */
 	char	   *row_buf;		/* the current row, if from the file part */
 	Size		row_size;
 } BgSpoolReader;
@@ -518,6 +520,7 @@ extern int	bg_max_kept_size;
 extern void bg_keep_check_cluster(void);
 extern int64 bg_keep_cluster_bytes(bool fresh);
 extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
+extern char *bg_keep_crc_records(char *p, char *end, bool store);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern void bg_keep_publish(BgKeepWriter *w);
 extern int64 bg_keep_finish(BgKeepWriter *w);

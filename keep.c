@@ -111,7 +111,8 @@
  * side take the time of one, where the CRCs of a wide result computed one
  * after the other cost the worker a quarter of what stream mode costs it in
  * all.  So rows that fit in the write buffer get their CRC when it is
- * written out, three at a time (bg_keep_sum).
+ * written out, three at a time (bg_keep_crc_records), and readers check
+ * the rows of each block they read the same way.
  */
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BG_KEEP_CRC_X3
@@ -170,6 +171,7 @@ struct BgKeepReader
 	Size		buf_size;
 	off_t		buf_start;
 	Size		buf_len;
+	off_t		checked_to;		/* rows in buf before it match their CRCs */
 	MemoryContext cxt;			/* where row lives: not the scan's per-row
 								 * context, which is reset between rows */
 	char	   *row;			/* the current row, MAXALIGNed for t_data */
@@ -213,11 +215,11 @@ static void bg_keep_dir(char *path);
 static int64 bg_keep_dir_bytes(const char *dir);
 static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
-static void bg_keep_sum(char *p, char *end);
 static uint32 bg_keep_record_len(const char *rec);
-static void bg_keep_sum_one(char *rec);
+static bool bg_keep_whole_record(const char *p, const char *end);
+static pg_crc32c bg_keep_crc_one(const char *rec);
 #ifdef BG_KEEP_CRC_X3
-static void bg_keep_sum_x3(char *rec[3]);
+static void bg_keep_crc_x3(char *rec[3], pg_crc32c crc[3]);
 #endif
 static void bg_keep_writeback(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
@@ -226,6 +228,8 @@ static void bg_keep_check_limit(BgKeepWriter *w, Size more);
 static void bg_keep_write_header(BgKeepWriter *w, TupleDesc desc);
 static void bg_keep_end_writer(bool remove);
 static void bg_keep_damaged(BgKeepReader *r, const char *what);
+static void bg_keep_check_ahead(BgKeepReader *r, BgKeepRecord *rec,
+								const char *body);
 static bool bg_keep_open_file(BgKeepReader *r, int64 job_id, bool missing_ok);
 static void bg_keep_read_footer(BgKeepReader *r, int64 size);
 static bool bg_keep_attach(BgKeepReader *r, dsm_handle handle);
@@ -538,7 +542,8 @@ bg_keep_flush(BgKeepWriter *w)
 
 	if (w->buf_len == 0)
 		return;
-	bg_keep_sum(w->buf + w->unsummed, w->buf + w->unsummed_end);
+	(void) bg_keep_crc_records(w->buf + w->unsummed, w->buf + w->unsummed_end,
+							   true);
 	w->unsummed = w->unsummed_end = 0;
 	errno = 0;
 	n = FileWrite(w->file, w->buf, (int) w->buf_len, w->written,
@@ -620,7 +625,7 @@ bg_keep_publish(BgKeepWriter *w)
 
 /*
  * Keep one row, given as pieces of a MinimalTuple.  A row that fits in the
- * buffer gets its CRC when the buffer is written out (bg_keep_sum); one
+ * buffer gets its CRC when the buffer is written out; one
  * that does not, now.
  */
 void
@@ -665,46 +670,57 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 }
 
 /*
- * Fill in the CRCs of the records from p to end, three at a time where the
- * CPU can.
+ * Compute the CRCs of the whole records from p on, up to end, three side by
+ * side where the CPU can.  With "store", fill them in; else compare them with
+ * the stored ones.  Returns where the records end, or the first record
+ * whose CRC does not match.
  */
-static void
-bg_keep_sum(char *p, char *end)
+char *
+bg_keep_crc_records(char *p, char *end, bool store)
 {
 #ifdef BG_KEEP_CRC_X3
 	static int	have_sse42 = -1;
 
 	if (have_sse42 < 0)
 		have_sse42 = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-	if (have_sse42)
-	{
-		while (p < end)
-		{
-			char	   *rec[3];
-			int			n;
-
-			for (n = 0; n < 3 && p < end; n++)
-			{
-				rec[n] = p;
-				p += sizeof(BgKeepRecord) + bg_keep_record_len(p);
-			}
-			if (n == 3)
-				bg_keep_sum_x3(rec);
-			else
-				while (n > 0)
-					bg_keep_sum_one(rec[--n]);
-		}
-		return;
-	}
 #endif
 	while (p < end)
 	{
-		bg_keep_sum_one(p);
-		p += sizeof(BgKeepRecord) + bg_keep_record_len(p);
+		char	   *rec[3];
+		pg_crc32c	crc[3];
+		char	   *next = p;
+		int			n;
+		int			k;
+
+		for (n = 0; n < 3 && bg_keep_whole_record(next, end); n++)
+		{
+			rec[n] = next;
+			next += sizeof(BgKeepRecord) + bg_keep_record_len(next);
+		}
+		if (n == 0)
+			break;
+#ifdef BG_KEEP_CRC_X3
+		if (n == 3 && have_sse42)
+			bg_keep_crc_x3(rec, crc);
+		else
+#endif
+			for (k = 0; k < n; k++)
+				crc[k] = bg_keep_crc_one(rec[k]);
+		for (k = 0; k < n; k++)
+		{
+			char	   *stored = rec[k] + offsetof(BgKeepRecord, crc);
+
+			if (store)
+				memcpy(stored, &crc[k], sizeof(pg_crc32c));
+			else if (memcmp(stored, &crc[k], sizeof(pg_crc32c)) != 0)
+				return rec[k];
+		}
+		p = next;
 	}
+	return p;
 }
 
-/* The length of a record in the buffer, where it need not be aligned */
+/* The length of a record, where it need not be aligned */
 static inline uint32
 bg_keep_record_len(const char *rec)
 {
@@ -714,27 +730,34 @@ bg_keep_record_len(const char *rec)
 	return len;
 }
 
-/* Fill in the CRC of one record. */
-static void
-bg_keep_sum_one(char *rec)
+/* Does a whole record start at p and end by end? */
+static inline bool
+bg_keep_whole_record(const char *p, const char *end)
+{
+	return end - p >= (ptrdiff_t) sizeof(BgKeepRecord) &&
+		(Size) (end - p) - sizeof(BgKeepRecord) >= bg_keep_record_len(p);
+}
+
+static pg_crc32c
+bg_keep_crc_one(const char *rec)
 {
 	pg_crc32c	crc;
 
 	INIT_CRC32C(crc);
 	COMP_CRC32C(crc, rec + sizeof(BgKeepRecord), bg_keep_record_len(rec));
 	FIN_CRC32C(crc);
-	memcpy(rec + offsetof(BgKeepRecord, crc), &crc, sizeof(crc));
+	return crc;
 }
 
 #ifdef BG_KEEP_CRC_X3
 /*
- * Fill in the CRCs of three records side by side, as far as the shortest
- * goes, then finish each alone.  The same CRC-32C as COMP_CRC32C computes,
- * whose SSE 4.2 form runs the same instruction on the same running value.
+ * The CRCs of three records side by side, as far as the shortest goes,
+ * then of each alone.  The same CRC-32C as COMP_CRC32C computes, whose
+ * SSE 4.2 form runs the same instruction on the same running value.
  */
 __attribute__((target("sse4.2")))
 static void
-bg_keep_sum_x3(char *rec[3])
+bg_keep_crc_x3(char *rec[3], pg_crc32c crc[3])
 {
 	uint32		len[3];
 	const char *d[3];
@@ -763,11 +786,9 @@ bg_keep_sum_x3(char *rec[3])
 	}
 	for (k = 0; k < 3; k++)
 	{
-		pg_crc32c	crc = (pg_crc32c) c[k];
-
-		COMP_CRC32C(crc, d[k] + words * 8, len[k] - words * 8);
-		FIN_CRC32C(crc);
-		memcpy(rec[k] + offsetof(BgKeepRecord, crc), &crc, sizeof(crc));
+		crc[k] = (pg_crc32c) c[k];
+		COMP_CRC32C(crc[k], d[k] + words * 8, len[k] - words * 8);
+		FIN_CRC32C(crc[k]);
 	}
 }
 #endif
@@ -1380,6 +1401,7 @@ bg_keep_read(BgKeepReader *r, off_t offset, Size len)
 				 errmsg("could not read file \"%s\": %m", r->path)));
 	r->buf_start = offset;
 	r->buf_len = n;
+	r->checked_to = 0;
 	if ((Size) n < len)
 		bg_keep_damaged(r, "it is shorter than recorded");
 	return r->buf;
@@ -1399,7 +1421,6 @@ bool
 bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
 {
 	BgKeepRecord rec;
-	pg_crc32c	crc;
 	char	   *body;
 
 	ExecClearTuple(slot);
@@ -1424,11 +1445,8 @@ bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
 		r->pos + sizeof(rec) + rec.len > r->rows_end)
 		bg_keep_damaged(r, "a row has a wrong length");
 	body = bg_keep_read(r, r->pos + sizeof(rec), rec.len);
-	INIT_CRC32C(crc);
-	COMP_CRC32C(crc, body, rec.len);
-	FIN_CRC32C(crc);
-	if (!EQ_CRC32C(crc, rec.crc))
-		bg_keep_damaged(r, "a row's checksum does not match");
+	if (r->pos >= r->checked_to)
+		bg_keep_check_ahead(r, &rec, body);
 
 	/* t_data must be MAXALIGNed, the MinimalTuple at MINIMAL_TUPLE_OFFSET */
 	if (r->row_size < MINIMAL_TUPLE_OFFSET + rec.len)
@@ -1448,6 +1466,36 @@ bg_keep_next(BgKeepReader *r, TupleTableSlot *slot)
 	ExecStoreHeapTuple(&r->tuple, slot, false);
 	r->pos += sizeof(rec) + rec.len;
 	return true;
+}
+
+/*
+ * Check the CRC of the row at the reader's position, whose record is "rec"
+ * and body "body", and those of the whole rows after it that the buffer
+ * holds, three side by side.
+ */
+static void
+bg_keep_check_ahead(BgKeepReader *r, BgKeepRecord *rec, const char *body)
+{
+	char	   *from;
+	char	   *end;
+
+	if (r->pos < r->buf_start)
+	{
+		/* the buffer was refilled from the row's body on */
+		pg_crc32c	crc;
+
+		INIT_CRC32C(crc);
+		COMP_CRC32C(crc, body, rec->len);
+		FIN_CRC32C(crc);
+		if (!EQ_CRC32C(crc, rec->crc))
+			bg_keep_damaged(r, "a row's checksum does not match");
+		return;
+	}
+	from = r->buf + (r->pos - r->buf_start);
+	end = r->buf + Min((off_t) r->buf_len, r->rows_end - r->buf_start);
+	r->checked_to = r->pos + (bg_keep_crc_records(from, end, false) - from);
+	if (r->checked_to <= r->pos)
+		bg_keep_damaged(r, "a row's checksum does not match");
 }
 
 void

@@ -117,6 +117,7 @@ static void bg_spool_close_kept(BgSpool *sp);
 static void bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple);
 static void bg_spool_trim_tail(BgSpool *sp);
 static void bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple);
+static char *bg_spool_check_kept(BgSpool *sp, BgSpoolReader *rd, uint32 len);
 static char *bg_spool_row_buf(BgSpool *sp, BgSpoolReader *rd, Size len);
 static const char *bg_spool_path(BgSpool *sp);
 
@@ -563,6 +564,30 @@ bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 }
 
 /*
+ * The kept row of "len" bytes at the reader's offset, read, with its CRC
+ * checked; the CRCs of the whole rows after it that its read buffer holds
+ * are checked with it, three side by side.
+ */
+static char *
+bg_spool_check_kept(BgSpool *sp, BgSpoolReader *rd, uint32 len)
+{
+	char	   *data = bg_spool_read_file(sp, rd, sizeof(BgKeepRecord) + len);
+	char	   *end;
+
+	if (rd->offset < rd->checked_to)
+		return data;
+	end = rd->buf + Min((off_t) rd->buf_len, sp->kept_end - rd->buf_start);
+	rd->checked_to = rd->offset + (bg_keep_crc_records(data, end, false) - data);
+	if (rd->checked_to <= rd->offset)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
+				 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
+						   (int64) rd->offset)));
+	return data;
+}
+
+/*
  * The reader's next row past memory, from the job's kept file or the tail,
  * copied into the reader's buffer as a heap tuple.  The rows were written
  * by the job's worker as it sent them here: a row read from the file must
@@ -588,20 +613,7 @@ bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 				 errdetail("A row at offset " INT64_FORMAT " has a wrong length.",
 						   (int64) rd->offset)));
 	if (from_file)
-	{
-		pg_crc32c	crc;
-
-		data = bg_spool_read_file(sp, rd, sizeof(rec) + rec.len);
-		INIT_CRC32C(crc);
-		COMP_CRC32C(crc, data + sizeof(rec), rec.len);
-		FIN_CRC32C(crc);
-		if (!EQ_CRC32C(crc, rec.crc))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
-					 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
-							   (int64) rd->offset)));
-	}
+		data = bg_spool_check_kept(sp, rd, rec.len);
 	tuple->t_len = MINIMAL_TUPLE_OFFSET + rec.len;
 	tuple->t_data = (HeapTupleHeader) bg_spool_row_buf(sp, rd, tuple->t_len);
 	/* the heap header a MinimalTuple lacks reads as zeroes (xmin, ...) */
@@ -694,5 +706,6 @@ bg_spool_read_file(BgSpool *sp, BgSpoolReader *rd, Size need)
 	rd->buf_start = off;
 	rd->buf_len = got;
 	rd->buf_file = sp->file_no;
+	rd->checked_to = 0;
 	return rd->buf;
 }

@@ -345,6 +345,39 @@ is($follower->query_safe('SELECT count(*), sum(g) FROM reports.waited'),
 $follower->query_safe('COMMIT');
 $follower->quit;
 
+# A damaged kept file is an error, never wrong rows: the launching
+# session's rescans of rows past work_mem and other sessions' reads check
+# every row's CRC.
+my $launcher = $node->background_psql('postgres', on_error_stop => 0);
+$launcher->query_safe("SET work_mem = '64kB'");
+my $dpid = $launcher->query_safe(q{
+	SELECT bg_launch($$SELECT g, repeat('x', 1000) AS pad
+					   FROM generate_series(1, 2000) g$$)});
+is($launcher->query_safe("SELECT count(*), sum(g) FROM bg_result_$dpid"),
+	'2000|2001000', 'a result read once by its launching session');
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $dpid"),
+	'and kept');
+my $djob = $node->safe_psql('postgres', "SELECT id FROM bg_jobs WHERE pid = $dpid");
+my $bytes = slurp_file("$dir/$djob");
+my $at = index($bytes, 'x' x 16, length($bytes) / 2) + 8;
+ok($at > 8, 'the middle of a row is found in its kept file');
+open(my $fh, '+<', "$dir/$djob") or die "could not open $dir/$djob: $!";
+binmode($fh);
+seek($fh, $at, 0);
+print $fh 'y';
+close($fh);
+like(
+	try_query($launcher, "SELECT count(*), sum(g) FROM bg_result_$dpid"),
+	qr/kept result in file ".*" is damaged\n.*A row's checksum at offset \d+ does not match/,
+	'a rescan past work_mem finds the damaged row');
+my ($rc, $out, $derr) = $node->psql('postgres',
+	"SELECT count(*) FROM bg_result($dpid) AS r(g int, pad text)");
+like($derr,
+	qr/kept result of background job $dpid is damaged\n.*a row's checksum does not match/,
+	'another session finds it');
+$launcher->quit;
+
 # DROP EXTENSION and DROP DATABASE take the files with them.
 $node->safe_psql('postgres', q{
 	SELECT bg_launch('SELECT 1 AS one') AS p \gset
