@@ -158,6 +158,35 @@ CALL bench_disk();
 \echo Disk bytes written per result row, by mode
 SELECT tab AS "table", mode, kept_per_row, temp_per_row FROM disk ORDER BY ord;
 
+-- Reading a kept result later, as any session would once its launcher has
+-- let it go: from the job's file, every row's CRC checked, against the same
+-- aggregate over the table the job read.
+SELECT bg_launch('SELECT a, b FROM t') AS later_t \gset
+SELECT bg_launch('SELECT * FROM tw') AS later_tw \gset
+SELECT bg_wait(:later_t) IS NOT NULL AS t_done, bg_wait(:later_tw) IS NOT NULL AS tw_done \gset
+SELECT bg_detach(:later_t), bg_detach(:later_tw) \gset
+CREATE SCHEMA IF NOT EXISTS later;
+IMPORT FOREIGN SCHEMA jobs LIMIT TO (bg_result_:later_t, bg_result_:later_tw)
+  FROM SERVER bg_server INTO later;
+TRUNCATE timings;
+CREATE TEMP TABLE cases6 (name text, job text, q text, ord int);
+INSERT INTO cases6 VALUES
+ ('SELECT a, b FROM t: direct query', NULL, 'SELECT count(*), sum(length(b)) FROM t', 1),
+ ('SELECT a, b FROM t: its kept result, read later', NULL,
+  format('SELECT count(*), sum(length(b)) FROM later.bg_result_%s', :later_t), 2),
+ ('SELECT * FROM tw: direct query', NULL, 'SELECT count(*), sum(c1) FROM tw', 3),
+ ('SELECT * FROM tw: its kept result, read later', NULL,
+  format('SELECT count(*), sum(c1) FROM later.bg_result_%s', :later_tw), 4);
+CALL bench_rounds('cases6', 5);
+\echo
+\echo Reading a kept result later, :rows rows, from its file
+SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('SELECT a, b FROM t: direct query')
+ WHERE "case" LIKE 'SELECT a, b%';
+SELECT "case", median_ms, ratio AS ratio_to_direct FROM bench_report('SELECT * FROM tw: direct query')
+ WHERE "case" LIKE 'SELECT * FROM tw%';
+DROP SCHEMA later CASCADE;
+SELECT bg_forget(:later_t), bg_forget(:later_tw) \gset
+
 -- Compute-bound: the job computes its rows while the reader consumes them.
 TRUNCATE timings;
 CREATE TEMP TABLE cases2 (name text, job text, q text, ord int);
