@@ -108,11 +108,11 @@
 /*
  * The CRC-32C instruction of x86-64 takes three cycles to give its result
  * but can start one every cycle: the CRCs of three rows computed side by
- * side take the time of one, where the CRCs of a wide result computed one
- * after the other cost the worker a quarter of what stream mode costs it in
- * all.  So rows that fit in the write buffer get their CRC when it is
- * written out, three at a time (bg_keep_crc_records), and readers check
- * the rows of each block they read the same way.
+ * side take the time of one.  Rows that fit in the write buffer get theirs
+ * when it is written out, three at a time (bg_keep_crc_records), and
+ * readers check the rows of each block they read the same way.  Computed
+ * one row at a time, as the rows came, the CRCs made a narrow result 18%
+ * slower to read than one not kept (BENCHMARKS.md).
  */
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BG_KEEP_CRC_X3
@@ -625,8 +625,8 @@ bg_keep_publish(BgKeepWriter *w)
 
 /*
  * Keep one row, given as pieces of a MinimalTuple.  A row that fits in the
- * buffer gets its CRC when the buffer is written out; one
- * that does not, now.
+ * buffer gets its CRC when the buffer is written out; one that does not,
+ * now, and goes through the buffer in pieces.
  */
 void
 bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
