@@ -19,8 +19,11 @@ bench_contention_report() {
 	for r in $(seq "$rounds"); do
 		echo "SELECT bench_ms('SELECT count(*), sum(length(b)) FROM t');" >&"${BENCH_PSQL[1]}"
 		read -r alone <&"${BENCH_PSQL[0]}"
-		taskset -c 1 bash -c 'while :; do :; done' &
+		taskset -c 1 sh -c 'while :; do :; done' &
 		spin=$!
+		# measure once the loop runs, not while it is still being started
+		until [ "$(cat "/proc/$spin/comm" 2>/dev/null)" = sh ] ||
+			! kill -0 "$spin" 2>/dev/null; do :; done
 		echo "SELECT bench_ms('SELECT count(*), sum(length(b)) FROM t');" >&"${BENCH_PSQL[1]}"
 		read -r busy <&"${BENCH_PSQL[0]}"
 		kill "$spin"

@@ -67,7 +67,10 @@ bg_scratch() {
 	if [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1; then
 		chown postgres: "$SCRATCH"
 	fi
-	trap 'bg_cleanup' EXIT
+	# only this shell cleans up: a background subshell killed before it
+	# execs its command (a busy loop, say) runs the traps it inherited
+	BG_MAIN_PID=$BASHPID
+	trap '[ "$BASHPID" != "$BG_MAIN_PID" ] || bg_cleanup' EXIT
 	trap 'exit 130' INT TERM
 }
 
