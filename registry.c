@@ -324,6 +324,7 @@ static bool bg_entry_state(BgJobEntry *entry, BgJobProbe *probe,
 						   BgJobStatus *status);
 static bool bg_entry_reread(BgJobEntry *entry);
 static bool bg_kept_pending(BgJobEntry *entry, BgJobProbe *probe);
+static void bg_await_kept_record(int pid, BgJobEntry *entry);
 static List *bg_wait_edge(List *edges, int from, int to);
 static void bg_registry_wait_check(int pid, pid_t worker, BgWaitCycle *cycle);
 static bool bg_entry_settle(BgJobEntry *entry, BgJobProbe *probe);
@@ -802,13 +803,22 @@ bg_registry_no_lock_timeout(void)
 							 GUC_ACTION_LOCAL, true, 0, false);
 }
 
+/*
+ * Change the registry as it is now, as bg_registry_query reads it: a
+ * repeatable read transaction whose snapshot predates a job's row must not
+ * find nothing to change.
+ */
 static void
 bg_registry_exec(const char *sql, int nargs, Oid *types, Datum *values,
 				 int expected)
 {
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, NULL,
-										   false, 0);
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+	int			rc;
 
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, false, true, 0);
 	if (rc != expected)
 		elog(ERROR, "registry statement failed: %s", SPI_result_code_string(rc));
 }
@@ -2614,12 +2624,12 @@ bg_forget(PG_FUNCTION_ARGS)
 	bg_entry_check_privileges(&entry);
 	bg_probe(entry.id, entry.segment, &probe);
 	if (bg_kept_pending(&entry, &probe))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("cannot forget background job %d while its worker records its kept result",
-						pid),
-				 errdetail("The job has finished; its worker is making its kept result durable."),
-				 errhint("Try again in a moment.")));
+	{
+		bg_await_kept_record(pid, &entry);
+		if (!bg_entry_reread(&entry))
+			bg_raise_unknown(pid);	/* forgotten meanwhile */
+		bg_probe(entry.id, entry.segment, &probe);
+	}
 	if (bg_entry_state(&entry, &probe, &status) && status == BG_STATUS_RUNNING)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
@@ -2629,6 +2639,48 @@ bg_forget(PG_FUNCTION_ARGS)
 
 	bg_registry_delete(entry.id);
 	PG_RETURN_VOID();
+}
+
+/*
+ * A finished job's worker makes its kept file durable after the commit that
+ * recorded the outcome, so bg_wait may return before it is done: wait until
+ * it has recorded the file as kept, or has exited without.  The fsync takes
+ * moments; a worker that waits for a lock this session holds is a deadlock.
+ */
+static void
+bg_await_kept_record(int pid, BgJobEntry *entry)
+{
+	dsm_segment *seg = dsm_find_mapping(entry->segment);
+	bool		ours = (seg != NULL);
+	BgJobShared *shared = NULL;
+	shm_toc    *toc;
+	BgWaitCycle cycle = {0};
+
+	if (seg == NULL)
+	{
+		seg = dsm_attach(entry->segment);
+		if (seg == NULL)
+			return;				/* gone: its worker has exited */
+		bg_segment_track(seg);
+	}
+	toc = shm_toc_attach(BG_FDW_MAGIC, dsm_segment_address(seg));
+	if (toc != NULL)
+		shared = shm_toc_lookup(toc, BG_KEY_SHARED, true);
+	if (shared != NULL && shared->job_id == entry->id)
+	{
+		ConditionVariablePrepareToSleep(&shared->kept_cv);
+		while (!bg_job_get_flag(shared, &shared->kept_recorded) &&
+			   !bg_job_get_flag(shared, &shared->worker_exited))
+		{
+			if (ConditionVariableTimedSleep(&shared->kept_cv, DeadlockTimeout,
+											bg_wait_event_job()))
+				bg_registry_wait_check(pid, bg_shared_worker_pid(shared),
+									   &cycle);
+		}
+		ConditionVariableCancelSleep();
+	}
+	if (!ours)
+		dsm_detach(seg);
 }
 
 static void

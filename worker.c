@@ -979,7 +979,11 @@ bg_worker_keep_durable(BgJobShared *shared)
 	{
 		/* (a completion tag alone was recorded with the outcome) */
 		if (!bg_keep_sync() || bg_registry_record_kept(shared))
+		{
 			bg_job_set_flag(shared, &shared->kept_recorded, BG_WAKE_NONE);
+			/* a bg_forget from another session may wait for it */
+			ConditionVariableBroadcast(&shared->kept_cv);
+		}
 		else
 			bg_keep_discard();	/* not recorded: nobody's */
 		bg_keep_release();

@@ -204,6 +204,44 @@ is(kept_file($job), 'absent', 'bg_forget removes the kept file');
 like($stderr, qr/background job $pid with identifier $job does not exist/,
 	'a table of a forgotten job is a clear error');
 
+# bg_wait returns once the job has committed, and its worker then makes the
+# file durable: bg_forget at once after it waits for the worker rather than
+# fail.  With fsync on (the test cluster runs without), that takes long
+# enough for bg_forget to come first.
+$node->append_conf('postgresql.conf', 'fsync = on');
+$node->reload;
+ok($node->poll_query_until('postgres', q{SELECT current_setting('fsync') = 'on'}),
+	'fsync on');
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION wait_forget(OUT job bigint, OUT forgot_at_once boolean)
+	LANGUAGE plpgsql AS $f$
+	DECLARE
+	  p int := bg_launch($q$SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g$q$);
+	BEGIN
+	  SELECT max(id) INTO job FROM bg_jobs WHERE pid = p;
+	  PERFORM bg_wait(p);
+	  forgot_at_once := EXISTS (SELECT FROM bg_job_registry WHERE id = job AND kept_bytes IS NULL);
+	  PERFORM bg_forget(p);
+	  PERFORM bg_detach(p);
+	END
+	$f$});
+my (@forgotten, @early);
+for my $round (1 .. 5)
+{
+	my ($id, $early) = split /\|/,
+	  $node->safe_psql('postgres', 'SELECT * FROM wait_forget()');
+	push @forgotten, $id;
+	push @early, $early;
+	is(kept_file($id), 'absent',
+		"bg_forget at once after bg_wait, round $round: the file is gone");
+}
+note("bg_forget came before the worker's record in rounds: @early");
+is( $node->safe_psql('postgres',
+		'SELECT count(*) FROM bg_job_registry WHERE id IN (' . join(',', @forgotten) . ')'),
+	'0', 'and the jobs are forgotten');
+$node->append_conf('postgresql.conf', 'fsync = off');
+$node->reload;
+
 # A thousand launches whose transactions roll back: the jobs run on (a job
 # is autonomous) and end, and their session, never reading them, is back to
 # no segment mapped.
