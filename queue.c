@@ -1271,7 +1271,8 @@ bg_queue_cancelled(BgQueue *q, int slot)
 
 /*
  * Jobs running now, for bg_fdw.max_jobs: bg_fdw's workers at work, and
- * queued jobs whose worker was registered but has not taken them yet.
+ * queued jobs whose worker was registered but has not taken them yet (it
+ * takes one only once it is counted among the processes).
  */
 int
 bg_jobs_running(void)
@@ -1440,6 +1441,29 @@ bg_process_alive(pid_t pid)
  */
 
 /*
+ * Wait until the postmaster has recorded this worker's PID in its slot.  It
+ * does so just after the fork, but a loaded machine may run the child
+ * first; until then bg_jobs_running, which counts the processes of
+ * bg_fdw's workers, does not see this one, and counts it over its queue
+ * entry instead: the entry must stay untaken, or bg_fdw.max_jobs would let
+ * the supervisor start one job too many.
+ */
+static void
+bg_queue_await_counted(void)
+{
+	long		nap_ms = 1;
+
+	while (GetBackgroundWorkerTypeByPid(MyProcPid) == NULL)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 nap_ms, bg_wait_event_queued());
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		nap_ms = Min(nap_ms * 2, 100);
+	}
+}
+
+/*
  * In the worker the supervisor started for the job in entry "slot": take
  * the entry, copying the launcher's half of the job's shared state into
  * *shared.  False if the entry is not (any more) this attempt's.
@@ -1456,6 +1480,7 @@ bg_queue_claim(int slot, BgJobShared *shared)
 		return false;
 	memcpy(&arg, MyBgworkerEntry->bgw_extra, sizeof(arg));
 	(void) bg_queue_area(q);
+	bg_queue_await_counted();
 	SpinLockAcquire(&q->mutex);
 	ok = q->jobs[slot].state == BG_QUEUED_STARTING &&
 		q->jobs[slot].job_id == arg.job_id &&
