@@ -1180,6 +1180,8 @@ bg_wait(PG_FUNCTION_ARGS)
 
 	if (!bg_job_wait(job, timeout_ms))
 		PG_RETURN_NULL();
+	if (job->state == BG_JOB_FINISHED)
+		bg_registry_await_kept(job->pid, job->job_id);
 	PG_RETURN_TEXT_P(bg_outcome(job));
 }
 
@@ -1228,6 +1230,8 @@ bg_await(PG_FUNCTION_ARGS)
 	/* the commit may have carried out a bg_detach: look the job up again */
 	job = bg_job_lookup_attached(pid, job_id);
 	(void) bg_job_wait(job, -1);
+	if (job->state == BG_JOB_FINISHED)
+		bg_registry_await_kept(pid, job_id);
 	SPI_finish();
 
 	(void) bg_outcome(job);

@@ -482,6 +482,7 @@ extern void bg_registry_unlock_role(void);
 extern void bg_registry_check_kept(Oid role);
 extern List *bg_registry_wait_edges(void);
 extern text *bg_registry_wait(int pid, long timeout_ms);
+extern void bg_registry_await_kept(int pid, int64 job_id);
 extern bool bg_registry_cancel(int pid);
 extern int	bg_registry_highest_name(int floor);
 extern bool bg_registry_shows_worker(Oid relid);

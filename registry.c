@@ -2298,14 +2298,15 @@ bg_registry_wait(int pid, long timeout_ms)
 			if (!bg_entry_state(&entry, &probe, &status))
 				bg_raise_unknown(pid);	/* forgotten meanwhile */
 		}
-		if (status == BG_STATUS_FINISHED)
+		/* (as in the launching session, until the result is recorded kept) */
+		if (status == BG_STATUS_FINISHED && !bg_kept_pending(&entry, &probe))
 		{
 			MemoryContextSwitchTo(oldcxt);
 			return cstring_to_text(entry.command ? entry.command : "");
 		}
 		if (status == BG_STATUS_LOST)
 			bg_raise_lost(&entry);
-		if (status != BG_STATUS_RUNNING)
+		if (status != BG_STATUS_RUNNING && status != BG_STATUS_FINISHED)
 			bg_entry_raise(&entry);
 		worker = probe.worker_pid;
 
@@ -2681,6 +2682,26 @@ bg_await_kept_record(int pid, BgJobEntry *entry)
 	}
 	if (!ours)
 		dsm_detach(seg);
+}
+
+/*
+ * bg_wait in the launching session: the job has finished, and its worker
+ * may still be making its kept result durable.  A job that keeps its
+ * result has ended, for bg_wait, once it is recorded kept, as
+ * bg_registry_wait has it in other sessions.
+ */
+void
+bg_registry_await_kept(int pid, int64 job_id)
+{
+	BgJobEntry	entry;
+	BgJobProbe	probe;
+
+	entry.id = job_id;
+	if (!bg_entry_reread(&entry))
+		return;					/* forgotten meanwhile */
+	bg_probe(entry.id, entry.segment, &probe);
+	if (bg_kept_pending(&entry, &probe))
+		bg_await_kept_record(pid, &entry);
 }
 
 static void

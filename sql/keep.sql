@@ -136,10 +136,9 @@ RESET temp_file_limit;
 RESET work_mem;
 SELECT bg_detach(:big);
 
--- bg_wait returns once the job has committed; its worker then makes the
--- kept file durable, and bg_forget at once after it waits for that rather
--- than fail (t/006_keep.pl makes sure it comes first).  A repeatable read
--- transaction whose snapshot predates the job still finds it to forget.
+-- bg_forget at once after bg_wait, in a repeatable read transaction whose
+-- snapshot predates the job, finds the job to forget (and t/006_keep.pl
+-- has bg_forget come before the worker has recorded the kept result).
 CREATE FUNCTION regress_wait_forget() RETURNS bigint
 LANGUAGE plpgsql AS $f$
 DECLARE
