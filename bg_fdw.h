@@ -190,6 +190,11 @@ typedef struct BgJobShared
 								 * bg_jobs, bg_wait and limits read */
 	bool		rows_kept;		/* worker sets once rows went to a file;
 								 * reader reads once the tuple queue is gone */
+	bool		rows_in_kept_file;	/* worker sets, with rows_kept, when that
+									 * file is the job's kept file: the rows
+									 * the queue did not take start there at
+									 * rows_kept_from */
+	uint64		rows_kept_from;
 	bool		messages_kept;	/* worker sets once messages went to a file;
 								 * reader reads once the message queue is
 								 * gone */
@@ -361,6 +366,9 @@ typedef struct BgJob
 	shm_mq_handle *message_mqh; /* notices, errors, descriptor, outcome */
 	SharedFileSet *fileset;		/* where the worker keeps what the queues did not take */
 	uint64		rows_received;	/* rows taken off the tuple queue */
+	uint64		kept_next;		/* once the rows the queue did not carry
+								 * are copied from the kept file: where the
+								 * next one starts there, or 0 */
 	uint64		messages_received;	/* messages taken off the message queue */
 	bool		tuples_done;	/* tuple queue detached: all rows received */
 	bool		messages_done;	/* message queue detached */
@@ -523,6 +531,14 @@ extern int64 bg_keep_cluster_bytes(bool fresh);
 extern BgKeepWriter *bg_keep_create(BgJobShared *shared, TupleDesc desc);
 extern char *bg_keep_crc_records(char *p, char *end, bool store);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
+extern off_t bg_keep_rows_end(BgKeepWriter *w);
+extern Size bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out);
+extern bool bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name);
+extern void bg_keep_scan_rows(File file, off_t from, off_t to,
+							  void (*consume) (void *arg, char *data, uint32 len),
+							  void *arg);
+/* the kept file's name in the job's file set, for rows the queue did not carry */
+#define BG_KEPT_ROWS_LINK	"kept"
 extern void bg_keep_publish(BgKeepWriter *w);
 extern int64 bg_keep_finish(BgKeepWriter *w);
 extern bool bg_keep_sync(void);
@@ -691,7 +707,8 @@ extern bool bg_spool_read(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple);
 
 /* in spill.c */
 extern bool bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
-							  shm_mq_iovec *iov, int iovcnt, bool flush);
+							  BgKeepWriter *keep, shm_mq_iovec *iov,
+							  int iovcnt, bool flush);
 extern void bg_spill_finish_rows(BgJobShared *shared);
 extern void bg_spill_redirect_messages(dsm_segment *seg, shm_mq_handle *mqh,
 									   BgJobShared *shared,

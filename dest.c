@@ -326,7 +326,8 @@ bg_send_row(BgDestReceiver *self, shm_mq_iovec *iov, int iovcnt, bool flush)
 		return SHM_MQ_DETACHED;
 	if (self->fileset == NULL)
 		return bg_send_row_stream(self, iov, iovcnt, flush);
-	return bg_spill_send_row(self->mqh, self->fileset, iov, iovcnt, flush) ?
+	return bg_spill_send_row(self->mqh, self->fileset, self->keep, iov,
+							 iovcnt, flush) ?
 		SHM_MQ_SUCCESS : SHM_MQ_DETACHED;
 }
 

@@ -95,6 +95,8 @@ static void bg_job_relay(BgJob *job, StringInfo msg, bool is_error);
 static void bg_job_lost(BgJob *job);
 static void bg_job_tuples_detached(BgJob *job);
 static void bg_job_consume_row(void *arg, char *data, uint32 len);
+static void bg_job_rows_from_kept(BgJob *job, uint64 from);
+static void bg_job_consume_kept_row(void *arg, char *data, uint32 len);
 static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at);
@@ -1676,11 +1678,59 @@ bg_job_wait_registered(BgJob *job)
 static void
 bg_job_tuples_detached(BgJob *job)
 {
+	BgJobShared *shared = job->shared;
+	bool		in_kept_file;
+	uint64		from;
+
+	SpinLockAcquire(&shared->mutex);
+	in_kept_file = shared->rows_in_kept_file;
+	from = shared->rows_kept_from;
+	SpinLockRelease(&shared->mutex);
 	/* as for messages, an interrupted collection resumes where it stopped */
-	if (!job->stream)
-		(void) bg_spill_collect(job->shared, job->fileset, true,
+	if (job->stream)
+		;
+	else if (in_kept_file)
+		bg_job_rows_from_kept(job, from);
+	else
+		(void) bg_spill_collect(shared, job->fileset, true,
 								job->rows_received, bg_job_consume_row, job);
 	job->tuples_done = true;
+}
+
+/*
+ * The rows the queue did not carry are in the job's kept file, the first of
+ * them at "from": the spool reads them from there, holding the file open as
+ * it does for rows past work_mem; or, with no file descriptor to spare for
+ * that, or the file forgotten meanwhile, it takes a copy of each.
+ */
+static void
+bg_job_rows_from_kept(BgJob *job, uint64 from)
+{
+	int64		rows = (int64) pg_atomic_read_u64(&job->shared->rows);
+	uint64		valid = pg_atomic_read_u64(&job->shared->kept_valid);
+	File		file;
+
+	if (job->nspooled >= rows)
+		return;
+	if (job->kept_next == 0)
+	{
+		if (bg_spool_adopt_kept(job->spool, rows, valid))
+		{
+			job->nspooled = rows;
+			return;
+		}
+		job->kept_next = from;
+	}
+	/* (by its name in the file set, which a bg_forget leaves) */
+	file = FileSetOpen(&job->fileset->fs, BG_KEPT_ROWS_LINK, O_RDONLY | PG_BINARY);
+	if (file <= 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open the rows of background job %d kept in its file set: %m",
+						job->pid)));
+	bg_keep_scan_rows(file, (off_t) job->kept_next, (off_t) valid,
+					  bg_job_consume_kept_row, job);
+	FileClose(file);
 }
 
 static void
@@ -1690,6 +1740,16 @@ bg_job_consume_row(void *arg, char *data, uint32 len)
 
 	bg_job_spool(job, (MinimalTuple) data);
 	job->rows_received++;
+}
+
+/* (where the next row starts moves on only once this one is in) */
+static void
+bg_job_consume_kept_row(void *arg, char *data, uint32 len)
+{
+	BgJob	   *job = (BgJob *) arg;
+
+	bg_job_spool(job, (MinimalTuple) data);
+	job->kept_next += sizeof(BgKeepRecord) + len;
 }
 
 static void

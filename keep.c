@@ -70,6 +70,7 @@
 #include "port/pg_crc32c.h"
 #include "storage/condition_variable.h"
 #include "storage/fd.h"
+#include "storage/fileset.h"
 #include "storage/shm_toc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -439,7 +440,7 @@ bg_keep_create(BgJobShared *shared, TupleDesc desc)
 		w->limit_is_temp = true;
 	}
 	/* readable by the server only */
-	w->file = PathNameOpenFilePerm(w->path, O_CREAT | O_EXCL | O_WRONLY | PG_BINARY,
+	w->file = PathNameOpenFilePerm(w->path, O_CREAT | O_EXCL | O_RDWR | PG_BINARY,
 								   S_IRUSR | S_IWUSR);
 	if (w->file < 0)
 		ereport(ERROR,
@@ -667,6 +668,167 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 	}
 	w->rows++;
 	w->record_end = w->written + w->buf_len;
+}
+
+/* Where the rows appended so far end: where the next row's record starts */
+off_t
+bg_keep_rows_end(BgKeepWriter *w)
+{
+	return w->record_end;
+}
+
+/* Bytes [offset, offset + n) of the file: what is written out, then the buffer */
+static void
+bg_keep_copy_out(BgKeepWriter *w, off_t offset, char *dst, Size n)
+{
+	if (offset < w->written)
+	{
+		Size		from_file = Min(n, (Size) (w->written - offset));
+		int			got;
+
+		got = FileRead(w->file, dst, (int) from_file, offset,
+					   WAIT_EVENT_BUFFILE_READ);
+		if (got < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", w->path)));
+		if (got != (int) from_file)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("could not read file \"%s\": read only %d of %zu bytes",
+							w->path, got, from_file)));
+		dst += from_file;
+		offset += from_file;
+		n -= from_file;
+	}
+	if (n > 0)
+	{
+		if (offset - w->written + n > w->buf_len)
+			elog(ERROR, "row to read back lies past the end of kept file \"%s\"",
+				 w->path);
+		memcpy(dst, w->buf + (offset - w->written), n);
+	}
+}
+
+static bool
+bg_keep_crc_matches(BgKeepRecord *rec, const char *data)
+{
+	pg_crc32c	crc;
+
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, data, rec->len);
+	FIN_CRC32C(crc);
+	return EQ_CRC32C(crc, rec->crc);
+}
+
+/*
+ * Read back into "out" the row whose record starts at "offset": a worker
+ * keeps no second copy of the rows its reader has not taken off the queue
+ * yet (spill.c).  Returns the record's length.  A record written out is
+ * checked against its CRC; one still in the buffer has none yet.
+ */
+Size
+bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out)
+{
+	BgKeepRecord rec;
+
+	bg_keep_copy_out(w, offset, (char *) &rec, sizeof(rec));
+	resetStringInfo(out);
+	enlargeStringInfo(out, rec.len);
+	bg_keep_copy_out(w, offset + sizeof(rec), out->data, rec.len);
+	out->len = rec.len;
+	if (offset < w->written && !bg_keep_crc_matches(&rec, out->data))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("kept result in file \"%s\" is damaged", w->path),
+				 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
+						   (int64) offset)));
+	return sizeof(rec) + rec.len;
+}
+
+/*
+ * Give the kept file a second name, "name" in the job's file set, for the
+ * rows the job's queue did not carry: the launching session reads them
+ * there (spill.c).  False where it cannot be made: the file set is in
+ * another file system (temp_tablespaces), or linking failed otherwise.
+ */
+bool
+bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name)
+{
+	char		path[MAXPGPATH];
+	File		placeholder;
+
+	/* the file set's directory for the name, made if need be */
+	placeholder = FileSetCreate(fileset, name);
+	strlcpy(path, FilePathName(placeholder), MAXPGPATH);
+	FileClose(placeholder);
+	if (unlink(path) != 0 || link(w->path, path) != 0)
+	{
+		ereport(DEBUG1,
+				(errcode_for_file_access(),
+				 errmsg_internal("could not link \"%s\" to \"%s\": %m",
+								 path, w->path)));
+		return false;
+	}
+	return true;
+}
+
+/* Bytes [offset, offset + n) of a kept file, which must hold them all */
+static void
+bg_keep_file_read(File file, char *dst, Size n, off_t offset)
+{
+	int			got = FileRead(file, dst, (int) n, offset, WAIT_EVENT_BUFFILE_READ);
+
+	if (got < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read file \"%s\": %m", FilePathName(file))));
+	if ((Size) got != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
+				 errdetail("It is shorter than its worker wrote.")));
+}
+
+/*
+ * Pass the rows of a kept file whose records lie in [from, to) to
+ * "consume", in order, each checked against its CRC.  For the launching
+ * session, which copies the rows its queue did not carry from there when
+ * its spool cannot hold the file open (bg_spool_adopt_kept).
+ */
+void
+bg_keep_scan_rows(File file, off_t from, off_t to,
+				  void (*consume) (void *arg, char *data, uint32 len),
+				  void *arg)
+{
+	StringInfoData row;
+
+	initStringInfo(&row);
+	while (from < to)
+	{
+		BgKeepRecord rec;
+
+		bg_keep_file_read(file, (char *) &rec, sizeof(rec), from);
+		if (rec.len > (uint64) (to - from) - sizeof(rec))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
+					 errdetail("A row's length at offset " INT64_FORMAT " is not valid.",
+							   (int64) from)));
+		resetStringInfo(&row);
+		enlargeStringInfo(&row, rec.len);
+		bg_keep_file_read(file, row.data, rec.len, from + sizeof(rec));
+		if (!bg_keep_crc_matches(&rec, row.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
+					 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
+							   (int64) from)));
+		consume(arg, row.data, rec.len);
+		from += sizeof(rec) + rec.len;
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(row.data);
 }
 
 /*

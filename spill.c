@@ -13,6 +13,14 @@
  * the queue before it produces more.  So the job finishes, commits and
  * releases its locks however slow its reader is, and its worker exits.
  *
+ * A job that keeps its result has written every row to its kept file
+ * (keep.c) before it offers it to the queue, one after the other: there the
+ * rows the queue did not take are already, and no second file is written.
+ * The worker notes where in the kept file the next row to push starts, and
+ * reads it back from there (or from its write buffer) to push it; at the
+ * end it tells the reader where in the kept file the rows the queue did not
+ * carry start.
+ *
  * Protocol messages (notices, the descriptor, the outcome) are redirected
  * through the same kind of overflow, kept in the worker's memory while the
  * job runs (a message is produced when the job says so, not per row).
@@ -84,7 +92,11 @@ typedef struct BgSpill
 	TimestampTz stalled_at;		/* since when the queue takes nothing, or 0 */
 	StringInfoData flight;		/* its bytes */
 	SharedFileSet *fileset;		/* the job's file set: where kept ones go */
-	/* rows are kept in a file as they come */
+	/* a job that keeps its result has its rows in its kept file */
+	BgKeepWriter *keep;
+	off_t		keep_read;		/* there, the next row to push */
+	off_t		keep_pushed;	/* there, the end of the rows wholly pushed */
+	/* other jobs' rows are kept in a file as they come */
 	BufFile    *file;
 	int			read_fileno;	/* the next kept row to push */
 	off_t		read_offset;
@@ -112,7 +124,9 @@ static bool bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *),
 						  bool flush);
 static bool bg_spill_wait_reader(BgSpill *s);
 static void bg_spill_seek(BgSpill *s, bool to_end);
-static void bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt);
+static void bg_spill_keep_row(BgSpill *s, uint64 index, shm_mq_iovec *iov,
+							  int iovcnt);
+static void bg_spill_hand_kept_rows(BgSpill *s, BgJobShared *shared);
 static bool bg_spill_next_row(BgSpill *s);
 static void bg_spill_keep_message(BgSpill *s, const char *data, Size len);
 static void bg_spill_append_message(BgSpill *s, const char *data, Size len);
@@ -217,6 +231,8 @@ bg_spill_push(BgSpill *s, bool (*next_kept) (BgSpill *), bool flush)
 				return false;
 			s->in_flight = false;
 			s->pushed++;
+			if (s->keep)
+				s->keep_pushed += sizeof(BgKeepRecord) + s->flight.len;
 		}
 		if (s->pushed == s->next)
 			return true;
@@ -259,7 +275,8 @@ bg_spill_wait_reader(BgSpill *s)
  */
 bool
 bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
-				  shm_mq_iovec *iov, int iovcnt, bool flush)
+				  BgKeepWriter *keep, shm_mq_iovec *iov, int iovcnt,
+				  bool flush)
 {
 	BgSpill    *s = &bg_rows;
 
@@ -268,6 +285,16 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 		memset(s, 0, sizeof(BgSpill));
 		s->mqh = mqh;
 		s->fileset = fileset;
+		s->keep = keep;
+		if (keep)
+		{
+			/* this row, the first, was appended last */
+			int			i;
+
+			s->keep_pushed = bg_keep_rows_end(keep) - sizeof(BgKeepRecord);
+			for (i = 0; i < iovcnt; i++)
+				s->keep_pushed -= iov[i].len;
+		}
 	}
 	for (;;)
 	{
@@ -288,6 +315,8 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 				s->next++;
 				s->pushed++;
 				s->stalled_at = 0;
+				if (s->keep)
+					s->keep_pushed = bg_keep_rows_end(s->keep);
 				return true;
 			}
 			if (s->mqh == NULL)
@@ -295,10 +324,15 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 			if (bg_spill_wait_reader(s))
 				continue;
 			/* perhaps partly in the queue: it is in flight, and kept */
-			bg_spill_keep_row(s, iov, iovcnt);
 			bg_spill_flightv(s, iov, iovcnt);
-			s->read_fileno = s->write_fileno;
-			s->read_offset = s->write_offset;
+			if (s->keep)
+				s->keep_read = bg_keep_rows_end(s->keep);
+			else
+			{
+				bg_spill_keep_row(s, s->next, iov, iovcnt);
+				s->read_fileno = s->write_fileno;
+				s->read_offset = s->write_offset;
+			}
 			s->next++;
 			return true;
 		}
@@ -309,7 +343,9 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 		if (!bg_spill_wait_reader(s))
 			break;
 	}
-	bg_spill_keep_row(s, iov, iovcnt);
+	/* (a kept result has it already, after the kept rows before it) */
+	if (!s->keep)
+		bg_spill_keep_row(s, s->next, iov, iovcnt);
 	s->next++;
 	return true;
 }
@@ -335,7 +371,7 @@ bg_spill_seek(BgSpill *s, bool to_end)
 }
 
 static void
-bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt)
+bg_spill_keep_row(BgSpill *s, uint64 index, shm_mq_iovec *iov, int iovcnt)
 {
 	BgKeptHeader hdr;
 	int			i;
@@ -353,7 +389,7 @@ bg_spill_keep_row(BgSpill *s, shm_mq_iovec *iov, int iovcnt)
 		s->at_write = true;
 	}
 	bg_spill_seek(s, true);
-	hdr.index = s->next;
+	hdr.index = index;
 	hdr.len = 0;
 	for (i = 0; i < iovcnt; i++)
 		hdr.len += iov[i].len;
@@ -368,11 +404,17 @@ bg_spill_next_row(BgSpill *s)
 {
 	BgKeptHeader hdr;
 
+	if (s->flight.data == NULL)
+		bg_spill_flight(s, "", 0);
+	if (s->keep)
+	{
+		s->keep_read += bg_keep_read_back(s->keep, s->keep_read, &s->flight);
+		s->in_flight = true;
+		return true;
+	}
 	bg_spill_seek(s, false);
 	if (BufFileRead(s->file, &hdr, sizeof(hdr)) != sizeof(hdr))
 		elog(ERROR, "could not read a kept row of a background job");
-	if (s->flight.data == NULL)
-		bg_spill_flight(s, "", 0);
 	resetStringInfo(&s->flight);
 	enlargeStringInfo(&s->flight, hdr.len);
 	if (BufFileRead(s->file, s->flight.data, hdr.len) != hdr.len)
@@ -394,7 +436,7 @@ bg_spill_finish_rows(BgJobShared *shared)
 	BgSpill    *s = &bg_rows;
 	bool		all_in = true;
 
-	if (s->file == NULL)
+	if (s->keep ? s->pushed == s->next : s->file == NULL)
 		return;
 	while (s->mqh != NULL)
 	{
@@ -408,6 +450,12 @@ bg_spill_finish_rows(BgJobShared *shared)
 		if (!bg_spill_wait_reader(s))
 			break;
 	}
+	if (s->keep)
+	{
+		if (s->mqh != NULL && !all_in)
+			bg_spill_hand_kept_rows(s, shared);
+		return;
+	}
 	if (s->mqh != NULL && !all_in)
 	{
 		BufFileExportFileSet(s->file);
@@ -420,6 +468,56 @@ bg_spill_finish_rows(BgJobShared *shared)
 		BufFileDeleteFileSet(&s->fileset->fs, BG_ROWS_FILE, true);
 	}
 	s->file = NULL;
+}
+
+/*
+ * The rows the queue did not take are in the job's kept file, the first of
+ * them (perhaps partly in the queue, which the reader then drops) at
+ * keep_pushed.  The reader takes them from there through a second name of
+ * the file in the job's file set: it goes with the segment, as a file of
+ * their own would, and so outlives a bg_forget that removes the kept file
+ * while the launching session still holds the job.  Where no such name can
+ * be made (the file set lies in another file system), they are copied to a
+ * file of their own after all.
+ */
+static void
+bg_spill_hand_kept_rows(BgSpill *s, BgJobShared *shared)
+{
+	ResourceOwner oldowner = CurrentResourceOwner;
+	bool		linked;
+
+	CurrentResourceOwner = TopTransactionResourceOwner;
+	linked = bg_keep_link(s->keep, &s->fileset->fs, BG_KEPT_ROWS_LINK);
+	CurrentResourceOwner = oldowner;
+	if (linked)
+	{
+		SpinLockAcquire(&shared->mutex);
+		shared->rows_kept_from = (uint64) s->keep_pushed;
+		shared->rows_in_kept_file = true;
+		SpinLockRelease(&shared->mutex);
+	}
+	else
+	{
+		off_t		offset = s->keep_pushed;
+		uint64		index;
+		StringInfoData row;
+		shm_mq_iovec iov;
+
+		initStringInfo(&row);
+		for (index = s->pushed; index < s->next; index++)
+		{
+			offset += bg_keep_read_back(s->keep, offset, &row);
+			iov.data = row.data;
+			iov.len = row.len;
+			bg_spill_keep_row(s, index, &iov, 1);
+			CHECK_FOR_INTERRUPTS();
+		}
+		pfree(row.data);
+		BufFileExportFileSet(s->file);
+		BufFileClose(s->file);
+		s->file = NULL;
+	}
+	bg_spill_mark(shared, true);
 }
 
 /* Tell the reader to look for kept messages once the queue is detached. */

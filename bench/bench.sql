@@ -158,6 +158,53 @@ CALL bench_disk();
 \echo Disk bytes written per result row, by mode
 SELECT tab AS "table", mode, kept_per_row, temp_per_row FROM disk ORDER BY ord;
 
+-- A reader away: the launching session holds the job in its transaction but
+-- reads nothing until the job has ended, so the rows its queue cannot take
+-- are set aside.  What the job's file set holds of them then, per result
+-- row (the kept file's second name there, "kept", is not a copy and is not
+-- counted), and the kept file's size.
+CREATE OR REPLACE FUNCTION bench_set_aside() RETURNS bigint
+LANGUAGE sql AS $$
+  SELECT coalesce(sum((pg_stat_file(format('%s/%s/%s', dir, d, f))).size), 0)::bigint
+    FROM (SELECT 'base/pgsql_tmp' AS dir) b,
+         LATERAL pg_ls_dir(b.dir, true, false) d,
+         LATERAL pg_ls_dir(format('%s/%s', b.dir, d), true, false) f
+   WHERE d LIKE '%.fileset' AND f <> 'kept'
+$$;
+CREATE TEMP TABLE away (tab text, mode text, kept_per_row numeric,
+                        set_aside_per_row numeric, ord int);
+CREATE OR REPLACE PROCEDURE bench_away()
+LANGUAGE plpgsql AS $$
+DECLARE
+  c record;
+  jpid int;
+  n bigint;
+  a numeric;
+  k numeric;
+BEGIN
+  FOR c IN SELECT tab, mode, 10 * o + mo AS ord
+             FROM (VALUES ('t', 1), ('tw', 2)) AS x(tab, o),
+                  (VALUES ('default', 1), ('keep => false', 2)) AS m(mode, mo)
+            ORDER BY 3 LOOP
+    jpid := bg_launch(format('SELECT * FROM %s', c.tab), keep => c.mode = 'default');
+    WHILE (SELECT state FROM bg_jobs WHERE pid = jpid ORDER BY id DESC LIMIT 1) = 'running' LOOP
+      PERFORM pg_sleep(0.01);
+    END LOOP;
+    a := bench_set_aside();
+    EXECUTE format('SELECT count(*) FROM bg_result_%s', jpid) INTO n;
+    SELECT coalesce(j.kept_bytes, 0) INTO k
+      FROM bg_jobs j WHERE j.pid = jpid ORDER BY j.id DESC LIMIT 1;
+    INSERT INTO away VALUES (c.tab, c.mode, round(k / n, 1), round(a / n, 1), c.ord);
+    PERFORM bg_detach(jpid);
+    COMMIT;
+  END LOOP;
+END
+$$;
+CALL bench_away();
+\echo
+\echo Disk bytes per result row with the reader away until the job ended
+SELECT tab AS "table", mode, kept_per_row, set_aside_per_row FROM away ORDER BY ord;
+
 -- Reading a kept result later, as any session would once its launcher has
 -- let it go: from the job's file, every row's CRC checked, against the same
 -- aggregate over the table the job read.

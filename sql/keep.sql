@@ -161,6 +161,33 @@ SELECT count(*) AS listed, regress_kept_file(:dur_job) AS file
   FROM bg_jobs WHERE id = :dur_job;
 DROP FUNCTION regress_wait_forget();
 
+-- A reader away while the job runs: the rows its small queue cannot take
+-- are only in the job's kept file (no second file), from where the worker
+-- pushes them once the reader is back and the job goes on, and from where
+-- the reader takes what is left when the job has ended.
+SELECT pg_advisory_lock(4245);
+SELECT bg_launch($$SELECT g, md5(g::text) AS h,
+                   CASE WHEN g = 30000 THEN pg_advisory_lock_shared(4245) END AS w
+                   FROM generate_series(1, 60000) g$$, queue_size => 65536) AS away \gset
+SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :away || ')') AS job_waits;
+SELECT pg_advisory_unlock(4245);
+SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) AS intact
+  FROM bg_result_:away;
+SELECT bg_detach(:away);
+-- ended while this session, in a transaction block, held it unread
+BEGIN;
+SELECT bg_launch($$SELECT g, md5(g::text) AS h FROM generate_series(1, 60000) g$$,
+                 queue_size => 65536) AS away \gset
+SELECT regress_poll(format('(SELECT state = %L FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                           'finished', :away)) AS ended;
+SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) AS intact
+  FROM bg_result_:away;
+-- and again: the rows taken off the queue, then those in the kept file
+SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) AS intact
+  FROM bg_result_:away;
+COMMIT;
+SELECT bg_detach(:away);
+
 -- A job keeps the messages it sends (at its own client_min_messages) for
 -- bg_messages, in order, with their fields.  Here the launching session
 -- shows none of those it gets relayed: they come when they come.

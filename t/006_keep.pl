@@ -11,6 +11,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use File::Path ();
 use Time::HiRes qw(usleep);
 use FindBin;
 use lib $FindBin::RealBin;
@@ -203,6 +204,82 @@ is(kept_file($job), 'absent', 'bg_forget removes the kept file');
 	extra_params => [ '-U', 'alice' ]);
 like($stderr, qr/background job $pid with identifier $job does not exist/,
 	'a table of a forgotten job is a clear error');
+
+# The rows a job's queue cannot take while its reader is away are only in
+# its kept file: the worker writes no second copy.  A launching session that
+# holds the job (here, in a transaction block) past its end reads them
+# through a second name of the kept file in the job's file set, which a
+# bg_forget meanwhile leaves, and which goes with the job's segment.
+sub away_job
+{
+	my ($label, $launch_opts) = @_;
+	my $holder = $node->background_psql('postgres');
+	my $pid = $holder->query_safe(
+		"BEGIN; SELECT bg_launch(\$\$SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g\$\$, queue_size => 65536$launch_opts)");
+	$pid =~ s/.*\n//s;
+	ok( $node->poll_query_until('postgres',
+			"SELECT state = 'finished' FROM bg_jobs WHERE pid = $pid ORDER BY id DESC LIMIT 1"),
+		"$label: the job has ended, its reader away");
+	my $job = $node->safe_psql('postgres',
+		"SELECT max(id) FROM bg_job_registry WHERE pid = $pid");
+	my @files = map { s{.*/}{}r } glob($node->data_dir . '/base/pgsql_tmp/*.fileset/*'),
+	  map { glob("$_/pgsql_tmp/*.fileset/*") } glob($node->data_dir . '/pg_tblspc/*/*');
+	my ($link) = grep { m{/kept$} } glob($node->data_dir . '/base/pgsql_tmp/*.fileset/*');
+	return ($holder, $pid, $job, join(' ', sort @files), $link);
+}
+my ($holder, $away, $away_job, $files, $link) = away_job('kept');
+is($files, 'kept', 'the rows the queue did not take have no file of their own');
+is((stat($link))[1], (stat("$dir/$away_job"))[1], 'the file set names the kept file itself');
+$node->safe_psql('postgres', "SELECT bg_forget($away)");
+is(kept_file($away_job), 'absent', 'bg_forget removes the kept file');
+is( $holder->query_safe(
+		"SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) FROM bg_result_$away"),
+	'50000|1250025000|50000',
+	'the launching session, holding the job, still reads every row');
+$holder->query_safe("COMMIT; SELECT bg_detach($away)");
+is($holder->query_safe('SELECT bg_segments()'), '0', 'once detached, the job has no segment');
+is(scalar(glob($node->data_dir . '/base/pgsql_tmp/*.fileset')), undef,
+	'and no file set: the second name went with it');
+$holder->quit;
+
+# A job that keeps nothing keeps those rows in a file of its own: the check
+# above can see one.
+($holder, $away, $away_job, $files) = away_job('keep => false', ', keep => false');
+is($files, 'rows.0', 'the rows of a job that keeps nothing are in a file of their own');
+$holder->quit;
+
+# Where the file set lies in another file system (a temporary tablespace in
+# /dev/shm) no second name can be made: the rows are copied there instead.
+my $shm = "/dev/shm/bg_fdw_tap_$$";
+END { File::Path::rmtree($shm) if defined $shm && -d $shm; }
+SKIP:
+{
+	skip 'no /dev/shm on a file system of its own', 3
+	  unless -d '/dev/shm'
+	  && (stat('/dev/shm'))[0] != (stat($node->data_dir))[0]
+	  && mkdir($shm);
+	$node->safe_psql('postgres', qq{
+		CREATE TABLESPACE shm LOCATION '$shm';
+		GRANT CREATE ON TABLESPACE shm TO PUBLIC;
+		ALTER SYSTEM SET temp_tablespaces = 'shm';
+		SELECT pg_reload_conf();
+	});
+	($holder, $away, $away_job, $files) = away_job('file set elsewhere');
+	is($files, 'rows.0', 'in another file system the rows are copied to a file of their own');
+	$node->safe_psql('postgres', "SELECT bg_forget($away)");
+	is( $holder->query_safe(
+			"SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) FROM bg_result_$away"),
+		'50000|1250025000|50000',
+		'which the launching session reads whole after bg_forget');
+	$holder->query_safe("COMMIT; SELECT bg_detach($away)");
+	$holder->quit;
+	$node->safe_psql('postgres', q{
+		ALTER SYSTEM RESET temp_tablespaces;
+		SELECT pg_reload_conf();
+	});
+	ok($node->poll_query_until('postgres', q{SELECT current_setting('temp_tablespaces') = ''}),
+		'temp_tablespaces reset');
+}
 
 # A finished job's worker makes its kept file durable and records it after
 # the commit that ends the job, so that readers need not wait for the
