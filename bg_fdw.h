@@ -534,6 +534,7 @@ extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern off_t bg_keep_rows_end(BgKeepWriter *w);
 extern Size bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out);
 extern bool bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name);
+extern void bg_keep_unlink(FileSet *fileset, const char *name);
 extern void bg_keep_scan_rows(File file, off_t from, off_t to,
 							  void (*consume) (void *arg, char *data, uint32 len),
 							  void *arg);
@@ -548,6 +549,7 @@ extern BgKeepReader *bg_keep_open(int pid, int64 job_id, int64 size,
 								  const char *command);
 extern BgKeepReader *bg_keep_open_live(BgKeptJob *kj, bool wait);
 extern int	bg_keep_open_rows(int64 job_id, char *path, off_t *rows_start);
+extern bool bg_keep_file_removed(int64 job_id);
 extern TupleDesc bg_keep_desc(BgKeepReader *r);
 extern bool bg_keep_next(BgKeepReader *r, TupleTableSlot *slot);
 extern void bg_keep_rewind(BgKeepReader *r);

@@ -811,7 +811,9 @@ bg_jobs_unkeep_removed(void)
 
 /*
  * An ended job's kept file has every row: let its segment go.  One this
- * session never read is then read as any other session reads it.  One it
+ * session never read is then read as any other session reads it, unless
+ * it was forgotten before: it then keeps its segment, the session still
+ * holding it, as bg_forget promises.  One it
  * has read in part keeps its spool, which reads the rest from the file it
  * holds open, so that the rows stay readable here as long as the session
  * holds the job, even once bg_forget removes the file; if the file cannot
@@ -826,6 +828,10 @@ bg_job_release_kept(BgJob *job)
 
 	if (job->nspooled == 0)
 	{
+		/* forgotten meanwhile: the queue and the file set have its rows */
+		if (pg_atomic_read_u64(&job->shared->kept_size) > 0 &&
+			bg_keep_file_removed(job->shared->job_id))
+			return;
 		job->released = true;
 		bg_job_close_segment(job);
 		bg_spool_free(job->spool);
@@ -1690,7 +1696,10 @@ bg_job_tuples_detached(BgJob *job)
 	if (job->stream)
 		;
 	else if (in_kept_file)
+	{
 		bg_job_rows_from_kept(job, from);
+		bg_keep_unlink(&job->fileset->fs, BG_KEPT_ROWS_LINK);
+	}
 	else
 		(void) bg_spill_collect(shared, job->fileset, true,
 								job->rows_received, bg_job_consume_row, job);

@@ -139,6 +139,22 @@ typedef struct BgKeepFooter
 	uint64		rows_end;		/* offset where the rows end */
 } BgKeepFooter;
 
+/*
+ * Bytes of a kept file read a block at a time, for those who read it through
+ * fd.c in order: the worker reading rows back (spill.c) and the launching
+ * session copying them (bg_keep_scan_rows).  A row at a time, that was two
+ * reads per row.
+ */
+typedef struct BgKeepBlocks
+{
+	File		file;
+	char	   *buf;			/* bytes of the file from start */
+	Size		size;
+	off_t		start;
+	Size		len;
+	MemoryContext cxt;			/* where buf lives */
+} BgKeepBlocks;
+
 /* The worker's kept file, while its last statement runs */
 struct BgKeepWriter
 {
@@ -156,6 +172,7 @@ struct BgKeepWriter
 	Size		unsummed;
 	Size		unsummed_end;
 	BgJobShared *shared;		/* where sizes are published */
+	BgKeepBlocks back;			/* for rows read back, once there are some */
 };
 
 /* A reader of a kept result, for one scan */
@@ -216,6 +233,8 @@ static void bg_keep_dir(char *path);
 static int64 bg_keep_dir_bytes(const char *dir);
 static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
+static const char *bg_keep_blocks_get(BgKeepBlocks *b, off_t offset, Size n);
+static void bg_keep_row_damaged(File file, off_t offset, bool checksum);
 static uint32 bg_keep_record_len(const char *rec);
 static bool bg_keep_whole_record(const char *p, const char *end);
 static pg_crc32c bg_keep_crc_one(const char *rec);
@@ -677,6 +696,51 @@ bg_keep_rows_end(BgKeepWriter *w)
 	return w->record_end;
 }
 
+/*
+ * Bytes [offset, offset + n) of a file, through the block buffer: a pointer
+ * into it, valid until the next call.  The file must hold them all.
+ */
+static const char *
+bg_keep_blocks_get(BgKeepBlocks *b, off_t offset, Size n)
+{
+	int			got;
+
+	if (offset >= b->start && offset + n <= b->start + b->len)
+		return b->buf + (offset - b->start);
+	if (b->buf == NULL || n > b->size)
+	{
+		Size		size = Max(n, BG_KEEP_BUFSIZE);
+
+		if (b->buf)
+			pfree(b->buf);
+		b->len = 0;
+		b->buf = MemoryContextAlloc(b->cxt, size);
+		b->size = size;
+	}
+	got = FileRead(b->file, b->buf, (int) b->size, offset, WAIT_EVENT_BUFFILE_READ);
+	if (got < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read file \"%s\": %m", FilePathName(b->file))));
+	b->start = offset;
+	b->len = got;
+	if ((Size) got < n)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("kept result in file \"%s\" is damaged", FilePathName(b->file)),
+				 errdetail("It is shorter than its worker wrote.")));
+	return b->buf;
+}
+
+static void
+bg_keep_blocks_free(BgKeepBlocks *b)
+{
+	if (b->buf)
+		pfree(b->buf);
+	b->buf = NULL;
+	b->len = 0;
+}
+
 /* Bytes [offset, offset + n) of the file: what is written out, then the buffer */
 static void
 bg_keep_copy_out(BgKeepWriter *w, off_t offset, char *dst, Size n)
@@ -684,28 +748,17 @@ bg_keep_copy_out(BgKeepWriter *w, off_t offset, char *dst, Size n)
 	if (offset < w->written)
 	{
 		Size		from_file = Min(n, (Size) (w->written - offset));
-		int			got;
 
-		got = FileRead(w->file, dst, (int) from_file, offset,
-					   WAIT_EVENT_BUFFILE_READ);
-		if (got < 0)
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("could not read file \"%s\": %m", w->path)));
-		if (got != (int) from_file)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("could not read file \"%s\": read only %d of %zu bytes",
-							w->path, got, from_file)));
+		w->back.file = w->file;
+		w->back.cxt = TopMemoryContext;
+		memcpy(dst, bg_keep_blocks_get(&w->back, offset, from_file), from_file);
 		dst += from_file;
 		offset += from_file;
 		n -= from_file;
 	}
 	if (n > 0)
 	{
-		if (offset - w->written + n > w->buf_len)
-			elog(ERROR, "row to read back lies past the end of kept file \"%s\"",
-				 w->path);
+		Assert(offset - w->written + n <= w->buf_len);
 		memcpy(dst, w->buf + (offset - w->written), n);
 	}
 }
@@ -722,27 +775,47 @@ bg_keep_crc_matches(BgKeepRecord *rec, const char *data)
 }
 
 /*
+ * A row of a kept file, read by the worker or the launching session, is bad:
+ * its length ("checksum" false) or its checksum.
+ */
+static void
+bg_keep_row_damaged(File file, off_t offset, bool checksum)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
+			 checksum ?
+			 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
+					   (int64) offset) :
+			 errdetail("A row at offset " INT64_FORMAT " has a wrong length.",
+					   (int64) offset)));
+}
+
+/*
  * Read back into "out" the row whose record starts at "offset": a worker
  * keeps no second copy of the rows its reader has not taken off the queue
  * yet (spill.c).  Returns the record's length.  A record written out is
- * checked against its CRC; one still in the buffer has none yet.
+ * checked against its CRC; one still in the buffer has none yet.  Its
+ * length is checked first: what lies on disk may have been damaged there.
  */
 Size
 bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out)
 {
 	BgKeepRecord rec;
 
+	if (offset < 0 || bg_keep_rows_end(w) - offset < (off_t) sizeof(rec))
+		elog(ERROR, "row to read back lies past the end of kept file \"%s\"",
+			 w->path);
 	bg_keep_copy_out(w, offset, (char *) &rec, sizeof(rec));
+	if (rec.len < SizeofMinimalTupleHeader ||
+		rec.len > (uint64) (bg_keep_rows_end(w) - offset) - sizeof(rec))
+		bg_keep_row_damaged(w->file, offset, false);
 	resetStringInfo(out);
 	enlargeStringInfo(out, rec.len);
 	bg_keep_copy_out(w, offset + sizeof(rec), out->data, rec.len);
 	out->len = rec.len;
 	if (offset < w->written && !bg_keep_crc_matches(&rec, out->data))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("kept result in file \"%s\" is damaged", w->path),
-				 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
-						   (int64) offset)));
+		bg_keep_row_damaged(w->file, offset, true);
 	return sizeof(rec) + rec.len;
 }
 
@@ -773,21 +846,25 @@ bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name)
 	return true;
 }
 
-/* Bytes [offset, offset + n) of a kept file, which must hold them all */
-static void
-bg_keep_file_read(File file, char *dst, Size n, off_t offset)
+/*
+ * Remove that second name once the rows are taken: by an unlink of our own,
+ * not the file set's, which would report a temporary file of the kept
+ * file's size (log_temp_files, temp_bytes) where none was written.
+ */
+void
+bg_keep_unlink(FileSet *fileset, const char *name)
 {
-	int			got = FileRead(file, dst, (int) n, offset, WAIT_EVENT_BUFFILE_READ);
+	File		file = FileSetOpen(fileset, name, O_RDONLY | PG_BINARY);
+	char		path[MAXPGPATH];
 
-	if (got < 0)
-		ereport(ERROR,
+	if (file <= 0)
+		return;
+	strlcpy(path, FilePathName(file), MAXPGPATH);
+	FileClose(file);
+	if (unlink(path) != 0 && errno != ENOENT)
+		ereport(LOG,
 				(errcode_for_file_access(),
-				 errmsg("could not read file \"%s\": %m", FilePathName(file))));
-	if ((Size) got != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
-				 errdetail("It is shorter than its worker wrote.")));
+				 errmsg("could not remove file \"%s\": %m", path)));
 }
 
 /*
@@ -801,34 +878,35 @@ bg_keep_scan_rows(File file, off_t from, off_t to,
 				  void (*consume) (void *arg, char *data, uint32 len),
 				  void *arg)
 {
+	BgKeepBlocks blocks = {0};
 	StringInfoData row;
 
+	blocks.file = file;
+	blocks.cxt = CurrentMemoryContext;
 	initStringInfo(&row);
 	while (from < to)
 	{
 		BgKeepRecord rec;
 
-		bg_keep_file_read(file, (char *) &rec, sizeof(rec), from);
-		if (rec.len > (uint64) (to - from) - sizeof(rec))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
-					 errdetail("A row's length at offset " INT64_FORMAT " is not valid.",
-							   (int64) from)));
+		if (to - from < (off_t) sizeof(rec))
+			bg_keep_row_damaged(file, from, false);
+		memcpy(&rec, bg_keep_blocks_get(&blocks, from, sizeof(rec)), sizeof(rec));
+		if (rec.len < SizeofMinimalTupleHeader ||
+			rec.len > (uint64) (to - from) - sizeof(rec))
+			bg_keep_row_damaged(file, from, false);
+		/* (the row, a MinimalTuple, aligned) */
 		resetStringInfo(&row);
-		enlargeStringInfo(&row, rec.len);
-		bg_keep_file_read(file, row.data, rec.len, from + sizeof(rec));
+		appendBinaryStringInfo(&row,
+							   bg_keep_blocks_get(&blocks, from + sizeof(rec), rec.len),
+							   rec.len);
 		if (!bg_keep_crc_matches(&rec, row.data))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
-					 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
-							   (int64) from)));
+			bg_keep_row_damaged(file, from, true);
 		consume(arg, row.data, rec.len);
 		from += sizeof(rec) + rec.len;
 		CHECK_FOR_INTERRUPTS();
 	}
 	pfree(row.data);
+	bg_keep_blocks_free(&blocks);
 }
 
 /*
@@ -1033,6 +1111,7 @@ bg_keep_end_writer(bool remove)
 				(errcode_for_file_access(),
 				 errmsg("could not remove file \"%s\": %m", w->path)));
 	pfree(w->buf);
+	bg_keep_blocks_free(&w->back);
 	pfree(w);
 }
 
@@ -1212,6 +1291,17 @@ bg_keep_open_rows(int64 job_id, char *path, off_t *rows_start)
 	}
 	*rows_start = sizeof(hdr) + hdr.cols_len;
 	return fd;
+}
+
+/* Has the job's kept file been removed (bg_forget, expiry)? */
+bool
+bg_keep_file_removed(int64 job_id)
+{
+	char		path[MAXPGPATH];
+	struct stat st;
+
+	bg_keep_path(path, job_id);
+	return stat(path, &st) != 0 && errno == ENOENT;
 }
 
 /*

@@ -804,39 +804,39 @@ bg_registry_no_lock_timeout(void)
 }
 
 /*
- * Change the registry as it is now, as bg_registry_query reads it: a
- * repeatable read transaction whose snapshot predates a job's row must not
- * find nothing to change.
+ * Run a registry statement on the registry as it is now, not as the
+ * caller's snapshot saw it: a repeatable read transaction waiting for a job
+ * must see it end, and one whose snapshot predates a job's row must not find
+ * nothing to change.  Returns SPI's result code.
  */
+static int
+bg_registry_run(const char *sql, int nargs, Oid *types, Datum *values,
+				bool read_only)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	return SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
+								InvalidSnapshot, read_only, !read_only, 0);
+}
+
+/* Change the registry; SPI must return "expected" */
 static void
 bg_registry_exec(const char *sql, int nargs, Oid *types, Datum *values,
 				 int expected)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-	int			rc;
+	int			rc = bg_registry_run(sql, nargs, types, values, false);
 
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
-							  InvalidSnapshot, false, true, 0);
 	if (rc != expected)
 		elog(ERROR, "registry statement failed: %s", SPI_result_code_string(rc));
 }
 
-/*
- * Read the registry as it is now, not as the caller's snapshot saw it: a
- * repeatable read transaction waiting for a job must see it end.
- */
 static SPITupleTable *
 bg_registry_query(const char *sql, int nargs, Oid *types, Datum *values)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-	int			rc;
+	int			rc = bg_registry_run(sql, nargs, types, values, true);
 
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
-							  InvalidSnapshot, true, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "registry query failed: %s", SPI_result_code_string(rc));
 	return SPI_tuptable;

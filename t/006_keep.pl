@@ -227,6 +227,13 @@ sub away_job
 	my ($link) = grep { m{/kept$} } glob($node->data_dir . '/base/pgsql_tmp/*.fileset/*');
 	return ($holder, $pid, $job, join(' ', sort @files), $link);
 }
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET log_temp_files = 0;
+	SELECT pg_reload_conf();
+});
+ok($node->poll_query_until('postgres', q{SELECT current_setting('log_temp_files') = '0'}),
+	'temporary files are logged');
+my $log_from = -s $node->logfile;
 my ($holder, $away, $away_job, $files, $link) = away_job('kept');
 is($files, 'kept', 'the rows the queue did not take have no file of their own');
 is((stat($link))[1], (stat("$dir/$away_job"))[1], 'the file set names the kept file itself');
@@ -241,12 +248,47 @@ is($holder->query_safe('SELECT bg_segments()'), '0', 'once detached, the job has
 is(scalar(glob($node->data_dir . '/base/pgsql_tmp/*.fileset')), undef,
 	'and no file set: the second name went with it');
 $holder->quit;
+unlike(slurp_file($node->logfile, $log_from), qr/temporary file: .*kept/,
+	'the second name is not reported as a temporary file');
+
+# Forgotten before this session let the job's segment go (it held the job
+# unread in a transaction block, its worker gone), the job keeps its
+# segment: a later bg_segments() or launch does not give it back, and the
+# rows are read from the queue and the file set.  (A worker of its own, so
+# that its exit can be seen.)
+$holder = $node->background_psql('postgres');
+$away = $holder->query_safe(q{
+	SET bg_fdw.reuse_workers = off;
+	BEGIN;
+	SELECT bg_launch($$SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g$$,
+	                 queue_size => 65536)});
+$away =~ s/.*\n//s;
+ok( $node->poll_query_until('postgres', qq{
+		SELECT (SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $away)
+		   AND NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $away)}),
+	'an unread job has ended, its worker gone');
+$node->safe_psql('postgres', "SELECT bg_forget($away)");
+is($holder->query_safe('SELECT bg_segments()'), '1',
+	'forgotten meanwhile, it keeps its segment');
+is( $holder->query_safe(
+		"SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) FROM bg_result_$away"),
+	'50000|1250025000|50000',
+	'and the session reads every row');
+$holder->query_safe("COMMIT; SELECT bg_detach($away)");
+is($holder->query_safe('SELECT bg_segments()'), '0', 'detached, it has none');
+$holder->quit;
 
 # A job that keeps nothing keeps those rows in a file of its own: the check
 # above can see one.
 ($holder, $away, $away_job, $files) = away_job('keep => false', ', keep => false');
 is($files, 'rows.0', 'the rows of a job that keeps nothing are in a file of their own');
 $holder->quit;
+ok($node->wait_for_log(qr/temporary file: path ".*rows\.0"/, $log_from),
+	'which is reported as a temporary file once it goes');
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM RESET log_temp_files;
+	SELECT pg_reload_conf();
+});
 
 # Where the file set lies in another file system (a temporary tablespace in
 # /dev/shm) no second name can be made: the rows are copied there instead.
@@ -254,7 +296,7 @@ my $shm = "/dev/shm/bg_fdw_tap_$$";
 END { File::Path::rmtree($shm) if defined $shm && -d $shm; }
 SKIP:
 {
-	skip 'no /dev/shm on a file system of its own', 3
+	skip 'no /dev/shm on a file system of its own', 8
 	  unless -d '/dev/shm'
 	  && (stat('/dev/shm'))[0] != (stat($node->data_dir))[0]
 	  && mkdir($shm);
@@ -272,6 +314,40 @@ SKIP:
 		'50000|1250025000|50000',
 		'which the launching session reads whole after bg_forget');
 	$holder->query_safe("COMMIT; SELECT bg_detach($away)");
+	$holder->quit;
+
+	# The copy reads the rows back from the kept file, where they may have
+	# been damaged: a row's length is checked before anything is allocated
+	# for it, and the job fails with XX001.
+	$holder = $node->background_psql('postgres', on_error_stop => 0);
+	$away = $holder->query_safe(q{
+		BEGIN;
+		SELECT bg_launch($$SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 4000) g
+		                   WHERE g <= 2000 OR gate('damaged back')$$, queue_size => 65536)});
+	$away =~ s/.*\n//s;
+	ok($node->poll_query_until('postgres', "SELECT rows = 2000 FROM bg_jobs WHERE pid = $away"),
+		'a job sets its rows aside, its reader away');
+	$away_job = $node->safe_psql('postgres', "SELECT id FROM bg_jobs WHERE pid = $away");
+	my $kept = slurp_file("$dir/$away_job");
+	my $end = index($kept, 'x' x 1000, length($kept) / 2) + 1000;
+	is( unpack('V', substr($kept, $end, 4)),
+		unpack('V', substr($kept, $end + 8, 4)),
+		'a row\'s length is found in the middle of its kept file');
+	open(my $kfh, '+<', "$dir/$away_job") or die "could not open $dir/$away_job: $!";
+	binmode($kfh);
+	seek($kfh, $end, 0);
+	print $kfh pack('V', 0x7fffff00);
+	close($kfh);
+	open_gate($node, 'postgres', 'damaged back');
+	ok($node->poll_query_until('postgres', "SELECT state <> 'running' FROM bg_jobs WHERE pid = $away"),
+		'the job ends');
+	is($node->safe_psql('postgres', "SELECT state, sqlstate FROM bg_jobs WHERE pid = $away"),
+		'failed|XX001', 'failed, its kept result damaged');
+	like(
+		try_query($holder, "SELECT count(*) FROM bg_result_$away"),
+		qr/kept result in file ".*" is damaged\n.*A row at offset $end has a wrong length/,
+		'the damaged length was found before anything was allocated for it');
+	$holder->query_safe("ROLLBACK; SELECT bg_detach($away)");
 	$holder->quit;
 	$node->safe_psql('postgres', q{
 		ALTER SYSTEM RESET temp_tablespaces;
