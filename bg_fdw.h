@@ -195,6 +195,11 @@ typedef struct BgJobShared
 									 * the queue did not take start there at
 									 * rows_kept_from */
 	uint64		rows_kept_from;
+	bool		rows_aside;		/* worker sets once a row of a kept result
+								 * stayed in the kept file for want of room
+								 * in the queue, and wakes the launching
+								 * session: that reads on from the kept file
+								 * once its queue is empty */
 	bool		messages_kept;	/* worker sets once messages went to a file;
 								 * reader reads once the message queue is
 								 * gone */
@@ -371,6 +376,9 @@ typedef struct BgJob
 								 * next one starts there, or 0 */
 	uint64		messages_received;	/* messages taken off the message queue */
 	bool		tuples_done;	/* tuple queue detached: all rows received */
+	bool		follows_kept;	/* tuple queue let go: the rows come from
+								 * the kept file as the worker writes them
+								 * (bg_job_follow_kept) */
 	bool		messages_done;	/* message queue detached */
 	TupleDesc	desc;			/* the result's columns, once known: as
 								 * described at launch, then as the worker
@@ -538,6 +546,10 @@ extern void bg_keep_unlink(FileSet *fileset, const char *name);
 extern void bg_keep_scan_rows(File file, off_t from, off_t to,
 							  void (*consume) (void *arg, char *data, uint32 len),
 							  void *arg);
+extern void bg_keep_scan_rows_fd(int fd, const char *path, off_t from, off_t to,
+								 void (*consume) (void *arg, char *data, uint32 len),
+								 void *arg);
+extern void bg_keep_set_aside(BgKeepWriter *w);
 /* the kept file's name in the job's file set, for rows the queue did not carry */
 #define BG_KEPT_ROWS_LINK	"kept"
 extern void bg_keep_publish(BgKeepWriter *w);
@@ -700,6 +712,11 @@ extern void bg_spool_set_valid(BgSpool *sp, uint64 valid);
 extern bool bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid);
 extern bool bg_spool_kept_removed(BgSpool *sp);
 extern bool bg_spool_holds_kept(BgSpool *sp);
+extern bool bg_spool_hold_kept(BgSpool *sp);
+extern off_t bg_spool_kept_end(BgSpool *sp);
+extern void bg_spool_follow_kept(BgSpool *sp, uint64 valid,
+								 void (*consume) (void *arg, char *data, uint32 len),
+								 void *arg);
 extern void bg_spool_unkeep(BgSpool *sp);
 extern void bg_spool_unkeep_cleanup(BgSpool *sp, bool done);
 extern void bg_spool_free(BgSpool *sp);

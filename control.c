@@ -300,9 +300,17 @@ bg_wait_any(PG_FUNCTION_ARGS)
 		first = false;
 		if (ended >= 0)
 		{
+			BgWaitTarget *t = &targets[ended];
+			int64		job_id = t->job ? t->job->job_id : t->job_id;
+			bool		finished = t->job ? t->job->state == BG_JOB_FINISHED :
+				job_id != 0;
+
 			bg_wait_release(targets, n);
 			MemoryContextDelete(pass_cxt);
-			PG_RETURN_INT32(targets[ended].pid);
+			/* as for bg_wait, a finished job has ended once its result is kept */
+			if (finished)
+				bg_registry_await_kept(t->pid, job_id);
+			PG_RETURN_INT32(t->pid);
 		}
 		look = false;
 		now = GetCurrentTimestamp();

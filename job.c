@@ -37,6 +37,7 @@
 #include "libpq/pqformat.h"
 #include "libpq/pqmq.h"
 #include "miscadmin.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lock.h"
@@ -97,6 +98,10 @@ static void bg_job_tuples_detached(BgJob *job);
 static void bg_job_consume_row(void *arg, char *data, uint32 len);
 static void bg_job_rows_from_kept(BgJob *job, uint64 from);
 static void bg_job_consume_kept_row(void *arg, char *data, uint32 len);
+static bool bg_job_leave_queue(BgJob *job);
+static bool bg_job_follow_kept(BgJob *job);
+static void bg_job_consume_followed_row(void *arg, char *data, uint32 len);
+static bool bg_job_watch_kept(BgJob *job);
 static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at);
@@ -598,7 +603,9 @@ bg_job_close_segment(BgJob *job)
 	job->message_mqh = NULL;
 	job->tuples_done = true;
 	job->messages_done = true;
-	shm_mq_detach(tuple_mqh);
+	/* (a session following the kept file let the tuple queue go) */
+	if (tuple_mqh != NULL)
+		shm_mq_detach(tuple_mqh);
 	shm_mq_detach(message_mqh);
 	dsm_detach(seg);
 	bg_held_slot_release(job);
@@ -1476,7 +1483,7 @@ bg_job_drain_others(BgJob *waiting)
 		BgJob	   *job = (BgJob *) lfirst(lc);
 		if (job == waiting || job->seg == NULL || job->stream ||
 			!job->described || job->tuples_done || job->spool_broken ||
-			!bg_job_in_use(job))
+			job->follows_kept || !bg_job_in_use(job))
 			continue;
 		errcallback.arg = job;
 		error_context_stack = &errcallback;
@@ -1523,8 +1530,10 @@ bg_job_poll(BgJob *job)
 	bool		described = job->described;
 
 	bg_check_spool(job);
-	if (!job->tuples_done && described &&
-		bg_job_take_rows(job, INT_MAX, SIZE_MAX) == SHM_MQ_DETACHED)
+	if (job->follows_kept)
+		(void) bg_job_follow_kept(job);
+	else if (!job->tuples_done && described &&
+			 bg_job_take_rows(job, INT_MAX, SIZE_MAX) == SHM_MQ_DETACHED)
 		bg_job_tuples_detached(job);
 	bg_job_read_messages(job);
 	/* the columns just came, and the rows behind them may be all there */
@@ -1761,6 +1770,82 @@ bg_job_consume_kept_row(void *arg, char *data, uint32 len)
 	job->kept_next += sizeof(BgKeepRecord) + len;
 }
 
+/*
+ * A reader that comes back to a job that keeps its result, after the worker
+ * had to leave rows in the kept file for want of room in the queue, takes
+ * what the queue holds, then reads on from the kept file, like any other
+ * session: the worker pushes the rows it left there only as it produces
+ * more, and it may be busy in its query, or blocked, for long.  The queue
+ * is let go, and with it whatever the worker had put there past the rows
+ * taken (they are in the file too); the worker then only writes its file.
+ * The spool reads rows past the ones it has from the file, so it must hold
+ * it: where it cannot, the session stays on the queue.
+ */
+static bool
+bg_job_leave_queue(BgJob *job)
+{
+	shm_mq_handle *tuple_mqh = job->tuple_mqh;
+
+	if (job->stream || !job->described || job->spool_broken ||
+		!job->shared->keep ||
+		!bg_job_get_flag(job->shared, &job->shared->rows_aside) ||
+		!bg_spool_hold_kept(job->spool))
+		return false;
+	/* the worker has written out no row we lack yet: wait on the queue */
+	if ((off_t) pg_atomic_read_u64(&job->shared->kept_valid) <=
+		bg_spool_kept_end(job->spool))
+		return false;
+	job->follows_kept = true;
+	job->tuple_mqh = NULL;
+	shm_mq_detach(tuple_mqh);
+	return true;
+}
+
+/*
+ * Take into the spool the rows the worker has written out past those it
+ * has; the job's rows are all in once it has finished and they number what
+ * it sent.  Returns whether any came.  The messages are read first: once
+ * the outcome is among them, what the worker wrote out is final.
+ */
+static bool
+bg_job_follow_kept(BgJob *job)
+{
+	int64		nspooled = job->nspooled;
+
+	bg_job_read_messages(job);
+	if (job->tuples_done || job->state == BG_JOB_FAILED)
+		return false;
+	bg_spool_follow_kept(job->spool,
+						 pg_atomic_read_u64(&job->shared->kept_valid),
+						 bg_job_consume_followed_row, job);
+	if (job->state == BG_JOB_FINISHED &&
+		job->nspooled >= (int64) pg_atomic_read_u64(&job->shared->rows))
+		job->tuples_done = true;
+	return job->nspooled != nspooled;
+}
+
+static void
+bg_job_consume_followed_row(void *arg, char *data, uint32 len)
+{
+	bg_job_spool((BgJob *) arg, (MinimalTuple) data);
+}
+
+/*
+ * Before a wait for the job's rows: where they may come through the kept
+ * file, be woken when the worker writes more of it out.  The caller cancels
+ * the sleep, before the segment can go.
+ */
+static bool
+bg_job_watch_kept(BgJob *job)
+{
+	if (job->tuples_done || job->stream || !job->shared->keep ||
+		!(job->follows_kept ||
+		  bg_job_get_flag(job->shared, &job->shared->rows_aside)))
+		return false;
+	ConditionVariablePrepareToSleep(&job->shared->kept_cv);
+	return true;
+}
+
 static void
 bg_job_consume_message(void *arg, char *data, uint32 len)
 {
@@ -1919,8 +2004,18 @@ bg_job_receive(BgJob *job)
 	for (;;)
 	{
 		shm_mq_result res = SHM_MQ_DETACHED;
+		bool		watching = bg_job_watch_kept(job);
 
-		if (!job->tuples_done)
+		if (job->follows_kept && !job->tuples_done)
+		{
+			if (bg_job_follow_kept(job))
+			{
+				if (watching)
+					ConditionVariableCancelSleep();
+				return NULL;	/* rows joined the spool */
+			}
+		}
+		else if (!job->tuples_done)
 		{
 			Size		nbytes;
 			void	   *data;
@@ -1928,21 +2023,33 @@ bg_job_receive(BgJob *job)
 			res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
 			if (res == SHM_MQ_SUCCESS)
 			{
+				if (watching)
+					ConditionVariableCancelSleep();
 				job->rows_received++;
 				return (MinimalTuple) data;
 			}
 			if (res == SHM_MQ_DETACHED)
 				bg_job_tuples_detached(job);
+			else if (bg_job_leave_queue(job))
+			{
+				if (watching)
+					ConditionVariableCancelSleep();
+				continue;
+			}
 		}
 		bg_job_read_messages(job);
 		if (bg_job_ended(job))
 		{
+			if (watching)
+				ConditionVariableCancelSleep();
 			bg_job_close_segment(job);
 			if (job->state == BG_JOB_FAILED)
 				bg_job_raise_error(job);
 			return NULL;
 		}
 		bg_job_sleep(job, -1, &check_at);
+		if (watching)
+			ConditionVariableCancelSleep();
 		bg_job_drain_others(job);
 	}
 }

@@ -147,7 +147,9 @@ typedef struct BgKeepFooter
  */
 typedef struct BgKeepBlocks
 {
-	File		file;
+	File		file;			/* the file, or -1 with fd below */
+	int			fd;				/* a plain descriptor, where file is -1 */
+	const char *path;			/* the file's name, for errors */
 	char	   *buf;			/* bytes of the file from start */
 	Size		size;
 	off_t		start;
@@ -234,7 +236,10 @@ static int64 bg_keep_dir_bytes(const char *dir);
 static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
 static const char *bg_keep_blocks_get(BgKeepBlocks *b, off_t offset, Size n);
-static void bg_keep_row_damaged(File file, off_t offset, bool checksum);
+static void bg_keep_row_damaged(const char *path, off_t offset, bool checksum);
+static void bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to,
+						void (*consume) (void *arg, char *data, uint32 len),
+						void *arg);
 static uint32 bg_keep_record_len(const char *rec);
 static bool bg_keep_whole_record(const char *p, const char *end);
 static pg_crc32c bg_keep_crc_one(const char *rec);
@@ -689,6 +694,20 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 	w->record_end = w->written + w->buf_len;
 }
 
+/*
+ * A row stays in the kept file for want of room in the queue (spill.c):
+ * the launching session may then be back while this worker is busy in its
+ * query, or blocked there, and pushes no row.  Tell it, so that it reads
+ * on from the file once its queue is empty rather than wait for us.
+ */
+void
+bg_keep_set_aside(BgKeepWriter *w)
+{
+	/* (ours to write: a plain read first, this runs for every such row) */
+	if (!w->shared->rows_aside)
+		bg_job_set_flag(w->shared, &w->shared->rows_aside, BG_WAKE_LAUNCHER);
+}
+
 /* Where the rows appended so far end: where the next row's record starts */
 off_t
 bg_keep_rows_end(BgKeepWriter *w)
@@ -717,17 +736,24 @@ bg_keep_blocks_get(BgKeepBlocks *b, off_t offset, Size n)
 		b->buf = MemoryContextAlloc(b->cxt, size);
 		b->size = size;
 	}
-	got = FileRead(b->file, b->buf, (int) b->size, offset, WAIT_EVENT_BUFFILE_READ);
+	if (b->file >= 0)
+		got = FileRead(b->file, b->buf, (int) b->size, offset, WAIT_EVENT_BUFFILE_READ);
+	else
+	{
+		pgstat_report_wait_start(WAIT_EVENT_BUFFILE_READ);
+		got = pg_pread(b->fd, b->buf, b->size, offset);
+		pgstat_report_wait_end();
+	}
 	if (got < 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not read file \"%s\": %m", FilePathName(b->file))));
+				 errmsg("could not read file \"%s\": %m", b->path)));
 	b->start = offset;
 	b->len = got;
 	if ((Size) got < n)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("kept result in file \"%s\" is damaged", FilePathName(b->file)),
+				 errmsg("kept result in file \"%s\" is damaged", b->path),
 				 errdetail("It is shorter than its worker wrote.")));
 	return b->buf;
 }
@@ -750,6 +776,7 @@ bg_keep_copy_out(BgKeepWriter *w, off_t offset, char *dst, Size n)
 		Size		from_file = Min(n, (Size) (w->written - offset));
 
 		w->back.file = w->file;
+		w->back.path = w->path;
 		w->back.cxt = TopMemoryContext;
 		memcpy(dst, bg_keep_blocks_get(&w->back, offset, from_file), from_file);
 		dst += from_file;
@@ -779,11 +806,11 @@ bg_keep_crc_matches(BgKeepRecord *rec, const char *data)
  * its length ("checksum" false) or its checksum.
  */
 static void
-bg_keep_row_damaged(File file, off_t offset, bool checksum)
+bg_keep_row_damaged(const char *path, off_t offset, bool checksum)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("kept result in file \"%s\" is damaged", FilePathName(file)),
+			 errmsg("kept result in file \"%s\" is damaged", path),
 			 checksum ?
 			 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
 					   (int64) offset) :
@@ -809,13 +836,13 @@ bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out)
 	bg_keep_copy_out(w, offset, (char *) &rec, sizeof(rec));
 	if (rec.len < SizeofMinimalTupleHeader ||
 		rec.len > (uint64) (bg_keep_rows_end(w) - offset) - sizeof(rec))
-		bg_keep_row_damaged(w->file, offset, false);
+		bg_keep_row_damaged(w->path, offset, false);
 	resetStringInfo(out);
 	enlargeStringInfo(out, rec.len);
 	bg_keep_copy_out(w, offset + sizeof(rec), out->data, rec.len);
 	out->len = rec.len;
 	if (offset < w->written && !bg_keep_crc_matches(&rec, out->data))
-		bg_keep_row_damaged(w->file, offset, true);
+		bg_keep_row_damaged(w->path, offset, true);
 	return sizeof(rec) + rec.len;
 }
 
@@ -879,34 +906,59 @@ bg_keep_scan_rows(File file, off_t from, off_t to,
 				  void *arg)
 {
 	BgKeepBlocks blocks = {0};
-	StringInfoData row;
 
 	blocks.file = file;
-	blocks.cxt = CurrentMemoryContext;
+	blocks.fd = -1;
+	blocks.path = FilePathName(file);
+	bg_keep_scan(&blocks, from, to, consume, arg);
+}
+
+/* The same through a plain descriptor: the spool's of the kept file */
+void
+bg_keep_scan_rows_fd(int fd, const char *path, off_t from, off_t to,
+					 void (*consume) (void *arg, char *data, uint32 len),
+					 void *arg)
+{
+	BgKeepBlocks blocks = {0};
+
+	blocks.file = -1;
+	blocks.fd = fd;
+	blocks.path = path;
+	bg_keep_scan(&blocks, from, to, consume, arg);
+}
+
+static void
+bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to,
+			 void (*consume) (void *arg, char *data, uint32 len),
+			 void *arg)
+{
+	StringInfoData row;
+
+	b->cxt = CurrentMemoryContext;
 	initStringInfo(&row);
 	while (from < to)
 	{
 		BgKeepRecord rec;
 
 		if (to - from < (off_t) sizeof(rec))
-			bg_keep_row_damaged(file, from, false);
-		memcpy(&rec, bg_keep_blocks_get(&blocks, from, sizeof(rec)), sizeof(rec));
+			bg_keep_row_damaged(b->path, from, false);
+		memcpy(&rec, bg_keep_blocks_get(b, from, sizeof(rec)), sizeof(rec));
 		if (rec.len < SizeofMinimalTupleHeader ||
 			rec.len > (uint64) (to - from) - sizeof(rec))
-			bg_keep_row_damaged(file, from, false);
+			bg_keep_row_damaged(b->path, from, false);
 		/* (the row, a MinimalTuple, aligned) */
 		resetStringInfo(&row);
 		appendBinaryStringInfo(&row,
-							   bg_keep_blocks_get(&blocks, from + sizeof(rec), rec.len),
+							   bg_keep_blocks_get(b, from + sizeof(rec), rec.len),
 							   rec.len);
 		if (!bg_keep_crc_matches(&rec, row.data))
-			bg_keep_row_damaged(file, from, true);
+			bg_keep_row_damaged(b->path, from, true);
 		consume(arg, row.data, rec.len);
 		from += sizeof(rec) + rec.len;
 		CHECK_FOR_INTERRUPTS();
 	}
 	pfree(row.data);
-	bg_keep_blocks_free(&blocks);
+	bg_keep_blocks_free(b);
 }
 
 /*

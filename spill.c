@@ -326,7 +326,10 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 			/* perhaps partly in the queue: it is in flight, and kept */
 			bg_spill_flightv(s, iov, iovcnt);
 			if (s->keep)
+			{
 				s->keep_read = bg_keep_rows_end(s->keep);
+				bg_keep_set_aside(s->keep);
+			}
 			else
 			{
 				bg_spill_keep_row(s, s->next, iov, iovcnt);
@@ -344,7 +347,9 @@ bg_spill_send_row(shm_mq_handle *mqh, SharedFileSet *fileset,
 			break;
 	}
 	/* (a kept result has it already, after the kept rows before it) */
-	if (!s->keep)
+	if (s->keep)
+		bg_keep_set_aside(s->keep);
+	else
 		bg_spill_keep_row(s, s->next, iov, iovcnt);
 	s->next++;
 	return true;

@@ -226,6 +226,43 @@ bg_spool_kept_removed(BgSpool *sp)
 }
 
 /*
+ * Go on in the job's kept file now, before the memory part is full: the
+ * session is to read the job's rows from there (bg_job_follow_kept).
+ * False if it cannot (no descriptor to spare, the file gone, or the rows
+ * past memory already in a file of the session's own).
+ */
+bool
+bg_spool_hold_kept(BgSpool *sp)
+{
+	return sp->kept_fd >= 0 || (sp->file < 0 && bg_spool_open_kept(sp));
+}
+
+/* Where in the kept file the row after the spool's last one starts */
+off_t
+bg_spool_kept_end(BgSpool *sp)
+{
+	Assert(sp->kept_fd >= 0);
+	return sp->kept_end;
+}
+
+/*
+ * Pass the rows of the kept file past the spool's last one, up to "valid"
+ * (what the worker has written out), to "consume", which appends each.
+ * Read through the descriptor the spool holds, so that a bg_forget that
+ * removes the file meanwhile takes none of them.
+ */
+void
+bg_spool_follow_kept(BgSpool *sp, uint64 valid,
+					 void (*consume) (void *arg, char *data, uint32 len),
+					 void *arg)
+{
+	Assert(sp->kept_fd >= 0);
+	if ((off_t) valid > sp->kept_end)
+		bg_keep_scan_rows_fd(sp->kept_fd, sp->kept_path, sp->kept_end,
+							 (off_t) valid, consume, arg);
+}
+
+/*
  * Copy the rows this spool reads from the job's kept file into a file of
  * its own, and let the kept file go.  For a kept file that was removed:
  * the session keeps the rows it holds, and the disk the removed file takes,

@@ -174,6 +174,32 @@ SELECT pg_advisory_unlock(4245);
 SELECT count(*), sum(g), count(*) FILTER (WHERE h = md5(g::text)) AS intact
   FROM bg_result_:away;
 SELECT bg_detach(:away);
+-- Back while the job is still blocked: the reader takes what the queue
+-- holds, then reads on from the kept file rather than wait for the worker,
+-- which pushes the rows it left there only as it produces more.  Rows up
+-- to 25,000 are written out: the job appended more than its 256kB write
+-- buffer after them before it blocked.
+SELECT pg_advisory_lock(4246);
+SELECT bg_launch($$SELECT g, repeat('x', 100) AS pad,
+                   CASE WHEN g = 30001 THEN pg_advisory_lock_shared(4246) END AS w
+                   FROM generate_series(1, 30010) g$$, queue_size => 65536) AS blocked \gset
+SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :blocked || ')') AS job_waits;
+BEGIN;
+DECLARE c CURSOR FOR SELECT g, pad = repeat('x', 100) AS intact FROM bg_result_:blocked;
+MOVE 24999 IN c;
+FETCH c;
+SELECT state FROM bg_jobs WHERE pid = :blocked;
+COMMIT;
+SELECT pg_advisory_unlock(4246);
+-- the session holds the kept file it reads: a bg_forget takes no row from it
+SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                           :blocked)) AS blocked_kept;
+SELECT max(id) AS blocked_job FROM bg_jobs WHERE pid = :blocked \gset
+SELECT bg_forget(:blocked);
+SELECT regress_kept_file(:blocked_job) AS file;
+SELECT count(*), sum(g), count(*) FILTER (WHERE pad = repeat('x', 100)) AS intact
+  FROM bg_result_:blocked;
+SELECT bg_detach(:blocked);
 -- ended while this session, in a transaction block, held it unread
 BEGIN;
 SELECT bg_launch($$SELECT g, md5(g::text) AS h FROM generate_series(1, 60000) g$$,

@@ -388,6 +388,17 @@ $node->safe_psql('postgres', q{
 	  PERFORM bg_detach(p);
 	END
 	$f$;
+	CREATE FUNCTION wait_any_recorded(OUT job bigint, OUT recorded boolean)
+	LANGUAGE plpgsql AS $f$
+	DECLARE
+	  p int;
+	BEGIN
+	  SELECT * INTO p, job FROM launch_kept();
+	  PERFORM bg_wait_any(ARRAY[p]);
+	  recorded := recorded(job);
+	  PERFORM bg_detach(p);
+	END
+	$f$;
 	CREATE FUNCTION finished_forget(OUT job bigint, OUT forgot_first boolean)
 	LANGUAGE plpgsql AS $f$
 	DECLARE
@@ -406,10 +417,15 @@ for my $round (1 .. 3)
 {
 	is( $node->safe_psql('postgres', 'SELECT recorded FROM wait_recorded()'),
 		't', "bg_wait in the launching session returns once the result is recorded, round $round");
+	is( $node->safe_psql('postgres', 'SELECT recorded FROM wait_any_recorded()'),
+		't', "so does bg_wait_any, round $round");
 	my $other = $node->background_psql('postgres');
 	my ($pid, $job) = split /\|/, $other->query_safe('SELECT * FROM launch_kept()');
 	is( $node->safe_psql('postgres', "SELECT bg_wait($pid) IS NOT NULL AND recorded($job)"),
 		't', "so does bg_wait in another session, round $round");
+	($pid, $job) = split /\|/, $other->query_safe('SELECT * FROM launch_kept()');
+	is( $node->safe_psql('postgres', "SELECT bg_wait_any(ARRAY[$pid]) = $pid AND recorded($job)"),
+		't', "and bg_wait_any in another session, round $round");
 	$other->quit;
 	my ($id, $early) = split /\|/,
 	  $node->safe_psql('postgres', 'SELECT * FROM finished_forget()');
