@@ -102,6 +102,7 @@ static bool bg_job_leave_queue(BgJob *job);
 static bool bg_job_follow_kept(BgJob *job);
 static void bg_job_consume_followed_row(void *arg, char *data, uint32 len);
 static bool bg_job_watch_kept(BgJob *job);
+static MinimalTuple bg_job_next_rows(BgJob *job, bool *spooled);
 static void bg_job_consume_message(void *arg, char *data, uint32 len);
 static MinimalTuple bg_job_receive(BgJob *job);
 static void bg_job_sleep(BgJob *job, long timeout_ms, TimestampTz *check_at);
@@ -1991,50 +1992,65 @@ bg_reader_copy(BgJob *job, BgReader *rd, MinimalTuple mtup)
 }
 
 /*
- * Take the next row off the tuple queue, waiting for it if need be.  Returns
- * NULL once the job has ended well and every row has been taken; raises the
- * job's error if it failed.  The tuple points into the queue and is valid
- * until the next receive.
+ * The next row off the tuple queue, or, once the session follows the kept
+ * file, the rows the worker has written out, into the spool (*spooled).
+ * NULL if none came.  A row off the queue is valid until the next receive.
+ */
+static MinimalTuple
+bg_job_next_rows(BgJob *job, bool *spooled)
+{
+	*spooled = false;
+	for (;;)
+	{
+		Size		nbytes;
+		void	   *data;
+		shm_mq_result res;
+
+		if (job->follows_kept)
+		{
+			*spooled = bg_job_follow_kept(job);
+			return NULL;
+		}
+		res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
+		if (res == SHM_MQ_SUCCESS)
+		{
+			job->rows_received++;
+			return (MinimalTuple) data;
+		}
+		if (res == SHM_MQ_DETACHED)
+		{
+			bg_job_tuples_detached(job);
+			return NULL;
+		}
+		if (!bg_job_leave_queue(job))
+			return NULL;
+	}
+}
+
+/*
+ * Take the next row, waiting for it if need be.  Returns NULL once the job
+ * has ended well and every row has been taken, or when rows joined the
+ * spool (the caller reads them there); raises the job's error if it
+ * failed.
  */
 static MinimalTuple
 bg_job_receive(BgJob *job)
 {
 	TimestampTz check_at = 0;
+	bool		watching = false;
 
 	for (;;)
 	{
-		shm_mq_result res = SHM_MQ_DETACHED;
-		bool		watching = bg_job_watch_kept(job);
-
-		if (job->follows_kept && !job->tuples_done)
+		if (!job->tuples_done)
 		{
-			if (bg_job_follow_kept(job))
-			{
-				if (watching)
-					ConditionVariableCancelSleep();
-				return NULL;	/* rows joined the spool */
-			}
-		}
-		else if (!job->tuples_done)
-		{
-			Size		nbytes;
-			void	   *data;
+			bool		spooled;
+			MinimalTuple tuple = bg_job_next_rows(job, &spooled);
 
-			res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);
-			if (res == SHM_MQ_SUCCESS)
+			if (tuple != NULL || spooled)
 			{
 				if (watching)
 					ConditionVariableCancelSleep();
-				job->rows_received++;
-				return (MinimalTuple) data;
-			}
-			if (res == SHM_MQ_DETACHED)
-				bg_job_tuples_detached(job);
-			else if (bg_job_leave_queue(job))
-			{
-				if (watching)
-					ConditionVariableCancelSleep();
-				continue;
+				return tuple;
 			}
 		}
 		bg_job_read_messages(job);
@@ -2047,9 +2063,16 @@ bg_job_receive(BgJob *job)
 				bg_job_raise_error(job);
 			return NULL;
 		}
+		/* what the worker writes out wakes us only once we watch: look again */
+		if (!watching && bg_job_watch_kept(job))
+		{
+			watching = true;
+			continue;
+		}
 		bg_job_sleep(job, -1, &check_at);
 		if (watching)
 			ConditionVariableCancelSleep();
+		watching = false;
 		bg_job_drain_others(job);
 	}
 }
