@@ -195,6 +195,10 @@ typedef struct BgJobShared
 									 * the queue did not take start there at
 									 * rows_kept_from */
 	uint64		rows_kept_from;
+	char		rows_link[MAXPGPATH];	/* worker sets with rows_in_kept_file:
+										 * the path of that second name,
+										 * which the launching session
+										 * removes, or "" */
 	bool		rows_aside;		/* worker sets once a row of a kept result
 								 * stayed in the kept file for want of room
 								 * in the queue, and wakes the launching
@@ -541,8 +545,8 @@ extern char *bg_keep_crc_records(char *p, char *end, bool store);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern off_t bg_keep_rows_end(BgKeepWriter *w);
 extern Size bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out);
-extern bool bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name);
-extern void bg_keep_unlink(FileSet *fileset, const char *name);
+extern bool bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name,
+						 char *link_path);
 extern void bg_keep_scan_rows(File file, off_t from, off_t to,
 							  void (*consume) (void *arg, char *data, uint32 len),
 							  void *arg);

@@ -85,6 +85,8 @@ static Oid	bg_held_slot_pending_role = InvalidOid;
 #define BG_DRAIN_BYTES	(4 * 1024 * 1024)
 
 static void bg_segment_untrack(dsm_segment *seg, Datum arg);
+static void bg_job_drop_rows_link(BgJobShared *shared);
+static void bg_job_detach_rows_link(dsm_segment *seg, Datum arg);
 static void bg_job_set_desc(BgJob *job, TupleDesc desc);
 static void bg_job_take_desc(BgJob *job, StringInfo msg);
 static void bg_job_launched(BgJob *job);
@@ -206,6 +208,8 @@ bg_job_create(dsm_segment *seg, BackgroundWorkerHandle *handle, int pid,
 								   seg, handle);
 	job->message_mqh = shm_mq_attach(shm_toc_lookup(toc, BG_KEY_MESSAGE_QUEUE, false),
 									 seg, handle);
+	/* after the file set's own: runs before it */
+	on_dsm_detach(seg, bg_job_detach_rows_link, PointerGetDatum(job->shared));
 	if (desc)
 		bg_job_set_desc(job, desc);
 
@@ -1708,12 +1712,41 @@ bg_job_tuples_detached(BgJob *job)
 	else if (in_kept_file)
 	{
 		bg_job_rows_from_kept(job, from);
-		bg_keep_unlink(&job->fileset->fs, BG_KEPT_ROWS_LINK);
+		bg_job_drop_rows_link(shared);
 	}
 	else
 		(void) bg_spill_collect(shared, job->fileset, true,
 								job->rows_received, bg_job_consume_row, job);
 	job->tuples_done = true;
+}
+
+/*
+ * Remove the kept file's second name in the job's file set once the rows
+ * are taken from it, or the session lets the segment go without them (an
+ * error, its end): by an unlink of our own, not the file set's cleanup,
+ * which would report a temporary file of the kept file's size
+ * (log_temp_files, temp_bytes) where none was written.
+ */
+static void
+bg_job_drop_rows_link(BgJobShared *shared)
+{
+	char		path[MAXPGPATH];
+
+	SpinLockAcquire(&shared->mutex);
+	strlcpy(path, shared->rows_link, MAXPGPATH);
+	shared->rows_link[0] = '\0';
+	SpinLockRelease(&shared->mutex);
+	if (path[0] != '\0' && unlink(path) != 0 && errno != ENOENT)
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not remove file \"%s\": %m", path)));
+}
+
+/* on_dsm_detach callback of the launching session */
+static void
+bg_job_detach_rows_link(dsm_segment *seg, Datum arg)
+{
+	bg_job_drop_rows_link((BgJobShared *) DatumGetPointer(arg));
 }
 
 /*

@@ -853,9 +853,9 @@ bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out)
  * another file system (temp_tablespaces), or linking failed otherwise.
  */
 bool
-bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name)
+bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name,
+			 char *path)
 {
-	char		path[MAXPGPATH];
 	File		placeholder;
 
 	/* the file set's directory for the name, made if need be */
@@ -871,27 +871,6 @@ bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name)
 		return false;
 	}
 	return true;
-}
-
-/*
- * Remove that second name once the rows are taken: by an unlink of our own,
- * not the file set's, which would report a temporary file of the kept
- * file's size (log_temp_files, temp_bytes) where none was written.
- */
-void
-bg_keep_unlink(FileSet *fileset, const char *name)
-{
-	File		file = FileSetOpen(fileset, name, O_RDONLY | PG_BINARY);
-	char		path[MAXPGPATH];
-
-	if (file <= 0)
-		return;
-	strlcpy(path, FilePathName(file), MAXPGPATH);
-	FileClose(file);
-	if (unlink(path) != 0 && errno != ENOENT)
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("could not remove file \"%s\": %m", path)));
 }
 
 /*

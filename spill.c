@@ -489,16 +489,18 @@ static void
 bg_spill_hand_kept_rows(BgSpill *s, BgJobShared *shared)
 {
 	ResourceOwner oldowner = CurrentResourceOwner;
+	char		link_path[MAXPGPATH];
 	bool		linked;
 
 	CurrentResourceOwner = TopTransactionResourceOwner;
-	linked = bg_keep_link(s->keep, &s->fileset->fs, BG_KEPT_ROWS_LINK);
+	linked = bg_keep_link(s->keep, &s->fileset->fs, BG_KEPT_ROWS_LINK, link_path);
 	CurrentResourceOwner = oldowner;
 	if (linked)
 	{
 		SpinLockAcquire(&shared->mutex);
 		shared->rows_kept_from = (uint64) s->keep_pushed;
 		shared->rows_in_kept_file = true;
+		strlcpy(shared->rows_link, link_path, MAXPGPATH);
 		SpinLockRelease(&shared->mutex);
 	}
 	else

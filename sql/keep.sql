@@ -162,9 +162,8 @@ SELECT count(*) AS listed, regress_kept_file(:dur_job) AS file
 DROP FUNCTION regress_wait_forget();
 
 -- A reader away while the job runs: the rows its small queue cannot take
--- are only in the job's kept file (no second file), from where the worker
--- pushes them once the reader is back and the job goes on, and from where
--- the reader takes what is left when the job has ended.
+-- are only in the job's kept file (no second file), from where the reader,
+-- back, takes them, and what is left when the job has ended.
 SELECT pg_advisory_lock(4245);
 SELECT bg_launch($$SELECT g, md5(g::text) AS h,
                    CASE WHEN g = 30000 THEN pg_advisory_lock_shared(4245) END AS w

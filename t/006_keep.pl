@@ -44,6 +44,19 @@ sub kept_file
 	return -e "$dir/$id" ? 'present' : 'absent';
 }
 
+# Poll until a process has exited (the test runs as the server's user).
+sub process_gone
+{
+	my ($pid) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	while (kill(0, $pid))
+	{
+		return 0 if time > $deadline;
+		usleep(10_000);
+	}
+	return 1;
+}
+
 # Poll until a file is gone: a file another process removes when its
 # transaction commits goes just after the commit.
 sub file_gone
@@ -250,6 +263,21 @@ is(scalar(glob($node->data_dir . '/base/pgsql_tmp/*.fileset')), undef,
 $holder->quit;
 unlike(slurp_file($node->logfile, $log_from), qr/temporary file: .*kept/,
 	'the second name is not reported as a temporary file');
+
+# A launching session that ends without taking the rows through that name
+# removes it as it lets the job's segment go, before the file set's
+# cleanup, which would report it.
+($holder, $away, $away_job, $files, $link) = away_job('session ended unread');
+ok(defined $link && -e $link, 'session ended unread: the rows are in the file set');
+my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+$holder->quit;
+ok(process_gone($holder_pid), 'the session has exited');
+ok(!-e $link, 'the second name went with it');
+is(scalar(glob($node->data_dir . '/base/pgsql_tmp/*.fileset')), undef,
+	'and so did the file set');
+is(kept_file($away_job), 'present', 'the kept file stays');
+unlike(slurp_file($node->logfile, $log_from), qr/temporary file: .*kept/,
+	'and the name was not reported as a temporary file');
 
 # Forgotten before this session let the job's segment go (it held the job
 # unread in a transaction block, its worker gone), the job keeps its
