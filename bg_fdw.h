@@ -551,6 +551,7 @@ extern void bg_keep_scan_rows(File file, off_t from, off_t to,
 							  void (*consume) (void *arg, char *data, uint32 len),
 							  void *arg);
 extern void bg_keep_scan_rows_fd(int fd, const char *path, off_t from, off_t to,
+								 Size limit,
 								 void (*consume) (void *arg, char *data, uint32 len),
 								 void *arg);
 extern void bg_keep_set_aside(BgKeepWriter *w);
@@ -718,7 +719,7 @@ extern bool bg_spool_kept_removed(BgSpool *sp);
 extern bool bg_spool_holds_kept(BgSpool *sp);
 extern bool bg_spool_hold_kept(BgSpool *sp);
 extern off_t bg_spool_kept_end(BgSpool *sp);
-extern void bg_spool_follow_kept(BgSpool *sp, uint64 valid,
+extern void bg_spool_follow_kept(BgSpool *sp, uint64 valid, Size limit,
 								 void (*consume) (void *arg, char *data, uint32 len),
 								 void *arg);
 extern void bg_spool_unkeep(BgSpool *sp);

@@ -83,6 +83,8 @@ static Oid	bg_held_slot_pending_role = InvalidOid;
 /* Rows taken from another job per wait, so that the awaited one comes first */
 #define BG_DRAIN_ROWS	10000
 #define BG_DRAIN_BYTES	(4 * 1024 * 1024)
+/* what a session following a kept file reads of it at a time */
+#define BG_FOLLOW_BYTES	(256 * 1024)
 
 static void bg_segment_untrack(dsm_segment *seg, Datum arg);
 static void bg_job_drop_rows_link(BgJobShared *shared);
@@ -101,7 +103,7 @@ static void bg_job_consume_row(void *arg, char *data, uint32 len);
 static void bg_job_rows_from_kept(BgJob *job, uint64 from);
 static void bg_job_consume_kept_row(void *arg, char *data, uint32 len);
 static bool bg_job_leave_queue(BgJob *job);
-static bool bg_job_follow_kept(BgJob *job);
+static bool bg_job_follow_kept(BgJob *job, bool take);
 static void bg_job_consume_followed_row(void *arg, char *data, uint32 len);
 static bool bg_job_watch_kept(BgJob *job);
 static MinimalTuple bg_job_next_rows(BgJob *job, bool *spooled);
@@ -788,6 +790,15 @@ bg_jobs_unkeep_removed(void)
 			job->seg != NULL || bg_job_in_use(job) ||
 			!bg_spool_kept_removed(job->spool))
 			continue;
+		/* a failed job's rows are never read (its error is): no copy */
+		if (job->state == BG_JOB_FAILED)
+		{
+			bg_spool_free(job->spool);
+			job->spool = bg_spool_create(job->cxt, work_mem, 0);
+			job->nspooled = 0;
+			job->nreaders = 0;
+			continue;
+		}
 		BeginInternalSubTransaction(NULL);
 		PG_TRY();
 		{
@@ -1536,7 +1547,7 @@ bg_job_poll(BgJob *job)
 
 	bg_check_spool(job);
 	if (job->follows_kept)
-		(void) bg_job_follow_kept(job);
+		(void) bg_job_follow_kept(job, false);
 	else if (!job->tuples_done && described &&
 			 bg_job_take_rows(job, INT_MAX, SIZE_MAX) == SHM_MQ_DETACHED)
 		bg_job_tuples_detached(job);
@@ -1836,24 +1847,33 @@ bg_job_leave_queue(BgJob *job)
 }
 
 /*
- * Take into the spool the rows the worker has written out past those it
- * has; the job's rows are all in once it has finished and they number what
- * it sent.  Returns whether any came.  The messages are read first: once
- * the outcome is among them, what the worker wrote out is final.
+ * With "take", take into the spool rows the worker has written out past
+ * those it has, a block's worth (a scan that wants a few rows gets them at
+ * once, not after the whole file).  Once the job has finished, the spool
+ * takes the rest where it lies in the file it holds, reading none: all of
+ * the job's rows are then in.  Returns whether rows came.  The messages are
+ * read first: once the outcome is among them, what the worker wrote out is
+ * final.
  */
 static bool
-bg_job_follow_kept(BgJob *job)
+bg_job_follow_kept(BgJob *job, bool take)
 {
 	int64		nspooled = job->nspooled;
+	int64		rows;
+	uint64		valid;
 
 	bg_job_read_messages(job);
 	if (job->tuples_done || job->state == BG_JOB_FAILED)
 		return false;
-	bg_spool_follow_kept(job->spool,
-						 pg_atomic_read_u64(&job->shared->kept_valid),
-						 bg_job_consume_followed_row, job);
+	rows = (int64) pg_atomic_read_u64(&job->shared->rows);
+	valid = pg_atomic_read_u64(&job->shared->kept_valid);
 	if (job->state == BG_JOB_FINISHED &&
-		job->nspooled >= (int64) pg_atomic_read_u64(&job->shared->rows))
+		bg_spool_adopt_kept(job->spool, rows, valid))
+		job->nspooled = rows;
+	else if (take)
+		bg_spool_follow_kept(job->spool, valid, BG_FOLLOW_BYTES,
+							 bg_job_consume_followed_row, job);
+	if (job->state == BG_JOB_FINISHED && job->nspooled >= rows)
 		job->tuples_done = true;
 	return job->nspooled != nspooled;
 }
@@ -2041,7 +2061,7 @@ bg_job_next_rows(BgJob *job, bool *spooled)
 
 		if (job->follows_kept)
 		{
-			*spooled = bg_job_follow_kept(job);
+			*spooled = bg_job_follow_kept(job, true);
 			return NULL;
 		}
 		res = shm_mq_receive(job->tuple_mqh, &nbytes, &data, true);

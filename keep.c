@@ -237,9 +237,9 @@ static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
 static const char *bg_keep_blocks_get(BgKeepBlocks *b, off_t offset, Size n);
 static void bg_keep_row_damaged(const char *path, off_t offset, bool checksum);
-static void bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to,
-						void (*consume) (void *arg, char *data, uint32 len),
-						void *arg);
+static void bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to, Size limit,
+						 void (*consume) (void *arg, char *data, uint32 len),
+						 void *arg);
 static uint32 bg_keep_record_len(const char *rec);
 static bool bg_keep_whole_record(const char *p, const char *end);
 static pg_crc32c bg_keep_crc_one(const char *rec);
@@ -889,12 +889,16 @@ bg_keep_scan_rows(File file, off_t from, off_t to,
 	blocks.file = file;
 	blocks.fd = -1;
 	blocks.path = FilePathName(file);
-	bg_keep_scan(&blocks, from, to, consume, arg);
+	bg_keep_scan(&blocks, from, to, 0, consume, arg);
 }
 
-/* The same through a plain descriptor: the spool's of the kept file */
+/*
+ * The same through a plain descriptor (the spool's, of the kept file), and
+ * only the rows that begin in the first "limit" bytes (0: all).
+ */
 void
 bg_keep_scan_rows_fd(int fd, const char *path, off_t from, off_t to,
+					 Size limit,
 					 void (*consume) (void *arg, char *data, uint32 len),
 					 void *arg)
 {
@@ -903,19 +907,20 @@ bg_keep_scan_rows_fd(int fd, const char *path, off_t from, off_t to,
 	blocks.file = -1;
 	blocks.fd = fd;
 	blocks.path = path;
-	bg_keep_scan(&blocks, from, to, consume, arg);
+	bg_keep_scan(&blocks, from, to, limit, consume, arg);
 }
 
 static void
-bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to,
+bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to, Size limit,
 			 void (*consume) (void *arg, char *data, uint32 len),
 			 void *arg)
 {
 	StringInfoData row;
+	off_t		stop = limit > 0 ? Min(to, from + (off_t) limit) : to;
 
 	b->cxt = CurrentMemoryContext;
 	initStringInfo(&row);
-	while (from < to)
+	while (from < stop)
 	{
 		BgKeepRecord rec;
 
@@ -932,6 +937,9 @@ bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to,
 							   rec.len);
 		if (!bg_keep_crc_matches(&rec, row.data))
 			bg_keep_row_damaged(b->path, from, true);
+		/* (a row that says it is longer than its record would be read past it) */
+		if (((MinimalTuple) row.data)->t_len != rec.len)
+			bg_keep_row_damaged(b->path, from, false);
 		consume(arg, row.data, rec.len);
 		from += sizeof(rec) + rec.len;
 		CHECK_FOR_INTERRUPTS();

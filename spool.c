@@ -247,19 +247,20 @@ bg_spool_kept_end(BgSpool *sp)
 
 /*
  * Pass the rows of the kept file past the spool's last one, up to "valid"
- * (what the worker has written out), to "consume", which appends each.
- * Read through the descriptor the spool holds, so that a bg_forget that
- * removes the file meanwhile takes none of them.
+ * (what the worker has written out) and those that begin in the first
+ * "limit" bytes, to "consume", which appends each.  Read through the
+ * descriptor the spool holds, so that a bg_forget that removes the file
+ * meanwhile takes none of them.
  */
 void
-bg_spool_follow_kept(BgSpool *sp, uint64 valid,
+bg_spool_follow_kept(BgSpool *sp, uint64 valid, Size limit,
 					 void (*consume) (void *arg, char *data, uint32 len),
 					 void *arg)
 {
 	Assert(sp->kept_fd >= 0);
 	if ((off_t) valid > sp->kept_end)
 		bg_keep_scan_rows_fd(sp->kept_fd, sp->kept_path, sp->kept_end,
-							 (off_t) valid, consume, arg);
+							 (off_t) valid, limit, consume, arg);
 }
 
 /*

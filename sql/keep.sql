@@ -199,6 +199,27 @@ SELECT regress_kept_file(:blocked_job) AS file;
 SELECT count(*), sum(g), count(*) FILTER (WHERE pad = repeat('x', 100)) AS intact
   FROM bg_result_:blocked;
 SELECT bg_detach(:blocked);
+-- A job cancelled after its session read on from its kept file: the file
+-- goes with the failure, and the rows the session took are not copied to
+-- a file of its own (they are never read: the job's error is)
+SELECT pg_advisory_lock(4247);
+SELECT bg_launch($$SELECT g, repeat('x', 100) AS pad,
+                   CASE WHEN g = 30001 THEN pg_advisory_lock_shared(4247) END AS w
+                   FROM generate_series(1, 30010) g$$, queue_size => 65536) AS cancelled \gset
+SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :cancelled || ')') AS job_waits;
+BEGIN;
+DECLARE c CURSOR FOR SELECT g FROM bg_result_:cancelled;
+MOVE 24999 IN c;
+FETCH c;
+COMMIT;
+SELECT bg_cancel(:cancelled);
+SELECT pg_advisory_unlock(4247);
+SELECT regress_poll(format('(SELECT state = %L FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                           'cancelled', :cancelled)) AS job_cancelled;
+SELECT bg_segments() >= 0 AS looked;
+SELECT count(*) AS temp_files FROM pg_ls_tmpdir();
+SELECT regress_try('SELECT count(*) FROM bg_result_' || :cancelled, :cancelled);
+SELECT bg_detach(:cancelled);
 -- ended while this session, in a transaction block, held it unread
 BEGIN;
 SELECT bg_launch($$SELECT g, md5(g::text) AS h FROM generate_series(1, 60000) g$$,
