@@ -2139,6 +2139,9 @@ bg_reader_next(BgJob *job, int reader)
 	BgReader   *rd = job->readers[reader];
 	MinimalTuple tuple;
 
+	/* the rows a failed job sent before its error are not its result */
+	if (job->state == BG_JOB_FAILED)
+		bg_job_raise_error(job);
 	bg_check_spool(job);
 
 	for (;;)

@@ -658,6 +658,14 @@ bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 	memset(tuple->t_data, 0, MINIMAL_TUPLE_OFFSET);
 	memcpy((char *) tuple->t_data + MINIMAL_TUPLE_OFFSET, data + sizeof(rec),
 		   rec.len);
+	/* (a row that says it is longer than its record would be read past it) */
+	if (((MinimalTuple) ((char *) tuple->t_data + MINIMAL_TUPLE_OFFSET))->t_len !=
+		rec.len)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
+				 errdetail("A row at offset " INT64_FORMAT " has a wrong length.",
+						   (int64) rd->offset)));
 	rd->offset += sizeof(rec) + rec.len;
 }
 

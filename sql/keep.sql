@@ -216,6 +216,9 @@ SELECT bg_cancel(:cancelled);
 SELECT pg_advisory_unlock(4247);
 SELECT regress_poll(format('(SELECT state = %L FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
                            'cancelled', :cancelled)) AS job_cancelled;
+-- a scan of it raises its error at once, not the rows it sent before it
+SELECT regress_try('SELECT count(*) FROM (SELECT g FROM bg_result_' || :cancelled || ' LIMIT 15000) s',
+                   :cancelled) AS first_rows;
 SELECT bg_segments() >= 0 AS looked;
 SELECT count(*) AS temp_files FROM pg_ls_tmpdir();
 SELECT regress_try('SELECT count(*) FROM bg_result_' || :cancelled, :cancelled);
