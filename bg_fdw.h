@@ -545,6 +545,8 @@ extern char *bg_keep_crc_records(char *p, char *end, bool store);
 extern void bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt);
 extern off_t bg_keep_rows_end(BgKeepWriter *w);
 extern Size bg_keep_read_back(BgKeepWriter *w, off_t offset, StringInfo out);
+pg_noreturn extern void bg_keep_row_damaged(const char *path, off_t offset,
+											bool checksum);
 extern bool bg_keep_link(BgKeepWriter *w, FileSet *fileset, const char *name,
 						 char *link_path);
 extern void bg_keep_scan_rows(File file, off_t from, off_t to,

@@ -236,7 +236,6 @@ static int64 bg_keep_dir_bytes(const char *dir);
 static int64 bg_keep_count_cluster(void);
 static void bg_keep_flush(BgKeepWriter *w);
 static const char *bg_keep_blocks_get(BgKeepBlocks *b, off_t offset, Size n);
-static void bg_keep_row_damaged(const char *path, off_t offset, bool checksum);
 static void bg_keep_scan(BgKeepBlocks *b, off_t from, off_t to, Size limit,
 						 void (*consume) (void *arg, char *data, uint32 len),
 						 void *arg);
@@ -805,7 +804,7 @@ bg_keep_crc_matches(BgKeepRecord *rec, const char *data)
  * A row of a kept file, read by the worker or the launching session, is bad:
  * its length ("checksum" false) or its checksum.
  */
-static void
+void
 bg_keep_row_damaged(const char *path, off_t offset, bool checksum)
 {
 	ereport(ERROR,

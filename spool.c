@@ -617,11 +617,7 @@ bg_spool_check_kept(BgSpool *sp, BgSpoolReader *rd, uint32 len)
 	end = rd->buf + Min((off_t) rd->buf_len, sp->kept_end - rd->buf_start);
 	rd->checked_to = rd->offset + (bg_keep_crc_records(data, end, false) - data);
 	if (rd->checked_to <= rd->offset)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
-				 errdetail("A row's checksum at offset " INT64_FORMAT " does not match.",
-						   (int64) rd->offset)));
+		bg_keep_row_damaged(sp->kept_path, rd->offset, true);
 	return data;
 }
 
@@ -645,11 +641,7 @@ bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 	memcpy(&rec, data, sizeof(rec));
 	if (rec.len < SizeofMinimalTupleHeader || rec.len > MaxAllocSize ||
 		rd->offset + (off_t) (sizeof(rec) + rec.len) > sp->kept_end)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
-				 errdetail("A row at offset " INT64_FORMAT " has a wrong length.",
-						   (int64) rd->offset)));
+		bg_keep_row_damaged(sp->kept_path, rd->offset, false);
 	if (from_file)
 		data = bg_spool_check_kept(sp, rd, rec.len);
 	tuple->t_len = MINIMAL_TUPLE_OFFSET + rec.len;
@@ -661,11 +653,7 @@ bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple)
 	/* (a row that says it is longer than its record would be read past it) */
 	if (((MinimalTuple) ((char *) tuple->t_data + MINIMAL_TUPLE_OFFSET))->t_len !=
 		rec.len)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("kept result in file \"%s\" is damaged", sp->kept_path),
-				 errdetail("A row at offset " INT64_FORMAT " has a wrong length.",
-						   (int64) rd->offset)));
+		bg_keep_row_damaged(sp->kept_path, rd->offset, false);
 	rd->offset += sizeof(rec) + rec.len;
 }
 

@@ -14,6 +14,16 @@ LANGUAGE sql AS $$
     WHERE f = job::text)
 $$;
 
+-- Take advisory lock "lock" and launch a job of 30,010 rows of 100-byte pads
+-- on a 64kB queue that blocks on it before its row 30,001
+CREATE FUNCTION regress_blocked_job(lock int) RETURNS int
+LANGUAGE sql AS $$
+  SELECT pg_advisory_lock(lock);
+  SELECT bg_launch(format($j$SELECT g, repeat('x', 100) AS pad,
+                     CASE WHEN g = 30001 THEN pg_advisory_lock_shared(%s) END AS w
+                     FROM generate_series(1, 30010) g$j$, lock), queue_size => 65536)
+$$;
+
 -- A result is kept by default: the file holds every row, in exact types
 SELECT bg_launch($$SELECT g AS id, g::numeric / 7 AS frac, repeat('x', g % 50) AS pad
                    FROM generate_series(1, 20000) g$$) AS pid \gset
@@ -178,10 +188,7 @@ SELECT bg_detach(:away);
 -- which pushes the rows it left there only as it produces more.  Rows up
 -- to 25,000 are written out: the job appended more than its 256kB write
 -- buffer after them before it blocked.
-SELECT pg_advisory_lock(4246);
-SELECT bg_launch($$SELECT g, repeat('x', 100) AS pad,
-                   CASE WHEN g = 30001 THEN pg_advisory_lock_shared(4246) END AS w
-                   FROM generate_series(1, 30010) g$$, queue_size => 65536) AS blocked \gset
+SELECT regress_blocked_job(4246) AS blocked \gset
 SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :blocked || ')') AS job_waits;
 BEGIN;
 DECLARE c CURSOR FOR SELECT g, pad = repeat('x', 100) AS intact FROM bg_result_:blocked;
@@ -191,8 +198,8 @@ SELECT state FROM bg_jobs WHERE pid = :blocked;
 COMMIT;
 SELECT pg_advisory_unlock(4246);
 -- the session holds the kept file it reads: a bg_forget takes no row from it
-SELECT regress_poll(format('(SELECT kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
-                           :blocked)) AS blocked_kept;
+SELECT regress_poll(format('(SELECT state = %L AND kept FROM bg_jobs WHERE pid = %s ORDER BY id DESC LIMIT 1)',
+                           'finished', :blocked)) AS blocked_kept;
 SELECT max(id) AS blocked_job FROM bg_jobs WHERE pid = :blocked \gset
 SELECT bg_forget(:blocked);
 SELECT regress_kept_file(:blocked_job) AS file;
@@ -202,10 +209,7 @@ SELECT bg_detach(:blocked);
 -- A job cancelled after its session read on from its kept file: the file
 -- goes with the failure, and the rows the session took are not copied to
 -- a file of its own (they are never read: the job's error is)
-SELECT pg_advisory_lock(4247);
-SELECT bg_launch($$SELECT g, repeat('x', 100) AS pad,
-                   CASE WHEN g = 30001 THEN pg_advisory_lock_shared(4247) END AS w
-                   FROM generate_series(1, 30010) g$$, queue_size => 65536) AS cancelled \gset
+SELECT regress_blocked_job(4247) AS cancelled \gset
 SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :cancelled || ')') AS job_waits;
 BEGIN;
 DECLARE c CURSOR FOR SELECT g FROM bg_result_:cancelled;

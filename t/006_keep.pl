@@ -405,24 +405,17 @@ $node->safe_psql('postgres', q{
 	$f$;
 	CREATE FUNCTION recorded(job bigint) RETURNS boolean
 	LANGUAGE sql AS $$SELECT kept_bytes IS NOT NULL FROM bg_job_registry WHERE id = job$$;
-	CREATE FUNCTION wait_recorded(OUT job bigint, OUT recorded boolean)
+	CREATE FUNCTION wait_recorded(any_of boolean, OUT job bigint, OUT recorded boolean)
 	LANGUAGE plpgsql AS $f$
 	DECLARE
 	  p int;
 	BEGIN
 	  SELECT * INTO p, job FROM launch_kept();
-	  PERFORM bg_wait(p);
-	  recorded := recorded(job);
-	  PERFORM bg_detach(p);
-	END
-	$f$;
-	CREATE FUNCTION wait_any_recorded(OUT job bigint, OUT recorded boolean)
-	LANGUAGE plpgsql AS $f$
-	DECLARE
-	  p int;
-	BEGIN
-	  SELECT * INTO p, job FROM launch_kept();
-	  PERFORM bg_wait_any(ARRAY[p]);
+	  IF any_of THEN
+	    PERFORM bg_wait_any(ARRAY[p]);
+	  ELSE
+	    PERFORM bg_wait(p);
+	  END IF;
 	  recorded := recorded(job);
 	  PERFORM bg_detach(p);
 	END
@@ -443,9 +436,9 @@ $node->safe_psql('postgres', q{
 my (@forgotten, @first);
 for my $round (1 .. 3)
 {
-	is( $node->safe_psql('postgres', 'SELECT recorded FROM wait_recorded()'),
+	is( $node->safe_psql('postgres', 'SELECT recorded FROM wait_recorded(false)'),
 		't', "bg_wait in the launching session returns once the result is recorded, round $round");
-	is( $node->safe_psql('postgres', 'SELECT recorded FROM wait_any_recorded()'),
+	is( $node->safe_psql('postgres', 'SELECT recorded FROM wait_recorded(true)'),
 		't', "so does bg_wait_any, round $round");
 	my $other = $node->background_psql('postgres');
 	my ($pid, $job) = split /\|/, $other->query_safe('SELECT * FROM launch_kept()');
