@@ -153,6 +153,13 @@ ok( $node->poll_query_until('postgres',
 cmp_ok($node->safe_psql('postgres',
 	"SELECT kept_bytes FROM bg_jobs WHERE pid = $big"), '>', 48 * 1024 * 1024,
 	'larger than the part left in the cache');
+# Past that part, its writer gave the file its disk ahead of the writes
+# (fallocate); what it did not use went back at the job's end.
+my $big_job = $node->safe_psql('postgres',
+	"SELECT max(id) FROM bg_job_registry WHERE pid = $big");
+my ($big_size, $big_blocks) = (stat("$dir/$big_job"))[ 7, 12 ];
+cmp_ok($big_blocks * 512, '<=', $big_size + 65536,
+	'the kept file holds no disk past its end');
 my $big_sums = 'SELECT count(*), sum(g), count(DISTINCT h), max(h)';
 my $big_expected = $node->safe_psql('postgres',
 	"$big_sums FROM (SELECT g, md5(g::text) AS h FROM generate_series(1, 1000000) g) s");
