@@ -634,10 +634,20 @@ bg_keep_extend(BgKeepWriter *w)
 	end = w->extended + BG_KEEP_EXTEND;
 	if (w->limit >= 0)
 		end = Min(end, (off_t) w->limit);
-	if (end <= w->extended ||
-		fallocate(fd, FALLOC_FL_KEEP_SIZE, w->extended, end - w->extended) != 0)
+	if (end <= w->extended)
 	{
 		w->extend_failed = true;
+		return;
+	}
+	if (fallocate(fd, FALLOC_FL_KEEP_SIZE, w->extended, end - w->extended) != 0)
+	{
+		/*
+		 * Out of space, it may keep what it took before it failed: give that
+		 * back now, for the disk is short, and others need it more than
+		 * this file does.
+		 */
+		w->extend_failed = true;
+		(void) FileTruncate(w->file, w->written, WAIT_EVENT_BUFFILE_TRUNCATE);
 		return;
 	}
 	w->extended = end;
@@ -1140,10 +1150,13 @@ bg_keep_finish(BgKeepWriter *w)
 	bg_keep_write(w, (char *) &rec, sizeof(rec));
 	bg_keep_write(w, (char *) &footer, sizeof(footer));
 	bg_keep_flush(w);
-	/* the disk given ahead and not used goes back (ext4, xfs: at a truncate) */
+	/*
+	 * The disk given ahead and not used goes back (ext4, xfs: at a
+	 * truncate).  Only advice, as the fallocate was: the rows are whole.
+	 */
 	if (w->extended > w->written &&
 		FileTruncate(w->file, w->written, WAIT_EVENT_BUFFILE_TRUNCATE) != 0)
-		ereport(ERROR,
+		ereport(LOG,
 				(errcode_for_file_access(),
 				 errmsg("could not truncate file \"%s\": %m", w->path)));
 	return (int64) w->written;
