@@ -85,8 +85,16 @@
 #define BG_KEEP_MESSAGES_SUFFIX	".messages"
 #define BG_KEEP_MAGIC		"BGFDWKR1"
 #define BG_KEEP_FOOTER		0xFFFFFFFF
-/* rows are written out in blocks of this size */
-#define BG_KEEP_BUFSIZE		(256 * 1024)
+/*
+ * The worker writes its rows out in blocks of BG_KEEP_WRITE_SIZE: the
+ * kernel then gives the page cache large folios and starts the writeback
+ * of each block as one (BG_KEEP_WRITEBACK_AFTER), which made the default
+ * mode read wide rows a tenth faster than 256 kB blocks did, and 512 kB or
+ * 2 MB no faster (BENCHMARKS.md).  Readers read BG_KEEP_READ_SIZE at a
+ * time, which keeps what they read in the CPU's cache.
+ */
+#define BG_KEEP_WRITE_SIZE	(1024 * 1024)
+#define BG_KEEP_READ_SIZE	(256 * 1024)
 
 /*
  * A kept result is written once and read mostly through the job's queue,
@@ -468,7 +476,7 @@ bg_keep_create(BgJobShared *shared, TupleDesc desc)
 
 	(void) bg_keep_make_dir(ERROR);
 	bg_keep_path(w->path, shared->job_id);
-	w->buf = palloc(BG_KEEP_BUFSIZE);
+	w->buf = palloc(BG_KEEP_WRITE_SIZE);
 	w->shared = shared;
 	w->limit = bg_max_result_size < 0 ? -1 : (int64) bg_max_result_size * 1024;
 	if (temp_file_limit >= 0 &&
@@ -559,13 +567,13 @@ bg_keep_put(BgKeepWriter *w, const char *data, Size len)
 {
 	while (len > 0)
 	{
-		Size		n = Min(len, BG_KEEP_BUFSIZE - w->buf_len);
+		Size		n = Min(len, BG_KEEP_WRITE_SIZE - w->buf_len);
 
 		memcpy(w->buf + w->buf_len, data, n);
 		w->buf_len += n;
 		data += n;
 		len -= n;
-		if (w->buf_len == BG_KEEP_BUFSIZE)
+		if (w->buf_len == BG_KEEP_WRITE_SIZE)
 			bg_keep_flush(w);
 	}
 }
@@ -722,7 +730,7 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 	for (i = 0; i < iovcnt; i++)
 		rec.len += iov[i].len;
 	bg_keep_check_limit(w, sizeof(rec) + rec.len);
-	if (sizeof(rec) + rec.len <= BG_KEEP_BUFSIZE - w->buf_len)
+	if (sizeof(rec) + rec.len <= BG_KEEP_WRITE_SIZE - w->buf_len)
 	{
 		char	   *p = w->buf + w->buf_len;
 
@@ -787,7 +795,7 @@ bg_keep_blocks_get(BgKeepBlocks *b, off_t offset, Size n)
 		return b->buf + (offset - b->start);
 	if (b->buf == NULL || n > b->size)
 	{
-		Size		size = Max(n, BG_KEEP_BUFSIZE);
+		Size		size = Max(n, BG_KEEP_READ_SIZE);
 
 		if (b->buf)
 			pfree(b->buf);
@@ -1279,7 +1287,7 @@ bg_keep_open_file(BgKeepReader *r, int64 job_id, bool missing_ok)
 				 errmsg("could not open the kept result of background job %d: %m",
 						r->pid),
 				 errdetail("File \"%s\".", path)));
-	r->buf_size = BG_KEEP_BUFSIZE;
+	r->buf_size = BG_KEEP_READ_SIZE;
 	r->buf = palloc(r->buf_size);
 	return true;
 }

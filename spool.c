@@ -24,7 +24,7 @@
  * file before the row reached the queue: past work_mem the spool copies no
  * row to a file of its own, it reads the job's.  It needs only the offset
  * of each row there, which it counts as rows arrive, and a copy of the rows
- * the worker has not written out yet (it writes out every 256kB and on its
+ * the worker has not written out yet (it writes out every 1 MB and on its
  * flush timer): a tail that mirrors the file from the end of what the
  * worker has published, bounded by the worker's write buffer, and holds the
  * newest row, which the scan that took it reads next.  The session

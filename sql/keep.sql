@@ -68,13 +68,13 @@ CREATE FOREIGN TABLE regress_reports.by_hand (id int, frac numeric, pad text)
 SELECT max(id) FROM regress_reports.by_hand;
 -- long rows, some longer than the worker's write buffer, read while a
 -- filter allocates between them
-SELECT bg_launch($$SELECT g AS id, repeat(chr(65 + g % 26), 20000 + g + (g % 10 = 0)::int * 300000) AS pad
+SELECT bg_launch($$SELECT g AS id, repeat(chr(65 + g % 26), 20000 + g + (g % 10 = 0)::int * 1100000) AS pad
                    FROM generate_series(1, 50) g$$) AS long \gset
 SELECT bg_wait(:long);
 SELECT bg_detach(:long);
 CREATE FOREIGN TABLE regress_reports.long (id int, pad text)
   SERVER bg_server OPTIONS (pid :'long');
-SELECT count(*) FILTER (WHERE pad = repeat(chr(65 + id % 26), 20000 + id + (id % 10 = 0)::int * 300000)) AS intact,
+SELECT count(*) FILTER (WHERE pad = repeat(chr(65 + id % 26), 20000 + id + (id % 10 = 0)::int * 1100000)) AS intact,
        min(xmin::text) AS xmin
   FROM regress_reports.long WHERE lower(pad) IS NOT NULL;
 -- one whose columns do not match is an error, not garbage
@@ -186,13 +186,13 @@ SELECT bg_detach(:away);
 -- Back while the job is still blocked: the reader takes what the queue
 -- holds, then reads on from the kept file rather than wait for the worker,
 -- which pushes the rows it left there only as it produces more.  Rows up
--- to 25,000 are written out: the job appended more than its 256kB write
--- buffer after them before it blocked.
+-- to 20,000 are written out: the job appended more than its 1 MB write
+-- buffer after them (10,000 rows of 129 bytes) before it blocked.
 SELECT regress_blocked_job(4246) AS blocked \gset
 SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :blocked || ')') AS job_waits;
 BEGIN;
 DECLARE c CURSOR FOR SELECT g, pad = repeat('x', 100) AS intact FROM bg_result_:blocked;
-MOVE 24999 IN c;
+MOVE 19999 IN c;
 FETCH c;
 SELECT state FROM bg_jobs WHERE pid = :blocked;
 COMMIT;
@@ -213,7 +213,7 @@ SELECT regress_blocked_job(4247) AS cancelled \gset
 SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :cancelled || ')') AS job_waits;
 BEGIN;
 DECLARE c CURSOR FOR SELECT g FROM bg_result_:cancelled;
-MOVE 24999 IN c;
+MOVE 19999 IN c;
 FETCH c;
 COMMIT;
 SELECT bg_cancel(:cancelled);
