@@ -601,7 +601,7 @@ bg_job_close_segment(BgJob *job)
 	job->rows = pg_atomic_read_u64(&job->shared->rows);
 	/* the job has ended: what its worker wrote out of its file is final */
 	if (job->spool)
-		bg_spool_set_valid(job->spool,
+		bg_spool_job_ended(job->spool,
 						   pg_atomic_read_u64(&job->shared->kept_valid));
 	/* (forgotten first: an error below, at an abort, must not come back here) */
 	job->seg = NULL;

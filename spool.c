@@ -116,6 +116,7 @@ static bool bg_spool_open_kept(BgSpool *sp);
 static void bg_spool_close_kept(BgSpool *sp);
 static void bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple);
 static void bg_spool_trim_tail(BgSpool *sp);
+static void bg_spool_free_tail(BgSpool *sp);
 static void bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple);
 static char *bg_spool_check_kept(BgSpool *sp, BgSpoolReader *rd, uint32 len);
 static char *bg_spool_row_buf(BgSpool *sp, BgSpoolReader *rd, Size len);
@@ -166,6 +167,30 @@ bg_spool_set_valid(BgSpool *sp, uint64 valid)
 		if (sp->kept_fd >= 0)
 			bg_spool_trim_tail(sp);
 	}
+}
+
+/*
+ * The job has ended with the first "valid" bytes of its kept file written
+ * out: every row this session took off its queue is there, and the tail
+ * goes.  It grows to twice the worker's write buffer while the job runs,
+ * which a session holding many ended jobs would otherwise keep for each.
+ */
+void
+bg_spool_job_ended(BgSpool *sp, uint64 valid)
+{
+	bg_spool_set_valid(sp, valid);
+	bg_spool_free_tail(sp);
+}
+
+/* Free the tail if it holds no row. */
+static void
+bg_spool_free_tail(BgSpool *sp)
+{
+	if (sp->tail == NULL || sp->tail_len > 0)
+		return;
+	pfree(sp->tail);
+	sp->tail = NULL;
+	sp->tail_size = sp->tail_head = 0;
 }
 
 /*
@@ -424,6 +449,7 @@ bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid)
 	bg_spool_set_valid(sp, valid);
 	sp->kept_end = (off_t) valid;
 	bg_spool_trim_tail(sp);
+	bg_spool_free_tail(sp);
 	sp->nrows = nrows;
 	return true;
 }
@@ -433,11 +459,14 @@ static void
 bg_spool_trim_tail(BgSpool *sp)
 {
 	off_t		upto = Min(sp->kept_valid, sp->kept_end);
+	Size		drop;
 
 	if (upto <= sp->tail_off)
 		return;
-	sp->tail_head += upto - sp->tail_off;
-	sp->tail_len -= upto - sp->tail_off;
+	/* (the rows an adopted file holds past the tail were never in it) */
+	drop = Min((Size) (upto - sp->tail_off), sp->tail_len);
+	sp->tail_head += drop;
+	sp->tail_len -= drop;
 	sp->tail_off = upto;
 	if (sp->tail_len == 0)
 		sp->tail_head = 0;
