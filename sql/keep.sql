@@ -227,6 +227,26 @@ SELECT bg_segments() >= 0 AS looked;
 SELECT count(*) AS temp_files FROM pg_ls_tmpdir();
 SELECT regress_try('SELECT count(*) FROM bg_result_' || :cancelled, :cancelled);
 SELECT bg_detach(:cancelled);
+-- Past work_mem, the session keeps in memory a copy of the rows the worker
+-- has not written out yet (up to its 1 MB write buffer); that copy goes
+-- once the job has ended, here read to its end after it blocked
+SET work_mem = '64kB';
+SELECT coalesce(sum(total_bytes), 0) AS spools_before
+  FROM pg_backend_memory_contexts WHERE name = 'bg_fdw spool' \gset
+SELECT regress_blocked_job(4248) AS mirrored \gset
+SELECT regress_poll('(SELECT wait_event = ''advisory'' FROM pg_stat_activity WHERE pid = ' || :mirrored || ')') AS job_waits;
+BEGIN;
+DECLARE c CURSOR FOR SELECT g FROM bg_result_:mirrored;
+MOVE 19999 IN c;
+FETCH c;
+SELECT pg_advisory_unlock(4248);
+FETCH ALL FROM c \g /dev/null
+SELECT sum(total_bytes) - :spools_before < 512 * 1024 AS copy_freed
+  FROM pg_backend_memory_contexts WHERE name = 'bg_fdw spool';
+COMMIT;
+SELECT count(*), sum(g) FROM bg_result_:mirrored;
+SELECT bg_detach(:mirrored);
+RESET work_mem;
 -- ended while this session, in a transaction block, held it unread
 BEGIN;
 SELECT bg_launch($$SELECT g, md5(g::text) AS h FROM generate_series(1, 60000) g$$,
