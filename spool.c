@@ -359,10 +359,8 @@ bg_spool_close_kept(BgSpool *sp)
 	bg_spool_kept_fds--;
 	sp->kept_fd = -1;
 	sp->kept_job = 0;
-	if (sp->tail)
-		pfree(sp->tail);
-	sp->tail = NULL;
-	sp->tail_size = sp->tail_len = sp->tail_head = 0;
+	sp->tail_len = 0;
+	bg_spool_free_tail(sp);
 }
 
 /*
@@ -447,8 +445,10 @@ bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid)
 	if (sp->kept_fd < 0 && (sp->file >= 0 || !bg_spool_open_kept(sp)))
 		return false;
 	bg_spool_set_valid(sp, valid);
-	sp->kept_end = (off_t) valid;
+	/* the rows taken off the queue are all in the file: the tail goes */
 	bg_spool_trim_tail(sp);
+	Assert(sp->tail_len == 0 && sp->kept_end <= (off_t) valid);
+	sp->kept_end = sp->tail_off = (off_t) valid;
 	bg_spool_free_tail(sp);
 	sp->nrows = nrows;
 	return true;
@@ -459,14 +459,12 @@ static void
 bg_spool_trim_tail(BgSpool *sp)
 {
 	off_t		upto = Min(sp->kept_valid, sp->kept_end);
-	Size		drop;
 
 	if (upto <= sp->tail_off)
 		return;
-	/* (the rows an adopted file holds past the tail were never in it) */
-	drop = Min((Size) (upto - sp->tail_off), sp->tail_len);
-	sp->tail_head += drop;
-	sp->tail_len -= drop;
+	Assert((Size) (upto - sp->tail_off) <= sp->tail_len);
+	sp->tail_head += upto - sp->tail_off;
+	sp->tail_len -= upto - sp->tail_off;
 	sp->tail_off = upto;
 	if (sp->tail_len == 0)
 		sp->tail_head = 0;
