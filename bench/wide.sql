@@ -16,6 +16,10 @@ SET bg_fdw.max_result_size = -1;
 
 CALL bench_make_wide('tw10', :rows);
 VACUUM ANALYZE tw10;
+-- what loading and vacuuming the table left dirty is written out now, not
+-- by the checkpointer during the rounds, where it would take the disk from
+-- the kept files being written
+CHECKPOINT;
 CREATE TEMP TABLE cases_wide (name text, job text, q text, ord int);
 INSERT INTO cases_wide VALUES
  ('direct query', NULL, 'SELECT count(*), sum(c1) FROM tw10', 1),
