@@ -223,6 +223,7 @@ typedef struct BgOutcome
 	ErrorData  *edata;			/* the error, if failed or cancelled */
 	bool		discard;		/* the launch failed: remove the row */
 	const char *synchronous_commit; /* the job's, for recording its file */
+	bool		recorded;		/* the registry row took the kept file */
 } BgOutcome;
 
 /* A registry row, as the functions acting on a job need it */
@@ -299,7 +300,7 @@ static void bg_registry_set_progress(BgJobShared *shared, Datum *values,
 									 bool *nulls, bool *replace);
 static bool bg_cancel_entry(BgJobEntry *entry);
 static void bg_check_like_pattern(const char *pattern);
-static void bg_registry_modify(Relation rel, int64 job_id, Datum *values,
+static bool bg_registry_modify(Relation rel, int64 job_id, Datum *values,
 							   bool *nulls, bool *replace);
 static void bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome);
 static bool bg_delete_if_free(Relation rel, ItemPointer tid);
@@ -1222,19 +1223,21 @@ bg_registry_set_progress(BgJobShared *shared, Datum *values, bool *nulls,
 }
 
 /* Replace columns of the job's row, if it is still there. */
-static void
+static bool
 bg_registry_modify(Relation rel, int64 job_id, Datum *values, bool *nulls,
 				   bool *replace)
 {
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	oldtup;
+	bool		found;
 
 	ScanKeyInit(&key, Anum_bg_job_registry_id, BTEqualStrategyNumber, F_INT8EQ,
 				Int64GetDatum(job_id));
 	scan = systable_beginscan(rel, bg_primary_key_index(rel), true, NULL, 1, &key);
 	oldtup = systable_getnext(scan);
-	if (HeapTupleIsValid(oldtup))
+	found = HeapTupleIsValid(oldtup);
+	if (found)
 	{
 		HeapTuple	newtup = heap_modify_tuple(oldtup, RelationGetDescr(rel),
 											   values, nulls, replace);
@@ -1242,6 +1245,7 @@ bg_registry_modify(Relation rel, int64 job_id, Datum *values, bool *nulls,
 		CatalogTupleUpdate(rel, &oldtup->t_self, newtup);
 	}
 	systable_endscan(scan);
+	return found;
 }
 
 /* Does the job finish with a kept file, to record once it is durable? */
@@ -1256,7 +1260,9 @@ bg_kept_to_record(BgJobShared *shared, BgJobStatus status)
  * The job's kept file is durable: record its size, in a transaction of its
  * own after the job's, committed as the job's setting says (a crash must
  * not lose a result the job's commit made durable).  Only the job's worker
- * writes its row.
+ * writes its row.  False where nothing took it: the extension was dropped
+ * while the job ran (the drop removed the files there were then, and this
+ * one, made since, is the caller's to remove), or its row is gone.
  */
 bool
 bg_registry_record_kept(BgJobShared *shared)
@@ -1269,7 +1275,8 @@ bg_registry_record_kept(BgJobShared *shared)
 	/* durable as the job's own commit was: with the job's setting */
 	outcome.synchronous_commit = pstrdup(GetConfigOption("synchronous_commit",
 														 false, false));
-	return bg_registry_own_xact(bg_registry_write_kept, shared, &outcome);
+	return bg_registry_own_xact(bg_registry_write_kept, shared, &outcome) &&
+		outcome.recorded;
 }
 
 static void
@@ -1299,7 +1306,8 @@ bg_registry_write_kept(BgJobShared *shared, BgOutcome *outcome)
 		Int64GetDatum((int64) pg_atomic_read_u64(&shared->kept_size));
 	replace[Anum_bg_job_registry_segment - 1] = true;
 	nulls[Anum_bg_job_registry_segment - 1] = true;
-	bg_registry_modify(rel, shared->job_id, values, nulls, replace);
+	outcome->recorded = bg_registry_modify(rel, shared->job_id, values, nulls,
+										   replace);
 	table_close(rel, NoLock);
 }
 

@@ -643,15 +643,24 @@ like($derr,
 	'another session finds it');
 $launcher->quit;
 
-# DROP EXTENSION and DROP DATABASE take the files with them.
+# DROP EXTENSION and DROP DATABASE take the files with them.  A job still
+# in an earlier statement at the drop makes its file after it, and nothing
+# records it: the job removes it at its end.
 $node->safe_psql('postgres', q{
 	SELECT bg_launch('SELECT 1 AS one') AS p \gset
 	SELECT bg_wait(:p);
 	SELECT bg_detach(:p);
 });
+my $late = $node->safe_psql('postgres',
+	q{SELECT bg_launch($$SELECT gate('late'); SELECT g FROM generate_series(1, 1000) g$$)});
 ok(scalar(glob("$dir/*")), 'a kept file is there');
 $node->safe_psql('postgres', 'DROP EXTENSION bg_fdw CASCADE');
 ok(!scalar(glob("$dir/*")), 'DROP EXTENSION removes the kept files');
+open_gate($node, 'postgres', 'late');
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $late"),
+	'a job in its first statement at the drop ends');
+ok(!scalar(glob("$dir/*")), 'and leaves no file, though it made one after the drop');
 $node->safe_psql('postgres', 'CREATE DATABASE other');
 $node->safe_psql('other', q{
 	CREATE EXTENSION bg_fdw;
