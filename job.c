@@ -527,11 +527,17 @@ bg_job_check_privileges(BgJob *job)
 void
 bg_permission_denied(int pid, Oid role)
 {
+	/* (the job's role may have been dropped since) */
+	char	   *name = GetUserNameFromId(role, true);
+
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("permission denied for background job %d", pid),
+			 name ?
 			 errdetail("Only roles with the privileges of role \"%s\" may act on it.",
-					   GetUserNameFromId(role, false))));
+					   name) :
+			 errdetail("Its role (OID %u) has been dropped; only superusers may act on it.",
+					   role)));
 }
 
 const char *

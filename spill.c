@@ -776,7 +776,7 @@ bg_spill_dropped_note(StringInfo buf, uint64 dropped, const char *setting)
 	appendStringInfoString(buf, "01000");
 	appendStringInfoChar(buf, '\0');
 	text = psprintf("%llu messages of background job %d were not relayed",
-					(unsigned long long) dropped, MyProcPid);
+					(unsigned long long) dropped, bg_worker_job_name());
 	appendStringInfoChar(buf, PG_DIAG_MESSAGE_PRIMARY);
 	appendStringInfoString(buf, text);
 	appendStringInfoChar(buf, '\0');
@@ -788,7 +788,7 @@ bg_spill_dropped_note(StringInfo buf, uint64 dropped, const char *setting)
 	appendStringInfoChar(buf, '\0');
 	pfree(text);
 	text = psprintf("Once the job has ended, bg_messages(%d) shows its first and latest messages.",
-					MyProcPid);
+					bg_worker_job_name());
 	appendStringInfoChar(buf, PG_DIAG_MESSAGE_HINT);
 	appendStringInfoString(buf, text);
 	appendStringInfoChar(buf, '\0');

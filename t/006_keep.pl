@@ -180,6 +180,24 @@ my ($ret, $stdout, $stderr) = $node->psql('postgres',
 like($stderr, qr/ERROR:  permission denied for background job $pid/,
 	'a role without the privileges of the job role is refused');
 
+# The job's role may be dropped while its result is kept: others are still
+# refused, and superusers may read it.
+$node->safe_psql('postgres', 'CREATE ROLE dora LOGIN IN ROLE bg_fdw_user');
+my $dora = $node->safe_psql('postgres', q{
+	SELECT bg_launch('SELECT 7 AS seven') AS p \gset
+	SELECT bg_wait(:p) IS NULL;
+	SELECT :p;
+}, extra_params => [ '-U', 'dora' ]);
+$dora = (split /\n/, $dora)[-1];
+$node->safe_psql('postgres', 'DROP ROLE dora');
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	"SELECT * FROM bg_result($dora) AS r(seven int)",
+	extra_params => [ '-U', 'mallory', '-v', 'VERBOSITY=verbose' ]);
+like($stderr, qr/ERROR:  42501: permission denied for background job $dora\nDETAIL:  Its role \(OID \d+\) has been dropped; only superusers may act on it\./,
+	'a job whose role was dropped is refused to others, saying so');
+is($node->safe_psql('postgres', "SELECT * FROM bg_result($dora) AS r(seven int)"),
+	'7', 'and read by a superuser');
+
 # A clean restart keeps it.
 $node->restart;
 is($node->safe_psql('postgres', "$sums FROM reports.bg_result_$pid",

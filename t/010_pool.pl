@@ -80,6 +80,27 @@ is( $node->safe_psql('postgres',
 		q{SELECT idle_workers >= 1 AND jobs_handed_over >= 1 FROM bg_supervisor()}),
 	't', 'bg_supervisor() counts idle workers and jobs handed over');
 
+# The notice that some of a job's messages were not relayed to its idle
+# session names the job, not the worker it was handed to.
+ok( $node->poll_query_until('postgres',
+		"SELECT application_name = 'bg_fdw idle worker' FROM pg_stat_activity WHERE pid = $w1"),
+	'the worker is idle again');
+my $quiet = $node->background_psql('postgres', on_error_stop => 0);
+my $noisy = $quiet->query_safe(q{
+	SELECT bg_launch($j$DO $d$ BEGIN
+	  FOR i IN 1..5000 LOOP RAISE NOTICE '% %', i, repeat('x', 1000); END LOOP;
+	END $d$$j$)});
+chomp $noisy;
+ok( $node->poll_query_until('postgres',
+		"SELECT worker_pid = $w1 AND state = 'finished' FROM bg_jobs WHERE pid = $noisy"),
+	'a job talking to an idle session finishes in the worker handed it');
+$quiet->{stderr} = '';
+is($quiet->query("SELECT bg_wait($noisy)"), "DO", "the launching session gets the outcome");
+like($quiet->{stderr},
+	qr/NOTICE:  \d+ messages of background job $noisy were not relayed.*bg_messages\($noisy\)/s,
+	'the notice of messages not relayed names the job');
+$quiet->quit;
+
 # A job handed to a worker sees nothing of its predecessor.  Each pair runs
 # in one worker (checked); the second job shows what a new session shows.
 $node->safe_psql('postgres', q{ALTER ROLE postgres SET lock_timeout = '7s'});
