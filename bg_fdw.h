@@ -709,6 +709,7 @@ extern bool bg_queue_start_jobs(void);
 extern bool bg_queue_claim(int slot, BgJobShared *shared);
 extern int	bg_jobs_running(void);
 extern dsm_segment *bg_queue_segment(void);
+extern bool bg_queue_holds(BgJobShared *shared);
 extern bool bg_queue_started(BgJobShared *shared);
 extern void bg_queue_counts(int *queued, int64 *started, int64 *bytes);
 

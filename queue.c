@@ -1563,6 +1563,13 @@ bg_queue_mine(BgQueue *q)
 	return e;
 }
 
+/* Is this worker's job the queued one it took?  (Not once started.) */
+bool
+bg_queue_holds(BgJobShared *shared)
+{
+	return bg_queue_my_slot >= 0 && shared->job_id == bg_queue_my_job;
+}
+
 /*
  * The job this worker took from the queue is listed in the registry: its
  * entry goes, and from now on it is found there.  True if it was cancelled

@@ -93,6 +93,8 @@ static BgJobShared *bg_worker_attach(dsm_handle handle, int64 job_id);
 static BgJobShared *bg_worker_adopt(dsm_segment *seg, int64 job_id);
 static void bg_worker_run(BgJobShared *shared);
 pg_noreturn static void bg_worker_cancelled_in_queue(BgJobShared *shared);
+static void bg_worker_leave_queue(BgJobShared *shared);
+static void bg_worker_check_kept_caps(BgJobShared *shared);
 static void bg_worker_end_job(void);
 static void bg_worker_sigterm(SIGNAL_ARGS);
 static void bg_worker_exit(dsm_segment *seg, Datum arg);
@@ -423,8 +425,7 @@ bg_worker_run(BgJobShared *shared)
 		bg_registry_register(shared, sql, dsm_segment_handle(bg_worker_segment));
 		/* a queued job is found in the registry from now on */
 		bg_registry_unlock_role();
-		if (bg_queue_started(shared))
-			bg_worker_cancelled_in_queue(shared);
+		bg_worker_leave_queue(shared);
 		bg_wait_for_launcher(shared, false);
 		/* the job starts now, not when the worker connected */
 		SetCurrentStatementStartTimestamp();
@@ -440,6 +441,35 @@ bg_worker_run(BgJobShared *shared)
 	pfree(sql);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	bg_registry_tidy(shared);
+}
+
+/*
+ * A job that waited in the queue leaves it, and starts unless it was
+ * cancelled there or its kept result would now be past the caps.
+ */
+static void
+bg_worker_leave_queue(BgJobShared *shared)
+{
+	bool		queued = bg_queue_holds(shared);
+
+	if (bg_queue_started(shared))
+		bg_worker_cancelled_in_queue(shared);
+	if (queued && shared->keep)
+		bg_worker_check_kept_caps(shared);
+}
+
+/*
+ * A queued job passed the caps on kept results when it was launched, which
+ * may be long ago; the role's other jobs may have kept since what takes it
+ * past them.  Then it fails as its launch would have now.
+ */
+static void
+bg_worker_check_kept_caps(BgJobShared *shared)
+{
+	StartTransactionCommand();
+	bg_registry_check_kept(shared->current_user_id);
+	bg_keep_check_cluster();
+	CommitTransactionCommand();
 }
 
 /* The job was cancelled while it waited in the queue: it runs nothing. */

@@ -221,6 +221,45 @@ ok( $node->poll_query_until('postgres',
 		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '-1'}),
 	'bg_fdw.max_jobs_per_role reset');
 
+# A queued job passed the caps on kept results at its launch; it checks them
+# again when it starts, and fails as a launch would then.
+$node->append_conf('postgresql.conf',
+	"bg_fdw.max_jobs_per_role = 1\nbg_fdw.max_kept_size_per_role = '1MB'");
+$node->reload;
+ok( $node->poll_query_until('postgres',
+		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '1'
+		     AND current_setting('bg_fdw.max_kept_size_per_role') = '1MB'}),
+	'bg_fdw.max_jobs_per_role and bg_fdw.max_kept_size_per_role set');
+$role_session = $node->background_psql('postgres', extra_params => [ '-U', 'regress_user' ]);
+$first = $role_session->query_safe(q{SELECT bg_launch($$SELECT gate('cap1');
+	SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 3000) g WHERE g < 3000 OR gate('cap2')$$)});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'running' FROM bg_jobs WHERE pid = $first"),
+	'the role runs a job that keeps nothing yet');
+$second = $role_session->query_safe(q{SELECT bg_launch($$SELECT 'late'$$)});
+is( $node->safe_psql('postgres', "SELECT state FROM bg_jobs WHERE pid = $second"),
+	'queued', 'a second job passes the caps and is queued');
+open_gate($node, 'postgres', 'cap1');
+ok( $node->poll_query_until('postgres',
+		"SELECT kept_bytes >= 1048576 FROM bg_jobs WHERE pid = $first"),
+	'the first job keeps more than the role may');
+open_gate($node, 'postgres', 'cap2');
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'failed' FROM bg_jobs WHERE pid = $second"),
+	'once it ends, the queued job starts and fails');
+like( $node->safe_psql('postgres',
+		"SELECT sqlstate || ' ' || error FROM bg_jobs WHERE pid = $second"),
+	qr/^53400 kept results of role "regress_user" exceed "bg_fdw.max_kept_size_per_role" \(1024kB\)$/,
+	'with the error its launch would get now');
+$role_session->quit;
+$node->append_conf('postgresql.conf',
+	"bg_fdw.max_jobs_per_role = -1\nbg_fdw.max_kept_size_per_role = '10GB'");
+$node->reload;
+ok( $node->poll_query_until('postgres',
+		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '-1'
+		     AND current_setting('bg_fdw.max_kept_size_per_role') = '10GB'}),
+	'both reset');
+
 # bg_fdw.max_jobs: the launch beyond it waits in the queue though slots
 # are free; one that keeps nothing is refused.
 $node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 1');
