@@ -536,8 +536,7 @@ bg_permission_denied(int pid, Oid role)
 			 name ?
 			 errdetail("Only roles with the privileges of role \"%s\" may act on it.",
 					   name) :
-			 errdetail("Its role (OID %u) has been dropped; only superusers may act on it.",
-					   role)));
+			 errdetail("The job's role (OID %u) has been dropped.", role)));
 }
 
 const char *
