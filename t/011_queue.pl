@@ -34,6 +34,21 @@ $node->safe_psql('postgres', q{
 	GRANT TEMP ON DATABASE postgres TO regress_user;
 });
 create_gate($node, 'postgres');
+
+# Set settings in postgresql.conf and reload, until this session sees them.
+sub reload_settings
+{
+	my ($name, @settings) = @_;
+	my (@lines, @checks);
+	while (my ($setting, $value) = splice(@settings, 0, 2))
+	{
+		push @lines, "$setting = '$value'";
+		push @checks, "current_setting('$setting') = '$value'";
+	}
+	$node->append_conf('postgresql.conf', join("\n", @lines));
+	$node->reload;
+	ok($node->poll_query_until('postgres', 'SELECT ' . join(' AND ', @checks)), $name);
+}
 $node->safe_psql('postgres', q{GRANT SELECT ON gates TO PUBLIC});
 # the sweep after start takes a slot of its own until it is done
 ok( $node->poll_query_until('postgres',
@@ -170,11 +185,8 @@ $session->quit;
 # bg_fdw.max_jobs_per_role counts running jobs: a launch over it is queued,
 # and starts once one of the role's jobs has ended; other roles' jobs do not
 # wait behind it.
-$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs_per_role = 1');
-$node->reload;
-ok( $node->poll_query_until('postgres',
-		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '1'}),
-	'bg_fdw.max_jobs_per_role set');
+reload_settings('bg_fdw.max_jobs_per_role set',
+	'bg_fdw.max_jobs_per_role' => '1');
 my $role_session = $node->background_psql('postgres', extra_params => [ '-U', 'regress_user' ]);
 my $first = $role_session->query_safe(q{SELECT bg_launch($$SELECT gate('role')$$)});
 ok( $node->poll_query_until('postgres',
@@ -215,21 +227,13 @@ open_gate($node, 'postgres', 'role2');
 is( $role_session->query_safe("SELECT bg_wait($second)"), 'SELECT 1',
 	'and the other ends');
 $role_session->quit;
-$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs_per_role = -1');
-$node->reload;
-ok( $node->poll_query_until('postgres',
-		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '-1'}),
-	'bg_fdw.max_jobs_per_role reset');
+reload_settings('bg_fdw.max_jobs_per_role reset',
+	'bg_fdw.max_jobs_per_role' => '-1');
 
 # A queued job passed the caps on kept results at its launch; it checks them
 # again when it starts, and fails as a launch would then.
-$node->append_conf('postgresql.conf',
-	"bg_fdw.max_jobs_per_role = 1\nbg_fdw.max_kept_size_per_role = '1MB'");
-$node->reload;
-ok( $node->poll_query_until('postgres',
-		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '1'
-		     AND current_setting('bg_fdw.max_kept_size_per_role') = '1MB'}),
-	'bg_fdw.max_jobs_per_role and bg_fdw.max_kept_size_per_role set');
+reload_settings('bg_fdw.max_jobs_per_role and bg_fdw.max_kept_size_per_role set',
+	'bg_fdw.max_jobs_per_role' => '1', 'bg_fdw.max_kept_size_per_role' => '1MB');
 $role_session = $node->background_psql('postgres', extra_params => [ '-U', 'regress_user' ]);
 $first = $role_session->query_safe(q{SELECT bg_launch($$SELECT gate('cap1');
 	SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 3000) g WHERE g < 3000 OR gate('cap2')$$)});
@@ -252,20 +256,13 @@ like( $node->safe_psql('postgres',
 	qr/^53400 kept results of role "regress_user" exceed "bg_fdw.max_kept_size_per_role" \(1024kB\)$/,
 	'with the error its launch would get now');
 $role_session->quit;
-$node->append_conf('postgresql.conf',
-	"bg_fdw.max_jobs_per_role = -1\nbg_fdw.max_kept_size_per_role = '10GB'");
-$node->reload;
-ok( $node->poll_query_until('postgres',
-		q{SELECT current_setting('bg_fdw.max_jobs_per_role') = '-1'
-		     AND current_setting('bg_fdw.max_kept_size_per_role') = '10GB'}),
-	'both reset');
+reload_settings('both reset',
+	'bg_fdw.max_jobs_per_role' => '-1', 'bg_fdw.max_kept_size_per_role' => '10GB');
 
 # bg_fdw.max_jobs: the launch beyond it waits in the queue though slots
 # are free; one that keeps nothing is refused.
-$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 1');
-$node->reload;
-ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_jobs') = '1'}),
-	'bg_fdw.max_jobs set');
+reload_settings('bg_fdw.max_jobs set',
+	'bg_fdw.max_jobs' => '1');
 $session = $node->background_psql('postgres');
 my $one = $session->query_safe(q{SELECT bg_launch($$SELECT gate('max')$$)});
 ok( $node->poll_query_until('postgres',
@@ -294,10 +291,8 @@ ok( $node->poll_query_until('postgres', qq{
 is( $node->safe_psql('postgres', qq{
 		SELECT string_agg(state, ',' ORDER BY id) FROM bg_jobs WHERE pid IN ($one, $two, $three)}),
 	'running,running,queued', 'in launch order, and no more than bg_fdw.max_jobs');
-$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 1');
-$node->reload;
-ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_jobs') = '1'}),
-	'bg_fdw.max_jobs 1 again');
+reload_settings('bg_fdw.max_jobs 1 again',
+	'bg_fdw.max_jobs' => '1');
 my $labelled = $session->query_safe(
 	q{SELECT bg_launch('SELECT 3', label => 'regress_queued')});
 is( $node->safe_psql('postgres', q{SELECT bg_cancel_label('regress_%')}),
@@ -321,11 +316,8 @@ like($err, qr/too many background jobs.*\n.*\n.*A job launched by a background j
 	'a job launching a job past bg_fdw.max_jobs fails, it does not queue');
 
 # The queue's caps, here per role.
-$node->append_conf('postgresql.conf', 'bg_fdw.max_queued_jobs_per_role = 2');
-$node->reload;
-ok( $node->poll_query_until('postgres',
-		q{SELECT current_setting('bg_fdw.max_queued_jobs_per_role') = '2'}),
-	'bg_fdw.max_queued_jobs_per_role set');
+reload_settings('bg_fdw.max_queued_jobs_per_role set',
+	'bg_fdw.max_queued_jobs_per_role' => '2');
 my $user = $node->background_psql('postgres', extra_params => [ '-U', 'regress_user' ]);
 $one = $user->query_safe(q{SELECT bg_launch($$SELECT gate('caps')$$)});
 ok( $node->poll_query_until('postgres',
@@ -367,10 +359,8 @@ opendir($dh, $records) or die "could not open $records: $!";
 is(scalar(grep { /^\d+$/ } readdir($dh)), 0, 'and their records are gone');
 closedir($dh);
 my $highest = $node->safe_psql('postgres', 'SELECT max(pid) FROM bg_job_registry');
-$node->append_conf('postgresql.conf', 'bg_fdw.max_jobs = 0');
-$node->reload;
-ok( $node->poll_query_until('postgres', q{SELECT current_setting('bg_fdw.max_jobs') = '0'}),
-	'bg_fdw.max_jobs 0');
+reload_settings('bg_fdw.max_jobs 0',
+	'bg_fdw.max_jobs' => '0');
 my $after = $node->safe_psql('postgres', q{SELECT bg_launch('SELECT 1')});
 cmp_ok($after, '>', $highest, 'a name after a restart is above every name listed');
 cmp_ok($after, '>', $left[-1],
