@@ -717,6 +717,7 @@ extern void bg_queue_counts(int *queued, int64 *started, int64 *bytes);
 extern BgSpool *bg_spool_create(MemoryContext cxt, int mem_limit_kb,
 								int64 kept_job);
 extern void bg_spool_set_valid(BgSpool *sp, uint64 valid);
+extern bool bg_spool_needs_valid(BgSpool *sp, uint32 len);
 extern void bg_spool_job_ended(BgSpool *sp, uint64 valid);
 extern bool bg_spool_adopt_kept(BgSpool *sp, int64 nrows, uint64 valid);
 extern bool bg_spool_kept_removed(BgSpool *sp);

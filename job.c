@@ -1929,7 +1929,9 @@ static void
 bg_job_spool(BgJob *job, MinimalTuple tuple)
 {
 	job->spool_broken = true;
-	bg_spool_set_valid(job->spool, pg_atomic_read_u64(&job->shared->kept_valid));
+	if (bg_spool_needs_valid(job->spool, tuple->t_len))
+		bg_spool_set_valid(job->spool,
+						   pg_atomic_read_u64(&job->shared->kept_valid));
 	bg_spool_append(job->spool, tuple);
 	job->spool_broken = false;
 	job->nspooled++;

@@ -155,8 +155,9 @@ bg_spool_free(BgSpool *sp)
 
 /*
  * The worker has written out the first "valid" bytes of its kept file: the
- * rows there need no copy in the tail.  Called before each append while
- * the job's segment is mapped, and with the final size once it has ended.
+ * rows there need no copy in the tail.  Called while the job's segment is
+ * mapped when bg_spool_needs_valid says so, and with the final size once
+ * it has ended.
  */
 void
 bg_spool_set_valid(BgSpool *sp, uint64 valid)
@@ -167,6 +168,20 @@ bg_spool_set_valid(BgSpool *sp, uint64 valid)
 		if (sp->kept_fd >= 0)
 			bg_spool_trim_tail(sp);
 	}
+}
+
+/*
+ * Would appending a row of "len" bytes want to know how far the worker has
+ * written out its kept file?  Only where the row goes to the tail and the
+ * tail has no room for it: that is when rows written out are dropped from
+ * it.  Asking the job's segment for every row would cost a transfer of a
+ * cache line the worker writes for every row it sends, on each row.
+ */
+bool
+bg_spool_needs_valid(BgSpool *sp, uint32 len)
+{
+	return sp->kept_fd >= 0 &&
+		sp->tail_head + sp->tail_len + sizeof(BgKeepRecord) + len > sp->tail_size;
 }
 
 /*
