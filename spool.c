@@ -26,8 +26,9 @@
  * of each row there, which it counts as rows arrive, and a copy of the rows
  * the worker has not written out yet (it writes out every 1 MB and on its
  * flush timer): a tail that mirrors the file from the end of what the
- * worker has published, bounded by the worker's write buffer, and holds the
- * newest row, which the scan that took it reads next.  The session
+ * worker had published when the tail last filled (the session looks only
+ * then), bounded by the worker's write buffer, and holds the newest row,
+ * which the scan that took it reads next.  The session
  * holds the file open for as long as the job, so that bg_forget or expiry
  * of the job's registry row, which remove the file, do not take the rows
  * from a session that still holds the job.  Without a free file descriptor
