@@ -117,6 +117,7 @@ static bool bg_spool_open_kept(BgSpool *sp);
 static void bg_spool_close_kept(BgSpool *sp);
 static void bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple);
 static void bg_spool_trim_tail(BgSpool *sp);
+static inline bool bg_spool_tail_has_room(BgSpool *sp, Size len);
 static void bg_spool_free_tail(BgSpool *sp);
 static void bg_spool_read_kept(BgSpool *sp, BgSpoolReader *rd, HeapTuple tuple);
 static char *bg_spool_check_kept(BgSpool *sp, BgSpoolReader *rd, uint32 len);
@@ -174,15 +175,22 @@ bg_spool_set_valid(BgSpool *sp, uint64 valid)
 /*
  * Would appending a row of "len" bytes want to know how far the worker has
  * written out its kept file?  Only where the row goes to the tail and the
- * tail has no room for it: that is when rows written out are dropped from
- * it.  Asking the job's segment for every row would cost a transfer of a
+ * tail has no room for it, as bg_spool_append_kept finds: that is when rows
+ * written out are dropped from it.  Asking the job's segment for every row would cost a transfer of a
  * cache line the worker writes for every row it sends, on each row.
  */
 bool
 bg_spool_needs_valid(BgSpool *sp, uint32 len)
 {
 	return sp->kept_fd >= 0 &&
-		sp->tail_head + sp->tail_len + sizeof(BgKeepRecord) + len > sp->tail_size;
+		!bg_spool_tail_has_room(sp, sizeof(BgKeepRecord) + len);
+}
+
+/* Can "len" more bytes go at the end of the tail, where it lies now? */
+static inline bool
+bg_spool_tail_has_room(BgSpool *sp, Size len)
+{
+	return sp->tail_head + sp->tail_len + len <= sp->tail_size;
 }
 
 /*
@@ -418,7 +426,7 @@ bg_spool_append_kept(BgSpool *sp, MinimalTuple tuple)
 	char	   *dest;
 
 	bg_spool_trim_tail(sp);
-	if (sp->tail_head + sp->tail_len + len > sp->tail_size)
+	if (!bg_spool_tail_has_room(sp, len))
 	{
 		/* move the tail to the start of its buffer, or grow it */
 		if (sp->tail_len > 0)
