@@ -91,7 +91,11 @@
  * kernel then gives the page cache large folios and starts the writeback
  * of each block as one (BG_KEEP_WRITEBACK_AFTER), which made the default
  * mode read wide rows a tenth faster than 256 kB blocks did, and 512 kB or
- * 2 MB no faster (BENCHMARKS.md).  Readers read BG_KEEP_READ_SIZE at a
+ * 2 MB no faster (BENCHMARKS.md).  A block the job wrote out early, for
+ * readers following it (bg_keep_publish), is followed by a shorter one,
+ * so that blocks end on multiples of BG_KEEP_WRITE_SIZE again: the
+ * kernel's pages and folios are then written whole, not twice, the second
+ * time after they have gone to disk.  Readers read BG_KEEP_READ_SIZE at a
  * time, which keeps what they read in the CPU's cache.
  */
 #define BG_KEEP_WRITE_SIZE	(1024 * 1024)
@@ -212,6 +216,7 @@ struct BgKeepWriter
 	bool		uncached_failed;	/* the kernel refused: no more tries */
 	char	   *buf;			/* bytes not yet written */
 	Size		buf_len;
+	Size		buf_room;		/* bytes buf may hold: to a block's end */
 	uint64		rows;
 	int64		limit;			/* bytes a job may keep, or -1 */
 	bool		limit_is_temp;	/* the limit is temp_file_limit's */
@@ -502,6 +507,7 @@ bg_keep_create(BgJobShared *shared, TupleDesc desc)
 	(void) bg_keep_make_dir(ERROR);
 	bg_keep_path(w->path, shared->job_id);
 	w->buf = palloc(BG_KEEP_WRITE_SIZE);
+	w->buf_room = BG_KEEP_WRITE_SIZE;
 	w->shared = shared;
 	w->limit = bg_max_result_size < 0 ? -1 : (int64) bg_max_result_size * 1024;
 	if (temp_file_limit >= 0 &&
@@ -592,13 +598,13 @@ bg_keep_put(BgKeepWriter *w, const char *data, Size len)
 {
 	while (len > 0)
 	{
-		Size		n = Min(len, BG_KEEP_WRITE_SIZE - w->buf_len);
+		Size		n = Min(len, w->buf_room - w->buf_len);
 
 		memcpy(w->buf + w->buf_len, data, n);
 		w->buf_len += n;
 		data += n;
 		len -= n;
-		if (w->buf_len == BG_KEEP_WRITE_SIZE)
+		if (w->buf_len == w->buf_room)
 			bg_keep_flush(w);
 	}
 }
@@ -633,6 +639,7 @@ bg_keep_flush(BgKeepWriter *w)
 	}
 	w->written += w->buf_len;
 	w->buf_len = 0;
+	w->buf_room = BG_KEEP_WRITE_SIZE - w->written % BG_KEEP_WRITE_SIZE;
 	bg_keep_writeback(w);
 	pg_atomic_write_u64(&w->shared->kept_size, (uint64) w->written);
 	/* what readers may read: whole records, written out */
@@ -798,7 +805,7 @@ bg_keep_append(BgKeepWriter *w, shm_mq_iovec *iov, int iovcnt)
 	for (i = 0; i < iovcnt; i++)
 		rec.len += iov[i].len;
 	bg_keep_check_limit(w, sizeof(rec) + rec.len);
-	if (sizeof(rec) + rec.len <= BG_KEEP_WRITE_SIZE - w->buf_len)
+	if (sizeof(rec) + rec.len <= w->buf_room - w->buf_len)
 	{
 		char	   *p = w->buf + w->buf_len;
 
