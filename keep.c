@@ -142,8 +142,8 @@
  * pressure to find: reading wide rows in the default mode took from 14%
  * to 35% less time (BENCHMARKS.md).  Readers that follow the job then
  * read its latest blocks from disk.  Elsewhere pwritev2 refuses the flag
- * before it writes anything, and the writer falls back to the window for
- * good.  The value is the kernel's ABI, for C libraries older than it.
+ * before it writes anything (EOPNOTSUPP, or ENOSYS where the call itself is
+ * filtered out), and the writer falls back to the window for good.  The value is the kernel's ABI, for C libraries older than it.
  */
 #if defined(__linux__) && defined(RWF_HIPRI)
 #define BG_KEEP_DONTCACHE
@@ -678,7 +678,7 @@ bg_keep_write_block(BgKeepWriter *w)
 			n = pwritev2(fd, &iov, 1, w->written, RWF_DONTCACHE);
 		} while (n < 0 && errno == EINTR);
 		pgstat_report_wait_end();
-		if (n >= 0 || errno != EOPNOTSUPP)
+		if (n >= 0 || (errno != EOPNOTSUPP && errno != ENOSYS))
 		{
 			if (n >= 0 && n != (ssize_t) w->buf_len && errno == 0)
 				errno = ENOSPC;
