@@ -1,7 +1,7 @@
 # bg_fdw/Makefile
 
 MODULE_big = bg_fdw
-OBJS = bg_fdw.o control.o dest.o handshake.o job.o keep.o launcher.o messages.o registry.o shape.o spill.o spool.o worker.o pool.o queue.o supervisor.o waitgraph.o
+OBJS = bg_fdw.o control.o dest.o handshake.o job.o keep.o launcher.o messages.o registry.o shape.o spill.o spool.o worker.o pool.o queue.o ring.o supervisor.o waitgraph.o
 
 EXTENSION = bg_fdw
 DATA = bg_fdw--1.0.sql bg_fdw--1.0--1.1.sql

@@ -152,6 +152,8 @@ typedef struct BgJobShared
 									 * header and whole rows, written out:
 									 * worker writes; readers in other
 									 * sessions follow it while it grows */
+	pg_atomic_uint32 ring_handle;	/* segment of the worker's ring of
+									 * kept-file blocks (ring.c), or 0 */
 	ConditionVariable kept_cv;	/* worker broadcasts when kept_valid grows
 								 * and when it exits; those readers sleep on
 								 * it */
@@ -557,6 +559,26 @@ extern void bg_keep_scan_rows_fd(int fd, const char *path, off_t from, off_t to,
 								 void (*consume) (void *arg, char *data, uint32 len),
 								 void *arg);
 extern void bg_keep_set_aside(BgKeepWriter *w);
+extern void bg_keep_file_path(char *path, int64 job_id);
+
+/* ring.c */
+#define BG_RING_SLOTS		4
+typedef struct BgRing BgRing;
+typedef void (*BgRingWrite) (void *arg, const char *data, Size len,
+							 off_t offset);
+extern BgRing *bg_ring_create(BgJobShared *shared, Size block_size,
+							  dsm_segment **segp);
+extern char *bg_ring_block(BgRing *ring);
+extern void bg_ring_hand_off(BgRing *ring, off_t offset, Size len,
+							 off_t valid_end);
+extern char *bg_ring_next(BgRing *ring, BgJobShared *shared, bool drain,
+						  BgRingWrite write, void *arg);
+extern void bg_ring_end(BgJobShared *shared, dsm_segment *seg);
+extern bool bg_ring_helped(BgRing *ring);
+extern bool bg_keep_reader_writes(BgKeepWriter *w);
+extern ssize_t bg_ring_pwrite(int fd, const char *data, Size len, off_t offset);
+extern bool bg_ring_help(BgJobShared *shared, int64 job_id);
+extern void bg_ring_let_go(void);
 /* the kept file's name in the job's file set, for rows the queue did not carry */
 #define BG_KEPT_ROWS_LINK	"kept"
 extern void bg_keep_publish(BgKeepWriter *w);

@@ -604,6 +604,7 @@ bg_job_close_segment(BgJob *job)
 		return;
 	}
 	job->rows = pg_atomic_read_u64(&job->shared->rows);
+	bg_ring_let_go();
 	/* the job has ended: what its worker wrote out of its file is final */
 	if (job->spool)
 		bg_spool_job_ended(job->spool,
@@ -2129,6 +2130,12 @@ bg_job_receive(BgJob *job)
 			watching = true;
 			continue;
 		}
+		/* rather than wait, write out a block of the worker's kept file */
+		if (job->shared != NULL && bg_ring_help(job->shared, job->job_id))
+		{
+			CHECK_FOR_INTERRUPTS();
+			continue;
+		}
 		bg_job_sleep(job, -1, &check_at);
 		if (watching)
 			ConditionVariableCancelSleep();
@@ -2258,6 +2265,7 @@ bg_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE)
 	{
+		bg_ring_let_go();
 		bg_release_readers(InvalidSubTransactionId);
 		bg_end_detaches(event == XACT_EVENT_COMMIT, InvalidSubTransactionId);
 		bg_queued_launch_end_detaches(event == XACT_EVENT_COMMIT,

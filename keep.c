@@ -115,7 +115,7 @@
  * memory), and the fsync at the end has little left to write.  Results
  * within BG_KEEP_CACHED stay cached whole, and readers that follow the job
  * read what it wrote last, unless the kernel took the writes uncached (see
- * BG_KEEP_DONTCACHE).
+ * below).
  */
 #define BG_KEEP_WRITEBACK_AFTER	(1024 * 1024)
 #define BG_KEEP_CACHED		(32 * 1024 * 1024)
@@ -143,14 +143,10 @@
  * to 35% less time (BENCHMARKS.md).  Readers that follow the job then
  * read its latest blocks from disk.  Elsewhere pwritev2 refuses the flag
  * before it writes anything (EOPNOTSUPP, or ENOSYS where the call itself is
- * filtered out), and the writer falls back to the window for good.  The value is the kernel's ABI, for C libraries older than it.
+ * filtered out), and the writer falls back to the window for good
+ * (bg_ring_pwrite).  Written uncached, the blocks may also be written by
+ * the launching session while the worker goes on (ring.c).
  */
-#if defined(__linux__) && defined(RWF_HIPRI)
-#define BG_KEEP_DONTCACHE
-#ifndef RWF_DONTCACHE
-#define RWF_DONTCACHE	0x00000080
-#endif
-#endif
 
 /*
  * The CRC-32C instruction of x86-64 takes three cycles to give its result
@@ -214,6 +210,10 @@ struct BgKeepWriter
 	bool		extend_failed;	/* the file system refused: no more tries */
 	bool		uncached;		/* the last block went uncached */
 	bool		uncached_failed;	/* the kernel refused: no more tries */
+	BgRing	   *ring;			/* blocks written by whoever is free */
+	dsm_segment *ring_seg;
+	bool		ring_tried;
+	char	   *own_buf;		/* buf, when not a block of the ring */
 	char	   *buf;			/* bytes not yet written */
 	Size		buf_len;
 	Size		buf_room;		/* bytes buf may hold: to a block's end */
@@ -299,6 +299,11 @@ static void bg_keep_crc_x3(char *rec[3], pg_crc32c crc[3]);
 static void bg_keep_writeback(BgKeepWriter *w);
 static void bg_keep_extend(BgKeepWriter *w);
 static int	bg_keep_write_block(BgKeepWriter *w);
+static void bg_keep_hand_off(BgKeepWriter *w);
+static void bg_keep_ring_write(void *arg, const char *data, Size len,
+							   off_t offset);
+static void bg_keep_drain(BgKeepWriter *w);
+static void bg_keep_end_ring(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_put(BgKeepWriter *w, const char *data, Size len);
 static void bg_keep_check_limit(BgKeepWriter *w, Size more);
@@ -334,6 +339,12 @@ bg_keep_dir(char *path)
 
 	snprintf(path, MAXPGPATH, "%s/%s", dbpath, BG_KEEP_DIR);
 	pfree(dbpath);
+}
+
+void
+bg_keep_file_path(char *path, int64 job_id)
+{
+	bg_keep_path(path, job_id);
 }
 
 static void
@@ -506,7 +517,7 @@ bg_keep_create(BgJobShared *shared, TupleDesc desc)
 
 	(void) bg_keep_make_dir(ERROR);
 	bg_keep_path(w->path, shared->job_id);
-	w->buf = palloc(BG_KEEP_WRITE_SIZE);
+	w->buf = w->own_buf = palloc(BG_KEEP_WRITE_SIZE);
 	w->buf_room = BG_KEEP_WRITE_SIZE;
 	w->shared = shared;
 	w->limit = bg_max_result_size < 0 ? -1 : (int64) bg_max_result_size * 1024;
@@ -626,6 +637,11 @@ bg_keep_flush(BgKeepWriter *w)
 	if (w->written + (off_t) w->buf_len > w->extended &&
 		w->written >= BG_KEEP_CACHED && !w->extend_failed)
 		bg_keep_extend(w);
+	if (w->ring != NULL)
+	{
+		bg_keep_hand_off(w);
+		return;
+	}
 	n = bg_keep_write_block(w);
 	if (n != (int) w->buf_len)
 	{
@@ -650,44 +666,116 @@ bg_keep_flush(BgKeepWriter *w)
 							(uint64) Min(w->record_end, w->written));
 		ConditionVariableBroadcast(&w->shared->kept_cv);
 	}
+	/* blocks written uncached past the cached part: the ring may take them */
+	if (w->uncached && !w->ring_tried)
+	{
+		w->ring_tried = true;
+		w->ring = bg_ring_create(w->shared, BG_KEEP_WRITE_SIZE, &w->ring_seg);
+		if (w->ring != NULL)
+			w->buf = bg_ring_block(w->ring);
+	}
+}
+
+/*
+ * Hand the buffer to the ring, as the next block of the file, and go on
+ * with the ring's next; whoever writes it publishes it to readers.
+ */
+static void
+bg_keep_hand_off(BgKeepWriter *w)
+{
+	bg_ring_hand_off(w->ring, w->written, w->buf_len,
+					 Min(w->record_end, w->written + (off_t) w->buf_len));
+	w->written += w->buf_len;
+	w->buf_len = 0;
+	w->buf_room = BG_KEEP_WRITE_SIZE - w->written % BG_KEEP_WRITE_SIZE;
+	w->buf = bg_ring_next(w->ring, w->shared, false, bg_keep_ring_write, w);
+}
+
+/*
+ * The worker writes a block of its ring itself; a write that failed is
+ * cut back to the block's start, as in bg_keep_flush.
+ */
+static void
+bg_keep_ring_write(void *arg, const char *data, Size len, off_t offset)
+{
+	BgKeepWriter *w = arg;
+	int			fd = FileGetRawDesc(w->file);
+	ssize_t		n;
+
+	/* (closed by fd.c meanwhile: a write through it opens it again) */
+	if (fd < 0)
+	{
+		errno = 0;
+		n = FileWrite(w->file, unconstify(char *, data), (int) len, offset,
+					  WAIT_EVENT_BUFFILE_WRITE);
+	}
+	else
+		n = bg_ring_pwrite(fd, data, len, offset);
+	if (n != (ssize_t) len)
+	{
+		int			save_errno = errno ? errno : ENOSPC;
+
+		(void) FileTruncate(w->file, offset, WAIT_EVENT_BUFFILE_TRUNCATE);
+		errno = save_errno;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write to file \"%s\": %m", w->path)));
+	}
+}
+
+/* Is the launching session writing one of our blocks? */
+bool
+bg_keep_reader_writes(BgKeepWriter *w)
+{
+	return w->ring != NULL && bg_ring_helped(w->ring);
+}
+
+/* Wait until every block handed to the ring is written out. */
+static void
+bg_keep_drain(BgKeepWriter *w)
+{
+	if (w->ring != NULL)
+		(void) bg_ring_next(w->ring, w->shared, true, bg_keep_ring_write, w);
+}
+
+/* The ring is done with: what is left goes through the worker's buffer. */
+static void
+bg_keep_end_ring(BgKeepWriter *w)
+{
+	if (w->ring_seg == NULL)
+		return;
+	if (w->buf != w->own_buf)
+	{
+		memcpy(w->own_buf, w->buf, w->buf_len);
+		w->buf = w->own_buf;
+	}
+	w->ring = NULL;
+	bg_ring_end(w->shared, w->ring_seg);
+	w->ring_seg = NULL;
 }
 
 /*
  * Write the buffer at the file's end; uncached past BG_KEEP_CACHED where
- * the kernel can (see BG_KEEP_DONTCACHE).  Returns what write(2) would,
- * with errno set on a short write as FileWrite sets it.
+ * the kernel can (see above).  Returns what write(2) would, with errno set
+ * on a short write as FileWrite sets it.
  */
 static int
 bg_keep_write_block(BgKeepWriter *w)
 {
-#ifdef BG_KEEP_DONTCACHE
 	int			fd = FileGetRawDesc(w->file);
 
 	/* (a descriptor fd.c closed meanwhile is opened again by FileWrite) */
 	if (w->written >= BG_KEEP_CACHED && !w->uncached_failed && fd >= 0)
 	{
-		struct iovec iov;
-		ssize_t		n;
+		ssize_t		n = bg_ring_pwrite(fd, w->buf, w->buf_len, w->written);
 
-		iov.iov_base = w->buf;
-		iov.iov_len = w->buf_len;
-		pgstat_report_wait_start(WAIT_EVENT_BUFFILE_WRITE);
-		do
-		{
-			errno = 0;
-			n = pwritev2(fd, &iov, 1, w->written, RWF_DONTCACHE);
-		} while (n < 0 && errno == EINTR);
-		pgstat_report_wait_end();
 		if (n >= 0 || (errno != EOPNOTSUPP && errno != ENOSYS))
 		{
-			if (n >= 0 && n != (ssize_t) w->buf_len && errno == 0)
-				errno = ENOSPC;
 			w->uncached = true;
 			return (int) n;
 		}
 		w->uncached_failed = true;
 	}
-#endif
 	w->uncached = false;
 	errno = 0;
 	return FileWrite(w->file, w->buf, (int) w->buf_len, w->written,
@@ -787,7 +875,10 @@ void
 bg_keep_publish(BgKeepWriter *w)
 {
 	if (w->record_end > w->written)
+	{
 		bg_keep_flush(w);
+		bg_keep_drain(w);
+	}
 }
 
 /*
@@ -916,6 +1007,11 @@ bg_keep_copy_out(BgKeepWriter *w, off_t offset, char *dst, Size n)
 	if (offset < w->written)
 	{
 		Size		from_file = Min(n, (Size) (w->written - offset));
+
+		/* blocks still in the ring are written out first */
+		if ((uint64) (offset + from_file) >
+			pg_atomic_read_u64(&w->shared->kept_size))
+			bg_keep_drain(w);
 
 		w->back.file = w->file;
 		w->back.path = w->path;
@@ -1224,6 +1320,8 @@ bg_keep_finish(BgKeepWriter *w)
 	BgKeepRecord rec;
 	BgKeepFooter footer;
 
+	bg_keep_drain(w);
+	bg_keep_end_ring(w);
 	footer.rows = w->rows;
 	footer.rows_end = (uint64) (w->written + w->buf_len);
 	rec.len = BG_KEEP_FOOTER;
@@ -1295,12 +1393,18 @@ bg_keep_end_writer(bool remove)
 	if (w == NULL)
 		return;
 	bg_keep_active = NULL;
+	/* (a failed job's blocks still in the ring are not written) */
+	if (w->ring_seg != NULL)
+	{
+		w->ring = NULL;
+		bg_ring_end(NULL, w->ring_seg);
+	}
 	FileClose(w->file);
 	if (remove && unlink(w->path) != 0 && errno != ENOENT)
 		ereport(LOG,
 				(errcode_for_file_access(),
 				 errmsg("could not remove file \"%s\": %m", w->path)));
-	pfree(w->buf);
+	pfree(w->own_buf);
 	bg_keep_blocks_free(&w->back);
 	pfree(w);
 }

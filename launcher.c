@@ -761,6 +761,7 @@ bg_segment_layout(BgLaunchParts *parts, bool launcher)
 	pg_atomic_init_u64(&shared->rows, 0);
 	pg_atomic_init_u64(&shared->kept_size, 0);
 	pg_atomic_init_u64(&shared->kept_valid, 0);
+	pg_atomic_init_u32(&shared->ring_handle, DSM_HANDLE_INVALID);
 	pg_atomic_init_u64(&shared->messages_valid, 0);
 	pg_atomic_init_u64(&shared->messages_sent, 0);
 	ConditionVariableInit(&shared->kept_cv);

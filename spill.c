@@ -253,8 +253,12 @@ bg_spill_wait_reader(BgSpill *s)
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait_ms;
 
-	/* (a clock stepped back starts the stall again) */
-	if (s->stalled_at == 0 || now < s->stalled_at)
+	/*
+	 * (a clock stepped back starts the stall again, as does a reader busy
+	 * writing out one of our blocks)
+	 */
+	if (s->stalled_at == 0 || now < s->stalled_at ||
+		(s->keep != NULL && bg_keep_reader_writes(s->keep)))
 		s->stalled_at = now;
 	wait_ms = BG_SPILL_PATIENCE_MS - (now - s->stalled_at) / 1000;
 	if (wait_ms <= 0)

@@ -173,6 +173,37 @@ is($s->query_safe(qq{SET work_mem = '64kB';
 	'12', 'the launching session rescans it from the file');
 $s->quit;
 
+# Past that part, the launching session, while it waits for rows, writes
+# blocks of the kept file for the worker (ring.c): read as the job runs,
+# every row arrives, and the file the two wrote holds every row too.
+$s = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+my $ringed = $s->query_safe(q{SELECT bg_launch($$SELECT g, md5(g::text) AS h
+	FROM generate_series(1, 1000000) g$$)});
+is($s->query_safe("$big_sums FROM bg_result_$ringed"), $big_expected,
+	'the launching session reads every row of a large result as it comes');
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $ringed"),
+	'the job ends keeping its result');
+is($node->safe_psql('postgres',
+	"$big_sums FROM bg_result($ringed) AS r(g int, h text)",
+	extra_params => [ '-U', 'alice' ]), $big_expected,
+	'another session reads every row of the file written by both');
+$s->quit;
+
+# A launching session killed while it reads leaves its worker to write the
+# rest of the file alone.
+my $left = launch_and_kill_reader($node, 'postgres', q{
+	SELECT g, md5(g::text) AS h FROM generate_series(1, 1000000) g
+	 WHERE g <= 900000 OR gate('ring left')}, 900000, '-U', 'alice');
+open_gate($node, 'postgres', 'ring left');
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'finished' AND kept FROM bg_jobs WHERE pid = $left"),
+	'the job of a killed reader ends keeping its result');
+is($node->safe_psql('postgres',
+	"$big_sums FROM bg_result($left) AS r(g int, h text)",
+	extra_params => [ '-U', 'alice' ]), $big_expected,
+	'every row of it is read from the file');
+
 # Others may not read it.
 my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	"SELECT count(*) FROM bg_result($pid) AS r(g int, twice int, hash text)",
