@@ -76,6 +76,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/wait_event.h"
 
@@ -300,6 +301,7 @@ static void bg_keep_writeback(BgKeepWriter *w);
 static void bg_keep_extend(BgKeepWriter *w);
 static int	bg_keep_write_block(BgKeepWriter *w);
 static void bg_keep_hand_off(BgKeepWriter *w);
+static void bg_keep_start_ring(BgKeepWriter *w);
 static void bg_keep_ring_write(void *arg, const char *data, Size len,
 							   off_t offset);
 static void bg_keep_drain(BgKeepWriter *w);
@@ -670,10 +672,53 @@ bg_keep_flush(BgKeepWriter *w)
 	if (w->uncached && !w->ring_tried)
 	{
 		w->ring_tried = true;
-		w->ring = bg_ring_create(w->shared, BG_KEEP_WRITE_SIZE, &w->ring_seg);
-		if (w->ring != NULL)
-			w->buf = bg_ring_block(w->ring);
+		bg_keep_start_ring(w);
 	}
+}
+
+/*
+ * Make the ring, where a segment is to be had.  A /dev/shm that is full
+ * raises an error in dsm_create, which must not fail the job: it only
+ * writes its blocks itself (no subtransaction in parallel mode, though: the
+ * worker then writes them itself too).
+ */
+static void
+bg_keep_start_ring(BgKeepWriter *w)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	if (IsInParallelMode() || !IsTransactionState())
+		return;
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		w->ring = bg_ring_create(w->shared, BG_KEEP_WRITE_SIZE, &w->ring_seg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		/* a cancel is the job's; a shortage of memory is the ring's */
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_INSUFFICIENT_RESOURCES &&
+			ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_SYSTEM_ERROR)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		w->ring = NULL;
+		w->ring_seg = NULL;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	if (w->ring != NULL)
+		w->buf = bg_ring_block(w->ring);
 }
 
 /*
@@ -1008,15 +1053,25 @@ bg_keep_copy_out(BgKeepWriter *w, off_t offset, char *dst, Size n)
 	{
 		Size		from_file = Min(n, (Size) (w->written - offset));
 
+		uint64		kept;
+
 		/* blocks still in the ring are written out first */
 		if ((uint64) (offset + from_file) >
 			pg_atomic_read_u64(&w->shared->kept_size))
 			bg_keep_drain(w);
+		kept = pg_atomic_read_u64(&w->shared->kept_size);
 
 		w->back.file = w->file;
 		w->back.path = w->path;
 		w->back.cxt = TopMemoryContext;
 		memcpy(dst, bg_keep_blocks_get(&w->back, offset, from_file), from_file);
+		/*
+		 * What the read took past the blocks written out then (holes, or a
+		 * block the session was writing) is not kept for later reads.
+		 */
+		if (w->ring != NULL && (uint64) (w->back.start + w->back.len) > kept)
+			w->back.len = (uint64) w->back.start < kept ?
+				kept - w->back.start : 0;
 		dst += from_file;
 		offset += from_file;
 		n -= from_file;

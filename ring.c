@@ -371,7 +371,12 @@ bg_ring_help(BgJobShared *shared, int64 job_id)
 	bool		published;
 
 	if (handle == DSM_HANDLE_INVALID || handle == bg_refused)
+	{
+		/* (the job's worker is done with it: so are we) */
+		if (bg_helped_seg != NULL)
+			bg_ring_let_go();
 		return false;
+	}
 	if (bg_helped_seg != NULL && dsm_segment_handle(bg_helped_seg) != handle)
 		bg_ring_let_go();
 	if (bg_helped_seg == NULL && !bg_ring_attach(shared, job_id, handle))
@@ -419,12 +424,20 @@ bg_ring_help(BgJobShared *shared, int64 job_id)
 static bool
 bg_ring_attach(BgJobShared *shared, int64 job_id, dsm_handle handle)
 {
-	dsm_segment *seg = dsm_attach(handle);
+	dsm_segment *seg;
 	BgRing	   *ring;
 	char		path[MAXPGPATH];
 
-	if (seg == NULL)
+	/*
+	 * (a handle of a ring gone may name a segment this session maps by now,
+	 * or none)
+	 */
+	if (dsm_find_mapping(handle) != NULL ||
+		(seg = dsm_attach(handle)) == NULL)
+	{
+		bg_refused = handle;
 		return false;
+	}
 	dsm_pin_mapping(seg);
 	ring = dsm_segment_address(seg);
 	/* (the handle may name another segment by now, the ring having gone) */
@@ -435,16 +448,17 @@ bg_ring_attach(BgJobShared *shared, int64 job_id, dsm_handle handle)
 		bg_refused = handle;
 		return false;
 	}
+	/* (held before the open, which may fail, so that it is let go) */
+	bg_helped_seg = seg;
+	bg_helped = ring;
 	bg_keep_file_path(path, job_id);
 	bg_helped_file = PathNameOpenFile(path, O_WRONLY | PG_BINARY);
 	if (bg_helped_file < 0)
 	{
-		dsm_detach(seg);
+		bg_ring_let_go();
 		bg_refused = handle;
 		return false;
 	}
-	bg_helped_seg = seg;
-	bg_helped = ring;
 	return true;
 }
 
