@@ -1448,11 +1448,14 @@ bg_keep_end_writer(bool remove)
 	if (w == NULL)
 		return;
 	bg_keep_active = NULL;
-	/* (a failed job's blocks still in the ring are not written) */
+	/*
+	 * (a failed job's blocks still in the ring are not written; its session
+	 * lets go of the ring at its next look)
+	 */
 	if (w->ring_seg != NULL)
 	{
 		w->ring = NULL;
-		bg_ring_end(NULL, w->ring_seg);
+		bg_ring_end(w->shared, w->ring_seg);
 	}
 	FileClose(w->file);
 	if (remove && unlink(w->path) != 0 && errno != ENOENT)

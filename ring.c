@@ -264,8 +264,7 @@ bg_ring_reclaim(BgRing *ring)
 void
 bg_ring_end(BgJobShared *shared, dsm_segment *seg)
 {
-	if (shared != NULL)
-		pg_atomic_write_u32(&shared->ring_handle, DSM_HANDLE_INVALID);
+	pg_atomic_write_u32(&shared->ring_handle, DSM_HANDLE_INVALID);
 	dsm_detach(seg);
 }
 
