@@ -570,13 +570,14 @@ extern BgRing *bg_ring_create(BgJobShared *shared, Size block_size,
 							  dsm_segment **segp);
 extern char *bg_ring_block(BgRing *ring);
 extern void bg_ring_hand_off(BgRing *ring, off_t offset, Size len,
-							 off_t valid_end);
+							 off_t valid_end, bool uncached);
 extern char *bg_ring_next(BgRing *ring, BgJobShared *shared, bool drain,
 						  BgRingWrite write, void *arg);
 extern void bg_ring_end(BgJobShared *shared, dsm_segment *seg);
 extern bool bg_ring_helped(BgRing *ring);
 extern bool bg_keep_reader_writes(BgKeepWriter *w);
-extern ssize_t bg_ring_pwrite(int fd, const char *data, Size len, off_t offset);
+extern ssize_t bg_ring_pwrite(int fd, const char *data, Size len, off_t offset,
+							  bool uncached);
 extern bool bg_ring_help(BgJobShared *shared, int64 job_id);
 extern void bg_ring_let_go(void);
 /* the kept file's name in the job's file set, for rows the queue did not carry */

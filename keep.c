@@ -145,9 +145,20 @@
  * read its latest blocks from disk.  Elsewhere pwritev2 refuses the flag
  * before it writes anything (EOPNOTSUPP, or ENOSYS where the call itself is
  * filtered out), and the writer falls back to the window for good
- * (bg_ring_pwrite).  Written uncached, the blocks may also be written by
- * the launching session while the worker goes on (ring.c).
+ * (bg_ring_pwrite).
  */
+
+/*
+ * Past its first BG_KEEP_RING_AFTER bytes, the writer hands its blocks to a
+ * ring that the launching session helps write out while it waits for rows
+ * (ring.c): in a narrow result read as it comes, that is most of what
+ * keeping costs over not keeping (BENCHMARKS.md).  A result of a few
+ * blocks is not worth the ring's segment.  The first block past
+ * BG_KEEP_CACHED the worker writes itself, after the ring is written out:
+ * the ring goes on with it uncached if the kernel took it so, and ends
+ * otherwise, leaving the rest to the writeback window.
+ */
+#define BG_KEEP_RING_AFTER	(4 * BG_KEEP_WRITE_SIZE)
 
 /*
  * The CRC-32C instruction of x86-64 takes three cycles to give its result
@@ -639,11 +650,13 @@ bg_keep_flush(BgKeepWriter *w)
 	if (w->written + (off_t) w->buf_len > w->extended &&
 		w->written >= BG_KEEP_CACHED && !w->extend_failed)
 		bg_keep_extend(w);
-	if (w->ring != NULL)
+	if (w->ring != NULL && (w->written < BG_KEEP_CACHED || w->uncached))
 	{
 		bg_keep_hand_off(w);
 		return;
 	}
+	/* (the first block past the cached part: blocks before it are out) */
+	bg_keep_drain(w);
 	n = bg_keep_write_block(w);
 	if (n != (int) w->buf_len)
 	{
@@ -668,8 +681,11 @@ bg_keep_flush(BgKeepWriter *w)
 							(uint64) Min(w->record_end, w->written));
 		ConditionVariableBroadcast(&w->shared->kept_cv);
 	}
-	/* blocks written uncached past the cached part: the ring may take them */
-	if (w->uncached && !w->ring_tried)
+	if (w->ring != NULL && !w->uncached)
+		bg_keep_end_ring(w);
+	else if (w->ring == NULL && !w->ring_tried &&
+			 w->written >= BG_KEEP_RING_AFTER &&
+			 (w->written < BG_KEEP_CACHED || w->uncached))
 	{
 		w->ring_tried = true;
 		bg_keep_start_ring(w);
@@ -729,7 +745,8 @@ static void
 bg_keep_hand_off(BgKeepWriter *w)
 {
 	bg_ring_hand_off(w->ring, w->written, w->buf_len,
-					 Min(w->record_end, w->written + (off_t) w->buf_len));
+					 Min(w->record_end, w->written + (off_t) w->buf_len),
+					 w->written >= BG_KEEP_CACHED);
 	w->written += w->buf_len;
 	w->buf_len = 0;
 	w->buf_room = BG_KEEP_WRITE_SIZE - w->written % BG_KEEP_WRITE_SIZE;
@@ -755,7 +772,7 @@ bg_keep_ring_write(void *arg, const char *data, Size len, off_t offset)
 					  WAIT_EVENT_BUFFILE_WRITE);
 	}
 	else
-		n = bg_ring_pwrite(fd, data, len, offset);
+		n = bg_ring_pwrite(fd, data, len, offset, offset >= BG_KEEP_CACHED);
 	if (n != (ssize_t) len)
 	{
 		int			save_errno = errno ? errno : ENOSPC;
@@ -812,7 +829,7 @@ bg_keep_write_block(BgKeepWriter *w)
 	/* (a descriptor fd.c closed meanwhile is opened again by FileWrite) */
 	if (w->written >= BG_KEEP_CACHED && !w->uncached_failed && fd >= 0)
 	{
-		ssize_t		n = bg_ring_pwrite(fd, w->buf, w->buf_len, w->written);
+		ssize_t		n = bg_ring_pwrite(fd, w->buf, w->buf_len, w->written, true);
 
 		if (n >= 0 || (errno != EOPNOTSUPP && errno != ENOSYS))
 		{

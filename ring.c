@@ -9,9 +9,9 @@
  * of what the default mode costs over stream mode, on the worker's core,
  * while the launching session, which reads the same rows off the queue,
  * waits for them more than half of the time (BENCHMARKS.md).  So once a
- * kept file is past its first BG_KEEP_CACHED bytes, and written uncached
- * (keep.c), the worker hands its full blocks to a ring of BG_RING_SLOTS
- * blocks in a segment of its own, and goes on with the next.  The
+ * kept file is past its first few blocks (keep.c), the worker hands its
+ * full blocks to a ring of BG_RING_SLOTS blocks in a segment of its own,
+ * and goes on with the next.  The
  * launching session, whenever its queue is empty, writes the oldest block
  * handed off; the worker writes it itself when it needs the slot back, so
  * it never waits on its session: a session away, slow or gone only leaves
@@ -20,10 +20,12 @@
  * own offset, so they may finish out of order; what readers may read
  * (kept_valid) advances only over the blocks written out in a row.
  *
- * The session writes only uncached, and stops helping a ring at its first
- * failed write, leaving the block to the worker, whose own write then
- * fails the job with the error, cut back, as any write of its kept file
- * does.  Blocks the worker reads back (spill.c), the end of the file and
+ * Each block is written as the worker would have written it: cached within
+ * the file's first BG_KEEP_CACHED bytes, uncached past them, where the
+ * worker hands off blocks only once the kernel took one of its own so.
+ * The session stops helping a ring at its first failed write, leaving the
+ * block to the worker, whose own write then fails the job with the error,
+ * cut back, as any write of its kept file does.  Blocks the worker reads back (spill.c), the end of the file and
  * the blocks written early for readers that follow the job wait for the
  * ring to be written out first (bg_ring_next with "drain").
  *
@@ -81,6 +83,7 @@ typedef struct BgRingSlot
 	off_t		offset;			/* where the block goes in the file */
 	Size		len;
 	off_t		valid_end;		/* end of the last whole row it holds */
+	bool		uncached;		/* written with RWF_DONTCACHE */
 } BgRingSlot;
 
 struct BgRing
@@ -153,7 +156,8 @@ bg_ring_block(BgRing *ring)
 
 /* Hand the block the worker filled to the ring, to be written at "offset". */
 void
-bg_ring_hand_off(BgRing *ring, off_t offset, Size len, off_t valid_end)
+bg_ring_hand_off(BgRing *ring, off_t offset, Size len, off_t valid_end,
+				 bool uncached)
 {
 	BgRingSlot *s = &ring->slot[ring->filled % BG_RING_SLOTS];
 
@@ -163,6 +167,7 @@ bg_ring_hand_off(BgRing *ring, off_t offset, Size len, off_t valid_end)
 	s->offset = offset;
 	s->len = len;
 	s->valid_end = valid_end;
+	s->uncached = uncached;
 	ring->filled++;
 	SpinLockRelease(&ring->mutex);
 }
@@ -319,33 +324,44 @@ bg_ring_oldest_full(BgRing *ring)
 }
 
 /*
- * Write one block at "offset", uncached.  Returns what pwritev2 does, with
- * errno set on a short write; -1 with EOPNOTSUPP or ENOSYS where the
- * kernel writes nothing uncached.
+ * Write one block at "offset", with "uncached" uncached.  Returns what
+ * pwrite does, with errno set on a short write; -1 with EOPNOTSUPP or
+ * ENOSYS where the kernel writes nothing uncached.
  */
 ssize_t
-bg_ring_pwrite(int fd, const char *data, Size len, off_t offset)
+bg_ring_pwrite(int fd, const char *data, Size len, off_t offset,
+			   bool uncached)
 {
-#ifdef BG_RING_UNCACHED
-	struct iovec iov;
 	ssize_t		n;
 
-	iov.iov_base = unconstify(char *, data);
-	iov.iov_len = len;
+#ifndef BG_RING_UNCACHED
+	if (uncached)
+	{
+		errno = EOPNOTSUPP;
+		return -1;
+	}
+#endif
 	pgstat_report_wait_start(WAIT_EVENT_BUFFILE_WRITE);
 	do
 	{
 		errno = 0;
-		n = pwritev2(fd, &iov, 1, offset, RWF_DONTCACHE);
+#ifdef BG_RING_UNCACHED
+		if (uncached)
+		{
+			struct iovec iov;
+
+			iov.iov_base = unconstify(char *, data);
+			iov.iov_len = len;
+			n = pwritev2(fd, &iov, 1, offset, RWF_DONTCACHE);
+		}
+		else
+#endif
+			n = pwrite(fd, data, len, offset);
 	} while (n < 0 && errno == EINTR);
 	pgstat_report_wait_end();
 	if (n >= 0 && n != (ssize_t) len && errno == 0)
 		errno = ENOSPC;
 	return n;
-#else
-	errno = EOPNOTSUPP;
-	return -1;
-#endif
 }
 
 /* ----------------------------------------------------------------
@@ -403,7 +419,7 @@ bg_ring_help(BgJobShared *shared, int64 job_id)
 	/* no interrupt from here until the slot is given back */
 	s = &ring->slot[i];
 	ok = bg_ring_pwrite(fd, (char *) ring + BG_RING_DATA + i * ring->block_size,
-						s->len, s->offset) == (ssize_t) s->len;
+						s->len, s->offset, s->uncached) == (ssize_t) s->len;
 	SpinLockAcquire(&ring->mutex);
 	s->state = ok ? BG_SLOT_DONE : BG_SLOT_FULL;
 	published = ok && bg_ring_publish(ring, shared);
