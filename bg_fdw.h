@@ -565,7 +565,7 @@ extern void bg_keep_file_path(char *path, int64 job_id);
 #define BG_RING_SLOTS		4
 typedef struct BgRing BgRing;
 typedef void (*BgRingWrite) (void *arg, const char *data, Size len,
-							 off_t offset);
+							 off_t offset, bool uncached);
 extern BgRing *bg_ring_create(BgJobShared *shared, Size block_size,
 							  dsm_segment **segp);
 extern char *bg_ring_block(BgRing *ring);

@@ -314,7 +314,7 @@ static int	bg_keep_write_block(BgKeepWriter *w);
 static void bg_keep_hand_off(BgKeepWriter *w);
 static void bg_keep_start_ring(BgKeepWriter *w);
 static void bg_keep_ring_write(void *arg, const char *data, Size len,
-							   off_t offset);
+							   off_t offset, bool uncached);
 static void bg_keep_drain(BgKeepWriter *w);
 static void bg_keep_end_ring(BgKeepWriter *w);
 static void bg_keep_write(BgKeepWriter *w, const char *data, Size len);
@@ -758,7 +758,8 @@ bg_keep_hand_off(BgKeepWriter *w)
  * cut back to the block's start, as in bg_keep_flush.
  */
 static void
-bg_keep_ring_write(void *arg, const char *data, Size len, off_t offset)
+bg_keep_ring_write(void *arg, const char *data, Size len, off_t offset,
+				   bool uncached)
 {
 	BgKeepWriter *w = arg;
 	int			fd = FileGetRawDesc(w->file);
@@ -772,7 +773,7 @@ bg_keep_ring_write(void *arg, const char *data, Size len, off_t offset)
 					  WAIT_EVENT_BUFFILE_WRITE);
 	}
 	else
-		n = bg_ring_pwrite(fd, data, len, offset, offset >= BG_KEEP_CACHED);
+		n = bg_ring_pwrite(fd, data, len, offset, uncached);
 	if (n != (ssize_t) len)
 	{
 		int			save_errno = errno ? errno : ENOSPC;

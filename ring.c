@@ -11,23 +11,24 @@
  * waits for them more than half of the time (BENCHMARKS.md).  So once a
  * kept file is past its first few blocks (keep.c), the worker hands its
  * full blocks to a ring of BG_RING_SLOTS blocks in a segment of its own,
- * and goes on with the next.  The
- * launching session, whenever its queue is empty, writes the oldest block
- * handed off; the worker writes it itself when it needs the slot back, so
- * it never waits on its session: a session away, slow or gone only leaves
- * the worker to write its blocks, as it did before.  A block is written
+ * and goes on with the next.  The launching session, whenever its queue is
+ * empty, writes the oldest block handed off; the worker writes it itself
+ * when it needs the slot back, so it never waits on its session: a session
+ * away, slow or gone only leaves the worker to write its blocks, as it did
+ * before.  A block is written
  * by one of them only (a slot's state, under the ring's mutex), at its
  * own offset, so they may finish out of order; what readers may read
  * (kept_valid) advances only over the blocks written out in a row.
  *
- * Each block is written as the worker would have written it: cached within
- * the file's first BG_KEEP_CACHED bytes, uncached past them, where the
- * worker hands off blocks only once the kernel took one of its own so.
- * The session stops helping a ring at its first failed write, leaving the
- * block to the worker, whose own write then fails the job with the error,
- * cut back, as any write of its kept file does.  Blocks the worker reads back (spill.c), the end of the file and
- * the blocks written early for readers that follow the job wait for the
- * ring to be written out first (bg_ring_next with "drain").
+ * Each block is written as the worker would have written it (the slot says
+ * how): cached within the file's first BG_KEEP_CACHED bytes, uncached past
+ * them, where the worker hands off blocks only once the kernel took one of
+ * its own so.  The session stops helping a ring at its first failed write,
+ * leaving the block to the worker, whose own write then fails the job with
+ * the error, cut back, as any write of its kept file does.  Blocks the
+ * worker reads back (spill.c), the end of the file and the blocks written
+ * early for readers that follow the job wait for the ring to be written
+ * out first (bg_ring_next with "drain").
  *
  * Copyright (c) 2026, The bg_fdw Authors
  *
@@ -206,7 +207,7 @@ bg_ring_next(BgRing *ring, BgJobShared *shared, bool drain,
 			BgRingSlot *s = &ring->slot[i];
 
 			write(arg, (char *) ring + BG_RING_DATA + i * ring->block_size,
-				  s->len, s->offset);
+				  s->len, s->offset, s->uncached);
 			SpinLockAcquire(&ring->mutex);
 			s->state = BG_SLOT_DONE;
 			SpinLockRelease(&ring->mutex);
